@@ -1,0 +1,192 @@
+//! An in-memory hypervisor that records every call and can be told to fail.
+//! For unit tests of pure logic and for benchmarks; never for testing libvirt.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use super::{
+    ApplyScope, DomainInfo, DomainState, DomainStats, HostInfo, Hypervisor, HypervisorError,
+    HypervisorEvent, ReadScope, Result, StatGroups,
+};
+use crate::model::tuning::{Change, Knob, Tuning};
+use crate::units::CpuSet;
+
+/// A recorded call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    ListDomains,
+    Domain(String),
+    AllStats,
+    Tuning(String),
+    Apply(String, Change),
+    SetTags(String, Vec<String>),
+    Host,
+}
+
+#[derive(Default)]
+struct Inner {
+    domains: BTreeMap<String, (DomainInfo, Tuning, DomainStats)>,
+    calls: Vec<Call>,
+    /// Knobs whose next apply fails with this message.
+    fail: Vec<(String, Knob, String)>,
+    subscribers: Vec<crossbeam_channel::Sender<HypervisorEvent>>,
+}
+
+/// The fake. Cheap to share behind an `Arc`.
+#[derive(Default)]
+pub struct FakeHypervisor {
+    inner: Mutex<Inner>,
+    host_cpus: u32,
+}
+
+impl FakeHypervisor {
+    pub fn new(host_cpus: u32) -> Self {
+        FakeHypervisor {
+            inner: Mutex::default(),
+            host_cpus,
+        }
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// Adds a running domain with the given tuning.
+    pub fn add_domain(&self, info: DomainInfo, tuning: Tuning) {
+        let stats = DomainStats {
+            name: info.name.clone(),
+            uuid: info.uuid.clone(),
+            state: Some(info.state),
+            ..Default::default()
+        };
+        self.lock()
+            .domains
+            .insert(info.name.clone(), (info, tuning, stats));
+    }
+    /// Replaces a domain's counters (what the next stats call returns).
+    pub fn set_stats(&self, name: &str, stats: DomainStats) {
+        if let Some(d) = self.lock().domains.get_mut(name) {
+            d.2 = stats;
+        }
+    }
+    pub fn remove_domain(&self, name: &str) {
+        self.lock().domains.remove(name);
+    }
+    /// Makes the next apply of `knob` on `domain` fail with `message`.
+    pub fn fail_next(&self, domain: &str, knob: Knob, message: &str) {
+        self.lock()
+            .fail
+            .push((domain.to_string(), knob, message.to_string()));
+    }
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+    pub fn clear_calls(&self) {
+        self.lock().calls.clear();
+    }
+    pub fn emit(&self, ev: HypervisorEvent) {
+        self.lock()
+            .subscribers
+            .retain(|s| s.send(ev.clone()).is_ok());
+    }
+    /// A simple running domain for tests.
+    pub fn simple_domain(name: &str, vcpus: u32) -> DomainInfo {
+        DomainInfo {
+            name: name.to_string(),
+            uuid: format!("00000000-0000-0000-0000-{:012}", name.len()),
+            id: Some(1),
+            state: DomainState::Running,
+            persistent: true,
+            vcpus,
+            memory_kib: 1 << 20,
+            max_memory_kib: 1 << 20,
+            disks: vec![],
+            interfaces: vec![],
+            tags: vec![],
+        }
+    }
+}
+
+impl Hypervisor for FakeHypervisor {
+    fn list_domains(&self) -> Result<Vec<DomainInfo>> {
+        let mut g = self.lock();
+        g.calls.push(Call::ListDomains);
+        Ok(g.domains.values().map(|d| d.0.clone()).collect())
+    }
+    fn domain(&self, key: &str) -> Result<DomainInfo> {
+        let mut g = self.lock();
+        g.calls.push(Call::Domain(key.to_string()));
+        g.domains
+            .values()
+            .find(|d| {
+                d.0.name == key
+                    || d.0.uuid == key
+                    || d.0.id.map(|i| i.to_string()).as_deref() == Some(key)
+            })
+            .map(|d| d.0.clone())
+            .ok_or_else(|| HypervisorError::NoDomain(key.to_string()))
+    }
+    fn all_stats(&self, _groups: StatGroups) -> Result<Vec<DomainStats>> {
+        let mut g = self.lock();
+        g.calls.push(Call::AllStats);
+        Ok(g.domains
+            .values()
+            .filter(|d| d.0.state.is_active())
+            .map(|d| d.2.clone())
+            .collect())
+    }
+    fn tuning(&self, domain: &str, _scope: ReadScope) -> Result<Tuning> {
+        let mut g = self.lock();
+        g.calls.push(Call::Tuning(domain.to_string()));
+        g.domains
+            .get(domain)
+            .map(|d| d.1.clone())
+            .ok_or_else(|| HypervisorError::NoDomain(domain.to_string()))
+    }
+    fn apply(&self, domain: &str, change: &Change, _scope: ApplyScope) -> Result<()> {
+        let mut g = self.lock();
+        g.calls
+            .push(Call::Apply(domain.to_string(), change.clone()));
+        if let Some(pos) = g
+            .fail
+            .iter()
+            .position(|(d, k, _)| d == domain && *k == change.knob)
+        {
+            let (_, knob, message) = g.fail.remove(pos);
+            return Err(HypervisorError::Knob {
+                domain: domain.to_string(),
+                knob: knob.to_string(),
+                message,
+            });
+        }
+        let d = g
+            .domains
+            .get_mut(domain)
+            .ok_or_else(|| HypervisorError::NoDomain(domain.to_string()))?;
+        d.1.set(change);
+        Ok(())
+    }
+    fn set_tags(&self, domain: &str, tags: &[String]) -> Result<()> {
+        let mut g = self.lock();
+        g.calls
+            .push(Call::SetTags(domain.to_string(), tags.to_vec()));
+        let d = g
+            .domains
+            .get_mut(domain)
+            .ok_or_else(|| HypervisorError::NoDomain(domain.to_string()))?;
+        d.0.tags = tags.to_vec();
+        Ok(())
+    }
+    fn host(&self) -> Result<HostInfo> {
+        self.lock().calls.push(Call::Host);
+        Ok(HostInfo {
+            hostname: "fake".into(),
+            cpus: self.host_cpus,
+            online: CpuSet::from_cpus(0..self.host_cpus),
+            memory_kib: 16 << 20,
+        })
+    }
+    fn events(&self) -> crossbeam_channel::Receiver<HypervisorEvent> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        self.lock().subscribers.push(tx);
+        rx
+    }
+}

@@ -1,0 +1,969 @@
+//! The libvirt implementation of [`Hypervisor`]: the only code that talks to libvirt.
+//!
+//! Uses the `virt` binding where it is safe and complete, and `virt-sys` for what
+//! it lacks (typed parameters, pin info, bulk stats that are freed, events).
+//! One connection, guarded by a mutex; when libvirtd goes away the connection is
+//! dropped and reopened with exponential backoff (1 s … 30 s) on the next call.
+#![allow(unsafe_code)]
+
+mod events;
+pub mod params;
+pub mod xml;
+
+use std::ffi::{CStr, CString};
+use std::os::raw::{c_int, c_uint};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, instrument, warn};
+use virt::connect::Connect;
+use virt::domain::Domain;
+use virt::error::ErrorNumber;
+use virt::sys;
+
+use super::{
+    ApplyScope, BlockCounters, DomainInfo, DomainState, DomainStats, HostInfo, Hypervisor,
+    HypervisorError, HypervisorEvent, NetCounters, ReadScope, Result, StatGroups, TAGS_NAMESPACE,
+};
+use crate::model::tuning::{Bandwidth, Change, InterfaceTuning, Knob, KnobValue, Tuning};
+use crate::units::CpuSet;
+use events::Subscribers;
+
+/// Most typed parameters any of the tuning getters returns (libvirt's RPC limit is 16).
+const MAX_PARAMS: c_int = 16;
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+struct Live {
+    conn: Connect,
+    closed: Arc<AtomicBool>,
+    lifecycle_cb: Option<c_int>,
+    /// Size of a host cpumap in CPUs.
+    host_cpus: u32,
+    /// libvirt's test driver wants AFFECT_CURRENT where QEMU takes AFFECT_LIVE.
+    test_driver: bool,
+}
+
+struct ConnState {
+    live: Option<Live>,
+    backoff: Duration,
+    next_try: Instant,
+    lost: Option<String>,
+}
+
+/// A libvirt connection that reconnects by itself.
+pub struct LibvirtHypervisor {
+    uri: String,
+    state: Mutex<ConnState>,
+    subscribers: Arc<Subscribers>,
+}
+
+fn call_err(what: impl Into<String>, e: virt::error::Error) -> HypervisorError {
+    HypervisorError::Call {
+        what: what.into(),
+        message: e.message().to_string(),
+    }
+}
+
+fn knob_err(domain: &str, knob: &Knob, e: virt::error::Error) -> HypervisorError {
+    HypervisorError::Knob {
+        domain: domain.to_string(),
+        knob: knob.to_string(),
+        message: e.message().to_string(),
+    }
+}
+
+fn last_error() -> virt::error::Error {
+    virt::error::Error::last_error()
+}
+
+impl LibvirtHypervisor {
+    /// Opens the connection now; fails if libvirt cannot be reached.
+    pub fn connect(uri: &str) -> Result<Self> {
+        events::init_event_loop();
+        let subscribers = Arc::new(Subscribers::default());
+        let live = open(uri, &subscribers)?;
+        Ok(LibvirtHypervisor {
+            uri: uri.to_string(),
+            state: Mutex::new(ConnState {
+                live: Some(live),
+                backoff: BACKOFF_MIN,
+                next_try: Instant::now(),
+                lost: None,
+            }),
+            subscribers,
+        })
+    }
+
+    /// The URI this hypervisor connects to.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
+
+    /// Whether the connection is up right now (without trying to reconnect).
+    pub fn is_connected(&self) -> bool {
+        let st = self.lock();
+        st.live
+            .as_ref()
+            .is_some_and(|l| !l.closed.load(Ordering::SeqCst))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ConnState> {
+        // a panic while holding the lock leaves plain data behind: keep going
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on a live connection, reconnecting first if needed, and drops the
+    /// connection when the call failed because libvirtd went away.
+    fn with<T>(&self, f: impl FnOnce(&Live) -> Result<T>) -> Result<T> {
+        let mut st = self.lock();
+        if st
+            .live
+            .as_ref()
+            .is_some_and(|l| l.closed.load(Ordering::SeqCst))
+        {
+            self.drop_live(&mut st, "connection closed by libvirtd");
+        }
+        if st.live.is_none() {
+            let now = Instant::now();
+            if now < st.next_try {
+                let reason = st.lost.clone().unwrap_or_else(|| "connection lost".into());
+                return Err(HypervisorError::Disconnected { reason });
+            }
+            match open(&self.uri, &self.subscribers) {
+                Ok(live) => {
+                    info!(uri = %self.uri, "reconnected to libvirt");
+                    st.live = Some(live);
+                    st.backoff = BACKOFF_MIN;
+                    st.lost = None;
+                    self.subscribers.send(HypervisorEvent::Reconnected);
+                }
+                Err(e) => {
+                    st.next_try = now + st.backoff;
+                    debug!(uri = %self.uri, error = %e, retry_in = ?st.backoff, "reconnect failed");
+                    st.backoff = (st.backoff * 2).min(BACKOFF_MAX);
+                    return Err(e);
+                }
+            }
+        }
+        let Some(live) = st.live.as_ref() else {
+            return Err(HypervisorError::Disconnected {
+                reason: "connection lost".into(),
+            });
+        };
+        let result = f(live);
+        if result.is_err()
+            && (live.closed.load(Ordering::SeqCst) || !live.conn.is_alive().unwrap_or(false))
+        {
+            self.drop_live(&mut st, "libvirtd went away");
+            return match result {
+                Err(
+                    HypervisorError::Call { message, .. } | HypervisorError::Knob { message, .. },
+                ) => Err(HypervisorError::Disconnected { reason: message }),
+                other => other,
+            };
+        }
+        result
+    }
+
+    fn drop_live(&self, st: &mut ConnState, reason: &str) {
+        if let Some(live) = st.live.take() {
+            warn!(uri = %self.uri, reason, "lost the libvirt connection");
+            if let Some(id) = live.lifecycle_cb {
+                // SAFETY: deregistering a callback we registered on this connection.
+                unsafe { sys::virConnectDomainEventDeregisterAny(live.conn.as_ptr(), id) };
+            }
+            events::unregister_close(&live.conn);
+            drop(live);
+            st.lost = Some(reason.to_string());
+            st.next_try = Instant::now();
+            st.backoff = BACKOFF_MIN;
+            self.subscribers.send(HypervisorEvent::Disconnected {
+                reason: reason.to_string(),
+            });
+        }
+    }
+}
+
+fn open(uri: &str, subscribers: &Arc<Subscribers>) -> Result<Live> {
+    let conn = Connect::open(Some(uri)).map_err(|e| HypervisorError::Connect {
+        uri: uri.to_string(),
+        message: e.message().to_string(),
+    })?;
+    // keep-alive needs the event loop; drivers without it (test://) just say no
+    let _ = conn.set_keep_alive(5, 3);
+    let test_driver = conn
+        .driver_type()
+        .map(|t| t.eq_ignore_ascii_case("test"))
+        .unwrap_or(false);
+    let host_cpus = node_cpu_count(&conn).unwrap_or(1);
+    let closed = Arc::new(AtomicBool::new(false));
+    events::register_close(&conn, closed.clone(), subscribers.clone());
+    let lifecycle_cb = events::register_lifecycle(&conn, subscribers.clone());
+    if lifecycle_cb.is_none() {
+        warn!(uri, "cannot subscribe to domain lifecycle events");
+    }
+    debug!(uri, host_cpus, test_driver, "connected to libvirt");
+    Ok(Live {
+        conn,
+        closed,
+        lifecycle_cb,
+        host_cpus,
+        test_driver,
+    })
+}
+
+fn node_cpu_count(conn: &Connect) -> Option<u32> {
+    // SAFETY: asks only for the count (null map pointer and online pointer).
+    let n = unsafe {
+        sys::virNodeGetCPUMap(conn.as_ptr(), std::ptr::null_mut(), std::ptr::null_mut(), 0)
+    };
+    if n > 0 {
+        return u32::try_from(n).ok();
+    }
+    conn.node_info().ok().map(|i| i.cpus)
+}
+
+fn lookup(live: &Live, key: &str) -> Result<Domain> {
+    let not_found = |e: virt::error::Error| {
+        if e.code().is(ErrorNumber::NoDomain) {
+            HypervisorError::NoDomain(key.to_string())
+        } else {
+            call_err(format!("looking up domain '{key}'"), e)
+        }
+    };
+    match live.conn.lookup_domain_by_name(key) {
+        Ok(d) => return Ok(d),
+        Err(e) if !e.code().is(ErrorNumber::NoDomain) => return Err(not_found(e)),
+        Err(_) => {}
+    }
+    if let Ok(id) = key.parse::<u32>() {
+        if let Ok(d) = live.conn.lookup_domain_by_id(id) {
+            return Ok(d);
+        }
+    }
+    if key.len() == 36 && key.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+        if let Ok(d) = live.conn.lookup_domain_by_uuid_string(key) {
+            return Ok(d);
+        }
+    }
+    Err(HypervisorError::NoDomain(key.to_string()))
+}
+
+fn domain_state(dom: &Domain, name: &str) -> Result<DomainState> {
+    let mut state: c_int = 0;
+    let mut reason: c_int = 0;
+    // SAFETY: dom is a valid handle; out-pointers are ours.
+    if unsafe { sys::virDomainGetState(dom.as_ptr(), &mut state, &mut reason, 0) } < 0 {
+        return Err(no_domain_or(name, "reading state", last_error()));
+    }
+    Ok(DomainState::from_raw(state.into()))
+}
+
+fn no_domain_or(name: &str, what: &str, e: virt::error::Error) -> HypervisorError {
+    if e.code().is(ErrorNumber::NoDomain) {
+        HypervisorError::NoDomain(name.to_string())
+    } else {
+        call_err(format!("domain '{name}': {what}"), e)
+    }
+}
+
+fn domain_info(dom: &Domain, transient: &[String]) -> Result<DomainInfo> {
+    let name = dom.name().map_err(|e| call_err("reading domain name", e))?;
+    let text = dom
+        .xml_desc(0)
+        .map_err(|e| no_domain_or(&name, "reading XML", e))?;
+    let x = xml::parse_domain(&text).map_err(|m| HypervisorError::Call {
+        what: format!("domain '{name}'"),
+        message: m,
+    })?;
+    let state = domain_state(dom, &name)?;
+    Ok(DomainInfo {
+        persistent: !transient.contains(&x.name),
+        name: x.name,
+        uuid: x.uuid,
+        id: x.id,
+        state,
+        vcpus: x.vcpus,
+        memory_kib: x.current_memory_kib,
+        max_memory_kib: x.memory_kib,
+        disks: x.disks,
+        interfaces: x.interfaces,
+        tags: x.tags,
+    })
+}
+
+fn transient_names(conn: &Connect) -> Vec<String> {
+    conn.list_all_domains(sys::VIR_CONNECT_LIST_DOMAINS_TRANSIENT)
+        .map(|v| v.iter().filter_map(|d| d.name().ok()).collect())
+        .unwrap_or_default()
+}
+
+/// Calls one of libvirt's getters that fill a caller-allocated typed-parameter array.
+fn get_params(
+    what: &str,
+    domain: &str,
+    f: impl FnOnce(sys::virTypedParameterPtr, *mut c_int) -> c_int,
+) -> Result<params::Params> {
+    let mut buf = params::Buffer::new(MAX_PARAMS);
+    let mut n: c_int = MAX_PARAMS;
+    if f(buf.as_mut_ptr(), &mut n) < 0 {
+        return Err(no_domain_or(domain, what, last_error()));
+    }
+    buf.filled = n.clamp(0, MAX_PARAMS);
+    Ok(buf.params())
+}
+
+fn read_flags(scope: ReadScope) -> c_uint {
+    match scope {
+        ReadScope::Current => sys::VIR_DOMAIN_AFFECT_CURRENT,
+        ReadScope::Config => sys::VIR_DOMAIN_AFFECT_CONFIG,
+    }
+}
+
+fn parse_device_list(s: &str) -> Vec<(String, u64)> {
+    // "/dev/sda,500,/dev/sdb,300"
+    let parts: Vec<&str> = s.split(',').collect();
+    parts
+        .chunks(2)
+        .filter_map(|c| match c {
+            [path, v] if !path.is_empty() => v.trim().parse().ok().map(|v| (path.to_string(), v)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn read_tuning(live: &Live, name: &str, scope: ReadScope) -> Result<Tuning> {
+    let dom = lookup(live, name)?;
+    let flags = read_flags(scope);
+    let xml_flags = if scope == ReadScope::Config {
+        sys::VIR_DOMAIN_XML_INACTIVE
+    } else {
+        0
+    };
+    let text = dom
+        .xml_desc(xml_flags)
+        .map_err(|e| no_domain_or(name, "reading XML", e))?;
+    let x = xml::parse_domain(&text).map_err(|m| HypervisorError::Call {
+        what: format!("domain '{name}'"),
+        message: m,
+    })?;
+    let mut t = Tuning::default();
+    let ptr = unsafe { dom.as_ptr() };
+
+    // vCPU and emulator pinning
+    let maplen = live.host_cpus.div_ceil(8).max(1) as usize;
+    let nvcpu = x.vcpus.max(1) as usize;
+    let mut maps = vec![0u8; maplen * nvcpu];
+    // SAFETY: `maps` holds nvcpu maps of maplen bytes.
+    let got = unsafe {
+        sys::virDomainGetVcpuPinInfo(
+            ptr,
+            nvcpu as c_int,
+            maps.as_mut_ptr(),
+            maplen as c_int,
+            flags,
+        )
+    };
+    if got < 0 {
+        return Err(no_domain_or(name, "reading vcpu pinning", last_error()));
+    }
+    for v in 0..(got.max(0) as usize).min(nvcpu) {
+        let map = &maps[v * maplen..(v + 1) * maplen];
+        t.vcpu_pin
+            .insert(v as u32, CpuSet::from_bitmap(map, live.host_cpus));
+    }
+    let mut emap = vec![0u8; maplen];
+    // SAFETY: one map of maplen bytes.
+    let got =
+        unsafe { sys::virDomainGetEmulatorPinInfo(ptr, emap.as_mut_ptr(), maplen as c_int, flags) };
+    if got > 0 {
+        t.emulator_pin = Some(CpuSet::from_bitmap(&emap, live.host_cpus));
+    } else if got < 0 {
+        let e = last_error();
+        // drivers without emulator threads (test://) say "not supported"
+        if !e.code().is_any(vec![
+            ErrorNumber::NoSupport,
+            ErrorNumber::OperationUnsupported,
+        ]) {
+            return Err(no_domain_or(name, "reading emulator pinning", e));
+        }
+    }
+
+    // scheduler
+    // The test driver advertises string parameters and then rejects the flag
+    // libvirt adds for them: use the older call without flags there.
+    let sched = if live.test_driver && scope == ReadScope::Current {
+        get_params("reading scheduler parameters", name, |p, n| unsafe {
+            sys::virDomainGetSchedulerParameters(ptr, p, n)
+        })?
+    } else {
+        get_params("reading scheduler parameters", name, |p, n| unsafe {
+            sys::virDomainGetSchedulerParametersFlags(ptr, p, n, flags)
+        })?
+    };
+    t.cpu_shares = sched.u64("cpu_shares");
+    t.vcpu_period = sched.u64("vcpu_period");
+    t.vcpu_quota = sched.i64("vcpu_quota");
+
+    // memtune
+    let mem = get_params("reading memory parameters", name, |p, n| unsafe {
+        sys::virDomainGetMemoryParameters(ptr, p, n, flags)
+    })?;
+    t.memory_hard_limit = mem.u64("hard_limit");
+    t.memory_soft_limit = mem.u64("soft_limit");
+    t.memory_swap_hard_limit = mem.u64("swap_hard_limit");
+
+    // blkiotune
+    let blk = get_params("reading blkio parameters", name, |p, n| unsafe {
+        sys::virDomainGetBlkioParameters(ptr, p, n, flags)
+    })?;
+    // 0 means "not set" (no settable value to record or restore)
+    t.blkio_weight = blk
+        .u64("weight")
+        .filter(|w| *w != 0)
+        .and_then(|w| u32::try_from(w).ok());
+    for field in crate::model::tuning::BlkioField::ALL {
+        if let Some(list) = blk.str(field.param()) {
+            for (path, v) in parse_device_list(list) {
+                field.set(t.blkio_devices.entry(path).or_default(), v);
+            }
+        }
+    }
+
+    // interface bandwidth, per interface with a host-side device
+    for iface in &x.interfaces {
+        let Some(target) = iface.target.as_deref().or(iface.mac.as_deref()) else {
+            continue;
+        };
+        let Ok(dev) = CString::new(target) else {
+            continue;
+        };
+        let p = get_params("reading interface parameters", name, |pp, n| unsafe {
+            sys::virDomainGetInterfaceParameters(ptr, dev.as_ptr(), pp, n, flags)
+        })?;
+        let dir = |prefix: &str| {
+            let v = |f: &str| {
+                p.u64(&format!("{prefix}.{f}"))
+                    .and_then(|x| u32::try_from(x).ok())
+                    .unwrap_or(0)
+            };
+            Bandwidth {
+                average: v("average"),
+                peak: v("peak"),
+                burst: v("burst"),
+            }
+        };
+        t.interfaces.insert(
+            target.to_string(),
+            InterfaceTuning {
+                inbound: Some(dir("inbound")),
+                outbound: Some(dir("outbound")),
+            },
+        );
+    }
+    Ok(t)
+}
+
+fn apply_change(live: &Live, name: &str, change: &Change, scope: ApplyScope) -> Result<()> {
+    let dom = lookup(live, name)?;
+    // the test driver rejects AFFECT_LIVE for pinning and scheduler calls
+    let mut passes: Vec<c_uint> = if live.test_driver {
+        vec![sys::VIR_DOMAIN_AFFECT_CURRENT]
+    } else if scope.persist {
+        vec![sys::VIR_DOMAIN_AFFECT_LIVE | sys::VIR_DOMAIN_AFFECT_CONFIG]
+    } else {
+        vec![sys::VIR_DOMAIN_AFFECT_LIVE]
+    };
+    if live.test_driver && scope.persist {
+        passes.push(sys::VIR_DOMAIN_AFFECT_CONFIG);
+    }
+    for flags in passes {
+        apply_once(live, &dom, name, change, flags)?;
+    }
+    Ok(())
+}
+
+fn apply_once(live: &Live, dom: &Domain, name: &str, change: &Change, flags: c_uint) -> Result<()> {
+    let knob = &change.knob;
+    let ptr = unsafe { dom.as_ptr() };
+    let mismatch = || HypervisorError::Invalid {
+        domain: name.to_string(),
+        knob: knob.to_string(),
+        reason: format!("value '{}' has the wrong type for this knob", change.value),
+    };
+    let build = |e: params::BuildError| HypervisorError::Invalid {
+        domain: name.to_string(),
+        knob: knob.to_string(),
+        reason: e.to_string(),
+    };
+    let maplen = live.host_cpus.div_ceil(8).max(1) as usize;
+    let mut list = params::List::new();
+    enum Setter {
+        Sched,
+        Memory,
+        Blkio,
+        Iface(CString),
+    }
+    let setter = match (knob, &change.value) {
+        (Knob::VcpuPin { vcpu }, KnobValue::CpuSet(set)) => {
+            return dom
+                .pin_vcpu_flags(*vcpu, &set.to_bitmap(maplen), flags)
+                .map_err(|e| knob_err(name, knob, e));
+        }
+        (Knob::EmulatorPin, KnobValue::CpuSet(set)) => {
+            return dom
+                .pin_emulator(&set.to_bitmap(maplen), flags)
+                .map_err(|e| knob_err(name, knob, e));
+        }
+        (Knob::CpuShares, KnobValue::Unsigned(v)) => {
+            list.add_ullong("cpu_shares", *v).map_err(build)?;
+            Setter::Sched
+        }
+        (Knob::VcpuPeriod, KnobValue::Unsigned(v)) => {
+            list.add_ullong("vcpu_period", *v).map_err(build)?;
+            Setter::Sched
+        }
+        (Knob::VcpuQuota, KnobValue::Signed(v)) => {
+            list.add_llong("vcpu_quota", *v).map_err(build)?;
+            Setter::Sched
+        }
+        (Knob::MemoryHardLimit, KnobValue::Unsigned(v)) => {
+            list.add_ullong("hard_limit", *v).map_err(build)?;
+            Setter::Memory
+        }
+        (Knob::MemorySoftLimit, KnobValue::Unsigned(v)) => {
+            list.add_ullong("soft_limit", *v).map_err(build)?;
+            Setter::Memory
+        }
+        (Knob::MemorySwapHardLimit, KnobValue::Unsigned(v)) => {
+            list.add_ullong("swap_hard_limit", *v).map_err(build)?;
+            Setter::Memory
+        }
+        (Knob::BlkioWeight, KnobValue::Unsigned(v)) => {
+            list.add_uint("weight", u32::try_from(*v).map_err(|_| mismatch())?)
+                .map_err(build)?;
+            Setter::Blkio
+        }
+        (Knob::BlkioDevice { path, field }, KnobValue::Unsigned(v)) => {
+            if path.contains(',') {
+                return Err(HypervisorError::Invalid {
+                    domain: name.to_string(),
+                    knob: knob.to_string(),
+                    reason: "a device path cannot contain ','".into(),
+                });
+            }
+            list.add_string(field.param(), &format!("{path},{v}"))
+                .map_err(build)?;
+            Setter::Blkio
+        }
+        (Knob::Interface { target, direction }, KnobValue::Bandwidth(b)) => {
+            let p = direction.prefix();
+            list.add_uint(&format!("{p}.average"), b.average)
+                .map_err(build)?;
+            list.add_uint(&format!("{p}.peak"), b.peak).map_err(build)?;
+            list.add_uint(&format!("{p}.burst"), b.burst)
+                .map_err(build)?;
+            Setter::Iface(CString::new(target.as_str()).map_err(|_| mismatch())?)
+        }
+        _ => return Err(mismatch()),
+    };
+    // SAFETY: `list` holds list.len() parameters built by libvirt's helpers.
+    let rc = unsafe {
+        match &setter {
+            Setter::Sched => {
+                sys::virDomainSetSchedulerParametersFlags(ptr, list.as_ptr(), list.len(), flags)
+            }
+            Setter::Memory => {
+                sys::virDomainSetMemoryParameters(ptr, list.as_ptr(), list.len(), flags)
+            }
+            Setter::Blkio => {
+                sys::virDomainSetBlkioParameters(ptr, list.as_ptr(), list.len(), flags)
+            }
+            Setter::Iface(dev) => sys::virDomainSetInterfaceParameters(
+                ptr,
+                dev.as_ptr(),
+                list.as_ptr(),
+                list.len(),
+                flags,
+            ),
+        }
+    };
+    if rc < 0 {
+        let e = last_error();
+        if e.code().is(ErrorNumber::NoDomain) {
+            return Err(HypervisorError::NoDomain(name.to_string()));
+        }
+        return Err(knob_err(name, knob, e));
+    }
+    Ok(())
+}
+
+fn stats_flags(groups: StatGroups) -> c_uint {
+    let mut s = sys::VIR_DOMAIN_STATS_STATE;
+    if groups.cpu {
+        s |= sys::VIR_DOMAIN_STATS_CPU_TOTAL;
+    }
+    if groups.balloon {
+        s |= sys::VIR_DOMAIN_STATS_BALLOON;
+    }
+    if groups.vcpu {
+        s |= sys::VIR_DOMAIN_STATS_VCPU;
+    }
+    if groups.block {
+        s |= sys::VIR_DOMAIN_STATS_BLOCK;
+    }
+    if groups.interface {
+        s |= sys::VIR_DOMAIN_STATS_INTERFACE;
+    }
+    s
+}
+
+/// Turns one record's parameters into counters.
+pub fn stats_from_params(name: String, uuid: String, p: &params::Params) -> DomainStats {
+    let mut s = DomainStats {
+        name,
+        uuid,
+        state: p.i64("state.state").map(DomainState::from_raw),
+        cpu_time_ns: p.u64("cpu.time"),
+        balloon_current_kib: p.u64("balloon.current"),
+        balloon_maximum_kib: p.u64("balloon.maximum"),
+        balloon_rss_kib: p.u64("balloon.rss"),
+        vcpu_current: p.u64("vcpu.current").and_then(|v| u32::try_from(v).ok()),
+        ..Default::default()
+    };
+    let vmax = p.u64("vcpu.maximum").unwrap_or(0).min(4096);
+    for i in 0..vmax {
+        s.vcpu_time_ns
+            .push(p.u64(&format!("vcpu.{i}.time")).unwrap_or(0));
+    }
+    for i in 0..p.u64("block.count").unwrap_or(0).min(4096) {
+        let k = |f: &str| format!("block.{i}.{f}");
+        s.block.push(BlockCounters {
+            name: p.str(&k("name")).unwrap_or_default().to_string(),
+            path: p.str(&k("path")).map(str::to_string),
+            rd_reqs: p.u64(&k("rd.reqs")).unwrap_or(0),
+            rd_bytes: p.u64(&k("rd.bytes")).unwrap_or(0),
+            wr_reqs: p.u64(&k("wr.reqs")).unwrap_or(0),
+            wr_bytes: p.u64(&k("wr.bytes")).unwrap_or(0),
+        });
+    }
+    for i in 0..p.u64("net.count").unwrap_or(0).min(4096) {
+        let k = |f: &str| format!("net.{i}.{f}");
+        s.net.push(NetCounters {
+            name: p.str(&k("name")).unwrap_or_default().to_string(),
+            rx_bytes: p.u64(&k("rx.bytes")).unwrap_or(0),
+            rx_pkts: p.u64(&k("rx.pkts")).unwrap_or(0),
+            tx_bytes: p.u64(&k("tx.bytes")).unwrap_or(0),
+            tx_pkts: p.u64(&k("tx.pkts")).unwrap_or(0),
+        });
+    }
+    s
+}
+
+/// Name and UUID of a domain handle; both are local (no RPC).
+unsafe fn handle_identity(dom: sys::virDomainPtr) -> (String, String) {
+    let name_ptr = sys::virDomainGetName(dom);
+    let name = if name_ptr.is_null() {
+        String::new()
+    } else {
+        CStr::from_ptr(name_ptr).to_string_lossy().into_owned()
+    };
+    let mut buf = [0 as std::os::raw::c_char; sys::VIR_UUID_STRING_BUFLEN as usize];
+    let uuid = if sys::virDomainGetUUIDString(dom, buf.as_mut_ptr()) == 0 {
+        CStr::from_ptr(buf.as_ptr()).to_string_lossy().into_owned()
+    } else {
+        String::new()
+    };
+    (name, uuid)
+}
+
+/// The bulk statistics of every active domain, in one call, records freed.
+pub(crate) fn bulk_stats(conn: &Connect, groups: StatGroups) -> Result<Vec<DomainStats>> {
+    let mut records: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
+    // SAFETY: libvirt allocates `records`; freed below with virDomainStatsRecordListFree.
+    let n = unsafe {
+        sys::virConnectGetAllDomainStats(
+            conn.as_ptr(),
+            stats_flags(groups),
+            &mut records,
+            sys::VIR_CONNECT_GET_ALL_DOMAINS_STATS_ACTIVE,
+        )
+    };
+    if n < 0 {
+        return Err(call_err("reading domain statistics", last_error()));
+    }
+    let mut out = Vec::with_capacity(n as usize);
+    if !records.is_null() {
+        for i in 0..n as usize {
+            // SAFETY: libvirt returned n non-null records.
+            unsafe {
+                let rec = *records.add(i);
+                if rec.is_null() {
+                    continue;
+                }
+                let (name, uuid) = handle_identity((*rec).dom);
+                let p = params::read((*rec).params, (*rec).nparams);
+                out.push(stats_from_params(name, uuid, &p));
+            }
+        }
+        // SAFETY: frees the records, their params and domain references.
+        unsafe { sys::virDomainStatsRecordListFree(records) };
+    }
+    Ok(out)
+}
+
+impl LibvirtHypervisor {
+    /// Statistics of one domain by itself (one call per domain): only for the
+    /// benchmark that compares it with the bulk call.
+    pub fn single_domain_stats(&self, name: &str, groups: StatGroups) -> Result<DomainStats> {
+        self.with(|live| {
+            let dom = lookup(live, name)?;
+            let mut doms = [unsafe { dom.as_ptr() }, std::ptr::null_mut()];
+            let mut records: *mut sys::virDomainStatsRecordPtr = std::ptr::null_mut();
+            // SAFETY: a null-terminated array of one live handle; records freed below.
+            let n = unsafe {
+                sys::virDomainListGetStats(doms.as_mut_ptr(), stats_flags(groups), &mut records, 0)
+            };
+            if n < 0 {
+                return Err(no_domain_or(name, "reading statistics", last_error()));
+            }
+            let mut out = DomainStats {
+                name: name.to_string(),
+                ..Default::default()
+            };
+            if !records.is_null() {
+                unsafe {
+                    if n > 0 && !(*records).is_null() {
+                        let rec = *records;
+                        let (n2, uuid) = handle_identity((*rec).dom);
+                        out = stats_from_params(
+                            n2,
+                            uuid,
+                            &params::read((*rec).params, (*rec).nparams),
+                        );
+                    }
+                    sys::virDomainStatsRecordListFree(records);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Starts a defined domain (tests and fixtures).
+    pub fn start(&self, name: &str) -> Result<()> {
+        self.with(|live| {
+            lookup(live, name)?
+                .create()
+                .map(|_| ())
+                .map_err(|e| no_domain_or(name, "starting", e))
+        })
+    }
+
+    /// Stops a domain at once (tests and fixtures).
+    pub fn destroy(&self, name: &str) -> Result<()> {
+        self.with(|live| {
+            lookup(live, name)?
+                .destroy()
+                .map_err(|e| no_domain_or(name, "destroying", e))
+        })
+    }
+
+    /// Defines a domain from XML (tests and fixtures); returns its name.
+    pub fn define(&self, xml: &str) -> Result<String> {
+        self.with(|live| {
+            let d = live
+                .conn
+                .define_domain_xml(xml)
+                .map_err(|e| call_err("defining domain", e))?;
+            d.name().map_err(|e| call_err("defining domain", e))
+        })
+    }
+
+    /// Undefines a domain, also removing its NVRAM and metadata (tests and fixtures).
+    pub fn undefine(&self, name: &str) -> Result<()> {
+        self.with(|live| {
+            lookup(live, name)?
+                .undefine()
+                .map_err(|e| no_domain_or(name, "undefining", e))
+        })
+    }
+}
+
+impl Hypervisor for LibvirtHypervisor {
+    #[instrument(skip(self), level = "debug")]
+    fn list_domains(&self) -> Result<Vec<DomainInfo>> {
+        self.with(|live| {
+            let doms = live
+                .conn
+                .list_all_domains(0)
+                .map_err(|e| call_err("listing domains", e))?;
+            let transient = transient_names(&live.conn);
+            let mut out = Vec::with_capacity(doms.len());
+            for d in &doms {
+                match domain_info(d, &transient) {
+                    Ok(info) => out.push(info),
+                    // a domain undefined between listing and reading is simply gone
+                    Err(HypervisorError::NoDomain(_)) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    #[instrument(skip(self), level = "debug")]
+    fn domain(&self, key: &str) -> Result<DomainInfo> {
+        self.with(|live| {
+            let d = lookup(live, key)?;
+            let transient = if d.is_persistent().unwrap_or(true) {
+                vec![]
+            } else {
+                vec![d.name().unwrap_or_default()]
+            };
+            domain_info(&d, &transient)
+        })
+    }
+
+    #[instrument(skip(self), level = "debug")]
+    fn all_stats(&self, groups: StatGroups) -> Result<Vec<DomainStats>> {
+        self.with(|live| bulk_stats(&live.conn, groups))
+    }
+
+    #[instrument(skip(self), level = "debug")]
+    fn tuning(&self, domain: &str, scope: ReadScope) -> Result<Tuning> {
+        self.with(|live| read_tuning(live, domain, scope))
+    }
+
+    #[instrument(skip(self), fields(change = %change), level = "debug")]
+    fn apply(&self, domain: &str, change: &Change, scope: ApplyScope) -> Result<()> {
+        if let Err(reason) = super::check_value(change) {
+            return Err(HypervisorError::Invalid {
+                domain: domain.to_string(),
+                knob: change.knob.to_string(),
+                reason,
+            });
+        }
+        self.with(|live| {
+            if let KnobValue::CpuSet(set) = &change.value {
+                if let Some(max) = set.max().filter(|m| *m >= live.host_cpus) {
+                    return Err(HypervisorError::Invalid {
+                        domain: domain.to_string(),
+                        knob: change.knob.to_string(),
+                        reason: format!(
+                            "host CPU {max} in cpuset '{set}' does not exist (the host has CPUs 0-{})",
+                            live.host_cpus.saturating_sub(1)
+                        ),
+                    });
+                }
+            }
+            apply_change(live, domain, change, scope)
+        })
+    }
+
+    #[instrument(skip(self), level = "debug")]
+    fn set_tags(&self, domain: &str, tags: &[String]) -> Result<()> {
+        self.with(|live| {
+            let d = lookup(live, domain)?;
+            let active = d
+                .is_active()
+                .map_err(|e| no_domain_or(domain, "reading state", e))?;
+            let persistent = d
+                .is_persistent()
+                .map_err(|e| no_domain_or(domain, "reading state", e))?;
+            let mut flags = 0;
+            if active {
+                flags |= sys::VIR_DOMAIN_AFFECT_LIVE;
+            }
+            if persistent {
+                flags |= sys::VIR_DOMAIN_AFFECT_CONFIG;
+            }
+            let element = xml::tags_element(tags);
+            let value = if tags.is_empty() {
+                None
+            } else {
+                Some(element.as_str())
+            };
+            d.set_metadata(
+                sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+                value,
+                Some("vp"),
+                Some(TAGS_NAMESPACE),
+                flags,
+            )
+            .map_err(|e| HypervisorError::Knob {
+                domain: domain.to_string(),
+                knob: "tags".into(),
+                message: e.message().to_string(),
+            })
+        })
+    }
+
+    fn host(&self) -> Result<HostInfo> {
+        self.with(|live| {
+            let info = live
+                .conn
+                .node_info()
+                .map_err(|e| call_err("reading host info", e))?;
+            let hostname = live.conn.hostname().unwrap_or_default();
+            let mut map: *mut u8 = std::ptr::null_mut();
+            let mut online: c_uint = 0;
+            // SAFETY: libvirt allocates `map`; freed below with free().
+            let n = unsafe { sys::virNodeGetCPUMap(live.conn.as_ptr(), &mut map, &mut online, 0) };
+            let online_set = if n > 0 && !map.is_null() {
+                let len = (n as usize).div_ceil(8);
+                // SAFETY: libvirt returned a map of at least len bytes.
+                let slice = unsafe { std::slice::from_raw_parts(map, len) };
+                let set = CpuSet::from_bitmap(slice, n as u32);
+                unsafe { libc::free(map.cast()) };
+                set
+            } else {
+                CpuSet::from_cpus(0..info.cpus)
+            };
+            Ok(HostInfo {
+                hostname,
+                cpus: live.host_cpus,
+                online: online_set,
+                memory_kib: info.memory,
+            })
+        })
+    }
+
+    fn events(&self) -> crossbeam_channel::Receiver<HypervisorEvent> {
+        self.subscribers.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_lists() {
+        assert_eq!(
+            parse_device_list("/dev/sda,500,/dev/sdb,300"),
+            vec![("/dev/sda".to_string(), 500), ("/dev/sdb".to_string(), 300)]
+        );
+        assert!(parse_device_list("").is_empty());
+        assert_eq!(
+            parse_device_list("/dev/sda,x,/dev/sdb,1"),
+            vec![("/dev/sdb".to_string(), 1)]
+        );
+    }
+
+    #[test]
+    fn stats_parse_tolerates_missing_and_absurd_counts() {
+        let p = params::Params(vec![
+            ("state.state".into(), params::Value::Int(1)),
+            ("cpu.time".into(), params::Value::ULLong(5)),
+            ("block.count".into(), params::Value::UInt(1)),
+            ("net.count".into(), params::Value::ULLong(u64::MAX)),
+        ]);
+        let s = stats_from_params("a".into(), "u".into(), &p);
+        assert_eq!(s.state, Some(DomainState::Running));
+        assert_eq!(s.cpu_time_ns, Some(5));
+        assert_eq!(s.block.len(), 1);
+        assert_eq!(s.net.len(), 4096);
+    }
+}

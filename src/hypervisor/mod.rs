@@ -1,0 +1,360 @@
+//! The hypervisor port: everything virt-persona reads from or does to libvirt.
+//!
+//! `libvirt` is the only implementation that touches libvirt; `fake` is an
+//! in-memory recording implementation for unit tests and benchmarks.
+//! All methods block (libvirt calls are synchronous RPCs): call them from a
+//! dedicated thread, never from an async executor's worker.
+
+pub mod fake;
+pub mod libvirt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::tuning::{Change, Knob, Tuning};
+use crate::units::CpuSet;
+
+/// XML namespace of virt-persona's tags in a domain's metadata (SPEC §6).
+pub const TAGS_NAMESPACE: &str = "https://virt-persona.dev/xmlns/tags/1";
+
+/// Run state of a domain, as virsh names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DomainState {
+    Running,
+    Blocked,
+    Paused,
+    Shutdown,
+    ShutOff,
+    Crashed,
+    Suspended,
+    NoState,
+}
+
+impl DomainState {
+    /// True while the domain has a live QEMU process whose tuning can be changed.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            DomainState::Running
+                | DomainState::Blocked
+                | DomainState::Paused
+                | DomainState::Shutdown
+        )
+    }
+    /// virsh's wording ("running", "shut off", …).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DomainState::Running => "running",
+            DomainState::Blocked => "idle",
+            DomainState::Paused => "paused",
+            DomainState::Shutdown => "in shutdown",
+            DomainState::ShutOff => "shut off",
+            DomainState::Crashed => "crashed",
+            DomainState::Suspended => "pmsuspended",
+            DomainState::NoState => "no state",
+        }
+    }
+    /// From libvirt's virDomainState number.
+    pub fn from_raw(v: i64) -> Self {
+        match v {
+            1 => DomainState::Running,
+            2 => DomainState::Blocked,
+            3 => DomainState::Paused,
+            4 => DomainState::Shutdown,
+            5 => DomainState::ShutOff,
+            6 => DomainState::Crashed,
+            7 => DomainState::Suspended,
+            _ => DomainState::NoState,
+        }
+    }
+}
+
+/// A disk of a domain: its target (vda) and host source (file or block device).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskInfo {
+    pub target: String,
+    pub source: Option<String>,
+}
+
+/// A network interface of a domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceInfo {
+    /// Host-side device (vnet0); present while the domain runs.
+    pub target: Option<String>,
+    pub mac: Option<String>,
+}
+
+/// What virt-persona needs to know about a domain.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainInfo {
+    pub name: String,
+    pub uuid: String,
+    /// Present while the domain runs.
+    pub id: Option<u32>,
+    pub state: DomainState,
+    pub persistent: bool,
+    pub vcpus: u32,
+    /// Current memory in KiB.
+    pub memory_kib: u64,
+    pub max_memory_kib: u64,
+    pub disks: Vec<DiskInfo>,
+    pub interfaces: Vec<InterfaceInfo>,
+    pub tags: Vec<String>,
+}
+
+/// Which statistics groups to ask for in the bulk call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatGroups {
+    pub cpu: bool,
+    pub balloon: bool,
+    pub vcpu: bool,
+    pub block: bool,
+    pub interface: bool,
+}
+
+impl StatGroups {
+    pub const ALL: StatGroups = StatGroups {
+        cpu: true,
+        balloon: true,
+        vcpu: true,
+        block: true,
+        interface: true,
+    };
+}
+
+/// Counters of one block device.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockCounters {
+    pub name: String,
+    pub path: Option<String>,
+    pub rd_reqs: u64,
+    pub rd_bytes: u64,
+    pub wr_reqs: u64,
+    pub wr_bytes: u64,
+}
+
+/// Counters of one interface.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetCounters {
+    pub name: String,
+    pub rx_bytes: u64,
+    pub rx_pkts: u64,
+    pub tx_bytes: u64,
+    pub tx_pkts: u64,
+}
+
+/// Raw counters of one domain from one bulk statistics call. Rates are the
+/// collector's business; these are libvirt's cumulative values.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainStats {
+    pub name: String,
+    pub uuid: String,
+    pub state: Option<DomainState>,
+    /// Total CPU time in nanoseconds.
+    pub cpu_time_ns: Option<u64>,
+    pub balloon_current_kib: Option<u64>,
+    pub balloon_maximum_kib: Option<u64>,
+    /// Host resident set size of the QEMU process, KiB.
+    pub balloon_rss_kib: Option<u64>,
+    pub vcpu_current: Option<u32>,
+    /// Per-vCPU time in nanoseconds, by vCPU number.
+    pub vcpu_time_ns: Vec<u64>,
+    pub block: Vec<BlockCounters>,
+    pub net: Vec<NetCounters>,
+}
+
+/// Facts about the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostInfo {
+    pub hostname: String,
+    /// Number of host CPUs libvirt knows (the size of a cpumap).
+    pub cpus: u32,
+    pub online: CpuSet,
+    pub memory_kib: u64,
+}
+
+/// A domain lifecycle event from libvirt's event stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LifecycleKind {
+    Defined,
+    Undefined,
+    Started,
+    Suspended,
+    Resumed,
+    Stopped,
+    Shutdown,
+    Crashed,
+    MigratedIn,
+    MigratedOut,
+    Other,
+}
+
+/// Something that happened on the hypervisor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HypervisorEvent {
+    Lifecycle {
+        name: String,
+        uuid: String,
+        kind: LifecycleKind,
+    },
+    /// The connection to libvirt went away; calls fail until it is back.
+    Disconnected { reason: String },
+    /// A new connection was opened after a loss.
+    Reconnected,
+}
+
+/// Where a change goes: the running domain, or also its persistent definition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ApplyScope {
+    pub persist: bool,
+}
+
+/// Which definition to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadScope {
+    /// The running domain when it runs, else its persistent definition.
+    #[default]
+    Current,
+    /// The persistent definition.
+    Config,
+}
+
+/// Errors from the hypervisor layer. Each names the domain and, where there is
+/// one, the knob; libvirt's own message is kept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HypervisorError {
+    #[error("cannot connect to {uri}: {message}")]
+    Connect { uri: String, message: String },
+    #[error("not connected to libvirt ({reason}); reconnecting")]
+    Disconnected { reason: String },
+    #[error("domain '{0}' not found")]
+    NoDomain(String),
+    #[error("domain '{domain}' is not running")]
+    NotRunning { domain: String },
+    #[error("domain '{domain}': {knob}: {reason}")]
+    Invalid {
+        domain: String,
+        knob: String,
+        reason: String,
+    },
+    #[error("domain '{domain}': {knob}: {message}")]
+    Knob {
+        domain: String,
+        knob: String,
+        message: String,
+    },
+    #[error("{what}: {message}")]
+    Call { what: String, message: String },
+}
+
+pub type Result<T, E = HypervisorError> = std::result::Result<T, E>;
+
+/// The hypervisor port.
+pub trait Hypervisor: Send + Sync {
+    /// Every domain (running and defined).
+    fn list_domains(&self) -> Result<Vec<DomainInfo>>;
+    /// One domain by name, numeric id or UUID, as virsh resolves them.
+    fn domain(&self, key: &str) -> Result<DomainInfo>;
+    /// Statistics of every active domain in one bulk call.
+    fn all_stats(&self, groups: StatGroups) -> Result<Vec<DomainStats>>;
+    /// The current value of every knob of a domain.
+    fn tuning(&self, domain: &str, scope: ReadScope) -> Result<Tuning>;
+    /// Sets one knob of a running domain (and its persistent definition when asked).
+    fn apply(&self, domain: &str, change: &Change, scope: ApplyScope) -> Result<()>;
+    /// Replaces the domain's tags (SPEC §6).
+    fn set_tags(&self, domain: &str, tags: &[String]) -> Result<()>;
+    /// Host facts.
+    fn host(&self) -> Result<HostInfo>;
+    /// Lifecycle and connection events. Each call returns a new subscriber.
+    fn events(&self) -> crossbeam_channel::Receiver<HypervisorEvent>;
+}
+
+/// Checks a value against libvirt's documented range for its knob, before it
+/// reaches libvirt (some drivers accept nonsense silently). Returns the reason.
+pub fn check_value(change: &Change) -> std::result::Result<(), String> {
+    use crate::model::tuning::{BlkioField, KnobValue};
+    match (&change.knob, &change.value) {
+        (Knob::VcpuPin { .. } | Knob::EmulatorPin, KnobValue::CpuSet(s)) if s.is_empty() => {
+            Err("an empty cpuset would stop the domain from running".into())
+        }
+        (Knob::VcpuPin { .. } | Knob::EmulatorPin, KnobValue::CpuSet(_)) => Ok(()),
+        (Knob::CpuShares, KnobValue::Unsigned(v)) if !(2..=262_144).contains(v) => {
+            Err(format!("{v} is out of range: expected 2..262144"))
+        }
+        (Knob::VcpuPeriod, KnobValue::Unsigned(v)) if !(1_000..=1_000_000).contains(v) => {
+            Err(format!("{v} µs is out of range: expected 1000..1000000 µs"))
+        }
+        (Knob::VcpuQuota, KnobValue::Signed(v)) if *v >= 0 && *v < 1_000 => Err(format!(
+            "{v} µs is out of range: expected at least 1000 µs, or -1 for unlimited"
+        )),
+        (Knob::VcpuQuota, KnobValue::Signed(v)) if *v > 17_592_186_044_415 => Err(format!(
+            "{v} µs is out of range: expected at most 17592186044415 µs"
+        )),
+        (Knob::BlkioWeight, KnobValue::Unsigned(v)) if !(100..=1000).contains(v) => {
+            Err(format!("{v} is out of range: expected 100..1000"))
+        }
+        (
+            Knob::BlkioDevice {
+                field: BlkioField::Weight,
+                ..
+            },
+            KnobValue::Unsigned(v),
+        ) if *v != 0 && !(100..=1000).contains(v) => Err(format!(
+            "{v} is out of range: expected 100..1000, or 0 to remove"
+        )),
+        (
+            Knob::CpuShares
+            | Knob::VcpuPeriod
+            | Knob::MemoryHardLimit
+            | Knob::MemorySoftLimit
+            | Knob::MemorySwapHardLimit
+            | Knob::BlkioWeight
+            | Knob::BlkioDevice { .. },
+            KnobValue::Unsigned(_),
+        )
+        | (Knob::VcpuQuota, KnobValue::Signed(_))
+        | (Knob::Interface { .. }, KnobValue::Bandwidth(_)) => Ok(()),
+        (knob, value) => Err(format!("value '{value}' has the wrong type for {knob}")),
+    }
+}
+
+/// Checks a change against the domain and host facts (vCPU numbers, online
+/// CPUs, interfaces), so the admin gets an error that says what is wrong.
+pub fn check_change(domain: &DomainInfo, host: &HostInfo, change: &Change) -> Result<()> {
+    use crate::model::tuning::KnobValue;
+    let invalid = |reason: String| {
+        Err(HypervisorError::Invalid {
+            domain: domain.name.clone(),
+            knob: change.knob.to_string(),
+            reason,
+        })
+    };
+    if let Err(reason) = check_value(change) {
+        return invalid(reason);
+    }
+    if let KnobValue::CpuSet(set) = &change.value {
+        if let Some(bad) = set.iter().find(|c| !host.online.contains(*c)) {
+            return invalid(format!(
+                "host CPU {bad} in cpuset '{set}' is not online (online: {})",
+                host.online
+            ));
+        }
+    }
+    match &change.knob {
+        Knob::VcpuPin { vcpu } if *vcpu >= domain.vcpus => invalid(format!(
+            "the domain has {} vCPUs (0-{})",
+            domain.vcpus,
+            domain.vcpus.saturating_sub(1)
+        )),
+        Knob::Interface { target, .. }
+            if !domain.interfaces.iter().any(|i| {
+                i.target.as_deref() == Some(target.as_str())
+                    || i.mac.as_deref() == Some(target.as_str())
+            }) =>
+        {
+            invalid(format!("the domain has no interface '{target}'"))
+        }
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,13 @@
+//! virt-persona: adaptive tuning personas for KVM/libvirt domains.
+//!
+//! The pure ring (`model`, `units`) knows personas and numbers; the port ring
+//! (`hypervisor`) is the only place that talks to libvirt. Binaries under
+//! `src/bin/` do the wiring.
+
+pub mod hypervisor;
+pub mod model;
+pub mod units;
+pub mod watch;
+
+/// Version string reported by both binaries and, later, to the cluster.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

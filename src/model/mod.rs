@@ -1,0 +1,3 @@
+//! The pure model: persona files and the concrete tuning of a domain.
+
+pub mod tuning;

@@ -1,0 +1,417 @@
+//! Concrete tuning of one domain, as libvirt reports and accepts it, and the
+//! single-knob changes that move a domain from one tuning to another.
+//!
+//! Units are libvirt's own so that a value read back compares equal to the value
+//! written: memory limits in KiB, scheduler period/quota in microseconds,
+//! interface average/peak in KiB/s and burst in KiB, blkio bytes per second in bytes.
+//! Every field is optional: `None` means "not known / not touched".
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::units::CpuSet;
+
+/// libvirt's "no limit" for memory parameters (VIR_DOMAIN_MEMORY_PARAM_UNLIMITED), in KiB.
+pub const MEMORY_UNLIMITED_KIB: u64 = 9_007_199_254_740_991;
+
+/// Per-device block I/O tuning (virsh blkiotune --device-*).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlkioDeviceTuning {
+    pub weight: Option<u32>,
+    pub read_iops: Option<u64>,
+    pub write_iops: Option<u64>,
+    pub read_bytes_per_sec: Option<u64>,
+    pub write_bytes_per_sec: Option<u64>,
+}
+
+/// One direction of interface bandwidth (virsh domiftune), libvirt units.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bandwidth {
+    /// KiB/s; 0 means no limit in this direction.
+    pub average: u32,
+    /// KiB/s; 0 means not set.
+    pub peak: u32,
+    /// KiB; 0 means not set.
+    pub burst: u32,
+}
+
+/// Bandwidth of one interface, both directions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceTuning {
+    pub inbound: Option<Bandwidth>,
+    pub outbound: Option<Bandwidth>,
+}
+
+/// The tuning of one domain: every knob virt-persona reads or sets.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tuning {
+    /// vCPU number -> host CPUs it may run on.
+    pub vcpu_pin: BTreeMap<u32, CpuSet>,
+    pub emulator_pin: Option<CpuSet>,
+    pub cpu_shares: Option<u64>,
+    /// Microseconds.
+    pub vcpu_period: Option<u64>,
+    /// Microseconds; negative means unlimited.
+    pub vcpu_quota: Option<i64>,
+    /// KiB; [`MEMORY_UNLIMITED_KIB`] means unlimited.
+    pub memory_hard_limit: Option<u64>,
+    pub memory_soft_limit: Option<u64>,
+    pub memory_swap_hard_limit: Option<u64>,
+    pub blkio_weight: Option<u32>,
+    /// Host block device path -> limits.
+    pub blkio_devices: BTreeMap<String, BlkioDeviceTuning>,
+    /// Interface target device (vnet0) -> bandwidth.
+    pub interfaces: BTreeMap<String, InterfaceTuning>,
+}
+
+/// A field of a per-device blkio setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlkioField {
+    Weight,
+    ReadIops,
+    WriteIops,
+    ReadBytesPerSec,
+    WriteBytesPerSec,
+}
+
+impl BlkioField {
+    pub const ALL: [BlkioField; 5] = [
+        BlkioField::Weight,
+        BlkioField::ReadIops,
+        BlkioField::WriteIops,
+        BlkioField::ReadBytesPerSec,
+        BlkioField::WriteBytesPerSec,
+    ];
+    /// libvirt's typed-parameter name.
+    pub fn param(self) -> &'static str {
+        match self {
+            BlkioField::Weight => "device_weight",
+            BlkioField::ReadIops => "device_read_iops_sec",
+            BlkioField::WriteIops => "device_write_iops_sec",
+            BlkioField::ReadBytesPerSec => "device_read_bytes_sec",
+            BlkioField::WriteBytesPerSec => "device_write_bytes_sec",
+        }
+    }
+    pub fn get(self, d: &BlkioDeviceTuning) -> Option<u64> {
+        match self {
+            BlkioField::Weight => d.weight.map(u64::from),
+            BlkioField::ReadIops => d.read_iops,
+            BlkioField::WriteIops => d.write_iops,
+            BlkioField::ReadBytesPerSec => d.read_bytes_per_sec,
+            BlkioField::WriteBytesPerSec => d.write_bytes_per_sec,
+        }
+    }
+    pub fn set(self, d: &mut BlkioDeviceTuning, v: u64) {
+        match self {
+            BlkioField::Weight => d.weight = Some(u32::try_from(v).unwrap_or(u32::MAX)),
+            BlkioField::ReadIops => d.read_iops = Some(v),
+            BlkioField::WriteIops => d.write_iops = Some(v),
+            BlkioField::ReadBytesPerSec => d.read_bytes_per_sec = Some(v),
+            BlkioField::WriteBytesPerSec => d.write_bytes_per_sec = Some(v),
+        }
+    }
+}
+
+/// Traffic direction of an interface, seen from the guest's host side as libvirt names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// One tunable value of a domain.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(tag = "knob", rename_all = "snake_case")]
+pub enum Knob {
+    VcpuPin {
+        vcpu: u32,
+    },
+    EmulatorPin,
+    CpuShares,
+    VcpuPeriod,
+    VcpuQuota,
+    MemoryHardLimit,
+    MemorySoftLimit,
+    MemorySwapHardLimit,
+    BlkioWeight,
+    BlkioDevice {
+        path: String,
+        field: BlkioField,
+    },
+    /// The whole bandwidth of one direction of one interface (average, peak, burst).
+    Interface {
+        target: String,
+        direction: Direction,
+    },
+}
+
+impl fmt::Display for Knob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Knob::VcpuPin { vcpu } => write!(f, "vcpu_pin[{vcpu}]"),
+            Knob::EmulatorPin => f.write_str("emulator_pin"),
+            Knob::CpuShares => f.write_str("cpu_shares"),
+            Knob::VcpuPeriod => f.write_str("vcpu_period"),
+            Knob::VcpuQuota => f.write_str("vcpu_quota"),
+            Knob::MemoryHardLimit => f.write_str("memory_hard_limit"),
+            Knob::MemorySoftLimit => f.write_str("memory_soft_limit"),
+            Knob::MemorySwapHardLimit => f.write_str("memory_swap_hard_limit"),
+            Knob::BlkioWeight => f.write_str("blkio_weight"),
+            Knob::BlkioDevice { path, field } => {
+                write!(f, "blkio_device[{path}].{}", field.param())
+            }
+            Knob::Interface { target, direction } => {
+                write!(f, "interface[{target}].{}", direction.prefix())
+            }
+        }
+    }
+}
+
+/// The value a knob is set to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum KnobValue {
+    CpuSet(CpuSet),
+    Unsigned(u64),
+    Signed(i64),
+    Bandwidth(Bandwidth),
+}
+
+impl fmt::Display for KnobValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KnobValue::CpuSet(c) => write!(f, "{c}"),
+            KnobValue::Unsigned(v) => write!(f, "{v}"),
+            KnobValue::Signed(v) => write!(f, "{v}"),
+            KnobValue::Bandwidth(b) => {
+                write!(f, "average={} peak={} burst={}", b.average, b.peak, b.burst)
+            }
+        }
+    }
+}
+
+impl Serialize for CpuSet {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for CpuSet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Set one knob to one value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    #[serde(flatten)]
+    pub knob: Knob,
+    pub value: KnobValue,
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.knob, self.value)
+    }
+}
+
+impl Tuning {
+    /// The current value of a knob, if known.
+    pub fn get(&self, knob: &Knob) -> Option<KnobValue> {
+        match knob {
+            Knob::VcpuPin { vcpu } => self.vcpu_pin.get(vcpu).cloned().map(KnobValue::CpuSet),
+            Knob::EmulatorPin => self.emulator_pin.clone().map(KnobValue::CpuSet),
+            Knob::CpuShares => self.cpu_shares.map(KnobValue::Unsigned),
+            Knob::VcpuPeriod => self.vcpu_period.map(KnobValue::Unsigned),
+            Knob::VcpuQuota => self.vcpu_quota.map(KnobValue::Signed),
+            Knob::MemoryHardLimit => self.memory_hard_limit.map(KnobValue::Unsigned),
+            Knob::MemorySoftLimit => self.memory_soft_limit.map(KnobValue::Unsigned),
+            Knob::MemorySwapHardLimit => self.memory_swap_hard_limit.map(KnobValue::Unsigned),
+            Knob::BlkioWeight => self.blkio_weight.map(|v| KnobValue::Unsigned(v.into())),
+            Knob::BlkioDevice { path, field } => self
+                .blkio_devices
+                .get(path)
+                .and_then(|d| field.get(d))
+                .map(KnobValue::Unsigned),
+            Knob::Interface { target, direction } => self
+                .interfaces
+                .get(target)
+                .and_then(|i| match direction {
+                    Direction::Inbound => i.inbound,
+                    Direction::Outbound => i.outbound,
+                })
+                .map(KnobValue::Bandwidth),
+        }
+    }
+
+    /// Records a change as applied. A value of the wrong shape for the knob is ignored.
+    pub fn set(&mut self, change: &Change) {
+        let v = &change.value;
+        let unsigned = || match v {
+            KnobValue::Unsigned(x) => Some(*x),
+            _ => None,
+        };
+        match (&change.knob, v) {
+            (Knob::VcpuPin { vcpu }, KnobValue::CpuSet(c)) => {
+                self.vcpu_pin.insert(*vcpu, c.clone());
+            }
+            (Knob::EmulatorPin, KnobValue::CpuSet(c)) => self.emulator_pin = Some(c.clone()),
+            (Knob::CpuShares, _) => self.cpu_shares = unsigned().or(self.cpu_shares),
+            (Knob::VcpuPeriod, _) => self.vcpu_period = unsigned().or(self.vcpu_period),
+            (Knob::VcpuQuota, KnobValue::Signed(q)) => self.vcpu_quota = Some(*q),
+            (Knob::MemoryHardLimit, _) => {
+                self.memory_hard_limit = unsigned().or(self.memory_hard_limit)
+            }
+            (Knob::MemorySoftLimit, _) => {
+                self.memory_soft_limit = unsigned().or(self.memory_soft_limit)
+            }
+            (Knob::MemorySwapHardLimit, _) => {
+                self.memory_swap_hard_limit = unsigned().or(self.memory_swap_hard_limit)
+            }
+            (Knob::BlkioWeight, KnobValue::Unsigned(w)) => {
+                self.blkio_weight = Some(u32::try_from(*w).unwrap_or(u32::MAX))
+            }
+            (Knob::BlkioDevice { path, field }, KnobValue::Unsigned(x)) => {
+                field.set(self.blkio_devices.entry(path.clone()).or_default(), *x)
+            }
+            (Knob::Interface { target, direction }, KnobValue::Bandwidth(b)) => {
+                let iface = self.interfaces.entry(target.clone()).or_default();
+                match direction {
+                    Direction::Inbound => iface.inbound = Some(*b),
+                    Direction::Outbound => iface.outbound = Some(*b),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Every knob this tuning has a value for, as changes that would set it.
+    pub fn changes(&self) -> Vec<Change> {
+        let mut out = Vec::new();
+        let mut push = |knob: Knob| {
+            if let Some(value) = self.get(&knob) {
+                out.push(Change { knob, value });
+            }
+        };
+        for vcpu in self.vcpu_pin.keys() {
+            push(Knob::VcpuPin { vcpu: *vcpu });
+        }
+        for k in [
+            Knob::EmulatorPin,
+            Knob::CpuShares,
+            Knob::VcpuPeriod,
+            Knob::VcpuQuota,
+            Knob::MemoryHardLimit,
+            Knob::MemorySoftLimit,
+            Knob::MemorySwapHardLimit,
+            Knob::BlkioWeight,
+        ] {
+            push(k);
+        }
+        for path in self.blkio_devices.keys() {
+            for field in BlkioField::ALL {
+                push(Knob::BlkioDevice {
+                    path: path.clone(),
+                    field,
+                });
+            }
+        }
+        for target in self.interfaces.keys() {
+            for direction in [Direction::Inbound, Direction::Outbound] {
+                push(Knob::Interface {
+                    target: target.clone(),
+                    direction,
+                });
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_then_get_every_knob() {
+        let mut t = Tuning::default();
+        let changes = vec![
+            Change {
+                knob: Knob::VcpuPin { vcpu: 1 },
+                value: KnobValue::CpuSet("0-1".parse().unwrap()),
+            },
+            Change {
+                knob: Knob::EmulatorPin,
+                value: KnobValue::CpuSet("1".parse().unwrap()),
+            },
+            Change {
+                knob: Knob::CpuShares,
+                value: KnobValue::Unsigned(2048),
+            },
+            Change {
+                knob: Knob::VcpuPeriod,
+                value: KnobValue::Unsigned(100_000),
+            },
+            Change {
+                knob: Knob::VcpuQuota,
+                value: KnobValue::Signed(-1),
+            },
+            Change {
+                knob: Knob::MemoryHardLimit,
+                value: KnobValue::Unsigned(4096),
+            },
+            Change {
+                knob: Knob::MemorySoftLimit,
+                value: KnobValue::Unsigned(2048),
+            },
+            Change {
+                knob: Knob::MemorySwapHardLimit,
+                value: KnobValue::Unsigned(8192),
+            },
+            Change {
+                knob: Knob::BlkioWeight,
+                value: KnobValue::Unsigned(500),
+            },
+            Change {
+                knob: Knob::BlkioDevice {
+                    path: "/dev/sda".into(),
+                    field: BlkioField::ReadIops,
+                },
+                value: KnobValue::Unsigned(100),
+            },
+            Change {
+                knob: Knob::Interface {
+                    target: "vnet0".into(),
+                    direction: Direction::Outbound,
+                },
+                value: KnobValue::Bandwidth(Bandwidth {
+                    average: 10,
+                    peak: 20,
+                    burst: 30,
+                }),
+            },
+        ];
+        for c in &changes {
+            t.set(c);
+        }
+        for c in &changes {
+            assert_eq!(t.get(&c.knob).as_ref(), Some(&c.value), "{}", c.knob);
+        }
+        assert_eq!(t.changes(), changes);
+    }
+}
