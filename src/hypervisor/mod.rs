@@ -204,10 +204,16 @@ pub enum HypervisorEvent {
     Reconnected,
 }
 
-/// Where a change goes: the running domain, or also its persistent definition.
+/// Where a change goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct ApplyScope {
-    pub persist: bool,
+pub enum ApplyScope {
+    /// The running domain only.
+    #[default]
+    Live,
+    /// The running domain and its persistent definition (persona `persist = true`).
+    LiveAndConfig,
+    /// The persistent definition only.
+    Config,
 }
 
 /// Which definition to read.
@@ -285,7 +291,7 @@ pub fn check_value(change: &Change) -> std::result::Result<(), String> {
         (Knob::VcpuPeriod, KnobValue::Unsigned(v)) if !(1_000..=1_000_000).contains(v) => {
             Err(format!("{v} µs is out of range: expected 1000..1000000 µs"))
         }
-        (Knob::VcpuQuota, KnobValue::Signed(v)) if *v >= 0 && *v < 1_000 => Err(format!(
+        (Knob::VcpuQuota, KnobValue::Signed(v)) if *v < 1_000 && *v != -1 => Err(format!(
             "{v} µs is out of range: expected at least 1000 µs, or -1 for unlimited"
         )),
         (Knob::VcpuQuota, KnobValue::Signed(v)) if *v > 17_592_186_044_415 => Err(format!(

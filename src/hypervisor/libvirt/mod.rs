@@ -468,17 +468,23 @@ fn read_tuning(live: &Live, name: &str, scope: ReadScope) -> Result<Tuning> {
 
 fn apply_change(live: &Live, name: &str, change: &Change, scope: ApplyScope) -> Result<()> {
     let dom = lookup(live, name)?;
-    // the test driver rejects AFFECT_LIVE for pinning and scheduler calls
-    let mut passes: Vec<c_uint> = if live.test_driver {
-        vec![sys::VIR_DOMAIN_AFFECT_CURRENT]
-    } else if scope.persist {
-        vec![sys::VIR_DOMAIN_AFFECT_LIVE | sys::VIR_DOMAIN_AFFECT_CONFIG]
+    // the test driver rejects AFFECT_LIVE for pinning and scheduler calls: CURRENT
+    // means live on a running domain there
+    let live_flag = if live.test_driver {
+        sys::VIR_DOMAIN_AFFECT_CURRENT
     } else {
-        vec![sys::VIR_DOMAIN_AFFECT_LIVE]
+        sys::VIR_DOMAIN_AFFECT_LIVE
     };
-    if live.test_driver && scope.persist {
-        passes.push(sys::VIR_DOMAIN_AFFECT_CONFIG);
-    }
+    let passes: Vec<c_uint> = match scope {
+        ApplyScope::Live => vec![live_flag],
+        ApplyScope::LiveAndConfig if live.test_driver => {
+            vec![live_flag, sys::VIR_DOMAIN_AFFECT_CONFIG]
+        }
+        ApplyScope::LiveAndConfig => {
+            vec![sys::VIR_DOMAIN_AFFECT_LIVE | sys::VIR_DOMAIN_AFFECT_CONFIG]
+        }
+        ApplyScope::Config => vec![sys::VIR_DOMAIN_AFFECT_CONFIG],
+    };
     for flags in passes {
         apply_once(live, &dom, name, change, flags)?;
     }

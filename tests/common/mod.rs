@@ -1,0 +1,256 @@
+//! Real-host test harness: builds the boot-sector guest, boots uniquely named
+//! guests on the real libvirtd (KVM, or TCG where /dev/kvm does not work),
+//! switches their load over COM1, and tears them down on Drop even when a test fails.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use virt_persona::hypervisor::libvirt::LibvirtHypervisor;
+use virt_persona::hypervisor::{DomainInfo, Hypervisor};
+
+pub const REAL_URI: &str = "qemu:///system";
+
+/// At most this many guests run at once in one test binary: two cores.
+const MAX_GUESTS: usize = 2;
+
+static SLOTS: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+fn work_dir() -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("guests");
+    std::fs::create_dir_all(&d).expect("create guest dir");
+    d
+}
+
+/// Assembles fixtures/guest/boot.S into a 512-byte boot sector, once per test binary.
+pub fn boot_sector() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/guest/boot.S");
+        let dir = work_dir();
+        let obj = dir.join(format!("boot-{}.o", std::process::id()));
+        let bin = dir.join(format!("boot-{}.bin", std::process::id()));
+        let st = Command::new("as")
+            .args(["--32", "-o"])
+            .arg(&obj)
+            .arg(&src)
+            .status()
+            .expect("run GNU as");
+        assert!(st.success(), "assembling {src:?} failed");
+        let st = Command::new("ld")
+            .args([
+                "-m",
+                "elf_i386",
+                "-Ttext",
+                "0x7c00",
+                "--oformat",
+                "binary",
+                "-o",
+            ])
+            .arg(&bin)
+            .arg(&obj)
+            .status()
+            .expect("run ld");
+        assert!(st.success(), "linking the boot sector failed");
+        let len = std::fs::metadata(&bin).expect("boot sector built").len();
+        assert_eq!(len, 512, "the boot sector must be exactly 512 bytes");
+        bin
+    })
+}
+
+/// "kvm" when /dev/kvm can be opened, else "qemu" (TCG).
+pub fn virt_type() -> &'static str {
+    static T: OnceLock<&'static str> = OnceLock::new();
+    T.get_or_init(|| {
+        let ok = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok();
+        if ok {
+            "kvm"
+        } else {
+            eprintln!("/dev/kvm is not usable: guests run under TCG");
+            "qemu"
+        }
+    })
+}
+
+/// A connection to the real libvirtd; fails the test with a hint when it is not running.
+pub fn real() -> LibvirtHypervisor {
+    LibvirtHypervisor::connect(REAL_URI).unwrap_or_else(|e| {
+        panic!("{e}\nstart libvirtd first: scripts/setup-host.sh (the README's test command does)")
+    })
+}
+
+/// Load modes of the boot-sector guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Load {
+    Idle,
+    Spin,
+    Disk,
+}
+
+/// A running test guest; destroyed, undefined and its files removed on Drop.
+pub struct Guest {
+    pub name: String,
+    hv: LibvirtHypervisor,
+    dir: PathBuf,
+    serial: Option<UnixStream>,
+}
+
+impl Guest {
+    /// Defines and starts a persistent guest with `vcpus` vCPUs, idle.
+    pub fn boot(test: &str, vcpus: u32) -> Guest {
+        {
+            let (lock, cv) = &SLOTS;
+            let mut n = lock.lock().unwrap_or_else(|p| p.into_inner());
+            while *n >= MAX_GUESTS {
+                n = cv.wait(n).unwrap_or_else(|p| p.into_inner());
+            }
+            *n += 1;
+        }
+        let name = format!(
+            "vpt-{}-{}-{}",
+            test.replace('_', "-"),
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let dir = work_dir().join(&name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("guest dir");
+        let disk = dir.join("disk.img");
+        std::fs::copy(boot_sector(), &disk).expect("copy boot sector");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&disk)
+            .expect("open disk");
+        f.set_len(1 << 20).expect("size disk");
+        let sock = dir.join("com1.sock");
+        let template = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/guest-domain.xml"),
+        )
+        .expect("read domain template");
+        let xml = template
+            .replace("@TYPE@", virt_type())
+            .replace("@NAME@", &name)
+            .replace("@VCPUS@", &vcpus.to_string())
+            .replace("@DISK@", disk.to_str().expect("utf-8 path"))
+            .replace("@SOCK@", sock.to_str().expect("utf-8 path"));
+        let hv = real();
+        // the guard exists before anything is defined, so a failure below still cleans up
+        let mut g = Guest {
+            name: name.clone(),
+            hv,
+            dir,
+            serial: None,
+        };
+        g.hv.define(&xml)
+            .unwrap_or_else(|e| panic!("define {name}: {e}"));
+        g.hv.start(&name)
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let stream = loop {
+            match UnixStream::connect(&sock) {
+                Ok(s) => break s,
+                Err(e) if Instant::now() > deadline => panic!("COM1 socket of {name}: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        };
+        stream
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        g.serial = Some(stream);
+        g
+    }
+
+    /// Switches the guest's load and waits for its acknowledgement.
+    pub fn set_load(&mut self, load: Load) {
+        let byte = match load {
+            Load::Idle => b'0',
+            Load::Spin => b'1',
+            Load::Disk => b'2',
+        };
+        let name = self.name.clone();
+        let s = self.serial.as_mut().expect("serial connected");
+        let deadline =
+            Instant::now() + Duration::from_secs(if virt_type() == "kvm" { 15 } else { 60 });
+        let mut last_send = Instant::now() - Duration::from_secs(10);
+        loop {
+            // the guest polls COM1 between loops; resend now and then in case a byte
+            // arrived before its firmware was ready
+            if last_send.elapsed() > Duration::from_secs(2) {
+                s.write_all(&[byte]).expect("write to COM1");
+                last_send = Instant::now();
+            }
+            let mut buf = [0u8; 64];
+            match s.read(&mut buf) {
+                Ok(n) if buf[..n].contains(&byte) => return,
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) => panic!("COM1 of {name}: {e}"),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} did not acknowledge load {load:?}"
+            );
+        }
+    }
+
+    pub fn info(&self) -> DomainInfo {
+        self.hv.domain(&self.name).expect("guest info")
+    }
+
+    /// The guest's cgroup v1 directory for a controller, if the host uses v1.
+    pub fn cgroup_dir(&self, controller: &str) -> Option<PathBuf> {
+        let base = PathBuf::from("/sys/fs/cgroup")
+            .join(controller)
+            .join("machine");
+        let suffix = format!("-{}.libvirt-qemu", self.name);
+        std::fs::read_dir(base)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.ends_with(&suffix))
+            })
+    }
+
+    /// Destroys now (the guard still undefines on Drop).
+    pub fn stop(&mut self) {
+        self.serial = None;
+        let _ = self.hv.destroy(&self.name);
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        self.serial = None;
+        let _ = self.hv.destroy(&self.name);
+        let _ = self.hv.undefine(&self.name);
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let (lock, cv) = &SLOTS;
+        let mut n = lock.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(1);
+        cv.notify_one();
+    }
+}
+
+/// Reads a cgroup file, trimmed.
+pub fn read_trim(p: &Path) -> String {
+    std::fs::read_to_string(p)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|e| panic!("{p:?}: {e}"))
+}
