@@ -10,9 +10,18 @@ if [ "$(id -u)" != 0 ]; then
   log "must run as root (installs packages and starts libvirtd)"; exit 1
 fi
 
+# --build-only: just what building the crate needs (libvirt's headers and
+# library, pkg-config); enough for the embedded default on the test driver.
+build_only=false
+[ "${1:-}" = "--build-only" ] && build_only=true
+
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-system libvirt-clients libvirt-dev
-      qemu-system-x86 pkg-config binutils iproute2 procps)
+if $build_only; then
+  pkgs=(libvirt-dev libvirt0 pkg-config)
+else
+  pkgs=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-system libvirt-clients libvirt-dev
+        qemu-system-x86 pkg-config binutils iproute2 procps)
+fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -31,6 +40,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     fi
   fi
   apt-get install -y -qq --no-install-recommends --allow-downgrades "${missing[@]}" "${extra[@]}" >/dev/null
+fi
+
+if $build_only; then
+  log "build dependencies ready"
+  exit 0
 fi
 
 # Users and groups libvirtd expects (the package may not create them in a container).

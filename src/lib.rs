@@ -4,6 +4,7 @@
 //! (`hypervisor`) is the only place that talks to libvirt. Binaries under
 //! `src/bin/` do the wiring.
 
+pub mod config;
 pub mod hypervisor;
 pub mod model;
 pub mod units;

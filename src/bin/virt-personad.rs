@@ -1,1 +1,205 @@
-fn main() {}
+//! virt-personad: the host daemon. Wiring only: flags and config, the libvirt
+//! connection, signals, and the loop that runs every interval.
+
+use std::path::PathBuf;
+use std::time::Duration as StdDuration;
+
+use anyhow::Context;
+use clap::Parser;
+use crossbeam_channel::{select, tick};
+use tracing::{info, warn};
+
+use virt_persona::config::{Config, FileConfig, Overrides, DEFAULT_CONFIG};
+use virt_persona::hypervisor::libvirt::LibvirtHypervisor;
+use virt_persona::hypervisor::{Hypervisor, HypervisorEvent, ReadScope};
+use virt_persona::units::Duration;
+
+/// virt-persona host daemon: gives every libvirt domain the tuning persona its load calls for.
+///
+/// Runs against libvirt's test driver with no KVM:
+///   virt-personad -c test:///default --personas personas/ --state-dir /tmp/vp --socket /tmp/vp/api.sock
+#[derive(Parser, Debug)]
+#[command(name = "virt-personad", version, about, long_about = None)]
+struct Args {
+    /// Daemon config file (TOML); a missing file at the default path is fine.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// libvirt connection URI [default: qemu:///system].
+    #[arg(short = 'c', long = "connect", value_name = "URI")]
+    connect: Option<String>,
+    /// Directory of persona files [default: /etc/virt-persona/personas.d].
+    #[arg(long, value_name = "DIR")]
+    personas: Option<PathBuf>,
+    /// Durable state directory [default: /var/lib/virt-persona].
+    #[arg(long = "state-dir", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// API unix socket [default: /run/virt-persona/api.sock].
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Control-loop interval, e.g. 5s [default: 5s].
+    #[arg(long, value_name = "DUR")]
+    interval: Option<Duration>,
+    /// How often worn personas are checked for drift [default: 30s].
+    #[arg(long = "verify-interval", value_name = "DUR")]
+    verify_interval: Option<Duration>,
+    /// Restore every domain's baseline when the daemon stops.
+    #[arg(long = "revert-on-exit")]
+    revert_on_exit: bool,
+    /// This host's name in the cluster [default: the host name].
+    #[arg(long = "node-name", value_name = "NAME")]
+    node_name: Option<String>,
+    /// Gossip listen address.
+    #[arg(long = "gossip-listen", value_name = "ADDR:PORT")]
+    gossip_listen: Option<String>,
+    /// Gossip seed (repeatable).
+    #[arg(long = "gossip-seed", value_name = "ADDR:PORT")]
+    gossip_seed: Vec<String>,
+    /// Gossip shared key file (64 hex characters).
+    #[arg(long = "gossip-key-file", value_name = "FILE")]
+    gossip_key_file: Option<PathBuf>,
+    /// Also serve the API on TCP (needs --api-token-file).
+    #[arg(long = "api-listen", value_name = "ADDR:PORT")]
+    api_listen: Option<String>,
+    /// Bearer token file for the TCP API.
+    #[arg(long = "api-token-file", value_name = "FILE")]
+    api_token_file: Option<PathBuf>,
+}
+
+fn load_config(args: Args) -> anyhow::Result<Config> {
+    let explicit = args.config.is_some();
+    let path = args.config.clone().unwrap_or_else(|| DEFAULT_CONFIG.into());
+    let file = FileConfig::load(&path, explicit)?;
+    let o = Overrides {
+        personas_dir: args.personas,
+        state_dir: args.state_dir,
+        socket: args.socket,
+        connect: args.connect,
+        interval: args.interval,
+        verify_interval: args.verify_interval,
+        revert_on_exit: args.revert_on_exit,
+        node_name: args.node_name,
+        gossip_listen: args.gossip_listen,
+        gossip_seeds: args.gossip_seed,
+        gossip_key_file: args.gossip_key_file,
+        api_listen: args.api_listen,
+        api_token_file: args.api_token_file,
+    };
+    Ok(Config::resolve(file, o)?)
+}
+
+fn main() {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("VIRT_PERSONA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(args) {
+        eprintln!("virt-personad: error: {e}");
+        for cause in e.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let cfg = load_config(args)?;
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating the state directory {}", cfg.state_dir.display()))?;
+    let hv = LibvirtHypervisor::connect(&cfg.connect)?;
+    info!(uri = %cfg.connect, node = %cfg.node_name, interval = %cfg.interval, "virt-personad started");
+    let events = hv.events();
+
+    let (sig_tx, sig_rx) = crossbeam_channel::bounded(4);
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])
+    .context("installing signal handlers")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for s in signals.forever() {
+                if sig_tx.send(s).is_err() {
+                    break;
+                }
+            }
+        })?;
+
+    let ticker = tick(cfg.interval.as_std());
+    let mut inventory = Inventory::default();
+    inventory.refresh(&hv);
+    loop {
+        select! {
+            recv(ticker) -> _ => inventory.refresh(&hv),
+            recv(events) -> ev => match ev {
+                Ok(HypervisorEvent::Lifecycle { name, kind, .. }) => {
+                    info!(domain = %name, event = ?kind, "domain lifecycle event");
+                    inventory.refresh(&hv);
+                }
+                Ok(HypervisorEvent::Disconnected { reason }) => warn!(%reason, "libvirt connection lost"),
+                Ok(HypervisorEvent::Reconnected) => info!("libvirt connection back"),
+                Err(_) => std::thread::sleep(StdDuration::from_millis(100)),
+            },
+            recv(sig_rx) -> s => match s {
+                Ok(signal_hook::consts::SIGHUP) => info!("SIGHUP: reloading"),
+                _ => {
+                    info!("stopping");
+                    return Ok(());
+                }
+            },
+        }
+    }
+}
+
+/// What the daemon last saw, so it logs changes rather than every tick.
+#[derive(Default)]
+struct Inventory {
+    seen: std::collections::BTreeMap<String, String>,
+    failing: bool,
+}
+
+impl Inventory {
+    fn refresh(&mut self, hv: &LibvirtHypervisor) {
+        let domains = match hv.list_domains() {
+            Ok(d) => d,
+            Err(e) => {
+                if !self.failing {
+                    warn!(error = %e, "cannot list domains");
+                }
+                self.failing = true;
+                return;
+            }
+        };
+        self.failing = false;
+        let mut now = std::collections::BTreeMap::new();
+        for d in domains {
+            let tuning = if d.state.is_active() {
+                match hv.tuning(&d.name, ReadScope::Current) {
+                    Ok(t) => serde_json::to_string(&t).unwrap_or_default(),
+                    Err(e) => format!("error: {e}"),
+                }
+            } else {
+                String::new()
+            };
+            let line = format!(
+                "state={} vcpus={} tags={:?} tuning={tuning}",
+                d.state.as_str(),
+                d.vcpus,
+                d.tags
+            );
+            if self.seen.get(&d.name) != Some(&line) {
+                info!(domain = %d.name, state = d.state.as_str(), vcpus = d.vcpus, tags = ?d.tags, tuning = %tuning, "domain");
+            }
+            now.insert(d.name, line);
+        }
+        for gone in self.seen.keys().filter(|k| !now.contains_key(*k)) {
+            info!(domain = %gone, "domain gone");
+        }
+        self.seen = now;
+    }
+}

@@ -1,0 +1,263 @@
+//! Daemon configuration (SPEC §2): defaults, the optional TOML file, and
+//! command-line flags, in that order of precedence (flags win).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::units::Duration;
+
+pub const DEFAULT_CONFIG: &str = "/etc/virt-persona/virt-personad.toml";
+pub const DEFAULT_PERSONAS: &str = "/etc/virt-persona/personas.d";
+pub const DEFAULT_STATE: &str = "/var/lib/virt-persona";
+pub const DEFAULT_SOCKET: &str = "/run/virt-persona/api.sock";
+pub const DEFAULT_URI: &str = "qemu:///system";
+
+/// Errors reading or checking the daemon configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiSection {
+    socket: Option<PathBuf>,
+    listen: Option<String>,
+    token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GossipSection {
+    listen: Option<String>,
+    #[serde(default)]
+    seeds: Vec<String>,
+    key_file: Option<PathBuf>,
+}
+
+/// The config file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    personas_dir: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    connect: Option<String>,
+    interval: Option<String>,
+    verify_interval: Option<String>,
+    revert_on_exit: Option<bool>,
+    node_name: Option<String>,
+    #[serde(default)]
+    api: ApiSection,
+    #[serde(default)]
+    gossip: GossipSection,
+}
+
+/// Values given on the command line; `None` = not given.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub personas_dir: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub connect: Option<String>,
+    pub interval: Option<Duration>,
+    pub verify_interval: Option<Duration>,
+    pub revert_on_exit: bool,
+    pub node_name: Option<String>,
+    pub gossip_listen: Option<String>,
+    pub gossip_seeds: Vec<String>,
+    pub gossip_key_file: Option<PathBuf>,
+    pub api_listen: Option<String>,
+    pub api_token_file: Option<PathBuf>,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub personas_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub socket: PathBuf,
+    pub connect: String,
+    pub interval: Duration,
+    pub verify_interval: Duration,
+    pub revert_on_exit: bool,
+    pub node_name: String,
+    pub gossip_listen: Option<String>,
+    pub gossip_seeds: Vec<String>,
+    pub gossip_key_file: Option<PathBuf>,
+    pub api_listen: Option<String>,
+    pub api_token_file: Option<PathBuf>,
+}
+
+fn duration(key: &'static str, s: &str) -> Result<Duration, ConfigError> {
+    let d: Duration = s
+        .parse()
+        .map_err(|e: crate::units::UnitError| ConfigError::Invalid { key, message: e.0 })?;
+    if d.as_std().is_zero() {
+        return Err(ConfigError::Invalid {
+            key,
+            message: "must be greater than zero".into(),
+        });
+    }
+    Ok(d)
+}
+
+impl FileConfig {
+    /// Reads the config file. A missing file at the default path is no error.
+    pub fn load(path: &Path, explicit: bool) -> Result<FileConfig, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+                return Ok(FileConfig::default())
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            }
+        };
+        toml::from_str(&text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|s| {
+                    let (l, c) = crate::model::line_col(&text, s.start);
+                    format!("{l}:{c}: ")
+                })
+                .unwrap_or_default();
+            ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: format!("{at}{}", e.message()),
+            }
+        })
+    }
+}
+
+/// The host name, for the default node name.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+impl Config {
+    /// Merges defaults, file and flags, and checks the result.
+    pub fn resolve(file: FileConfig, o: Overrides) -> Result<Config, ConfigError> {
+        let interval = match (o.interval, file.interval.as_deref()) {
+            (Some(d), _) => d,
+            (None, Some(s)) => duration("interval", s)?,
+            (None, None) => Duration::from_secs(5),
+        };
+        let verify_interval = match (o.verify_interval, file.verify_interval.as_deref()) {
+            (Some(d), _) => d,
+            (None, Some(s)) => duration("verify_interval", s)?,
+            (None, None) => Duration::from_secs(30),
+        };
+        for (key, d) in [("interval", interval), ("verify_interval", verify_interval)] {
+            if d.as_std().is_zero() {
+                return Err(ConfigError::Invalid {
+                    key,
+                    message: "must be greater than zero".into(),
+                });
+            }
+        }
+        let cfg = Config {
+            personas_dir: o
+                .personas_dir
+                .or(file.personas_dir)
+                .unwrap_or_else(|| DEFAULT_PERSONAS.into()),
+            state_dir: o
+                .state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(|| DEFAULT_STATE.into()),
+            socket: o
+                .socket
+                .or(file.api.socket)
+                .unwrap_or_else(|| DEFAULT_SOCKET.into()),
+            connect: o
+                .connect
+                .or(file.connect)
+                .unwrap_or_else(|| DEFAULT_URI.into()),
+            interval,
+            verify_interval,
+            revert_on_exit: o.revert_on_exit || file.revert_on_exit.unwrap_or(false),
+            node_name: o.node_name.or(file.node_name).unwrap_or_else(hostname),
+            gossip_listen: o.gossip_listen.or(file.gossip.listen),
+            gossip_seeds: if o.gossip_seeds.is_empty() {
+                file.gossip.seeds
+            } else {
+                o.gossip_seeds
+            },
+            gossip_key_file: o.gossip_key_file.or(file.gossip.key_file),
+            api_listen: o.api_listen.or(file.api.listen),
+            api_token_file: o.api_token_file.or(file.api.token_file),
+        };
+        if cfg.gossip_listen.is_some() && cfg.gossip_key_file.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "gossip.key_file",
+                message: "gossip is on (gossip.listen) but no shared key is configured; make one with 'virt-persona gossip-keygen FILE'".into(),
+            });
+        }
+        if cfg.api_listen.is_some() && cfg.api_token_file.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "api.token_file",
+                message: "the TCP API (api.listen) needs a bearer token file".into(),
+            });
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_file_beat_defaults() {
+        let file: FileConfig = toml::from_str(
+            "connect = \"test:///default\"\ninterval = \"10s\"\n[api]\nsocket = \"/tmp/a.sock\"\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            interval: Some("1s".parse().unwrap()),
+            ..Default::default()
+        };
+        let c = Config::resolve(file, o).unwrap();
+        assert_eq!(c.connect, "test:///default");
+        assert_eq!(c.interval, "1s".parse().unwrap());
+        assert_eq!(c.verify_interval, "30s".parse().unwrap());
+        assert_eq!(c.socket, PathBuf::from("/tmp/a.sock"));
+        assert_eq!(c.personas_dir, PathBuf::from(DEFAULT_PERSONAS));
+    }
+
+    #[test]
+    fn bad_files_say_where() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "connect = \"x\"\nintervall = \"5s\"\n").unwrap();
+        let e = FileConfig::load(&p, true).unwrap_err().to_string();
+        assert!(e.contains("c.toml: 2:1: unknown field `intervall`"), "{e}");
+        std::fs::write(&p, "interval = \"5 parsecs\"\n").unwrap();
+        let e = Config::resolve(FileConfig::load(&p, true).unwrap(), Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("interval: unknown duration unit"), "{e}");
+        assert!(FileConfig::load(&dir.path().join("none.toml"), false).is_ok());
+        assert!(FileConfig::load(&dir.path().join("none.toml"), true).is_err());
+        let gossip: FileConfig = toml::from_str("[gossip]\nlisten = \"127.0.0.1:7946\"\n").unwrap();
+        assert!(Config::resolve(gossip, Overrides::default())
+            .unwrap_err()
+            .to_string()
+            .contains("gossip-keygen"));
+    }
+}

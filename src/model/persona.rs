@@ -1,0 +1,331 @@
+//! Validated personas (SPEC §3): the types the rest of the daemon works with.
+//! Built only by [`crate::model::validate`], so every value here is in range.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::hypervisor::DomainInfo;
+use crate::model::tuning::{BlkioDeviceTuning, InterfaceTuning, Tuning};
+use crate::units::{CpuSet, Duration};
+
+/// What a metric's number means, which decides what a threshold may be written as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricUnit {
+    Percent,
+    Bytes,
+    BytesPerSec,
+    PerSec,
+    Plain,
+}
+
+macro_rules! metrics {
+    ($($variant:ident => $name:literal, $unit:ident, $host:literal;)*) => {
+        /// The metrics of SPEC §4.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum Metric { $($variant,)* }
+
+        impl Metric {
+            pub const ALL: &'static [Metric] = &[$(Metric::$variant,)*];
+            pub fn name(self) -> &'static str {
+                match self { $(Metric::$variant => $name,)* }
+            }
+            pub fn unit(self) -> MetricUnit {
+                match self { $(Metric::$variant => MetricUnit::$unit,)* }
+            }
+            /// Host-wide (procfs) rather than per domain.
+            pub fn is_host(self) -> bool {
+                match self { $(Metric::$variant => $host,)* }
+            }
+            pub fn from_name(s: &str) -> Option<Metric> {
+                match s { $($name => Some(Metric::$variant),)* _ => None }
+            }
+        }
+    };
+}
+
+metrics! {
+    Cpu => "cpu", Percent, false;
+    MemoryRss => "memory_rss", Bytes, false;
+    MemoryRssPercent => "memory_rss_percent", Percent, false;
+    DiskReadIops => "disk_read_iops", PerSec, false;
+    DiskWriteIops => "disk_write_iops", PerSec, false;
+    DiskIops => "disk_iops", PerSec, false;
+    DiskReadBps => "disk_read_bps", BytesPerSec, false;
+    DiskWriteBps => "disk_write_bps", BytesPerSec, false;
+    DiskBps => "disk_bps", BytesPerSec, false;
+    DiskBytes => "disk_bytes", Bytes, false;
+    NetRxBps => "net_rx_bps", BytesPerSec, false;
+    NetTxBps => "net_tx_bps", BytesPerSec, false;
+    NetBps => "net_bps", BytesPerSec, false;
+    NetRxPps => "net_rx_pps", PerSec, false;
+    NetTxPps => "net_tx_pps", PerSec, false;
+    NetBytes => "net_bytes", Bytes, false;
+    HostCpu => "host_cpu", Percent, true;
+    HostLoad1 => "host_load1", Plain, true;
+    HostMemAvailablePercent => "host_mem_available_percent", Percent, true;
+    HostCpuPressure => "host_cpu_pressure", Percent, true;
+}
+
+impl fmt::Display for Metric {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How a window of samples is reduced to one number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Agg {
+    #[default]
+    Avg,
+    Max,
+    Min,
+    Sum,
+    P95,
+}
+
+impl Agg {
+    pub fn from_name(s: &str) -> Option<Agg> {
+        Some(match s {
+            "avg" => Agg::Avg,
+            "max" => Agg::Max,
+            "min" => Agg::Min,
+            "sum" => Agg::Sum,
+            "p95" => Agg::P95,
+            _ => return None,
+        })
+    }
+}
+
+/// Where a condition's number comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Metric(Metric),
+    Signal(String),
+    Forecast(Metric),
+}
+
+/// Which side of the threshold makes the condition true.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Comparison {
+    Above(f64),
+    Below(f64),
+}
+
+impl Comparison {
+    pub fn holds(self, v: f64) -> bool {
+        match self {
+            Comparison::Above(t) => v > t,
+            Comparison::Below(t) => v < t,
+        }
+    }
+}
+
+/// One `[[activation.when]]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Condition {
+    pub source: Source,
+    pub comparison: Comparison,
+    pub over: Option<Duration>,
+    pub agg: Agg,
+    #[serde(rename = "for")]
+    pub for_: Option<Duration>,
+    pub horizon: Option<Duration>,
+}
+
+/// `all` or `any` of the conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    All,
+    Any,
+}
+
+/// A set of weekdays, bit 0 = Monday … bit 6 = Sunday.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Days(pub u8);
+
+impl Days {
+    pub const ALL: Days = Days(0x7f);
+    /// `weekday` is 0 = Monday … 6 = Sunday.
+    pub fn contains(self, weekday: u8) -> bool {
+        weekday < 7 && self.0 & (1 << weekday) != 0
+    }
+}
+
+/// A daily window: on these days, from `from` to `to` (minutes after midnight).
+/// When `to` < `from` the window crosses midnight and belongs to the day it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Window {
+    pub days: Days,
+    pub from: u16,
+    pub to: u16,
+}
+
+/// `[activation]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Activation {
+    pub mode: Mode,
+    pub hold: Duration,
+    pub cooldown: Duration,
+    pub schedule: Vec<Window>,
+    pub timezone: Option<String>,
+    pub when: Vec<Condition>,
+}
+
+/// Which vCPUs a pinning entry applies to.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VcpuSel {
+    All,
+    One(u32),
+}
+
+/// `[tuning]`, in libvirt units, before it is resolved against one domain.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TuningSpec {
+    pub vcpu_pin: Vec<(VcpuSel, CpuSet)>,
+    pub emulator_pin: Option<CpuSet>,
+    pub cpu_shares: Option<u64>,
+    pub vcpu_period: Option<u64>,
+    pub vcpu_quota: Option<i64>,
+    pub memory_hard_limit: Option<u64>,
+    pub memory_soft_limit: Option<u64>,
+    pub memory_swap_hard_limit: Option<u64>,
+    pub blkio_weight: Option<u32>,
+    pub blkio_devices: Vec<(String, BlkioDeviceTuning)>,
+    /// Target dev, MAC, or "*" for every interface.
+    pub interfaces: Vec<(String, InterfaceTuning)>,
+}
+
+impl TuningSpec {
+    /// The concrete tuning this spec asks of one domain: `*` expands to every
+    /// vCPU / interface, and a numbered entry beats `*`. vCPUs and interfaces the
+    /// domain does not have are left out.
+    pub fn resolve(&self, domain: &DomainInfo) -> Tuning {
+        let mut t = Tuning::default();
+        for (_, set) in self.vcpu_pin.iter().filter(|(s, _)| *s == VcpuSel::All) {
+            for v in 0..domain.vcpus {
+                t.vcpu_pin.insert(v, set.clone());
+            }
+        }
+        for (sel, set) in &self.vcpu_pin {
+            if let VcpuSel::One(v) = sel {
+                if *v < domain.vcpus {
+                    t.vcpu_pin.insert(*v, set.clone());
+                }
+            }
+        }
+        t.emulator_pin = self.emulator_pin.clone();
+        t.cpu_shares = self.cpu_shares;
+        t.vcpu_period = self.vcpu_period;
+        t.vcpu_quota = self.vcpu_quota;
+        t.memory_hard_limit = self.memory_hard_limit;
+        t.memory_soft_limit = self.memory_soft_limit;
+        t.memory_swap_hard_limit = self.memory_swap_hard_limit;
+        t.blkio_weight = self.blkio_weight;
+        for (path, d) in &self.blkio_devices {
+            t.blkio_devices.insert(path.clone(), d.clone());
+        }
+        let running: Vec<(&str, Option<&str>)> = domain
+            .interfaces
+            .iter()
+            .filter_map(|i| i.target.as_deref().map(|t| (t, i.mac.as_deref())))
+            .collect();
+        for pass_wildcard in [true, false] {
+            for (sel, bw) in &self.interfaces {
+                if (sel == "*") != pass_wildcard {
+                    continue;
+                }
+                for (target, mac) in &running {
+                    if sel == "*" || sel == target || Some(sel.as_str()) == *mac {
+                        t.interfaces.insert(target.to_string(), *bw);
+                    }
+                }
+            }
+        }
+        t
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == TuningSpec::default()
+    }
+}
+
+/// Compiled name globs; compares equal whenever the source patterns do.
+#[derive(Debug, Clone, Default)]
+pub struct Globs(Option<globset::GlobSet>);
+
+impl Globs {
+    /// Compiles shell globs (`*`, `?`, `[...]`; no path semantics).
+    pub fn new(patterns: &[String]) -> Result<Globs, globset::Error> {
+        if patterns.is_empty() {
+            return Ok(Globs(None));
+        }
+        let mut b = globset::GlobSetBuilder::new();
+        for p in patterns {
+            b.add(
+                globset::GlobBuilder::new(p)
+                    .literal_separator(false)
+                    .build()?,
+            );
+        }
+        Ok(Globs(Some(b.build()?)))
+    }
+    /// True when there are no patterns or one matches.
+    pub fn matches(&self, name: &str) -> bool {
+        self.0.as_ref().is_none_or(|g| g.is_match(name))
+    }
+}
+
+impl PartialEq for Globs {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for Globs {}
+
+/// `[match]`: all given keys must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Match {
+    pub names: Vec<String>,
+    pub tags: Vec<String>,
+    #[serde(skip)]
+    pub globs: Globs,
+}
+
+/// A validated persona.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Persona {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub priority: i64,
+    pub persist: bool,
+    #[serde(rename = "match")]
+    pub matcher: Match,
+    /// `None`: always active.
+    pub activation: Option<Activation>,
+    pub tuning: TuningSpec,
+    pub thresholds: BTreeMap<Metric, f64>,
+}
+
+impl Persona {
+    /// Whether a domain may wear this persona (`[match]`): any of the name globs
+    /// matches (or there are none) and every tag is present.
+    pub fn matches(&self, domain: &DomainInfo) -> bool {
+        self.matcher.globs.matches(&domain.name)
+            && self
+                .matcher
+                .tags
+                .iter()
+                .all(|t| domain.tags.iter().any(|d| d == t))
+    }
+}

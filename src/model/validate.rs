@@ -1,0 +1,1113 @@
+//! Parsing and validating one persona file (SPEC §3).
+//!
+//! The file is read into raw serde types (unknown keys are errors) that keep
+//! each value's byte span; validation then checks every rule and collects
+//! every error of the file, each with its line and column.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::line_col;
+use super::persona::{
+    Activation, Agg, Comparison, Condition, Days, Globs, Match, Metric, MetricUnit, Mode, Persona,
+    Source, TuningSpec, VcpuSel, Window,
+};
+use super::tuning::{Bandwidth, BlkioDeviceTuning, InterfaceTuning, MEMORY_UNLIMITED_KIB};
+use crate::units::{CpuSet, Duration, Rate, Size};
+
+/// What is wrong, one variant per rule. The message says what was expected.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Rule {
+    #[error("{0}")]
+    Syntax(String),
+    #[error("invalid id '{0}': expected 1-63 characters of a-z, 0-9, '_' and '-', starting with a letter or digit")]
+    BadId(String),
+    #[error("duplicate persona id '{id}': also defined in {other}")]
+    DuplicateId { id: String, other: String },
+    #[error("{key}: {message}")]
+    BadUnit { key: String, message: String },
+    #[error("{key}: invalid glob '{pattern}': {message}")]
+    BadGlob {
+        key: String,
+        pattern: String,
+        message: String,
+    },
+    #[error("invalid tag '{0}': expected 1-63 characters of a-z, 0-9, '.', '_' and '-'")]
+    BadTag(String),
+    #[error("mode: expected \"all\" or \"any\", found \"{0}\"")]
+    BadMode(String),
+    #[error("agg: expected one of avg, max, min, sum, p95, found \"{0}\"")]
+    BadAgg(String),
+    #[error("days: {0}")]
+    BadDays(String),
+    #[error("{key}: invalid time '{value}': expected HH:MM from 00:00 to 24:00")]
+    BadTime { key: &'static str, value: String },
+    #[error("schedule: empty window: from and to are both {0}")]
+    EmptyWindow(String),
+    #[error("timezone: unknown time zone '{0}': expected a tz database name like \"Europe/Berlin\" or \"UTC\"")]
+    UnknownTimezone(String),
+    #[error("unknown metric '{name}': expected one of {expected}")]
+    UnknownMetric { name: String, expected: String },
+    #[error("invalid signal name '{0}': expected characters a-z, 0-9, '.', '_' and '-'")]
+    BadSignalName(String),
+    #[error("a condition needs exactly one of metric, signal or forecast, found {0}")]
+    ConditionSource(String),
+    #[error("a condition needs exactly one of above or below, found {0}")]
+    ConditionThreshold(String),
+    #[error("{key} does not apply to {what} conditions")]
+    NotApplicable {
+        key: &'static str,
+        what: &'static str,
+    },
+    #[error("a forecast condition needs a horizon (e.g. horizon = \"15m\")")]
+    MissingHorizon,
+    #[error("{key}: {metric} is {unit}: expected a number{hint}")]
+    ThresholdType {
+        key: String,
+        metric: String,
+        unit: &'static str,
+        hint: &'static str,
+    },
+    #[error("{key}: {value} is out of range: expected {range}")]
+    OutOfRange {
+        key: String,
+        value: String,
+        range: String,
+    },
+    #[error("memory limits must satisfy memory_soft_limit <= memory_hard_limit <= memory_swap_hard_limit: {0}")]
+    MemoryOrder(String),
+    #[error("vcpu_pin: invalid vCPU '{0}': expected a vCPU number or \"*\"")]
+    BadVcpu(String),
+    #[error("blkio_device: path '{0}' must be an absolute path to a host block device")]
+    BadDevicePath(String),
+    #[error("interface: target must be an interface name (vnet0), a MAC address or \"*\"")]
+    EmptyTarget,
+    #[error("{0}: expected at least one setting")]
+    EmptyTable(&'static str),
+}
+
+/// One error in one file, at one place.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub col: usize,
+    pub rule: Rule,
+}
+
+impl fmt::Display for FileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.col,
+            self.rule
+        )
+    }
+}
+
+impl std::error::Error for FileError {}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumOrStr {
+    Int(i64),
+    Float(f64),
+    Str(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPersona {
+    id: Spanned<String>,
+    name: Option<String>,
+    description: Option<String>,
+    priority: Option<i64>,
+    persist: Option<bool>,
+    #[serde(rename = "match")]
+    matcher: Option<RawMatch>,
+    activation: Option<RawActivation>,
+    tuning: Option<Spanned<RawTuning>>,
+    thresholds: Option<BTreeMap<Spanned<String>, Spanned<NumOrStr>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    #[serde(default)]
+    names: Vec<Spanned<String>>,
+    #[serde(default)]
+    tags: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawActivation {
+    mode: Option<Spanned<String>>,
+    hold: Option<Spanned<String>>,
+    cooldown: Option<Spanned<String>>,
+    #[serde(default)]
+    schedule: Vec<Spanned<RawWindow>>,
+    timezone: Option<Spanned<String>>,
+    #[serde(default)]
+    when: Vec<Spanned<RawWhen>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWindow {
+    days: Option<Spanned<String>>,
+    from: Spanned<String>,
+    to: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWhen {
+    metric: Option<Spanned<String>>,
+    signal: Option<Spanned<String>>,
+    forecast: Option<Spanned<String>>,
+    above: Option<Spanned<NumOrStr>>,
+    below: Option<Spanned<NumOrStr>>,
+    over: Option<Spanned<String>>,
+    agg: Option<Spanned<String>>,
+    #[serde(rename = "for")]
+    for_: Option<Spanned<String>>,
+    horizon: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTuning {
+    vcpu_pin: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
+    emulator_pin: Option<Spanned<String>>,
+    cpu_shares: Option<Spanned<i64>>,
+    vcpu_quota: Option<Spanned<NumOrStr>>,
+    vcpu_period: Option<Spanned<String>>,
+    memory_hard_limit: Option<Spanned<NumOrStr>>,
+    memory_soft_limit: Option<Spanned<NumOrStr>>,
+    memory_swap_hard_limit: Option<Spanned<NumOrStr>>,
+    blkio_weight: Option<Spanned<i64>>,
+    #[serde(default)]
+    blkio_device: Vec<Spanned<RawBlkioDevice>>,
+    #[serde(default)]
+    interface: Vec<Spanned<RawInterface>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBlkioDevice {
+    path: Spanned<String>,
+    weight: Option<Spanned<i64>>,
+    read_iops: Option<Spanned<i64>>,
+    write_iops: Option<Spanned<i64>>,
+    read_bytes_per_sec: Option<Spanned<NumOrStr>>,
+    write_bytes_per_sec: Option<Spanned<NumOrStr>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInterface {
+    target: Spanned<String>,
+    inbound: Option<Spanned<RawBandwidth>>,
+    outbound: Option<Spanned<RawBandwidth>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBandwidth {
+    average: Spanned<NumOrStr>,
+    peak: Option<Spanned<NumOrStr>>,
+    burst: Option<Spanned<NumOrStr>>,
+}
+
+/// Collects errors for one file.
+struct Ctx<'a> {
+    file: &'a Path,
+    text: &'a str,
+    errors: Vec<FileError>,
+}
+
+impl Ctx<'_> {
+    fn err(&mut self, at: usize, rule: Rule) {
+        let (line, col) = line_col(self.text, at);
+        self.errors.push(FileError {
+            file: self.file.to_path_buf(),
+            line,
+            col,
+            rule,
+        });
+    }
+    fn unit<T>(
+        &mut self,
+        key: &str,
+        v: &Spanned<String>,
+        parse: impl FnOnce(&str) -> Result<T, crate::units::UnitError>,
+    ) -> Option<T> {
+        match parse(v.get_ref()) {
+            Ok(x) => Some(x),
+            Err(e) => {
+                self.err(
+                    v.span().start,
+                    Rule::BadUnit {
+                        key: key.to_string(),
+                        message: e.0,
+                    },
+                );
+                None
+            }
+        }
+    }
+    fn duration(&mut self, key: &str, v: &Option<Spanned<String>>) -> Option<Duration> {
+        v.as_ref()
+            .and_then(|v| self.unit(key, v, |s| s.parse::<Duration>()))
+    }
+    fn range(&mut self, key: &str, v: &Spanned<i64>, lo: i64, hi: i64) -> Option<i64> {
+        let x = *v.get_ref();
+        if x < lo || x > hi {
+            self.err(
+                v.span().start,
+                Rule::OutOfRange {
+                    key: key.into(),
+                    value: x.to_string(),
+                    range: format!("{lo}..{hi}"),
+                },
+            );
+            return None;
+        }
+        Some(x)
+    }
+    /// A size: bare integer bytes, or a string like "2 GiB"; or "unlimited" where allowed.
+    fn size(&mut self, key: &str, v: &Spanned<NumOrStr>, unlimited: bool) -> Option<u64> {
+        match v.get_ref() {
+            NumOrStr::Int(i) if *i >= 0 => Some(*i as u64),
+            NumOrStr::Str(s) if unlimited && s.trim() == "unlimited" => Some(u64::MAX),
+            NumOrStr::Str(s) => match s.parse::<Size>() {
+                Ok(x) => Some(x.0),
+                Err(e) => {
+                    self.err(
+                        v.span().start,
+                        Rule::BadUnit {
+                            key: key.into(),
+                            message: e.0,
+                        },
+                    );
+                    None
+                }
+            },
+            _ => {
+                self.err(
+                    v.span().start,
+                    Rule::BadUnit {
+                        key: key.into(),
+                        message: "expected a size like \"2 GiB\" or a whole number of bytes".into(),
+                    },
+                );
+                None
+            }
+        }
+    }
+    /// A rate: a string like "100 MiB/s" or "800 Mbit/s"; a size string counts per second.
+    fn rate(&mut self, key: &str, v: &Spanned<NumOrStr>) -> Option<u64> {
+        match v.get_ref() {
+            NumOrStr::Int(i) if *i >= 0 => Some(*i as u64),
+            NumOrStr::Str(s) => match s.parse::<Rate>() {
+                Ok(r) => Some(r.0),
+                Err(rate_err) => match s.parse::<Size>() {
+                    Ok(x) => Some(x.0),
+                    Err(_) => {
+                        self.err(
+                            v.span().start,
+                            Rule::BadUnit {
+                                key: key.into(),
+                                message: rate_err.0,
+                            },
+                        );
+                        None
+                    }
+                },
+            },
+            _ => {
+                self.err(
+                    v.span().start,
+                    Rule::BadUnit { key: key.into(), message: "expected a rate like \"100 MiB/s\" or a whole number of bytes per second".into() },
+                );
+                None
+            }
+        }
+    }
+    fn cpuset(&mut self, key: &str, v: &Spanned<String>) -> Option<CpuSet> {
+        self.unit(key, v, |s| s.parse::<CpuSet>())
+    }
+}
+
+fn valid_id(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+}
+
+/// Tag and signal names: `[a-z0-9._-]+`.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|c| {
+            c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')
+        })
+}
+
+fn metric_names() -> String {
+    Metric::ALL
+        .iter()
+        .map(|m| m.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn parse_time(s: &str) -> Option<u16> {
+    let (h, m) = s.trim().split_once(':')?;
+    if h.is_empty() || h.len() > 2 || m.len() != 2 {
+        return None;
+    }
+    let h: u16 = h.parse().ok()?;
+    let m: u16 = m.parse().ok()?;
+    if m > 59 || h > 24 || (h == 24 && m != 0) {
+        return None;
+    }
+    Some(h * 60 + m)
+}
+
+fn day_index(s: &str) -> Option<u8> {
+    const NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+    let l = s.trim().to_ascii_lowercase();
+    let l = l.get(..3).filter(|_| {
+        l.len() == 3
+            || [
+                "monday",
+                "tuesday",
+                "wednesday",
+                "thursday",
+                "friday",
+                "saturday",
+                "sunday",
+            ]
+            .contains(&l.as_str())
+    })?;
+    NAMES.iter().position(|n| *n == l).map(|i| i as u8)
+}
+
+/// Parses "mon-fri", "sat,sun", "fri-mon" (wraps), "*" or "daily".
+pub fn parse_days(s: &str) -> Result<Days, String> {
+    let t = s.trim();
+    if t == "*" || t.eq_ignore_ascii_case("daily") || t.eq_ignore_ascii_case("all") {
+        return Ok(Days::ALL);
+    }
+    if t.is_empty() {
+        return Err("empty day list: expected e.g. \"mon-fri\" or \"sat,sun\"".into());
+    }
+    let mut bits = 0u8;
+    for part in t.split(',') {
+        let unknown = |d: &str| {
+            format!(
+                "unknown day '{}': expected mon, tue, wed, thu, fri, sat, sun",
+                d.trim()
+            )
+        };
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let a = day_index(a).ok_or_else(|| unknown(a))?;
+                let b = day_index(b).ok_or_else(|| unknown(b))?;
+                let mut d = a;
+                loop {
+                    bits |= 1 << d;
+                    if d == b {
+                        break;
+                    }
+                    d = (d + 1) % 7;
+                }
+            }
+            None => bits |= 1 << day_index(part).ok_or_else(|| unknown(part))?,
+        }
+    }
+    Ok(Days(bits))
+}
+
+fn describe(present: &[&str]) -> String {
+    if present.is_empty() {
+        "none".into()
+    } else {
+        present.join(" and ")
+    }
+}
+
+/// Parses and validates one persona file's text. Returns every error found.
+pub fn parse_persona(text: &str, file: &Path) -> Result<Persona, Vec<FileError>> {
+    let mut cx = Ctx {
+        file,
+        text,
+        errors: Vec::new(),
+    };
+    let raw: RawPersona = match toml::from_str(text) {
+        Ok(r) => r,
+        Err(e) => {
+            let at = e.span().map(|s| s.start).unwrap_or(0);
+            // one line per error, like a compiler
+            let msg = e
+                .message()
+                .trim()
+                .lines()
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join("; ");
+            cx.err(at, Rule::Syntax(msg));
+            return Err(cx.errors);
+        }
+    };
+    let id = raw.id.get_ref().clone();
+    if !valid_id(&id) {
+        cx.err(raw.id.span().start, Rule::BadId(id.clone()));
+    }
+
+    // [match]
+    let mut matcher = Match::default();
+    if let Some(m) = &raw.matcher {
+        for n in &m.names {
+            match Globs::new(std::slice::from_ref(n.get_ref())) {
+                Ok(_) => matcher.names.push(n.get_ref().clone()),
+                Err(e) => cx.err(
+                    n.span().start,
+                    Rule::BadGlob {
+                        key: "match.names".into(),
+                        pattern: n.get_ref().clone(),
+                        message: e.kind().to_string(),
+                    },
+                ),
+            }
+        }
+        for t in &m.tags {
+            if valid_name(t.get_ref()) && t.get_ref().len() <= 63 {
+                matcher.tags.push(t.get_ref().clone());
+            } else {
+                cx.err(t.span().start, Rule::BadTag(t.get_ref().clone()));
+            }
+        }
+        matcher.globs = Globs::new(&matcher.names).unwrap_or_default();
+    }
+
+    let activation = raw.activation.as_ref().map(|a| activation(&mut cx, a));
+    let tuning = raw
+        .tuning
+        .as_ref()
+        .map(|t| tuning(&mut cx, t))
+        .unwrap_or_default();
+
+    let mut thresholds = BTreeMap::new();
+    for (k, v) in raw.thresholds.iter().flatten() {
+        match Metric::from_name(k.get_ref()) {
+            None => cx.err(
+                k.span().start,
+                Rule::UnknownMetric {
+                    name: k.get_ref().clone(),
+                    expected: metric_names(),
+                },
+            ),
+            Some(m) => {
+                if let Some(x) =
+                    threshold_value(&mut cx, &format!("thresholds.{}", m.name()), Some(m), v)
+                {
+                    thresholds.insert(m, x);
+                }
+            }
+        }
+    }
+
+    if !cx.errors.is_empty() {
+        cx.errors.sort_by_key(|e| (e.line, e.col));
+        return Err(cx.errors);
+    }
+    Ok(Persona {
+        name: raw
+            .name
+            .clone()
+            .filter(|n| !n.trim().is_empty())
+            .unwrap_or_else(|| id.clone()),
+        id,
+        description: raw.description.clone().unwrap_or_default(),
+        priority: raw.priority.unwrap_or(0),
+        persist: raw.persist.unwrap_or(false),
+        matcher,
+        activation: activation.flatten(),
+        tuning,
+        thresholds,
+    })
+}
+
+fn threshold_value(
+    cx: &mut Ctx<'_>,
+    key: &str,
+    metric: Option<Metric>,
+    v: &Spanned<NumOrStr>,
+) -> Option<f64> {
+    let unit = metric.map(Metric::unit).unwrap_or(MetricUnit::Plain);
+    match v.get_ref() {
+        NumOrStr::Int(i) => Some(*i as f64),
+        NumOrStr::Float(f) if f.is_finite() => Some(*f),
+        NumOrStr::Float(_) => {
+            cx.err(
+                v.span().start,
+                Rule::OutOfRange {
+                    key: key.into(),
+                    value: "a non-finite number".into(),
+                    range: "a finite number".into(),
+                },
+            );
+            None
+        }
+        NumOrStr::Str(s) => match unit {
+            MetricUnit::Bytes => match s.parse::<Size>() {
+                Ok(x) => Some(x.0 as f64),
+                Err(e) => {
+                    cx.err(
+                        v.span().start,
+                        Rule::BadUnit {
+                            key: key.into(),
+                            message: e.0,
+                        },
+                    );
+                    None
+                }
+            },
+            MetricUnit::BytesPerSec => match s.parse::<Rate>() {
+                Ok(x) => Some(x.0 as f64),
+                Err(e) => {
+                    cx.err(
+                        v.span().start,
+                        Rule::BadUnit {
+                            key: key.into(),
+                            message: e.0,
+                        },
+                    );
+                    None
+                }
+            },
+            other => {
+                let (unit, hint) = match (metric, other) {
+                    (None, _) => ("a signal", ""),
+                    (_, MetricUnit::Percent) => ("a percentage", " (e.g. 80)"),
+                    (_, MetricUnit::PerSec) => ("a count per second", " (e.g. 500)"),
+                    _ => ("a plain number", ""),
+                };
+                cx.err(
+                    v.span().start,
+                    Rule::ThresholdType {
+                        key: key.into(),
+                        metric: metric
+                            .map(|m| m.name().to_string())
+                            .unwrap_or_else(|| "the value".into()),
+                        unit,
+                        hint,
+                    },
+                );
+                None
+            }
+        },
+    }
+}
+
+fn activation(cx: &mut Ctx<'_>, a: &RawActivation) -> Option<Activation> {
+    let before = cx.errors.len();
+    let mode = match a.mode.as_ref() {
+        None => Mode::All,
+        Some(m) => match m.get_ref().as_str() {
+            "all" => Mode::All,
+            "any" => Mode::Any,
+            other => {
+                cx.err(m.span().start, Rule::BadMode(other.to_string()));
+                Mode::All
+            }
+        },
+    };
+    let hold = cx.duration("hold", &a.hold).unwrap_or_default();
+    let cooldown = cx.duration("cooldown", &a.cooldown).unwrap_or_default();
+    let timezone = a.timezone.as_ref().and_then(|tz| {
+        if jiff::tz::TimeZone::get(tz.get_ref()).is_ok() {
+            Some(tz.get_ref().clone())
+        } else {
+            cx.err(tz.span().start, Rule::UnknownTimezone(tz.get_ref().clone()));
+            None
+        }
+    });
+    let mut schedule = Vec::new();
+    for w in &a.schedule {
+        let w = w.get_ref();
+        let days = match &w.days {
+            None => Some(Days::ALL),
+            Some(d) => match parse_days(d.get_ref()) {
+                Ok(x) => Some(x),
+                Err(m) => {
+                    cx.err(d.span().start, Rule::BadDays(m));
+                    None
+                }
+            },
+        };
+        let mut time = |key: &'static str, v: &Spanned<String>| match parse_time(v.get_ref()) {
+            Some(t) => Some(t),
+            None => {
+                cx.err(
+                    v.span().start,
+                    Rule::BadTime {
+                        key,
+                        value: v.get_ref().clone(),
+                    },
+                );
+                None
+            }
+        };
+        let from = time("from", &w.from);
+        let to = time("to", &w.to);
+        if let (Some(f), Some(t)) = (from, to) {
+            if f == t {
+                cx.err(
+                    w.from.span().start,
+                    Rule::EmptyWindow(w.from.get_ref().trim().to_string()),
+                );
+            } else if let Some(days) = days {
+                schedule.push(Window {
+                    days,
+                    from: f,
+                    to: t,
+                });
+            }
+        }
+    }
+    let mut when = Vec::new();
+    for c in &a.when {
+        if let Some(cond) = condition(cx, c) {
+            when.push(cond);
+        }
+    }
+    if cx.errors.len() > before {
+        return None;
+    }
+    Some(Activation {
+        mode,
+        hold,
+        cooldown,
+        schedule,
+        timezone,
+        when,
+    })
+}
+
+fn condition(cx: &mut Ctx<'_>, c: &Spanned<RawWhen>) -> Option<Condition> {
+    let at = c.span().start;
+    let r = c.get_ref();
+    let before = cx.errors.len();
+    let mut present = Vec::new();
+    if r.metric.is_some() {
+        present.push("metric");
+    }
+    if r.signal.is_some() {
+        present.push("signal");
+    }
+    if r.forecast.is_some() {
+        present.push("forecast");
+    }
+    let metric_of = |cx: &mut Ctx<'_>, v: &Spanned<String>| match Metric::from_name(v.get_ref()) {
+        Some(m) => Some(m),
+        None => {
+            cx.err(
+                v.span().start,
+                Rule::UnknownMetric {
+                    name: v.get_ref().clone(),
+                    expected: metric_names(),
+                },
+            );
+            None
+        }
+    };
+    let source = match (&r.metric, &r.signal, &r.forecast) {
+        (Some(m), None, None) => metric_of(cx, m).map(Source::Metric),
+        (None, Some(s), None) => {
+            if valid_name(s.get_ref()) {
+                Some(Source::Signal(s.get_ref().clone()))
+            } else {
+                cx.err(s.span().start, Rule::BadSignalName(s.get_ref().clone()));
+                None
+            }
+        }
+        (None, None, Some(f)) => match metric_of(cx, f) {
+            Some(m) if m.is_host() => {
+                cx.err(
+                    f.span().start,
+                    Rule::NotApplicable {
+                        key: "forecast",
+                        what: "host metric",
+                    },
+                );
+                None
+            }
+            other => other.map(Source::Forecast),
+        },
+        _ => {
+            cx.err(at, Rule::ConditionSource(describe(&present)));
+            None
+        }
+    };
+    let metric = match &source {
+        Some(Source::Metric(m) | Source::Forecast(m)) => Some(*m),
+        _ => None,
+    };
+    let comparison = match (&r.above, &r.below) {
+        (Some(v), None) => threshold_value(cx, "above", metric, v).map(Comparison::Above),
+        (None, Some(v)) => threshold_value(cx, "below", metric, v).map(Comparison::Below),
+        (a, b) => {
+            let mut p = Vec::new();
+            if a.is_some() {
+                p.push("above");
+            }
+            if b.is_some() {
+                p.push("below");
+            }
+            cx.err(at, Rule::ConditionThreshold(describe(&p)));
+            None
+        }
+    };
+    let over = cx.duration("over", &r.over);
+    let for_ = cx.duration("for", &r.for_);
+    let horizon = cx.duration("horizon", &r.horizon);
+    let agg = match &r.agg {
+        None => Agg::Avg,
+        Some(a) => Agg::from_name(a.get_ref()).unwrap_or_else(|| {
+            cx.err(a.span().start, Rule::BadAgg(a.get_ref().clone()));
+            Agg::Avg
+        }),
+    };
+    let what = match &source {
+        Some(Source::Signal(_)) => "signal",
+        Some(Source::Forecast(_)) => "forecast",
+        _ => "metric",
+    };
+    if what != "metric" {
+        for (key, v) in [("over", &r.over), ("agg", &r.agg)] {
+            if let Some(v) = v {
+                cx.err(v.span().start, Rule::NotApplicable { key, what });
+            }
+        }
+    }
+    if what != "forecast" {
+        if let Some(h) = &r.horizon {
+            cx.err(
+                h.span().start,
+                Rule::NotApplicable {
+                    key: "horizon",
+                    what,
+                },
+            );
+        }
+    } else if r.horizon.is_none() {
+        cx.err(at, Rule::MissingHorizon);
+    }
+    if cx.errors.len() > before {
+        return None;
+    }
+    Some(Condition {
+        source: source?,
+        comparison: comparison?,
+        over,
+        agg,
+        for_,
+        horizon,
+    })
+}
+
+fn kib(bytes: u64) -> u64 {
+    if bytes == u64::MAX {
+        MEMORY_UNLIMITED_KIB
+    } else {
+        Size(bytes).kib_ceil()
+    }
+}
+
+fn tuning(cx: &mut Ctx<'_>, t: &Spanned<RawTuning>) -> TuningSpec {
+    let r = t.get_ref();
+    let mut s = TuningSpec::default();
+    for (k, v) in r.vcpu_pin.iter().flatten() {
+        let sel = match k.get_ref().trim() {
+            "*" => Some(VcpuSel::All),
+            n => match n.parse::<u32>() {
+                Ok(x) if x < 4096 => Some(VcpuSel::One(x)),
+                _ => {
+                    cx.err(k.span().start, Rule::BadVcpu(k.get_ref().clone()));
+                    None
+                }
+            },
+        };
+        let set = cx.cpuset(&format!("vcpu_pin.{}", k.get_ref()), v);
+        if let (Some(sel), Some(set)) = (sel, set) {
+            s.vcpu_pin.push((sel, set));
+        }
+    }
+    s.vcpu_pin.sort();
+    s.emulator_pin = r
+        .emulator_pin
+        .as_ref()
+        .and_then(|v| cx.cpuset("emulator_pin", v));
+    s.cpu_shares = r
+        .cpu_shares
+        .as_ref()
+        .and_then(|v| cx.range("cpu_shares", v, 2, 262_144))
+        .map(|x| x as u64);
+    s.vcpu_period = r.vcpu_period.as_ref().and_then(|v| {
+        let d = cx.unit("vcpu_period", v, |x| x.parse::<Duration>())?;
+        let us = d.as_micros();
+        if !(1_000..=1_000_000).contains(&us) {
+            cx.err(
+                v.span().start,
+                Rule::OutOfRange {
+                    key: "vcpu_period".into(),
+                    value: v.get_ref().clone(),
+                    range: "1ms..1s".into(),
+                },
+            );
+            return None;
+        }
+        Some(us)
+    });
+    s.vcpu_quota = r.vcpu_quota.as_ref().and_then(|v| match v.get_ref() {
+        NumOrStr::Int(-1) => Some(-1),
+        NumOrStr::Str(x) if x.trim() == "-1" || x.trim() == "unlimited" => Some(-1),
+        NumOrStr::Str(x) => match x.parse::<Duration>() {
+            Ok(d) if (1_000..=17_592_186_044_415).contains(&d.as_micros()) => {
+                Some(d.as_micros() as i64)
+            }
+            Ok(_) => {
+                cx.err(
+                    v.span().start,
+                    Rule::OutOfRange {
+                        key: "vcpu_quota".into(),
+                        value: x.clone(),
+                        range: "at least 1ms, or \"unlimited\"".into(),
+                    },
+                );
+                None
+            }
+            Err(e) => {
+                cx.err(
+                    v.span().start,
+                    Rule::BadUnit {
+                        key: "vcpu_quota".into(),
+                        message: e.0,
+                    },
+                );
+                None
+            }
+        },
+        _ => {
+            cx.err(
+                v.span().start,
+                Rule::BadUnit {
+                    key: "vcpu_quota".into(),
+                    message: "expected a duration like \"50ms\", or \"unlimited\"".into(),
+                },
+            );
+            None
+        }
+    });
+    let hard = r
+        .memory_hard_limit
+        .as_ref()
+        .and_then(|v| cx.size("memory_hard_limit", v, true));
+    let soft = r
+        .memory_soft_limit
+        .as_ref()
+        .and_then(|v| cx.size("memory_soft_limit", v, true));
+    let swap = r
+        .memory_swap_hard_limit
+        .as_ref()
+        .and_then(|v| cx.size("memory_swap_hard_limit", v, true));
+    let order = [
+        ("memory_soft_limit", soft, &r.memory_soft_limit),
+        ("memory_hard_limit", hard, &r.memory_hard_limit),
+        ("memory_swap_hard_limit", swap, &r.memory_swap_hard_limit),
+    ];
+    let given: Vec<_> = order
+        .iter()
+        .filter_map(|(n, v, raw)| {
+            v.map(|v| (*n, v, raw.as_ref().map(|r| r.span().start).unwrap_or(0)))
+        })
+        .collect();
+    for pair in given.windows(2) {
+        let ((n1, v1, _), (n2, v2, at2)) = (pair[0], pair[1]);
+        if v1 > v2 {
+            let show = |v: u64| {
+                if v == u64::MAX {
+                    "unlimited".to_string()
+                } else {
+                    Size(v).to_string()
+                }
+            };
+            cx.err(
+                at2,
+                Rule::MemoryOrder(format!("{n1} ({}) is above {n2} ({})", show(v1), show(v2))),
+            );
+        }
+    }
+    s.memory_hard_limit = hard.map(kib);
+    s.memory_soft_limit = soft.map(kib);
+    s.memory_swap_hard_limit = swap.map(kib);
+    s.blkio_weight = r
+        .blkio_weight
+        .as_ref()
+        .and_then(|v| cx.range("blkio_weight", v, 100, 1000))
+        .map(|x| x as u32);
+    for d in &r.blkio_device {
+        let d = d.get_ref();
+        let path = d.path.get_ref().clone();
+        if !path.starts_with('/') || path.contains(',') {
+            cx.err(d.path.span().start, Rule::BadDevicePath(path.clone()));
+        }
+        let mut dev = BlkioDeviceTuning {
+            weight: d
+                .weight
+                .as_ref()
+                .and_then(|v| cx.range("blkio_device.weight", v, 100, 1000))
+                .map(|x| x as u32),
+            read_iops: d
+                .read_iops
+                .as_ref()
+                .and_then(|v| cx.range("blkio_device.read_iops", v, 1, i64::MAX))
+                .map(|x| x as u64),
+            write_iops: d
+                .write_iops
+                .as_ref()
+                .and_then(|v| cx.range("blkio_device.write_iops", v, 1, i64::MAX))
+                .map(|x| x as u64),
+            read_bytes_per_sec: None,
+            write_bytes_per_sec: None,
+        };
+        dev.read_bytes_per_sec = d
+            .read_bytes_per_sec
+            .as_ref()
+            .and_then(|v| cx.rate("blkio_device.read_bytes_per_sec", v));
+        dev.write_bytes_per_sec = d
+            .write_bytes_per_sec
+            .as_ref()
+            .and_then(|v| cx.rate("blkio_device.write_bytes_per_sec", v));
+        if dev == BlkioDeviceTuning::default()
+            && d.weight.is_none()
+            && d.read_iops.is_none()
+            && d.write_iops.is_none()
+            && d.read_bytes_per_sec.is_none()
+            && d.write_bytes_per_sec.is_none()
+        {
+            cx.err(d.path.span().start, Rule::EmptyTable("blkio_device"));
+        }
+        s.blkio_devices.push((path, dev));
+    }
+    for i in &r.interface {
+        let i = i.get_ref();
+        let target = i.target.get_ref().trim().to_string();
+        if target.is_empty() {
+            cx.err(i.target.span().start, Rule::EmptyTarget);
+        }
+        if i.inbound.is_none() && i.outbound.is_none() {
+            cx.err(
+                i.target.span().start,
+                Rule::EmptyTable("interface (inbound or outbound)"),
+            );
+        }
+        let mut bw = |dir: &str, b: &Option<Spanned<RawBandwidth>>| -> Option<Bandwidth> {
+            let b = b.as_ref()?.get_ref();
+            let kibps = |cx: &mut Ctx<'_>,
+                         key: String,
+                         v: &Spanned<NumOrStr>,
+                         per_sec: bool|
+             -> Option<u32> {
+                let bytes = if per_sec {
+                    cx.rate(&key, v)?
+                } else {
+                    cx.size(&key, v, false)?
+                };
+                let k = Size(bytes).kib_ceil();
+                match u32::try_from(k) {
+                    Ok(x) => Some(x),
+                    Err(_) => {
+                        cx.err(
+                            v.span().start,
+                            Rule::OutOfRange {
+                                key,
+                                value: Size(bytes).to_string(),
+                                range: "at most 4 TiB".into(),
+                            },
+                        );
+                        None
+                    }
+                }
+            };
+            let average = kibps(cx, format!("interface.{dir}.average"), &b.average, true)?;
+            if average == 0 {
+                cx.err(
+                    b.average.span().start,
+                    Rule::OutOfRange {
+                        key: format!("interface.{dir}.average"),
+                        value: "0".into(),
+                        range: "more than 0".into(),
+                    },
+                );
+            }
+            let peak = b
+                .peak
+                .as_ref()
+                .map(|p| kibps(cx, format!("interface.{dir}.peak"), p, true))
+                .unwrap_or(Some(0))?;
+            let burst = b
+                .burst
+                .as_ref()
+                .map(|p| kibps(cx, format!("interface.{dir}.burst"), p, false))
+                .unwrap_or(Some(0))?;
+            Some(Bandwidth {
+                average,
+                peak,
+                burst,
+            })
+        };
+        let inbound = bw("inbound", &i.inbound);
+        let outbound = bw("outbound", &i.outbound);
+        s.interfaces
+            .push((target, InterfaceTuning { inbound, outbound }));
+    }
+    s
+}
+
+/// Reads and validates one persona file.
+pub fn load_file(path: &Path) -> Result<Persona, Vec<FileError>> {
+    match std::fs::read(path) {
+        Ok(bytes) => match String::from_utf8(bytes) {
+            Ok(text) => parse_persona(&text, path),
+            Err(e) => Err(vec![FileError {
+                file: path.to_path_buf(),
+                line: 1,
+                col: 1,
+                rule: Rule::Syntax(format!(
+                    "not UTF-8 text (invalid byte at offset {})",
+                    e.utf8_error().valid_up_to()
+                )),
+            }]),
+        },
+        Err(e) => Err(vec![FileError {
+            file: path.to_path_buf(),
+            line: 0,
+            col: 0,
+            rule: Rule::Syntax(format!("cannot read: {e}")),
+        }]),
+    }
+}

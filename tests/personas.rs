@@ -1,0 +1,250 @@
+//! Persona files: the shipped examples, golden good and bad files with their
+//! exact messages, and the directory loader's all-or-nothing-per-file rules.
+
+use std::path::{Path, PathBuf};
+
+use virt_persona::hypervisor::{DomainInfo, DomainState, InterfaceInfo};
+use virt_persona::model::loader::Catalog;
+use virt_persona::model::persona::{Comparison, Metric, Source, VcpuSel};
+use virt_persona::model::validate::{load_file, parse_persona};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// "LINE:COL: message" lines of a file's errors (paths left out so goldens are portable).
+fn messages(path: &Path) -> String {
+    match load_file(path) {
+        Ok(_) => String::new(),
+        Err(errs) => errs
+            .iter()
+            .map(|e| format!("{}:{}: {}\n", e.line, e.col, e.rule))
+            .collect(),
+    }
+}
+
+#[test]
+fn shipped_examples_all_validate() {
+    let mut cat = Catalog::new(root().join("personas"));
+    let report = cat.reload().unwrap();
+    assert!(report.failed.is_empty(), "{:?}", cat.errors());
+    let ids: Vec<String> = cat.personas().iter().map(|p| p.id.clone()).collect();
+    assert!(ids.len() >= 5, "{ids:?}");
+    // evaluation order: priority high to low
+    let prios: Vec<i64> = cat.personas().iter().map(|p| p.priority).collect();
+    assert!(prios.windows(2).all(|w| w[0] >= w[1]), "{prios:?}");
+}
+
+#[test]
+fn golden_bad_files_give_exact_messages() {
+    let dir = root().join("tests/golden/bad");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        let got = messages(&path);
+        let expected_path = path.with_extension("expected");
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&expected_path, &got).unwrap();
+        }
+        let want = std::fs::read_to_string(&expected_path)
+            .unwrap_or_else(|_| panic!("missing {expected_path:?} (UPDATE_GOLDEN=1 writes it)"));
+        assert_eq!(got, want, "messages of {path:?}");
+        assert!(!got.is_empty(), "{path:?} must fail");
+        n += 1;
+    }
+    assert!(n >= 5);
+}
+
+#[test]
+fn errors_carry_the_file_name() {
+    let path = root().join("tests/golden/bad/unknown-key.toml");
+    let errs = load_file(&path).unwrap_err();
+    assert_eq!(errs[0].to_string(), format!("{}:2:1: unknown field `priorty`, expected one of `id`, `name`, `description`, `priority`, `persist`, `match`, `activation`, `tuning`, `thresholds`", path.display()));
+}
+
+#[test]
+fn the_spec_example_parses_to_what_it_says() {
+    let p = load_file(&root().join("tests/golden/good/spec-example.toml")).unwrap();
+    assert_eq!(p.id, "web-peak");
+    assert_eq!(p.priority, 100);
+    let a = p.activation.as_ref().unwrap();
+    assert_eq!(a.hold.to_string(), "10m");
+    assert_eq!(a.when.len(), 3);
+    assert_eq!(a.when[0].source, Source::Metric(Metric::Cpu));
+    assert_eq!(a.when[0].comparison, Comparison::Above(80.0));
+    assert_eq!(a.when[1].source, Source::Signal("lb.web.rps".into()));
+    assert_eq!(a.when[2].source, Source::Forecast(Metric::Cpu));
+    assert_eq!(a.schedule[0].from, 8 * 60);
+    assert_eq!(a.schedule[0].to, 20 * 60);
+    assert_eq!(a.timezone.as_deref(), Some("Europe/Berlin"));
+    let t = &p.tuning;
+    assert_eq!(t.vcpu_pin, vec![(VcpuSel::All, "0-3".parse().unwrap())]);
+    assert_eq!(t.vcpu_quota, Some(50_000));
+    assert_eq!(t.vcpu_period, Some(100_000));
+    assert_eq!(t.memory_hard_limit, Some(4 << 20));
+    assert_eq!(t.memory_soft_limit, Some(2 << 20));
+    assert_eq!(t.memory_swap_hard_limit, Some(6 << 20));
+    assert_eq!(t.blkio_devices[0].1.read_bytes_per_sec, Some(200 << 20));
+    let (target, bw) = &t.interfaces[0];
+    assert_eq!(target, "*");
+    assert_eq!(bw.inbound.unwrap().average, 102_400);
+    assert_eq!(bw.inbound.unwrap().burst, 4096);
+    assert_eq!(bw.outbound.unwrap().peak, 0);
+    assert_eq!(p.thresholds[&Metric::Cpu], 95.0);
+}
+
+#[test]
+fn tuning_resolves_against_a_domain() {
+    let p = load_file(&root().join("tests/golden/good/midnight.toml")).unwrap();
+    let mut d = DomainInfo {
+        name: "x".into(),
+        uuid: "u".into(),
+        id: Some(1),
+        state: DomainState::Running,
+        persistent: true,
+        vcpus: 3,
+        memory_kib: 1024,
+        max_memory_kib: 1024,
+        disks: vec![],
+        interfaces: vec![InterfaceInfo {
+            target: Some("vnet7".into()),
+            mac: Some("52:54:00:00:00:01".into()),
+        }],
+        tags: vec![],
+    };
+    let t = p.tuning.resolve(&d);
+    assert_eq!(t.vcpu_pin.len(), 3);
+    assert_eq!(t.vcpu_pin[&0].to_string(), "1", "a numbered vCPU beats *");
+    assert_eq!(t.vcpu_pin[&2].to_string(), "0-1");
+    assert_eq!(
+        t.memory_hard_limit,
+        Some(virt_persona::model::tuning::MEMORY_UNLIMITED_KIB)
+    );
+    let w = &p.activation.as_ref().unwrap().schedule[0];
+    assert!(w.from > w.to, "crosses midnight");
+    assert!(
+        w.days.contains(4) && w.days.contains(0) && !w.days.contains(2),
+        "fri-mon wraps"
+    );
+    d.vcpus = 1;
+    assert_eq!(p.tuning.resolve(&d).vcpu_pin.len(), 1);
+    let spec = load_file(&root().join("tests/golden/good/spec-example.toml")).unwrap();
+    let t = spec.tuning.resolve(&d);
+    assert!(
+        t.interfaces.contains_key("vnet7"),
+        "* covers every running interface"
+    );
+}
+
+#[test]
+fn minimal_file_defaults() {
+    let p = parse_persona("id = \"a\"\n", Path::new("a.toml")).unwrap();
+    assert_eq!(p.name, "a");
+    assert_eq!(p.priority, 0);
+    assert!(p.activation.is_none());
+    assert!(p.tuning.is_empty());
+}
+
+fn write(dir: &Path, name: &str, text: &str) {
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+#[test]
+fn a_bad_edit_keeps_the_last_good_version_in_force() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "a.toml", "id = \"alpha\"\npriority = 1\n");
+    write(d.path(), "b.toml", "id = \"beta\"\n");
+    let mut cat = Catalog::new(d.path());
+    cat.reload().unwrap();
+    assert_eq!(cat.personas().len(), 2);
+
+    write(d.path(), "a.toml", "id = \"alpha\"\npriority = \"x\"\n");
+    let r = cat.reload().unwrap();
+    assert_eq!(r.failed, vec!["alpha".to_string()]);
+    let alpha = cat.get("alpha").expect("last good alpha still in force");
+    assert_eq!(alpha.priority, 1);
+    let e = cat.entries().into_iter().find(|e| e.id == "alpha").unwrap();
+    assert_eq!(e.status, "error");
+    assert!(e.in_force);
+    assert!(
+        e.error
+            .as_deref()
+            .unwrap()
+            .contains("a.toml:2:12: invalid type: string \"x\", expected i64"),
+        "{e:?}"
+    );
+    assert!(cat.get("beta").is_some(), "other files load normally");
+
+    write(d.path(), "a.toml", "id = \"alpha\"\npriority = 7\n");
+    cat.reload().unwrap();
+    assert_eq!(cat.get("alpha").unwrap().priority, 7);
+    assert!(cat.errors().is_empty());
+}
+
+#[test]
+fn duplicate_ids_name_both_files_and_the_first_wins() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "10-first.toml", "id = \"same\"\npriority = 1\n");
+    write(d.path(), "20-second.toml", "id = \"same\"\npriority = 2\n");
+    let mut cat = Catalog::new(d.path());
+    cat.reload().unwrap();
+    assert_eq!(cat.personas().len(), 1);
+    assert_eq!(cat.get("same").unwrap().priority, 1);
+    let errs = cat.errors();
+    assert_eq!(errs.len(), 1);
+    let msg = errs[0].to_string();
+    assert!(
+        msg.contains("20-second.toml:1:1: duplicate persona id 'same': also defined in"),
+        "{msg}"
+    );
+    assert!(msg.contains("10-first.toml"), "{msg}");
+}
+
+#[test]
+fn removed_files_retire_and_leftovers_are_ignored() {
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "a.toml", "id = \"alpha\"\n");
+    for junk in [
+        ".hidden.toml",
+        "a.toml~",
+        ".#a.toml",
+        "a.toml.swp",
+        "notes.txt",
+        "#a.toml#",
+    ] {
+        write(d.path(), junk, "garbage = [");
+    }
+    let mut cat = Catalog::new(d.path());
+    let r = cat.reload().unwrap();
+    assert_eq!(r.loaded, vec!["alpha".to_string()]);
+    assert!(cat.errors().is_empty());
+    std::fs::remove_file(d.path().join("a.toml")).unwrap();
+    let r = cat.reload().unwrap();
+    assert_eq!(r.removed, vec!["alpha".to_string()]);
+    assert!(cat.personas().is_empty());
+}
+
+#[test]
+fn a_new_file_that_fails_puts_nothing_in_force() {
+    let d = tempfile::tempdir().unwrap();
+    write(
+        d.path(),
+        "x.toml",
+        "id = \"x\"\n[tuning]\nblkio_weight = 1\n",
+    );
+    let mut cat = Catalog::new(d.path());
+    cat.reload().unwrap();
+    assert!(cat.personas().is_empty());
+    let e = &cat.entries()[0];
+    assert_eq!((e.status, e.in_force), ("error", false));
+    // invalid UTF-8 is an error too, not a panic
+    std::fs::write(d.path().join("y.toml"), [0x69, 0x64, 0xff, 0xfe]).unwrap();
+    cat.reload().unwrap();
+    assert!(cat
+        .errors()
+        .iter()
+        .any(|e| e.to_string().contains("not UTF-8")));
+}
