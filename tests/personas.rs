@@ -248,3 +248,65 @@ fn a_new_file_that_fails_puts_nothing_in_force() {
         .iter()
         .any(|e| e.to_string().contains("not UTF-8")));
 }
+
+/// Edits files while the watcher runs: each change is in force within 2 s, a
+/// file written in two steps never removes the working version, and a rename
+/// into place (as editors and config management do it) is seen.
+#[test]
+fn live_reload_follows_edits_within_two_seconds() {
+    use std::time::{Duration, Instant};
+    let d = tempfile::tempdir().unwrap();
+    write(d.path(), "a.toml", "id = \"alpha\"\npriority = 1\n");
+    let mut cat = Catalog::new(d.path());
+    cat.reload().unwrap();
+    let (_w, changes) = virt_persona::watch::watch(d.path()).unwrap();
+
+    // waits for the next reload signal and reloads, like the daemon loop does
+    let mut step = |cat: &mut Catalog, what: &str| {
+        let t0 = Instant::now();
+        changes.recv_timeout(Duration::from_secs(2)).unwrap_or_else(|_| panic!("no reload within 2 s after {what}"));
+        cat.reload().unwrap();
+        t0.elapsed()
+    };
+
+    write(d.path(), "b.toml", "id = \"beta\"\n");
+    step(&mut cat, "adding b.toml");
+    assert!(cat.get("beta").is_some());
+
+    // atomic rename into place
+    write(d.path(), ".a.toml.tmp", "id = \"alpha\"\npriority = 5\n");
+    std::fs::rename(d.path().join(".a.toml.tmp"), d.path().join("a.toml")).unwrap();
+    step(&mut cat, "renaming over a.toml");
+    assert_eq!(cat.get("alpha").unwrap().priority, 5);
+
+    // written in two steps, 50 ms apart: read once, whole
+    let full = "id = \"alpha\"\npriority = 9\n[tuning]\ncpu_shares = 512\n";
+    let (first, second) = full.split_at(20);
+    std::fs::write(d.path().join("a.toml"), first).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    let mut f = std::fs::OpenOptions::new().append(true).open(d.path().join("a.toml")).unwrap();
+    std::io::Write::write_all(&mut f, second.as_bytes()).unwrap();
+    drop(f);
+    step(&mut cat, "a two-step write");
+    let alpha = cat.get("alpha").expect("alpha never leaves");
+    assert_eq!((alpha.priority, alpha.tuning.cpu_shares), (9, Some(512)));
+    assert!(cat.errors().is_empty(), "{:?}", cat.errors());
+
+    // a bad edit: the last good version stays
+    write(d.path(), "a.toml", "id = \"alpha\"\npriority = [\n");
+    step(&mut cat, "a bad edit");
+    assert_eq!(cat.get("alpha").unwrap().priority, 9);
+    assert_eq!(cat.errors().len(), 1);
+
+    // removal retires
+    std::fs::remove_file(d.path().join("b.toml")).unwrap();
+    step(&mut cat, "removing b.toml");
+    assert!(cat.get("beta").is_none());
+
+    // editor leftovers do not trigger reloads (first let earlier bursts settle)
+    std::thread::sleep(Duration::from_millis(400));
+    while changes.try_recv().is_ok() {}
+    write(d.path(), ".a.toml.swp", "x");
+    write(d.path(), "a.toml~", "x");
+    assert!(changes.recv_timeout(Duration::from_millis(700)).is_err(), "leftovers are ignored");
+}

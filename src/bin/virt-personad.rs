@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use virt_persona::config::{Config, FileConfig, Overrides, DEFAULT_CONFIG};
 use virt_persona::hypervisor::libvirt::LibvirtHypervisor;
 use virt_persona::hypervisor::{Hypervisor, HypervisorEvent, ReadScope};
+use virt_persona::model::loader::Catalog;
 use virt_persona::units::Duration;
 
 /// virt-persona host daemon: gives every libvirt domain the tuning persona its load calls for.
@@ -109,6 +110,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     let cfg = load_config(args)?;
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating the state directory {}", cfg.state_dir.display()))?;
+    std::fs::create_dir_all(&cfg.personas_dir)
+        .with_context(|| format!("creating the personas directory {}", cfg.personas_dir.display()))?;
+    let mut catalog = Catalog::new(&cfg.personas_dir);
+    reload(&mut catalog, "start");
+    let (_watcher, persona_changes) = virt_persona::watch::watch(&cfg.personas_dir)
+        .with_context(|| format!("watching {}", cfg.personas_dir.display()))?;
     let hv = LibvirtHypervisor::connect(&cfg.connect)?;
     info!(uri = %cfg.connect, node = %cfg.node_name, interval = %cfg.interval, "virt-personad started");
     let events = hv.events();
@@ -145,14 +152,33 @@ fn run(args: Args) -> anyhow::Result<()> {
                 Ok(HypervisorEvent::Reconnected) => info!("libvirt connection back"),
                 Err(_) => std::thread::sleep(StdDuration::from_millis(100)),
             },
+            recv(persona_changes) -> _ => reload(&mut catalog, "file change"),
             recv(sig_rx) -> s => match s {
-                Ok(signal_hook::consts::SIGHUP) => info!("SIGHUP: reloading"),
+                Ok(signal_hook::consts::SIGHUP) => reload(&mut catalog, "SIGHUP"),
                 _ => {
                     info!("stopping");
                     return Ok(());
                 }
             },
         }
+    }
+}
+
+fn reload(catalog: &mut Catalog, why: &str) {
+    match catalog.reload() {
+        Ok(r) => {
+            if why == "SIGHUP" || !(r.loaded.is_empty() && r.failed.is_empty() && r.removed.is_empty()) {
+                info!(
+                    trigger = why,
+                    dir = %catalog.dir().display(),
+                    in_force = catalog.personas().len(),
+                    failed = ?r.failed,
+                    removed = ?r.removed,
+                    "personas loaded"
+                );
+            }
+        }
+        Err(e) => warn!(dir = %catalog.dir().display(), error = %e, "cannot read the personas directory; personas in force are kept"),
     }
 }
 

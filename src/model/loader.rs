@@ -110,7 +110,7 @@ impl Catalog {
                 report.removed.push(id);
             }
         }
-        let mut changed = false;
+        let mut changed_paths: Vec<PathBuf> = Vec::new();
         for path in &present {
             let content = match std::fs::read(path) {
                 Ok(c) => c,
@@ -132,7 +132,7 @@ impl Catalog {
                 report.unchanged += 1;
                 continue;
             }
-            changed = true;
+            changed_paths.push(path.clone());
             let parsed = match std::str::from_utf8(&content) {
                 Ok(text) => parse_persona(text, path),
                 Err(e) => Err(vec![FileError {
@@ -157,10 +157,10 @@ impl Catalog {
                 }
             }
         }
-        if changed || !report.removed.is_empty() {
+        if !changed_paths.is_empty() || !report.removed.is_empty() {
             self.settle();
         }
-        for st in self.files.values() {
+        for st in self.files.values().filter(|st| changed_paths.contains(&st.path)) {
             let id = st
                 .persona
                 .as_ref()
@@ -178,11 +178,6 @@ impl Catalog {
                     }
                 }
             }
-        }
-        if report.unchanged == present.len() && report.removed.is_empty() {
-            // nothing changed: report nothing as newly loaded or failed
-            report.loaded.clear();
-            report.failed.clear();
         }
         Ok(report)
     }
