@@ -17,7 +17,13 @@ fn make_dir(n: usize) -> tempfile::TempDir {
         // give each copy its own id so all 1,000 load
         let text: String = src
             .lines()
-            .map(|l| if l.starts_with("id = ") { format!("id = \"persona-{i:04}\"") } else { l.to_string() })
+            .map(|l| {
+                if l.starts_with("id = ") {
+                    format!("id = \"persona-{i:04}\"")
+                } else {
+                    l.to_string()
+                }
+            })
             .collect::<Vec<_>>()
             .join("\n");
         std::fs::write(dir.path().join(format!("p{i:04}.toml")), text).expect("write");

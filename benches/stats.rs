@@ -32,7 +32,10 @@ fn time<T>(runs: usize, mut f: impl FnMut() -> T) -> Duration {
 }
 
 fn test_host(n: usize) -> tempfile::NamedTempFile {
-    let mut f = tempfile::Builder::new().suffix(".xml").tempfile().expect("temp file");
+    let mut f = tempfile::Builder::new()
+        .suffix(".xml")
+        .tempfile()
+        .expect("temp file");
     let mut s = String::from("<node><cpu><mhz>3000</mhz><model>x86_64</model><active>8</active><nodes>1</nodes><sockets>1</sockets><cores>4</cores><threads>2</threads></cpu><memory>268435456</memory>\n");
     for i in 0..n {
         s.push_str(&format!(
@@ -57,7 +60,8 @@ fn compare(label: &str, hv: &LibvirtHypervisor, names: &[String], runs: usize) {
         bulk.push(time(1, || hv.all_stats(StatGroups::ALL).expect("bulk")));
         per.push(time(1, || {
             for n in names {
-                hv.single_domain_stats(n, StatGroups::ALL).expect("per-domain");
+                hv.single_domain_stats(n, StatGroups::ALL)
+                    .expect("per-domain");
             }
         }));
     }
@@ -95,7 +99,10 @@ fn count_rpcs(name: &str) {
         .expect("child");
     assert!(status.success());
     let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let calls = text.lines().filter(|l| l.contains("RPC_CLIENT_MSG_TX_QUEUE") && l.contains("type=0")).count();
+    let calls = text
+        .lines()
+        .filter(|l| l.contains("RPC_CLIENT_MSG_TX_QUEUE") && l.contains("type=0"))
+        .count();
     println!("  counted in libvirt's client log: {calls} RPC calls for one full tuning read");
     let _ = std::fs::remove_file(&log);
 }
@@ -104,12 +111,16 @@ fn main() {
     if let Ok(name) = std::env::var("VP_BENCH_COUNT") {
         // child: connect (its RPCs are not counted: the log is truncated after), read once
         let hv = common::real();
-        let log = std::env::var("LIBVIRT_LOG_OUTPUTS").expect("log").trim_start_matches("1:file:").to_string();
+        let log = std::env::var("LIBVIRT_LOG_OUTPUTS")
+            .expect("log")
+            .trim_start_matches("1:file:")
+            .to_string();
         std::fs::write(&log, "").expect("truncate log");
         hv.tuning(&name, ReadScope::Current).expect("tuning");
         return;
     }
-    if std::env::args().any(|a| a == "--list") || std::env::args().any(|a| a.starts_with("--test")) {
+    if std::env::args().any(|a| a == "--list") || std::env::args().any(|a| a.starts_with("--test"))
+    {
         return; // cargo test --benches probes: nothing to run
     }
     let host = test_host(1000);
@@ -119,24 +130,51 @@ fn main() {
     compare("test driver", &hv, &names, 10);
     tuning_cost("test driver", &hv, "bench-0");
 
-    let n: usize = std::env::var("VP_BENCH_GUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(32);
+    let n: usize = std::env::var("VP_BENCH_GUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(32);
     if n == 0 {
         return;
     }
     common::set_max_guests(n);
     let t = Instant::now();
-    let guests: Vec<common::Guest> = (0..n).map(|i| common::Guest::boot(&format!("bench{i}"), 1)).collect();
-    eprintln!("booted {n} {} guests in {:.1} s", common::virt_type(), t.elapsed().as_secs_f64());
+    let guests: Vec<common::Guest> = (0..n)
+        .map(|i| common::Guest::boot(&format!("bench{i}"), 1))
+        .collect();
+    eprintln!(
+        "booted {n} {} guests in {:.1} s",
+        common::virt_type(),
+        t.elapsed().as_secs_f64()
+    );
     // let every guest finish its firmware and settle into idle
     std::thread::sleep(Duration::from_secs(8));
     let hv = common::real();
     let names: Vec<String> = guests.iter().map(|g| g.name.clone()).collect();
     let active = hv.all_stats(StatGroups::ALL).expect("bulk").len();
     assert!(active >= n, "{active} active domains");
-    compare(&format!("real libvirtd ({})", common::virt_type()), &hv, &names, 7);
+    compare(
+        &format!("real libvirtd ({})", common::virt_type()),
+        &hv,
+        &names,
+        7,
+    );
     for (label, groups) in [
-        ("cpu-total only", StatGroups { cpu: true, ..Default::default() }),
-        ("cpu+interface", StatGroups { cpu: true, interface: true, ..Default::default() }),
+        (
+            "cpu-total only",
+            StatGroups {
+                cpu: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "cpu+interface",
+            StatGroups {
+                cpu: true,
+                interface: true,
+                ..Default::default()
+            },
+        ),
         ("all groups", StatGroups::ALL),
     ] {
         let d = time(7, || hv.all_stats(groups).expect("bulk"));

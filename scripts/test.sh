@@ -2,7 +2,8 @@
 # The whole test suite on a fresh Debian 12 machine: sets up a real libvirt host
 # (packages, users, virtlogd, libvirtd, test bridge) idempotently, then runs
 # formatting and lint checks, every test (unit, test driver, real guests),
-# builds the benchmarks and the fuzz targets. Run as root.
+# the fuzz target. Benchmarks are built (and criterion's run once) by
+# cargo test --all-targets. Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,8 +17,6 @@ cargo clippy --all-targets --quiet -- -D warnings
 echo "== cargo test"
 # real-host test binaries boot guests; they cap themselves at two at a time
 cargo test --all-targets --no-fail-fast 2>&1 | tee /tmp/virt-persona-test.log
-echo "== benchmarks build"
-cargo bench --no-run --quiet
 if [ -d fuzz ]; then
   echo "== fuzz targets build"
   bash scripts/fuzz-build.sh

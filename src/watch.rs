@@ -52,7 +52,9 @@ pub fn watch(dir: &Path) -> Result<(DirWatcher, Receiver<()>), notify::Error> {
                 let first = Instant::now();
                 let mut last = first;
                 loop {
-                    let wait = DEBOUNCE.saturating_sub(last.elapsed()).min(MAX_DELAY.saturating_sub(first.elapsed()));
+                    let wait = DEBOUNCE
+                        .saturating_sub(last.elapsed())
+                        .min(MAX_DELAY.saturating_sub(first.elapsed()));
                     if wait.is_zero() {
                         break;
                     }

@@ -262,9 +262,11 @@ fn live_reload_follows_edits_within_two_seconds() {
     let (_w, changes) = virt_persona::watch::watch(d.path()).unwrap();
 
     // waits for the next reload signal and reloads, like the daemon loop does
-    let mut step = |cat: &mut Catalog, what: &str| {
+    let step = |cat: &mut Catalog, what: &str| {
         let t0 = Instant::now();
-        changes.recv_timeout(Duration::from_secs(2)).unwrap_or_else(|_| panic!("no reload within 2 s after {what}"));
+        changes
+            .recv_timeout(Duration::from_secs(2))
+            .unwrap_or_else(|_| panic!("no reload within 2 s after {what}"));
         cat.reload().unwrap();
         t0.elapsed()
     };
@@ -284,7 +286,10 @@ fn live_reload_follows_edits_within_two_seconds() {
     let (first, second) = full.split_at(20);
     std::fs::write(d.path().join("a.toml"), first).unwrap();
     std::thread::sleep(Duration::from_millis(50));
-    let mut f = std::fs::OpenOptions::new().append(true).open(d.path().join("a.toml")).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(d.path().join("a.toml"))
+        .unwrap();
     std::io::Write::write_all(&mut f, second.as_bytes()).unwrap();
     drop(f);
     step(&mut cat, "a two-step write");
@@ -308,5 +313,8 @@ fn live_reload_follows_edits_within_two_seconds() {
     while changes.try_recv().is_ok() {}
     write(d.path(), ".a.toml.swp", "x");
     write(d.path(), "a.toml~", "x");
-    assert!(changes.recv_timeout(Duration::from_millis(700)).is_err(), "leftovers are ignored");
+    assert!(
+        changes.recv_timeout(Duration::from_millis(700)).is_err(),
+        "leftovers are ignored"
+    );
 }

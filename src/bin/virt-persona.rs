@@ -17,10 +17,21 @@ use virt_persona::model::validate::{load_file, valid_name, FileError, Rule};
 #[command(name = "virt-persona", version, about, long_about = None)]
 struct Cli {
     /// libvirt URI for commands that talk to libvirt directly (tag-*).
-    #[arg(short = 'c', long = "connect", value_name = "URI", default_value = "qemu:///system", global = true)]
+    #[arg(
+        short = 'c',
+        long = "connect",
+        value_name = "URI",
+        default_value = "qemu:///system",
+        global = true
+    )]
     connect: String,
     /// The daemon's API socket.
-    #[arg(long, value_name = "PATH", default_value = "/run/virt-persona/api.sock", global = true)]
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/run/virt-persona/api.sock",
+        global = true
+    )]
     socket: PathBuf,
     /// Machine-readable JSON output.
     #[arg(long, global = true)]
@@ -83,7 +94,10 @@ fn validate(files: &[PathBuf], as_json: bool) -> ExitCode {
                     file: f.clone(),
                     line: 1,
                     col: 1,
-                    rule: Rule::DuplicateId { id: p.id.clone(), other: other.display().to_string() },
+                    rule: Rule::DuplicateId {
+                        id: p.id.clone(),
+                        other: other.display().to_string(),
+                    },
                 }]),
                 None => {
                     seen.push((p.id.clone(), f.clone()));
@@ -118,9 +132,17 @@ fn validate(files: &[PathBuf], as_json: bool) -> ExitCode {
                 }
             }
         }
-        let nerr: usize = results.iter().filter_map(|(_, r)| r.as_ref().err()).map(Vec::len).sum();
+        let nerr: usize = results
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().err())
+            .map(Vec::len)
+            .sum();
         if failed {
-            eprintln!("error: {nerr} error(s) in {} of {} file(s)", results.iter().filter(|(_, r)| r.is_err()).count(), results.len());
+            eprintln!(
+                "error: {nerr} error(s) in {} of {} file(s)",
+                results.iter().filter(|(_, r)| r.is_err()).count(),
+                results.len()
+            );
         }
     }
     if failed {
@@ -156,7 +178,15 @@ fn edit_tags(cli: &Cli, domain: &str, tags: &[String], add: bool) -> anyhow::Res
     if cli.json {
         println!("{}", json!({"domain": info.name, "tags": now}));
     } else {
-        println!("Domain '{}' tags: {}", info.name, if now.is_empty() { "(none)".to_string() } else { now.join(", ") });
+        println!(
+            "Domain '{}' tags: {}",
+            info.name,
+            if now.is_empty() {
+                "(none)".to_string()
+            } else {
+                now.join(", ")
+            }
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -168,10 +198,16 @@ fn tag_list(cli: &Cli, domain: Option<&str>) -> anyhow::Result<ExitCode> {
         None => hv.list_domains()?,
     };
     if cli.json {
-        let v: Vec<_> = doms.iter().map(|d| json!({"name": d.name, "tags": d.tags})).collect();
+        let v: Vec<_> = doms
+            .iter()
+            .map(|d| json!({"name": d.name, "tags": d.tags}))
+            .collect();
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        let rows: Vec<Vec<String>> = doms.iter().map(|d| vec![d.name.clone(), d.tags.join(", ")]).collect();
+        let rows: Vec<Vec<String>> = doms
+            .iter()
+            .map(|d| vec![d.name.clone(), d.tags.join(", ")])
+            .collect();
         print!("{}", table(&["Name", "Tags"], &rows));
     }
     Ok(ExitCode::SUCCESS)

@@ -110,8 +110,12 @@ fn run(args: Args) -> anyhow::Result<()> {
     let cfg = load_config(args)?;
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating the state directory {}", cfg.state_dir.display()))?;
-    std::fs::create_dir_all(&cfg.personas_dir)
-        .with_context(|| format!("creating the personas directory {}", cfg.personas_dir.display()))?;
+    std::fs::create_dir_all(&cfg.personas_dir).with_context(|| {
+        format!(
+            "creating the personas directory {}",
+            cfg.personas_dir.display()
+        )
+    })?;
     let mut catalog = Catalog::new(&cfg.personas_dir);
     reload(&mut catalog, "start");
     let (_watcher, persona_changes) = virt_persona::watch::watch(&cfg.personas_dir)
@@ -167,7 +171,9 @@ fn run(args: Args) -> anyhow::Result<()> {
 fn reload(catalog: &mut Catalog, why: &str) {
     match catalog.reload() {
         Ok(r) => {
-            if why == "SIGHUP" || !(r.loaded.is_empty() && r.failed.is_empty() && r.removed.is_empty()) {
+            if why == "SIGHUP"
+                || !(r.loaded.is_empty() && r.failed.is_empty() && r.removed.is_empty())
+            {
                 info!(
                     trigger = why,
                     dir = %catalog.dir().display(),
@@ -178,7 +184,9 @@ fn reload(catalog: &mut Catalog, why: &str) {
                 );
             }
         }
-        Err(e) => warn!(dir = %catalog.dir().display(), error = %e, "cannot read the personas directory; personas in force are kept"),
+        Err(e) => {
+            warn!(dir = %catalog.dir().display(), error = %e, "cannot read the personas directory; personas in force are kept")
+        }
     }
 }
 

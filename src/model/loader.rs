@@ -160,7 +160,11 @@ impl Catalog {
         if !changed_paths.is_empty() || !report.removed.is_empty() {
             self.settle();
         }
-        for st in self.files.values().filter(|st| changed_paths.contains(&st.path)) {
+        for st in self
+            .files
+            .values()
+            .filter(|st| changed_paths.contains(&st.path))
+        {
             let id = st
                 .persona
                 .as_ref()
