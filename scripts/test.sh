@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian 12 machine: sets up a real libvirt host
 # (packages, users, virtlogd, libvirtd, test bridge) idempotently, then runs
-# formatting and lint checks, every test (unit, test driver, real guests),
+# formatting and lint checks, every test (unit, test driver, real guests) and builds
 # the fuzz target. Benchmarks are built (and criterion's run once) by
 # cargo test --all-targets. Run as root.
 set -euo pipefail
