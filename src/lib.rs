@@ -4,9 +4,11 @@
 //! (`hypervisor`) is the only place that talks to libvirt. Binaries under
 //! `src/bin/` do the wiring.
 
+pub mod collector;
 pub mod config;
 pub mod hypervisor;
 pub mod model;
+pub mod rules;
 pub mod units;
 pub mod watch;
 

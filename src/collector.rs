@@ -1,0 +1,389 @@
+//! Turns bulk statistics (cumulative counters) into per-domain samples of the
+//! metrics of SPEC §4, as rates between two ticks, and keeps each domain's
+//! samples for as long as the largest window in use — no longer.
+//!
+//! Pure: the caller passes the time and the host counters.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::hypervisor::{DomainStats, StatGroups};
+use crate::model::persona::{Metric, Persona, Source};
+
+/// Milliseconds since the Unix epoch.
+pub type Millis = i64;
+
+/// One value per metric (NaN = not measured this tick).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Values(pub [f64; METRICS]);
+
+pub const METRICS: usize = 20;
+
+impl Default for Values {
+    fn default() -> Self {
+        Values([f64::NAN; METRICS])
+    }
+}
+
+impl Values {
+    pub fn get(&self, m: Metric) -> Option<f64> {
+        let v = self.0[m as usize];
+        (!v.is_nan()).then_some(v)
+    }
+    pub fn set(&mut self, m: Metric, v: f64) {
+        if v.is_finite() {
+            self.0[m as usize] = v;
+        }
+    }
+}
+
+/// A domain's (or the host's) metrics at one tick.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    pub t: Millis,
+    pub values: Values,
+}
+
+/// Raw host counters read from procfs.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct HostCounters {
+    /// Busy and total jiffies from the `cpu` line of /proc/stat.
+    pub cpu_busy: u64,
+    pub cpu_total: u64,
+    pub load1: Option<f64>,
+    pub mem_available_percent: Option<f64>,
+    pub cpu_pressure: Option<f64>,
+}
+
+#[derive(Debug, Clone)]
+struct Prev {
+    t: Millis,
+    stats: DomainStats,
+}
+
+/// The collector's state: previous counters and the sample windows.
+#[derive(Debug, Default)]
+pub struct Collector {
+    prev: HashMap<String, Prev>,
+    windows: HashMap<String, VecDeque<Sample>>,
+    host_prev: Option<(Millis, HostCounters)>,
+    host: VecDeque<Sample>,
+    keep_ms: Millis,
+}
+
+/// What the loaded personas need: which stat groups to ask libvirt for, and the
+/// longest window of samples to keep.
+pub fn needs(personas: &[std::sync::Arc<Persona>]) -> (StatGroups, std::time::Duration) {
+    let mut g = StatGroups {
+        cpu: false,
+        ..Default::default()
+    };
+    let mut keep = std::time::Duration::ZERO;
+    let mut want = |m: Metric, g: &mut StatGroups| match m {
+        Metric::Cpu => g.cpu = true,
+        Metric::MemoryRss | Metric::MemoryRssPercent => g.balloon = true,
+        Metric::DiskReadIops
+        | Metric::DiskWriteIops
+        | Metric::DiskIops
+        | Metric::DiskReadBps
+        | Metric::DiskWriteBps
+        | Metric::DiskBps
+        | Metric::DiskBytes => g.block = true,
+        Metric::NetRxBps
+        | Metric::NetTxBps
+        | Metric::NetBps
+        | Metric::NetRxPps
+        | Metric::NetTxPps
+        | Metric::NetBytes => g.interface = true,
+        _ => {}
+    };
+    for p in personas {
+        for m in p.thresholds.keys() {
+            want(*m, &mut g);
+        }
+        if let Some(a) = &p.activation {
+            for c in &a.when {
+                if let Source::Metric(m) | Source::Forecast(m) = c.source {
+                    want(m, &mut g);
+                }
+                keep = keep.max(c.over.map(|d| d.as_std()).unwrap_or_default());
+                keep = keep.max(c.for_.map(|d| d.as_std()).unwrap_or_default());
+            }
+        }
+    }
+    (g, keep)
+}
+
+fn delta(cur: u64, prev: u64) -> Option<f64> {
+    // a counter that went down was reset (domain restarted): no rate this tick
+    cur.checked_sub(prev).map(|d| d as f64)
+}
+
+impl Collector {
+    /// Keeps samples for `keep` (plus one sample, so a window of exactly `keep` is full).
+    pub fn set_keep(&mut self, keep: std::time::Duration) {
+        self.keep_ms = keep.as_millis().min(i64::MAX as u128) as Millis;
+    }
+
+    /// Ingests one tick. `vcpus` gives each domain's vCPU count (by UUID) when the
+    /// stats lack it. Domains absent from `stats` are forgotten.
+    pub fn ingest(
+        &mut self,
+        now: Millis,
+        stats: &[DomainStats],
+        vcpus: &HashMap<String, u32>,
+        host: Option<HostCounters>,
+    ) {
+        let mut seen = Vec::with_capacity(stats.len());
+        for s in stats {
+            seen.push(s.uuid.clone());
+            let values = match self.prev.get(&s.uuid) {
+                Some(p) if now > p.t => domain_values(
+                    (now - p.t) as f64 / 1000.0,
+                    &p.stats,
+                    s,
+                    vcpus.get(&s.uuid).copied(),
+                ),
+                _ => {
+                    // first sight: only the absolute values
+                    let mut v = Values::default();
+                    absolute(&mut v, s);
+                    v
+                }
+            };
+            self.prev.insert(
+                s.uuid.clone(),
+                Prev {
+                    t: now,
+                    stats: s.clone(),
+                },
+            );
+            let w = self.windows.entry(s.uuid.clone()).or_default();
+            w.push_back(Sample { t: now, values });
+            trim(w, now, self.keep_ms);
+        }
+        self.prev.retain(|k, _| seen.contains(k));
+        self.windows.retain(|k, _| seen.contains(k));
+        if let Some(h) = host {
+            let mut v = Values::default();
+            if let Some((pt, p)) = self.host_prev {
+                if now > pt {
+                    if let (Some(b), Some(t)) = (
+                        delta(h.cpu_busy, p.cpu_busy),
+                        delta(h.cpu_total, p.cpu_total),
+                    ) {
+                        if t > 0.0 {
+                            v.set(Metric::HostCpu, b / t * 100.0);
+                        }
+                    }
+                }
+            }
+            if let Some(l) = h.load1 {
+                v.set(Metric::HostLoad1, l);
+            }
+            if let Some(m) = h.mem_available_percent {
+                v.set(Metric::HostMemAvailablePercent, m);
+            }
+            if let Some(p) = h.cpu_pressure {
+                v.set(Metric::HostCpuPressure, p);
+            }
+            self.host_prev = Some((now, h));
+            self.host.push_back(Sample { t: now, values: v });
+            trim(&mut self.host, now, self.keep_ms);
+        }
+    }
+
+    /// A domain's samples, oldest first.
+    pub fn window(&self, uuid: &str) -> Option<&VecDeque<Sample>> {
+        self.windows.get(uuid)
+    }
+
+    /// The host's samples, oldest first.
+    pub fn host_window(&self) -> &VecDeque<Sample> {
+        &self.host
+    }
+
+    /// Forgets a domain (stopped or undefined).
+    pub fn forget(&mut self, uuid: &str) {
+        self.prev.remove(uuid);
+        self.windows.remove(uuid);
+    }
+}
+
+fn trim(w: &mut VecDeque<Sample>, now: Millis, keep_ms: Millis) {
+    // keep one sample older than the window so a full window can be judged
+    while w.len() > 1 && w.get(1).is_some_and(|s| now - s.t >= keep_ms) {
+        w.pop_front();
+    }
+}
+
+fn absolute(v: &mut Values, s: &DomainStats) {
+    if let Some(rss) = s.balloon_rss_kib {
+        v.set(Metric::MemoryRss, rss as f64 * 1024.0);
+        if let Some(cur) = s.balloon_current_kib.filter(|c| *c > 0) {
+            v.set(Metric::MemoryRssPercent, rss as f64 / cur as f64 * 100.0);
+        }
+    }
+}
+
+fn domain_values(dt: f64, p: &DomainStats, s: &DomainStats, vcpus: Option<u32>) -> Values {
+    let mut v = Values::default();
+    absolute(&mut v, s);
+    let n = s.vcpu_current.or(vcpus).unwrap_or(1).max(1) as f64;
+    if let (Some(c), Some(pc)) = (s.cpu_time_ns, p.cpu_time_ns) {
+        if let Some(d) = delta(c, pc) {
+            v.set(Metric::Cpu, d / (dt * 1e9 * n) * 100.0);
+        }
+    }
+    // per device, matched by name: a disk or NIC that appeared has no rate yet
+    let (mut rr, mut wr, mut rb, mut wb, mut ok_blk) = (0.0, 0.0, 0.0, 0.0, false);
+    for b in &s.block {
+        if let Some(pb) = p.block.iter().find(|x| x.name == b.name) {
+            if let (Some(a), Some(c), Some(d), Some(e)) = (
+                delta(b.rd_reqs, pb.rd_reqs),
+                delta(b.wr_reqs, pb.wr_reqs),
+                delta(b.rd_bytes, pb.rd_bytes),
+                delta(b.wr_bytes, pb.wr_bytes),
+            ) {
+                rr += a;
+                wr += c;
+                rb += d;
+                wb += e;
+                ok_blk = true;
+            }
+        }
+    }
+    if ok_blk {
+        v.set(Metric::DiskReadIops, rr / dt);
+        v.set(Metric::DiskWriteIops, wr / dt);
+        v.set(Metric::DiskIops, (rr + wr) / dt);
+        v.set(Metric::DiskReadBps, rb / dt);
+        v.set(Metric::DiskWriteBps, wb / dt);
+        v.set(Metric::DiskBps, (rb + wb) / dt);
+        v.set(Metric::DiskBytes, rb + wb);
+    }
+    let (mut rxb, mut txb, mut rxp, mut txp, mut ok_net) = (0.0, 0.0, 0.0, 0.0, false);
+    for n in &s.net {
+        if let Some(pn) = p.net.iter().find(|x| x.name == n.name) {
+            if let (Some(a), Some(b), Some(c), Some(d)) = (
+                delta(n.rx_bytes, pn.rx_bytes),
+                delta(n.tx_bytes, pn.tx_bytes),
+                delta(n.rx_pkts, pn.rx_pkts),
+                delta(n.tx_pkts, pn.tx_pkts),
+            ) {
+                rxb += a;
+                txb += b;
+                rxp += c;
+                txp += d;
+                ok_net = true;
+            }
+        }
+    }
+    if ok_net {
+        v.set(Metric::NetRxBps, rxb / dt);
+        v.set(Metric::NetTxBps, txb / dt);
+        v.set(Metric::NetBps, (rxb + txb) / dt);
+        v.set(Metric::NetRxPps, rxp / dt);
+        v.set(Metric::NetTxPps, txp / dt);
+        v.set(Metric::NetBytes, rxb + txb);
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hypervisor::{BlockCounters, NetCounters};
+
+    fn stats(cpu_s: f64, rd: u64, rx: u64) -> DomainStats {
+        DomainStats {
+            name: "d".into(),
+            uuid: "u".into(),
+            cpu_time_ns: Some((cpu_s * 1e9) as u64),
+            balloon_current_kib: Some(1000),
+            balloon_rss_kib: Some(500),
+            vcpu_current: Some(2),
+            block: vec![BlockCounters {
+                name: "vda".into(),
+                rd_reqs: rd,
+                rd_bytes: rd * 4096,
+                ..Default::default()
+            }],
+            net: vec![NetCounters {
+                name: "vnet0".into(),
+                rx_bytes: rx,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn rates_from_counter_deltas() {
+        let mut c = Collector::default();
+        c.set_keep(std::time::Duration::from_secs(60));
+        let none = HashMap::new();
+        c.ingest(0, &[stats(10.0, 100, 1000)], &none, None);
+        c.ingest(2000, &[stats(12.0, 300, 5000)], &none, None);
+        let s = c.window("u").unwrap().back().unwrap().values;
+        assert_eq!(
+            s.get(Metric::Cpu),
+            Some(50.0),
+            "2 s of CPU over 2 s on 2 vCPUs"
+        );
+        assert_eq!(s.get(Metric::DiskReadIops), Some(100.0));
+        assert_eq!(s.get(Metric::DiskBytes), Some(200.0 * 4096.0));
+        assert_eq!(s.get(Metric::NetRxBps), Some(2000.0));
+        assert_eq!(s.get(Metric::MemoryRssPercent), Some(50.0));
+        assert_eq!(s.get(Metric::MemoryRss), Some(500.0 * 1024.0));
+    }
+
+    #[test]
+    fn counter_reset_and_new_devices_give_no_rate() {
+        let mut c = Collector::default();
+        let none = HashMap::new();
+        c.ingest(0, &[stats(10.0, 100, 1000)], &none, None);
+        c.ingest(1000, &[stats(1.0, 5, 10)], &none, None);
+        let s = c.window("u").unwrap().back().unwrap().values;
+        assert_eq!(s.get(Metric::Cpu), None);
+        assert_eq!(s.get(Metric::DiskIops), None);
+        let mut renamed = stats(2.0, 10, 20);
+        renamed.block[0].name = "vdb".into();
+        c.ingest(2000, &[renamed], &none, None);
+        let s = c.window("u").unwrap().back().unwrap().values;
+        assert_eq!(s.get(Metric::Cpu), Some(50.0));
+        assert_eq!(s.get(Metric::DiskIops), None, "a new disk has no rate yet");
+    }
+
+    #[test]
+    fn windows_keep_only_what_is_used_and_forget_gone_domains() {
+        let mut c = Collector::default();
+        c.set_keep(std::time::Duration::from_secs(10));
+        let none = HashMap::new();
+        for t in 0..30 {
+            c.ingest(t * 1000, &[stats(t as f64, 0, 0)], &none, None);
+        }
+        let w = c.window("u").unwrap();
+        assert_eq!(w.len(), 11, "10 s of 1 s samples plus the one before");
+        c.ingest(31_000, &[], &none, None);
+        assert!(c.window("u").is_none());
+    }
+
+    #[test]
+    fn host_cpu_from_jiffies() {
+        let mut c = Collector::default();
+        let none = HashMap::new();
+        let h = |b, t| {
+            Some(HostCounters {
+                cpu_busy: b,
+                cpu_total: t,
+                load1: Some(0.5),
+                ..Default::default()
+            })
+        };
+        c.ingest(0, &[], &none, h(100, 1000));
+        c.ingest(1000, &[], &none, h(150, 1100));
+        let v = c.host_window().back().unwrap().values;
+        assert_eq!(v.get(Metric::HostCpu), Some(50.0));
+        assert_eq!(v.get(Metric::HostLoad1), Some(0.5));
+    }
+}
