@@ -8,7 +8,9 @@ pub mod collector;
 pub mod config;
 pub mod hypervisor;
 pub mod model;
+pub mod planner;
 pub mod rules;
+pub mod store;
 pub mod units;
 pub mod watch;
 

@@ -1,0 +1,263 @@
+//! The difference between a domain's current tuning and the tuning it should
+//! have, as the fewest single-knob changes, ordered so that limits never
+//! conflict midway (pure).
+//!
+//! Only knobs the desired tuning has a value for are touched. Memory limits are
+//! ordered so that `soft <= hard <= swap` holds after every step whenever it
+//! holds before and after: raising moves the outer limit first, lowering the
+//! inner one.
+
+use crate::model::tuning::{Change, Knob, KnobValue, Tuning};
+
+/// Changes that turn `current` into `desired` on every knob `desired` sets.
+pub fn plan(current: &Tuning, desired: &Tuning) -> Vec<Change> {
+    let mut changes: Vec<Change> = desired
+        .changes()
+        .into_iter()
+        .filter(|c| current.get(&c.knob).as_ref() != Some(&c.value))
+        .collect();
+    order_memory(current, &mut changes);
+    changes
+}
+
+fn is_memory(k: &Knob) -> bool {
+    matches!(
+        k,
+        Knob::MemoryHardLimit | Knob::MemorySoftLimit | Knob::MemorySwapHardLimit
+    )
+}
+
+fn consistent(t: &Tuning) -> bool {
+    let ok = |a: Option<u64>, b: Option<u64>| match (a, b) {
+        (Some(a), Some(b)) => a <= b,
+        _ => true,
+    };
+    ok(t.memory_soft_limit, t.memory_hard_limit)
+        && ok(t.memory_hard_limit, t.memory_swap_hard_limit)
+}
+
+/// Reorders the memory changes (kept where the first of them stood) into an
+/// order whose every intermediate state is consistent, if there is one.
+fn order_memory(current: &Tuning, changes: &mut Vec<Change>) {
+    let mem: Vec<Change> = changes
+        .iter()
+        .filter(|c| is_memory(&c.knob))
+        .cloned()
+        .collect();
+    if mem.len() < 2 {
+        return;
+    }
+    let Some(pos) = changes.iter().position(|c| is_memory(&c.knob)) else {
+        return;
+    };
+    changes.retain(|c| !is_memory(&c.knob));
+    let n = mem.len();
+    let mut best: Option<Vec<Change>> = None;
+    let perms: &[&[usize]] = if n == 2 {
+        &[&[0, 1], &[1, 0]]
+    } else {
+        &[
+            &[0, 1, 2],
+            &[0, 2, 1],
+            &[1, 0, 2],
+            &[1, 2, 0],
+            &[2, 0, 1],
+            &[2, 1, 0],
+        ]
+    };
+    for p in perms {
+        let mut t = current.clone();
+        let mut ok = true;
+        for &i in p.iter() {
+            t.set(&mem[i]);
+            if !consistent(&t) {
+                ok = false;
+                break;
+            }
+        }
+        if ok {
+            best = Some(p.iter().map(|&i| mem[i].clone()).collect());
+            break;
+        }
+    }
+    let ordered = best.unwrap_or_else(|| {
+        // no consistent path (the start or the end is inconsistent): raise outer first
+        let raising = mem
+            .iter()
+            .any(|c| match (&c.knob, &c.value, current.get(&c.knob)) {
+                (Knob::MemoryHardLimit, KnobValue::Unsigned(v), Some(KnobValue::Unsigned(cur))) => {
+                    *v > cur
+                }
+                _ => false,
+            });
+        let rank = |k: &Knob| match k {
+            Knob::MemorySwapHardLimit => 0,
+            Knob::MemoryHardLimit => 1,
+            _ => 2,
+        };
+        let mut m = mem.clone();
+        m.sort_by_key(|c| {
+            if raising {
+                rank(&c.knob)
+            } else {
+                2 - rank(&c.knob)
+            }
+        });
+        m
+    });
+    for (i, c) in ordered.into_iter().enumerate() {
+        changes.insert((pos + i).min(changes.len()), c);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tuning::{Bandwidth, InterfaceTuning, MEMORY_UNLIMITED_KIB};
+    use proptest::prelude::*;
+
+    fn mem(soft: u64, hard: u64, swap: u64) -> Tuning {
+        Tuning {
+            memory_soft_limit: Some(soft),
+            memory_hard_limit: Some(hard),
+            memory_swap_hard_limit: Some(swap),
+            ..Default::default()
+        }
+    }
+
+    fn apply(mut t: Tuning, changes: &[Change]) -> (Tuning, bool) {
+        let mut always_consistent = true;
+        for c in changes {
+            t.set(c);
+            always_consistent &= consistent(&t);
+        }
+        (t, always_consistent)
+    }
+
+    #[test]
+    fn nothing_to_do_when_already_there() {
+        let t = mem(1, 2, 3);
+        assert!(plan(&t, &t).is_empty());
+        assert!(
+            plan(&t, &Tuning::default()).is_empty(),
+            "an empty desire touches nothing"
+        );
+    }
+
+    #[test]
+    fn raising_moves_the_outer_limit_first_and_lowering_the_inner() {
+        let up = plan(&mem(100, 200, 300), &mem(1000, 2000, 3000));
+        let order: Vec<String> = up.iter().map(|c| c.knob.to_string()).collect();
+        assert_eq!(
+            order,
+            [
+                "memory_swap_hard_limit",
+                "memory_hard_limit",
+                "memory_soft_limit"
+            ]
+        );
+        let down = plan(&mem(1000, 2000, 3000), &mem(100, 200, 300));
+        let order: Vec<String> = down.iter().map(|c| c.knob.to_string()).collect();
+        assert_eq!(
+            order,
+            [
+                "memory_soft_limit",
+                "memory_hard_limit",
+                "memory_swap_hard_limit"
+            ]
+        );
+        let u = MEMORY_UNLIMITED_KIB;
+        let (_, ok) = apply(
+            mem(u, u, u),
+            &plan(&mem(u, u, u), &mem(1 << 20, 2 << 20, 3 << 20)),
+        );
+        assert!(ok, "from unlimited");
+    }
+
+    #[test]
+    fn only_differences_are_planned() {
+        let mut cur = mem(1, 2, 3);
+        cur.cpu_shares = Some(1024);
+        cur.interfaces.insert(
+            "vnet0".into(),
+            InterfaceTuning {
+                inbound: Some(Bandwidth::default()),
+                outbound: None,
+            },
+        );
+        let mut want = Tuning {
+            cpu_shares: Some(1024),
+            memory_hard_limit: Some(2),
+            ..Default::default()
+        };
+        assert!(plan(&cur, &want).is_empty());
+        want.interfaces.insert(
+            "vnet0".into(),
+            InterfaceTuning {
+                inbound: Some(Bandwidth {
+                    average: 5,
+                    peak: 0,
+                    burst: 0,
+                }),
+                outbound: None,
+            },
+        );
+        let p = plan(&cur, &want);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].knob.to_string(), "interface[vnet0].inbound");
+    }
+
+    fn arb_tuning() -> impl Strategy<Value = Tuning> {
+        (
+            prop::option::of(2u64..262_144),
+            prop::option::of(-1i64..100_000),
+            prop::option::of((1u64..1000, 0u64..1000, 0u64..1000)),
+            prop::collection::btree_map(0u32..4, prop::collection::btree_set(0u32..8, 1..4), 0..4),
+        )
+            .prop_map(|(shares, quota, mem3, pins)| {
+                let mut t = Tuning {
+                    cpu_shares: shares,
+                    vcpu_quota: quota,
+                    ..Default::default()
+                };
+                if let Some((soft, d1, d2)) = mem3 {
+                    t.memory_soft_limit = Some(soft);
+                    t.memory_hard_limit = Some(soft + d1);
+                    t.memory_swap_hard_limit = Some(soft + d1 + d2);
+                }
+                t.vcpu_pin = pins
+                    .into_iter()
+                    .map(|(k, v)| (k, crate::units::CpuSet::from_cpus(v)))
+                    .collect();
+                t
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn plan_of_x_to_x_is_empty(x in arb_tuning()) {
+            prop_assert!(plan(&x, &x).is_empty());
+        }
+
+        #[test]
+        fn applying_plan_a_b_to_a_gives_b(a in arb_tuning(), b in arb_tuning()) {
+            let changes = plan(&a, &b);
+            let (got, always_consistent) = apply(a.clone(), &changes);
+            for c in b.changes() {
+                prop_assert_eq!(got.get(&c.knob), Some(c.value.clone()));
+            }
+            // knobs b does not set are untouched
+            for c in a.changes() {
+                if b.get(&c.knob).is_none() {
+                    prop_assert_eq!(got.get(&c.knob), Some(c.value));
+                }
+            }
+            // both ends consistent and both set all three limits: every step is consistent
+            if a.memory_soft_limit.is_some() && b.memory_soft_limit.is_some() {
+                prop_assert!(always_consistent, "{:?}", changes);
+            }
+            // the fewest changes: no knob twice, none already right
+            prop_assert!(changes.iter().all(|c| a.get(&c.knob) != Some(c.value.clone())));
+        }
+    }
+}

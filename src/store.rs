@@ -1,0 +1,434 @@
+//! Durable state (SPEC §7): baselines, the persona each domain wears, manual
+//! activations, and transition events. `RedbStore` under `--state-dir`
+//! (every write is committed with fsync before it returns, so a baseline is on
+//! disk before the change it protects is made); `MemoryStore` for tests.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::collector::Millis;
+use crate::model::tuning::{Change, Knob, Tuning};
+use crate::rules::Override;
+
+/// A transition or a notable happening, kept and logged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Milliseconds since the Unix epoch.
+    pub time: Millis,
+    pub domain: String,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub reason: String,
+    /// "ok", "failed", "drift", "threshold", "threshold_cleared".
+    pub result: String,
+    pub changes: Vec<Change>,
+    pub error: Option<String>,
+}
+
+/// The persona a domain wears, as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Worn {
+    pub persona: String,
+    pub since: Millis,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store {path}: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error("state store: {0}")]
+    Io(String),
+    #[error("state store: corrupt record for {key}: {message}")]
+    Corrupt { key: String, message: String },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The state-store port. Keys are domain UUIDs (stable across renames).
+pub trait StateStore: Send {
+    /// The recorded original value of every knob the daemon changed.
+    fn baseline(&self, uuid: &str) -> Result<Tuning>;
+    /// Records the original values of knobs not recorded yet (older records win).
+    fn record_baseline(&mut self, uuid: &str, originals: &[Change]) -> Result<()>;
+    /// Drops the records of these knobs (they are back at their original values).
+    fn clear_baseline(&mut self, uuid: &str, knobs: &[Knob]) -> Result<()>;
+    fn worn(&self, uuid: &str) -> Result<Option<Worn>>;
+    fn set_worn(&mut self, uuid: &str, worn: Option<&Worn>) -> Result<()>;
+    fn override_(&self, uuid: &str) -> Result<Option<Override>>;
+    fn set_override(&mut self, uuid: &str, o: Option<&Override>) -> Result<()>;
+    fn append_event(&mut self, e: &Event) -> Result<()>;
+    /// Events of one domain (by name) or all, at or after `since`, oldest first.
+    fn events(&self, domain: Option<&str>, since: Millis) -> Result<Vec<Event>>;
+    /// Forgets everything about a domain that was undefined.
+    fn forget(&mut self, uuid: &str) -> Result<()>;
+}
+
+fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Io(e.to_string()))
+}
+
+fn from_json<T: for<'de> Deserialize<'de>>(key: &str, b: &[u8]) -> Result<T> {
+    serde_json::from_slice(b).map_err(|e| StoreError::Corrupt {
+        key: key.to_string(),
+        message: e.to_string(),
+    })
+}
+
+fn merge_baseline(mut t: Tuning, originals: &[Change]) -> Tuning {
+    for c in originals {
+        if t.get(&c.knob).is_none() {
+            t.set(c);
+        }
+    }
+    t
+}
+
+fn drop_knobs(t: &Tuning, knobs: &[Knob]) -> Tuning {
+    let mut out = Tuning::default();
+    for c in t.changes() {
+        if !knobs.contains(&c.knob) {
+            out.set(&c);
+        }
+    }
+    out
+}
+
+/// In memory, for tests.
+#[derive(Debug, Default, Clone)]
+pub struct MemoryStore {
+    baselines: HashMap<String, Tuning>,
+    worn: HashMap<String, Worn>,
+    overrides: HashMap<String, Override>,
+    events: Vec<Event>,
+}
+
+impl StateStore for MemoryStore {
+    fn baseline(&self, uuid: &str) -> Result<Tuning> {
+        Ok(self.baselines.get(uuid).cloned().unwrap_or_default())
+    }
+    fn record_baseline(&mut self, uuid: &str, originals: &[Change]) -> Result<()> {
+        let t = merge_baseline(self.baseline(uuid)?, originals);
+        self.baselines.insert(uuid.to_string(), t);
+        Ok(())
+    }
+    fn clear_baseline(&mut self, uuid: &str, knobs: &[Knob]) -> Result<()> {
+        let t = drop_knobs(&self.baseline(uuid)?, knobs);
+        if t == Tuning::default() {
+            self.baselines.remove(uuid);
+        } else {
+            self.baselines.insert(uuid.to_string(), t);
+        }
+        Ok(())
+    }
+    fn worn(&self, uuid: &str) -> Result<Option<Worn>> {
+        Ok(self.worn.get(uuid).cloned())
+    }
+    fn set_worn(&mut self, uuid: &str, worn: Option<&Worn>) -> Result<()> {
+        match worn {
+            Some(w) => self.worn.insert(uuid.to_string(), w.clone()),
+            None => self.worn.remove(uuid),
+        };
+        Ok(())
+    }
+    fn override_(&self, uuid: &str) -> Result<Option<Override>> {
+        Ok(self.overrides.get(uuid).cloned())
+    }
+    fn set_override(&mut self, uuid: &str, o: Option<&Override>) -> Result<()> {
+        match o {
+            Some(o) => self.overrides.insert(uuid.to_string(), o.clone()),
+            None => self.overrides.remove(uuid),
+        };
+        Ok(())
+    }
+    fn append_event(&mut self, e: &Event) -> Result<()> {
+        self.events.push(e.clone());
+        Ok(())
+    }
+    fn events(&self, domain: Option<&str>, since: Millis) -> Result<Vec<Event>> {
+        Ok(self
+            .events
+            .iter()
+            .filter(|e| e.time >= since && domain.is_none_or(|d| e.domain == d))
+            .cloned()
+            .collect())
+    }
+    fn forget(&mut self, uuid: &str) -> Result<()> {
+        self.baselines.remove(uuid);
+        self.worn.remove(uuid);
+        self.overrides.remove(uuid);
+        Ok(())
+    }
+}
+
+const BASELINES: TableDefinition<&str, &[u8]> = TableDefinition::new("baselines");
+const WORN: TableDefinition<&str, &[u8]> = TableDefinition::new("worn");
+const OVERRIDES: TableDefinition<&str, &[u8]> = TableDefinition::new("overrides");
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+
+/// Most events kept; older ones are dropped as new ones come.
+pub const MAX_EVENTS: u64 = 100_000;
+
+/// redb file `state.redb` in the state directory.
+pub struct RedbStore {
+    db: redb::Database,
+    next_event: u64,
+}
+
+fn io<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+impl RedbStore {
+    pub fn open(dir: &Path) -> Result<Self> {
+        let path = dir.join("state.redb");
+        let open_err = |e: &dyn std::fmt::Display| StoreError::Open {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        std::fs::create_dir_all(dir).map_err(|e| open_err(&e))?;
+        let db = redb::Database::create(&path).map_err(|e| open_err(&e))?;
+        // create the tables so readers never see them missing
+        let tx = db.begin_write().map_err(|e| open_err(&e))?;
+        {
+            tx.open_table(BASELINES).map_err(|e| open_err(&e))?;
+            tx.open_table(WORN).map_err(|e| open_err(&e))?;
+            tx.open_table(OVERRIDES).map_err(|e| open_err(&e))?;
+            tx.open_table(EVENTS).map_err(|e| open_err(&e))?;
+        }
+        tx.commit().map_err(|e| open_err(&e))?;
+        let rx = db.begin_read().map_err(|e| open_err(&e))?;
+        let next_event = rx
+            .open_table(EVENTS)
+            .map_err(|e| open_err(&e))?
+            .last()
+            .map_err(|e| open_err(&e))?
+            .map(|(k, _)| k.value() + 1)
+            .unwrap_or(0);
+        Ok(RedbStore { db, next_event })
+    }
+
+    fn get(&self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<Option<Vec<u8>>> {
+        let rx = self.db.begin_read().map_err(io)?;
+        let t = rx.open_table(table).map_err(io)?;
+        Ok(t.get(key).map_err(io)?.map(|v| v.value().to_vec()))
+    }
+
+    fn put(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> Result<()> {
+        let tx = self.db.begin_write().map_err(io)?;
+        {
+            let mut t = tx.open_table(table).map_err(io)?;
+            match value {
+                Some(v) => {
+                    t.insert(key, v).map_err(io)?;
+                }
+                None => {
+                    t.remove(key).map_err(io)?;
+                }
+            }
+        }
+        tx.commit().map_err(io)
+    }
+}
+
+impl StateStore for RedbStore {
+    fn baseline(&self, uuid: &str) -> Result<Tuning> {
+        match self.get(BASELINES, uuid)? {
+            Some(b) => from_json(uuid, &b),
+            None => Ok(Tuning::default()),
+        }
+    }
+    fn record_baseline(&mut self, uuid: &str, originals: &[Change]) -> Result<()> {
+        let before = self.baseline(uuid)?;
+        let t = merge_baseline(before.clone(), originals);
+        if t != before {
+            self.put(BASELINES, uuid, Some(&to_json(&t)?))?;
+        }
+        Ok(())
+    }
+    fn clear_baseline(&mut self, uuid: &str, knobs: &[Knob]) -> Result<()> {
+        let t = drop_knobs(&self.baseline(uuid)?, knobs);
+        if t == Tuning::default() {
+            self.put(BASELINES, uuid, None)
+        } else {
+            self.put(BASELINES, uuid, Some(&to_json(&t)?))
+        }
+    }
+    fn worn(&self, uuid: &str) -> Result<Option<Worn>> {
+        self.get(WORN, uuid)?
+            .map(|b| from_json(uuid, &b))
+            .transpose()
+    }
+    fn set_worn(&mut self, uuid: &str, worn: Option<&Worn>) -> Result<()> {
+        let v = worn.map(to_json).transpose()?;
+        self.put(WORN, uuid, v.as_deref())
+    }
+    fn override_(&self, uuid: &str) -> Result<Option<Override>> {
+        self.get(OVERRIDES, uuid)?
+            .map(|b| from_json(uuid, &b))
+            .transpose()
+    }
+    fn set_override(&mut self, uuid: &str, o: Option<&Override>) -> Result<()> {
+        let v = o.map(to_json).transpose()?;
+        self.put(OVERRIDES, uuid, v.as_deref())
+    }
+    fn append_event(&mut self, e: &Event) -> Result<()> {
+        let v = to_json(e)?;
+        let tx = self.db.begin_write().map_err(io)?;
+        {
+            let mut t = tx.open_table(EVENTS).map_err(io)?;
+            t.insert(self.next_event, v.as_slice()).map_err(io)?;
+            if self.next_event >= MAX_EVENTS {
+                t.remove(self.next_event - MAX_EVENTS).map_err(io)?;
+            }
+        }
+        tx.commit().map_err(io)?;
+        self.next_event += 1;
+        Ok(())
+    }
+    fn events(&self, domain: Option<&str>, since: Millis) -> Result<Vec<Event>> {
+        let rx = self.db.begin_read().map_err(io)?;
+        let t = rx.open_table(EVENTS).map_err(io)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(io)? {
+            let (k, v) = item.map_err(io)?;
+            let e: Event = from_json(&k.value().to_string(), v.value())?;
+            if e.time >= since && domain.is_none_or(|d| e.domain == d) {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+    fn forget(&mut self, uuid: &str) -> Result<()> {
+        self.put(BASELINES, uuid, None)?;
+        self.put(WORN, uuid, None)?;
+        self.put(OVERRIDES, uuid, None)
+    }
+}
+
+/// Every recorded baseline, for adoption at start (uuid -> knobs).
+pub fn summary(store: &dyn StateStore, uuids: &[String]) -> Result<BTreeMap<String, Tuning>> {
+    let mut m = BTreeMap::new();
+    for u in uuids {
+        let b = store.baseline(u)?;
+        if b != Tuning::default() {
+            m.insert(u.clone(), b);
+        }
+    }
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tuning::KnobValue;
+
+    fn exercise(s: &mut dyn StateStore) {
+        let c = |k: Knob, v: u64| Change {
+            knob: k,
+            value: KnobValue::Unsigned(v),
+        };
+        s.record_baseline("u1", &[c(Knob::CpuShares, 1024), c(Knob::BlkioWeight, 100)])
+            .unwrap();
+        // an older record wins
+        s.record_baseline(
+            "u1",
+            &[c(Knob::CpuShares, 2048), c(Knob::MemoryHardLimit, 5)],
+        )
+        .unwrap();
+        let b = s.baseline("u1").unwrap();
+        assert_eq!(
+            (b.cpu_shares, b.blkio_weight, b.memory_hard_limit),
+            (Some(1024), Some(100), Some(5))
+        );
+        s.clear_baseline("u1", &[Knob::CpuShares]).unwrap();
+        assert_eq!(s.baseline("u1").unwrap().cpu_shares, None);
+        s.clear_baseline("u1", &[Knob::BlkioWeight, Knob::MemoryHardLimit])
+            .unwrap();
+        assert_eq!(s.baseline("u1").unwrap(), Tuning::default());
+
+        s.set_worn(
+            "u1",
+            Some(&Worn {
+                persona: "p".into(),
+                since: 5,
+            }),
+        )
+        .unwrap();
+        assert_eq!(s.worn("u1").unwrap().unwrap().persona, "p");
+        s.set_override(
+            "u1",
+            Some(&Override {
+                persona: "q".into(),
+                until: Some(9),
+            }),
+        )
+        .unwrap();
+        assert_eq!(s.override_("u1").unwrap().unwrap().until, Some(9));
+        for i in 0..3 {
+            s.append_event(&Event {
+                time: i,
+                domain: if i == 1 { "b".into() } else { "a".into() },
+                from: None,
+                to: Some("p".into()),
+                reason: "criteria".into(),
+                result: "ok".into(),
+                changes: vec![],
+                error: None,
+            })
+            .unwrap();
+        }
+        assert_eq!(s.events(Some("a"), 0).unwrap().len(), 2);
+        assert_eq!(s.events(None, 1).unwrap().len(), 2);
+        s.forget("u1").unwrap();
+        assert!(s.worn("u1").unwrap().is_none() && s.override_("u1").unwrap().is_none());
+    }
+
+    #[test]
+    fn memory_store() {
+        exercise(&mut MemoryStore::default());
+    }
+
+    #[test]
+    fn redb_store_survives_reopen() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let mut s = RedbStore::open(d.path()).unwrap();
+            exercise(&mut s);
+            s.record_baseline(
+                "u2",
+                &[Change {
+                    knob: Knob::CpuShares,
+                    value: KnobValue::Unsigned(7),
+                }],
+            )
+            .unwrap();
+        }
+        let mut s = RedbStore::open(d.path()).unwrap();
+        assert_eq!(s.baseline("u2").unwrap().cpu_shares, Some(7));
+        assert_eq!(s.events(None, 0).unwrap().len(), 3);
+        s.append_event(&Event {
+            time: 10,
+            domain: "a".into(),
+            from: None,
+            to: None,
+            reason: "x".into(),
+            result: "ok".into(),
+            changes: vec![],
+            error: None,
+        })
+        .unwrap();
+        assert_eq!(
+            s.events(None, 0).unwrap().last().unwrap().time,
+            10,
+            "event numbering continues after reopen"
+        );
+    }
+}
