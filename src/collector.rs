@@ -78,7 +78,7 @@ pub fn needs(personas: &[std::sync::Arc<Persona>]) -> (StatGroups, std::time::Du
         ..Default::default()
     };
     let mut keep = std::time::Duration::ZERO;
-    let mut want = |m: Metric, g: &mut StatGroups| match m {
+    let want = |m: Metric, g: &mut StatGroups| match m {
         Metric::Cpu => g.cpu = true,
         Metric::MemoryRss | Metric::MemoryRssPercent => g.balloon = true,
         Metric::DiskReadIops

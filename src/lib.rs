@@ -9,6 +9,7 @@ pub mod config;
 pub mod hypervisor;
 pub mod model;
 pub mod planner;
+pub mod reconciler;
 pub mod rules;
 pub mod store;
 pub mod units;

@@ -1,0 +1,594 @@
+//! One tick of the control loop: collect → decide → plan → apply (rolling back
+//! on failure) → record. Generic over the hypervisor and the state store, so
+//! tests hold a recording fake and benches measure the logic alone.
+//!
+//! Invariants:
+//! - a knob's original value is stored durably before the first change to it;
+//!   returning to the baseline restores exactly those values, then drops them;
+//! - a transition is all-or-nothing: a failing change undoes the ones made;
+//! - a tick where nothing changes makes one hypervisor call (the bulk stats);
+//!   the domain list is refreshed only on lifecycle events, new domains in the
+//!   stats, and every verify interval.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use serde::Serialize;
+use tracing::{debug, info, instrument, warn};
+
+use crate::collector::{needs, Collector, HostCounters, Millis};
+use crate::hypervisor::{
+    ApplyScope, DomainInfo, Hypervisor, HypervisorError, ReadScope, StatGroups,
+};
+use crate::model::persona::{Metric, Persona};
+use crate::model::tuning::{Change, Knob, Tuning};
+use crate::planner::plan;
+use crate::rules::{decide, Decision, Inputs, Override, Reason, RuleState, Signals};
+use crate::store::{Event, StateStore, Worn};
+
+const BACKOFF_MIN_MS: Millis = 5_000;
+const BACKOFF_MAX_MS: Millis = 300_000;
+
+/// What the daemon knows of one domain.
+#[derive(Debug, Clone)]
+pub struct DomainEntry {
+    pub info: DomainInfo,
+    pub rules: RuleState,
+    pub last_error: Option<String>,
+    pub last_decision: Option<Decision>,
+    retry_at: Option<Millis>,
+    backoff_ms: Millis,
+    last_verify: Millis,
+    crossed: HashSet<Metric>,
+}
+
+/// A domain's state for listings (`virt-persona list`, the API).
+#[derive(Debug, Clone, Serialize)]
+pub struct DomainStatus {
+    pub id: Option<u32>,
+    pub name: String,
+    pub uuid: String,
+    pub state: String,
+    pub persona: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub since: Option<Millis>,
+    pub reason: Option<Reason>,
+    #[serde(rename = "override")]
+    pub override_: Option<Override>,
+    pub last_error: Option<String>,
+}
+
+/// What one tick did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TickReport {
+    pub transitions: usize,
+    pub failures: usize,
+    pub drifts: usize,
+}
+
+/// Errors that stop a tick (the next tick tries again).
+#[derive(Debug, thiserror::Error)]
+pub enum TickError {
+    #[error(transparent)]
+    Hypervisor(#[from] HypervisorError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// The control loop's state.
+pub struct Reconciler<H: Hypervisor + ?Sized, S: StateStore> {
+    hv: Arc<H>,
+    store: S,
+    collector: Collector,
+    domains: HashMap<String, DomainEntry>,
+    personas: Vec<Arc<Persona>>,
+    groups: StatGroups,
+    pub signals: Signals,
+    verify_interval_ms: Millis,
+    stale: bool,
+    last_list: Millis,
+}
+
+impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
+    pub fn new(hv: Arc<H>, store: S, verify_interval: std::time::Duration) -> Self {
+        Reconciler {
+            hv,
+            store,
+            collector: Collector::default(),
+            domains: HashMap::new(),
+            personas: Vec::new(),
+            groups: StatGroups::default(),
+            signals: Signals::default(),
+            verify_interval_ms: verify_interval.as_millis().min(i64::MAX as u128) as Millis,
+            stale: true,
+            last_list: 0,
+        }
+    }
+
+    /// Replaces the personas in force (in evaluation order).
+    pub fn set_personas(&mut self, personas: Vec<Arc<Persona>>) {
+        let (groups, keep) = needs(&personas);
+        self.groups = groups;
+        self.collector.set_keep(keep);
+        self.personas = personas;
+    }
+
+    /// Makes the next tick re-read the domain list (a lifecycle event came).
+    pub fn mark_stale(&mut self) {
+        self.stale = true;
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// Every known domain's state, by name.
+    pub fn statuses(&self) -> Vec<DomainStatus> {
+        let mut v: Vec<DomainStatus> = self
+            .domains
+            .values()
+            .map(|e| DomainStatus {
+                id: e.info.id,
+                name: e.info.name.clone(),
+                uuid: e.info.uuid.clone(),
+                state: e.info.state.as_str().to_string(),
+                persona: e.rules.worn.as_ref().map(|w| w.0.clone()),
+                since: e.rules.worn.as_ref().map(|w| w.1),
+                reason: e
+                    .last_decision
+                    .as_ref()
+                    .filter(|d| d.persona.is_some())
+                    .map(|d| d.reason.clone()),
+                override_: e.rules.override_.clone(),
+                last_error: e.last_error.clone(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    pub fn entry(&self, name: &str) -> Option<&DomainEntry> {
+        self.domains
+            .values()
+            .find(|e| e.info.name == name || e.info.uuid == name)
+    }
+
+    fn refresh(&mut self, now: Millis) -> Result<(), TickError> {
+        let list = self.hv.list_domains()?;
+        let mut seen = HashSet::new();
+        for info in list {
+            seen.insert(info.uuid.clone());
+            match self.domains.get_mut(&info.uuid) {
+                Some(e) => {
+                    if !info.state.is_active() && e.info.state.is_active() {
+                        // stopped: its live tuning is gone with its process
+                        e.rules = RuleState {
+                            override_: e.rules.override_.clone(),
+                            ..Default::default()
+                        };
+                        self.store.set_worn(&info.uuid, None)?;
+                        self.collector.forget(&info.uuid);
+                    }
+                    e.info = info;
+                }
+                None => {
+                    // adopt what a previous run recorded instead of re-applying blindly
+                    let mut rules = RuleState::default();
+                    if info.state.is_active() {
+                        if let Some(w) = self.store.worn(&info.uuid)? {
+                            rules.worn = Some((w.persona, w.since));
+                            rules.last_active = Some(now);
+                        }
+                    } else {
+                        self.store.set_worn(&info.uuid, None)?;
+                    }
+                    rules.override_ = self.store.override_(&info.uuid)?;
+                    self.domains.insert(
+                        info.uuid.clone(),
+                        DomainEntry {
+                            info,
+                            rules,
+                            last_error: None,
+                            last_decision: None,
+                            retry_at: None,
+                            backoff_ms: BACKOFF_MIN_MS,
+                            last_verify: 0,
+                            crossed: HashSet::new(),
+                        },
+                    );
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .domains
+            .keys()
+            .filter(|u| !seen.contains(*u))
+            .cloned()
+            .collect();
+        for uuid in gone {
+            // undefined: forget it and its baseline
+            if let Some(e) = self.domains.remove(&uuid) {
+                info!(domain = %e.info.name, "domain undefined: forgotten");
+            }
+            self.store.forget(&uuid)?;
+            self.collector.forget(&uuid);
+        }
+        self.stale = false;
+        self.last_list = now;
+        Ok(())
+    }
+
+    /// One pass of the control loop.
+    #[instrument(skip(self, host), level = "debug")]
+    pub fn tick(
+        &mut self,
+        now: Millis,
+        host: Option<HostCounters>,
+    ) -> Result<TickReport, TickError> {
+        if self.stale || now - self.last_list >= self.verify_interval_ms {
+            self.refresh(now)?;
+        }
+        let stats = self.hv.all_stats(self.groups)?;
+        if stats.iter().any(|s| {
+            !self
+                .domains
+                .get(&s.uuid)
+                .is_some_and(|e| e.info.state.is_active())
+        }) {
+            // a domain we do not know as running: learn about it now
+            self.refresh(now)?;
+        }
+        let vcpus: HashMap<String, u32> = self
+            .domains
+            .iter()
+            .map(|(u, e)| (u.clone(), e.info.vcpus))
+            .collect();
+        self.collector.ingest(now, &stats, &vcpus, host);
+        let mut report = TickReport::default();
+        let active: Vec<String> = stats.iter().map(|s| s.uuid.clone()).collect();
+        for uuid in active {
+            self.reconcile_domain(&uuid, now, &mut report)?;
+        }
+        Ok(report)
+    }
+
+    fn reconcile_domain(
+        &mut self,
+        uuid: &str,
+        now: Millis,
+        report: &mut TickReport,
+    ) -> Result<(), TickError> {
+        let Some(entry) = self.domains.get_mut(uuid) else {
+            return Ok(());
+        };
+        let previous = entry.rules.clone();
+        let inputs = Inputs {
+            domain: &entry.info,
+            samples: self.collector.window(uuid),
+            host: self.collector.host_window(),
+            signals: &self.signals,
+            now,
+        };
+        let decision = decide(&self.personas, &inputs, &mut entry.rules);
+        let from = previous.worn.as_ref().map(|w| w.0.clone());
+        let to = decision.persona.clone();
+        let changed = from != to;
+        let persona = to
+            .as_ref()
+            .and_then(|id| self.personas.iter().find(|p| p.id == *id).cloned());
+        let verify_due = to.is_some() && now - entry.last_verify >= self.verify_interval_ms;
+        let retry_blocked = entry.retry_at.is_some_and(|t| now < t);
+        if changed && retry_blocked {
+            entry.rules = previous;
+            entry.last_decision = Some(decision);
+            return Ok(());
+        }
+        let baseline = self.store.baseline(uuid)?;
+        let needs_work = changed || verify_due || (to.is_none() && baseline != Tuning::default());
+        if !needs_work {
+            entry.last_decision = Some(decision);
+            self.thresholds(uuid, persona.as_deref(), now)?;
+            return Ok(());
+        }
+        let Some(entry) = self.domains.get_mut(uuid) else {
+            return Ok(());
+        };
+        let name = entry.info.name.clone();
+        entry.last_verify = now;
+        let current = match self.hv.tuning(&name, ReadScope::Current) {
+            Ok(t) => t,
+            Err(HypervisorError::NoDomain(_)) => {
+                self.stale = true;
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // what the domain should look like: the baseline, with the persona's values on top
+        let mut desired = baseline.clone();
+        if let Some(p) = &persona {
+            for c in p.tuning.resolve(&entry.info).changes() {
+                desired.set(&c);
+            }
+        }
+        let changes = plan(&current, &desired);
+        let reason = match (changed, &decision.reason) {
+            (false, _) => "drift",
+            (true, Reason::Manual) => "manual",
+            (true, Reason::Always) => "always",
+            (true, Reason::NoMatch) => "baseline",
+            (true, _) => "criteria",
+        }
+        .to_string();
+        if changes.is_empty() {
+            // already as it should be: record the transition (if any) and drop the
+            // baseline records of knobs that are back at their original values
+            self.finish(uuid, &from, &to, now, &reason, &changes, persona.as_deref())?;
+            if changed {
+                report.transitions += 1;
+                self.store.append_event(&Event {
+                    time: now,
+                    domain: name.clone(),
+                    from: from.clone(),
+                    to: to.clone(),
+                    reason: reason.clone(),
+                    result: "ok".into(),
+                    changes: vec![],
+                    error: None,
+                })?;
+            }
+            if let Some(e) = self.domains.get_mut(uuid) {
+                e.last_decision = Some(decision);
+            }
+            self.thresholds(uuid, persona.as_deref(), now)?;
+            return Ok(());
+        }
+        // durable before the first change: the original value of every knob touched
+        let originals: Vec<Change> = changes
+            .iter()
+            .filter(|c| baseline.get(&c.knob).is_none())
+            .filter_map(|c| {
+                current.get(&c.knob).map(|value| Change {
+                    knob: c.knob.clone(),
+                    value,
+                })
+            })
+            .collect();
+        self.store.record_baseline(uuid, &originals)?;
+        let persist = persona.as_ref().map(|p| p.persist).unwrap_or(false)
+            || from
+                .as_ref()
+                .and_then(|id| self.personas.iter().find(|p| p.id == *id))
+                .is_some_and(|p| p.persist);
+        let scope = if persist {
+            ApplyScope::LiveAndConfig
+        } else {
+            ApplyScope::Live
+        };
+        let mut done: Vec<&Change> = Vec::new();
+        let mut failure: Option<(Change, HypervisorError)> = None;
+        for c in &changes {
+            match self.hv.apply(&name, c, scope) {
+                Ok(()) => done.push(c),
+                Err(e) => {
+                    failure = Some((c.clone(), e));
+                    break;
+                }
+            }
+        }
+        if let Some((bad, err)) = failure {
+            // undo, newest first, to the values read before the transition
+            for c in done.iter().rev() {
+                if let Some(value) = current.get(&c.knob) {
+                    if let Err(e) = self.hv.apply(
+                        &name,
+                        &Change {
+                            knob: c.knob.clone(),
+                            value,
+                        },
+                        scope,
+                    ) {
+                        warn!(domain = %name, knob = %c.knob, error = %e, "rollback of a change failed");
+                    }
+                }
+            }
+            let message = format!("{}: {err}", bad.knob);
+            let entry = self.domains.get_mut(uuid).expect("entry exists");
+            entry.rules = previous;
+            entry.last_error = Some(message.clone());
+            entry.retry_at = Some(now + entry.backoff_ms);
+            entry.backoff_ms = (entry.backoff_ms * 2).min(BACKOFF_MAX_MS);
+            entry.last_decision = Some(decision);
+            // a transition that never happened leaves no baseline of its own behind
+            let fresh: Vec<Knob> = originals.iter().map(|c| c.knob.clone()).collect();
+            self.store.clear_baseline(uuid, &fresh)?;
+            let ev = Event {
+                time: now,
+                domain: name.clone(),
+                from: from.clone(),
+                to: to.clone(),
+                reason,
+                result: "failed".into(),
+                changes: changes.clone(),
+                error: Some(message.clone()),
+            };
+            warn!(domain = %name, from = ?from, to = ?to, knob = %bad.knob, error = %err, "transition failed, rolled back");
+            self.store.append_event(&ev)?;
+            report.failures += 1;
+            return Ok(());
+        }
+        if !changed {
+            report.drifts += 1;
+        } else {
+            report.transitions += 1;
+        }
+        if let Some(e) = self.domains.get_mut(uuid) {
+            e.last_decision = Some(decision);
+        }
+        self.finish(uuid, &from, &to, now, &reason, &changes, persona.as_deref())?;
+        let result = if changed { "ok" } else { "drift" };
+        let ev = Event {
+            time: now,
+            domain: name.clone(),
+            from: from.clone(),
+            to: to.clone(),
+            reason: reason.clone(),
+            result: result.into(),
+            changes: changes.clone(),
+            error: None,
+        };
+        info!(domain = %name, from = ?from, to = ?to, reason = %reason, result, changes = changes.len(), "transition");
+        self.store.append_event(&ev)?;
+        self.thresholds(uuid, persona.as_deref(), now)?;
+        Ok(())
+    }
+
+    /// Records a completed transition: worn persona, and the baseline records of
+    /// knobs now back at their original values.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &mut self,
+        uuid: &str,
+        from: &Option<String>,
+        to: &Option<String>,
+        now: Millis,
+        reason: &str,
+        _changes: &[Change],
+        persona: Option<&Persona>,
+    ) -> Result<(), TickError> {
+        let entry = self.domains.get_mut(uuid).expect("entry exists");
+        entry.last_error = None;
+        entry.retry_at = None;
+        entry.backoff_ms = BACKOFF_MIN_MS;
+        if from != to {
+            entry.crossed.clear();
+            let worn = to.as_ref().map(|p| Worn {
+                persona: p.clone(),
+                since: entry.rules.worn.as_ref().map(|w| w.1).unwrap_or(now),
+            });
+            self.store.set_worn(uuid, worn.as_ref())?;
+            debug!(domain = %entry.info.name, reason, "worn persona recorded");
+        }
+        let info = entry.info.clone();
+        let baseline = self.store.baseline(uuid)?;
+        let kept: Vec<Knob> = persona
+            .map(|p| {
+                p.tuning
+                    .resolve(&info)
+                    .changes()
+                    .into_iter()
+                    .map(|c| c.knob)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let restored: Vec<Knob> = baseline
+            .changes()
+            .into_iter()
+            .map(|c| c.knob)
+            .filter(|k| !kept.contains(k))
+            .collect();
+        if !restored.is_empty() {
+            self.store.clear_baseline(uuid, &restored)?;
+        }
+        Ok(())
+    }
+
+    /// Threshold crossings of the worn persona: one event per crossing, one when it clears.
+    fn thresholds(
+        &mut self,
+        uuid: &str,
+        persona: Option<&Persona>,
+        now: Millis,
+    ) -> Result<(), TickError> {
+        let Some(p) = persona else { return Ok(()) };
+        if p.thresholds.is_empty() {
+            return Ok(());
+        }
+        let latest = |m: Metric| {
+            let w = if m.is_host() {
+                Some(self.collector.host_window())
+            } else {
+                self.collector.window(uuid)
+            };
+            w.and_then(|w| w.back()).and_then(|s| s.values.get(m))
+        };
+        let values: Vec<(Metric, f64, Option<f64>)> = p
+            .thresholds
+            .iter()
+            .map(|(m, t)| (*m, *t, latest(*m)))
+            .collect();
+        let Some(entry) = self.domains.get_mut(uuid) else {
+            return Ok(());
+        };
+        let name = entry.info.name.clone();
+        let mut events = Vec::new();
+        for (m, threshold, value) in values {
+            let Some(v) = value else { continue };
+            let over = v > threshold;
+            let was = entry.crossed.contains(&m);
+            if over && !was {
+                entry.crossed.insert(m);
+                warn!(domain = %name, metric = %m, value = v, threshold, persona = %p.id, "threshold crossed");
+                events.push(("threshold", format!("{m} = {v:.1} > {threshold}")));
+            } else if !over && was {
+                entry.crossed.remove(&m);
+                info!(domain = %name, metric = %m, value = v, threshold, "threshold cleared");
+                events.push(("threshold_cleared", format!("{m} = {v:.1} <= {threshold}")));
+            }
+        }
+        for (result, reason) in events {
+            self.store.append_event(&Event {
+                time: now,
+                domain: name.clone(),
+                from: Some(p.id.clone()),
+                to: Some(p.id.clone()),
+                reason,
+                result: result.into(),
+                changes: vec![],
+                error: None,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Restores every domain's baseline (for --revert-on-exit).
+    pub fn revert_all(&mut self, now: Millis) -> Result<usize, TickError> {
+        let mut n = 0;
+        let uuids: Vec<String> = self
+            .domains
+            .iter()
+            .filter(|(_, e)| e.info.state.is_active())
+            .map(|(u, _)| u.clone())
+            .collect();
+        for uuid in uuids {
+            let baseline = self.store.baseline(&uuid)?;
+            if baseline == Tuning::default() {
+                continue;
+            }
+            let name = self.domains[&uuid].info.name.clone();
+            let current = self.hv.tuning(&name, ReadScope::Current)?;
+            for c in plan(&current, &baseline) {
+                self.hv.apply(&name, &c, ApplyScope::Live)?;
+            }
+            let knobs: Vec<Knob> = baseline.changes().into_iter().map(|c| c.knob).collect();
+            self.store.clear_baseline(&uuid, &knobs)?;
+            let from = self.domains[&uuid].rules.worn.as_ref().map(|w| w.0.clone());
+            self.store.set_worn(&uuid, None)?;
+            self.store.append_event(&Event {
+                time: now,
+                domain: name,
+                from,
+                to: None,
+                reason: "daemon stopping (--revert-on-exit)".into(),
+                result: "ok".into(),
+                changes: vec![],
+                error: None,
+            })?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}

@@ -1,0 +1,310 @@
+//! The control loop's logic on the recording fake hypervisor (pure logic; the
+//! same loop runs against a real libvirtd in tests/real_loop.rs).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use virt_persona::hypervisor::fake::{Call, FakeHypervisor};
+use virt_persona::hypervisor::{DomainStats, Hypervisor, ReadScope};
+use virt_persona::model::persona::Persona;
+use virt_persona::model::tuning::{Change, Knob, KnobValue, Tuning};
+use virt_persona::model::validate::parse_persona;
+use virt_persona::reconciler::Reconciler;
+use virt_persona::store::{MemoryStore, StateStore};
+
+const HOT: &str = r#"
+id = "hot"
+priority = 10
+[activation]
+cooldown = "3s"
+[[activation.when]]
+metric = "cpu"
+above = 50
+[tuning]
+cpu_shares = 4096
+memory_soft_limit = "1 GiB"
+memory_hard_limit = "2 GiB"
+[thresholds]
+cpu = 90
+"#;
+
+fn persona(text: &str) -> Arc<Persona> {
+    Arc::new(parse_persona(text, std::path::Path::new("t.toml")).unwrap())
+}
+
+fn original() -> Tuning {
+    Tuning {
+        cpu_shares: Some(1024),
+        memory_hard_limit: Some(virt_persona::model::tuning::MEMORY_UNLIMITED_KIB),
+        memory_soft_limit: Some(virt_persona::model::tuning::MEMORY_UNLIMITED_KIB),
+        ..Default::default()
+    }
+}
+
+struct Rig {
+    hv: Arc<FakeHypervisor>,
+    r: Reconciler<FakeHypervisor, MemoryStore>,
+    cpu_ns: u64,
+    now: i64,
+    uuid: String,
+}
+
+impl Rig {
+    fn new(store: MemoryStore) -> Rig {
+        let hv = Arc::new(FakeHypervisor::new(4));
+        hv.add_domain(FakeHypervisor::simple_domain("web-1", 1), original());
+        let mut r = Reconciler::new(hv.clone(), store, Duration::from_secs(30));
+        r.set_personas(vec![persona(HOT)]);
+        let uuid = hv.domain("web-1").unwrap().uuid;
+        let mut rig = Rig {
+            hv,
+            r,
+            cpu_ns: 0,
+            now: 1_000_000,
+            uuid,
+        };
+        rig.second(0.0); // the first sample has no rate yet
+        rig
+    }
+    /// Advances one second with the domain busy at `load` (0..1 of its vCPU).
+    fn second(&mut self, load: f64) -> virt_persona::reconciler::TickReport {
+        self.now += 1000;
+        self.cpu_ns += (load * 1e9) as u64;
+        self.hv.set_stats(
+            "web-1",
+            DomainStats {
+                name: "web-1".into(),
+                uuid: self.uuid.clone(),
+                cpu_time_ns: Some(self.cpu_ns),
+                vcpu_current: Some(1),
+                ..Default::default()
+            },
+        );
+        self.r.tick(self.now, None).unwrap()
+    }
+    fn tuning(&self) -> Tuning {
+        self.hv.tuning("web-1", ReadScope::Current).unwrap()
+    }
+    fn worn(&self) -> Option<String> {
+        self.r.statuses()[0].persona.clone()
+    }
+}
+
+#[test]
+fn load_switches_the_persona_on_and_the_baseline_back() {
+    let mut rig = Rig::new(MemoryStore::default());
+    rig.second(0.0);
+    rig.second(0.0);
+    assert_eq!(rig.worn(), None);
+    assert_eq!(rig.tuning(), original());
+
+    let rep = rig.second(1.0);
+    assert_eq!(rep.transitions, 1);
+    assert_eq!(rig.worn().as_deref(), Some("hot"));
+    let t = rig.tuning();
+    assert_eq!(
+        (t.cpu_shares, t.memory_hard_limit, t.memory_soft_limit),
+        (Some(4096), Some(2 << 20), Some(1 << 20))
+    );
+    let uuid = rig.uuid.clone();
+    assert_eq!(
+        rig.r.store().baseline(&uuid).unwrap(),
+        original(),
+        "originals recorded"
+    );
+
+    // idle again: cooldown 3 s, then back to exactly the original values
+    rig.second(0.0);
+    rig.second(0.0);
+    assert_eq!(rig.worn().as_deref(), Some("hot"), "cooldown");
+    rig.second(0.0);
+    rig.second(0.0);
+    assert_eq!(rig.worn(), None);
+    assert_eq!(rig.tuning(), original());
+    assert_eq!(
+        rig.r.store().baseline(&uuid).unwrap(),
+        Tuning::default(),
+        "baseline dropped once restored"
+    );
+    let ev = rig.r.store().events(Some("web-1"), 0).unwrap();
+    let transitions: Vec<(Option<String>, Option<String>, String)> = ev
+        .iter()
+        .filter(|e| e.result == "ok")
+        .map(|e| (e.from.clone(), e.to.clone(), e.reason.clone()))
+        .collect();
+    assert_eq!(
+        transitions,
+        vec![
+            (None, Some("hot".into()), "criteria".into()),
+            (Some("hot".into()), None, "baseline".into())
+        ]
+    );
+}
+
+#[test]
+fn a_quiet_tick_makes_exactly_one_hypervisor_call() {
+    let mut rig = Rig::new(MemoryStore::default());
+    rig.second(0.0);
+    rig.second(0.0);
+    rig.hv.clear_calls();
+    for _ in 0..5 {
+        rig.second(0.0);
+    }
+    assert_eq!(rig.hv.calls(), vec![Call::AllStats; 5]);
+    // also while wearing a persona, between verifications
+    rig.second(1.0);
+    rig.hv.clear_calls();
+    for _ in 0..5 {
+        rig.second(1.0);
+    }
+    assert_eq!(rig.hv.calls(), vec![Call::AllStats; 5]);
+}
+
+#[test]
+fn a_failing_knob_rolls_the_transition_back_and_retries_with_backoff() {
+    let mut rig = Rig::new(MemoryStore::default());
+    rig.second(0.0);
+    rig.hv
+        .fail_next("web-1", Knob::MemorySoftLimit, "cannot set soft limit");
+    let rep = rig.second(1.0);
+    assert_eq!(rep.failures, 1);
+    assert_eq!(rig.tuning(), original(), "nothing half-applied");
+    assert_eq!(rig.worn(), None);
+    let st = &rig.r.statuses()[0];
+    assert!(
+        st.last_error
+            .as_deref()
+            .unwrap()
+            .contains("memory_soft_limit"),
+        "{st:?}"
+    );
+    let uuid = rig.uuid.clone();
+    assert_eq!(
+        rig.r.store().baseline(&uuid).unwrap(),
+        Tuning::default(),
+        "no baseline left behind"
+    );
+    let failed = rig
+        .r
+        .store()
+        .events(Some("web-1"), 0)
+        .unwrap()
+        .into_iter()
+        .find(|e| e.result == "failed")
+        .unwrap();
+    assert!(failed.error.unwrap().contains("cannot set soft limit"));
+    // backoff: no retry for 5 s, then it succeeds
+    rig.hv.clear_calls();
+    for _ in 0..4 {
+        rig.second(1.0);
+    }
+    assert!(
+        rig.hv.calls().iter().all(|c| *c == Call::AllStats),
+        "waits out the backoff"
+    );
+    for _ in 0..2 {
+        rig.second(1.0);
+    }
+    assert_eq!(rig.worn().as_deref(), Some("hot"));
+    assert!(rig.r.statuses()[0].last_error.is_none());
+}
+
+#[test]
+fn drift_is_found_at_the_verify_interval_and_reapplied() {
+    let mut rig = Rig::new(MemoryStore::default());
+    rig.second(1.0);
+    assert_eq!(rig.worn().as_deref(), Some("hot"));
+    // someone changes a knob behind the daemon's back
+    rig.hv
+        .apply(
+            "web-1",
+            &Change {
+                knob: Knob::CpuShares,
+                value: KnobValue::Unsigned(10),
+            },
+            Default::default(),
+        )
+        .unwrap();
+    let mut drifts = 0;
+    for _ in 0..31 {
+        drifts += rig.second(1.0).drifts;
+    }
+    assert_eq!(drifts, 1);
+    assert_eq!(rig.tuning().cpu_shares, Some(4096));
+    assert!(rig
+        .r
+        .store()
+        .events(Some("web-1"), 0)
+        .unwrap()
+        .iter()
+        .any(|e| e.result == "drift"));
+}
+
+#[test]
+fn a_restarted_daemon_adopts_the_persona_in_force_and_restores_later() {
+    let mut rig = Rig::new(MemoryStore::default());
+    rig.second(1.0);
+    assert_eq!(rig.worn().as_deref(), Some("hot"));
+    let store = rig.r.store().clone();
+    // a new daemon on the same store and the same (tuned) domain
+    let hv = rig.hv.clone();
+    let mut r2 = Reconciler::new(hv.clone(), store, Duration::from_secs(30));
+    r2.set_personas(vec![persona(HOT)]);
+    let mut rig2 = Rig {
+        hv: hv.clone(),
+        r: r2,
+        cpu_ns: rig.cpu_ns,
+        now: rig.now,
+        uuid: rig.uuid.clone(),
+    };
+    hv.clear_calls();
+    rig2.second(1.0);
+    rig2.second(1.0);
+    assert!(
+        !hv.calls().iter().any(|c| matches!(c, Call::Apply(..))),
+        "no blind re-apply: {:?}",
+        hv.calls()
+    );
+    assert_eq!(rig2.worn().as_deref(), Some("hot"));
+    for _ in 0..5 {
+        rig2.second(0.0);
+    }
+    assert_eq!(rig2.worn(), None);
+    assert_eq!(
+        rig2.tuning(),
+        original(),
+        "the original values, recorded by the first daemon"
+    );
+}
+
+#[test]
+fn thresholds_record_one_event_per_crossing() {
+    let mut rig = Rig::new(MemoryStore::default());
+    rig.second(0.6);
+    for _ in 0..3 {
+        rig.second(0.95);
+    }
+    rig.second(0.6);
+    rig.second(0.95);
+    let ev = rig.r.store().events(Some("web-1"), 0).unwrap();
+    let kinds: Vec<&str> = ev
+        .iter()
+        .map(|e| e.result.as_str())
+        .filter(|r| r.starts_with("threshold"))
+        .collect();
+    assert_eq!(kinds, ["threshold", "threshold_cleared", "threshold"]);
+}
+
+#[test]
+fn an_undefined_domain_is_forgotten_with_its_baseline() {
+    let mut rig = Rig::new(MemoryStore::default());
+    rig.second(1.0);
+    let uuid = rig.uuid.clone();
+    assert_ne!(rig.r.store().baseline(&uuid).unwrap(), Tuning::default());
+    rig.hv.remove_domain("web-1");
+    rig.r.mark_stale();
+    rig.now += 1000;
+    rig.r.tick(rig.now, None).unwrap();
+    assert!(rig.r.statuses().is_empty());
+    assert_eq!(rig.r.store().baseline(&uuid).unwrap(), Tuning::default());
+}
