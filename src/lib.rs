@@ -4,8 +4,10 @@
 //! (`hypervisor`) is the only place that talks to libvirt. Binaries under
 //! `src/bin/` do the wiring.
 
+pub mod api;
 pub mod collector;
 pub mod config;
+pub mod host;
 pub mod hypervisor;
 pub mod model;
 pub mod planner;

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
+use virt_persona::api::client;
 use virt_persona::hypervisor::libvirt::LibvirtHypervisor;
 use virt_persona::hypervisor::Hypervisor;
 use virt_persona::model::validate::{load_file, valid_name, FileError, Rule};
@@ -61,6 +62,21 @@ enum Command {
     },
     /// Show the tags of one domain, or of every domain.
     TagList { domain: Option<String> },
+    /// Domains with the persona each wears (through the daemon).
+    List {
+        /// Also show domains that are not running.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Personas with their priority, load status and file (through the daemon).
+    PersonaList,
+    /// Transitions of a domain (through the daemon).
+    PersonaHistory {
+        domain: String,
+        /// Only events newer than this, e.g. 1h, 30m.
+        #[arg(long, value_name = "DUR")]
+        since: Option<virt_persona::units::Duration>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -81,6 +97,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::TagAdd { domain, tags } => edit_tags(&cli, domain, tags, true),
         Command::TagRemove { domain, tags } => edit_tags(&cli, domain, tags, false),
         Command::TagList { domain } => tag_list(&cli, domain.as_deref()),
+        Command::List { all } => list(&cli, *all),
+        Command::PersonaList => persona_list(&cli),
+        Command::PersonaHistory { domain, since } => history(&cli, domain, *since),
     }
 }
 
@@ -210,6 +229,140 @@ fn tag_list(cli: &Cli, domain: Option<&str>) -> anyhow::Result<ExitCode> {
             .collect();
         print!("{}", table(&["Name", "Tags"], &rows));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn get(cli: &Cli, path: &str) -> anyhow::Result<serde_json::Value> {
+    Ok(client::request(&cli.socket, "GET", path, None)?)
+}
+
+fn text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "-".into(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn list(cli: &Cli, all: bool) -> anyhow::Result<ExitCode> {
+    let v = get(cli, "/v1/domains")?;
+    let doms: Vec<&serde_json::Value> = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|d| all || d["state"] != "shut off")
+                .collect()
+        })
+        .unwrap_or_default();
+    if cli.json {
+        let out: Vec<_> = doms
+            .iter()
+            .map(|d| json!({"id": d["id"], "name": d["name"], "uuid": d["uuid"], "state": d["state"], "persona": d["persona"], "since": d["since"]}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = doms
+        .iter()
+        .map(|d| {
+            vec![
+                text(&d["id"]),
+                text(&d["name"]),
+                text(&d["state"]),
+                text(&d["persona"]),
+                text(&d["since"]),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(&["Id", "Name", "State", "Persona", "Since"], &rows)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn persona_list(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let v = get(cli, "/v1/personas")?;
+    let items = v.as_array().cloned().unwrap_or_default();
+    if cli.json {
+        let out: Vec<_> = items
+            .iter()
+            .map(|p| json!({"id": p["id"], "name": p["name"], "priority": p["priority"], "status": p["status"], "file": p["file"], "error": p["error"]}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|p| {
+            vec![
+                text(&p["id"]),
+                text(&p["name"]),
+                text(&p["priority"]),
+                text(&p["status"]),
+                text(&p["file"]),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(&["Id", "Name", "Priority", "Status", "File"], &rows)
+    );
+    for p in &items {
+        if let Some(e) = p["error"].as_str() {
+            eprintln!("{e}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn history(
+    cli: &Cli,
+    domain: &str,
+    since: Option<virt_persona::units::Duration>,
+) -> anyhow::Result<ExitCode> {
+    let mut path = format!("/v1/domains/{}/history", client::seg(domain));
+    if let Some(d) = since {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        path.push_str(&format!(
+            "?since={}",
+            now.saturating_sub(d.as_std().as_secs())
+        ));
+    }
+    let v = get(cli, &path)?;
+    let items = v.as_array().cloned().unwrap_or_default();
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|e| {
+            let changes = e["changes"].as_array().map(|c| c.len()).unwrap_or(0);
+            let mut result = text(&e["result"]);
+            if let Some(err) = e["error"].as_str() {
+                result = format!("{result}: {err}");
+            }
+            vec![
+                text(&e["time"]),
+                text(&e["from"]),
+                text(&e["to"]),
+                text(&e["reason"]),
+                changes.to_string(),
+                result,
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &["Time", "From", "To", "Reason", "Changes", "Result"],
+            &rows
+        )
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -9,10 +9,17 @@ use clap::Parser;
 use crossbeam_channel::{select, tick};
 use tracing::{info, warn};
 
+use std::sync::Arc;
 use virt_persona::config::{Config, FileConfig, Overrides, DEFAULT_CONFIG};
 use virt_persona::hypervisor::libvirt::LibvirtHypervisor;
-use virt_persona::hypervisor::{Hypervisor, HypervisorEvent, ReadScope};
+
+use serde_json::json;
+use virt_persona::api::command::{Command, Envelope, Reply};
+use virt_persona::api::{rfc3339, server};
+use virt_persona::hypervisor::{Hypervisor, HypervisorEvent};
 use virt_persona::model::loader::Catalog;
+use virt_persona::reconciler::{DomainStatus, Reconciler};
+use virt_persona::store::{RedbStore, StateStore};
 use virt_persona::units::Duration;
 
 /// virt-persona host daemon: gives every libvirt domain the tuning persona its load calls for.
@@ -106,6 +113,15 @@ fn main() {
     }
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+type Rec = Reconciler<LibvirtHypervisor, RedbStore>;
+
 fn run(args: Args) -> anyhow::Result<()> {
     let cfg = load_config(args)?;
     std::fs::create_dir_all(&cfg.state_dir)
@@ -120,9 +136,15 @@ fn run(args: Args) -> anyhow::Result<()> {
     reload(&mut catalog, "start");
     let (_watcher, persona_changes) = virt_persona::watch::watch(&cfg.personas_dir)
         .with_context(|| format!("watching {}", cfg.personas_dir.display()))?;
-    let hv = LibvirtHypervisor::connect(&cfg.connect)?;
-    info!(uri = %cfg.connect, node = %cfg.node_name, interval = %cfg.interval, "virt-personad started");
+    let store = RedbStore::open(&cfg.state_dir)?;
+    let hv = Arc::new(LibvirtHypervisor::connect(&cfg.connect)?);
     let events = hv.events();
+    let mut rec: Rec = Reconciler::new(hv.clone(), store, cfg.verify_interval.as_std());
+    rec.set_personas(catalog.personas());
+
+    let (cmd_tx, cmd_rx) = crossbeam_channel::bounded::<Envelope>(256);
+    server::serve(&cfg.socket, cmd_tx)?;
+    info!(uri = %cfg.connect, node = %cfg.node_name, interval = %cfg.interval, socket = %cfg.socket.display(), "virt-personad started");
 
     let (sig_tx, sig_rx) = crossbeam_channel::bounded(4);
     let mut signals = signal_hook::iterator::Signals::new([
@@ -142,28 +164,119 @@ fn run(args: Args) -> anyhow::Result<()> {
         })?;
 
     let ticker = tick(cfg.interval.as_std());
-    let mut inventory = Inventory::default();
-    inventory.refresh(&hv);
+    let mut last_error: Option<String> = None;
+    let mut run_tick = |rec: &mut Rec| match rec.tick(now_ms(), Some(virt_persona::host::read())) {
+        Ok(_) => {
+            if last_error.take().is_some() {
+                info!("control loop running again");
+            }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            if last_error.as_deref() != Some(msg.as_str()) {
+                warn!(error = %msg, "tick failed; retrying every interval");
+                last_error = Some(msg);
+            }
+        }
+    };
+    run_tick(&mut rec);
     loop {
         select! {
-            recv(ticker) -> _ => inventory.refresh(&hv),
+            recv(ticker) -> _ => run_tick(&mut rec),
             recv(events) -> ev => match ev {
                 Ok(HypervisorEvent::Lifecycle { name, kind, .. }) => {
                     info!(domain = %name, event = ?kind, "domain lifecycle event");
-                    inventory.refresh(&hv);
+                    rec.mark_stale();
+                    // a domain that starts gets its persona now, not a tick later
+                    run_tick(&mut rec);
                 }
                 Ok(HypervisorEvent::Disconnected { reason }) => warn!(%reason, "libvirt connection lost"),
-                Ok(HypervisorEvent::Reconnected) => info!("libvirt connection back"),
+                Ok(HypervisorEvent::Reconnected) => {
+                    info!("libvirt connection back");
+                    rec.mark_stale();
+                }
                 Err(_) => std::thread::sleep(StdDuration::from_millis(100)),
             },
-            recv(persona_changes) -> _ => reload(&mut catalog, "file change"),
+            recv(persona_changes) -> _ => {
+                reload(&mut catalog, "file change");
+                rec.set_personas(catalog.personas());
+            }
+            recv(cmd_rx) -> env => {
+                if let Ok(env) = env {
+                    let reply = execute(&rec, &catalog, &hv, env.command);
+                    let _ = env.reply.send(reply);
+                }
+            }
             recv(sig_rx) -> s => match s {
-                Ok(signal_hook::consts::SIGHUP) => reload(&mut catalog, "SIGHUP"),
+                Ok(signal_hook::consts::SIGHUP) => {
+                    reload(&mut catalog, "SIGHUP");
+                    rec.set_personas(catalog.personas());
+                }
                 _ => {
+                    if cfg.revert_on_exit {
+                        match rec.revert_all(now_ms()) {
+                            Ok(n) => info!(domains = n, "baselines restored (--revert-on-exit)"),
+                            Err(e) => warn!(error = %e, "restoring baselines on exit failed"),
+                        }
+                    }
+                    let _ = std::fs::remove_file(&cfg.socket);
                     info!("stopping");
                     return Ok(());
                 }
             },
+        }
+    }
+}
+
+fn status_json(s: &DomainStatus) -> serde_json::Value {
+    json!({
+        "id": s.id,
+        "name": s.name,
+        "uuid": s.uuid,
+        "state": s.state,
+        "persona": s.persona,
+        "since": s.since.map(rfc3339),
+        "reason": s.reason,
+        "override": s.override_,
+        "last_error": s.last_error,
+    })
+}
+
+fn execute(rec: &Rec, catalog: &Catalog, hv: &LibvirtHypervisor, cmd: Command) -> Reply {
+    let find = |key: &str| {
+        rec.statuses().into_iter().find(|s| {
+            s.name == key || s.uuid == key || s.id.map(|i| i.to_string()).as_deref() == Some(key)
+        })
+    };
+    match cmd {
+        Command::Health => Reply::Ok(
+            json!({"status": "ok", "libvirt": if hv.is_connected() { "connected" } else { "disconnected" }, "uri": hv.uri()}),
+        ),
+        Command::ListDomains => Reply::Ok(serde_json::Value::Array(
+            rec.statuses().iter().map(status_json).collect(),
+        )),
+        Command::GetDomain { name } => match find(&name) {
+            Some(s) => Reply::Ok(status_json(&s)),
+            None => Reply::not_found(format!("domain '{name}' not found")),
+        },
+        Command::History { name, since } => {
+            let domain = find(&name).map(|s| s.name).unwrap_or(name);
+            match rec.store().events(Some(&domain), since) {
+                Ok(ev) => Reply::Ok(serde_json::Value::Array(
+                    ev.iter()
+                        .map(|e| {
+                            json!({
+                                "time": rfc3339(e.time), "domain": e.domain, "from": e.from, "to": e.to,
+                                "reason": e.reason, "result": e.result, "changes": e.changes, "error": e.error,
+                            })
+                        })
+                        .collect(),
+                )),
+                Err(e) => Reply::Err { status: 500, message: e.to_string() },
+            }
+        }
+        Command::ListPersonas => {
+            Reply::Ok(serde_json::to_value(catalog.entries()).unwrap_or_default())
         }
     }
 }
@@ -187,53 +300,5 @@ fn reload(catalog: &mut Catalog, why: &str) {
         Err(e) => {
             warn!(dir = %catalog.dir().display(), error = %e, "cannot read the personas directory; personas in force are kept")
         }
-    }
-}
-
-/// What the daemon last saw, so it logs changes rather than every tick.
-#[derive(Default)]
-struct Inventory {
-    seen: std::collections::BTreeMap<String, String>,
-    failing: bool,
-}
-
-impl Inventory {
-    fn refresh(&mut self, hv: &LibvirtHypervisor) {
-        let domains = match hv.list_domains() {
-            Ok(d) => d,
-            Err(e) => {
-                if !self.failing {
-                    warn!(error = %e, "cannot list domains");
-                }
-                self.failing = true;
-                return;
-            }
-        };
-        self.failing = false;
-        let mut now = std::collections::BTreeMap::new();
-        for d in domains {
-            let tuning = if d.state.is_active() {
-                match hv.tuning(&d.name, ReadScope::Current) {
-                    Ok(t) => serde_json::to_string(&t).unwrap_or_default(),
-                    Err(e) => format!("error: {e}"),
-                }
-            } else {
-                String::new()
-            };
-            let line = format!(
-                "state={} vcpus={} tags={:?} tuning={tuning}",
-                d.state.as_str(),
-                d.vcpus,
-                d.tags
-            );
-            if self.seen.get(&d.name) != Some(&line) {
-                info!(domain = %d.name, state = d.state.as_str(), vcpus = d.vcpus, tags = ?d.tags, tuning = %tuning, "domain");
-            }
-            now.insert(d.name, line);
-        }
-        for gone in self.seen.keys().filter(|k| !now.contains_key(*k)) {
-            info!(domain = %gone, "domain gone");
-        }
-        self.seen = now;
     }
 }
