@@ -18,6 +18,9 @@ pub struct Values(pub [f64; METRICS]);
 
 pub const METRICS: usize = 20;
 
+/// Shortest interval a rate is computed over.
+pub const MIN_SAMPLE_MS: Millis = 500;
+
 impl Default for Values {
     fn default() -> Self {
         Values([f64::NAN; METRICS])
@@ -136,6 +139,15 @@ impl Collector {
         let mut seen = Vec::with_capacity(stats.len());
         for s in stats {
             seen.push(s.uuid.clone());
+            if self
+                .prev
+                .get(&s.uuid)
+                .is_some_and(|p| now - p.t < MIN_SAMPLE_MS)
+            {
+                // an extra tick (a lifecycle event) right after the last: a rate over a
+                // few milliseconds is noise, so keep the last sample
+                continue;
+            }
             let values = match self.prev.get(&s.uuid) {
                 Some(p) if now > p.t => domain_values(
                     (now - p.t) as f64 / 1000.0,
@@ -163,7 +175,10 @@ impl Collector {
         }
         self.prev.retain(|k, _| seen.contains(k));
         self.windows.retain(|k, _| seen.contains(k));
-        if let Some(h) = host {
+        if let Some(h) = host.filter(|_| {
+            self.host_prev
+                .is_none_or(|(pt, _)| now - pt >= MIN_SAMPLE_MS)
+        }) {
             let mut v = Values::default();
             if let Some((pt, p)) = self.host_prev {
                 if now > pt {
@@ -366,6 +381,12 @@ mod tests {
         assert_eq!(w.len(), 11, "10 s of 1 s samples plus the one before");
         c.ingest(31_000, &[], &none, None);
         assert!(c.window("u").is_none());
+        // a tick right after another gives no new sample
+        c.ingest(40_000, &[stats(1.0, 0, 0)], &none, None);
+        c.ingest(41_000, &[stats(2.0, 0, 0)], &none, None);
+        c.ingest(41_010, &[stats(2.01, 0, 0)], &none, None);
+        let w = c.window("u").unwrap();
+        assert_eq!((w.len(), w.back().unwrap().t), (2, 41_000));
     }
 
     #[test]

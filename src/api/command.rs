@@ -10,6 +10,7 @@ pub enum Command {
     ListDomains,
     GetDomain { name: String },
     History { name: String, since: i64 },
+    Explain { name: String },
     ListPersonas,
     Health,
 }

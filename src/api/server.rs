@@ -172,6 +172,9 @@ pub fn route(req: &Request) -> Result<Command, (u16, String)> {
                 since,
             }
         }
+        ("GET", ["v1", "domains", name, "explain"]) => Command::Explain {
+            name: name.to_string(),
+        },
         ("GET", ["v1", "personas"]) => Command::ListPersonas,
         (
             _,

@@ -275,6 +275,21 @@ fn execute(rec: &Rec, catalog: &Catalog, hv: &LibvirtHypervisor, cmd: Command) -
                 Err(e) => Reply::Err { status: 500, message: e.to_string() },
             }
         }
+        Command::Explain { name } => match find(&name).and_then(|s| rec.entry(&s.uuid)) {
+            Some(e) => match &e.last_decision {
+                Some(d) => Reply::Ok(json!({
+                    "domain": e.info.name,
+                    "persona": d.persona,
+                    "reason": d.reason,
+                    "candidates": d.candidates,
+                })),
+                None => Reply::Err {
+                    status: 409,
+                    message: format!("no decision for '{name}' yet (is it running?)"),
+                },
+            },
+            None => Reply::not_found(format!("domain '{name}' not found")),
+        },
         Command::ListPersonas => {
             Reply::Ok(serde_json::to_value(catalog.entries()).unwrap_or_default())
         }

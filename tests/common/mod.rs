@@ -8,7 +8,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Condvar, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use virt_persona::hypervisor::libvirt::LibvirtHypervisor;
@@ -25,6 +25,13 @@ pub fn set_max_guests(n: usize) {
 }
 
 static SLOTS: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+/// Held shared by every guest, exclusively by a guest whose test measures CPU.
+static ALONE: RwLock<()> = RwLock::new(());
+
+enum Turn {
+    Shared(#[allow(dead_code)] RwLockReadGuard<'static, ()>),
+    Alone(#[allow(dead_code)] RwLockWriteGuard<'static, ()>),
+}
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 fn work_dir() -> PathBuf {
@@ -105,6 +112,7 @@ pub enum Load {
 /// A running test guest; destroyed, undefined and its files removed on Drop.
 pub struct Guest {
     pub name: String,
+    _turn: Turn,
     hv: LibvirtHypervisor,
     dir: PathBuf,
     serial: Option<UnixStream>,
@@ -113,6 +121,18 @@ pub struct Guest {
 impl Guest {
     /// Defines and starts a persistent guest with `vcpus` vCPUs, idle.
     pub fn boot(test: &str, vcpus: u32) -> Guest {
+        let turn = Turn::Shared(ALONE.read().unwrap_or_else(|p| p.into_inner()));
+        Self::boot_with(test, vcpus, turn)
+    }
+
+    /// Like [`Guest::boot`], but no other guest of this test binary runs while it
+    /// lives: for tests that measure CPU time on a two-core host.
+    pub fn boot_alone(test: &str, vcpus: u32) -> Guest {
+        let turn = Turn::Alone(ALONE.write().unwrap_or_else(|p| p.into_inner()));
+        Self::boot_with(test, vcpus, turn)
+    }
+
+    fn boot_with(test: &str, vcpus: u32, turn: Turn) -> Guest {
         {
             let (lock, cv) = &SLOTS;
             let mut n = lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -152,6 +172,7 @@ impl Guest {
         // the guard exists before anything is defined, so a failure below still cleans up
         let mut g = Guest {
             name: name.clone(),
+            _turn: turn,
             hv,
             dir,
             serial: None,
@@ -172,6 +193,8 @@ impl Guest {
             .set_read_timeout(Some(Duration::from_millis(200)))
             .expect("timeout");
         g.serial = Some(stream);
+        // the firmware's boot burns CPU: return once the boot sector answers
+        g.set_load(Load::Idle);
         g
     }
 
@@ -187,6 +210,7 @@ impl Guest {
         let deadline =
             Instant::now() + Duration::from_secs(if virt_type() == "kvm" { 15 } else { 60 });
         let mut last_send = Instant::now() - Duration::from_secs(10);
+        let mut seen: Vec<u8> = Vec::new();
         loop {
             // the guest polls COM1 between loops; resend now and then in case a byte
             // arrived before its firmware was ready
@@ -196,8 +220,12 @@ impl Guest {
             }
             let mut buf = [0u8; 64];
             match s.read(&mut buf) {
-                Ok(n) if buf[..n].contains(&byte) => return,
-                Ok(_) => {}
+                Ok(n) => {
+                    seen.extend_from_slice(&buf[..n]);
+                    if seen.windows(2).any(|w| w == [b'!', byte]) {
+                        return;
+                    }
+                }
                 Err(e)
                     if matches!(
                         e.kind(),

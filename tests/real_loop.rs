@@ -1,0 +1,349 @@
+//! The whole control loop against a real libvirtd with the load-control guest:
+//! the daemon binary runs as a subprocess; load is switched over COM1; what the
+//! daemon did is read back through libvirt. Personas match only the test's own
+//! guest, so parallel tests never touch each other's domains.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Guest, Load};
+use virt_persona::hypervisor::{Hypervisor, ReadScope};
+use virt_persona::model::tuning::Tuning;
+
+struct Daemon {
+    child: Child,
+    pub socket: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Daemon {
+    fn start(dir: &Path) -> Daemon {
+        let socket = dir.join("api.sock");
+        let log = std::fs::File::create(dir.join("daemon.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_virt-personad"))
+            .args([
+                "-c",
+                common::REAL_URI,
+                "--interval",
+                "1s",
+                "--verify-interval",
+                "5s",
+            ])
+            .arg("--personas")
+            .arg(dir.join("personas"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--socket")
+            .arg(&socket)
+            .env("VIRT_PERSONA_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start virt-personad");
+        let d = Daemon {
+            child,
+            socket,
+            dir: dir.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !d.socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not come up: {}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+    fn persona(&self, name: &str) -> Option<String> {
+        let v = virt_persona::api::client::request(
+            &self.socket,
+            "GET",
+            &format!("/v1/domains/{name}"),
+            None,
+        )
+        .ok()?;
+        v["persona"].as_str().map(str::to_string)
+    }
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn test_dir(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("loop-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(d.join("personas")).unwrap();
+    d
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) -> Duration {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    t0.elapsed()
+}
+
+fn busy_persona(guest: &str, id: &str, priority: i64, shares: u64) -> String {
+    format!(
+        r#"id = "{id}"
+priority = {priority}
+[match]
+names = ["{guest}"]
+[activation]
+cooldown = "2s"
+[[activation.when]]
+metric = "cpu"
+above = 50
+[tuning]
+cpu_shares = {shares}
+memory_soft_limit = "200 MiB"
+memory_hard_limit = "300 MiB"
+"#
+    )
+}
+
+#[test]
+fn load_switches_a_real_guest_on_and_off_and_the_higher_priority_wins() {
+    let mut g = Guest::boot("loop", 1);
+    let dir = test_dir("onoff");
+    std::fs::write(
+        dir.join("personas/busy.toml"),
+        busy_persona(&g.name, "busy", 100, 3000),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("personas/busy-low.toml"),
+        busy_persona(&g.name, "busy-low", 10, 500),
+    )
+    .unwrap();
+    let hv = common::real();
+    let before = hv.tuning(&g.name, ReadScope::Current).unwrap();
+    let d = Daemon::start(&dir);
+
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(d.persona(&g.name), None, "idle: nothing applied");
+    assert_eq!(hv.tuning(&g.name, ReadScope::Current).unwrap(), before);
+
+    g.set_load(Load::Spin);
+    let on = wait_for("the persona to be worn", 20, || {
+        d.persona(&g.name).as_deref() == Some("busy")
+    });
+    let t = hv.tuning(&g.name, ReadScope::Current).unwrap();
+    assert_eq!(
+        t.cpu_shares,
+        Some(3000),
+        "the higher priority persona's values"
+    );
+    assert_eq!(
+        (t.memory_soft_limit, t.memory_hard_limit),
+        (Some(200 << 10), Some(300 << 10))
+    );
+    eprintln!("load on -> persona worn in {on:?}");
+
+    g.set_load(Load::Idle);
+    let off = wait_for("the baseline", 20, || d.persona(&g.name).is_none());
+    eprintln!("load off -> baseline restored in {off:?}");
+    assert_eq!(
+        hv.tuning(&g.name, ReadScope::Current).unwrap(),
+        before,
+        "exactly the original values"
+    );
+    let hist = virt_persona::api::client::request(
+        &d.socket,
+        "GET",
+        &format!("/v1/domains/{}/history", g.name),
+        None,
+    )
+    .unwrap();
+    let results: Vec<(String, String)> = hist
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["to"].as_str().unwrap_or("-").to_string(),
+                e["result"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        results,
+        vec![
+            ("busy".to_string(), "ok".to_string()),
+            ("-".to_string(), "ok".to_string())
+        ],
+        "{hist}\n{}",
+        d.log()
+    );
+}
+
+#[test]
+fn kill_9_while_worn_then_restart_restores_the_baseline_exactly_once() {
+    let mut g = Guest::boot("kill9", 1);
+    let dir = test_dir("kill9");
+    std::fs::write(
+        dir.join("personas/busy.toml"),
+        busy_persona(&g.name, "busy", 1, 2500),
+    )
+    .unwrap();
+    let hv = common::real();
+    let before = hv.tuning(&g.name, ReadScope::Current).unwrap();
+    let mut d = Daemon::start(&dir);
+    g.set_load(Load::Spin);
+    wait_for("the persona", 20, || {
+        d.persona(&g.name).as_deref() == Some("busy")
+    });
+    d.kill9();
+    assert_eq!(
+        hv.tuning(&g.name, ReadScope::Current).unwrap().cpu_shares,
+        Some(2500),
+        "still tuned after kill -9"
+    );
+
+    // restart while still busy: adopts, does not re-apply
+    let d2 = Daemon::start(&dir);
+    wait_for("adoption", 20, || {
+        d2.persona(&g.name).as_deref() == Some("busy")
+    });
+    g.set_load(Load::Idle);
+    wait_for("the baseline", 20, || d2.persona(&g.name).is_none());
+    assert_eq!(hv.tuning(&g.name, ReadScope::Current).unwrap(), before);
+    let hist = virt_persona::api::client::request(
+        &d2.socket,
+        "GET",
+        &format!("/v1/domains/{}/history", g.name),
+        None,
+    )
+    .unwrap();
+    let restores = hist
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["to"].is_null() && e["result"] == "ok")
+        .count();
+    assert_eq!(restores, 1, "restored exactly once: {hist}");
+    let applies = hist
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["to"] == "busy")
+        .count();
+    assert_eq!(
+        applies, 1,
+        "the restarted daemon did not apply again: {hist}"
+    );
+}
+
+#[test]
+fn a_failing_knob_mid_transition_leaves_the_domain_exactly_as_before() {
+    let mut g = Guest::boot("rollback", 1);
+    let dir = test_dir("rollback");
+    // blkio comes after the scheduler and memory in the plan: those are undone
+    std::fs::write(
+        dir.join("personas/bad.toml"),
+        format!(
+            "{}\n[[tuning.blkio_device]]\npath = \"/dev/vp-no-such-device\"\nread_iops = 100\n",
+            busy_persona(&g.name, "bad", 1, 2222)
+        ),
+    )
+    .unwrap();
+    let hv = common::real();
+    let before = hv.tuning(&g.name, ReadScope::Current).unwrap();
+    let d = Daemon::start(&dir);
+    g.set_load(Load::Spin);
+    let sock = d.socket.clone();
+    let name = g.name.clone();
+    wait_for("a failed transition", 20, || {
+        virt_persona::api::client::request(
+            &sock,
+            "GET",
+            &format!("/v1/domains/{name}/history"),
+            None,
+        )
+        .map(|h| {
+            h.as_array()
+                .is_some_and(|a| a.iter().any(|e| e["result"] == "failed"))
+        })
+        .unwrap_or(false)
+    });
+    assert_eq!(
+        hv.tuning(&g.name, ReadScope::Current).unwrap(),
+        before,
+        "nothing half-applied"
+    );
+    assert_eq!(d.persona(&g.name), None);
+    let v = virt_persona::api::client::request(
+        &d.socket,
+        "GET",
+        &format!("/v1/domains/{}", g.name),
+        None,
+    )
+    .unwrap();
+    let err = v["last_error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("blkio_device[/dev/vp-no-such-device]"),
+        "knob named: {err}"
+    );
+}
+
+/// Schedules, with the clock injected: the reconciler on a real libvirtd,
+/// driven at chosen instants.
+#[test]
+fn a_schedule_persona_follows_an_injected_clock_on_a_real_guest() {
+    use virt_persona::model::validate::parse_persona;
+    use virt_persona::reconciler::Reconciler;
+    use virt_persona::store::MemoryStore;
+    let g = Guest::boot("sched", 1);
+    let p = parse_persona(
+        &format!(
+            "id = \"office\"\n[match]\nnames = [\"{}\"]\n[activation]\ntimezone = \"UTC\"\nschedule = [ {{ days = \"mon-fri\", from = \"08:00\", to = \"18:00\" }} ]\n[tuning]\ncpu_shares = 1800\n",
+            g.name
+        ),
+        Path::new("office.toml"),
+    )
+    .unwrap();
+    let hv = Arc::new(common::real());
+    let before: Tuning = hv.tuning(&g.name, ReadScope::Current).unwrap();
+    let mut r = Reconciler::new(hv.clone(), MemoryStore::default(), Duration::from_secs(30));
+    r.set_personas(vec![Arc::new(p)]);
+    let at = |s: &str| s.parse::<jiff::Timestamp>().unwrap().as_millisecond();
+    let worn = |r: &Reconciler<_, _>| {
+        r.statuses()
+            .into_iter()
+            .find(|s| s.name == g.name)
+            .and_then(|s| s.persona)
+    };
+    r.tick(at("2026-11-30T07:59:00Z"), None).unwrap(); // Monday before office hours
+    assert_eq!(worn(&r), None);
+    r.tick(at("2026-11-30T08:00:30Z"), None).unwrap();
+    assert_eq!(worn(&r).as_deref(), Some("office"));
+    assert_eq!(
+        hv.tuning(&g.name, ReadScope::Current).unwrap().cpu_shares,
+        Some(1800)
+    );
+    r.tick(at("2026-12-05T10:00:00Z"), None).unwrap(); // Saturday
+    assert_eq!(worn(&r), None);
+    assert_eq!(hv.tuning(&g.name, ReadScope::Current).unwrap(), before);
+}
