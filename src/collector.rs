@@ -136,9 +136,8 @@ impl Collector {
         vcpus: &HashMap<String, u32>,
         host: Option<HostCounters>,
     ) {
-        let mut seen = Vec::with_capacity(stats.len());
+        let seen: std::collections::HashSet<&str> = stats.iter().map(|s| s.uuid.as_str()).collect();
         for s in stats {
-            seen.push(s.uuid.clone());
             if self
                 .prev
                 .get(&s.uuid)
@@ -173,8 +172,8 @@ impl Collector {
             w.push_back(Sample { t: now, values });
             trim(w, now, self.keep_ms);
         }
-        self.prev.retain(|k, _| seen.contains(k));
-        self.windows.retain(|k, _| seen.contains(k));
+        self.prev.retain(|k, _| seen.contains(k.as_str()));
+        self.windows.retain(|k, _| seen.contains(k.as_str()));
         if let Some(h) = host.filter(|_| {
             self.host_prev
                 .is_none_or(|(pt, _)| now - pt >= MIN_SAMPLE_MS)

@@ -23,7 +23,7 @@ use crate::hypervisor::{
 use crate::model::persona::{Metric, Persona};
 use crate::model::tuning::{Change, Knob, Tuning};
 use crate::planner::plan;
-use crate::rules::{decide, Decision, Inputs, Override, Reason, RuleState, Signals};
+use crate::rules::{candidates, decide, Decision, Inputs, Override, Reason, RuleState, Signals};
 use crate::store::{Event, StateStore, Worn};
 
 const BACKOFF_MIN_MS: Millis = 5_000;
@@ -36,6 +36,8 @@ pub struct DomainEntry {
     pub rules: RuleState,
     pub last_error: Option<String>,
     pub last_decision: Option<Decision>,
+    /// The personas whose `[match]` fits, in evaluation order (cached).
+    candidates: Vec<Arc<Persona>>,
     retry_at: Option<Millis>,
     backoff_ms: Millis,
     last_verify: Millis,
@@ -110,6 +112,9 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         let (groups, keep) = needs(&personas);
         self.groups = groups;
         self.collector.set_keep(keep);
+        for e in self.domains.values_mut() {
+            e.candidates = candidates(&personas, &e.info);
+        }
         self.personas = personas;
     }
 
@@ -173,6 +178,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                         self.store.set_worn(&info.uuid, None)?;
                         self.collector.forget(&info.uuid);
                     }
+                    e.candidates = candidates(&self.personas, &info);
                     e.info = info;
                 }
                 None => {
@@ -187,6 +193,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                         self.store.set_worn(&info.uuid, None)?;
                     }
                     rules.override_ = self.store.override_(&info.uuid)?;
+                    let cands = candidates(&self.personas, &info);
                     self.domains.insert(
                         info.uuid.clone(),
                         DomainEntry {
@@ -194,6 +201,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                             rules,
                             last_error: None,
                             last_decision: None,
+                            candidates: cands,
                             retry_at: None,
                             backoff_ms: BACKOFF_MIN_MS,
                             last_verify: 0,
@@ -273,7 +281,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             signals: &self.signals,
             now,
         };
-        let decision = decide(&self.personas, &inputs, &mut entry.rules);
+        let decision = decide(&entry.candidates, &inputs, &mut entry.rules);
         let from = previous.worn.as_ref().map(|w| w.0.clone());
         let to = decision.persona.clone();
         let changed = from != to;

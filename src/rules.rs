@@ -6,6 +6,10 @@
 //! for `cooldown`, so a domain never flaps. A manual activation beats all
 //! criteria until it expires. Every decision comes with its explanation,
 //! condition by condition. `now` is a parameter; nothing here reads a clock.
+//!
+//! Cost: this runs for every domain every tick, so the hot path allocates
+//! little: matching is cached by the caller ([`candidates`]), conditions are
+//! explained by index and rendered only when someone asks ([`describe`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -15,7 +19,7 @@ use serde::Serialize;
 use crate::collector::{Millis, Sample};
 use crate::hypervisor::DomainInfo;
 use crate::model::persona::{
-    Activation, Agg, Comparison, Condition, Mode, Persona, Source, Window,
+    Activation, Agg, Comparison, Condition, Metric, Mode, Persona, Source, Window,
 };
 
 /// An external signal (SPEC §5).
@@ -59,8 +63,8 @@ pub struct RuleState {
     pub worn: Option<(String, Millis)>,
     /// When the worn persona's own conditions last held.
     pub last_active: Option<Millis>,
-    /// Since when each (persona, condition index) has held without a break.
-    pub true_since: HashMap<(String, usize), Millis>,
+    /// Per persona, per condition with `for`: since when it has held without a break.
+    pub true_since: HashMap<String, Vec<Option<Millis>>>,
     pub override_: Option<Override>,
 }
 
@@ -76,34 +80,88 @@ pub enum Reason {
     NoMatch,
 }
 
-/// One condition, evaluated.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// Why a condition has no value or is not (yet) true.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Note {
+    NoSamplesYet,
+    NoSamplesInWindow,
+    SignalAbsent,
+    TooLittleHistory,
+    /// True, but not yet for the condition's `for` duration.
+    NotLongEnough {
+        held_ms: Millis,
+    },
+}
+
+impl Note {
+    pub fn text(&self) -> String {
+        match self {
+            Note::NoSamplesYet => "no samples yet".into(),
+            Note::NoSamplesInWindow => "no samples in the window yet".into(),
+            Note::SignalAbsent => "signal absent or expired".into(),
+            Note::TooLittleHistory => "too little history for a forecast".into(),
+            Note::NotLongEnough { held_ms } => {
+                format!("true for {held_ms} ms, not yet long enough")
+            }
+        }
+    }
+}
+
+/// One condition, evaluated. `condition` is its index in the persona's
+/// `[[activation.when]]`; [`describe`] renders it for people.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ConditionResult {
-    pub condition: String,
+    pub condition: usize,
     pub value: Option<f64>,
     pub threshold: f64,
     pub result: bool,
-    pub note: Option<String>,
+    pub note: Option<Note>,
 }
 
 /// One candidate persona, evaluated.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CandidateResult {
-    pub persona: String,
-    pub priority: i64,
-    pub matches: bool,
+    pub persona: Arc<Persona>,
     pub schedule_ok: Option<bool>,
     pub conditions: Vec<ConditionResult>,
     pub holds: bool,
     pub reason: Option<Reason>,
 }
 
+impl CandidateResult {
+    /// The explanation as people and scripts read it.
+    pub fn to_json(&self) -> serde_json::Value {
+        let when = self
+            .persona
+            .activation
+            .as_ref()
+            .map(|a| a.when.as_slice())
+            .unwrap_or(&[]);
+        serde_json::json!({
+            "persona": self.persona.id,
+            "priority": self.persona.priority,
+            "schedule_ok": self.schedule_ok,
+            "holds": self.holds,
+            "reason": self.reason,
+            "conditions": self.conditions.iter().map(|c| serde_json::json!({
+                "condition": when.get(c.condition).map(describe).unwrap_or_default(),
+                "value": c.value,
+                "threshold": c.threshold,
+                "result": c.result,
+                "note": c.note.map(|n| n.text()),
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
 /// The decision for one domain.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     /// The persona to wear; `None` means the baseline.
     pub persona: Option<String>,
     pub reason: Reason,
+    /// The matching personas, in evaluation order, each evaluated.
     pub candidates: Vec<CandidateResult>,
 }
 
@@ -116,7 +174,8 @@ pub struct Inputs<'a> {
     pub now: Millis,
 }
 
-fn describe(c: &Condition) -> String {
+/// A condition as people read it: `cpu > 80 (avg over 1m) for 30s`.
+pub fn describe(c: &Condition) -> String {
     let src = match &c.source {
         Source::Metric(m) => m.name().to_string(),
         Source::Signal(s) => format!("signal {s}"),
@@ -130,60 +189,58 @@ fn describe(c: &Condition) -> String {
     if let Some(o) = c.over {
         s.push_str(&format!(" ({:?} over {o})", c.agg).to_lowercase());
     }
+    if let Some(h) = c.horizon {
+        s.push_str(&format!(" within {h}"));
+    }
     if let Some(f) = c.for_ {
         s.push_str(&format!(" for {f}"));
     }
     s
 }
 
-fn aggregate(values: &mut [f64], agg: Agg) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    Some(match agg {
-        Agg::Avg => values.iter().sum::<f64>() / values.len() as f64,
-        Agg::Max => values.iter().cloned().fold(f64::MIN, f64::max),
-        Agg::Min => values.iter().cloned().fold(f64::MAX, f64::min),
-        Agg::Sum => values.iter().sum(),
-        Agg::P95 => {
-            values.sort_by(|a, b| a.total_cmp(b));
-            let idx = ((values.len() as f64 * 0.95).ceil() as usize).clamp(1, values.len()) - 1;
-            values[idx]
+fn aggregate(w: &VecDeque<Sample>, from: Millis, m: Metric, agg: Agg) -> Option<f64> {
+    let vals = w
+        .iter()
+        .filter(|s| s.t > from)
+        .filter_map(|s| s.values.get(m));
+    match agg {
+        Agg::Avg | Agg::Sum => {
+            let (n, sum) = vals.fold((0usize, 0.0), |(n, s), v| (n + 1, s + v));
+            (n > 0).then(|| if agg == Agg::Avg { sum / n as f64 } else { sum })
         }
-    })
+        Agg::Max => vals.reduce(f64::max),
+        Agg::Min => vals.reduce(f64::min),
+        Agg::P95 => {
+            let mut v: Vec<f64> = vals.collect();
+            if v.is_empty() {
+                return None;
+            }
+            // nearest rank
+            let idx = ((v.len() as f64 * 0.95).ceil() as usize).clamp(1, v.len()) - 1;
+            let (_, x, _) = v.select_nth_unstable_by(idx, |a, b| a.total_cmp(b));
+            Some(*x)
+        }
+    }
 }
 
 /// The value a metric condition sees: the latest sample, or the aggregate over its window.
-fn metric_value(
-    c: &Condition,
-    m: crate::model::persona::Metric,
-    inp: &Inputs<'_>,
-) -> (Option<f64>, Option<String>) {
+fn metric_value(c: &Condition, m: Metric, inp: &Inputs<'_>) -> (Option<f64>, Option<Note>) {
     let window = if m.is_host() {
         Some(inp.host)
     } else {
         inp.samples
     };
     let Some(w) = window else {
-        return (None, Some("no samples yet".into()));
+        return (None, Some(Note::NoSamplesYet));
     };
     match c.over {
         None => match w.iter().rev().find_map(|s| s.values.get(m)) {
             Some(v) => (Some(v), None),
-            None => (None, Some("no samples yet".into())),
+            None => (None, Some(Note::NoSamplesYet)),
         },
         Some(over) => {
-            let from = inp.now - over.as_std().as_millis() as Millis;
-            let mut vals: Vec<f64> = w
-                .iter()
-                .filter(|s| s.t > from)
-                .filter_map(|s| s.values.get(m))
-                .collect();
-            let v = aggregate(&mut vals, c.agg);
-            (
-                v,
-                v.is_none().then(|| "no samples in the window yet".into()),
-            )
+            let v = aggregate(w, inp.now - over.as_std().as_millis() as Millis, m, c.agg);
+            (v, v.is_none().then_some(Note::NoSamplesInWindow))
         }
     }
 }
@@ -232,30 +289,45 @@ fn evaluate(
             Source::Metric(m) => metric_value(c, *m, inp),
             Source::Signal(s) => match inp.signals.value(s, &inp.domain.name, inp.now) {
                 Some(v) => (Some(v), None),
-                None => (None, Some("signal absent or expired".into())),
+                None => (None, Some(Note::SignalAbsent)),
             },
-            Source::Forecast(_) => (None, Some("too little history for a forecast".into())),
+            Source::Forecast(_) => (None, Some(Note::TooLittleHistory)),
         };
         let threshold = match c.comparison {
             Comparison::Above(t) | Comparison::Below(t) => t,
         };
         let raw = value.is_some_and(|v| c.comparison.holds(v));
-        let key = (p.id.clone(), i);
-        let result = if raw {
-            let since = *st.true_since.entry(key).or_insert(inp.now);
-            match c.for_ {
-                Some(f) if inp.now - since < f.as_std().as_millis() as Millis => {
-                    note = Some(format!("true for {} ms of {f}", inp.now - since));
+        // only conditions with `for` need to remember since when they hold
+        let result = match c.for_ {
+            None => raw,
+            Some(f) => {
+                if !st.true_since.contains_key(p.id.as_str()) {
+                    st.true_since.insert(p.id.clone(), vec![None; a.when.len()]);
+                }
+                let slots = st
+                    .true_since
+                    .get_mut(p.id.as_str())
+                    .expect("inserted above");
+                if slots.len() != a.when.len() {
+                    slots.resize(a.when.len(), None);
+                }
+                if raw {
+                    let since = *slots[i].get_or_insert(inp.now);
+                    let held_ms = inp.now - since;
+                    if held_ms < f.as_std().as_millis() as Millis {
+                        note = Some(Note::NotLongEnough { held_ms });
+                        false
+                    } else {
+                        true
+                    }
+                } else {
+                    slots[i] = None;
                     false
                 }
-                _ => true,
             }
-        } else {
-            st.true_since.remove(&key);
-            false
         };
         results.push(ConditionResult {
-            condition: describe(c),
+            condition: i,
             value,
             threshold,
             result,
@@ -274,82 +346,91 @@ fn evaluate(
     )
 }
 
-/// Decides the persona for one domain. `personas` must be in evaluation order
-/// (priority high to low, then id). Updates `st` for the next tick.
-pub fn decide(personas: &[Arc<Persona>], inp: &Inputs<'_>, st: &mut RuleState) -> Decision {
-    let mut candidates = Vec::new();
-    let mut chosen: Option<(String, Reason)> = None;
+/// The personas a domain may wear (`[match]`), in evaluation order. Cache it:
+/// it changes only with the personas or the domain's name and tags.
+pub fn candidates(personas: &[Arc<Persona>], domain: &DomainInfo) -> Vec<Arc<Persona>> {
+    personas
+        .iter()
+        .filter(|p| p.matches(domain))
+        .cloned()
+        .collect()
+}
 
-    if let Some(o) = &st.override_ {
-        if o.until.is_some_and(|u| u <= inp.now) {
-            st.override_ = None;
-        }
+/// Decides the persona for one domain. `candidates` are the personas whose
+/// `[match]` fits it, in evaluation order (see [`candidates`]). Updates `st`
+/// for the next tick.
+pub fn decide(candidates: &[Arc<Persona>], inp: &Inputs<'_>, st: &mut RuleState) -> Decision {
+    let mut results = Vec::with_capacity(candidates.len());
+    let mut chosen: Option<(&str, Reason)> = None;
+
+    if st
+        .override_
+        .as_ref()
+        .is_some_and(|o| o.until.is_some_and(|u| u <= inp.now))
+    {
+        st.override_ = None;
     }
     if let Some(o) = &st.override_ {
-        if let Some(p) = personas.iter().find(|p| p.id == o.persona) {
-            chosen = Some((p.id.clone(), Reason::Manual));
+        if let Some(p) = candidates.iter().find(|p| p.id == o.persona) {
+            chosen = Some((p.id.as_str(), Reason::Manual));
         }
     }
-    let worn = st.worn.clone();
-    for p in personas {
-        let matches = p.matches(inp.domain);
+    let worn_id = st.worn.as_ref().map(|(id, _)| id.clone());
+    let worn_since = st.worn.as_ref().map(|(_, s)| *s);
+    for p in candidates {
         let mut c = CandidateResult {
-            persona: p.id.clone(),
-            priority: p.priority,
-            matches,
+            persona: p.clone(),
             schedule_ok: None,
             conditions: vec![],
             holds: false,
             reason: None,
         };
-        if matches {
-            let (active, reason) = match &p.activation {
-                None => (true, Reason::Always),
-                Some(a) => {
-                    let (active, sched, conds) = evaluate(p, a, inp, st);
-                    c.schedule_ok = sched;
-                    c.conditions = conds;
-                    let worn_since = worn.as_ref().filter(|(id, _)| *id == p.id).map(|(_, s)| *s);
-                    match worn_since {
-                        Some(_) if active => {
-                            st.last_active = Some(inp.now);
-                            (true, Reason::Criteria)
-                        }
-                        Some(since) if inp.now - since < a.hold.as_std().as_millis() as Millis => {
-                            (true, Reason::Hold)
-                        }
-                        Some(since)
-                            if inp.now - st.last_active.unwrap_or(since)
-                                < a.cooldown.as_std().as_millis() as Millis =>
-                        {
-                            (true, Reason::Cooldown)
-                        }
-                        _ => (active, Reason::Criteria),
+        let (active, reason) = match &p.activation {
+            None => (true, Reason::Always),
+            Some(a) => {
+                let (active, sched, conds) = evaluate(p, a, inp, st);
+                c.schedule_ok = sched;
+                c.conditions = conds;
+                let since = worn_since.filter(|_| worn_id.as_deref() == Some(p.id.as_str()));
+                match since {
+                    Some(_) if active => {
+                        st.last_active = Some(inp.now);
+                        (true, Reason::Criteria)
                     }
-                }
-            };
-            c.holds = active;
-            if active {
-                c.reason = Some(reason.clone());
-                if chosen.is_none() {
-                    chosen = Some((p.id.clone(), reason));
+                    Some(since) if inp.now - since < a.hold.as_std().as_millis() as Millis => {
+                        (true, Reason::Hold)
+                    }
+                    Some(since)
+                        if inp.now - st.last_active.unwrap_or(since)
+                            < a.cooldown.as_std().as_millis() as Millis =>
+                    {
+                        (true, Reason::Cooldown)
+                    }
+                    _ => (active, Reason::Criteria),
                 }
             }
+        };
+        c.holds = active;
+        if active {
+            c.reason = Some(reason.clone());
+            if chosen.is_none() {
+                chosen = Some((p.id.as_str(), reason));
+            }
         }
-        candidates.push(c);
+        results.push(c);
     }
     let (persona, reason) = match chosen {
-        Some((id, r)) => (Some(id), r),
+        Some((id, r)) => (Some(id.to_string()), r),
         None => (None, Reason::NoMatch),
     };
-    if persona.as_ref() != worn.as_ref().map(|(id, _)| id) {
+    if persona != worn_id {
         st.worn = persona.clone().map(|id| (id, inp.now));
         st.last_active = Some(inp.now);
     }
     Decision {
         persona,
         reason,
-        candidates,
+        candidates: results,
     }
 }
 
@@ -404,7 +485,12 @@ mod tests {
                 signals: &self.signals,
                 now,
             };
-            decide(&self.personas, &inp, &mut self.st).persona
+            decide(
+                &candidates(&self.personas, &self.domain),
+                &inp,
+                &mut self.st,
+            )
+            .persona
         }
     }
 
@@ -585,15 +671,24 @@ mod tests {
             signals: &w.signals,
             now: 0,
         };
-        let d = decide(&w.personas, &inp, &mut w.st);
+        let d = decide(&candidates(&w.personas, &w.domain), &inp, &mut w.st);
         assert_eq!(d.persona, None);
         assert_eq!(d.reason, Reason::NoMatch);
-        assert_eq!(d.candidates.len(), 2);
-        let c = &d.candidates[0].conditions[0];
+        let j = d.candidates[0].to_json();
+        let c = &j["conditions"][0];
+        assert_eq!(c["condition"], "cpu > 80");
         assert_eq!(
-            (c.condition.as_str(), c.value, c.threshold, c.result),
-            ("cpu > 80", Some(42.0), 80.0, false)
+            (
+                c["value"].as_f64(),
+                c["threshold"].as_f64(),
+                c["result"].as_bool()
+            ),
+            (Some(42.0), Some(80.0), Some(false))
         );
-        assert!(!d.candidates[1].matches);
+        assert_eq!(
+            d.candidates.len(),
+            1,
+            "the db-* persona does not match: not a candidate"
+        );
     }
 }

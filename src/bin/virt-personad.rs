@@ -281,7 +281,7 @@ fn execute(rec: &Rec, catalog: &Catalog, hv: &LibvirtHypervisor, cmd: Command) -
                     "domain": e.info.name,
                     "persona": d.persona,
                     "reason": d.reason,
-                    "candidates": d.candidates,
+                    "candidates": d.candidates.iter().map(|c| c.to_json()).collect::<Vec<_>>(),
                 })),
                 None => Reply::Err {
                     status: 409,
