@@ -6,84 +6,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Guest, Load};
+use common::{Daemon, Guest, Load};
 use virt_persona::hypervisor::{Hypervisor, ReadScope};
 use virt_persona::model::tuning::Tuning;
-
-struct Daemon {
-    child: Child,
-    pub socket: PathBuf,
-    pub dir: PathBuf,
-}
-
-impl Daemon {
-    fn start(dir: &Path) -> Daemon {
-        let socket = dir.join("api.sock");
-        let log = std::fs::File::create(dir.join("daemon.log")).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_virt-personad"))
-            .args([
-                "-c",
-                common::REAL_URI,
-                "--interval",
-                "1s",
-                "--verify-interval",
-                "5s",
-            ])
-            .arg("--personas")
-            .arg(dir.join("personas"))
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--socket")
-            .arg(&socket)
-            .env("VIRT_PERSONA_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start virt-personad");
-        let d = Daemon {
-            child,
-            socket,
-            dir: dir.to_path_buf(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !d.socket.exists() {
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not come up: {}",
-                d.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        d
-    }
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
-    }
-    fn persona(&self, name: &str) -> Option<String> {
-        let v = virt_persona::api::client::request(
-            &self.socket,
-            "GET",
-            &format!("/v1/domains/{name}"),
-            None,
-        )
-        .ok()?;
-        v["persona"].as_str().map(str::to_string)
-    }
-    fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
 
 fn test_dir(name: &str) -> PathBuf {
     let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))

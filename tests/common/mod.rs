@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
@@ -287,3 +287,87 @@ pub fn read_trim(p: &Path) -> String {
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|e| panic!("{p:?}: {e}"))
 }
+
+fn common_uri() -> &'static str {
+    REAL_URI
+}
+
+/// virt-personad as a subprocess, killed on Drop.
+pub struct Daemon {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon on the real libvirtd with personas from `dir/personas`.
+    pub fn start(dir: &Path) -> Daemon {
+        Self::start_with(dir, common_uri(), "5s", &[])
+    }
+
+    /// Starts the daemon with a libvirt URI, a drift-check interval and extra environment.
+    pub fn start_with(dir: &Path, uri: &str, verify: &str, env: &[(&str, String)]) -> Daemon {
+        let socket = dir.join("api.sock");
+        let log = std::fs::File::create(dir.join("daemon.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_virt-personad"))
+            .args([
+                "-c",
+                uri,
+                "--interval",
+                "1s",
+                "--verify-interval",
+                verify,
+            ])
+            .arg("--personas")
+            .arg(dir.join("personas"))
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--socket")
+            .arg(&socket)
+            .env("VIRT_PERSONA_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k.to_string(), v.clone())))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start virt-personad");
+        let d = Daemon {
+            child,
+            socket,
+            dir: dir.to_path_buf(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !d.socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "daemon did not come up: {}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        d
+    }
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+    pub fn persona(&self, name: &str) -> Option<String> {
+        let v = virt_persona::api::client::request(
+            &self.socket,
+            "GET",
+            &format!("/v1/domains/{name}"),
+            None,
+        )
+        .ok()?;
+        v["persona"].as_str().map(str::to_string)
+    }
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
