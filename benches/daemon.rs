@@ -17,7 +17,24 @@ use common::{Daemon, Guest, Load};
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Memory private to the process (not shared library text): Private_Clean + Private_Dirty.
+fn uss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .map(|s| {
+            s.lines()
+                .filter(|l| l.starts_with("Private_Clean:") || l.starts_with("Private_Dirty:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum()
+        })
         .unwrap_or(0)
 }
 
@@ -35,12 +52,19 @@ fn cpu_secs(pid: u32) -> f64 {
 }
 
 fn pid_of(name: &str) -> u32 {
-    let o = std::process::Command::new("pgrep").args(["-xo", name]).output().expect("pgrep");
-    String::from_utf8_lossy(&o.stdout).trim().parse().unwrap_or_else(|_| panic!("{name} is not running"))
+    let o = std::process::Command::new("pgrep")
+        .args(["-xo", name])
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&o.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{name} is not running"))
 }
 
 fn dir(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-{name}-{}", std::process::id()));
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bench-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(d.join("personas")).expect("dir");
     d
@@ -54,7 +78,9 @@ fn test_host(path: &Path, n: usize) {
         ));
     }
     s.push_str("</node>\n");
-    std::fs::File::create(path).and_then(|mut f| f.write_all(s.as_bytes())).expect("host xml");
+    std::fs::File::create(path)
+        .and_then(|mut f| f.write_all(s.as_bytes()))
+        .expect("host xml");
 }
 
 const PERSONA: &str = r#"id = "busy"
@@ -72,8 +98,14 @@ fn main() {
         println!("daemon benchmark: run it with `cargo bench --bench daemon`");
         return;
     }
-    let guests: usize = std::env::var("VP_BENCH_GUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
-    let secs: u64 = std::env::var("VP_BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+    let guests: usize = std::env::var("VP_BENCH_GUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let secs: u64 = std::env::var("VP_BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60);
 
     // memory on the test driver (which lives inside the daemon process)
     for n in [20, 100] {
@@ -83,14 +115,25 @@ fn main() {
         test_host(&host, n);
         let daemon = Daemon::start_with(&d, &format!("test://{}", host.display()), "30s", &[]);
         std::thread::sleep(Duration::from_secs(6));
-        println!("daemon RSS, test driver, {n} domains, after 6 s at 1 s interval: {:.1} MiB", rss_kib(daemon.child.id()) as f64 / 1024.0);
+        let pid = daemon.child.id();
+        println!(
+            "daemon, test driver, {n} domains, after 6 s at 1 s interval: RSS {:.1} MiB, private {:.1} MiB",
+            rss_kib(pid) as f64 / 1024.0,
+            uss_kib(pid) as f64 / 1024.0
+        );
     }
 
     // real guests
     common::set_max_guests(guests);
     let t = Instant::now();
-    let mut gs: Vec<Guest> = (0..guests).map(|i| Guest::boot(&format!("d{i}"), 1)).collect();
-    eprintln!("booted {guests} {} guests in {:.0} s", common::virt_type(), t.elapsed().as_secs_f64());
+    let mut gs: Vec<Guest> = (0..guests)
+        .map(|i| Guest::boot(&format!("d{i}"), 1))
+        .collect();
+    eprintln!(
+        "booted {guests} {} guests in {:.0} s",
+        common::virt_type(),
+        t.elapsed().as_secs_f64()
+    );
     std::thread::sleep(Duration::from_secs(3));
     let libvirtd = pid_of("libvirtd");
     let quiet = secs as f64;
@@ -113,9 +156,18 @@ fn main() {
     std::thread::sleep(Duration::from_secs(secs));
     let (c1, l1) = (cpu_secs(pid), cpu_secs(libvirtd));
     let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let calls = text.get(log_before..).unwrap_or("").lines().filter(|l| l.contains("RPC_CLIENT_MSG_TX_QUEUE") && l.contains("type=0")).count();
+    let calls = text
+        .get(log_before..)
+        .unwrap_or("")
+        .lines()
+        .filter(|l| l.contains("RPC_CLIENT_MSG_TX_QUEUE") && l.contains("type=0"))
+        .count();
     println!("{guests} real idle guests, 1 s interval, over {secs} s:");
-    println!("  daemon RSS {:.1} MiB", rss_kib(pid) as f64 / 1024.0);
+    println!(
+        "  daemon RSS {:.1} MiB, private {:.1} MiB",
+        rss_kib(pid) as f64 / 1024.0,
+        uss_kib(pid) as f64 / 1024.0
+    );
     println!("  daemon CPU {:.3} CPU-s/min", (c1 - c0) * 60.0 / quiet);
     println!(
         "  libvirtd CPU {:.3} CPU-s/min with the daemon, {:.3} without: the daemon causes {:.3} CPU-s/min",
@@ -143,7 +195,10 @@ fn main() {
         g.set_load(Load::Idle);
         let t = Instant::now();
         while daemon.persona(&g.name).is_some() {
-            assert!(t.elapsed() < Duration::from_secs(30), "baseline not restored");
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "baseline not restored"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         off.push(t.elapsed());

@@ -241,6 +241,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_loads() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/virt-personad.toml.example");
+        let c = Config::resolve(FileConfig::load(&p, true).unwrap(), Overrides::default()).unwrap();
+        assert_eq!(c.connect, DEFAULT_URI);
+        assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
+    }
+
+    #[test]
     fn bad_files_say_where() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("c.toml");

@@ -275,3 +275,97 @@ fn a_schedule_persona_follows_an_injected_clock_on_a_real_guest() {
     assert_eq!(worn(&r), None);
     assert_eq!(hv.tuning(&g.name, ReadScope::Current).unwrap(), before);
 }
+
+fn always_persona(glob: &str, shares: u64) -> String {
+    format!("id = \"always\"\n[match]\nnames = [\"{glob}\"]\n[tuning]\ncpu_shares = {shares}\n")
+}
+
+fn terminate(d: &mut Daemon) {
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &d.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let t = Instant::now();
+    loop {
+        if let Some(status) = d.child.try_wait().unwrap() {
+            assert!(
+                status.success(),
+                "clean exit on SIGTERM: {status:?}\n{}",
+                d.log()
+            );
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_domain_that_starts_gets_its_persona_from_the_event_stream() {
+    let dir = test_dir("lifecycle");
+    let glob = format!("vpt-lifecycle-{}-*", std::process::id());
+    std::fs::write(
+        dir.join("personas/always.toml"),
+        always_persona(&glob, 1717),
+    )
+    .unwrap();
+    // a one-minute interval: only the start event can explain a persona within seconds
+    let d = Daemon::start_args(&dir, common::REAL_URI, &["--interval", "60s"], &[]);
+    std::thread::sleep(Duration::from_secs(1));
+    let g = Guest::boot("lifecycle", 1);
+    let took = wait_for("the persona at start", 15, || {
+        d.persona(&g.name).as_deref() == Some("always")
+    });
+    eprintln!("persona worn {took:?} after the guest answered");
+    assert_eq!(
+        common::real()
+            .tuning(&g.name, ReadScope::Current)
+            .unwrap()
+            .cpu_shares,
+        Some(1717)
+    );
+}
+
+#[test]
+fn sigterm_keeps_personas_and_revert_on_exit_restores_them() {
+    let g = Guest::boot("sigterm", 1);
+    let dir = test_dir("sigterm");
+    std::fs::write(
+        dir.join("personas/always.toml"),
+        always_persona(&g.name, 1313),
+    )
+    .unwrap();
+    let hv = common::real();
+    let before = hv.tuning(&g.name, ReadScope::Current).unwrap();
+    let mut d = Daemon::start(&dir);
+    wait_for("the persona", 15, || {
+        d.persona(&g.name).as_deref() == Some("always")
+    });
+    terminate(&mut d);
+    assert_eq!(
+        hv.tuning(&g.name, ReadScope::Current).unwrap().cpu_shares,
+        Some(1313),
+        "SIGTERM does not revert"
+    );
+    assert!(!d.socket.exists(), "the socket is removed on exit");
+
+    let mut d2 = Daemon::start_args(
+        &dir,
+        common::REAL_URI,
+        &["--interval", "1s", "--revert-on-exit"],
+        &[],
+    );
+    wait_for("adoption", 15, || {
+        d2.persona(&g.name).as_deref() == Some("always")
+    });
+    terminate(&mut d2);
+    assert_eq!(
+        hv.tuning(&g.name, ReadScope::Current).unwrap(),
+        before,
+        "--revert-on-exit restores the baseline"
+    );
+}

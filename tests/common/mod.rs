@@ -307,17 +307,21 @@ impl Daemon {
 
     /// Starts the daemon with a libvirt URI, a drift-check interval and extra environment.
     pub fn start_with(dir: &Path, uri: &str, verify: &str, env: &[(&str, String)]) -> Daemon {
+        Self::start_args(
+            dir,
+            uri,
+            &["--interval", "1s", "--verify-interval", verify],
+            env,
+        )
+    }
+
+    /// Starts the daemon with explicit flags (besides -c, --personas, --state-dir, --socket).
+    pub fn start_args(dir: &Path, uri: &str, flags: &[&str], env: &[(&str, String)]) -> Daemon {
         let socket = dir.join("api.sock");
         let log = std::fs::File::create(dir.join("daemon.log")).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_virt-personad"))
-            .args([
-                "-c",
-                uri,
-                "--interval",
-                "1s",
-                "--verify-interval",
-                verify,
-            ])
+            .args(["-c", uri])
+            .args(flags)
             .arg("--personas")
             .arg(dir.join("personas"))
             .arg("--state-dir")
@@ -370,4 +374,3 @@ impl Drop for Daemon {
         self.kill9();
     }
 }
-
