@@ -9,6 +9,7 @@ pub mod collector;
 pub mod config;
 pub mod host;
 pub mod hypervisor;
+pub mod metrics;
 pub mod model;
 pub mod planner;
 pub mod reconciler;

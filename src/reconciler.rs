@@ -66,6 +66,8 @@ pub struct TickReport {
     pub transitions: usize,
     pub failures: usize,
     pub drifts: usize,
+    /// Microseconds each applied transition took (all its libvirt calls).
+    pub apply_micros: Vec<u64>,
 }
 
 /// Errors that stop a tick (the next tick tries again).
@@ -89,6 +91,23 @@ pub struct Reconciler<H: Hypervisor + ?Sized, S: StateStore> {
     verify_interval_ms: Millis,
     stale: bool,
     last_list: Millis,
+    /// Events recorded since the last [`Reconciler::take_events`].
+    recent: Vec<Event>,
+}
+
+/// Why a manual activation or revert was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ManualError {
+    #[error("domain '{0}' not found")]
+    NoDomain(String),
+    #[error("persona '{0}' not found")]
+    NoPersona(String),
+    #[error("domain '{domain}' is not running")]
+    NotRunning { domain: String },
+    #[error("persona '{persona}' does not match domain '{domain}': {why}")]
+    NoMatch { persona: String, domain: String, why: String },
+    #[error(transparent)]
+    Tick(#[from] TickError),
 }
 
 impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
@@ -104,6 +123,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             verify_interval_ms: verify_interval.as_millis().min(i64::MAX as u128) as Millis,
             stale: true,
             last_list: 0,
+            recent: Vec::new(),
         }
     }
 
@@ -116,6 +136,90 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             e.candidates = candidates(&personas, &e.info);
         }
         self.personas = personas;
+    }
+
+    /// Records an event durably and keeps it for [`Reconciler::take_events`].
+    fn record(&mut self, e: Event) -> Result<(), TickError> {
+        self.store.append_event(&e)?;
+        if self.recent.len() < 10_000 {
+            self.recent.push(e);
+        }
+        Ok(())
+    }
+
+    /// Events recorded since the last call (for the event stream and metrics).
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.recent)
+    }
+
+    fn uuid_of(&self, key: &str) -> Option<String> {
+        self.domains
+            .iter()
+            .find(|(u, e)| e.info.name == key || *u == key || e.info.id.map(|i| i.to_string()).as_deref() == Some(key))
+            .map(|(u, _)| u.clone())
+    }
+
+    /// Manual activation: `persona` beats all criteria on the domain until
+    /// `until` (or a revert). Applied at once.
+    pub fn activate(&mut self, key: &str, persona: &str, until: Option<Millis>, now: Millis) -> Result<(), ManualError> {
+        let uuid = self.uuid_of(key).ok_or_else(|| ManualError::NoDomain(key.to_string()))?;
+        let p = self.personas.iter().find(|p| p.id == persona).cloned().ok_or_else(|| ManualError::NoPersona(persona.to_string()))?;
+        let entry = self.domains.get_mut(&uuid).expect("found above");
+        if !entry.info.state.is_active() {
+            return Err(ManualError::NotRunning { domain: entry.info.name.clone() });
+        }
+        if !p.matches(&entry.info) {
+            let mut why = Vec::new();
+            if !p.matcher.names.is_empty() {
+                why.push(format!("its [match] names {:?} do not fit the name", p.matcher.names));
+            }
+            let missing: Vec<&String> = p.matcher.tags.iter().filter(|t| !entry.info.tags.contains(t)).collect();
+            if !missing.is_empty() {
+                why.push(format!("the domain lacks the tags {missing:?}"));
+            }
+            return Err(ManualError::NoMatch { persona: persona.to_string(), domain: entry.info.name.clone(), why: why.join("; ") });
+        }
+        let o = Override { persona: persona.to_string(), until };
+        entry.rules.override_ = Some(o.clone());
+        entry.retry_at = None;
+        self.store.set_override(&uuid, Some(&o)).map_err(TickError::from)?;
+        let mut report = TickReport::default();
+        self.reconcile_domain(&uuid, now, &mut report)?;
+        Ok(())
+    }
+
+    /// Ends a manual activation; the criteria decide again, at once.
+    pub fn revert(&mut self, key: &str, now: Millis) -> Result<(), ManualError> {
+        let uuid = self.uuid_of(key).ok_or_else(|| ManualError::NoDomain(key.to_string()))?;
+        let entry = self.domains.get_mut(&uuid).expect("found above");
+        entry.rules.override_ = None;
+        entry.retry_at = None;
+        let active = entry.info.state.is_active();
+        self.store.set_override(&uuid, None).map_err(TickError::from)?;
+        if active {
+            let mut report = TickReport::default();
+            self.reconcile_domain(&uuid, now, &mut report)?;
+        }
+        Ok(())
+    }
+
+    /// Sets an external signal; one value per (name, domain).
+    pub fn set_signal(&mut self, name: &str, signal: crate::rules::Signal) {
+        let list = self.signals.0.entry(name.to_string()).or_default();
+        list.retain(|s| s.domain != signal.domain);
+        list.push(signal);
+    }
+
+    /// Live signals, expired ones dropped.
+    pub fn live_signals(&mut self, now: Millis) -> Vec<(String, crate::rules::Signal)> {
+        self.signals.0.retain(|_, v| {
+            v.retain(|s| s.expires > now);
+            !v.is_empty()
+        });
+        let mut out: Vec<(String, crate::rules::Signal)> =
+            self.signals.0.iter().flat_map(|(n, v)| v.iter().map(move |s| (n.clone(), s.clone()))).collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.domain.cmp(&b.1.domain)));
+        out
     }
 
     /// Makes the next tick re-read the domain list (a lifecycle event came).
@@ -337,7 +441,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             self.finish(uuid, &from, &to, now, &reason, &changes, persona.as_deref())?;
             if changed {
                 report.transitions += 1;
-                self.store.append_event(&Event {
+                self.record(Event {
                     time: now,
                     domain: name.clone(),
                     from: from.clone(),
@@ -376,6 +480,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         } else {
             ApplyScope::Live
         };
+        let started = std::time::Instant::now();
         let mut done: Vec<&Change> = Vec::new();
         let mut failure: Option<(Change, HypervisorError)> = None;
         for c in &changes {
@@ -424,10 +529,11 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                 error: Some(message.clone()),
             };
             warn!(domain = %name, from = ?from, to = ?to, knob = %bad.knob, error = %err, "transition failed, rolled back");
-            self.store.append_event(&ev)?;
+            self.record(ev)?;
             report.failures += 1;
             return Ok(());
         }
+        report.apply_micros.push(started.elapsed().as_micros() as u64);
         if !changed {
             report.drifts += 1;
         } else {
@@ -449,7 +555,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             error: None,
         };
         info!(domain = %name, from = ?from, to = ?to, reason = %reason, result, changes = changes.len(), "transition");
-        self.store.append_event(&ev)?;
+        self.record(ev)?;
         self.thresholds(uuid, persona.as_deref(), now)?;
         Ok(())
     }
@@ -548,7 +654,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             }
         }
         for (result, reason) in events {
-            self.store.append_event(&Event {
+            self.record(Event {
                 time: now,
                 domain: name.clone(),
                 from: Some(p.id.clone()),
@@ -585,7 +691,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             self.store.clear_baseline(&uuid, &knobs)?;
             let from = self.domains[&uuid].rules.worn.as_ref().map(|w| w.0.clone());
             self.store.set_worn(&uuid, None)?;
-            self.store.append_event(&Event {
+            self.record(Event {
                 time: now,
                 domain: name,
                 from,

@@ -29,6 +29,8 @@ pub struct Signal {
     pub expires: Millis,
     /// `None`: host-wide.
     pub domain: Option<String>,
+    /// Gossiped to every host (SPEC §5, `scope = "cluster"`).
+    pub cluster: bool,
 }
 
 /// Signals by name; a domain-specific one beats a host-wide one.
@@ -585,6 +587,7 @@ mod tests {
                 value: 1500.0,
                 expires: 5000,
                 domain: None,
+                cluster: false,
             }],
         );
         assert_eq!(w.at(1000, &idle).as_deref(), Some("p"));
@@ -596,11 +599,13 @@ mod tests {
                     value: 1500.0,
                     expires: 99_000,
                     domain: None,
+                    cluster: false,
                 },
                 Signal {
                     value: 10.0,
                     expires: 99_000,
                     domain: Some("web-1".into()),
+                    cluster: false,
                 },
             ],
         );

@@ -4,30 +4,50 @@
 use serde::Serialize;
 use serde_json::Value;
 
-/// A request to the daemon.
+/// A request to the daemon: the whole control surface.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
+    Health,
     ListDomains,
     GetDomain { name: String },
-    History { name: String, since: i64 },
     Explain { name: String },
+    History { name: String, since: i64 },
+    /// Manual activation; `for_ms` none = until reverted.
+    Activate { name: String, persona: String, for_ms: Option<i64> },
+    Revert { name: String },
     ListPersonas,
-    Health,
+    GetPersona { id: String },
+    /// Define or replace a persona from TOML text (written as a file).
+    PutPersona { id: String, toml: String },
+    DeletePersona { id: String },
+    ValidatePersona { toml: String },
+    SetSignal { name: String, value: f64, ttl_ms: i64, domain: Option<String>, cluster: bool },
+    ListSignals,
+    Metrics,
+    /// Subscribe to transition and drift events (server-sent events).
+    Subscribe,
 }
 
-/// The daemon's answer: a JSON value, or an error with an HTTP-like status.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// The daemon's answer.
+#[derive(Debug, Clone)]
 pub enum Reply {
     Ok(Value),
+    /// Plain text (Prometheus metrics).
+    Text(String),
+    /// A stream of JSON events, one per message.
+    Stream(crossbeam_channel::Receiver<Value>),
     Err { status: u16, message: String },
 }
 
 impl Reply {
     pub fn not_found(what: impl Into<String>) -> Reply {
-        Reply::Err {
-            status: 404,
-            message: what.into(),
-        }
+        Reply::Err { status: 404, message: what.into() }
+    }
+    pub fn bad(what: impl Into<String>) -> Reply {
+        Reply::Err { status: 400, message: what.into() }
+    }
+    pub fn conflict(what: impl Into<String>) -> Reply {
+        Reply::Err { status: 409, message: what.into() }
     }
 }
 
@@ -35,4 +55,26 @@ impl Reply {
 pub struct Envelope {
     pub command: Command,
     pub reply: crossbeam_channel::Sender<Reply>,
+}
+
+/// Body of `POST /v1/domains/{name}/activate`.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActivateBody {
+    pub persona: String,
+    /// A duration like "15m"; absent = until reverted.
+    #[serde(rename = "for")]
+    pub for_: Option<String>,
+}
+
+/// Body of `PUT /v1/signals/{name}`.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalBody {
+    pub value: f64,
+    /// A duration like "5m" (default 5m).
+    pub ttl: Option<String>,
+    pub domain: Option<String>,
+    /// "host" (default) or "cluster".
+    pub scope: Option<String>,
 }

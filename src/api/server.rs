@@ -1,9 +1,11 @@
-//! HTTP/1.1 + JSON on the unix socket. Parses a request into a [`Command`],
-//! hands it to the loop thread, and writes the [`Reply`] as JSON. Bodies over
-//! 1 MiB, slow clients (read/write timeouts) and unknown routes get JSON errors;
-//! no request can panic the daemon.
+//! HTTP/1.1 + JSON on the unix socket, and optionally on TCP with a bearer
+//! token. Parses a request into a [`Command`], hands it to the loop thread,
+//! and writes the [`Reply`]. Bodies over 1 MiB, slow clients (read/write
+//! timeouts), wrong content types, bad tokens and unknown routes get JSON
+//! errors; no request can panic the daemon or stall its loop.
 
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
@@ -12,16 +14,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
-use serde_json::json;
+use serde_json::{json, Value};
 use tracing::{debug, warn};
 
-use super::command::{Command, Envelope, Reply};
+use super::command::{ActivateBody, Command, Envelope, Reply, SignalBody};
 
 pub const MAX_BODY: usize = 1 << 20;
 const MAX_HEADER: usize = 16 << 10;
-const MAX_CONNECTIONS: usize = 64;
+const MAX_CONNECTIONS: usize = 128;
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -39,8 +42,23 @@ pub struct Request {
     pub method: String,
     pub path: String,
     pub query: Vec<(String, String)>,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
 }
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+    fn content_type(&self) -> String {
+        self.header("content-type")
+            .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+            .unwrap_or_default()
+    }
+}
+
+type HttpError = (u16, String);
 
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
@@ -48,9 +66,7 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) =
-                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or("zz"), 16)
-            {
+            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
                 out.push(v);
                 i += 3;
                 continue;
@@ -63,14 +79,12 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// Reads one request; `Err` carries the status and message to answer with.
-pub fn read_request(r: &mut impl BufRead) -> Result<Request, (u16, String)> {
+pub fn read_request(r: &mut impl BufRead) -> Result<Request, HttpError> {
     let mut head = Vec::new();
     loop {
         let mut line = Vec::new();
-        let n = r
-            .take((MAX_HEADER - head.len().min(MAX_HEADER)) as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .map_err(|e| (400, format!("reading request: {e}")))?;
+        let room = (MAX_HEADER + 1).saturating_sub(head.len()) as u64;
+        let n = r.take(room).read_until(b'\n', &mut line).map_err(|e| (400, format!("reading request: {e}")))?;
         if n == 0 {
             return Err((400, "connection closed before the request ended".into()));
         }
@@ -83,48 +97,37 @@ pub fn read_request(r: &mut impl BufRead) -> Result<Request, (u16, String)> {
             break;
         }
     }
-    let text =
-        String::from_utf8(head).map_err(|_| (400, "request head is not UTF-8".to_string()))?;
+    let text = String::from_utf8(head).map_err(|_| (400, "request head is not UTF-8".to_string()))?;
     let mut lines = text.lines();
     let first = lines.next().unwrap_or_default();
     let mut parts = first.split_whitespace();
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
         return Err((400, format!("malformed request line '{first}'")));
     };
     if !version.starts_with("HTTP/1.") {
         return Err((505, format!("unsupported protocol '{version}'")));
     }
+    let mut headers = Vec::new();
     let mut length = 0usize;
     for l in lines {
         if let Some((k, v)) = l.split_once(':') {
-            if k.trim().eq_ignore_ascii_case("content-length") {
-                length = v
-                    .trim()
-                    .parse()
-                    .map_err(|_| (400, "invalid Content-Length".to_string()))?;
+            let k = k.trim().to_ascii_lowercase();
+            let v = v.trim().to_string();
+            if k == "content-length" {
+                length = v.parse().map_err(|_| (400, "invalid Content-Length".to_string()))?;
             }
-            if k.trim().eq_ignore_ascii_case("transfer-encoding") {
-                return Err((
-                    411,
-                    "chunked bodies are not accepted: send Content-Length".into(),
-                ));
+            if k == "transfer-encoding" {
+                return Err((411, "chunked bodies are not accepted: send Content-Length".into()));
             }
+            headers.push((k, v));
         }
     }
     if length > MAX_BODY {
-        return Err((
-            413,
-            format!("body of {length} bytes is over the limit of {MAX_BODY}"),
-        ));
+        return Err((413, format!("body of {length} bytes is over the limit of {MAX_BODY}")));
     }
     let mut body = vec![0; length];
-    r.read_exact(&mut body)
-        .map_err(|e| (400, format!("reading body: {e}")))?;
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, q),
-        None => (target, ""),
-    };
+    r.read_exact(&mut body).map_err(|e| (400, format!("reading body: {e}")))?;
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let query = query
         .split('&')
         .filter(|kv| !kv.is_empty())
@@ -133,127 +136,254 @@ pub fn read_request(r: &mut impl BufRead) -> Result<Request, (u16, String)> {
             None => (percent_decode(kv), String::new()),
         })
         .collect();
-    Ok(Request {
-        method: method.to_string(),
-        path: percent_decode(path),
-        query,
-        body,
-    })
+    Ok(Request { method: method.to_string(), path: path.to_string(), query, headers, body })
+}
+
+fn json_body<T: for<'de> serde::Deserialize<'de>>(req: &Request) -> Result<T, HttpError> {
+    if req.content_type() != "application/json" {
+        return Err((415, format!("expected Content-Type: application/json, found '{}'", req.content_type())));
+    }
+    serde_json::from_slice(&req.body).map_err(|e| (400, format!("invalid JSON body: {e}")))
+}
+
+/// A persona body: TOML as it is, or JSON turned into TOML.
+fn persona_body(req: &Request) -> Result<String, HttpError> {
+    match req.content_type().as_str() {
+        "application/toml" | "text/toml" | "text/x-toml" | "text/plain" => {
+            String::from_utf8(req.body.clone()).map_err(|_| (400, "the TOML body is not UTF-8".to_string()))
+        }
+        "application/json" => {
+            let v: toml::Value = serde_json::from_slice(&req.body).map_err(|e| (400, format!("invalid JSON body: {e}")))?;
+            if !v.is_table() {
+                return Err((400, "a persona in JSON must be an object".into()));
+            }
+            toml::to_string(&v).map_err(|e| (400, format!("cannot turn the JSON into TOML: {e}")))
+        }
+        other => Err((415, format!("expected Content-Type application/toml or application/json, found '{other}'"))),
+    }
+}
+
+fn duration_ms(what: &str, s: &str) -> Result<i64, HttpError> {
+    let d: crate::units::Duration = s.parse().map_err(|e: crate::units::UnitError| (400, format!("{what}: {}", e.0)))?;
+    if d.as_std().is_zero() {
+        return Err((400, format!("{what}: must be greater than zero")));
+    }
+    i64::try_from(d.as_std().as_millis()).map_err(|_| (400, format!("{what}: too long")))
 }
 
 /// Maps a request to a command, or to the error to answer with.
-pub fn route(req: &Request) -> Result<Command, (u16, String)> {
-    let segs: Vec<&str> = req.path.trim_end_matches('/').split('/').skip(1).collect();
-    let q = |k: &str| {
-        req.query
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.as_str())
-    };
+pub fn route(req: &Request) -> Result<Command, HttpError> {
+    let segs: Vec<String> = req.path.trim_end_matches('/').split('/').skip(1).map(percent_decode).collect();
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let q = |k: &str| req.query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let method = req.method.as_str();
-    let cmd = match (method, segs.as_slice()) {
-        ("GET", ["healthz"]) => Command::Health,
-        ("GET", ["v1", "domains"]) => Command::ListDomains,
-        ("GET", ["v1", "domains", name]) => Command::GetDomain {
-            name: name.to_string(),
+    let not_allowed = || Err((405, format!("method {method} is not allowed on {}", req.path)));
+    let cmd = match segs.as_slice() {
+        ["healthz"] => match method {
+            "GET" => Command::Health,
+            _ => return not_allowed(),
         },
-        ("GET", ["v1", "domains", name, "history"]) => {
-            let since = match q("since") {
-                None | Some("") => 0,
-                Some(s) => super::parse_time(s).ok_or_else(|| {
-                    (
-                        400,
-                        format!("since: '{s}' is not an RFC 3339 time or Unix seconds"),
-                    )
-                })?,
-            };
-            Command::History {
-                name: name.to_string(),
-                since,
+        ["metrics"] => match method {
+            "GET" => Command::Metrics,
+            _ => return not_allowed(),
+        },
+        ["v1", "events"] => match method {
+            "GET" => Command::Subscribe,
+            _ => return not_allowed(),
+        },
+        ["v1", "domains"] => match method {
+            "GET" => Command::ListDomains,
+            _ => return not_allowed(),
+        },
+        ["v1", "domains", name] => match method {
+            "GET" => Command::GetDomain { name: name.to_string() },
+            _ => return not_allowed(),
+        },
+        ["v1", "domains", name, "explain"] => match method {
+            "GET" => Command::Explain { name: name.to_string() },
+            _ => return not_allowed(),
+        },
+        ["v1", "domains", name, "history"] => match method {
+            "GET" => {
+                let since = match q("since") {
+                    None | Some("") => 0,
+                    Some(s) => super::parse_time(s)
+                        .ok_or_else(|| (400, format!("since: '{s}' is not an RFC 3339 time or Unix seconds")))?,
+                };
+                Command::History { name: name.to_string(), since }
             }
-        }
-        ("GET", ["v1", "domains", name, "explain"]) => Command::Explain {
-            name: name.to_string(),
+            _ => return not_allowed(),
         },
-        ("GET", ["v1", "personas"]) => Command::ListPersonas,
-        (
-            _,
-            ["healthz"]
-            | ["v1", "domains"]
-            | ["v1", "domains", _]
-            | ["v1", "domains", _, "history"]
-            | ["v1", "personas"],
-        ) => {
-            return Err((
-                405,
-                format!("method {method} is not allowed on {}", req.path),
-            ))
-        }
-        _ => return Err((404, format!("no route for {} {}", method, req.path))),
+        ["v1", "domains", name, "activate"] => match method {
+            "POST" => {
+                let b: ActivateBody = json_body(req)?;
+                let for_ms = b.for_.as_deref().map(|f| duration_ms("for", f)).transpose()?;
+                Command::Activate { name: name.to_string(), persona: b.persona, for_ms }
+            }
+            _ => return not_allowed(),
+        },
+        ["v1", "domains", name, "revert"] => match method {
+            "POST" => Command::Revert { name: name.to_string() },
+            _ => return not_allowed(),
+        },
+        ["v1", "personas"] => match method {
+            "GET" => Command::ListPersonas,
+            _ => return not_allowed(),
+        },
+        ["v1", "personas", "validate"] => match method {
+            "POST" => Command::ValidatePersona { toml: persona_body(req)? },
+            _ => return not_allowed(),
+        },
+        ["v1", "personas", id] => match method {
+            "GET" => Command::GetPersona { id: id.to_string() },
+            "PUT" => Command::PutPersona { id: id.to_string(), toml: persona_body(req)? },
+            "DELETE" => Command::DeletePersona { id: id.to_string() },
+            _ => return not_allowed(),
+        },
+        ["v1", "signals"] => match method {
+            "GET" => Command::ListSignals,
+            _ => return not_allowed(),
+        },
+        ["v1", "signals", name] => match method {
+            "PUT" => {
+                let b: SignalBody = json_body(req)?;
+                if !crate::model::validate::valid_name(name) {
+                    return Err((400, format!("invalid signal name '{name}': expected characters a-z, 0-9, '.', '_' and '-'")));
+                }
+                if !b.value.is_finite() {
+                    return Err((400, "value: expected a finite number".into()));
+                }
+                let ttl_ms = duration_ms("ttl", b.ttl.as_deref().unwrap_or("5m"))?;
+                let cluster = match b.scope.as_deref() {
+                    None | Some("host") => false,
+                    Some("cluster") => true,
+                    Some(other) => return Err((400, format!("scope: expected \"host\" or \"cluster\", found \"{other}\""))),
+                };
+                Command::SetSignal { name: name.to_string(), value: b.value, ttl_ms, domain: b.domain, cluster }
+            }
+            _ => return not_allowed(),
+        },
+        _ => return Err((404, format!("no route for {method} {}", req.path))),
     };
     Ok(cmd)
 }
 
-fn respond(s: &mut UnixStream, status: u16, body: &serde_json::Value) {
+fn respond(s: &mut impl Write, status: u16, content_type: &str, body: &str) {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
+        401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
         409 => "Conflict",
         411 => "Length Required",
         413 => "Payload Too Large",
+        415 => "Unsupported Media Type",
         431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
         503 => "Service Unavailable",
         505 => "HTTP Version Not Supported",
         _ => "Error",
     };
-    let text = body.to_string();
     let msg = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
-        text.len()
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     );
     let _ = s.write_all(msg.as_bytes());
 }
 
-fn handle(mut stream: UnixStream, tx: &Sender<Envelope>) {
-    let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
-    let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-    let Ok(read_half) = stream.try_clone() else {
-        return;
+fn respond_json(s: &mut impl Write, status: u16, v: &Value) {
+    respond(s, status, "application/json", &v.to_string());
+}
+
+/// Who may call: everyone on the unix socket (its mode guards it), the bearer
+/// of the token on TCP.
+#[derive(Clone)]
+enum Auth {
+    Socket,
+    Token(Arc<String>),
+}
+
+fn authorized(req: &Request, auth: &Auth) -> bool {
+    match auth {
+        Auth::Socket => true,
+        Auth::Token(token) => {
+            let given = req.header("authorization").and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+            // constant time: the comparison does not reveal how much matched
+            given.len() == token.len() && bool::from(subtle::ConstantTimeEq::ct_eq(given.as_bytes(), token.as_bytes()))
+        }
+    }
+}
+
+fn handle<S: Read + Write>(stream: S, tx: &Sender<Envelope>, auth: &Auth) {
+    let mut reader = BufReader::new(stream);
+    let parsed = read_request(&mut reader);
+    let mut stream = reader.into_inner();
+    let req = match parsed {
+        Ok(r) => r,
+        Err((status, message)) => return respond_json(&mut stream, status, &json!({ "error": message })),
     };
-    let mut reader = BufReader::new(read_half);
-    let command = read_request(&mut reader).and_then(|r| route(&r));
-    let (status, body) = match command {
-        Err((status, message)) => (status, json!({ "error": message })),
-        Ok(command) => {
-            let (rtx, rrx) = crossbeam_channel::bounded(1);
-            if tx
-                .send(Envelope {
-                    command,
-                    reply: rtx,
-                })
-                .is_err()
-            {
-                (503, json!({"error": "the daemon is stopping"}))
-            } else {
-                match rrx.recv_timeout(REPLY_TIMEOUT) {
-                    Ok(Reply::Ok(v)) => (200, v),
-                    Ok(Reply::Err { status, message }) => (status, json!({ "error": message })),
-                    Err(_) => (503, json!({"error": "the daemon did not answer in time"})),
+    if !authorized(&req, auth) {
+        return respond_json(&mut stream, 401, &json!({"error": "missing or wrong bearer token"}));
+    }
+    let command = match route(&req) {
+        Ok(c) => c,
+        Err((status, message)) => return respond_json(&mut stream, status, &json!({ "error": message })),
+    };
+    let (rtx, rrx) = crossbeam_channel::bounded(1);
+    if tx.send(Envelope { command, reply: rtx }).is_err() {
+        return respond_json(&mut stream, 503, &json!({"error": "the daemon is stopping"}));
+    }
+    match rrx.recv_timeout(REPLY_TIMEOUT) {
+        Ok(Reply::Ok(v)) => respond_json(&mut stream, 200, &v),
+        Ok(Reply::Text(t)) => respond(&mut stream, 200, "text/plain; version=0.0.4; charset=utf-8", &t),
+        Ok(Reply::Err { status, message }) => respond_json(&mut stream, status, &json!({ "error": message })),
+        Ok(Reply::Stream(rx)) => {
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n";
+            if stream.write_all(head.as_bytes()).and_then(|_| stream.flush()).is_err() {
+                return;
+            }
+            loop {
+                let chunk = match rx.recv_timeout(SSE_KEEPALIVE) {
+                    Ok(v) => format!("event: transition\ndata: {v}\n\n"),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => ": keep-alive\n\n".to_string(),
+                    Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+                };
+                if stream.write_all(chunk.as_bytes()).and_then(|_| stream.flush()).is_err() {
+                    return; // the client went away
                 }
             }
         }
-    };
-    respond(&mut stream, status, &body);
+        Err(_) => respond_json(&mut stream, 503, &json!({"error": "the daemon did not answer in time"})),
+    }
 }
 
-/// Binds the socket (mode 0660) and serves until the process ends.
+fn spawn_conn<S: Read + Write + Send + 'static>(
+    stream: S,
+    tx: &Sender<Envelope>,
+    auth: &Auth,
+    active: &Arc<AtomicUsize>,
+    busy: impl FnOnce(S),
+) {
+    if active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+        return busy(stream);
+    }
+    active.fetch_add(1, Ordering::SeqCst);
+    let (tx, auth, active2) = (tx.clone(), auth.clone(), active.clone());
+    let spawned = std::thread::Builder::new().name("api-conn".into()).spawn(move || {
+        // a panic in one request must not take the daemon down
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(stream, &tx, &auth)));
+        active2.fetch_sub(1, Ordering::SeqCst);
+    });
+    if let Err(e) = spawned {
+        active.fetch_sub(1, Ordering::SeqCst);
+        warn!(error = %e, "cannot start an API connection thread");
+    }
+}
+
+/// Binds the unix socket (mode 0660) and serves until the process ends.
 pub fn serve(path: &Path, tx: Sender<Envelope>) -> Result<(), ServeError> {
-    let bind_err = |source| ServeError::Bind {
-        path: path.display().to_string(),
-        source,
-    };
+    let bind_err = |source| ServeError::Bind { path: path.display().to_string(), source };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(bind_err)?;
     }
@@ -268,26 +398,36 @@ pub fn serve(path: &Path, tx: Sender<Envelope>) -> Result<(), ServeError> {
         .name("api".into())
         .spawn(move || {
             for conn in listener.incoming() {
-                let Ok(mut stream) = conn else { continue };
-                if active.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
-                    respond(&mut stream, 503, &json!({"error": "too many connections"}));
-                    continue;
-                }
-                active.fetch_add(1, Ordering::SeqCst);
-                let tx = tx.clone();
-                let active = active.clone();
-                let spawned =
-                    std::thread::Builder::new()
-                        .name("api-conn".into())
-                        .spawn(move || {
-                            handle(stream, &tx);
-                            active.fetch_sub(1, Ordering::SeqCst);
-                        });
-                if let Err(e) = spawned {
-                    warn!(error = %e, "cannot start an API connection thread");
-                }
+                let Ok(stream) = conn else { continue };
+                let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+                let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+                spawn_conn(stream, &tx, &Auth::Socket, &active, |mut s| {
+                    respond_json(&mut s, 503, &json!({"error": "too many connections"}))
+                });
             }
             debug!("API listener ended");
+        })
+        .map_err(bind_err)?;
+    Ok(())
+}
+
+/// Serves the API on TCP; every request needs `Authorization: Bearer <token>`.
+pub fn serve_tcp(addr: &str, token: String, tx: Sender<Envelope>) -> Result<(), ServeError> {
+    let bind_err = |source| ServeError::Bind { path: addr.to_string(), source };
+    let listener = TcpListener::bind(addr).map_err(bind_err)?;
+    let auth = Auth::Token(Arc::new(token));
+    let active = Arc::new(AtomicUsize::new(0));
+    std::thread::Builder::new()
+        .name("api-tcp".into())
+        .spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(stream) = conn else { continue };
+                let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
+                let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+                spawn_conn(stream, &tx, &auth, &active, |mut s| {
+                    respond_json(&mut s, 503, &json!({"error": "too many connections"}))
+                });
+            }
         })
         .map_err(bind_err)?;
     Ok(())
@@ -297,48 +437,62 @@ pub fn serve(path: &Path, tx: Sender<Envelope>) -> Result<(), ServeError> {
 mod tests {
     use super::*;
 
-    fn req(raw: &str) -> Result<Request, (u16, String)> {
+    fn req(raw: &str) -> Result<Request, HttpError> {
         read_request(&mut BufReader::new(raw.as_bytes()))
     }
 
     #[test]
     fn parses_and_routes() {
-        let r = req("GET /v1/domains/web%2D1/history?since=1700000000 HTTP/1.1\r\nHost: x\r\n\r\n")
-            .unwrap();
+        let r = req("GET /v1/domains/web%2D1/history?since=1700000000 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        assert_eq!(route(&r).unwrap(), Command::History { name: "web-1".into(), since: 1_700_000_000_000 });
+        assert_eq!(route(&req("GET /v1/nothing HTTP/1.1\r\n\r\n").unwrap()).unwrap_err().0, 404);
+        assert_eq!(route(&req("DELETE /v1/domains HTTP/1.1\r\n\r\n").unwrap()).unwrap_err().0, 405);
+        assert_eq!(route(&req("GET /v1/domains/x/history?since=yesterday HTTP/1.1\r\n\r\n").unwrap()).unwrap_err().0, 400);
+        let body = r#"{"persona":"hot","for":"15m"}"#;
+        let raw = format!("POST /v1/domains/a/activate HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
         assert_eq!(
-            route(&r).unwrap(),
-            Command::History {
-                name: "web-1".into(),
-                since: 1_700_000_000_000
-            }
+            route(&req(&raw).unwrap()).unwrap(),
+            Command::Activate { name: "a".into(), persona: "hot".into(), for_ms: Some(900_000) }
         );
-        let r = req("GET /v1/nothing HTTP/1.1\r\n\r\n").unwrap();
-        assert_eq!(route(&r).unwrap_err().0, 404);
-        let r = req("DELETE /v1/domains HTTP/1.1\r\n\r\n").unwrap();
-        assert_eq!(route(&r).unwrap_err().0, 405);
-        let r = req("GET /v1/domains/x/history?since=yesterday HTTP/1.1\r\n\r\n").unwrap();
-        assert_eq!(route(&r).unwrap_err().0, 400);
+        let raw = format!("POST /v1/domains/a/activate HTTP/1.1\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        assert_eq!(route(&req(&raw).unwrap()).unwrap_err().0, 415);
+        let raw = "POST /v1/domains/a/activate HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 3\r\n\r\n{x}";
+        assert_eq!(route(&req(raw).unwrap()).unwrap_err().0, 400);
+        let sig = r#"{"value": 5, "ttl": "1m", "scope": "planet"}"#;
+        let raw = format!("PUT /v1/signals/lb.rps HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{sig}", sig.len());
+        assert!(route(&req(&raw).unwrap()).unwrap_err().1.contains("scope"));
+        let p = r#"{"id": "x", "priority": 3}"#;
+        let raw = format!("PUT /v1/personas/x HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{p}", p.len());
+        match route(&req(&raw).unwrap()).unwrap() {
+            Command::PutPersona { id, toml } => {
+                assert_eq!(id, "x");
+                assert!(toml.contains("priority = 3"), "{toml}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
     fn rejects_bad_requests() {
         assert_eq!(req("garbage\r\n\r\n").unwrap_err().0, 400);
         assert_eq!(req("GET / SPDY/9\r\n\r\n").unwrap_err().0, 505);
-        assert_eq!(
-            req("POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n")
-                .unwrap_err()
-                .0,
-            413
-        );
-        assert_eq!(
-            req("POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n")
-                .unwrap_err()
-                .0,
-            400
-        );
+        assert_eq!(req("POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n").unwrap_err().0, 413);
+        assert_eq!(req("POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n").unwrap_err().0, 400);
         assert_eq!(req("GET / HTTP/1.1\r\n").unwrap_err().0, 400);
         let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000));
         assert_eq!(req(&huge).unwrap_err().0, 431);
         assert_eq!(percent_decode("a%zz%"), "a%zz%");
+        assert_eq!(percent_decode("%e2%82"), "\u{fffd}");
+    }
+
+    #[test]
+    fn bearer_tokens_compare_whole() {
+        let auth = Auth::Token(Arc::new("s3cret".into()));
+        let with = |h: &str| req(&format!("GET / HTTP/1.1\r\n{h}\r\n\r\n")).unwrap();
+        assert!(authorized(&with("Authorization: Bearer s3cret"), &auth));
+        assert!(!authorized(&with("Authorization: Bearer s3cre"), &auth));
+        assert!(!authorized(&with("Authorization: Bearer s3cret2"), &auth));
+        assert!(!authorized(&with("X: y"), &auth));
+        assert!(authorized(&with("X: y"), &Auth::Socket));
     }
 }

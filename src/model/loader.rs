@@ -32,10 +32,12 @@ pub struct FileState {
     pub path: PathBuf,
     /// The persona in force from this file: the current version, or the last good one.
     pub persona: Option<Arc<Persona>>,
+    /// The text of the version in force.
+    pub text: Option<Arc<str>>,
     /// The file's current errors (empty when it loaded).
     pub errors: Vec<FileError>,
     /// The current version, when it parsed and validated.
-    parsed: Option<Arc<Persona>>,
+    parsed: Option<(Arc<Persona>, Arc<str>)>,
     parse_errors: Vec<FileError>,
     /// Content last parsed, to skip unchanged files.
     content: Option<Vec<u8>>,
@@ -123,6 +125,7 @@ impl Catalog {
             let st = self.files.entry(path.clone()).or_insert_with(|| FileState {
                 path: path.clone(),
                 persona: None,
+                text: None,
                 errors: Vec::new(),
                 parsed: None,
                 parse_errors: Vec::new(),
@@ -145,10 +148,11 @@ impl Catalog {
                     )),
                 }]),
             };
+            let text: Arc<str> = String::from_utf8_lossy(&content).into();
             st.content = Some(content);
             match parsed {
                 Ok(p) => {
-                    st.parsed = Some(Arc::new(p));
+                    st.parsed = Some((Arc::new(p), text));
                     st.parse_errors.clear();
                 }
                 Err(errs) => {
@@ -193,9 +197,9 @@ impl Catalog {
         let mut owner: BTreeMap<String, PathBuf> = BTreeMap::new();
         for (path, st) in self.files.iter_mut() {
             st.errors = st.parse_errors.clone();
-            let last_good = st.persona.take();
+            let last_good = st.persona.take().zip(st.text.take());
             let mut in_force = None;
-            if let Some(p) = st.parsed.clone() {
+            if let Some((p, text)) = st.parsed.clone() {
                 match owner.get(&p.id) {
                     Some(first) => {
                         let (line, col) = st
@@ -214,16 +218,16 @@ impl Catalog {
                             },
                         });
                     }
-                    None => in_force = Some(p),
+                    None => in_force = Some((p, text)),
                 }
             }
             if in_force.is_none() {
-                in_force = last_good.filter(|p| !owner.contains_key(&p.id));
+                in_force = last_good.filter(|(p, _)| !owner.contains_key(&p.id));
             }
-            if let Some(p) = &in_force {
+            if let Some((p, _)) = &in_force {
                 owner.insert(p.id.clone(), path.clone());
             }
-            st.persona = in_force;
+            (st.persona, st.text) = in_force.map(|(p, t)| (Some(p), Some(t))).unwrap_or((None, None));
         }
     }
 
@@ -273,6 +277,11 @@ impl Catalog {
                 .then_with(|| a.file.cmp(&b.file))
         });
         out
+    }
+
+    /// The file that holds a persona (in force, or failing with this id in it).
+    pub fn file_of(&self, id: &str) -> Option<&FileState> {
+        self.files.values().find(|f| f.persona.as_ref().is_some_and(|p| p.id == id))
     }
 
     /// The persona in force with this id.

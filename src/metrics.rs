@@ -1,0 +1,147 @@
+//! Prometheus metrics (`GET /metrics`), owned by the daemon and updated from
+//! tick reports and recorded events — no global statics.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::reconciler::{DomainStatus, TickReport};
+use crate::store::Event;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PersonaLabel {
+    persona: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: String,
+}
+
+/// Every metric the daemon exports.
+pub struct Metrics {
+    registry: Registry,
+    domains: Family<PersonaLabel, Gauge>,
+    transitions: Family<ResultLabel, Counter>,
+    apply_seconds: Histogram,
+    tick_seconds: Histogram,
+    libvirt_errors: Counter,
+    persona_errors: Gauge,
+    personas: Gauge,
+    signals: Gauge,
+    libvirt_up: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("virt_persona");
+        let domains = Family::<PersonaLabel, Gauge>::default();
+        registry.register("domains", "Running domains by the persona they wear (\"\" = baseline)", domains.clone());
+        let transitions = Family::<ResultLabel, Counter>::default();
+        registry.register("transitions", "Transitions, drift repairs and threshold events by result", transitions.clone());
+        let apply_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register("apply_seconds", "Time to apply one transition (all its libvirt calls)", apply_seconds.clone());
+        let tick_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        registry.register("tick_seconds", "Duration of one control-loop tick", tick_seconds.clone());
+        let libvirt_errors = Counter::default();
+        registry.register("libvirt_errors", "Ticks that failed on a libvirt error", libvirt_errors.clone());
+        let persona_errors = Gauge::default();
+        registry.register("persona_load_errors", "Errors in persona files right now", persona_errors.clone());
+        let personas = Gauge::default();
+        registry.register("personas", "Personas in force", personas.clone());
+        let signals = Gauge::default();
+        registry.register("signals", "Live external signals", signals.clone());
+        let libvirt_up = Gauge::default();
+        registry.register("libvirt_connected", "1 while the libvirt connection is up", libvirt_up.clone());
+        Metrics {
+            registry,
+            domains,
+            transitions,
+            apply_seconds,
+            tick_seconds,
+            libvirt_errors,
+            persona_errors,
+            personas,
+            signals,
+            libvirt_up,
+        }
+    }
+
+    pub fn tick(&self, seconds: f64, report: Option<&TickReport>) {
+        self.tick_seconds.observe(seconds);
+        match report {
+            Some(r) => {
+                for us in &r.apply_micros {
+                    self.apply_seconds.observe(*us as f64 / 1e6);
+                }
+            }
+            None => {
+                self.libvirt_errors.inc();
+            }
+        }
+    }
+
+    pub fn events(&self, events: &[Event]) {
+        for e in events {
+            self.transitions.get_or_create(&ResultLabel { result: e.result.clone() }).inc();
+        }
+    }
+
+    pub fn state(&self, domains: &[DomainStatus], personas: usize, persona_errors: usize, signals: usize, libvirt_up: bool) {
+        self.domains.clear();
+        for d in domains.iter().filter(|d| d.state != "shut off") {
+            let persona = d.persona.clone().unwrap_or_default();
+            self.domains.get_or_create(&PersonaLabel { persona }).inc();
+        }
+        self.personas.set(personas as i64);
+        self.persona_errors.set(persona_errors as i64);
+        self.signals.set(signals as i64);
+        self.libvirt_up.set(libvirt_up as i64);
+    }
+
+    /// The Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::new();
+        m.tick(0.002, Some(&TickReport { apply_micros: vec![1500], ..Default::default() }));
+        m.tick(0.002, None);
+        m.events(&[Event {
+            time: 0,
+            domain: "a".into(),
+            from: None,
+            to: Some("p".into()),
+            reason: "criteria".into(),
+            result: "ok".into(),
+            changes: vec![],
+            error: None,
+        }]);
+        let t = m.render();
+        assert!(t.contains("virt_persona_transitions_total{result=\"ok\"} 1"), "{t}");
+        assert!(t.contains("virt_persona_libvirt_errors_total 1"), "{t}");
+        assert!(t.contains("virt_persona_apply_seconds_count 1"), "{t}");
+        assert!(t.ends_with("# EOF\n"));
+    }
+}
