@@ -46,23 +46,51 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("virt_persona");
         let domains = Family::<PersonaLabel, Gauge>::default();
-        registry.register("domains", "Running domains by the persona they wear (\"\" = baseline)", domains.clone());
+        registry.register(
+            "domains",
+            "Running domains by the persona they wear (\"\" = baseline)",
+            domains.clone(),
+        );
         let transitions = Family::<ResultLabel, Counter>::default();
-        registry.register("transitions", "Transitions, drift repairs and threshold events by result", transitions.clone());
+        registry.register(
+            "transitions",
+            "Transitions, drift repairs and threshold events by result",
+            transitions.clone(),
+        );
         let apply_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 14));
-        registry.register("apply_seconds", "Time to apply one transition (all its libvirt calls)", apply_seconds.clone());
+        registry.register(
+            "apply_seconds",
+            "Time to apply one transition (all its libvirt calls)",
+            apply_seconds.clone(),
+        );
         let tick_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
-        registry.register("tick_seconds", "Duration of one control-loop tick", tick_seconds.clone());
+        registry.register(
+            "tick_seconds",
+            "Duration of one control-loop tick",
+            tick_seconds.clone(),
+        );
         let libvirt_errors = Counter::default();
-        registry.register("libvirt_errors", "Ticks that failed on a libvirt error", libvirt_errors.clone());
+        registry.register(
+            "libvirt_errors",
+            "Ticks that failed on a libvirt error",
+            libvirt_errors.clone(),
+        );
         let persona_errors = Gauge::default();
-        registry.register("persona_load_errors", "Errors in persona files right now", persona_errors.clone());
+        registry.register(
+            "persona_load_errors",
+            "Errors in persona files right now",
+            persona_errors.clone(),
+        );
         let personas = Gauge::default();
         registry.register("personas", "Personas in force", personas.clone());
         let signals = Gauge::default();
         registry.register("signals", "Live external signals", signals.clone());
         let libvirt_up = Gauge::default();
-        registry.register("libvirt_connected", "1 while the libvirt connection is up", libvirt_up.clone());
+        registry.register(
+            "libvirt_connected",
+            "1 while the libvirt connection is up",
+            libvirt_up.clone(),
+        );
         Metrics {
             registry,
             domains,
@@ -93,11 +121,22 @@ impl Metrics {
 
     pub fn events(&self, events: &[Event]) {
         for e in events {
-            self.transitions.get_or_create(&ResultLabel { result: e.result.clone() }).inc();
+            self.transitions
+                .get_or_create(&ResultLabel {
+                    result: e.result.clone(),
+                })
+                .inc();
         }
     }
 
-    pub fn state(&self, domains: &[DomainStatus], personas: usize, persona_errors: usize, signals: usize, libvirt_up: bool) {
+    pub fn state(
+        &self,
+        domains: &[DomainStatus],
+        personas: usize,
+        persona_errors: usize,
+        signals: usize,
+        libvirt_up: bool,
+    ) {
         self.domains.clear();
         for d in domains.iter().filter(|d| d.state != "shut off") {
             let persona = d.persona.clone().unwrap_or_default();
@@ -126,7 +165,13 @@ mod tests {
     #[test]
     fn renders_prometheus_text() {
         let m = Metrics::new();
-        m.tick(0.002, Some(&TickReport { apply_micros: vec![1500], ..Default::default() }));
+        m.tick(
+            0.002,
+            Some(&TickReport {
+                apply_micros: vec![1500],
+                ..Default::default()
+            }),
+        );
         m.tick(0.002, None);
         m.events(&[Event {
             time: 0,
@@ -139,7 +184,10 @@ mod tests {
             error: None,
         }]);
         let t = m.render();
-        assert!(t.contains("virt_persona_transitions_total{result=\"ok\"} 1"), "{t}");
+        assert!(
+            t.contains("virt_persona_transitions_total{result=\"ok\"} 1"),
+            "{t}"
+        );
         assert!(t.contains("virt_persona_libvirt_errors_total 1"), "{t}");
         assert!(t.contains("virt_persona_apply_seconds_count 1"), "{t}");
         assert!(t.ends_with("# EOF\n"));

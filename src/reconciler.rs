@@ -105,7 +105,11 @@ pub enum ManualError {
     #[error("domain '{domain}' is not running")]
     NotRunning { domain: String },
     #[error("persona '{persona}' does not match domain '{domain}': {why}")]
-    NoMatch { persona: String, domain: String, why: String },
+    NoMatch {
+        persona: String,
+        domain: String,
+        why: String,
+    },
     #[error(transparent)]
     Tick(#[from] TickError),
 }
@@ -155,34 +159,70 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
     fn uuid_of(&self, key: &str) -> Option<String> {
         self.domains
             .iter()
-            .find(|(u, e)| e.info.name == key || *u == key || e.info.id.map(|i| i.to_string()).as_deref() == Some(key))
+            .find(|(u, e)| {
+                e.info.name == key
+                    || *u == key
+                    || e.info.id.map(|i| i.to_string()).as_deref() == Some(key)
+            })
             .map(|(u, _)| u.clone())
     }
 
     /// Manual activation: `persona` beats all criteria on the domain until
     /// `until` (or a revert). Applied at once.
-    pub fn activate(&mut self, key: &str, persona: &str, until: Option<Millis>, now: Millis) -> Result<(), ManualError> {
-        let uuid = self.uuid_of(key).ok_or_else(|| ManualError::NoDomain(key.to_string()))?;
-        let p = self.personas.iter().find(|p| p.id == persona).cloned().ok_or_else(|| ManualError::NoPersona(persona.to_string()))?;
+    pub fn activate(
+        &mut self,
+        key: &str,
+        persona: &str,
+        until: Option<Millis>,
+        now: Millis,
+    ) -> Result<(), ManualError> {
+        let uuid = self
+            .uuid_of(key)
+            .ok_or_else(|| ManualError::NoDomain(key.to_string()))?;
+        let p = self
+            .personas
+            .iter()
+            .find(|p| p.id == persona)
+            .cloned()
+            .ok_or_else(|| ManualError::NoPersona(persona.to_string()))?;
         let entry = self.domains.get_mut(&uuid).expect("found above");
         if !entry.info.state.is_active() {
-            return Err(ManualError::NotRunning { domain: entry.info.name.clone() });
+            return Err(ManualError::NotRunning {
+                domain: entry.info.name.clone(),
+            });
         }
         if !p.matches(&entry.info) {
             let mut why = Vec::new();
             if !p.matcher.names.is_empty() {
-                why.push(format!("its [match] names {:?} do not fit the name", p.matcher.names));
+                why.push(format!(
+                    "its [match] names {:?} do not fit the name",
+                    p.matcher.names
+                ));
             }
-            let missing: Vec<&String> = p.matcher.tags.iter().filter(|t| !entry.info.tags.contains(t)).collect();
+            let missing: Vec<&String> = p
+                .matcher
+                .tags
+                .iter()
+                .filter(|t| !entry.info.tags.contains(t))
+                .collect();
             if !missing.is_empty() {
                 why.push(format!("the domain lacks the tags {missing:?}"));
             }
-            return Err(ManualError::NoMatch { persona: persona.to_string(), domain: entry.info.name.clone(), why: why.join("; ") });
+            return Err(ManualError::NoMatch {
+                persona: persona.to_string(),
+                domain: entry.info.name.clone(),
+                why: why.join("; "),
+            });
         }
-        let o = Override { persona: persona.to_string(), until };
+        let o = Override {
+            persona: persona.to_string(),
+            until,
+        };
         entry.rules.override_ = Some(o.clone());
         entry.retry_at = None;
-        self.store.set_override(&uuid, Some(&o)).map_err(TickError::from)?;
+        self.store
+            .set_override(&uuid, Some(&o))
+            .map_err(TickError::from)?;
         let mut report = TickReport::default();
         self.reconcile_domain(&uuid, now, &mut report)?;
         Ok(())
@@ -190,12 +230,16 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
 
     /// Ends a manual activation; the criteria decide again, at once.
     pub fn revert(&mut self, key: &str, now: Millis) -> Result<(), ManualError> {
-        let uuid = self.uuid_of(key).ok_or_else(|| ManualError::NoDomain(key.to_string()))?;
+        let uuid = self
+            .uuid_of(key)
+            .ok_or_else(|| ManualError::NoDomain(key.to_string()))?;
         let entry = self.domains.get_mut(&uuid).expect("found above");
         entry.rules.override_ = None;
         entry.retry_at = None;
         let active = entry.info.state.is_active();
-        self.store.set_override(&uuid, None).map_err(TickError::from)?;
+        self.store
+            .set_override(&uuid, None)
+            .map_err(TickError::from)?;
         if active {
             let mut report = TickReport::default();
             self.reconcile_domain(&uuid, now, &mut report)?;
@@ -216,8 +260,12 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             v.retain(|s| s.expires > now);
             !v.is_empty()
         });
-        let mut out: Vec<(String, crate::rules::Signal)> =
-            self.signals.0.iter().flat_map(|(n, v)| v.iter().map(move |s| (n.clone(), s.clone()))).collect();
+        let mut out: Vec<(String, crate::rules::Signal)> = self
+            .signals
+            .0
+            .iter()
+            .flat_map(|(n, v)| v.iter().map(move |s| (n.clone(), s.clone())))
+            .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.domain.cmp(&b.1.domain)));
         out
     }
@@ -533,7 +581,9 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             report.failures += 1;
             return Ok(());
         }
-        report.apply_micros.push(started.elapsed().as_micros() as u64);
+        report
+            .apply_micros
+            .push(started.elapsed().as_micros() as u64);
         if !changed {
             report.drifts += 1;
         } else {

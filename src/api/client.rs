@@ -1,6 +1,6 @@
 //! The CLI's side of the API: one request per connection over the unix socket.
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -42,21 +42,49 @@ pub fn seg(s: &str) -> String {
     percent_encode(s)
 }
 
-/// Sends one request and returns the JSON answer.
+fn connect(socket: &Path) -> Result<UnixStream, ClientError> {
+    UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: socket.to_path_buf(),
+        source,
+    })
+}
+
+/// Sends one request with a JSON body (or none) and returns the JSON answer.
 pub fn request(
     socket: &Path,
     method: &str,
     path: &str,
     body: Option<&[u8]>,
 ) -> Result<Value, ClientError> {
-    let mut s = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
-        path: socket.to_path_buf(),
-        source,
-    })?;
+    request_with_type(
+        socket,
+        method,
+        path,
+        body.unwrap_or_default(),
+        "application/json",
+    )
+}
+
+fn error_of(status: u16, payload: &str) -> ClientError {
+    let message = serde_json::from_str::<Value>(payload)
+        .ok()
+        .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_else(|| format!("HTTP status {status}"));
+    ClientError::Api { status, message }
+}
+
+/// Sends one request with a body of the given content type.
+pub fn request_with_type(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    content_type: &str,
+) -> Result<Value, ClientError> {
+    let mut s = connect(socket)?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let body = body.unwrap_or_default();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: virt-personad\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: virt-personad\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes())?;
@@ -77,15 +105,53 @@ pub fn request(
                 head.lines().next().unwrap_or("")
             ))
         })?;
-    let v: Value =
-        serde_json::from_str(payload).map_err(|e| ClientError::Protocol(e.to_string()))?;
     if status >= 400 {
-        let message = v
-            .get("error")
-            .and_then(Value::as_str)
-            .unwrap_or("unknown error")
-            .to_string();
-        return Err(ClientError::Api { status, message });
+        return Err(error_of(status, payload));
     }
-    Ok(v)
+    if head
+        .to_ascii_lowercase()
+        .contains("content-type: text/plain")
+    {
+        return Ok(Value::String(payload.to_string()));
+    }
+    serde_json::from_str(payload).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+/// Follows a server-sent event stream, calling `on_event` with each event's data.
+pub fn stream(
+    socket: &Path,
+    path: &str,
+    mut on_event: impl FnMut(Value),
+) -> Result<(), ClientError> {
+    let mut s = connect(socket)?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: virt-personad\r\nAccept: text/event-stream\r\n\r\n")
+            .as_bytes(),
+    )?;
+    let mut r = std::io::BufReader::new(s);
+    let mut status_line = String::new();
+    r.read_line(&mut status_line)?;
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if status != 200 {
+        let mut rest = String::new();
+        let _ = r.read_to_string(&mut rest);
+        return Err(error_of(
+            status,
+            rest.split_once("\r\n\r\n").map(|x| x.1).unwrap_or(""),
+        ));
+    }
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        if let Some(data) = line.trim_end().strip_prefix("data: ") {
+            on_event(serde_json::from_str(data).map_err(|e| ClientError::Protocol(e.to_string()))?);
+        }
+    }
 }

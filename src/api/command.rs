@@ -9,19 +9,55 @@ use serde_json::Value;
 pub enum Command {
     Health,
     ListDomains,
-    GetDomain { name: String },
-    Explain { name: String },
-    History { name: String, since: i64 },
+    GetDomain {
+        name: String,
+    },
+    Explain {
+        name: String,
+    },
+    History {
+        name: String,
+        since: i64,
+    },
+    /// The domain's current tuning, read through libvirt.
+    Tuning {
+        name: String,
+    },
+    /// Events of every domain since a time (`None`: the last hour).
+    RecentEvents {
+        since: Option<i64>,
+    },
     /// Manual activation; `for_ms` none = until reverted.
-    Activate { name: String, persona: String, for_ms: Option<i64> },
-    Revert { name: String },
+    Activate {
+        name: String,
+        persona: String,
+        for_ms: Option<i64>,
+    },
+    Revert {
+        name: String,
+    },
     ListPersonas,
-    GetPersona { id: String },
+    GetPersona {
+        id: String,
+    },
     /// Define or replace a persona from TOML text (written as a file).
-    PutPersona { id: String, toml: String },
-    DeletePersona { id: String },
-    ValidatePersona { toml: String },
-    SetSignal { name: String, value: f64, ttl_ms: i64, domain: Option<String>, cluster: bool },
+    PutPersona {
+        id: String,
+        toml: String,
+    },
+    DeletePersona {
+        id: String,
+    },
+    ValidatePersona {
+        toml: String,
+    },
+    SetSignal {
+        name: String,
+        value: f64,
+        ttl_ms: i64,
+        domain: Option<String>,
+        cluster: bool,
+    },
     ListSignals,
     Metrics,
     /// Subscribe to transition and drift events (server-sent events).
@@ -36,18 +72,30 @@ pub enum Reply {
     Text(String),
     /// A stream of JSON events, one per message.
     Stream(crossbeam_channel::Receiver<Value>),
-    Err { status: u16, message: String },
+    Err {
+        status: u16,
+        message: String,
+    },
 }
 
 impl Reply {
     pub fn not_found(what: impl Into<String>) -> Reply {
-        Reply::Err { status: 404, message: what.into() }
+        Reply::Err {
+            status: 404,
+            message: what.into(),
+        }
     }
     pub fn bad(what: impl Into<String>) -> Reply {
-        Reply::Err { status: 400, message: what.into() }
+        Reply::Err {
+            status: 400,
+            message: what.into(),
+        }
     }
     pub fn conflict(what: impl Into<String>) -> Reply {
-        Reply::Err { status: 409, message: what.into() }
+        Reply::Err {
+            status: 409,
+            message: what.into(),
+        }
     }
 }
 

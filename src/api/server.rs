@@ -49,11 +49,20 @@ pub struct Request {
 
 impl Request {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
     }
     fn content_type(&self) -> String {
         self.header("content-type")
-            .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            })
             .unwrap_or_default()
     }
 }
@@ -66,7 +75,10 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
                 out.push(v);
                 i += 3;
                 continue;
@@ -84,7 +96,10 @@ pub fn read_request(r: &mut impl BufRead) -> Result<Request, HttpError> {
     loop {
         let mut line = Vec::new();
         let room = (MAX_HEADER + 1).saturating_sub(head.len()) as u64;
-        let n = r.take(room).read_until(b'\n', &mut line).map_err(|e| (400, format!("reading request: {e}")))?;
+        let n = r
+            .take(room)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| (400, format!("reading request: {e}")))?;
         if n == 0 {
             return Err((400, "connection closed before the request ended".into()));
         }
@@ -97,11 +112,13 @@ pub fn read_request(r: &mut impl BufRead) -> Result<Request, HttpError> {
             break;
         }
     }
-    let text = String::from_utf8(head).map_err(|_| (400, "request head is not UTF-8".to_string()))?;
+    let text =
+        String::from_utf8(head).map_err(|_| (400, "request head is not UTF-8".to_string()))?;
     let mut lines = text.lines();
     let first = lines.next().unwrap_or_default();
     let mut parts = first.split_whitespace();
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
         return Err((400, format!("malformed request line '{first}'")));
     };
     if !version.starts_with("HTTP/1.") {
@@ -114,19 +131,28 @@ pub fn read_request(r: &mut impl BufRead) -> Result<Request, HttpError> {
             let k = k.trim().to_ascii_lowercase();
             let v = v.trim().to_string();
             if k == "content-length" {
-                length = v.parse().map_err(|_| (400, "invalid Content-Length".to_string()))?;
+                length = v
+                    .parse()
+                    .map_err(|_| (400, "invalid Content-Length".to_string()))?;
             }
             if k == "transfer-encoding" {
-                return Err((411, "chunked bodies are not accepted: send Content-Length".into()));
+                return Err((
+                    411,
+                    "chunked bodies are not accepted: send Content-Length".into(),
+                ));
             }
             headers.push((k, v));
         }
     }
     if length > MAX_BODY {
-        return Err((413, format!("body of {length} bytes is over the limit of {MAX_BODY}")));
+        return Err((
+            413,
+            format!("body of {length} bytes is over the limit of {MAX_BODY}"),
+        ));
     }
     let mut body = vec![0; length];
-    r.read_exact(&mut body).map_err(|e| (400, format!("reading body: {e}")))?;
+    r.read_exact(&mut body)
+        .map_err(|e| (400, format!("reading body: {e}")))?;
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let query = query
         .split('&')
@@ -136,12 +162,24 @@ pub fn read_request(r: &mut impl BufRead) -> Result<Request, HttpError> {
             None => (percent_decode(kv), String::new()),
         })
         .collect();
-    Ok(Request { method: method.to_string(), path: path.to_string(), query, headers, body })
+    Ok(Request {
+        method: method.to_string(),
+        path: path.to_string(),
+        query,
+        headers,
+        body,
+    })
 }
 
 fn json_body<T: for<'de> serde::Deserialize<'de>>(req: &Request) -> Result<T, HttpError> {
     if req.content_type() != "application/json" {
-        return Err((415, format!("expected Content-Type: application/json, found '{}'", req.content_type())));
+        return Err((
+            415,
+            format!(
+                "expected Content-Type: application/json, found '{}'",
+                req.content_type()
+            ),
+        ));
     }
     serde_json::from_slice(&req.body).map_err(|e| (400, format!("invalid JSON body: {e}")))
 }
@@ -150,21 +188,28 @@ fn json_body<T: for<'de> serde::Deserialize<'de>>(req: &Request) -> Result<T, Ht
 fn persona_body(req: &Request) -> Result<String, HttpError> {
     match req.content_type().as_str() {
         "application/toml" | "text/toml" | "text/x-toml" | "text/plain" => {
-            String::from_utf8(req.body.clone()).map_err(|_| (400, "the TOML body is not UTF-8".to_string()))
+            String::from_utf8(req.body.clone())
+                .map_err(|_| (400, "the TOML body is not UTF-8".to_string()))
         }
         "application/json" => {
-            let v: toml::Value = serde_json::from_slice(&req.body).map_err(|e| (400, format!("invalid JSON body: {e}")))?;
+            let v: toml::Value = serde_json::from_slice(&req.body)
+                .map_err(|e| (400, format!("invalid JSON body: {e}")))?;
             if !v.is_table() {
                 return Err((400, "a persona in JSON must be an object".into()));
             }
             toml::to_string(&v).map_err(|e| (400, format!("cannot turn the JSON into TOML: {e}")))
         }
-        other => Err((415, format!("expected Content-Type application/toml or application/json, found '{other}'"))),
+        other => Err((
+            415,
+            format!("expected Content-Type application/toml or application/json, found '{other}'"),
+        )),
     }
 }
 
 fn duration_ms(what: &str, s: &str) -> Result<i64, HttpError> {
-    let d: crate::units::Duration = s.parse().map_err(|e: crate::units::UnitError| (400, format!("{what}: {}", e.0)))?;
+    let d: crate::units::Duration = s
+        .parse()
+        .map_err(|e: crate::units::UnitError| (400, format!("{what}: {}", e.0)))?;
     if d.as_std().is_zero() {
         return Err((400, format!("{what}: must be greater than zero")));
     }
@@ -173,11 +218,27 @@ fn duration_ms(what: &str, s: &str) -> Result<i64, HttpError> {
 
 /// Maps a request to a command, or to the error to answer with.
 pub fn route(req: &Request) -> Result<Command, HttpError> {
-    let segs: Vec<String> = req.path.trim_end_matches('/').split('/').skip(1).map(percent_decode).collect();
+    let segs: Vec<String> = req
+        .path
+        .trim_end_matches('/')
+        .split('/')
+        .skip(1)
+        .map(percent_decode)
+        .collect();
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
-    let q = |k: &str| req.query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let q = |k: &str| {
+        req.query
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+    };
     let method = req.method.as_str();
-    let not_allowed = || Err((405, format!("method {method} is not allowed on {}", req.path)));
+    let not_allowed = || {
+        Err((
+            405,
+            format!("method {method} is not allowed on {}", req.path),
+        ))
+    };
     let cmd = match segs.as_slice() {
         ["healthz"] => match method {
             "GET" => Command::Health,
@@ -196,34 +257,76 @@ pub fn route(req: &Request) -> Result<Command, HttpError> {
             _ => return not_allowed(),
         },
         ["v1", "domains", name] => match method {
-            "GET" => Command::GetDomain { name: name.to_string() },
+            "GET" => Command::GetDomain {
+                name: name.to_string(),
+            },
+            _ => return not_allowed(),
+        },
+        ["v1", "events", "recent"] => match method {
+            "GET" => {
+                let since = match q("since") {
+                    None | Some("") => None,
+                    Some(s) => Some(super::parse_time(s).ok_or_else(|| {
+                        (
+                            400,
+                            format!("since: '{s}' is not an RFC 3339 time or Unix seconds"),
+                        )
+                    })?),
+                };
+                Command::RecentEvents { since }
+            }
+            _ => return not_allowed(),
+        },
+        ["v1", "domains", name, "tuning"] => match method {
+            "GET" => Command::Tuning {
+                name: name.to_string(),
+            },
             _ => return not_allowed(),
         },
         ["v1", "domains", name, "explain"] => match method {
-            "GET" => Command::Explain { name: name.to_string() },
+            "GET" => Command::Explain {
+                name: name.to_string(),
+            },
             _ => return not_allowed(),
         },
         ["v1", "domains", name, "history"] => match method {
             "GET" => {
                 let since = match q("since") {
                     None | Some("") => 0,
-                    Some(s) => super::parse_time(s)
-                        .ok_or_else(|| (400, format!("since: '{s}' is not an RFC 3339 time or Unix seconds")))?,
+                    Some(s) => super::parse_time(s).ok_or_else(|| {
+                        (
+                            400,
+                            format!("since: '{s}' is not an RFC 3339 time or Unix seconds"),
+                        )
+                    })?,
                 };
-                Command::History { name: name.to_string(), since }
+                Command::History {
+                    name: name.to_string(),
+                    since,
+                }
             }
             _ => return not_allowed(),
         },
         ["v1", "domains", name, "activate"] => match method {
             "POST" => {
                 let b: ActivateBody = json_body(req)?;
-                let for_ms = b.for_.as_deref().map(|f| duration_ms("for", f)).transpose()?;
-                Command::Activate { name: name.to_string(), persona: b.persona, for_ms }
+                let for_ms = b
+                    .for_
+                    .as_deref()
+                    .map(|f| duration_ms("for", f))
+                    .transpose()?;
+                Command::Activate {
+                    name: name.to_string(),
+                    persona: b.persona,
+                    for_ms,
+                }
             }
             _ => return not_allowed(),
         },
         ["v1", "domains", name, "revert"] => match method {
-            "POST" => Command::Revert { name: name.to_string() },
+            "POST" => Command::Revert {
+                name: name.to_string(),
+            },
             _ => return not_allowed(),
         },
         ["v1", "personas"] => match method {
@@ -231,12 +334,17 @@ pub fn route(req: &Request) -> Result<Command, HttpError> {
             _ => return not_allowed(),
         },
         ["v1", "personas", "validate"] => match method {
-            "POST" => Command::ValidatePersona { toml: persona_body(req)? },
+            "POST" => Command::ValidatePersona {
+                toml: persona_body(req)?,
+            },
             _ => return not_allowed(),
         },
         ["v1", "personas", id] => match method {
             "GET" => Command::GetPersona { id: id.to_string() },
-            "PUT" => Command::PutPersona { id: id.to_string(), toml: persona_body(req)? },
+            "PUT" => Command::PutPersona {
+                id: id.to_string(),
+                toml: persona_body(req)?,
+            },
             "DELETE" => Command::DeletePersona { id: id.to_string() },
             _ => return not_allowed(),
         },
@@ -257,9 +365,20 @@ pub fn route(req: &Request) -> Result<Command, HttpError> {
                 let cluster = match b.scope.as_deref() {
                     None | Some("host") => false,
                     Some("cluster") => true,
-                    Some(other) => return Err((400, format!("scope: expected \"host\" or \"cluster\", found \"{other}\""))),
+                    Some(other) => {
+                        return Err((
+                            400,
+                            format!("scope: expected \"host\" or \"cluster\", found \"{other}\""),
+                        ))
+                    }
                 };
-                Command::SetSignal { name: name.to_string(), value: b.value, ttl_ms, domain: b.domain, cluster }
+                Command::SetSignal {
+                    name: name.to_string(),
+                    value: b.value,
+                    ttl_ms,
+                    domain: b.domain,
+                    cluster,
+                }
             }
             _ => return not_allowed(),
         },
@@ -308,9 +427,16 @@ fn authorized(req: &Request, auth: &Auth) -> bool {
     match auth {
         Auth::Socket => true,
         Auth::Token(token) => {
-            let given = req.header("authorization").and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+            let given = req
+                .header("authorization")
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
             // constant time: the comparison does not reveal how much matched
-            given.len() == token.len() && bool::from(subtle::ConstantTimeEq::ct_eq(given.as_bytes(), token.as_bytes()))
+            given.len() == token.len()
+                && bool::from(subtle::ConstantTimeEq::ct_eq(
+                    given.as_bytes(),
+                    token.as_bytes(),
+                ))
         }
     }
 }
@@ -321,40 +447,79 @@ fn handle<S: Read + Write>(stream: S, tx: &Sender<Envelope>, auth: &Auth) {
     let mut stream = reader.into_inner();
     let req = match parsed {
         Ok(r) => r,
-        Err((status, message)) => return respond_json(&mut stream, status, &json!({ "error": message })),
+        Err((status, message)) => {
+            return respond_json(&mut stream, status, &json!({ "error": message }))
+        }
     };
     if !authorized(&req, auth) {
-        return respond_json(&mut stream, 401, &json!({"error": "missing or wrong bearer token"}));
+        return respond_json(
+            &mut stream,
+            401,
+            &json!({"error": "missing or wrong bearer token"}),
+        );
     }
     let command = match route(&req) {
         Ok(c) => c,
-        Err((status, message)) => return respond_json(&mut stream, status, &json!({ "error": message })),
+        Err((status, message)) => {
+            return respond_json(&mut stream, status, &json!({ "error": message }))
+        }
     };
     let (rtx, rrx) = crossbeam_channel::bounded(1);
-    if tx.send(Envelope { command, reply: rtx }).is_err() {
-        return respond_json(&mut stream, 503, &json!({"error": "the daemon is stopping"}));
+    if tx
+        .send(Envelope {
+            command,
+            reply: rtx,
+        })
+        .is_err()
+    {
+        return respond_json(
+            &mut stream,
+            503,
+            &json!({"error": "the daemon is stopping"}),
+        );
     }
     match rrx.recv_timeout(REPLY_TIMEOUT) {
         Ok(Reply::Ok(v)) => respond_json(&mut stream, 200, &v),
-        Ok(Reply::Text(t)) => respond(&mut stream, 200, "text/plain; version=0.0.4; charset=utf-8", &t),
-        Ok(Reply::Err { status, message }) => respond_json(&mut stream, status, &json!({ "error": message })),
+        Ok(Reply::Text(t)) => respond(
+            &mut stream,
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            &t,
+        ),
+        Ok(Reply::Err { status, message }) => {
+            respond_json(&mut stream, status, &json!({ "error": message }))
+        }
         Ok(Reply::Stream(rx)) => {
             let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\nConnection: close\r\n\r\n";
-            if stream.write_all(head.as_bytes()).and_then(|_| stream.flush()).is_err() {
+            if stream
+                .write_all(head.as_bytes())
+                .and_then(|_| stream.flush())
+                .is_err()
+            {
                 return;
             }
             loop {
                 let chunk = match rx.recv_timeout(SSE_KEEPALIVE) {
                     Ok(v) => format!("event: transition\ndata: {v}\n\n"),
-                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => ": keep-alive\n\n".to_string(),
+                    Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                        ": keep-alive\n\n".to_string()
+                    }
                     Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
                 };
-                if stream.write_all(chunk.as_bytes()).and_then(|_| stream.flush()).is_err() {
+                if stream
+                    .write_all(chunk.as_bytes())
+                    .and_then(|_| stream.flush())
+                    .is_err()
+                {
                     return; // the client went away
                 }
             }
         }
-        Err(_) => respond_json(&mut stream, 503, &json!({"error": "the daemon did not answer in time"})),
+        Err(_) => respond_json(
+            &mut stream,
+            503,
+            &json!({"error": "the daemon did not answer in time"}),
+        ),
     }
 }
 
@@ -370,11 +535,15 @@ fn spawn_conn<S: Read + Write + Send + 'static>(
     }
     active.fetch_add(1, Ordering::SeqCst);
     let (tx, auth, active2) = (tx.clone(), auth.clone(), active.clone());
-    let spawned = std::thread::Builder::new().name("api-conn".into()).spawn(move || {
-        // a panic in one request must not take the daemon down
-        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handle(stream, &tx, &auth)));
-        active2.fetch_sub(1, Ordering::SeqCst);
-    });
+    let spawned = std::thread::Builder::new()
+        .name("api-conn".into())
+        .spawn(move || {
+            // a panic in one request must not take the daemon down
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                handle(stream, &tx, &auth)
+            }));
+            active2.fetch_sub(1, Ordering::SeqCst);
+        });
     if let Err(e) = spawned {
         active.fetch_sub(1, Ordering::SeqCst);
         warn!(error = %e, "cannot start an API connection thread");
@@ -383,7 +552,10 @@ fn spawn_conn<S: Read + Write + Send + 'static>(
 
 /// Binds the unix socket (mode 0660) and serves until the process ends.
 pub fn serve(path: &Path, tx: Sender<Envelope>) -> Result<(), ServeError> {
-    let bind_err = |source| ServeError::Bind { path: path.display().to_string(), source };
+    let bind_err = |source| ServeError::Bind {
+        path: path.display().to_string(),
+        source,
+    };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(bind_err)?;
     }
@@ -413,7 +585,10 @@ pub fn serve(path: &Path, tx: Sender<Envelope>) -> Result<(), ServeError> {
 
 /// Serves the API on TCP; every request needs `Authorization: Bearer <token>`.
 pub fn serve_tcp(addr: &str, token: String, tx: Sender<Envelope>) -> Result<(), ServeError> {
-    let bind_err = |source| ServeError::Bind { path: addr.to_string(), source };
+    let bind_err = |source| ServeError::Bind {
+        path: addr.to_string(),
+        source,
+    };
     let listener = TcpListener::bind(addr).map_err(bind_err)?;
     let auth = Auth::Token(Arc::new(token));
     let active = Arc::new(AtomicUsize::new(0));
@@ -443,16 +618,42 @@ mod tests {
 
     #[test]
     fn parses_and_routes() {
-        let r = req("GET /v1/domains/web%2D1/history?since=1700000000 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        assert_eq!(route(&r).unwrap(), Command::History { name: "web-1".into(), since: 1_700_000_000_000 });
-        assert_eq!(route(&req("GET /v1/nothing HTTP/1.1\r\n\r\n").unwrap()).unwrap_err().0, 404);
-        assert_eq!(route(&req("DELETE /v1/domains HTTP/1.1\r\n\r\n").unwrap()).unwrap_err().0, 405);
-        assert_eq!(route(&req("GET /v1/domains/x/history?since=yesterday HTTP/1.1\r\n\r\n").unwrap()).unwrap_err().0, 400);
+        let r = req("GET /v1/domains/web%2D1/history?since=1700000000 HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        assert_eq!(
+            route(&r).unwrap(),
+            Command::History {
+                name: "web-1".into(),
+                since: 1_700_000_000_000
+            }
+        );
+        assert_eq!(
+            route(&req("GET /v1/nothing HTTP/1.1\r\n\r\n").unwrap())
+                .unwrap_err()
+                .0,
+            404
+        );
+        assert_eq!(
+            route(&req("DELETE /v1/domains HTTP/1.1\r\n\r\n").unwrap())
+                .unwrap_err()
+                .0,
+            405
+        );
+        assert_eq!(
+            route(&req("GET /v1/domains/x/history?since=yesterday HTTP/1.1\r\n\r\n").unwrap())
+                .unwrap_err()
+                .0,
+            400
+        );
         let body = r#"{"persona":"hot","for":"15m"}"#;
         let raw = format!("POST /v1/domains/a/activate HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
         assert_eq!(
             route(&req(&raw).unwrap()).unwrap(),
-            Command::Activate { name: "a".into(), persona: "hot".into(), for_ms: Some(900_000) }
+            Command::Activate {
+                name: "a".into(),
+                persona: "hot".into(),
+                for_ms: Some(900_000)
+            }
         );
         let raw = format!("POST /v1/domains/a/activate HTTP/1.1\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len());
         assert_eq!(route(&req(&raw).unwrap()).unwrap_err().0, 415);
@@ -476,8 +677,18 @@ mod tests {
     fn rejects_bad_requests() {
         assert_eq!(req("garbage\r\n\r\n").unwrap_err().0, 400);
         assert_eq!(req("GET / SPDY/9\r\n\r\n").unwrap_err().0, 505);
-        assert_eq!(req("POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n").unwrap_err().0, 413);
-        assert_eq!(req("POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n").unwrap_err().0, 400);
+        assert_eq!(
+            req("POST / HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n")
+                .unwrap_err()
+                .0,
+            413
+        );
+        assert_eq!(
+            req("POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n")
+                .unwrap_err()
+                .0,
+            400
+        );
         assert_eq!(req("GET / HTTP/1.1\r\n").unwrap_err().0, 400);
         let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(20_000));
         assert_eq!(req(&huge).unwrap_err().0, 431);

@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 
+use anyhow::Context as _;
 use virt_persona::api::client;
 use virt_persona::hypervisor::libvirt::LibvirtHypervisor;
 use virt_persona::hypervisor::Hypervisor;
@@ -62,6 +62,34 @@ enum Command {
     },
     /// Show the tags of one domain, or of every domain.
     TagList { domain: Option<String> },
+    /// Push an external signal (e.g. a load balancer's request rate).
+    SignalSet {
+        name: String,
+        value: f64,
+        /// How long it stays valid [default: 5m].
+        #[arg(long, value_name = "DUR")]
+        ttl: Option<virt_persona::units::Duration>,
+        /// Only for this domain (else host-wide).
+        #[arg(long, value_name = "DOM")]
+        domain: Option<String>,
+        /// Gossip it to every host of the cluster.
+        #[arg(long)]
+        cluster: bool,
+    },
+    /// Live external signals.
+    SignalList,
+    /// Transitions and drift as they happen.
+    Event {
+        /// Keep printing until interrupted (otherwise: the events of the last hour).
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    #[command(hide = true)]
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    #[command(hide = true)]
+    Man,
     /// Domains with the persona each wears (through the daemon).
     List {
         /// Also show domains that are not running.
@@ -70,6 +98,29 @@ enum Command {
     },
     /// Personas with their priority, load status and file (through the daemon).
     PersonaList,
+    /// The effective persona as TOML (the version in force).
+    PersonaDump { persona: String },
+    /// Define or replace a persona from a file (written into the daemon's personas directory).
+    PersonaDefine {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Remove a persona (its file) through the daemon.
+    PersonaUndefine { persona: String },
+    /// Manually put a persona on a domain, beating all criteria.
+    PersonaApply {
+        domain: String,
+        persona: String,
+        /// Let it expire by itself after this long, e.g. 15m.
+        #[arg(long = "for", value_name = "DUR")]
+        for_: Option<virt_persona::units::Duration>,
+    },
+    /// End a manual activation: the criteria decide again.
+    PersonaRevert { domain: String },
+    /// What a domain wears, why, since when, and its tuned values.
+    PersonaStatus { domain: Option<String> },
+    /// The decision for a domain, condition by condition.
+    PersonaExplain { domain: String },
     /// Transitions of a domain (through the daemon).
     PersonaHistory {
         domain: String,
@@ -99,6 +150,123 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::TagList { domain } => tag_list(&cli, domain.as_deref()),
         Command::List { all } => list(&cli, *all),
         Command::PersonaList => persona_list(&cli),
+        Command::PersonaDump { persona } => persona_dump(&cli, persona),
+        Command::PersonaDefine { file } => persona_define(&cli, file),
+        Command::PersonaUndefine { persona } => {
+            let v = client::request(
+                &cli.socket,
+                "DELETE",
+                &format!("/v1/personas/{}", client::seg(persona)),
+                None,
+            )?;
+            print_or(&cli, &v, || {
+                println!(
+                    "Persona '{persona}' undefined (removed {})",
+                    text(&v["file"])
+                )
+            })
+        }
+        Command::PersonaApply {
+            domain,
+            persona,
+            for_,
+        } => {
+            let mut body = json!({ "persona": persona });
+            if let Some(d) = for_ {
+                body["for"] = json!(d.to_string());
+            }
+            let v = post(
+                &cli,
+                &format!("/v1/domains/{}/activate", client::seg(domain)),
+                &body,
+            )?;
+            print_or(&cli, &v, || {
+                let until = for_
+                    .map(|d| format!(" for {d}"))
+                    .unwrap_or_else(|| " until reverted".into());
+                println!(
+                    "Domain '{}' wears persona '{}'{until}",
+                    text(&v["name"]),
+                    text(&v["persona"])
+                )
+            })
+        }
+        Command::PersonaRevert { domain } => {
+            let v = post(
+                &cli,
+                &format!("/v1/domains/{}/revert", client::seg(domain)),
+                &json!({}),
+            )?;
+            print_or(&cli, &v, || {
+                println!(
+                    "Domain '{}': manual activation ended; now wearing {}",
+                    text(&v["name"]),
+                    text(&v["persona"])
+                )
+            })
+        }
+        Command::PersonaStatus { domain } => persona_status(&cli, domain.as_deref()),
+        Command::PersonaExplain { domain } => persona_explain(&cli, domain),
+        Command::SignalSet {
+            name,
+            value,
+            ttl,
+            domain,
+            cluster,
+        } => {
+            let mut body =
+                json!({ "value": value, "scope": if *cluster { "cluster" } else { "host" } });
+            if let Some(t) = ttl {
+                body["ttl"] = json!(t.to_string());
+            }
+            if let Some(d) = domain {
+                body["domain"] = json!(d);
+            }
+            let path = format!("/v1/signals/{}", client::seg(name));
+            let raw = serde_json::to_vec(&body)?;
+            let v = client::request(&cli.socket, "PUT", &path, Some(&raw))?;
+            print_or(&cli, &v, || {
+                println!("Signal '{name}' = {value} until {}", text(&v["expires"]))
+            })
+        }
+        Command::SignalList => {
+            let v = get(&cli, "/v1/signals")?;
+            print_or(&cli, &v, || {
+                let rows: Vec<Vec<String>> = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|s| {
+                        vec![
+                            text(&s["name"]),
+                            text(&s["value"]),
+                            text(&s["domain"]),
+                            text(&s["scope"]),
+                            text(&s["expires"]),
+                        ]
+                    })
+                    .collect();
+                print!(
+                    "{}",
+                    table(&["Name", "Value", "Domain", "Scope", "Expires"], &rows)
+                );
+            })
+        }
+        Command::Event { follow } => events(&cli, *follow),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "virt-persona",
+                &mut std::io::stdout(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut std::io::stdout())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::PersonaHistory { domain, since } => history(&cli, domain, *since),
     }
 }
@@ -242,6 +410,234 @@ fn text(v: &serde_json::Value) -> String {
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
     }
+}
+
+fn post(cli: &Cli, path: &str, body: &serde_json::Value) -> anyhow::Result<serde_json::Value> {
+    let raw = serde_json::to_vec(body)?;
+    Ok(client::request(&cli.socket, "POST", path, Some(&raw))?)
+}
+
+/// Prints JSON with --json, or runs the human printer.
+fn print_or(cli: &Cli, v: &serde_json::Value, human: impl FnOnce()) -> anyhow::Result<ExitCode> {
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    } else {
+        human();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn persona_dump(cli: &Cli, id: &str) -> anyhow::Result<ExitCode> {
+    let v = get(cli, &format!("/v1/personas/{}", client::seg(id)))?;
+    print_or(cli, &v, || {
+        print!("{}", v["toml"].as_str().unwrap_or_default());
+        if let Some(e) = v["error"].as_str() {
+            eprintln!("note: the file has errors; this is the last good version in force: {e}");
+        }
+    })
+}
+
+fn persona_define(cli: &Cli, file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    // check offline first: errors point into the admin's own file
+    let p = match load_file(file) {
+        Ok(p) => p,
+        Err(errs) => {
+            for e in &errs {
+                eprintln!("{e}");
+            }
+            anyhow::bail!(
+                "{} has {} error(s); nothing was defined",
+                file.display(),
+                errs.len()
+            );
+        }
+    };
+    let body = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let v = client::request_with_type(
+        &cli.socket,
+        "PUT",
+        &format!("/v1/personas/{}", client::seg(&p.id)),
+        &body,
+        "application/toml",
+    )?;
+    print_or(cli, &v, || {
+        println!("Persona '{}' defined in {}", p.id, text(&v["file"]))
+    })
+}
+
+fn persona_status(cli: &Cli, domain: Option<&str>) -> anyhow::Result<ExitCode> {
+    let doms: Vec<serde_json::Value> = match domain {
+        Some(d) => vec![get(cli, &format!("/v1/domains/{}", client::seg(d)))?],
+        None => get(cli, "/v1/domains")?
+            .as_array()
+            .cloned()
+            .unwrap_or_default(),
+    };
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&doms)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (i, d) in doms.iter().enumerate() {
+        if i > 0 {
+            println!();
+        }
+        println!("{:<15} {}", "Domain:", text(&d["name"]));
+        println!("{:<15} {}", "State:", text(&d["state"]));
+        println!(
+            "{:<15} {}",
+            "Persona:",
+            d["persona"].as_str().unwrap_or("(baseline)")
+        );
+        if d["persona"].is_string() {
+            println!("{:<15} {}", "Since:", text(&d["since"]));
+            println!("{:<15} {}", "Reason:", text(&d["reason"]));
+        }
+        if let Some(o) = d["override"].as_object() {
+            let until = o
+                .get("until")
+                .and_then(|u| u.as_i64())
+                .map(virt_persona::api::rfc3339)
+                .unwrap_or_else(|| "reverted".into());
+            println!("{:<15} {} (until {until})", "Manual:", text(&o["persona"]));
+        }
+        if let Some(e) = d["last_error"].as_str() {
+            println!("{:<15} {e}", "Last error:");
+        }
+        if let Ok(t) = get(
+            cli,
+            &format!(
+                "/v1/domains/{}/tuning",
+                client::seg(d["name"].as_str().unwrap_or_default())
+            ),
+        ) {
+            print_tuning(&t);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Tuned values in virsh's units (KiB, µs, KiB/s).
+fn print_tuning(t: &serde_json::Value) {
+    let line = |k: &str, v: String| println!("  {k:<24}{v}");
+    if let Some(pins) = t["vcpu_pin"].as_object() {
+        for (vcpu, set) in pins {
+            line(&format!("vcpupin {vcpu}:"), text(set));
+        }
+    }
+    for (key, label) in [
+        ("emulator_pin", "emulatorpin:"),
+        ("cpu_shares", "cpu_shares:"),
+        ("vcpu_period", "vcpu_period (us):"),
+        ("vcpu_quota", "vcpu_quota (us):"),
+        ("memory_hard_limit", "hard_limit (KiB):"),
+        ("memory_soft_limit", "soft_limit (KiB):"),
+        ("memory_swap_hard_limit", "swap_hard_limit (KiB):"),
+        ("blkio_weight", "blkio weight:"),
+    ] {
+        if !t[key].is_null() {
+            let v = if t[key].as_u64() == Some(virt_persona::model::tuning::MEMORY_UNLIMITED_KIB) {
+                "unlimited".to_string()
+            } else {
+                text(&t[key])
+            };
+            line(label, v);
+        }
+    }
+    if let Some(devs) = t["blkio_devices"].as_object() {
+        for (path, d) in devs {
+            line(&format!("blkio {path}:"), d.to_string());
+        }
+    }
+    if let Some(ifs) = t["interfaces"].as_object() {
+        for (dev, b) in ifs {
+            line(&format!("domiftune {dev}:"), b.to_string());
+        }
+    }
+}
+
+fn persona_explain(cli: &Cli, domain: &str) -> anyhow::Result<ExitCode> {
+    let v = get(cli, &format!("/v1/domains/{}/explain", client::seg(domain)))?;
+    print_or(cli, &v, || {
+        println!(
+            "Domain {}: {} ({})",
+            text(&v["domain"]),
+            v["persona"].as_str().unwrap_or("baseline"),
+            text(&v["reason"])
+        );
+        let cands = v["candidates"].as_array().cloned().unwrap_or_default();
+        if cands.is_empty() {
+            println!("  no persona matches this domain");
+        }
+        for c in cands {
+            let verdict = if c["holds"] == true {
+                format!("holds ({})", text(&c["reason"]))
+            } else {
+                "does not hold".into()
+            };
+            println!(
+                "  {} (priority {}): {verdict}",
+                text(&c["persona"]),
+                text(&c["priority"])
+            );
+            if let Some(s) = c["schedule_ok"].as_bool() {
+                println!(
+                    "    schedule: {}",
+                    if s {
+                        "inside a window"
+                    } else {
+                        "outside every window"
+                    }
+                );
+            }
+            for k in c["conditions"].as_array().into_iter().flatten() {
+                let mark = if k["result"] == true { "yes" } else { "no " };
+                let value = k["value"]
+                    .as_f64()
+                    .map(|x| format!("{x:.2}"))
+                    .unwrap_or_else(|| "-".into());
+                let note = k["note"]
+                    .as_str()
+                    .map(|n| format!("  ({n})"))
+                    .unwrap_or_default();
+                println!("    [{mark}] {}: now {value}{note}", text(&k["condition"]));
+            }
+        }
+    })
+}
+
+fn events(cli: &Cli, follow: bool) -> anyhow::Result<ExitCode> {
+    if !follow {
+        let v = get(cli, "/v1/events/recent")?;
+        return print_or(cli, &v, || {
+            for e in v.as_array().into_iter().flatten() {
+                print_event(e);
+            }
+        });
+    }
+    client::stream(&cli.socket, "/v1/events", |e| {
+        if cli.json {
+            println!("{e}");
+        } else {
+            print_event(&e);
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_event(e: &serde_json::Value) {
+    let mut s = format!(
+        "{} {} {} -> {} ({}): {}",
+        text(&e["time"]),
+        text(&e["domain"]),
+        text(&e["from"]),
+        text(&e["to"]),
+        text(&e["reason"]),
+        text(&e["result"])
+    );
+    if let Some(err) = e["error"].as_str() {
+        s.push_str(&format!(": {err}"));
+    }
+    println!("{s}");
 }
 
 fn list(cli: &Cli, all: bool) -> anyhow::Result<ExitCode> {

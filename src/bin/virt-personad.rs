@@ -17,8 +17,8 @@ use serde_json::json;
 use virt_persona::api::command::{Command, Envelope, Reply};
 use virt_persona::api::{rfc3339, server};
 use virt_persona::hypervisor::{Hypervisor, HypervisorEvent};
-use virt_persona::model::loader::Catalog;
 use virt_persona::metrics::Metrics;
+use virt_persona::model::loader::Catalog;
 use virt_persona::model::validate::parse_persona;
 use virt_persona::reconciler::{DomainStatus, ManualError, Reconciler};
 use virt_persona::rules::Signal;
@@ -152,7 +152,11 @@ fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("reading the API token file {}", path.display()))?
             .trim()
             .to_string();
-        anyhow::ensure!(token.len() >= 16, "the API token in {} is shorter than 16 characters", path.display());
+        anyhow::ensure!(
+            token.len() >= 16,
+            "the API token in {} is shorter than 16 characters",
+            path.display()
+        );
         server::serve_tcp(addr, token, cmd_tx.clone())?;
         info!(%addr, "TCP API listening (bearer token required)");
     }
@@ -186,7 +190,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         r
     };
     let mut last_error: Option<String> = None;
-    let mut log_tick = |r: Result<virt_persona::reconciler::TickReport, virt_persona::reconciler::TickError>| match r {
+    let mut log_tick = |r: Result<
+        virt_persona::reconciler::TickReport,
+        virt_persona::reconciler::TickError,
+    >| match r {
         Ok(_) => {
             if last_error.take().is_some() {
                 info!("control loop running again");
@@ -208,7 +215,12 @@ fn run(args: Args) -> anyhow::Result<()> {
             metrics.events(&recorded);
             for e in &recorded {
                 let v = event_json(e);
-                subscribers.retain(|s| !matches!(s.try_send(v.clone()), Err(crossbeam_channel::TrySendError::Disconnected(_))));
+                subscribers.retain(|s| {
+                    !matches!(
+                        s.try_send(v.clone()),
+                        Err(crossbeam_channel::TrySendError::Disconnected(_))
+                    )
+                });
             }
         }
         select! {
@@ -294,8 +306,13 @@ fn event_json(e: &virt_persona::store::Event) -> serde_json::Value {
 fn manual_error(e: ManualError) -> Reply {
     match e {
         ManualError::NoDomain(_) | ManualError::NoPersona(_) => Reply::not_found(e.to_string()),
-        ManualError::NotRunning { .. } | ManualError::NoMatch { .. } => Reply::conflict(e.to_string()),
-        ManualError::Tick(t) => Reply::Err { status: 500, message: t.to_string() },
+        ManualError::NotRunning { .. } | ManualError::NoMatch { .. } => {
+            Reply::conflict(e.to_string())
+        }
+        ManualError::Tick(t) => Reply::Err {
+            status: 500,
+            message: t.to_string(),
+        },
     }
 }
 
@@ -315,7 +332,10 @@ fn persona_json(catalog: &Catalog, id: &str) -> Option<serde_json::Value> {
 fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(std::path::Path::new("."));
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("persona.toml");
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("persona.toml");
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(text.as_bytes())?;
@@ -325,7 +345,9 @@ fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
 
 fn execute(rec: &mut Rec, catalog: &mut Catalog, hv: &LibvirtHypervisor, cmd: Command) -> Reply {
     let find = |rec: &Rec, key: &str| {
-        rec.statuses().into_iter().find(|s| s.name == key || s.uuid == key || s.id.map(|i| i.to_string()).as_deref() == Some(key))
+        rec.statuses().into_iter().find(|s| {
+            s.name == key || s.uuid == key || s.id.map(|i| i.to_string()).as_deref() == Some(key)
+        })
     };
     match cmd {
         Command::Health => Reply::Ok(json!({
@@ -342,6 +364,20 @@ fn execute(rec: &mut Rec, catalog: &mut Catalog, hv: &LibvirtHypervisor, cmd: Co
         Command::History { name, since } => {
             let domain = find(rec, &name).map(|s| s.name).unwrap_or(name);
             match rec.store().events(Some(&domain), since) {
+                Ok(ev) => Reply::Ok(serde_json::Value::Array(ev.iter().map(event_json).collect())),
+                Err(e) => Reply::Err { status: 500, message: e.to_string() },
+            }
+        }
+        Command::Tuning { name } => match find(rec, &name) {
+            None => Reply::not_found(format!("domain '{name}' not found")),
+            Some(st) => match hv.tuning(&st.name, virt_persona::hypervisor::ReadScope::Current) {
+                Ok(t) => Reply::Ok(serde_json::to_value(t).unwrap_or_default()),
+                Err(e) => Reply::Err { status: 502, message: e.to_string() },
+            },
+        },
+        Command::RecentEvents { since } => {
+            let since = since.unwrap_or_else(|| now_ms() - 3_600_000);
+            match rec.store().events(None, since) {
                 Ok(ev) => Reply::Ok(serde_json::Value::Array(ev.iter().map(event_json).collect())),
                 Err(e) => Reply::Err { status: 500, message: e.to_string() },
             }

@@ -227,7 +227,9 @@ impl Catalog {
             if let Some((p, _)) = &in_force {
                 owner.insert(p.id.clone(), path.clone());
             }
-            (st.persona, st.text) = in_force.map(|(p, t)| (Some(p), Some(t))).unwrap_or((None, None));
+            (st.persona, st.text) = in_force
+                .map(|(p, t)| (Some(p), Some(t)))
+                .unwrap_or((None, None));
         }
     }
 
@@ -281,7 +283,9 @@ impl Catalog {
 
     /// The file that holds a persona (in force, or failing with this id in it).
     pub fn file_of(&self, id: &str) -> Option<&FileState> {
-        self.files.values().find(|f| f.persona.as_ref().is_some_and(|p| p.id == id))
+        self.files
+            .values()
+            .find(|f| f.persona.as_ref().is_some_and(|p| p.id == id))
     }
 
     /// The persona in force with this id.
