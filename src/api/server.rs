@@ -117,7 +117,8 @@ pub fn read_request(r: &mut impl BufRead) -> Result<Request, HttpError> {
     let mut lines = text.lines();
     let first = lines.next().unwrap_or_default();
     let mut parts = first.split_whitespace();
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err((400, format!("malformed request line '{first}'")));
     };

@@ -1,0 +1,572 @@
+//! Every API route and every CLI command against a daemon started on the test
+//! driver, over a real socket — including the requests a clumsy or hostile
+//! client sends.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::Daemon;
+use serde_json::{json, Value};
+
+fn host_uri() -> String {
+    format!(
+        "test://{}/fixtures/test-host.xml",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+fn setup(name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("api-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(d.join("personas")).unwrap();
+    std::fs::write(
+        d.join("personas/web.toml"),
+        "id = \"web-hot\"\npriority = 10\n[match]\ntags = [\"web\"]\n[[activation.when]]\nsignal = \"lb.rps\"\nabove = 1000\n[tuning]\nmemory_soft_limit = \"256 MiB\"\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("personas/db.toml"), "id = \"db-only\"\n[match]\nnames = [\"db-*\"]\n[activation]\nmode = \"any\"\n[[activation.when]]\nsignal = \"never\"\nabove = 1\n[tuning]\nblkio_weight = 900\n").unwrap();
+    d
+}
+
+/// Raw HTTP over the unix socket: (status, body).
+fn raw(sock: &Path, req: &str) -> (u16, String) {
+    let mut s = UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // the daemon may answer (413) and close before a huge body is all written
+    let _ = s.write_all(req.as_bytes());
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        out.split_once("\r\n\r\n")
+            .map(|x| x.1.to_string())
+            .unwrap_or_default(),
+    )
+}
+
+fn call(sock: &Path, method: &str, path: &str, ctype: &str, body: &str) -> (u16, Value) {
+    let (st, b) = raw(
+        sock,
+        &format!(
+            "{method} {path} HTTP/1.1\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    (st, serde_json::from_str(&b).unwrap_or(Value::String(b)))
+}
+
+fn get(sock: &Path, path: &str) -> (u16, Value) {
+    call(sock, "GET", path, "application/json", "")
+}
+
+fn cli(sock: &Path, args: &[&str]) -> (i32, String, String) {
+    let o = Command::new(env!("CARGO_BIN_EXE_virt-persona"))
+        .arg("--socket")
+        .arg(sock)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn wait(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < Duration::from_secs(10), "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn routes_answer_and_refuse_as_documented() {
+    let dir = setup("routes");
+    let d = Daemon::start_args(&dir, &host_uri(), &["--interval", "1s"], &[]);
+    let s = &d.socket;
+
+    let (st, v) = get(s, "/healthz");
+    assert_eq!(
+        (st, v["status"].as_str(), v["libvirt"].as_str()),
+        (200, Some("ok"), Some("connected"))
+    );
+    let (st, v) = get(s, "/v1/domains");
+    assert_eq!(st, 200);
+    assert_eq!(v.as_array().unwrap().len(), 5);
+    for k in ["id", "name", "uuid", "state", "persona", "since"] {
+        assert!(v[0].get(k).is_some(), "{k} in {v}");
+    }
+    assert_eq!(get(s, "/v1/domains/web-1").0, 200);
+    let (st, v) = get(s, "/v1/domains/nope");
+    assert_eq!(
+        (st, v["error"].as_str()),
+        (404, Some("domain 'nope' not found"))
+    );
+    assert_eq!(get(s, "/v1/nothing").0, 404);
+    assert_eq!(
+        call(s, "DELETE", "/v1/domains", "application/json", "").0,
+        405
+    );
+
+    // signals drive a persona on; explain says why
+    let (st, v) = call(
+        s,
+        "PUT",
+        "/v1/signals/lb.rps",
+        "application/json",
+        r#"{"value": 1500, "ttl": "1m"}"#,
+    );
+    assert_eq!(st, 200, "{v}");
+    wait("web-hot on web-1", || {
+        get(s, "/v1/domains/web-1").1["persona"] == "web-hot"
+    });
+    let (_, v) = get(s, "/v1/signals");
+    assert_eq!(v[0]["name"], "lb.rps");
+    assert_eq!(v[0]["scope"], "host");
+    let (st, v) = get(s, "/v1/domains/web-1/explain");
+    assert_eq!(st, 200);
+    assert_eq!(
+        v["candidates"][0]["conditions"][0]["condition"],
+        "signal lb.rps > 1000"
+    );
+    assert_eq!(v["candidates"][0]["conditions"][0]["value"], 1500.0);
+    let (_, h) = get(s, "/v1/domains/web-1/history");
+    assert_eq!(h[0]["to"], "web-hot");
+    for k in [
+        "time", "domain", "from", "to", "reason", "result", "changes",
+    ] {
+        assert!(h[0].get(k).is_some(), "{k}");
+    }
+    assert_eq!(
+        get(s, "/v1/domains/web-1/history?since=2999-01-01T00:00:00Z").1,
+        json!([])
+    );
+    assert_eq!(get(s, "/v1/domains/web-1/history?since=soon").0, 400);
+
+    // manual activation: refused when the persona does not fit, expires by itself
+    let (st, v) = call(
+        s,
+        "POST",
+        "/v1/domains/web-1/activate",
+        "application/json",
+        r#"{"persona": "db-only"}"#,
+    );
+    assert_eq!(st, 409);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("does not match domain 'web-1'"),
+        "{v}"
+    );
+    assert_eq!(
+        call(
+            s,
+            "POST",
+            "/v1/domains/web-1/activate",
+            "application/json",
+            r#"{"persona": "ghost"}"#
+        )
+        .0,
+        404
+    );
+    assert_eq!(
+        call(
+            s,
+            "POST",
+            "/v1/domains/db-1/activate",
+            "application/json",
+            r#"{"persona": "db-only", "for": "2s"}"#
+        )
+        .0,
+        200
+    );
+    assert_eq!(get(s, "/v1/domains/db-1").1["persona"], "db-only");
+    assert_eq!(get(s, "/v1/domains/db-1").1["reason"], "manual");
+    wait("the activation to expire", || {
+        get(s, "/v1/domains/db-1").1["persona"].is_null()
+    });
+    assert_eq!(
+        call(
+            s,
+            "POST",
+            "/v1/domains/db-1/activate",
+            "application/json",
+            r#"{"persona": "db-only"}"#
+        )
+        .0,
+        200
+    );
+    let (st, v) = call(s, "POST", "/v1/domains/db-1/revert", "application/json", "");
+    assert_eq!((st, v["persona"].clone()), (200, Value::Null));
+
+    // clumsy bodies
+    assert_eq!(
+        call(
+            s,
+            "POST",
+            "/v1/domains/db-1/activate",
+            "application/json",
+            "{not json"
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        call(
+            s,
+            "POST",
+            "/v1/domains/db-1/activate",
+            "text/plain",
+            r#"{"persona": "db-only"}"#
+        )
+        .0,
+        415
+    );
+    assert_eq!(
+        call(
+            s,
+            "POST",
+            "/v1/domains/db-1/activate",
+            "application/json",
+            r#"{"persona": "db-only", "x": 1}"#
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        call(
+            s,
+            "PUT",
+            "/v1/signals/BAD NAME",
+            "application/json",
+            r#"{"value": 1}"#
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        call(
+            s,
+            "PUT",
+            "/v1/signals/bad!",
+            "application/json",
+            r#"{"value": 1}"#
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        call(
+            s,
+            "PUT",
+            "/v1/signals/x",
+            "application/json",
+            r#"{"value": "high"}"#
+        )
+        .0,
+        400
+    );
+    let big = "x".repeat(1_100_000);
+    assert_eq!(
+        call(s, "PUT", "/v1/personas/big", "application/toml", &big).0,
+        413
+    );
+    let (st, _) = raw(s, "GARBAGE\r\n\r\n");
+    assert_eq!(st, 400);
+
+    // personas: define (TOML and JSON), read, validate, undefine; written as files
+    let (st, v) = call(
+        s,
+        "PUT",
+        "/v1/personas/calm",
+        "application/toml",
+        "id = \"calm\"\npriority = -5\n[match]\nnames = [\"desk-*\"]\n",
+    );
+    assert_eq!(st, 200, "{v}");
+    assert!(dir.join("personas/calm.toml").exists());
+    let (st, v) = call(
+        s,
+        "PUT",
+        "/v1/personas/calm",
+        "application/json",
+        r#"{"id": "calm", "priority": -6}"#,
+    );
+    assert_eq!((st, v["priority"].as_i64()), (200, Some(-6)), "{v}");
+    assert!(std::fs::read_to_string(dir.join("personas/calm.toml"))
+        .unwrap()
+        .contains("-6"));
+    let (st, v) = call(
+        s,
+        "PUT",
+        "/v1/personas/calm",
+        "application/toml",
+        "id = \"other\"\n",
+    );
+    assert_eq!(st, 400);
+    assert!(v["error"]
+        .as_str()
+        .unwrap()
+        .contains("does not match the route"));
+    let (st, v) = call(
+        s,
+        "PUT",
+        "/v1/personas/calm",
+        "application/toml",
+        "id = \"calm\"\npriority = \"x\"\n",
+    );
+    assert_eq!(st, 400);
+    assert!(v["error"].as_str().unwrap().starts_with("2:12:"), "{v}");
+    let (st, v) = get(s, "/v1/personas/calm");
+    assert_eq!(
+        (st, v["toml"].as_str().map(|t| t.contains("-6"))),
+        (200, Some(true))
+    );
+    let (_, v) = call(
+        s,
+        "POST",
+        "/v1/personas/validate",
+        "application/toml",
+        "id = \"ok\"\n[tuning]\ncpu_shares = 1\n",
+    );
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["errors"][0]["line"], 3);
+    let (_, v) = call(
+        s,
+        "POST",
+        "/v1/personas/validate",
+        "application/toml",
+        "id = \"ok\"\n",
+    );
+    assert_eq!(v["ok"], true);
+    // a file edited by hand shows in the API
+    std::fs::write(dir.join("personas/hand.toml"), "id = \"by-hand\"\n").unwrap();
+    wait("the hand-written file", || {
+        get(s, "/v1/personas/by-hand").0 == 200
+    });
+    let (st, _) = call(s, "DELETE", "/v1/personas/calm", "application/json", "");
+    assert_eq!(st, 200);
+    assert!(!dir.join("personas/calm.toml").exists());
+    assert_eq!(
+        call(s, "DELETE", "/v1/personas/calm", "application/json", "").0,
+        404
+    );
+    let (_, list) = get(s, "/v1/personas");
+    for k in ["id", "name", "priority", "status", "file", "error"] {
+        assert!(list[0].get(k).is_some(), "{k}");
+    }
+
+    // metrics
+    let (st, b) = raw(s, "GET /metrics HTTP/1.1\r\n\r\n");
+    assert_eq!(st, 200);
+    for m in [
+        "virt_persona_domains",
+        "virt_persona_transitions_total",
+        "virt_persona_tick_seconds",
+        "virt_persona_signals",
+        "virt_persona_persona_load_errors",
+        "virt_persona_apply_seconds",
+    ] {
+        assert!(b.contains(m), "{m} in metrics");
+    }
+}
+
+#[test]
+fn a_silent_client_does_not_stall_others_and_the_event_stream_follows() {
+    let dir = setup("stream");
+    let d = Daemon::start_args(&dir, &host_uri(), &["--interval", "1s"], &[]);
+    let s = d.socket.clone();
+    // a client that connects and never sends anything
+    let _silent: Vec<UnixStream> = (0..5).map(|_| UnixStream::connect(&s).unwrap()).collect();
+    let t = Instant::now();
+    assert_eq!(get(&s, "/v1/domains").0, 200);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "others are served at once"
+    );
+
+    // events as they happen
+    let s2 = s.clone();
+    let follower = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let _ = virt_persona::api::client::stream(&s2, "/v1/events", |e| got.push(e));
+        got
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    call(
+        &s,
+        "PUT",
+        "/v1/signals/lb.rps",
+        "application/json",
+        r#"{"value": 5000, "domain": "web-2"}"#,
+    );
+    wait("web-2 on", || {
+        get(&s, "/v1/domains/web-2").1["persona"] == "web-hot"
+    });
+    drop(d); // the stream ends with the daemon
+    let got = follower.join().unwrap();
+    assert!(
+        got.iter()
+            .any(|e| e["domain"] == "web-2" && e["to"] == "web-hot"),
+        "{got:?}"
+    );
+    assert!(
+        !got.iter().any(|e| e["domain"] == "web-1"),
+        "a domain-scoped signal only moves its domain"
+    );
+}
+
+#[test]
+fn tcp_needs_the_bearer_token() {
+    let dir = setup("tcp");
+    let token = "0123456789abcdef0123456789abcdef";
+    std::fs::write(dir.join("token"), format!("{token}\n")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let tf = dir.join("token");
+    let _d = Daemon::start_args(
+        &dir,
+        &host_uri(),
+        &[
+            "--interval",
+            "1s",
+            "--api-listen",
+            &addr,
+            "--api-token-file",
+            tf.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let send = |auth: Option<&str>| {
+        let mut c = std::net::TcpStream::connect(&addr).unwrap();
+        let h = auth
+            .map(|a| format!("Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        c.write_all(format!("GET /v1/domains HTTP/1.1\r\n{h}\r\n").as_bytes())
+            .unwrap();
+        let mut out = String::new();
+        let _ = c.read_to_string(&mut out);
+        out.split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse::<u16>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(send(None), 401);
+    assert_eq!(send(Some("Bearer wrong")), 401);
+    assert_eq!(send(Some(&format!("Bearer {token}x"))), 401);
+    assert_eq!(send(Some(&format!("Bearer {token}"))), 200);
+}
+
+#[test]
+fn every_cli_command_through_the_daemon() {
+    let dir = setup("cli");
+    let d = Daemon::start_args(&dir, &host_uri(), &["--interval", "1s"], &[]);
+    let sock = d.socket.clone();
+    let s = &sock;
+    let (rc, out, _) = cli(s, &["list"]);
+    assert_eq!(rc, 0);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0].split_whitespace().collect::<Vec<_>>(),
+        ["Id", "Name", "State", "Persona", "Since"]
+    );
+    assert!(lines[1].chars().all(|c| c == '-'));
+    assert_eq!(lines.len(), 2 + 4, "running domains only: {out}");
+    assert_eq!(cli(s, &["list", "--all"]).1.lines().count(), 2 + 5);
+    let (_, out, _) = cli(s, &["--json", "list"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert!(v[0]["persona"].is_null());
+
+    assert_eq!(
+        cli(s, &["signal-set", "lb.rps", "2000", "--ttl", "1m"]).0,
+        0
+    );
+    assert!(cli(s, &["signal-list"]).1.contains("lb.rps"));
+    wait("persona", || {
+        cli(s, &["--json", "persona-status", "web-1"])
+            .1
+            .contains("\"web-hot\"")
+    });
+    let (_, out, _) = cli(s, &["persona-status", "web-1"]);
+    assert!(
+        out.contains("Persona:        web-hot") && out.contains("soft_limit (KiB):       262144"),
+        "{out}"
+    );
+    let (_, out, _) = cli(s, &["persona-explain", "web-1"]);
+    assert!(
+        out.contains("[yes] signal lb.rps > 1000: now 2000.00"),
+        "{out}"
+    );
+    let (_, out, _) = cli(s, &["persona-history", "web-1", "--since", "1h"]);
+    assert!(out.contains("web-hot"), "{out}");
+    let (_, out, _) = cli(s, &["--json", "persona-history", "web-1"]);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()[0]["to"],
+        "web-hot"
+    );
+
+    let (rc, _, err) = cli(s, &["persona-apply", "web-1", "db-only"]);
+    assert_eq!(rc, 1);
+    assert!(
+        err.starts_with("error: persona 'db-only' does not match domain 'web-1'"),
+        "{err}"
+    );
+    assert_eq!(
+        cli(s, &["persona-apply", "db-1", "db-only", "--for", "10m"]).0,
+        0
+    );
+    assert_eq!(cli(s, &["persona-revert", "db-1"]).0, 0);
+
+    let f = dir.join("new.toml");
+    std::fs::write(&f, "id = \"fresh\"\n[match]\nnames = [\"desk-*\"]\n").unwrap();
+    assert_eq!(cli(s, &["persona-define", f.to_str().unwrap()]).0, 0);
+    assert!(cli(s, &["persona-list"]).1.contains("fresh"));
+    let (_, out, _) = cli(s, &["persona-dump", "fresh"]);
+    assert!(out.starts_with("id = \"fresh\""));
+    std::fs::write(&f, "id = \"fresh\"\npriority = []\n").unwrap();
+    let (rc, _, err) = cli(s, &["persona-define", f.to_str().unwrap()]);
+    assert_eq!(rc, 1);
+    assert!(
+        err.contains("new.toml:2:12"),
+        "errors point into the admin's file: {err}"
+    );
+    assert_eq!(cli(s, &["persona-undefine", "fresh"]).0, 0);
+    assert_eq!(
+        cli(s, &["persona-undefine", "fresh"]).2.trim(),
+        "error: persona 'fresh' not found"
+    );
+    assert!(cli(s, &["event"]).1.contains("web-hot"));
+    let (_, out, _) = cli(s, &["--json", "persona-list"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert!(v.as_array().unwrap().iter().all(|p| p["status"] == "ok"));
+
+    // generated docs
+    assert!(cli(s, &["completions", "bash"]).1.contains("persona-apply"));
+    assert!(cli(s, &["man"]).1.contains(".TH virt-persona"));
+
+    drop(d);
+    let (rc, _, err) = cli(s, &["list"]);
+    assert_eq!(rc, 1);
+    assert!(
+        err.starts_with("error: cannot reach virt-personad at ")
+            && err.contains("is the daemon running?"),
+        "{err}"
+    );
+}
