@@ -416,6 +416,26 @@ fn respond_json(s: &mut impl Write, status: u16, v: &Value) {
     respond(s, status, "application/json", &v.to_string());
 }
 
+/// Answers the loop thread publishes for the busiest read-only routes, so
+/// they are served without a round trip through the loop.
+#[derive(Default)]
+pub struct Shared {
+    /// The body of `GET /v1/domains`.
+    pub domains: std::sync::RwLock<Option<Arc<String>>>,
+}
+
+impl Shared {
+    pub fn publish_domains(&self, body: String) {
+        *self.domains.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(body));
+    }
+    fn domains(&self) -> Option<Arc<String>> {
+        self.domains
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
 /// Who may call: everyone on the unix socket (its mode guards it), the bearer
 /// of the token on TCP.
 #[derive(Clone)]
@@ -442,7 +462,7 @@ fn authorized(req: &Request, auth: &Auth) -> bool {
     }
 }
 
-fn handle<S: Read + Write>(stream: S, tx: &Sender<Envelope>, auth: &Auth) {
+fn handle<S: Read + Write>(stream: S, tx: &Sender<Envelope>, auth: &Auth, shared: &Shared) {
     let mut reader = BufReader::new(stream);
     let parsed = read_request(&mut reader);
     let mut stream = reader.into_inner();
@@ -465,6 +485,11 @@ fn handle<S: Read + Write>(stream: S, tx: &Sender<Envelope>, auth: &Auth) {
             return respond_json(&mut stream, status, &json!({ "error": message }))
         }
     };
+    if command == Command::ListDomains {
+        if let Some(body) = shared.domains() {
+            return respond(&mut stream, 200, "application/json", &body);
+        }
+    }
     let (rtx, rrx) = crossbeam_channel::bounded(1);
     if tx
         .send(Envelope {
@@ -528,6 +553,7 @@ fn spawn_conn<S: Read + Write + Send + 'static>(
     stream: S,
     tx: &Sender<Envelope>,
     auth: &Auth,
+    shared: &Arc<Shared>,
     active: &Arc<AtomicUsize>,
     busy: impl FnOnce(S),
 ) {
@@ -535,13 +561,13 @@ fn spawn_conn<S: Read + Write + Send + 'static>(
         return busy(stream);
     }
     active.fetch_add(1, Ordering::SeqCst);
-    let (tx, auth, active2) = (tx.clone(), auth.clone(), active.clone());
+    let (tx, auth, shared, active2) = (tx.clone(), auth.clone(), shared.clone(), active.clone());
     let spawned = std::thread::Builder::new()
         .name("api-conn".into())
         .spawn(move || {
             // a panic in one request must not take the daemon down
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                handle(stream, &tx, &auth)
+                handle(stream, &tx, &auth, &shared)
             }));
             active2.fetch_sub(1, Ordering::SeqCst);
         });
@@ -552,7 +578,7 @@ fn spawn_conn<S: Read + Write + Send + 'static>(
 }
 
 /// Binds the unix socket (mode 0660) and serves until the process ends.
-pub fn serve(path: &Path, tx: Sender<Envelope>) -> Result<(), ServeError> {
+pub fn serve(path: &Path, tx: Sender<Envelope>, shared: Arc<Shared>) -> Result<(), ServeError> {
     let bind_err = |source| ServeError::Bind {
         path: path.display().to_string(),
         source,
@@ -574,7 +600,7 @@ pub fn serve(path: &Path, tx: Sender<Envelope>) -> Result<(), ServeError> {
                 let Ok(stream) = conn else { continue };
                 let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
                 let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-                spawn_conn(stream, &tx, &Auth::Socket, &active, |mut s| {
+                spawn_conn(stream, &tx, &Auth::Socket, &shared, &active, |mut s| {
                     respond_json(&mut s, 503, &json!({"error": "too many connections"}))
                 });
             }
@@ -585,7 +611,12 @@ pub fn serve(path: &Path, tx: Sender<Envelope>) -> Result<(), ServeError> {
 }
 
 /// Serves the API on TCP; every request needs `Authorization: Bearer <token>`.
-pub fn serve_tcp(addr: &str, token: String, tx: Sender<Envelope>) -> Result<(), ServeError> {
+pub fn serve_tcp(
+    addr: &str,
+    token: String,
+    tx: Sender<Envelope>,
+    shared: Arc<Shared>,
+) -> Result<(), ServeError> {
     let bind_err = |source| ServeError::Bind {
         path: addr.to_string(),
         source,
@@ -600,7 +631,7 @@ pub fn serve_tcp(addr: &str, token: String, tx: Sender<Envelope>) -> Result<(), 
                 let Ok(stream) = conn else { continue };
                 let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
                 let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
-                spawn_conn(stream, &tx, &auth, &active, |mut s| {
+                spawn_conn(stream, &tx, &auth, &shared, &active, |mut s| {
                     respond_json(&mut s, 503, &json!({"error": "too many connections"}))
                 });
             }

@@ -146,6 +146,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     rec.set_personas(catalog.personas());
 
     let (cmd_tx, cmd_rx) = crossbeam_channel::bounded::<Envelope>(256);
+    let shared = Arc::new(server::Shared::default());
     if let Some(addr) = &cfg.api_listen {
         let path = cfg.api_token_file.as_ref().context("api.token_file")?;
         let token = std::fs::read_to_string(path)
@@ -157,10 +158,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             "the API token in {} is shorter than 16 characters",
             path.display()
         );
-        server::serve_tcp(addr, token, cmd_tx.clone())?;
+        server::serve_tcp(addr, token, cmd_tx.clone(), shared.clone())?;
         info!(%addr, "TCP API listening (bearer token required)");
     }
-    server::serve(&cfg.socket, cmd_tx)?;
+    server::serve(&cfg.socket, cmd_tx, shared.clone())?;
     let metrics = Metrics::new();
     let mut subscribers: Vec<crossbeam_channel::Sender<serde_json::Value>> = Vec::new();
     info!(uri = %cfg.connect, node = %cfg.node_name, interval = %cfg.interval, socket = %cfg.socket.display(), "virt-personad started");
@@ -209,6 +210,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     };
     log_tick(run_tick(&mut rec));
     loop {
+        // what GET /v1/domains answers, without asking the loop each time
+        shared.publish_domains(domains_body(&rec));
         // new events go to the metrics and to every event-stream subscriber
         let recorded = rec.take_events();
         if !recorded.is_empty() {
@@ -258,6 +261,8 @@ fn run(args: Args) -> anyhow::Result<()> {
                         }
                         cmd => execute(&mut rec, &mut catalog, &hv, cmd),
                     };
+                    // a client that changed something and lists next sees its change
+                    shared.publish_domains(domains_body(&rec));
                     let _ = env.reply.send(reply);
                 }
             }
@@ -280,6 +285,10 @@ fn run(args: Args) -> anyhow::Result<()> {
             },
         }
     }
+}
+
+fn domains_body(rec: &Rec) -> String {
+    serde_json::Value::Array(rec.statuses().iter().map(status_json).collect()).to_string()
 }
 
 fn status_json(s: &DomainStatus) -> serde_json::Value {
