@@ -109,7 +109,21 @@ fn routes_answer_and_refuse_as_documented() {
     for k in ["id", "name", "uuid", "state", "persona", "since"] {
         assert!(v[0].get(k).is_some(), "{k} in {v}");
     }
-    assert_eq!(get(s, "/v1/domains/web-1").0, 200);
+    let (st, web1) = get(s, "/v1/domains/web-1");
+    assert_eq!(st, 200);
+    // by id and by UUID as virsh resolves them
+    assert_eq!(
+        get(s, &format!("/v1/domains/{}", web1["id"])).1["name"],
+        "web-1"
+    );
+    assert_eq!(
+        get(
+            s,
+            &format!("/v1/domains/{}", web1["uuid"].as_str().unwrap())
+        )
+        .1["name"],
+        "web-1"
+    );
     let (st, v) = get(s, "/v1/domains/nope");
     assert_eq!(
         (st, v["error"].as_str()),
