@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::hypervisor::{DomainStats, StatGroups};
+use crate::hypervisor::{BlockCounters, DomainStats, NetCounters, StatGroups};
 use crate::model::persona::{Metric, Persona, Source};
 
 /// Milliseconds since the Unix epoch.
@@ -239,6 +239,32 @@ fn absolute(v: &mut Values, s: &DomainStats) {
     }
 }
 
+/// Sums four counters' deltas over the devices present in both samples
+/// (matched by name); `None` when no device has a usable delta.
+fn sum_deltas<T>(
+    cur: &[T],
+    prev: &[T],
+    name: impl Fn(&T) -> &String,
+    fields: impl Fn(&T) -> [u64; 4],
+) -> Option<[f64; 4]> {
+    let mut sum = [0.0; 4];
+    let mut any = false;
+    for c in cur {
+        let Some(p) = prev.iter().find(|p| name(p) == name(c)) else {
+            continue;
+        };
+        let (a, b) = (fields(c), fields(p));
+        let d: Option<Vec<f64>> = (0..4).map(|i| delta(a[i], b[i])).collect();
+        if let Some(d) = d {
+            for i in 0..4 {
+                sum[i] += d[i];
+            }
+            any = true;
+        }
+    }
+    any.then_some(sum)
+}
+
 fn domain_values(dt: f64, p: &DomainStats, s: &DomainStats, vcpus: Option<u32>) -> Values {
     let mut v = Values::default();
     absolute(&mut v, s);
@@ -249,24 +275,8 @@ fn domain_values(dt: f64, p: &DomainStats, s: &DomainStats, vcpus: Option<u32>) 
         }
     }
     // per device, matched by name: a disk or NIC that appeared has no rate yet
-    let (mut rr, mut wr, mut rb, mut wb, mut ok_blk) = (0.0, 0.0, 0.0, 0.0, false);
-    for b in &s.block {
-        if let Some(pb) = p.block.iter().find(|x| x.name == b.name) {
-            if let (Some(a), Some(c), Some(d), Some(e)) = (
-                delta(b.rd_reqs, pb.rd_reqs),
-                delta(b.wr_reqs, pb.wr_reqs),
-                delta(b.rd_bytes, pb.rd_bytes),
-                delta(b.wr_bytes, pb.wr_bytes),
-            ) {
-                rr += a;
-                wr += c;
-                rb += d;
-                wb += e;
-                ok_blk = true;
-            }
-        }
-    }
-    if ok_blk {
+    let blk = |b: &BlockCounters| [b.rd_reqs, b.wr_reqs, b.rd_bytes, b.wr_bytes];
+    if let Some([rr, wr, rb, wb]) = sum_deltas(&s.block, &p.block, |b| &b.name, blk) {
         v.set(Metric::DiskReadIops, rr / dt);
         v.set(Metric::DiskWriteIops, wr / dt);
         v.set(Metric::DiskIops, (rr + wr) / dt);
@@ -275,24 +285,8 @@ fn domain_values(dt: f64, p: &DomainStats, s: &DomainStats, vcpus: Option<u32>) 
         v.set(Metric::DiskBps, (rb + wb) / dt);
         v.set(Metric::DiskBytes, rb + wb);
     }
-    let (mut rxb, mut txb, mut rxp, mut txp, mut ok_net) = (0.0, 0.0, 0.0, 0.0, false);
-    for n in &s.net {
-        if let Some(pn) = p.net.iter().find(|x| x.name == n.name) {
-            if let (Some(a), Some(b), Some(c), Some(d)) = (
-                delta(n.rx_bytes, pn.rx_bytes),
-                delta(n.tx_bytes, pn.tx_bytes),
-                delta(n.rx_pkts, pn.rx_pkts),
-                delta(n.tx_pkts, pn.tx_pkts),
-            ) {
-                rxb += a;
-                txb += b;
-                rxp += c;
-                txp += d;
-                ok_net = true;
-            }
-        }
-    }
-    if ok_net {
+    let net = |n: &NetCounters| [n.rx_bytes, n.tx_bytes, n.rx_pkts, n.tx_pkts];
+    if let Some([rxb, txb, rxp, txp]) = sum_deltas(&s.net, &p.net, |n| &n.name, net) {
         v.set(Metric::NetRxBps, rxb / dt);
         v.set(Metric::NetTxBps, txb / dt);
         v.set(Metric::NetBps, (rxb + txb) / dt);

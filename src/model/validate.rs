@@ -571,33 +571,9 @@ fn threshold_value(
             );
             None
         }
-        NumOrStr::Str(s) => match unit {
-            MetricUnit::Bytes => match s.parse::<Size>() {
-                Ok(x) => Some(x.0 as f64),
-                Err(e) => {
-                    cx.err(
-                        v.span().start,
-                        Rule::BadUnit {
-                            key: key.into(),
-                            message: e.0,
-                        },
-                    );
-                    None
-                }
-            },
-            MetricUnit::BytesPerSec => match s.parse::<Rate>() {
-                Ok(x) => Some(x.0 as f64),
-                Err(e) => {
-                    cx.err(
-                        v.span().start,
-                        Rule::BadUnit {
-                            key: key.into(),
-                            message: e.0,
-                        },
-                    );
-                    None
-                }
-            },
+        NumOrStr::Str(_) => match unit {
+            MetricUnit::Bytes => cx.size(key, v, false).map(|x| x as f64),
+            MetricUnit::BytesPerSec => cx.rate(key, v).map(|x| x as f64),
             other => {
                 let (unit, hint) = match (metric, other) {
                     (None, _) => ("a signal", ""),
