@@ -107,6 +107,26 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(60);
 
+    // the floor: libvirt's own C client, idle on the test driver, holds the same
+    // shared libraries (libvirt, libcrypto, gnutls, libxml2, glib, ICU)
+    {
+        let mut virsh = std::process::Command::new("virsh")
+            .args(["-c", "test:///default"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("virsh");
+        std::thread::sleep(Duration::from_secs(1));
+        let pid = virsh.id();
+        println!(
+            "virsh (libvirt's C client) idle on the test driver: RSS {:.1} MiB, private {:.1} MiB",
+            rss_kib(pid) as f64 / 1024.0,
+            uss_kib(pid) as f64 / 1024.0
+        );
+        let _ = virsh.kill();
+        let _ = virsh.wait();
+    }
+
     // memory on the test driver (which lives inside the daemon process)
     for n in [20, 100] {
         let d = dir(&format!("rss{n}"));

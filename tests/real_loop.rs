@@ -369,3 +369,58 @@ fn sigterm_keeps_personas_and_revert_on_exit_restores_them() {
         "--revert-on-exit restores the baseline"
     );
 }
+
+#[test]
+fn drift_behind_the_daemons_back_is_repaired_at_the_verify_interval() {
+    let g = Guest::boot("drift", 1);
+    let dir = test_dir("drift");
+    std::fs::write(
+        dir.join("personas/always.toml"),
+        always_persona(&g.name, 1414),
+    )
+    .unwrap();
+    let d = Daemon::start(&dir); // verify interval 5 s
+    wait_for("the persona", 15, || {
+        d.persona(&g.name).as_deref() == Some("always")
+    });
+    let hv = common::real();
+    let change = virt_persona::model::tuning::Change {
+        knob: virt_persona::model::tuning::Knob::CpuShares,
+        value: virt_persona::model::tuning::KnobValue::Unsigned(100),
+    };
+    hv.apply(&g.name, &change, virt_persona::hypervisor::ApplyScope::Live)
+        .unwrap();
+    let took = wait_for("the drift repair", 15, || {
+        hv.tuning(&g.name, ReadScope::Current).unwrap().cpu_shares == Some(1414)
+    });
+    assert!(
+        took <= Duration::from_secs(7),
+        "found within the 5 s verify interval (+1 tick): {took:?}"
+    );
+    let h = virt_persona::api::client::request(
+        &d.socket,
+        "GET",
+        &format!("/v1/domains/{}/history", g.name),
+        None,
+    )
+    .unwrap();
+    let drift = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["result"] == "drift")
+        .expect("a drift event");
+    assert_eq!(drift["changes"][0]["knob"], "cpu_shares");
+}
+
+#[test]
+fn sighup_reloads_the_personas() {
+    let dir = test_dir("sighup");
+    let mut d = Daemon::start_args(&dir, "test:///default", &["--interval", "1s"], &[]);
+    std::process::Command::new("kill")
+        .args(["-HUP", &d.child.id().to_string()])
+        .status()
+        .unwrap();
+    wait_for("the reload", 10, || d.log().contains("trigger=\"SIGHUP\""));
+    d.kill9();
+}
