@@ -166,6 +166,10 @@ fn run(args: Args) -> anyhow::Result<()> {
     server::serve(&cfg.socket, cmd_tx, shared.clone())?;
     let metrics = Metrics::new();
     let mut subscribers: Vec<crossbeam_channel::Sender<serde_json::Value>> = Vec::new();
+
+    if cfg.gossip_listen.is_some() || !cfg.gossip_seeds.is_empty() {
+        warn!("gossip is not built yet: --gossip-listen and --gossip-seed are ignored; this host runs alone");
+    }
     info!(uri = %cfg.connect, node = %cfg.node_name, interval = %cfg.interval, socket = %cfg.socket.display(), "virt-personad started");
 
     let (sig_tx, sig_rx) = crossbeam_channel::bounded(4);
