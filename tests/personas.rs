@@ -240,6 +240,10 @@ fn a_new_file_that_fails_puts_nothing_in_force() {
     assert!(cat.personas().is_empty());
     let e = &cat.entries()[0];
     assert_eq!((e.status, e.in_force), ("error", false));
+    assert_eq!(
+        e.id, "x",
+        "the declared id is listed even when nothing is in force"
+    );
     // invalid UTF-8 is an error too, not a panic
     std::fs::write(d.path().join("y.toml"), [0x69, 0x64, 0xff, 0xfe]).unwrap();
     cat.reload().unwrap();

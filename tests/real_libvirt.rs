@@ -415,6 +415,10 @@ fn lifecycle_events_arrive_on_the_stream() {
     };
     wait_for(LifecycleKind::Defined);
     wait_for(LifecycleKind::Started);
+    // tags edited through libvirt arrive as an event too, so matching follows at once
+    hv.set_tags(&g.name, &["canary".to_string()]).unwrap();
+    wait_for(LifecycleKind::TagsChanged);
+    assert_eq!(hv.domain(&g.name).unwrap().tags, ["canary"]);
     g.stop();
     wait_for(LifecycleKind::Stopped);
 }

@@ -187,6 +187,8 @@ pub enum LifecycleKind {
     Crashed,
     MigratedIn,
     MigratedOut,
+    /// virt-persona's tags in the domain metadata changed.
+    TagsChanged,
     Other,
 }
 

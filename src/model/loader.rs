@@ -43,6 +43,16 @@ pub struct FileState {
     content: Option<Vec<u8>>,
 }
 
+impl FileState {
+    /// The id a file declares, read leniently: for listing a file that fails
+    /// validation and has no version in force.
+    fn declared_id(&self) -> Option<String> {
+        let text = std::str::from_utf8(self.content.as_deref()?).ok()?;
+        let v: toml::Table = toml::from_str(text).ok()?;
+        v.get("id")?.as_str().map(str::to_string)
+    }
+}
+
 /// What a reload did.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct ReloadReport {
@@ -258,7 +268,11 @@ impl Catalog {
                         .join("; ")
                 });
                 PersonaEntry {
-                    id: f.persona.as_ref().map(|p| p.id.clone()).unwrap_or_default(),
+                    id: f
+                        .persona
+                        .as_ref()
+                        .map(|p| p.id.clone())
+                        .unwrap_or_else(|| f.declared_id().unwrap_or_default()),
                     name: f
                         .persona
                         .as_ref()

@@ -14,7 +14,7 @@ use virt::connect::Connect;
 use virt::sys;
 
 use super::handle_identity;
-use crate::hypervisor::{HypervisorEvent, LifecycleKind};
+use crate::hypervisor::{HypervisorEvent, LifecycleKind, TAGS_NAMESPACE};
 
 /// Everyone listening to hypervisor events.
 #[derive(Default)]
@@ -136,6 +136,65 @@ pub fn register_lifecycle(conn: &Connect, subs: Arc<Subscribers>) -> Option<c_in
     };
     if id < 0 {
         // not registered: libvirt did not take ownership of opaque
+        unsafe { free_subscribers(opaque) };
+        return None;
+    }
+    Some(id)
+}
+
+unsafe extern "C" fn on_metadata(
+    _conn: sys::virConnectPtr,
+    dom: sys::virDomainPtr,
+    _kind: c_int,
+    nsuri: *const std::os::raw::c_char,
+    opaque: *mut c_void,
+) {
+    if opaque.is_null() || dom.is_null() {
+        return;
+    }
+    // only our own tags matter
+    if !nsuri.is_null() && std::ffi::CStr::from_ptr(nsuri).to_bytes() != TAGS_NAMESPACE.as_bytes() {
+        return;
+    }
+    let subs = &*(opaque as *const Subscribers);
+    let (name, uuid) = handle_identity(dom);
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        subs.send(HypervisorEvent::Lifecycle {
+            name,
+            uuid,
+            kind: LifecycleKind::TagsChanged,
+        });
+    }));
+}
+
+/// Subscribes to metadata changes (tags edited with `virt-persona tag-add`, or
+/// by anyone through libvirt); returns the callback id.
+pub fn register_metadata(conn: &Connect, subs: Arc<Subscribers>) -> Option<c_int> {
+    let opaque = Arc::into_raw(subs) as *mut c_void;
+    // SAFETY: the metadata callback has the metadata-change signature; libvirt casts it back.
+    let cb: sys::virConnectDomainEventGenericCallback = unsafe {
+        Some(std::mem::transmute::<
+            unsafe extern "C" fn(
+                sys::virConnectPtr,
+                sys::virDomainPtr,
+                c_int,
+                *const std::os::raw::c_char,
+                *mut c_void,
+            ),
+            unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void),
+        >(on_metadata))
+    };
+    let id = unsafe {
+        sys::virConnectDomainEventRegisterAny(
+            conn.as_ptr(),
+            std::ptr::null_mut(),
+            sys::VIR_DOMAIN_EVENT_ID_METADATA_CHANGE as c_int,
+            cb,
+            opaque,
+            Some(free_subscribers),
+        )
+    };
+    if id < 0 {
         unsafe { free_subscribers(opaque) };
         return None;
     }

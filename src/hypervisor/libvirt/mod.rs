@@ -39,6 +39,7 @@ struct Live {
     conn: Connect,
     closed: Arc<AtomicBool>,
     lifecycle_cb: Option<c_int>,
+    metadata_cb: Option<c_int>,
     /// Size of a host cpumap in CPUs.
     host_cpus: u32,
     /// libvirt's test driver wants AFFECT_CURRENT where QEMU takes AFFECT_LIVE.
@@ -170,7 +171,7 @@ impl LibvirtHypervisor {
     fn drop_live(&self, st: &mut ConnState, reason: &str) {
         if let Some(live) = st.live.take() {
             warn!(uri = %self.uri, reason, "lost the libvirt connection");
-            if let Some(id) = live.lifecycle_cb {
+            for id in [live.lifecycle_cb, live.metadata_cb].into_iter().flatten() {
                 // SAFETY: deregistering a callback we registered on this connection.
                 unsafe { sys::virConnectDomainEventDeregisterAny(live.conn.as_ptr(), id) };
             }
@@ -201,6 +202,7 @@ fn open(uri: &str, subscribers: &Arc<Subscribers>) -> Result<Live> {
     let closed = Arc::new(AtomicBool::new(false));
     events::register_close(&conn, closed.clone(), subscribers.clone());
     let lifecycle_cb = events::register_lifecycle(&conn, subscribers.clone());
+    let metadata_cb = events::register_metadata(&conn, subscribers.clone());
     if lifecycle_cb.is_none() {
         warn!(uri, "cannot subscribe to domain lifecycle events");
     }
@@ -209,6 +211,7 @@ fn open(uri: &str, subscribers: &Arc<Subscribers>) -> Result<Live> {
         conn,
         closed,
         lifecycle_cb,
+        metadata_cb,
         host_cpus,
         test_driver,
     })
