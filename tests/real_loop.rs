@@ -424,3 +424,26 @@ fn sighup_reloads_the_personas() {
     wait_for("the reload", 10, || d.log().contains("trigger=\"SIGHUP\""));
     d.kill9();
 }
+
+#[test]
+fn tagging_a_running_domain_gives_it_the_persona_at_once() {
+    let g = Guest::boot("tagged", 1);
+    let dir = test_dir("tagged");
+    let tag = format!("t{}", std::process::id());
+    std::fs::write(
+        dir.join("personas/tagged.toml"),
+        format!("id = \"tagged\"\n[match]\ntags = [\"{tag}\"]\n[tuning]\ncpu_shares = 1515\n"),
+    )
+    .unwrap();
+    // a one-minute interval: only the metadata-change event can explain a quick switch
+    let d = Daemon::start_args(&dir, common::REAL_URI, &["--interval", "60s"], &[]);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(d.persona(&g.name), None);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_virt-persona"))
+        .args(["-c", common::REAL_URI, "tag-add", &g.name, &tag])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("the tagged persona", 10, || d.persona(&g.name).as_deref() == Some("tagged"));
+    assert_eq!(common::real().tuning(&g.name, ReadScope::Current).unwrap().cpu_shares, Some(1515));
+}
