@@ -3,7 +3,7 @@
 //! (every write is committed with fsync before it returns, so a baseline is on
 //! disk before the change it protects is made); `MemoryStore` for tests.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
@@ -311,18 +311,6 @@ impl StateStore for RedbStore {
         self.put(WORN, uuid, None)?;
         self.put(OVERRIDES, uuid, None)
     }
-}
-
-/// Every recorded baseline, for adoption at start (uuid -> knobs).
-pub fn summary(store: &dyn StateStore, uuids: &[String]) -> Result<BTreeMap<String, Tuning>> {
-    let mut m = BTreeMap::new();
-    for u in uuids {
-        let b = store.baseline(u)?;
-        if b != Tuning::default() {
-            m.insert(u.clone(), b);
-        }
-    }
-    Ok(m)
 }
 
 #[cfg(test)]

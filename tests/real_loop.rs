@@ -443,7 +443,19 @@ fn tagging_a_running_domain_gives_it_the_persona_at_once() {
         .args(["-c", common::REAL_URI, "tag-add", &g.name, &tag])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    wait_for("the tagged persona", 10, || d.persona(&g.name).as_deref() == Some("tagged"));
-    assert_eq!(common::real().tuning(&g.name, ReadScope::Current).unwrap().cpu_shares, Some(1515));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("the tagged persona", 10, || {
+        d.persona(&g.name).as_deref() == Some("tagged")
+    });
+    assert_eq!(
+        common::real()
+            .tuning(&g.name, ReadScope::Current)
+            .unwrap()
+            .cpu_shares,
+        Some(1515)
+    );
 }
