@@ -107,28 +107,23 @@ unsafe extern "C" fn free_subscribers(opaque: *mut c_void) {
     }
 }
 
-/// Subscribes to lifecycle events of every domain; returns the callback id.
-pub fn register_lifecycle(conn: &Connect, subs: Arc<Subscribers>) -> Option<c_int> {
+/// Registers `cb` for `event` on every domain, with the subscribers as its
+/// opaque data (released by libvirt through `free_subscribers` when the
+/// callback goes away); returns the callback id.
+fn register(
+    conn: &Connect,
+    event: u32,
+    cb: sys::virConnectDomainEventGenericCallback,
+    subs: Arc<Subscribers>,
+) -> Option<c_int> {
     let opaque = Arc::into_raw(subs) as *mut c_void;
-    // SAFETY: the lifecycle callback has the lifecycle signature; libvirt casts it back.
-    // `opaque` is released by free_subscribers when the callback is removed.
-    let cb: sys::virConnectDomainEventGenericCallback = unsafe {
-        Some(std::mem::transmute::<
-            unsafe extern "C" fn(
-                sys::virConnectPtr,
-                sys::virDomainPtr,
-                c_int,
-                c_int,
-                *mut c_void,
-            ) -> c_int,
-            unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void),
-        >(on_lifecycle))
-    };
+    // SAFETY: `cb` has the signature libvirt expects for `event` (cast to the
+    // generic type by the caller, as libvirt's API requires).
     let id = unsafe {
         sys::virConnectDomainEventRegisterAny(
             conn.as_ptr(),
             std::ptr::null_mut(),
-            sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE as c_int,
+            event as c_int,
             cb,
             opaque,
             Some(free_subscribers),
@@ -140,6 +135,21 @@ pub fn register_lifecycle(conn: &Connect, subs: Arc<Subscribers>) -> Option<c_in
         return None;
     }
     Some(id)
+}
+
+/// Subscribes to lifecycle events of every domain; returns the callback id.
+pub fn register_lifecycle(conn: &Connect, subs: Arc<Subscribers>) -> Option<c_int> {
+    type Lifecycle = unsafe extern "C" fn(
+        sys::virConnectPtr,
+        sys::virDomainPtr,
+        c_int,
+        c_int,
+        *mut c_void,
+    ) -> c_int;
+    type Generic = unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void);
+    // SAFETY: libvirt calls a lifecycle callback with the lifecycle signature.
+    let cb = unsafe { std::mem::transmute::<Lifecycle, Generic>(on_lifecycle) };
+    register(conn, sys::VIR_DOMAIN_EVENT_ID_LIFECYCLE, Some(cb), subs)
 }
 
 unsafe extern "C" fn on_metadata(
@@ -170,35 +180,22 @@ unsafe extern "C" fn on_metadata(
 /// Subscribes to metadata changes (tags edited with `virt-persona tag-add`, or
 /// by anyone through libvirt); returns the callback id.
 pub fn register_metadata(conn: &Connect, subs: Arc<Subscribers>) -> Option<c_int> {
-    let opaque = Arc::into_raw(subs) as *mut c_void;
-    // SAFETY: the metadata callback has the metadata-change signature; libvirt casts it back.
-    let cb: sys::virConnectDomainEventGenericCallback = unsafe {
-        Some(std::mem::transmute::<
-            unsafe extern "C" fn(
-                sys::virConnectPtr,
-                sys::virDomainPtr,
-                c_int,
-                *const std::os::raw::c_char,
-                *mut c_void,
-            ),
-            unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void),
-        >(on_metadata))
-    };
-    let id = unsafe {
-        sys::virConnectDomainEventRegisterAny(
-            conn.as_ptr(),
-            std::ptr::null_mut(),
-            sys::VIR_DOMAIN_EVENT_ID_METADATA_CHANGE as c_int,
-            cb,
-            opaque,
-            Some(free_subscribers),
-        )
-    };
-    if id < 0 {
-        unsafe { free_subscribers(opaque) };
-        return None;
-    }
-    Some(id)
+    type Metadata = unsafe extern "C" fn(
+        sys::virConnectPtr,
+        sys::virDomainPtr,
+        c_int,
+        *const std::os::raw::c_char,
+        *mut c_void,
+    );
+    type Generic = unsafe extern "C" fn(sys::virConnectPtr, sys::virDomainPtr, *mut c_void);
+    // SAFETY: libvirt calls a metadata-change callback with that signature.
+    let cb = unsafe { std::mem::transmute::<Metadata, Generic>(on_metadata) };
+    register(
+        conn,
+        sys::VIR_DOMAIN_EVENT_ID_METADATA_CHANGE,
+        Some(cb),
+        subs,
+    )
 }
 
 struct CloseState {
