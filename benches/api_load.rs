@@ -7,8 +7,6 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -21,22 +19,7 @@ fn tick_count(sock: &Path) -> f64 {
 }
 
 fn get(sock: &Path, path: &str) -> (u16, String) {
-    let mut s = UnixStream::connect(sock).expect("connect");
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).expect("read");
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (
-        status,
-        out.split_once("\r\n\r\n")
-            .map(|x| x.1.to_string())
-            .unwrap_or_default(),
-    )
+    common::http(sock, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"))
 }
 
 fn main() {

@@ -36,23 +36,7 @@ fn setup(name: &str) -> PathBuf {
 
 /// Raw HTTP over the unix socket: (status, body).
 fn raw(sock: &Path, req: &str) -> (u16, String) {
-    let mut s = UnixStream::connect(sock).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    // the daemon may answer (413) and close before a huge body is all written
-    let _ = s.write_all(req.as_bytes());
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (
-        status,
-        out.split_once("\r\n\r\n")
-            .map(|x| x.1.to_string())
-            .unwrap_or_default(),
-    )
+    common::http(sock, req)
 }
 
 fn call(sock: &Path, method: &str, path: &str, ctype: &str, body: &str) -> (u16, Value) {

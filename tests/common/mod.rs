@@ -374,3 +374,25 @@ impl Drop for Daemon {
         self.kill9();
     }
 }
+
+/// One raw HTTP request over the daemon's unix socket: (status, body).
+pub fn http(sock: &Path, request: &str) -> (u16, String) {
+    let mut s = UnixStream::connect(sock).expect("connect to the API socket");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    // the daemon may answer (413) and close before a huge body is all written
+    let _ = s.write_all(request.as_bytes());
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        out.split_once("\r\n\r\n")
+            .map(|x| x.1.to_string())
+            .unwrap_or_default(),
+    )
+}
