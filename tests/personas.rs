@@ -82,12 +82,15 @@ fn the_spec_example_parses_to_what_it_says() {
     assert_eq!(a.timezone.as_deref(), Some("Europe/Berlin"));
     let t = &p.tuning;
     assert_eq!(t.vcpu_pin, vec![(VcpuSel::All, "0-3".parse().unwrap())]);
-    assert_eq!(t.vcpu_quota, Some(50_000));
-    assert_eq!(t.vcpu_period, Some(100_000));
-    assert_eq!(t.memory_hard_limit, Some(4 << 20));
-    assert_eq!(t.memory_soft_limit, Some(2 << 20));
-    assert_eq!(t.memory_swap_hard_limit, Some(6 << 20));
-    assert_eq!(t.blkio_devices[0].1.read_bytes_per_sec, Some(200 << 20));
+    assert_eq!(t.fixed.vcpu_quota, Some(50_000));
+    assert_eq!(t.fixed.vcpu_period, Some(100_000));
+    assert_eq!(t.fixed.memory_hard_limit, Some(4 << 20));
+    assert_eq!(t.fixed.memory_soft_limit, Some(2 << 20));
+    assert_eq!(t.fixed.memory_swap_hard_limit, Some(6 << 20));
+    assert_eq!(
+        t.fixed.blkio_devices["/dev/sda"].read_bytes_per_sec,
+        Some(200 << 20)
+    );
     let (target, bw) = &t.interfaces[0];
     assert_eq!(target, "*");
     assert_eq!(bw.inbound.unwrap().average, 102_400);
@@ -298,7 +301,10 @@ fn live_reload_follows_edits_within_two_seconds() {
     drop(f);
     step(&mut cat, "a two-step write");
     let alpha = cat.get("alpha").expect("alpha never leaves");
-    assert_eq!((alpha.priority, alpha.tuning.cpu_shares), (9, Some(512)));
+    assert_eq!(
+        (alpha.priority, alpha.tuning.fixed.cpu_shares),
+        (9, Some(512))
+    );
     assert!(cat.errors().is_empty(), "{:?}", cat.errors());
 
     // a bad edit: the last good version stays

@@ -7,7 +7,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::hypervisor::DomainInfo;
-use crate::model::tuning::{BlkioDeviceTuning, InterfaceTuning, Tuning};
+use crate::model::tuning::{InterfaceTuning, Tuning};
 use crate::units::{CpuSet, Duration};
 
 /// What a metric's number means, which decides what a threshold may be written as.
@@ -189,20 +189,15 @@ pub enum VcpuSel {
 }
 
 /// `[tuning]`, in libvirt units, before it is resolved against one domain.
+/// Only pinning and interfaces depend on the domain (`*` = every vCPU or
+/// interface); every other knob is the same for all domains and lives in `fixed`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct TuningSpec {
     pub vcpu_pin: Vec<(VcpuSel, CpuSet)>,
-    pub emulator_pin: Option<CpuSet>,
-    pub cpu_shares: Option<u64>,
-    pub vcpu_period: Option<u64>,
-    pub vcpu_quota: Option<i64>,
-    pub memory_hard_limit: Option<u64>,
-    pub memory_soft_limit: Option<u64>,
-    pub memory_swap_hard_limit: Option<u64>,
-    pub blkio_weight: Option<u32>,
-    pub blkio_devices: Vec<(String, BlkioDeviceTuning)>,
     /// Target dev, MAC, or "*" for every interface.
     pub interfaces: Vec<(String, InterfaceTuning)>,
+    /// Knobs that do not depend on the domain (no pins, no interfaces here).
+    pub fixed: Tuning,
 }
 
 impl TuningSpec {
@@ -210,7 +205,8 @@ impl TuningSpec {
     /// vCPU / interface, and a numbered entry beats `*`. vCPUs and interfaces the
     /// domain does not have are left out.
     pub fn resolve(&self, domain: &DomainInfo) -> Tuning {
-        let mut t = Tuning::default();
+        let mut t = self.fixed.clone();
+        // wildcards first, so numbered entries and named interfaces win
         for (_, set) in self.vcpu_pin.iter().filter(|(s, _)| *s == VcpuSel::All) {
             for v in 0..domain.vcpus {
                 t.vcpu_pin.insert(v, set.clone());
@@ -222,17 +218,6 @@ impl TuningSpec {
                     t.vcpu_pin.insert(*v, set.clone());
                 }
             }
-        }
-        t.emulator_pin = self.emulator_pin.clone();
-        t.cpu_shares = self.cpu_shares;
-        t.vcpu_period = self.vcpu_period;
-        t.vcpu_quota = self.vcpu_quota;
-        t.memory_hard_limit = self.memory_hard_limit;
-        t.memory_soft_limit = self.memory_soft_limit;
-        t.memory_swap_hard_limit = self.memory_swap_hard_limit;
-        t.blkio_weight = self.blkio_weight;
-        for (path, d) in &self.blkio_devices {
-            t.blkio_devices.insert(path.clone(), d.clone());
         }
         let running: Vec<(&str, Option<&str>)> = domain
             .interfaces

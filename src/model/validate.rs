@@ -84,6 +84,8 @@ pub enum Rule {
     BadVcpu(String),
     #[error("blkio_device: path '{0}' must be an absolute path to a host block device")]
     BadDevicePath(String),
+    #[error("blkio_device: '{0}' is listed twice: give each device one [[tuning.blkio_device]]")]
+    DuplicateDevice(String),
     #[error("interface: target must be an interface name (vnet0), a MAC address or \"*\"")]
     EmptyTarget,
     #[error("{0}: expected at least one setting")]
@@ -833,16 +835,16 @@ fn tuning(cx: &mut Ctx<'_>, t: &Spanned<RawTuning>) -> TuningSpec {
         }
     }
     s.vcpu_pin.sort();
-    s.emulator_pin = r
+    s.fixed.emulator_pin = r
         .emulator_pin
         .as_ref()
         .and_then(|v| cx.cpuset("emulator_pin", v));
-    s.cpu_shares = r
+    s.fixed.cpu_shares = r
         .cpu_shares
         .as_ref()
         .and_then(|v| cx.range("cpu_shares", v, 2, 262_144))
         .map(|x| x as u64);
-    s.vcpu_period = r.vcpu_period.as_ref().and_then(|v| {
+    s.fixed.vcpu_period = r.vcpu_period.as_ref().and_then(|v| {
         let d = cx.unit("vcpu_period", v, |x| x.parse::<Duration>())?;
         let us = d.as_micros();
         if !(1_000..=1_000_000).contains(&us) {
@@ -858,7 +860,7 @@ fn tuning(cx: &mut Ctx<'_>, t: &Spanned<RawTuning>) -> TuningSpec {
         }
         Some(us)
     });
-    s.vcpu_quota = r.vcpu_quota.as_ref().and_then(|v| match v.get_ref() {
+    s.fixed.vcpu_quota = r.vcpu_quota.as_ref().and_then(|v| match v.get_ref() {
         NumOrStr::Int(-1) => Some(-1),
         NumOrStr::Str(x) if x.trim() == "-1" || x.trim() == "unlimited" => Some(-1),
         NumOrStr::Str(x) => match x.parse::<Duration>() {
@@ -937,10 +939,10 @@ fn tuning(cx: &mut Ctx<'_>, t: &Spanned<RawTuning>) -> TuningSpec {
             );
         }
     }
-    s.memory_hard_limit = hard.map(kib);
-    s.memory_soft_limit = soft.map(kib);
-    s.memory_swap_hard_limit = swap.map(kib);
-    s.blkio_weight = r
+    s.fixed.memory_hard_limit = hard.map(kib);
+    s.fixed.memory_soft_limit = soft.map(kib);
+    s.fixed.memory_swap_hard_limit = swap.map(kib);
+    s.fixed.blkio_weight = r
         .blkio_weight
         .as_ref()
         .and_then(|v| cx.range("blkio_weight", v, 100, 1000))
@@ -987,7 +989,9 @@ fn tuning(cx: &mut Ctx<'_>, t: &Spanned<RawTuning>) -> TuningSpec {
         {
             cx.err(d.path.span().start, Rule::EmptyTable("blkio_device"));
         }
-        s.blkio_devices.push((path, dev));
+        if s.fixed.blkio_devices.insert(path.clone(), dev).is_some() {
+            cx.err(d.path.span().start, Rule::DuplicateDevice(path));
+        }
     }
     for i in &r.interface {
         let i = i.get_ref();
