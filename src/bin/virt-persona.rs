@@ -231,26 +231,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::SignalList => {
             let v = get(&cli, "/v1/signals")?;
-            print_or(&cli, &v, || {
-                let rows: Vec<Vec<String>> = v
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|s| {
-                        vec![
-                            text(&s["name"]),
-                            text(&s["value"]),
-                            text(&s["domain"]),
-                            text(&s["scope"]),
-                            text(&s["expires"]),
-                        ]
-                    })
-                    .collect();
-                print!(
-                    "{}",
-                    table(&["Name", "Value", "Domain", "Scope", "Expires"], &rows)
-                );
-            })
+            let items: Vec<&serde_json::Value> = v.as_array().into_iter().flatten().collect();
+            let cols = [
+                ("Name", "name"),
+                ("Value", "value"),
+                ("Domain", "domain"),
+                ("Scope", "scope"),
+                ("Expires", "expires"),
+            ];
+            records(
+                &cli,
+                &items,
+                &cols,
+                &["name", "value", "domain", "scope", "expires"],
+            )
         }
         Command::Event { follow } => events(&cli, *follow),
         Command::Completions { shell } => {
@@ -640,72 +634,76 @@ fn print_event(e: &serde_json::Value) {
     println!("{s}");
 }
 
+/// Prints records as a virsh-style table (`columns`: header and key), or with
+/// --json as objects of the keys scripts rely on.
+fn records(
+    cli: &Cli,
+    items: &[&serde_json::Value],
+    columns: &[(&str, &str)],
+    json_keys: &[&str],
+) -> anyhow::Result<ExitCode> {
+    if cli.json {
+        let out: Vec<serde_json::Value> = items
+            .iter()
+            .map(|it| {
+                json_keys
+                    .iter()
+                    .map(|k| (k.to_string(), it[*k].clone()))
+                    .collect::<serde_json::Map<_, _>>()
+                    .into()
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        let headers: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
+        let rows: Vec<Vec<String>> = items
+            .iter()
+            .map(|it| columns.iter().map(|(_, k)| text(&it[*k])).collect())
+            .collect();
+        print!("{}", table(&headers, &rows));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn list(cli: &Cli, all: bool) -> anyhow::Result<ExitCode> {
     let v = get(cli, "/v1/domains")?;
     let doms: Vec<&serde_json::Value> = v
         .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|d| all || d["state"] != "shut off")
-                .collect()
-        })
-        .unwrap_or_default();
-    if cli.json {
-        let out: Vec<_> = doms
-            .iter()
-            .map(|d| json!({"id": d["id"], "name": d["name"], "uuid": d["uuid"], "state": d["state"], "persona": d["persona"], "since": d["since"]}))
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let rows: Vec<Vec<String>> = doms
-        .iter()
-        .map(|d| {
-            vec![
-                text(&d["id"]),
-                text(&d["name"]),
-                text(&d["state"]),
-                text(&d["persona"]),
-                text(&d["since"]),
-            ]
-        })
+        .into_iter()
+        .flatten()
+        .filter(|d| all || d["state"] != "shut off")
         .collect();
-    print!(
-        "{}",
-        table(&["Id", "Name", "State", "Persona", "Since"], &rows)
-    );
-    Ok(ExitCode::SUCCESS)
+    records(
+        cli,
+        &doms,
+        &[
+            ("Id", "id"),
+            ("Name", "name"),
+            ("State", "state"),
+            ("Persona", "persona"),
+            ("Since", "since"),
+        ],
+        &["id", "name", "uuid", "state", "persona", "since"],
+    )
 }
 
 fn persona_list(cli: &Cli) -> anyhow::Result<ExitCode> {
     let v = get(cli, "/v1/personas")?;
-    let items = v.as_array().cloned().unwrap_or_default();
-    if cli.json {
-        let out: Vec<_> = items
-            .iter()
-            .map(|p| json!({"id": p["id"], "name": p["name"], "priority": p["priority"], "status": p["status"], "file": p["file"], "error": p["error"]}))
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let rows: Vec<Vec<String>> = items
-        .iter()
-        .map(|p| {
-            vec![
-                text(&p["id"]),
-                text(&p["name"]),
-                text(&p["priority"]),
-                text(&p["status"]),
-                text(&p["file"]),
-            ]
-        })
-        .collect();
-    print!(
-        "{}",
-        table(&["Id", "Name", "Priority", "Status", "File"], &rows)
-    );
-    for p in &items {
-        if let Some(e) = p["error"].as_str() {
+    let items: Vec<&serde_json::Value> = v.as_array().into_iter().flatten().collect();
+    records(
+        cli,
+        &items,
+        &[
+            ("Id", "id"),
+            ("Name", "name"),
+            ("Priority", "priority"),
+            ("Status", "status"),
+            ("File", "file"),
+        ],
+        &["id", "name", "priority", "status", "file", "error"],
+    )?;
+    if !cli.json {
+        for e in items.iter().filter_map(|p| p["error"].as_str()) {
             eprintln!("{e}");
         }
     }
