@@ -4,7 +4,9 @@
 //! first whose activation holds wins. A persona already worn keeps holding
 //! while its `hold` has not run out, or until its conditions have been false
 //! for `cooldown`, so a domain never flaps. A manual activation beats all
-//! criteria until it expires. Every decision comes with its explanation,
+//! criteria until it expires. A metric with no samples yet (a restarted daemon
+//! or domain) is unknown, not false: it never activates a persona and never
+//! lets a worn one go. Every decision comes with its explanation,
 //! condition by condition. `now` is a parameter; nothing here reads a clock.
 //!
 //! Cost: this runs for every domain every tick, so the hot path allocates
@@ -79,6 +81,9 @@ pub enum Reason {
     Always,
     Hold,
     Cooldown,
+    /// Worn, and its conditions cannot be judged yet: a metric has no samples
+    /// (after a daemon restart or a domain restart). Missing data is not "false".
+    AwaitingSamples,
     NoMatch,
 }
 
@@ -278,12 +283,7 @@ pub fn schedule_ok(a: &Activation, now: Millis) -> bool {
     a.schedule.iter().any(|w| in_window(w, weekday, minute))
 }
 
-fn evaluate(
-    p: &Persona,
-    a: &Activation,
-    inp: &Inputs<'_>,
-    st: &mut RuleState,
-) -> (bool, Option<bool>, Vec<ConditionResult>) {
+fn evaluate(p: &Persona, a: &Activation, inp: &Inputs<'_>, st: &mut RuleState) -> Evaluation {
     let sched = schedule_ok(a, inp.now);
     let mut results = Vec::with_capacity(a.when.len());
     for (i, c) in a.when.iter().enumerate() {
@@ -336,16 +336,36 @@ fn evaluate(
             note,
         });
     }
-    let conds = match a.mode {
-        _ if results.is_empty() => true,
-        Mode::All => results.iter().all(|r| r.result),
-        Mode::Any => results.iter().any(|r| r.result),
+    // a metric without samples is unknown, not false
+    let unknown = |r: &ConditionResult| {
+        r.value.is_none() && matches!(r.note, Some(Note::NoSamplesYet | Note::NoSamplesInWindow))
     };
-    (
-        sched && conds,
-        (!a.schedule.is_empty()).then_some(sched),
-        results,
-    )
+    let (conds, undecided) = match a.mode {
+        _ if results.is_empty() => (true, false),
+        Mode::All => {
+            let all = results.iter().all(|r| r.result);
+            let none_false = results.iter().all(|r| r.result || unknown(r));
+            (all, !all && none_false)
+        }
+        Mode::Any => {
+            let any = results.iter().any(|r| r.result);
+            (any, !any && results.iter().any(unknown))
+        }
+    };
+    Evaluation {
+        active: sched && conds,
+        undecided: sched && undecided,
+        schedule_ok: (!a.schedule.is_empty()).then_some(sched),
+        conditions: results,
+    }
+}
+
+struct Evaluation {
+    active: bool,
+    /// Not active only because some metric has no samples yet.
+    undecided: bool,
+    schedule_ok: Option<bool>,
+    conditions: Vec<ConditionResult>,
 }
 
 /// The personas a domain may wear (`[match]`), in evaluation order. Cache it:
@@ -390,14 +410,20 @@ pub fn decide(candidates: &[Arc<Persona>], inp: &Inputs<'_>, st: &mut RuleState)
         let (active, reason) = match &p.activation {
             None => (true, Reason::Always),
             Some(a) => {
-                let (active, sched, conds) = evaluate(p, a, inp, st);
-                c.schedule_ok = sched;
-                c.conditions = conds;
+                let e = evaluate(p, a, inp, st);
+                let active = e.active;
+                c.schedule_ok = e.schedule_ok;
+                c.conditions = e.conditions;
                 let since = worn_since.filter(|_| worn_id.as_deref() == Some(p.id.as_str()));
                 match since {
                     Some(_) if active => {
                         st.last_active = Some(inp.now);
                         (true, Reason::Criteria)
+                    }
+                    // cooldown counts time known to be false, so it waits too
+                    Some(_) if e.undecided => {
+                        st.last_active = Some(inp.now);
+                        (true, Reason::AwaitingSamples)
                     }
                     Some(since) if inp.now - since < a.hold.as_std().as_millis() as Millis => {
                         (true, Reason::Hold)
@@ -528,6 +554,46 @@ mod tests {
         );
         // hold over; cooldown runs from the last time conditions held (1 s): over at 6 s
         assert_eq!(w.at(11_500, &cpu_samples(&[(11_500, 5.0)])), None);
+    }
+
+    #[test]
+    fn missing_samples_keep_a_worn_persona_and_never_choose_a_new_one() {
+        // a fresh daemon that adopted "hot": no samples yet is not "false"
+        let mut w = World::new(vec![persona(HOT)]);
+        w.st.worn = Some(("hot".into(), 0));
+        w.st.last_active = Some(0);
+        let none = VecDeque::new();
+        assert_eq!(
+            w.at(60_000, &none).as_deref(),
+            Some("hot"),
+            "awaiting samples"
+        );
+        let inp = Inputs {
+            domain: &w.domain,
+            samples: Some(&none),
+            host: &w.host,
+            signals: &w.signals,
+            now: 61_000,
+        };
+        let d = decide(&candidates(&w.personas, &w.domain), &inp, &mut w.st);
+        assert_eq!(d.reason, Reason::AwaitingSamples);
+        // data arrives and is false: cooldown (5 s) counts from then
+        assert_eq!(
+            w.at(62_000, &cpu_samples(&[(62_000, 5.0)])).as_deref(),
+            Some("hot")
+        );
+        assert_eq!(w.at(66_500, &cpu_samples(&[(66_500, 5.0)])), None);
+        // never worn: no samples means not chosen
+        let mut fresh = World::new(vec![persona(HOT)]);
+        assert_eq!(fresh.at(0, &none), None);
+        // mode = "all" with one condition known false is decided, samples or not
+        let both = persona("id = \"both\"\n[activation]\nmode = \"all\"\n[[activation.when]]\nmetric = \"cpu\"\nabove = 80\n[[activation.when]]\nmetric = \"host_cpu\"\nabove = 80\n");
+        let mut w = World::new(vec![both]);
+        w.st.worn = Some(("both".into(), 0));
+        let mut h = Values::default();
+        h.set(Metric::HostCpu, 1.0);
+        w.host.push_back(Sample { t: 1000, values: h });
+        assert_eq!(w.at(1000, &none), None, "host_cpu is known to be low");
     }
 
     #[test]

@@ -258,6 +258,21 @@ fn a_restarted_daemon_adopts_the_persona_in_force_and_restores_later() {
         uuid: rig.uuid.clone(),
     };
     hv.clear_calls();
+    // longer than the cooldown without a cpu sample (the new daemon has no rate
+    // yet, or libvirt left the group out): missing data is not "idle"
+    for _ in 0..6 {
+        rig2.now += 1000;
+        hv.set_stats(
+            "web-1",
+            DomainStats {
+                name: "web-1".into(),
+                uuid: rig2.uuid.clone(),
+                ..Default::default()
+            },
+        );
+        rig2.r.tick(rig2.now, None).unwrap();
+        assert_eq!(rig2.worn().as_deref(), Some("hot"), "kept while no samples");
+    }
     rig2.second(1.0);
     rig2.second(1.0);
     assert!(
