@@ -1,83 +1,106 @@
-//! Host metrics from procfs: CPU jiffies, load, available memory, CPU pressure.
-//! Missing files (no PSI on this kernel) give `None`, never an error.
+//! Host metrics from procfs (the `procfs` crate): CPU ticks, load, available
+//! memory, CPU pressure. A file the kernel does not have (no PSI here, say)
+//! gives `None`, never an error.
+
+use procfs::prelude::*;
+use procfs::{CpuPressure, CpuTime, KernelStats, LoadAverage, Meminfo};
 
 use crate::collector::HostCounters;
 
-/// Parses the `cpu` line of /proc/stat into (busy, total) jiffies.
-pub fn parse_stat(text: &str) -> Option<(u64, u64)> {
-    let line = text.lines().find(|l| l.starts_with("cpu "))?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .take(8)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    if v.len() < 4 {
-        return None;
-    }
-    let total: u64 = v.iter().sum();
-    let idle = v[3] + v.get(4).copied().unwrap_or(0);
-    Some((total.saturating_sub(idle), total))
+/// (busy, total) ticks of all CPUs. Guest time is already inside `user`, so
+/// it is not added again; idle and iowait are not busy.
+pub fn cpu_ticks(t: &CpuTime) -> (u64, u64) {
+    let idle = t.idle + t.iowait.unwrap_or(0);
+    let total = t.user
+        + t.nice
+        + t.system
+        + idle
+        + t.irq.unwrap_or(0)
+        + t.softirq.unwrap_or(0)
+        + t.steal.unwrap_or(0);
+    (total.saturating_sub(idle), total)
 }
 
-pub fn parse_meminfo(text: &str) -> Option<f64> {
-    let field = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-    };
-    let total = field("MemTotal:")?;
-    let avail = field("MemAvailable:")?;
-    (total > 0.0).then(|| avail / total * 100.0)
-}
-
-pub fn parse_pressure(text: &str) -> Option<f64> {
-    let line = text.lines().find(|l| l.starts_with("some "))?;
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix("avg10="))
-        .and_then(|v| v.parse().ok())
+/// Available memory as a percentage of the total.
+pub fn mem_available_percent(m: &Meminfo) -> Option<f64> {
+    let avail = m.mem_available? as f64;
+    (m.mem_total > 0).then(|| avail / m.mem_total as f64 * 100.0)
 }
 
 /// Reads the host counters now.
 pub fn read() -> HostCounters {
-    let read = |p: &str| std::fs::read_to_string(p).ok();
-    let (cpu_busy, cpu_total) = read("/proc/stat")
-        .as_deref()
-        .and_then(parse_stat)
+    let (cpu_busy, cpu_total) = KernelStats::current()
+        .map(|k| cpu_ticks(&k.total))
         .unwrap_or((0, 0));
     HostCounters {
         cpu_busy,
         cpu_total,
-        load1: read("/proc/loadavg")
-            .and_then(|t| t.split_whitespace().next().and_then(|v| v.parse().ok())),
-        mem_available_percent: read("/proc/meminfo").as_deref().and_then(parse_meminfo),
-        cpu_pressure: read("/proc/pressure/cpu")
-            .as_deref()
-            .and_then(parse_pressure),
+        load1: LoadAverage::current().ok().map(|l| f64::from(l.one)),
+        mem_available_percent: Meminfo::current()
+            .ok()
+            .as_ref()
+            .and_then(mem_available_percent),
+        cpu_pressure: CpuPressure::current().ok().map(|p| f64::from(p.some.avg10)),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use procfs::{ExplicitSystemInfo, FromRead, FromReadSI};
 
     #[test]
-    fn parses_procfs() {
-        assert_eq!(
-            parse_stat("cpu  10 0 5 80 5 0 0 0 0 0\ncpu0 1 2 3 4\n"),
-            Some((15, 100))
-        );
-        assert_eq!(parse_stat("garbage"), None);
-        assert_eq!(
-            parse_meminfo("MemTotal: 1000 kB\nMemFree: 1 kB\nMemAvailable: 250 kB\n"),
-            Some(25.0)
-        );
-        assert_eq!(
-            parse_pressure("some avg10=1.50 avg60=0.00 avg300=0.00 total=5\nfull avg10=0.00\n"),
-            Some(1.5)
-        );
+    fn cpu_ticks_leave_out_idle_iowait_and_guest() {
+        let si = ExplicitSystemInfo {
+            boot_time_secs: 0,
+            ticks_per_second: 100,
+            page_size: 4096,
+            is_little_endian: true,
+        };
+        let stat = "cpu  10 0 5 80 5 0 0 0 7 0\ncpu0 10 0 5 80 5 0 0 0 7 0\nctxt 1\nbtime 1\nprocesses 1\n";
+        let k = <KernelStats as FromReadSI>::from_read(stat.as_bytes(), &si).expect("parses");
+        assert_eq!(cpu_ticks(&k.total), (15, 100));
+        // the fields every kernel has, then MemAvailable (3.14 and later)
+        let common: String = [
+            "MemTotal",
+            "MemFree",
+            "Buffers",
+            "Cached",
+            "SwapCached",
+            "Active",
+            "Inactive",
+            "SwapTotal",
+            "SwapFree",
+            "Dirty",
+            "Writeback",
+            "Mapped",
+            "Slab",
+            "Committed_AS",
+            "VmallocTotal",
+            "VmallocUsed",
+            "VmallocChunk",
+        ]
+        .iter()
+        .map(|k| format!("{k}: {} kB\n", if *k == "MemTotal" { 1000 } else { 1 }))
+        .collect();
+        let mem = format!("{common}MemAvailable: 250 kB\n");
+        let m = <Meminfo as FromRead>::from_read(mem.as_bytes()).expect("parses");
+        assert_eq!(mem_available_percent(&m), Some(25.0));
+        let m = <Meminfo as FromRead>::from_read(common.as_bytes()).expect("parses");
+        assert_eq!(mem_available_percent(&m), None);
+    }
+
+    #[test]
+    fn reads_this_host() {
         let now = read();
-        assert!(now.cpu_total > 0 && now.load1.is_some());
+        assert!(now.cpu_total > 0 && now.cpu_busy <= now.cpu_total);
+        assert!(now.load1.is_some());
+        let mem = now.mem_available_percent.expect("MemAvailable");
+        assert!(mem > 0.0 && mem <= 100.0);
+        // PSI exists only on some kernels: whichever it is, it matches the file
+        assert_eq!(
+            now.cpu_pressure.is_some(),
+            std::path::Path::new("/proc/pressure/cpu").exists()
+        );
     }
 }
