@@ -93,6 +93,45 @@ above = 50
 cpu_shares = 2048
 "#;
 
+/// Builds benches/libvirt_floor.c with cc and prints its RSS once connected.
+fn libvirt_floor() {
+    let exe = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("libvirt_floor");
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/libvirt_floor.c");
+    let built = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cc -O2 -o {} {src} $(pkg-config --cflags --libs libvirt)",
+            exe.display()
+        ))
+        .status()
+        .is_ok_and(|s| s.success());
+    if !built {
+        println!("minimal C client: cc or libvirt's headers missing, not measured");
+        return;
+    }
+    for uri in ["test:///default", "qemu:///system"] {
+        let mut c = std::process::Command::new(&exe)
+            .arg(uri)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("libvirt_floor");
+        // it prints the domain count once connected and listed
+        let mut line = String::new();
+        if let Some(out) = c.stdout.take() {
+            let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line);
+        }
+        let pid = c.id();
+        println!(
+            "minimal C libvirt client (connect + list, {} domains) on {uri}: RSS {:.1} MiB, private {:.1} MiB",
+            line.trim(),
+            rss_kib(pid) as f64 / 1024.0,
+            uss_kib(pid) as f64 / 1024.0
+        );
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         println!("daemon benchmark: run it with `cargo bench --bench daemon`");
@@ -126,6 +165,8 @@ fn main() {
         let _ = virsh.kill();
         let _ = virsh.wait();
     }
+    // and the smallest C client there is (benches/libvirt_floor.c), on both drivers
+    libvirt_floor();
 
     // memory on the test driver (which lives inside the daemon process)
     for n in [20, 100] {
