@@ -352,7 +352,24 @@ fn sample(hv: &impl Hypervisor, name: &str, secs: f64) -> (f64, f64) {
 
 #[test]
 fn bulk_stats_follow_the_guest_load() {
-    let mut g = Guest::boot_alone("stats", 1);
+    stats_follow_the_load(Guest::boot_alone("stats", 1));
+}
+
+/// The TCG fallback (for hosts where /dev/kvm does not work) runs the same
+/// fixture, and libvirt reports the same load, on this host too.
+#[test]
+fn a_tcg_guest_runs_the_fixture_and_its_load_is_seen() {
+    let g = Guest::boot_alone_tcg("tcg", 1);
+    let xml = std::process::Command::new("virsh")
+        .args(["-c", common::REAL_URI, "dumpxml", &g.name])
+        .output()
+        .expect("virsh dumpxml");
+    let xml = String::from_utf8_lossy(&xml.stdout);
+    assert!(xml.contains("<domain type='qemu'"), "{xml}");
+    stats_follow_the_load(g);
+}
+
+fn stats_follow_the_load(mut g: Guest) {
     let hv = common::real();
     g.set_load(Load::Idle);
     let (cpu, reads) = sample(&hv, &g.name, 2.0);

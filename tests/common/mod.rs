@@ -112,6 +112,8 @@ pub enum Load {
 /// A running test guest; destroyed, undefined and its files removed on Drop.
 pub struct Guest {
     pub name: String,
+    /// "kvm" or "qemu" (TCG).
+    pub virt: &'static str,
     _turn: Turn,
     hv: LibvirtHypervisor,
     dir: PathBuf,
@@ -122,17 +124,24 @@ impl Guest {
     /// Defines and starts a persistent guest with `vcpus` vCPUs, idle.
     pub fn boot(test: &str, vcpus: u32) -> Guest {
         let turn = Turn::Shared(ALONE.read().unwrap_or_else(|p| p.into_inner()));
-        Self::boot_with(test, vcpus, turn)
+        Self::boot_with(test, vcpus, turn, virt_type())
     }
 
     /// Like [`Guest::boot`], but no other guest of this test binary runs while it
     /// lives: for tests that measure CPU time on a two-core host.
     pub fn boot_alone(test: &str, vcpus: u32) -> Guest {
         let turn = Turn::Alone(ALONE.write().unwrap_or_else(|p| p.into_inner()));
-        Self::boot_with(test, vcpus, turn)
+        Self::boot_with(test, vcpus, turn, virt_type())
     }
 
-    fn boot_with(test: &str, vcpus: u32, turn: Turn) -> Guest {
+    /// Like [`Guest::boot_alone`], but always under TCG (`<domain type='qemu'>`):
+    /// the fallback for hosts without a usable /dev/kvm, exercised here too.
+    pub fn boot_alone_tcg(test: &str, vcpus: u32) -> Guest {
+        let turn = Turn::Alone(ALONE.write().unwrap_or_else(|p| p.into_inner()));
+        Self::boot_with(test, vcpus, turn, "qemu")
+    }
+
+    fn boot_with(test: &str, vcpus: u32, turn: Turn, virt: &'static str) -> Guest {
         {
             let (lock, cv) = &SLOTS;
             let mut n = lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -163,7 +172,7 @@ impl Guest {
         )
         .expect("read domain template");
         let xml = template
-            .replace("@TYPE@", virt_type())
+            .replace("@TYPE@", virt)
             .replace("@NAME@", &name)
             .replace("@VCPUS@", &vcpus.to_string())
             .replace("@DISK@", disk.to_str().expect("utf-8 path"))
@@ -173,6 +182,7 @@ impl Guest {
         let mut g = Guest {
             name: name.clone(),
             _turn: turn,
+            virt,
             hv,
             dir,
             serial: None,
@@ -208,7 +218,7 @@ impl Guest {
         let name = self.name.clone();
         let s = self.serial.as_mut().expect("serial connected");
         let deadline =
-            Instant::now() + Duration::from_secs(if virt_type() == "kvm" { 15 } else { 60 });
+            Instant::now() + Duration::from_secs(if self.virt == "kvm" { 15 } else { 60 });
         let mut last_send = Instant::now() - Duration::from_secs(10);
         let mut seen: Vec<u8> = Vec::new();
         loop {
