@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod command;
+pub mod exec;
 pub mod server;
 
 /// Milliseconds since the Unix epoch as RFC 3339 (UTC, seconds precision).

@@ -13,16 +13,14 @@ use std::sync::Arc;
 use virt_persona::config::{Config, FileConfig, Overrides, DEFAULT_CONFIG};
 use virt_persona::hypervisor::libvirt::LibvirtHypervisor;
 
-use serde_json::json;
 use virt_persona::api::command::{Command, Envelope, Reply};
-use virt_persona::api::{rfc3339, server};
+use virt_persona::api::exec::{self, domains_body, event_json, reload};
+use virt_persona::api::server;
 use virt_persona::hypervisor::{Hypervisor, HypervisorEvent};
 use virt_persona::metrics::Metrics;
 use virt_persona::model::loader::Catalog;
-use virt_persona::model::validate::parse_persona;
-use virt_persona::reconciler::{DomainStatus, ManualError, Reconciler};
-use virt_persona::rules::Signal;
-use virt_persona::store::{RedbStore, StateStore};
+use virt_persona::reconciler::Reconciler;
+use virt_persona::store::RedbStore;
 use virt_persona::units::Duration;
 
 /// virt-persona host daemon: gives every libvirt domain the tuning persona its load calls for.
@@ -265,7 +263,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                             metrics.state(&rec.statuses(), catalog.personas().len(), catalog.errors().len(), signals, hv.is_connected());
                             Reply::Text(metrics.render())
                         }
-                        cmd => execute(&mut rec, &mut catalog, &hv, cmd),
+                        cmd => exec::execute(&mut rec, &mut catalog, &*hv, cmd, now_ms()),
                     };
                     // a client that changed something and lists next sees its change
                     shared.publish_domains(domains_body(&rec));
@@ -289,230 +287,6 @@ fn run(args: Args) -> anyhow::Result<()> {
                     return Ok(());
                 }
             },
-        }
-    }
-}
-
-fn domains_body(rec: &Rec) -> String {
-    serde_json::Value::Array(rec.statuses().iter().map(status_json).collect()).to_string()
-}
-
-fn status_json(s: &DomainStatus) -> serde_json::Value {
-    json!({
-        "id": s.id,
-        "name": s.name,
-        "uuid": s.uuid,
-        "state": s.state,
-        "persona": s.persona,
-        "since": s.since.map(rfc3339),
-        "reason": s.reason,
-        "override": s.override_,
-        "last_error": s.last_error,
-    })
-}
-
-fn event_json(e: &virt_persona::store::Event) -> serde_json::Value {
-    json!({
-        "time": rfc3339(e.time), "domain": e.domain, "from": e.from, "to": e.to,
-        "reason": e.reason, "result": e.result, "changes": e.changes, "error": e.error,
-    })
-}
-
-fn manual_error(e: ManualError) -> Reply {
-    match e {
-        ManualError::NoDomain(_) | ManualError::NoPersona(_) => Reply::not_found(e.to_string()),
-        ManualError::NotRunning { .. } | ManualError::NoMatch { .. } => {
-            Reply::conflict(e.to_string())
-        }
-        ManualError::Tick(t) => Reply::Err {
-            status: 500,
-            message: t.to_string(),
-        },
-    }
-}
-
-fn persona_json(catalog: &Catalog, id: &str) -> Option<serde_json::Value> {
-    let entry = catalog.entries().into_iter().find(|e| e.id == id)?;
-    let file = catalog.file_of(id);
-    Some(json!({
-        "id": entry.id, "name": entry.name, "priority": entry.priority, "status": entry.status,
-        "file": entry.file, "error": entry.error,
-        "persona": catalog.get(id).map(|p| serde_json::to_value(&*p).unwrap_or_default()),
-        "toml": file.and_then(|f| f.text.as_deref().map(str::to_string)),
-    }))
-}
-
-/// Writes a persona file atomically: a temporary file in the same directory,
-/// synced, then renamed over the target.
-fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(std::path::Path::new("."));
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("persona.toml");
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
-fn execute(rec: &mut Rec, catalog: &mut Catalog, hv: &LibvirtHypervisor, cmd: Command) -> Reply {
-    let find = |rec: &Rec, key: &str| {
-        rec.statuses().into_iter().find(|s| {
-            s.name == key || s.uuid == key || s.id.map(|i| i.to_string()).as_deref() == Some(key)
-        })
-    };
-    match cmd {
-        Command::Health => Reply::Ok(json!({
-            "status": "ok",
-            "libvirt": if hv.is_connected() { "connected" } else { "disconnected" },
-            "uri": hv.uri(),
-            "version": virt_persona::VERSION,
-        })),
-        Command::ListDomains => Reply::Ok(serde_json::Value::Array(rec.statuses().iter().map(status_json).collect())),
-        Command::GetDomain { name } => match find(rec, &name) {
-            Some(s) => Reply::Ok(status_json(&s)),
-            None => Reply::not_found(format!("domain '{name}' not found")),
-        },
-        Command::History { name, since } => {
-            let domain = find(rec, &name).map(|s| s.name).unwrap_or(name);
-            match rec.store().events(Some(&domain), since) {
-                Ok(ev) => Reply::Ok(serde_json::Value::Array(ev.iter().map(event_json).collect())),
-                Err(e) => Reply::Err { status: 500, message: e.to_string() },
-            }
-        }
-        Command::Tuning { name } => match find(rec, &name) {
-            None => Reply::not_found(format!("domain '{name}' not found")),
-            Some(st) => match hv.tuning(&st.name, virt_persona::hypervisor::ReadScope::Current) {
-                Ok(t) => Reply::Ok(serde_json::to_value(t).unwrap_or_default()),
-                Err(e) => Reply::Err { status: 502, message: e.to_string() },
-            },
-        },
-        Command::RecentEvents { since } => {
-            let since = since.unwrap_or_else(|| now_ms() - 3_600_000);
-            match rec.store().events(None, since) {
-                Ok(ev) => Reply::Ok(serde_json::Value::Array(ev.iter().map(event_json).collect())),
-                Err(e) => Reply::Err { status: 500, message: e.to_string() },
-            }
-        }
-        Command::Explain { name } => match find(rec, &name).and_then(|s| rec.entry(&s.uuid)) {
-            Some(e) => match &e.last_decision {
-                Some(d) => Reply::Ok(json!({
-                    "domain": e.info.name,
-                    "persona": d.persona,
-                    "reason": d.reason,
-                    "candidates": d.candidates.iter().map(|c| c.to_json()).collect::<Vec<_>>(),
-                })),
-                None => Reply::conflict(format!("no decision for '{name}' yet (is it running?)")),
-            },
-            None => Reply::not_found(format!("domain '{name}' not found")),
-        },
-        Command::Activate { name, persona, for_ms } => {
-            let now = now_ms();
-            match rec.activate(&name, &persona, for_ms.map(|f| now + f), now) {
-                Ok(()) => match find(rec, &name) {
-                    Some(s) => Reply::Ok(status_json(&s)),
-                    None => Reply::not_found(format!("domain '{name}' not found")),
-                },
-                Err(e) => manual_error(e),
-            }
-        }
-        Command::Revert { name } => match rec.revert(&name, now_ms()) {
-            Ok(()) => match find(rec, &name) {
-                Some(s) => Reply::Ok(status_json(&s)),
-                None => Reply::not_found(format!("domain '{name}' not found")),
-            },
-            Err(e) => manual_error(e),
-        },
-        Command::ListPersonas => Reply::Ok(serde_json::to_value(catalog.entries()).unwrap_or_default()),
-        Command::GetPersona { id } => match persona_json(catalog, &id) {
-            Some(v) => Reply::Ok(v),
-            None => Reply::not_found(format!("persona '{id}' not found")),
-        },
-        Command::ValidatePersona { toml } => {
-            let errors = match parse_persona(&toml, std::path::Path::new("request")) {
-                Ok(_) => vec![],
-                Err(errs) => errs.iter().map(|e| json!({"line": e.line, "col": e.col, "message": e.rule.to_string()})).collect(),
-            };
-            Reply::Ok(json!({"ok": errors.is_empty(), "errors": errors}))
-        }
-        Command::PutPersona { id, toml } => {
-            let target = catalog
-                .file_of(&id)
-                .map(|f| f.path.clone())
-                .unwrap_or_else(|| catalog.dir().join(format!("{id}.toml")));
-            match parse_persona(&toml, &target) {
-                Err(errs) => Reply::bad(errs.iter().map(|e| format!("{}:{}: {}", e.line, e.col, e.rule)).collect::<Vec<_>>().join("; ")),
-                Ok(p) if p.id != id => Reply::bad(format!("the body's id '{}' does not match the route's '{id}'", p.id)),
-                Ok(_) => {
-                    if let Err(e) = write_atomically(&target, &toml) {
-                        return Reply::Err { status: 500, message: format!("writing {}: {e}", target.display()) };
-                    }
-                    reload(catalog, "API");
-                    rec.set_personas(catalog.personas());
-                    match persona_json(catalog, &id) {
-                        Some(v) if v["status"] == "ok" => Reply::Ok(v),
-                        Some(v) => Reply::conflict(v["error"].as_str().unwrap_or("not loaded").to_string()),
-                        None => Reply::conflict(format!("persona '{id}' was written to {} but is not in force", target.display())),
-                    }
-                }
-            }
-        }
-        Command::DeletePersona { id } => match catalog.file_of(&id).map(|f| f.path.clone()) {
-            None => Reply::not_found(format!("persona '{id}' not found")),
-            Some(path) => {
-                if let Err(e) = std::fs::remove_file(&path) {
-                    return Reply::Err { status: 500, message: format!("removing {}: {e}", path.display()) };
-                }
-                reload(catalog, "API");
-                rec.set_personas(catalog.personas());
-                Reply::Ok(json!({"id": id, "file": path, "removed": true}))
-            }
-        },
-        Command::SetSignal { name, value, ttl_ms, domain, cluster } => {
-            let expires = now_ms() + ttl_ms;
-            rec.set_signal(&name, Signal { value, expires, domain: domain.clone(), cluster });
-            Reply::Ok(json!({
-                "name": name, "value": value, "domain": domain,
-                "scope": if cluster { "cluster" } else { "host" }, "expires": rfc3339(expires),
-            }))
-        }
-        Command::ListSignals => Reply::Ok(serde_json::Value::Array(
-            rec.live_signals(now_ms())
-                .into_iter()
-                .map(|(name, s)| {
-                    json!({
-                        "name": name, "value": s.value, "domain": s.domain,
-                        "scope": if s.cluster { "cluster" } else { "host" }, "expires": rfc3339(s.expires),
-                    })
-                })
-                .collect(),
-        )),
-        // handled by the loop itself
-        Command::Metrics | Command::Subscribe => Reply::Err { status: 500, message: "not handled here".into() },
-    }
-}
-
-fn reload(catalog: &mut Catalog, why: &str) {
-    match catalog.reload() {
-        Ok(r) => {
-            if why == "SIGHUP"
-                || !(r.loaded.is_empty() && r.failed.is_empty() && r.removed.is_empty())
-            {
-                info!(
-                    trigger = why,
-                    dir = %catalog.dir().display(),
-                    in_force = catalog.personas().len(),
-                    failed = ?r.failed,
-                    removed = ?r.removed,
-                    "personas loaded"
-                );
-            }
-        }
-        Err(e) => {
-            warn!(dir = %catalog.dir().display(), error = %e, "cannot read the personas directory; personas in force are kept")
         }
     }
 }

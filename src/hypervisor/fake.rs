@@ -189,4 +189,10 @@ impl Hypervisor for FakeHypervisor {
         self.lock().subscribers.push(tx);
         rx
     }
+    fn uri(&self) -> &str {
+        "fake:///"
+    }
+    fn is_connected(&self) -> bool {
+        true
+    }
 }

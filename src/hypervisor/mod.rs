@@ -276,6 +276,10 @@ pub trait Hypervisor: Send + Sync {
     fn host(&self) -> Result<HostInfo>;
     /// Lifecycle and connection events. Each call returns a new subscriber.
     fn events(&self) -> crossbeam_channel::Receiver<HypervisorEvent>;
+    /// Where it connects (a libvirt URI).
+    fn uri(&self) -> &str;
+    /// Whether the connection is up right now (without trying to reconnect).
+    fn is_connected(&self) -> bool;
 }
 
 /// Checks a value against libvirt's documented range for its knob, before it

@@ -191,13 +191,49 @@ pub enum VcpuSel {
 /// `[tuning]`, in libvirt units, before it is resolved against one domain.
 /// Only pinning and interfaces depend on the domain (`*` = every vCPU or
 /// interface); every other knob is the same for all domains and lives in `fixed`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TuningSpec {
     pub vcpu_pin: Vec<(VcpuSel, CpuSet)>,
     /// Target dev, MAC, or "*" for every interface.
     pub interfaces: Vec<(String, InterfaceTuning)>,
     /// Knobs that do not depend on the domain (no pins, no interfaces here).
     pub fixed: Tuning,
+}
+
+/// The API shows `[tuning]` flat, one key per knob as in the file; how the
+/// spec is stored inside is not part of the API.
+impl Serialize for TuningSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Flat<'a> {
+            vcpu_pin: &'a [(VcpuSel, CpuSet)],
+            emulator_pin: &'a Option<CpuSet>,
+            cpu_shares: Option<u64>,
+            vcpu_period: Option<u64>,
+            vcpu_quota: Option<i64>,
+            memory_hard_limit: Option<u64>,
+            memory_soft_limit: Option<u64>,
+            memory_swap_hard_limit: Option<u64>,
+            blkio_weight: Option<u32>,
+            blkio_devices: &'a BTreeMap<String, crate::model::tuning::BlkioDeviceTuning>,
+            interfaces: &'a [(String, InterfaceTuning)],
+        }
+        let f = &self.fixed;
+        Flat {
+            vcpu_pin: &self.vcpu_pin,
+            emulator_pin: &f.emulator_pin,
+            cpu_shares: f.cpu_shares,
+            vcpu_period: f.vcpu_period,
+            vcpu_quota: f.vcpu_quota,
+            memory_hard_limit: f.memory_hard_limit,
+            memory_soft_limit: f.memory_soft_limit,
+            memory_swap_hard_limit: f.memory_swap_hard_limit,
+            blkio_weight: f.blkio_weight,
+            blkio_devices: &f.blkio_devices,
+            interfaces: &self.interfaces,
+        }
+        .serialize(s)
+    }
 }
 
 impl TuningSpec {

@@ -942,6 +942,12 @@ impl Hypervisor for LibvirtHypervisor {
     fn events(&self) -> crossbeam_channel::Receiver<HypervisorEvent> {
         self.subscribers.subscribe()
     }
+    fn uri(&self) -> &str {
+        LibvirtHypervisor::uri(self)
+    }
+    fn is_connected(&self) -> bool {
+        LibvirtHypervisor::is_connected(self)
+    }
 }
 
 #[cfg(test)]

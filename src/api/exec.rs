@@ -1,0 +1,306 @@
+//! What each [`Command`] does: the daemon's side of the control surface.
+//!
+//! Generic over the ports, so it runs against the recording fake and the
+//! in-memory store in tests exactly as it runs against libvirt and redb in the
+//! daemon. `now` is a parameter. Persona files are the one source of truth:
+//! a persona created, replaced or deleted here is written to (or removed
+//! from) the personas directory atomically, then the catalog is reloaded from
+//! disk. The two commands that need the daemon's own state (metrics and the
+//! event stream) are answered by the daemon's loop, not here.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+use tracing::{info, warn};
+
+use crate::api::command::{Command, Reply};
+use crate::api::rfc3339;
+use crate::collector::Millis;
+use crate::hypervisor::{Hypervisor, ReadScope};
+use crate::model::loader::Catalog;
+use crate::model::validate::parse_persona;
+use crate::reconciler::{DomainStatus, ManualError, Reconciler};
+use crate::rules::Signal;
+use crate::store::{Event, StateStore};
+
+/// How far back `GET /v1/events/recent` looks when no `since` is given.
+pub const RECENT_EVENTS_MS: Millis = 3_600_000;
+
+/// A domain's status as the API shows it.
+pub fn status_json(s: &DomainStatus) -> Value {
+    json!({
+        "id": s.id,
+        "name": s.name,
+        "uuid": s.uuid,
+        "state": s.state,
+        "persona": s.persona,
+        "since": s.since.map(rfc3339),
+        "reason": s.reason,
+        "override": s.override_,
+        "last_error": s.last_error,
+    })
+}
+
+/// Every domain's status, as `GET /v1/domains` answers.
+pub fn domains_body<H: Hypervisor + ?Sized, S: StateStore>(rec: &Reconciler<H, S>) -> String {
+    Value::Array(rec.statuses().iter().map(status_json).collect()).to_string()
+}
+
+/// A recorded event as the API and the event stream show it.
+pub fn event_json(e: &Event) -> Value {
+    json!({
+        "time": rfc3339(e.time), "domain": e.domain, "from": e.from, "to": e.to,
+        "reason": e.reason, "result": e.result, "changes": e.changes, "error": e.error,
+    })
+}
+
+fn signal_json(name: &str, s: &Signal) -> Value {
+    json!({
+        "name": name, "value": s.value, "domain": s.domain,
+        "scope": if s.cluster { "cluster" } else { "host" }, "expires": rfc3339(s.expires),
+    })
+}
+
+fn manual_error(e: ManualError) -> Reply {
+    match e {
+        ManualError::NoDomain(_) | ManualError::NoPersona(_) => Reply::not_found(e.to_string()),
+        ManualError::NotRunning { .. } | ManualError::NoMatch { .. } => {
+            Reply::conflict(e.to_string())
+        }
+        ManualError::Tick(t) => server_error(t),
+    }
+}
+
+fn server_error(e: impl std::fmt::Display) -> Reply {
+    Reply::Err {
+        status: 500,
+        message: e.to_string(),
+    }
+}
+
+fn persona_json(catalog: &Catalog, id: &str) -> Option<Value> {
+    let entry = catalog.entries().into_iter().find(|e| e.id == id)?;
+    let file = catalog.file_of(id);
+    Some(json!({
+        "id": entry.id, "name": entry.name, "priority": entry.priority, "status": entry.status,
+        "file": entry.file, "error": entry.error,
+        "persona": catalog.get(id).map(|p| serde_json::to_value(&*p).unwrap_or_default()),
+        "toml": file.and_then(|f| f.text.as_deref().map(str::to_string)),
+    }))
+}
+
+/// Writes a file atomically: a temporary file in the same directory, synced,
+/// then renamed over the target, so the watcher never reads half of it.
+pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("persona.toml");
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Reloads the personas directory and logs what changed (always on SIGHUP).
+pub fn reload(catalog: &mut Catalog, why: &str) {
+    match catalog.reload() {
+        Ok(r) => {
+            if why == "SIGHUP"
+                || !(r.loaded.is_empty() && r.failed.is_empty() && r.removed.is_empty())
+            {
+                info!(
+                    trigger = why,
+                    dir = %catalog.dir().display(),
+                    in_force = catalog.personas().len(),
+                    failed = ?r.failed,
+                    removed = ?r.removed,
+                    "personas loaded"
+                );
+            }
+        }
+        Err(e) => {
+            warn!(dir = %catalog.dir().display(), error = %e, "cannot read the personas directory; personas in force are kept")
+        }
+    }
+}
+
+/// Runs one command. `Metrics` and `Subscribe` belong to the daemon's loop
+/// and get a 500 here.
+pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
+    rec: &mut Reconciler<H, S>,
+    catalog: &mut Catalog,
+    hv: &H,
+    cmd: Command,
+    now: Millis,
+) -> Reply {
+    // domains by name, numeric id or UUID, as virsh resolves them
+    let find = |rec: &Reconciler<H, S>, key: &str| {
+        rec.statuses().into_iter().find(|s| {
+            s.name == key || s.uuid == key || s.id.map(|i| i.to_string()).as_deref() == Some(key)
+        })
+    };
+    let no_domain = |name: &str| Reply::not_found(format!("domain '{name}' not found"));
+    let events = |r: Result<Vec<Event>, _>| match r {
+        Ok(ev) => Reply::Ok(Value::Array(ev.iter().map(event_json).collect())),
+        Err(e) => server_error(e),
+    };
+    match cmd {
+        Command::Health => Reply::Ok(json!({
+            "status": "ok",
+            "libvirt": if hv.is_connected() { "connected" } else { "disconnected" },
+            "uri": hv.uri(),
+            "version": crate::VERSION,
+        })),
+        Command::ListDomains => Reply::Ok(Value::Array(
+            rec.statuses().iter().map(status_json).collect(),
+        )),
+        Command::GetDomain { name } => match find(rec, &name) {
+            Some(s) => Reply::Ok(status_json(&s)),
+            None => no_domain(&name),
+        },
+        Command::History { name, since } => {
+            let domain = find(rec, &name).map(|s| s.name).unwrap_or(name);
+            events(rec.store().events(Some(&domain), since))
+        }
+        Command::Tuning { name } => match find(rec, &name) {
+            None => no_domain(&name),
+            Some(st) => match hv.tuning(&st.name, ReadScope::Current) {
+                Ok(t) => Reply::Ok(serde_json::to_value(t).unwrap_or_default()),
+                Err(e) => Reply::Err {
+                    status: 502,
+                    message: e.to_string(),
+                },
+            },
+        },
+        Command::RecentEvents { since } => {
+            let since = since.unwrap_or(now - RECENT_EVENTS_MS);
+            events(rec.store().events(None, since))
+        }
+        Command::Explain { name } => match find(rec, &name).and_then(|s| rec.entry(&s.uuid)) {
+            Some(e) => match &e.last_decision {
+                Some(d) => Reply::Ok(json!({
+                    "domain": e.info.name,
+                    "persona": d.persona,
+                    "reason": d.reason,
+                    "candidates": d.candidates.iter().map(|c| c.to_json()).collect::<Vec<_>>(),
+                })),
+                None => Reply::conflict(format!("no decision for '{name}' yet (is it running?)")),
+            },
+            None => no_domain(&name),
+        },
+        Command::Activate {
+            name,
+            persona,
+            for_ms,
+        } => match rec.activate(&name, &persona, for_ms.map(|f| now + f), now) {
+            Ok(()) => {
+                find(rec, &name).map_or_else(|| no_domain(&name), |s| Reply::Ok(status_json(&s)))
+            }
+            Err(e) => manual_error(e),
+        },
+        Command::Revert { name } => match rec.revert(&name, now) {
+            Ok(()) => {
+                find(rec, &name).map_or_else(|| no_domain(&name), |s| Reply::Ok(status_json(&s)))
+            }
+            Err(e) => manual_error(e),
+        },
+        Command::ListPersonas => {
+            Reply::Ok(serde_json::to_value(catalog.entries()).unwrap_or_default())
+        }
+        Command::GetPersona { id } => match persona_json(catalog, &id) {
+            Some(v) => Reply::Ok(v),
+            None => Reply::not_found(format!("persona '{id}' not found")),
+        },
+        Command::ValidatePersona { toml } => {
+            let errors: Vec<Value> = match parse_persona(&toml, Path::new("request")) {
+                Ok(_) => vec![],
+                Err(errs) => errs
+                    .iter()
+                    .map(|e| json!({"line": e.line, "col": e.col, "message": e.rule.to_string()}))
+                    .collect(),
+            };
+            Reply::Ok(json!({"ok": errors.is_empty(), "errors": errors}))
+        }
+        Command::PutPersona { id, toml } => put_persona(rec, catalog, &id, &toml),
+        Command::DeletePersona { id } => match catalog.file_of(&id).map(|f| f.path.clone()) {
+            None => Reply::not_found(format!("persona '{id}' not found")),
+            Some(path) => {
+                if let Err(e) = std::fs::remove_file(&path) {
+                    return server_error(format!("removing {}: {e}", path.display()));
+                }
+                reload(catalog, "API");
+                rec.set_personas(catalog.personas());
+                Reply::Ok(json!({"id": id, "file": path, "removed": true}))
+            }
+        },
+        Command::SetSignal {
+            name,
+            value,
+            ttl_ms,
+            domain,
+            cluster,
+        } => {
+            let s = Signal {
+                value,
+                expires: now + ttl_ms,
+                domain,
+                cluster,
+            };
+            let reply = signal_json(&name, &s);
+            rec.set_signal(&name, s);
+            Reply::Ok(reply)
+        }
+        Command::ListSignals => Reply::Ok(Value::Array(
+            rec.live_signals(now)
+                .iter()
+                .map(|(name, s)| signal_json(name, s))
+                .collect(),
+        )),
+        Command::Metrics | Command::Subscribe => server_error("answered by the daemon's loop"),
+    }
+}
+
+/// Creates or replaces a persona: validated first, then written over its own
+/// file (or `<id>.toml`), then loaded from disk like a hand edit.
+fn put_persona<H: Hypervisor + ?Sized, S: StateStore>(
+    rec: &mut Reconciler<H, S>,
+    catalog: &mut Catalog,
+    id: &str,
+    toml: &str,
+) -> Reply {
+    let target = catalog
+        .file_of(id)
+        .map(|f| f.path.clone())
+        .unwrap_or_else(|| catalog.dir().join(format!("{id}.toml")));
+    match parse_persona(toml, &target) {
+        Err(errs) => Reply::bad(
+            errs.iter()
+                .map(|e| format!("{}:{}: {}", e.line, e.col, e.rule))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        Ok(p) if p.id != id => Reply::bad(format!(
+            "the body's id '{}' does not match the route's '{id}'",
+            p.id
+        )),
+        Ok(_) => {
+            if let Err(e) = write_atomically(&target, toml) {
+                return server_error(format!("writing {}: {e}", target.display()));
+            }
+            reload(catalog, "API");
+            rec.set_personas(catalog.personas());
+            match persona_json(catalog, id) {
+                Some(v) if v["status"] == "ok" => Reply::Ok(v),
+                Some(v) => Reply::conflict(v["error"].as_str().unwrap_or("not loaded").to_string()),
+                None => Reply::conflict(format!(
+                    "persona '{id}' was written to {} but is not in force",
+                    target.display()
+                )),
+            }
+        }
+    }
+}
