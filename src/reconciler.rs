@@ -93,7 +93,14 @@ pub struct Reconciler<H: Hypervisor + ?Sized, S: StateStore> {
     last_list: Millis,
     /// Events recorded since the last [`Reconciler::take_events`].
     recent: Vec<Event>,
+    /// When set, samples are stamped with the time the stats call actually ran
+    /// (its midpoint), not the tick's `now`: a slow domain-list refresh before
+    /// the call must not show up as a burst of load.
+    stats_clock: Option<Clock>,
 }
+
+/// Milliseconds since the Unix epoch, read when called.
+pub type Clock = Box<dyn Fn() -> Millis + Send + Sync>;
 
 /// Why a manual activation or revert was refused.
 #[derive(Debug, thiserror::Error)]
@@ -128,10 +135,17 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             stale: true,
             last_list: 0,
             recent: Vec::new(),
+            stats_clock: None,
         }
     }
 
     /// Replaces the personas in force (in evaluation order).
+    /// Stamps samples with this clock around the stats call instead of the
+    /// tick's `now` (the daemon passes the real clock; tests leave it unset).
+    pub fn set_stats_clock(&mut self, clock: Clock) {
+        self.stats_clock = Some(clock);
+    }
+
     pub fn set_personas(&mut self, personas: Vec<Arc<Persona>>) {
         let (groups, keep) = needs(&personas);
         self.groups = groups;
@@ -392,7 +406,12 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         if self.stale || now - self.last_list >= self.verify_interval_ms {
             self.refresh(now)?;
         }
+        let before = self.stats_clock.as_ref().map(|c| c());
         let stats = self.hv.all_stats(self.groups)?;
+        let taken = match (before, &self.stats_clock) {
+            (Some(b), Some(c)) => b + (c() - b) / 2,
+            _ => now,
+        };
         if stats.iter().any(|s| {
             !self
                 .domains
@@ -407,7 +426,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             .iter()
             .map(|(u, e)| (u.clone(), e.info.vcpus))
             .collect();
-        self.collector.ingest(now, &stats, &vcpus, host);
+        self.collector.ingest(taken, &stats, &vcpus, host);
         let mut report = TickReport::default();
         let active: Vec<String> = stats.iter().map(|s| s.uuid.clone()).collect();
         for uuid in active {

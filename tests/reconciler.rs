@@ -323,3 +323,46 @@ fn an_undefined_domain_is_forgotten_with_its_baseline() {
     assert!(rig.r.statuses().is_empty());
     assert_eq!(rig.r.store().baseline(&uuid).unwrap(), Tuning::default());
 }
+
+#[test]
+fn rates_use_the_time_the_stats_were_taken_not_the_start_of_the_tick() {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    let mut rig = Rig::new(MemoryStore::default());
+    let clock = Arc::new(AtomicI64::new(rig.now + 1000));
+    let c = clock.clone();
+    rig.r
+        .set_stats_clock(Box::new(move || c.load(Ordering::SeqCst)));
+    rig.second(0.4);
+    // the next stats call runs 600 ms late (say, a slow domain-list refresh
+    // before it): the guest, steady at 40 %, ran 0.64 s of CPU by then
+    clock.store(rig.now + 1600, Ordering::SeqCst);
+    rig.now += 1000;
+    rig.cpu_ns += 640_000_000;
+    rig.hv.set_stats(
+        "web-1",
+        DomainStats {
+            name: "web-1".into(),
+            uuid: rig.uuid.clone(),
+            cpu_time_ns: Some(rig.cpu_ns),
+            vcpu_current: Some(1),
+            ..Default::default()
+        },
+    );
+    rig.r.tick(rig.now, None).unwrap();
+    let cpu = rig
+        .r
+        .entry(&rig.uuid)
+        .unwrap()
+        .last_decision
+        .as_ref()
+        .unwrap()
+        .candidates[0]
+        .conditions[0]
+        .value
+        .unwrap();
+    assert!(
+        (cpu - 40.0).abs() < 0.5,
+        "cpu {cpu:.1} %: expected 40 (0.64 s over 1.6 s), not 64 (over the tick's 1 s)"
+    );
+    assert_eq!(rig.worn(), None, "no burst of load seen, no persona");
+}

@@ -144,6 +144,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let events = hv.events();
     let mut rec: Rec = Reconciler::new(hv.clone(), store, cfg.verify_interval.as_std());
     rec.set_personas(catalog.personas());
+    rec.set_stats_clock(Box::new(now_ms));
 
     let (cmd_tx, cmd_rx) = crossbeam_channel::bounded::<Envelope>(256);
     let shared = Arc::new(server::Shared::default());
