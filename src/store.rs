@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use crate::collector::Millis;
@@ -167,6 +167,8 @@ const BASELINES: TableDefinition<&str, &[u8]> = TableDefinition::new("baselines"
 const WORN: TableDefinition<&str, &[u8]> = TableDefinition::new("worn");
 const OVERRIDES: TableDefinition<&str, &[u8]> = TableDefinition::new("overrides");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// (domain, event number): a domain's history without reading everyone's.
+const EVENTS_BY_DOMAIN: TableDefinition<(&str, u64), ()> = TableDefinition::new("events_by_domain");
 
 /// Most events kept; older ones are dropped as new ones come.
 pub const MAX_EVENTS: u64 = 100_000;
@@ -175,6 +177,7 @@ pub const MAX_EVENTS: u64 = 100_000;
 pub struct RedbStore {
     db: redb::Database,
     next_event: u64,
+    max_events: u64,
 }
 
 fn io<E: std::fmt::Display>(e: E) -> StoreError {
@@ -183,6 +186,11 @@ fn io<E: std::fmt::Display>(e: E) -> StoreError {
 
 impl RedbStore {
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_keeping(dir, MAX_EVENTS)
+    }
+
+    /// Like [`RedbStore::open`], keeping at most `max_events` events.
+    pub fn open_keeping(dir: &Path, max_events: u64) -> Result<Self> {
         let path = dir.join("state.redb");
         let open_err = |e: &dyn std::fmt::Display| StoreError::Open {
             path: path.clone(),
@@ -196,7 +204,19 @@ impl RedbStore {
             tx.open_table(BASELINES).map_err(|e| open_err(&e))?;
             tx.open_table(WORN).map_err(|e| open_err(&e))?;
             tx.open_table(OVERRIDES).map_err(|e| open_err(&e))?;
-            tx.open_table(EVENTS).map_err(|e| open_err(&e))?;
+            let events = tx.open_table(EVENTS).map_err(|e| open_err(&e))?;
+            let mut index = tx.open_table(EVENTS_BY_DOMAIN).map_err(|e| open_err(&e))?;
+            // a state file from before the index: build it once
+            if index.is_empty().map_err(|e| open_err(&e))? {
+                for item in events.iter().map_err(|e| open_err(&e))? {
+                    let (k, v) = item.map_err(|e| open_err(&e))?;
+                    if let Ok(e) = serde_json::from_slice::<Event>(v.value()) {
+                        index
+                            .insert((e.domain.as_str(), k.value()), ())
+                            .map_err(|e| open_err(&e))?;
+                    }
+                }
+            }
         }
         tx.commit().map_err(|e| open_err(&e))?;
         let rx = db.begin_read().map_err(|e| open_err(&e))?;
@@ -207,7 +227,11 @@ impl RedbStore {
             .map_err(|e| open_err(&e))?
             .map(|(k, _)| k.value() + 1)
             .unwrap_or(0);
-        Ok(RedbStore { db, next_event })
+        Ok(RedbStore {
+            db,
+            next_event,
+            max_events: max_events.max(1),
+        })
     }
 
     fn get(&self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<Option<Vec<u8>>> {
@@ -284,26 +308,62 @@ impl StateStore for RedbStore {
         let tx = self.db.begin_write().map_err(io)?;
         {
             let mut t = tx.open_table(EVENTS).map_err(io)?;
+            let mut index = tx.open_table(EVENTS_BY_DOMAIN).map_err(io)?;
             t.insert(self.next_event, v.as_slice()).map_err(io)?;
-            if self.next_event >= MAX_EVENTS {
-                t.remove(self.next_event - MAX_EVENTS).map_err(io)?;
+            index
+                .insert((e.domain.as_str(), self.next_event), ())
+                .map_err(io)?;
+            if self.next_event >= self.max_events {
+                let old = self.next_event - self.max_events;
+                let evicted = t.remove(old).map_err(io)?;
+                if let Some(Ok(ev)) = evicted.map(|v| serde_json::from_slice::<Event>(v.value())) {
+                    index.remove((ev.domain.as_str(), old)).map_err(io)?;
+                }
             }
         }
         tx.commit().map_err(io)?;
         self.next_event += 1;
         Ok(())
     }
+    /// Newest first until an event older than `since` (events are appended in
+    /// time order), then returned oldest first. A domain's events come from the
+    /// index, so one domain's history does not read every domain's.
     fn events(&self, domain: Option<&str>, since: Millis) -> Result<Vec<Event>> {
         let rx = self.db.begin_read().map_err(io)?;
         let t = rx.open_table(EVENTS).map_err(io)?;
         let mut out = Vec::new();
-        for item in t.iter().map_err(io)? {
-            let (k, v) = item.map_err(io)?;
-            let e: Event = from_json(&k.value().to_string(), v.value())?;
-            if e.time >= since && domain.is_none_or(|d| e.domain == d) {
-                out.push(e);
+        let mut take = |k: u64, v: &[u8]| -> Result<bool> {
+            let e: Event = from_json(&k.to_string(), v)?;
+            if e.time < since {
+                return Ok(false);
+            }
+            out.push(e);
+            Ok(true)
+        };
+        match domain {
+            None => {
+                for item in t.iter().map_err(io)?.rev() {
+                    let (k, v) = item.map_err(io)?;
+                    if !take(k.value(), v.value())? {
+                        break;
+                    }
+                }
+            }
+            Some(d) => {
+                let index = rx.open_table(EVENTS_BY_DOMAIN).map_err(io)?;
+                for item in index.range((d, 0)..=(d, u64::MAX)).map_err(io)?.rev() {
+                    let (k, _) = item.map_err(io)?;
+                    let n = k.value().1;
+                    let Some(v) = t.get(n).map_err(io)? else {
+                        continue;
+                    };
+                    if !take(n, v.value())? {
+                        break;
+                    }
+                }
             }
         }
+        out.reverse();
         Ok(out)
     }
     fn forget(&mut self, uuid: &str) -> Result<()> {
@@ -418,5 +478,59 @@ mod tests {
             10,
             "event numbering continues after reopen"
         );
+    }
+
+    fn event(time: Millis, domain: &str) -> Event {
+        Event {
+            time,
+            domain: domain.into(),
+            from: None,
+            to: Some("p".into()),
+            reason: "criteria".into(),
+            result: "ok".into(),
+            changes: vec![],
+            error: None,
+        }
+    }
+
+    #[test]
+    fn redb_history_comes_from_the_domain_index_and_old_events_leave_it() {
+        let d = tempfile::tempdir().unwrap();
+        let mut s = RedbStore::open_keeping(d.path(), 10).unwrap();
+        for t in 0..25 {
+            s.append_event(&event(t, if t % 5 == 0 { "rare" } else { "busy" }))
+                .unwrap();
+        }
+        // 15..25 are kept: rare has 15 and 20
+        let times = |v: Vec<Event>| v.iter().map(|e| e.time).collect::<Vec<_>>();
+        assert_eq!(times(s.events(Some("rare"), 0).unwrap()), [15, 20]);
+        assert_eq!(times(s.events(Some("rare"), 16).unwrap()), [20]);
+        assert_eq!(s.events(Some("busy"), 0).unwrap().len(), 8);
+        assert_eq!(times(s.events(None, 22).unwrap()), [22, 23, 24]);
+        assert!(s.events(Some("nobody"), 0).unwrap().is_empty());
+        let rx = s.db.begin_read().unwrap();
+        assert_eq!(
+            rx.open_table(EVENTS_BY_DOMAIN).unwrap().len().unwrap(),
+            10,
+            "evicted events leave the index too"
+        );
+    }
+
+    #[test]
+    fn redb_index_is_built_for_a_state_file_that_predates_it() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let mut s = RedbStore::open(d.path()).unwrap();
+            for t in 0..4 {
+                s.append_event(&event(t, if t == 2 { "b" } else { "a" }))
+                    .unwrap();
+            }
+            let tx = s.db.begin_write().unwrap();
+            tx.delete_table(EVENTS_BY_DOMAIN).unwrap();
+            tx.commit().unwrap();
+        }
+        let s = RedbStore::open(d.path()).unwrap();
+        assert_eq!(s.events(Some("a"), 0).unwrap().len(), 3);
+        assert_eq!(s.events(Some("b"), 0).unwrap()[0].time, 2);
     }
 }
