@@ -393,8 +393,11 @@ fn drift_behind_the_daemons_back_is_repaired_at_the_verify_interval() {
     let took = wait_for("the drift repair", 15, || {
         hv.tuning(&g.name, ReadScope::Current).unwrap().cpu_shares == Some(1414)
     });
+    // found by the 5 s verify, not the 30 s default: at most the interval plus
+    // one 1 s tick, plus slack for a loaded CI host (7.0 s seen with both cores
+    // busy); the exact timing is checked on the fake in tests/reconciler.rs
     assert!(
-        took <= Duration::from_secs(7),
+        took <= Duration::from_secs(9),
         "found within the 5 s verify interval (+1 tick): {took:?}"
     );
     let h = virt_persona::api::client::request(
