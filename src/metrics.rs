@@ -173,16 +173,7 @@ mod tests {
             }),
         );
         m.tick(0.002, None);
-        m.events(&[Event {
-            time: 0,
-            domain: "a".into(),
-            from: None,
-            to: Some("p".into()),
-            reason: "criteria".into(),
-            result: "ok".into(),
-            changes: vec![],
-            error: None,
-        }]);
+        m.events(&[Event::example(0, "a")]);
         let t = m.render();
         assert!(
             t.contains("virt_persona_transitions_total{result=\"ok\"} 1"),

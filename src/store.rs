@@ -374,6 +374,23 @@ impl StateStore for RedbStore {
 }
 
 #[cfg(test)]
+impl Event {
+    /// A successful transition to persona "p", for unit tests.
+    pub(crate) fn example(time: Millis, domain: &str) -> Event {
+        Event {
+            time,
+            domain: domain.into(),
+            from: None,
+            to: Some("p".into()),
+            reason: "criteria".into(),
+            result: "ok".into(),
+            changes: vec![],
+            error: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::tuning::KnobValue;
@@ -421,17 +438,8 @@ mod tests {
         .unwrap();
         assert_eq!(s.override_("u1").unwrap().unwrap().until, Some(9));
         for i in 0..3 {
-            s.append_event(&Event {
-                time: i,
-                domain: if i == 1 { "b".into() } else { "a".into() },
-                from: None,
-                to: Some("p".into()),
-                reason: "criteria".into(),
-                result: "ok".into(),
-                changes: vec![],
-                error: None,
-            })
-            .unwrap();
+            s.append_event(&event(i, if i == 1 { "b" } else { "a" }))
+                .unwrap();
         }
         assert_eq!(s.events(Some("a"), 0).unwrap().len(), 2);
         assert_eq!(s.events(None, 1).unwrap().len(), 2);
@@ -463,14 +471,8 @@ mod tests {
         assert_eq!(s.baseline("u2").unwrap().cpu_shares, Some(7));
         assert_eq!(s.events(None, 0).unwrap().len(), 3);
         s.append_event(&Event {
-            time: 10,
-            domain: "a".into(),
-            from: None,
             to: None,
-            reason: "x".into(),
-            result: "ok".into(),
-            changes: vec![],
-            error: None,
+            ..event(10, "a")
         })
         .unwrap();
         assert_eq!(
@@ -481,16 +483,7 @@ mod tests {
     }
 
     fn event(time: Millis, domain: &str) -> Event {
-        Event {
-            time,
-            domain: domain.into(),
-            from: None,
-            to: Some("p".into()),
-            reason: "criteria".into(),
-            result: "ok".into(),
-            changes: vec![],
-            error: None,
-        }
+        Event::example(time, domain)
     }
 
     #[test]
