@@ -211,73 +211,50 @@ fn routes_answer_and_refuse_as_documented() {
     let (st, v) = call(s, "POST", "/v1/domains/db-1/revert", "application/json", "");
     assert_eq!((st, v["persona"].clone()), (200, Value::Null));
 
-    // clumsy bodies
-    assert_eq!(
-        call(
-            s,
+    // clumsy bodies: (method, path, content type, body) -> status
+    let activate = "/v1/domains/db-1/activate";
+    for (method, path, ctype, body, want) in [
+        ("POST", activate, "application/json", "{not json", 400),
+        (
             "POST",
-            "/v1/domains/db-1/activate",
-            "application/json",
-            "{not json"
-        )
-        .0,
-        400
-    );
-    assert_eq!(
-        call(
-            s,
-            "POST",
-            "/v1/domains/db-1/activate",
+            activate,
             "text/plain",
-            r#"{"persona": "db-only"}"#
-        )
-        .0,
-        415
-    );
-    assert_eq!(
-        call(
-            s,
+            r#"{"persona": "db-only"}"#,
+            415,
+        ),
+        (
             "POST",
-            "/v1/domains/db-1/activate",
+            activate,
             "application/json",
-            r#"{"persona": "db-only", "x": 1}"#
-        )
-        .0,
-        400
-    );
-    assert_eq!(
-        call(
-            s,
+            r#"{"persona": "db-only", "x": 1}"#,
+            400,
+        ),
+        (
             "PUT",
             "/v1/signals/BAD NAME",
             "application/json",
-            r#"{"value": 1}"#
-        )
-        .0,
-        400
-    );
-    assert_eq!(
-        call(
-            s,
+            r#"{"value": 1}"#,
+            400,
+        ),
+        (
             "PUT",
             "/v1/signals/bad!",
             "application/json",
-            r#"{"value": 1}"#
-        )
-        .0,
-        400
-    );
-    assert_eq!(
-        call(
-            s,
+            r#"{"value": 1}"#,
+            400,
+        ),
+        (
             "PUT",
             "/v1/signals/x",
             "application/json",
-            r#"{"value": "high"}"#
-        )
-        .0,
-        400
-    );
+            r#"{"value": "high"}"#,
+            400,
+        ),
+    ] {
+        let (st, v) = call(s, method, path, ctype, body);
+        assert_eq!(st, want, "{method} {path} {body}: {v}");
+        assert!(v["error"].is_string(), "a JSON error: {v}");
+    }
     let big = "x".repeat(1_100_000);
     assert_eq!(
         call(s, "PUT", "/v1/personas/big", "application/toml", &big).0,
