@@ -205,27 +205,11 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                 domain: entry.info.name.clone(),
             });
         }
-        if !p.matches(&entry.info) {
-            let mut why = Vec::new();
-            if !p.matcher.names.is_empty() {
-                why.push(format!(
-                    "its [match] names {:?} do not fit the name",
-                    p.matcher.names
-                ));
-            }
-            let missing: Vec<&String> = p
-                .matcher
-                .tags
-                .iter()
-                .filter(|t| !entry.info.tags.contains(t))
-                .collect();
-            if !missing.is_empty() {
-                why.push(format!("the domain lacks the tags {missing:?}"));
-            }
+        if let Some(why) = p.why_not(&entry.info) {
             return Err(ManualError::NoMatch {
                 persona: persona.to_string(),
                 domain: entry.info.name.clone(),
-                why: why.join("; "),
+                why,
             });
         }
         let o = Override {

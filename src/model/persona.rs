@@ -342,11 +342,59 @@ impl Persona {
     /// Whether a domain may wear this persona (`[match]`): any of the name globs
     /// matches (or there are none) and every tag is present.
     pub fn matches(&self, domain: &DomainInfo) -> bool {
-        self.matcher.globs.matches(&domain.name)
-            && self
-                .matcher
-                .tags
-                .iter()
-                .all(|t| domain.tags.iter().any(|d| d == t))
+        self.matcher.globs.matches(&domain.name) && self.missing_tags(domain).next().is_none()
+    }
+
+    /// Why the domain may not wear this persona, for people; `None` when it may.
+    pub fn why_not(&self, domain: &DomainInfo) -> Option<String> {
+        let mut why = Vec::new();
+        if !self.matcher.globs.matches(&domain.name) {
+            why.push(format!(
+                "the name '{}' fits none of its [match] names {:?}",
+                domain.name, self.matcher.names
+            ));
+        }
+        let missing: Vec<&String> = self.missing_tags(domain).collect();
+        if !missing.is_empty() {
+            why.push(format!("the domain lacks the tags {missing:?}"));
+        }
+        (!why.is_empty()).then(|| why.join("; "))
+    }
+
+    fn missing_tags<'a>(&'a self, domain: &'a DomainInfo) -> impl Iterator<Item = &'a String> {
+        self.matcher
+            .tags
+            .iter()
+            .filter(|t| !domain.tags.contains(t))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::hypervisor::fake::FakeHypervisor;
+    use crate::model::validate::parse_persona;
+
+    #[test]
+    fn why_not_names_only_the_part_of_match_that_fails() {
+        let p = parse_persona(
+            "id = \"p\"\n[match]\nnames = [\"web-*\"]\ntags = [\"prod\", \"eu\"]\n",
+            std::path::Path::new("p.toml"),
+        )
+        .expect("valid");
+        let mut d = FakeHypervisor::simple_domain("web-1", 1);
+        d.tags = vec!["eu".into()];
+        assert!(!p.matches(&d));
+        assert_eq!(
+            p.why_not(&d).as_deref(),
+            Some("the domain lacks the tags [\"prod\"]"),
+            "the name fits, so it is not blamed"
+        );
+        d.name = "db-1".into();
+        let why = p.why_not(&d).expect("does not fit");
+        assert!(why.starts_with("the name 'db-1' fits none of"), "{why}");
+        d.tags.push("prod".into());
+        d.name = "web-2".into();
+        assert!(p.matches(&d));
+        assert_eq!(p.why_not(&d), None);
     }
 }
