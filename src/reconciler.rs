@@ -102,6 +102,24 @@ pub struct Reconciler<H: Hypervisor + ?Sized, S: StateStore> {
 /// Milliseconds since the Unix epoch, read when called.
 pub type Clock = Box<dyn Fn() -> Millis + Send + Sync>;
 
+fn status_of(e: &DomainEntry) -> DomainStatus {
+    DomainStatus {
+        id: e.info.id,
+        name: e.info.name.clone(),
+        uuid: e.info.uuid.clone(),
+        state: e.info.state.as_str().to_string(),
+        persona: e.rules.worn.as_ref().map(|w| w.0.clone()),
+        since: e.rules.worn.as_ref().map(|w| w.1),
+        reason: e
+            .last_decision
+            .as_ref()
+            .filter(|d| d.persona.is_some())
+            .map(|d| d.reason.clone()),
+        override_: e.rules.override_.clone(),
+        last_error: e.last_error.clone(),
+    }
+}
+
 /// Why a manual activation or revert was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ManualError {
@@ -171,14 +189,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
     }
 
     fn uuid_of(&self, key: &str) -> Option<String> {
-        self.domains
-            .iter()
-            .find(|(u, e)| {
-                e.info.name == key
-                    || *u == key
-                    || e.info.id.map(|i| i.to_string()).as_deref() == Some(key)
-            })
-            .map(|(u, _)| u.clone())
+        self.entry(key).map(|e| e.info.uuid.clone())
     }
 
     /// Manual activation: `persona` beats all criteria on the domain until
@@ -283,33 +294,23 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
 
     /// Every known domain's state, by name.
     pub fn statuses(&self) -> Vec<DomainStatus> {
-        let mut v: Vec<DomainStatus> = self
-            .domains
-            .values()
-            .map(|e| DomainStatus {
-                id: e.info.id,
-                name: e.info.name.clone(),
-                uuid: e.info.uuid.clone(),
-                state: e.info.state.as_str().to_string(),
-                persona: e.rules.worn.as_ref().map(|w| w.0.clone()),
-                since: e.rules.worn.as_ref().map(|w| w.1),
-                reason: e
-                    .last_decision
-                    .as_ref()
-                    .filter(|d| d.persona.is_some())
-                    .map(|d| d.reason.clone()),
-                override_: e.rules.override_.clone(),
-                last_error: e.last_error.clone(),
-            })
-            .collect();
+        let mut v: Vec<DomainStatus> = self.domains.values().map(status_of).collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
 
-    pub fn entry(&self, name: &str) -> Option<&DomainEntry> {
-        self.domains
-            .values()
-            .find(|e| e.info.name == name || e.info.uuid == name)
+    /// One domain's state, by name, numeric id or UUID.
+    pub fn status(&self, key: &str) -> Option<DomainStatus> {
+        self.entry(key).map(status_of)
+    }
+
+    /// One domain, by name, numeric id or UUID (as virsh resolves them).
+    pub fn entry(&self, key: &str) -> Option<&DomainEntry> {
+        self.domains.get(key).or_else(|| {
+            self.domains
+                .values()
+                .find(|e| e.info.name == key || e.info.id.is_some_and(|i| i.to_string() == key))
+        })
     }
 
     fn refresh(&mut self, now: Millis) -> Result<(), TickError> {

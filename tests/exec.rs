@@ -259,6 +259,13 @@ fn signals_explain_tuning_health_and_the_loops_own_commands() {
         .0,
         404
     );
+    // by numeric id and by UUID as well as by name
+    let uuid = w.hv.domain("web-1").expect("domain").uuid;
+    for key in ["1".to_string(), uuid] {
+        let e = w.ok(Command::Explain { name: key.clone() });
+        assert_eq!(e["domain"], "web-1", "{key}");
+        assert_eq!(w.ok(Command::Tuning { name: key })["cpu_shares"], 1024);
+    }
 
     let t = w.ok(Command::Tuning {
         name: "web-1".into(),

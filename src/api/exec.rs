@@ -137,12 +137,6 @@ pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
     cmd: Command,
     now: Millis,
 ) -> Reply {
-    // domains by name, numeric id or UUID, as virsh resolves them
-    let find = |rec: &Reconciler<H, S>, key: &str| {
-        rec.statuses().into_iter().find(|s| {
-            s.name == key || s.uuid == key || s.id.map(|i| i.to_string()).as_deref() == Some(key)
-        })
-    };
     let no_domain = |name: &str| Reply::not_found(format!("domain '{name}' not found"));
     let events = |r: Result<Vec<Event>, _>| match r {
         Ok(ev) => Reply::Ok(Value::Array(ev.iter().map(event_json).collect())),
@@ -158,15 +152,15 @@ pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
         Command::ListDomains => Reply::Ok(Value::Array(
             rec.statuses().iter().map(status_json).collect(),
         )),
-        Command::GetDomain { name } => match find(rec, &name) {
+        Command::GetDomain { name } => match rec.status(&name) {
             Some(s) => Reply::Ok(status_json(&s)),
             None => no_domain(&name),
         },
         Command::History { name, since } => {
-            let domain = find(rec, &name).map(|s| s.name).unwrap_or(name);
+            let domain = rec.status(&name).map(|s| s.name).unwrap_or(name);
             events(rec.store().events(Some(&domain), since))
         }
-        Command::Tuning { name } => match find(rec, &name) {
+        Command::Tuning { name } => match rec.status(&name) {
             None => no_domain(&name),
             Some(st) => match hv.tuning(&st.name, ReadScope::Current) {
                 Ok(t) => Reply::Ok(serde_json::to_value(t).unwrap_or_default()),
@@ -180,7 +174,7 @@ pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
             let since = since.unwrap_or(now - RECENT_EVENTS_MS);
             events(rec.store().events(None, since))
         }
-        Command::Explain { name } => match find(rec, &name).and_then(|s| rec.entry(&s.uuid)) {
+        Command::Explain { name } => match rec.entry(&name) {
             Some(e) => match &e.last_decision {
                 Some(d) => Reply::Ok(json!({
                     "domain": e.info.name,
@@ -197,15 +191,15 @@ pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
             persona,
             for_ms,
         } => match rec.activate(&name, &persona, for_ms.map(|f| now + f), now) {
-            Ok(()) => {
-                find(rec, &name).map_or_else(|| no_domain(&name), |s| Reply::Ok(status_json(&s)))
-            }
+            Ok(()) => rec
+                .status(&name)
+                .map_or_else(|| no_domain(&name), |s| Reply::Ok(status_json(&s))),
             Err(e) => manual_error(e),
         },
         Command::Revert { name } => match rec.revert(&name, now) {
-            Ok(()) => {
-                find(rec, &name).map_or_else(|| no_domain(&name), |s| Reply::Ok(status_json(&s)))
-            }
+            Ok(()) => rec
+                .status(&name)
+                .map_or_else(|| no_domain(&name), |s| Reply::Ok(status_json(&s))),
             Err(e) => manual_error(e),
         },
         Command::ListPersonas => {
