@@ -200,39 +200,23 @@ pub struct TuningSpec {
     pub fixed: Tuning,
 }
 
-/// The API shows `[tuning]` flat, one key per knob as in the file; how the
-/// spec is stored inside is not part of the API.
+/// The API shows `[tuning]` flat, one key per knob as in the file: the fixed
+/// knobs as `Tuning` serialises them, with the per-domain lists in place of
+/// its (always empty) vCPU and interface maps. No knob is listed twice here.
 impl Serialize for TuningSpec {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct Flat<'a> {
-            vcpu_pin: &'a [(VcpuSel, CpuSet)],
-            emulator_pin: &'a Option<CpuSet>,
-            cpu_shares: Option<u64>,
-            vcpu_period: Option<u64>,
-            vcpu_quota: Option<i64>,
-            memory_hard_limit: Option<u64>,
-            memory_soft_limit: Option<u64>,
-            memory_swap_hard_limit: Option<u64>,
-            blkio_weight: Option<u32>,
-            blkio_devices: &'a BTreeMap<String, crate::model::tuning::BlkioDeviceTuning>,
-            interfaces: &'a [(String, InterfaceTuning)],
-        }
-        let f = &self.fixed;
-        Flat {
-            vcpu_pin: &self.vcpu_pin,
-            emulator_pin: &f.emulator_pin,
-            cpu_shares: f.cpu_shares,
-            vcpu_period: f.vcpu_period,
-            vcpu_quota: f.vcpu_quota,
-            memory_hard_limit: f.memory_hard_limit,
-            memory_soft_limit: f.memory_soft_limit,
-            memory_swap_hard_limit: f.memory_swap_hard_limit,
-            blkio_weight: f.blkio_weight,
-            blkio_devices: &f.blkio_devices,
-            interfaces: &self.interfaces,
-        }
-        .serialize(s)
+        use serde::ser::Error;
+        let mut map = match serde_json::to_value(&self.fixed).map_err(S::Error::custom)? {
+            serde_json::Value::Object(m) => m,
+            _ => return Err(S::Error::custom("tuning is not a map")),
+        };
+        let mut put = |k: &str, v: serde_json::Result<serde_json::Value>| {
+            v.map(|v| map.insert(k.to_string(), v))
+                .map_err(S::Error::custom)
+        };
+        put("vcpu_pin", serde_json::to_value(&self.vcpu_pin))?;
+        put("interfaces", serde_json::to_value(&self.interfaces))?;
+        map.serialize(s)
     }
 }
 
@@ -373,6 +357,21 @@ impl Persona {
 mod tests {
     use crate::hypervisor::fake::FakeHypervisor;
     use crate::model::validate::parse_persona;
+
+    #[test]
+    fn tuning_serialises_flat_one_key_per_knob() {
+        let p = parse_persona(
+            "id = \"p\"\n[tuning]\ncpu_shares = 2048\nvcpu_pin = { \"*\" = \"0-1\" }\n[[tuning.interface]]\ntarget = \"*\"\noutbound = { average = \"1 MiB/s\" }\n",
+            std::path::Path::new("p.toml"),
+        )
+        .expect("valid");
+        let t = serde_json::to_value(&p).expect("serialises")["tuning"].clone();
+        assert_eq!(t["cpu_shares"], 2048, "{t}");
+        assert!(t.get("fixed").is_none(), "no internal shape: {t}");
+        assert_eq!(t["vcpu_pin"].as_array().map(Vec::len), Some(1), "{t}");
+        assert_eq!(t["interfaces"][0][0], "*", "{t}");
+        assert!(t["memory_hard_limit"].is_null());
+    }
 
     #[test]
     fn why_not_names_only_the_part_of_match_that_fails() {
