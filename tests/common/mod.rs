@@ -406,3 +406,20 @@ pub fn http(sock: &Path, request: &str) -> (u16, String) {
             .unwrap_or_default(),
     )
 }
+
+/// The message of a `HypervisorError::Knob` for exactly this domain and knob;
+/// fails the test on success or on any other error.
+pub fn knob_error(r: virt_persona::hypervisor::Result<()>, domain: &str, knob: &str) -> String {
+    match r {
+        Err(virt_persona::hypervisor::HypervisorError::Knob {
+            domain: d,
+            knob: k,
+            message,
+        }) => {
+            assert_eq!((d.as_str(), k.as_str()), (domain, knob));
+            assert!(!message.is_empty(), "libvirt's message reaches the caller");
+            message
+        }
+        other => panic!("expected a {knob} error on {domain}, got {other:?}"),
+    }
+}
