@@ -7,7 +7,6 @@ mod common;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::Daemon;
@@ -55,7 +54,7 @@ fn get(sock: &Path, path: &str) -> (u16, Value) {
 }
 
 fn cli(sock: &Path, args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_virt-persona"))
+    let o = common::cli()
         .arg("--socket")
         .arg(sock)
         .args(args)

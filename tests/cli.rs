@@ -1,10 +1,8 @@
 //! The CLI as an admin runs it: persona-validate offline, tag-* on the test driver.
 
-use std::process::Command;
+mod common;
 
-fn cli() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_virt-persona"))
-}
+use common::{cli, cli_ok};
 
 fn root() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -75,16 +73,8 @@ fn tags_through_the_cli_on_the_test_driver() {
         "test://{}/fixtures/test-host.xml",
         env!("CARGO_MANIFEST_DIR")
     );
-    let out = cli()
-        .args(["-c", &uri, "--json", "tag-add", "web-1", "canary"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = cli_ok(&["-c", &uri, "--json", "tag-add", "web-1", "canary"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["tags"], serde_json::json!(["web", "canary"]));
     let list = cli().args(["-c", &uri, "tag-list"]).output().unwrap();
     let text = String::from_utf8_lossy(&list.stdout);

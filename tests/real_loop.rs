@@ -442,15 +442,7 @@ fn tagging_a_running_domain_gives_it_the_persona_at_once() {
     let d = Daemon::start_args(&dir, common::REAL_URI, &["--interval", "60s"], &[]);
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(d.persona(&g.name), None);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_virt-persona"))
-        .args(["-c", common::REAL_URI, "tag-add", &g.name, &tag])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::cli_ok(&["-c", common::REAL_URI, "tag-add", &g.name, &tag]);
     wait_for("the tagged persona", 10, || {
         d.persona(&g.name).as_deref() == Some("tagged")
     });

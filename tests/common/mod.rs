@@ -423,3 +423,21 @@ pub fn knob_error(r: virt_persona::hypervisor::Result<()>, domain: &str, knob: &
         other => panic!("expected a {knob} error on {domain}, got {other:?}"),
     }
 }
+
+/// The `virt-persona` CLI built for this test run.
+pub fn cli() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_virt-persona"))
+}
+
+/// Runs the CLI, fails the test with its stderr unless it succeeds, and
+/// returns its stdout.
+pub fn cli_ok<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> String {
+    let out = cli().args(args).output().expect("run virt-persona");
+    assert!(
+        out.status.success(),
+        "virt-persona {:?}: {}",
+        args.iter().map(|a| a.as_ref()).collect::<Vec<_>>(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
