@@ -27,14 +27,8 @@ fn main() {
         println!("API load benchmark: run it with `cargo bench --bench api_load`");
         return;
     }
-    let secs: u64 = std::env::var("VP_LOAD_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
-    let clients: usize = std::env::var("VP_LOAD_CLIENTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(4);
+    let secs: u64 = common::env_or("VP_LOAD_SECONDS", 10);
+    let clients: usize = common::env_or("VP_LOAD_CLIENTS", 4);
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("bench-api-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

@@ -137,14 +137,8 @@ fn main() {
         println!("daemon benchmark: run it with `cargo bench --bench daemon`");
         return;
     }
-    let guests: usize = std::env::var("VP_BENCH_GUESTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
-    let secs: u64 = std::env::var("VP_BENCH_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(60);
+    let guests: usize = common::env_or("VP_BENCH_GUESTS", 20);
+    let secs: u64 = common::env_or("VP_BENCH_SECONDS", 60);
 
     // the floor: libvirt's own C client, idle on the test driver, holds the same
     // shared libraries (libvirt, libcrypto, gnutls, libxml2, glib, ICU)

@@ -131,10 +131,7 @@ fn main() {
     compare("test driver", &hv, &names, 10);
     tuning_cost("test driver", &hv, "bench-0");
 
-    let n: usize = std::env::var("VP_BENCH_GUESTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(32);
+    let n: usize = common::env_or("VP_BENCH_GUESTS", 32);
     if n == 0 {
         return;
     }
