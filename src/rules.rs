@@ -264,20 +264,15 @@ fn in_window(w: &Window, weekday: u8, minute: u16) -> bool {
 }
 
 /// Whether `now` falls in any window of the schedule, in the persona's time zone
-/// (the host's when none is given).
+/// (resolved when the persona was loaded).
 pub fn schedule_ok(a: &Activation, now: Millis) -> bool {
     if a.schedule.is_empty() {
         return true;
     }
-    let tz = a
-        .timezone
-        .as_deref()
-        .and_then(|n| jiff::tz::TimeZone::get(n).ok())
-        .unwrap_or_else(jiff::tz::TimeZone::system);
     let Ok(ts) = jiff::Timestamp::from_millisecond(now) else {
         return false;
     };
-    let dt = ts.to_zoned(tz).datetime();
+    let dt = a.zone.to_datetime(ts);
     let weekday = dt.weekday().to_monday_zero_offset() as u8;
     let minute = dt.hour() as u16 * 60 + dt.minute() as u16;
     a.schedule.iter().any(|w| in_window(w, weekday, minute))

@@ -176,7 +176,12 @@ pub struct Activation {
     pub hold: Duration,
     pub cooldown: Duration,
     pub schedule: Vec<Window>,
+    /// As written; `None` means the host's zone.
     pub timezone: Option<String>,
+    /// `timezone` resolved once when the file is loaded (the host's zone as it
+    /// was then when none is given), so deciding never reads the tz database.
+    #[serde(skip)]
+    pub zone: jiff::tz::TimeZone,
     pub when: Vec<Condition>,
 }
 

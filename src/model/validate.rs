@@ -615,14 +615,16 @@ fn activation(cx: &mut Ctx<'_>, a: &RawActivation) -> Option<Activation> {
     };
     let hold = cx.duration("hold", &a.hold).unwrap_or_default();
     let cooldown = cx.duration("cooldown", &a.cooldown).unwrap_or_default();
-    let timezone = a.timezone.as_ref().and_then(|tz| {
-        if jiff::tz::TimeZone::get(tz.get_ref()).is_ok() {
-            Some(tz.get_ref().clone())
-        } else {
-            cx.err(tz.span().start, Rule::UnknownTimezone(tz.get_ref().clone()));
-            None
-        }
-    });
+    let (timezone, zone) = match &a.timezone {
+        None => (None, jiff::tz::TimeZone::system()),
+        Some(tz) => match jiff::tz::TimeZone::get(tz.get_ref()) {
+            Ok(zone) => (Some(tz.get_ref().clone()), zone),
+            Err(_) => {
+                cx.err(tz.span().start, Rule::UnknownTimezone(tz.get_ref().clone()));
+                (None, jiff::tz::TimeZone::UTC)
+            }
+        },
+    };
     let mut schedule = Vec::new();
     for w in &a.schedule {
         let w = w.get_ref();
@@ -681,6 +683,7 @@ fn activation(cx: &mut Ctx<'_>, a: &RawActivation) -> Option<Activation> {
         cooldown,
         schedule,
         timezone,
+        zone,
         when,
     })
 }
