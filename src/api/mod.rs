@@ -7,6 +7,14 @@ pub mod command;
 pub mod exec;
 pub mod server;
 
+/// The wall clock, in milliseconds since the Unix epoch (0 if it is before 1970).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// Milliseconds since the Unix epoch as RFC 3339 (UTC, seconds precision).
 pub fn rfc3339(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms)

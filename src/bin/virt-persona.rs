@@ -717,14 +717,9 @@ fn history(
 ) -> anyhow::Result<ExitCode> {
     let mut path = format!("/v1/domains/{}/history", client::seg(domain));
     if let Some(d) = since {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        path.push_str(&format!(
-            "?since={}",
-            now.saturating_sub(d.as_std().as_secs())
-        ));
+        let back = i64::try_from(d.as_std().as_millis()).unwrap_or(i64::MAX);
+        let since_ms = virt_persona::api::now_ms().saturating_sub(back);
+        path.push_str(&format!("?since={}", since_ms.max(0) / 1000));
     }
     let v = get(cli, &path)?;
     let items = v.as_array().cloned().unwrap_or_default();

@@ -15,7 +15,7 @@ use virt_persona::hypervisor::libvirt::LibvirtHypervisor;
 
 use virt_persona::api::command::{Command, Envelope, Reply};
 use virt_persona::api::exec::{self, domains_body, event_json, reload};
-use virt_persona::api::server;
+use virt_persona::api::{now_ms, server};
 use virt_persona::hypervisor::{Hypervisor, HypervisorEvent};
 use virt_persona::metrics::Metrics;
 use virt_persona::model::loader::Catalog;
@@ -114,13 +114,6 @@ fn main() {
         }
         std::process::exit(1);
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 type Rec = Reconciler<LibvirtHypervisor, RedbStore>;
