@@ -16,7 +16,7 @@ pub type Millis = i64;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Values(pub [f64; METRICS]);
 
-pub const METRICS: usize = 20;
+pub const METRICS: usize = 22;
 
 /// Shortest interval a rate is computed over.
 pub const MIN_SAMPLE_MS: Millis = 500;
@@ -83,6 +83,11 @@ pub fn needs(personas: &[std::sync::Arc<Persona>]) -> (StatGroups, std::time::Du
     let mut keep = std::time::Duration::ZERO;
     let want = |m: Metric, g: &mut StatGroups| match m {
         Metric::Cpu => g.cpu = true,
+        Metric::CpuSteal => g.vcpu = true,
+        Metric::CpuDemand => {
+            g.cpu = true;
+            g.vcpu = true;
+        }
         Metric::MemoryRss | Metric::MemoryRssPercent => g.balloon = true,
         Metric::DiskReadIops
         | Metric::DiskWriteIops
@@ -265,13 +270,47 @@ fn sum_deltas<T>(
     any.then_some(sum)
 }
 
+/// Sum of the per-vCPU wait deltas; `None` without delay counters (older libvirt,
+/// drivers other than QEMU) or when a vCPU's counter went back (restart).
+fn vcpu_delay(cur: &[Option<u64>], prev: &[Option<u64>]) -> Option<f64> {
+    if cur.is_empty() || cur.len() != prev.len() {
+        return None;
+    }
+    let mut sum = 0.0;
+    let mut any = false;
+    for (c, p) in cur.iter().zip(prev) {
+        match (c, p) {
+            (Some(c), Some(p)) => {
+                sum += delta(*c, *p)?;
+                any = true;
+            }
+            // an offline vCPU has no counters in either sample
+            (None, None) => {}
+            _ => return None,
+        }
+    }
+    any.then_some(sum)
+}
+
 fn domain_values(dt: f64, p: &DomainStats, s: &DomainStats, vcpus: Option<u32>) -> Values {
     let mut v = Values::default();
     absolute(&mut v, s);
     let n = s.vcpu_current.or(vcpus).unwrap_or(1).max(1) as f64;
-    if let (Some(c), Some(pc)) = (s.cpu_time_ns, p.cpu_time_ns) {
-        if let Some(d) = delta(c, pc) {
-            v.set(Metric::Cpu, d / (dt * 1e9 * n) * 100.0);
+    let cpu = s
+        .cpu_time_ns
+        .zip(p.cpu_time_ns)
+        .and_then(|(c, pc)| delta(c, pc))
+        .map(|d| d / (dt * 1e9 * n) * 100.0);
+    if let Some(cpu) = cpu {
+        v.set(Metric::Cpu, cpu);
+    }
+    // time the vCPU threads sat runnable on the host's run queue (the guest's
+    // steal time): what the guest wanted and the host did not give
+    let steal = vcpu_delay(&s.vcpu_delay_ns, &p.vcpu_delay_ns).map(|d| d / (dt * 1e9 * n) * 100.0);
+    if let Some(steal) = steal {
+        v.set(Metric::CpuSteal, steal);
+        if let Some(cpu) = cpu {
+            v.set(Metric::CpuDemand, cpu + steal);
         }
     }
     // per device, matched by name: a disk or NIC that appeared has no rate yet
@@ -343,6 +382,31 @@ mod tests {
         assert_eq!(s.get(Metric::NetRxBps), Some(2000.0));
         assert_eq!(s.get(Metric::MemoryRssPercent), Some(50.0));
         assert_eq!(s.get(Metric::MemoryRss), Some(500.0 * 1024.0));
+    }
+
+    #[test]
+    fn steal_and_demand_from_vcpu_delay() {
+        let mut c = Collector::default();
+        let none = HashMap::new();
+        let mut a = stats(10.0, 0, 0);
+        a.vcpu_delay_ns = vec![Some(1_000_000_000), Some(0)];
+        let mut b = stats(11.0, 0, 0);
+        // 1 s of CPU and 2.6 s of waiting over 2 s on 2 vCPUs: a starved guest
+        b.vcpu_delay_ns = vec![Some(2_300_000_000), Some(1_300_000_000)];
+        c.ingest(0, &[a], &none, None);
+        c.ingest(2000, &[b.clone()], &none, None);
+        let s = c.window("u").unwrap().back().unwrap().values;
+        assert_eq!(s.get(Metric::Cpu), Some(25.0));
+        assert_eq!(s.get(Metric::CpuSteal), Some(65.0));
+        assert_eq!(s.get(Metric::CpuDemand), Some(90.0));
+        // without delay counters (not QEMU, older libvirt) neither is known
+        let mut d = stats(12.0, 0, 0);
+        d.vcpu_delay_ns = vec![];
+        c.ingest(4000, &[d], &none, None);
+        let s = c.window("u").unwrap().back().unwrap().values;
+        assert_eq!(s.get(Metric::Cpu), Some(25.0));
+        assert_eq!(s.get(Metric::CpuSteal), None);
+        assert_eq!(s.get(Metric::CpuDemand), None);
     }
 
     #[test]

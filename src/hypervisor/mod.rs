@@ -159,6 +159,10 @@ pub struct DomainStats {
     pub vcpu_current: Option<u32>,
     /// Per-vCPU time in nanoseconds, by vCPU number.
     pub vcpu_time_ns: Vec<u64>,
+    /// Per-vCPU time spent runnable but waiting on the host's run queue
+    /// (`vcpu.N.delay`, the guest's steal time), nanoseconds; `None` where
+    /// libvirt does not report it.
+    pub vcpu_delay_ns: Vec<Option<u64>>,
     pub block: Vec<BlockCounters>,
     pub net: Vec<NetCounters>,
 }

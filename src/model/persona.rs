@@ -49,6 +49,8 @@ macro_rules! metrics {
 
 metrics! {
     Cpu => "cpu", Percent, false;
+    CpuSteal => "cpu_steal", Percent, false;
+    CpuDemand => "cpu_demand", Percent, false;
     MemoryRss => "memory_rss", Bytes, false;
     MemoryRssPercent => "memory_rss_percent", Percent, false;
     DiskReadIops => "disk_read_iops", PerSec, false;

@@ -191,7 +191,7 @@ impl Guest {
             .unwrap_or_else(|e| panic!("define {name}: {e}"));
         g.hv.start(&name)
             .unwrap_or_else(|e| panic!("start {name}: {e}"));
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(60);
         let stream = loop {
             match UnixStream::connect(&sock) {
                 Ok(s) => break s,
@@ -218,7 +218,7 @@ impl Guest {
         let name = self.name.clone();
         let s = self.serial.as_mut().expect("serial connected");
         let deadline =
-            Instant::now() + Duration::from_secs(if self.virt == "kvm" { 15 } else { 60 });
+            Instant::now() + Duration::from_secs(if self.virt == "kvm" { 90 } else { 180 });
         let mut last_send = Instant::now() - Duration::from_secs(10);
         let mut seen: Vec<u8> = Vec::new();
         loop {
@@ -349,7 +349,7 @@ impl Daemon {
             socket,
             dir: dir.to_path_buf(),
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while !d.socket.exists() {
             assert!(
                 Instant::now() < deadline,
@@ -448,4 +448,75 @@ pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Busy loops in a cpu cgroup of high weight: how a busy neighbour looks to the
+/// host's scheduler. (A plain busy loop started from a test does not contend:
+/// the kernel's autogroup gives it a group of its own.) The loops are killed and
+/// the cgroup removed on Drop, even when the test fails.
+pub struct Contention {
+    dir: PathBuf,
+    loops: Vec<Child>,
+}
+
+impl Contention {
+    /// `loops` busy loops in a new cgroup of `weight` (cgroup v1 `cpu.shares`;
+    /// on cgroup v2 the equivalent `cpu.weight`).
+    pub fn start(loops: usize, weight: u64) -> Contention {
+        let name = format!(
+            "vp-hog-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        );
+        let v1 = Path::new("/sys/fs/cgroup/cpu/cpu.shares").exists();
+        let (dir, file, value, tasks) = if v1 {
+            (
+                PathBuf::from("/sys/fs/cgroup/cpu").join(&name),
+                "cpu.shares",
+                weight,
+                "tasks",
+            )
+        } else {
+            // cgroup v2: weight 100 is the default as shares 1024 is on v1
+            (
+                PathBuf::from("/sys/fs/cgroup").join(&name),
+                "cpu.weight",
+                (weight * 100 / 1024).clamp(1, 10_000),
+                "cgroup.procs",
+            )
+        };
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("create cgroup {dir:?}: {e}"));
+        let mut c = Contention {
+            dir,
+            loops: Vec::new(),
+        };
+        std::fs::write(c.dir.join(file), value.to_string())
+            .unwrap_or_else(|e| panic!("set {file} of {:?}: {e}", c.dir));
+        for _ in 0..loops {
+            let child = Command::new("sh")
+                .args(["-c", "while :; do :; done"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("start a busy loop");
+            std::fs::write(c.dir.join(tasks), child.id().to_string())
+                .unwrap_or_else(|e| panic!("move busy loop into {:?}: {e}", c.dir));
+            c.loops.push(child);
+        }
+        c
+    }
+}
+
+impl Drop for Contention {
+    fn drop(&mut self) {
+        for c in &mut self.loops {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        // the cgroup can be removed once its tasks are gone
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::remove_dir(&self.dir).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }

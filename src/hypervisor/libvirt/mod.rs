@@ -646,6 +646,7 @@ pub fn stats_from_params(name: String, uuid: String, p: &params::Params) -> Doma
     for i in 0..vmax {
         s.vcpu_time_ns
             .push(p.u64(&format!("vcpu.{i}.time")).unwrap_or(0));
+        s.vcpu_delay_ns.push(p.u64(&format!("vcpu.{i}.delay")));
     }
     for i in 0..p.u64("block.count").unwrap_or(0).min(4096) {
         let k = |f: &str| format!("block.{i}.{f}");
