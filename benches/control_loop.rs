@@ -105,6 +105,7 @@ fn bench(c: &mut Criterion) {
                     host: &host,
                     signals: &signals,
                     now: 60_000,
+                    refused: &Default::default(),
                 };
                 let dec = decide(cand, &inp, st);
                 if let Some(id) = &dec.persona {

@@ -18,6 +18,18 @@ struct PersonaLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SkippedLabel {
+    domain: String,
+    knob: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabel {
+    domain: String,
+    persona: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: String,
 }
@@ -26,6 +38,8 @@ struct ResultLabel {
 pub struct Metrics {
     registry: Registry,
     domains: Family<PersonaLabel, Gauge>,
+    skipped: Family<SkippedLabel, Gauge>,
+    refused: Family<RefusedLabel, Gauge>,
     transitions: Family<ResultLabel, Counter>,
     apply_seconds: Histogram,
     tick_seconds: Histogram,
@@ -50,6 +64,18 @@ impl Metrics {
             "domains",
             "Running domains by the persona they wear (\"\" = baseline)",
             domains.clone(),
+        );
+        let skipped = Family::<SkippedLabel, Gauge>::default();
+        registry.register(
+            "knob_unsupported",
+            "Knobs of the worn persona this host cannot apply (skipped), by domain",
+            skipped.clone(),
+        );
+        let refused = Family::<RefusedLabel, Gauge>::default();
+        registry.register(
+            "persona_refused",
+            "Personas not worn on a domain because a required knob is unsupported here",
+            refused.clone(),
         );
         let transitions = Family::<ResultLabel, Counter>::default();
         registry.register(
@@ -94,6 +120,8 @@ impl Metrics {
         Metrics {
             registry,
             domains,
+            skipped,
+            refused,
             transitions,
             apply_seconds,
             tick_seconds,
@@ -141,6 +169,24 @@ impl Metrics {
         for d in domains.iter().filter(|d| d.state != "shut off") {
             let persona = d.persona.clone().unwrap_or_default();
             self.domains.get_or_create(&PersonaLabel { persona }).inc();
+        }
+        self.skipped.clear();
+        self.refused.clear();
+        for d in domains {
+            for k in &d.skipped {
+                let label = SkippedLabel {
+                    domain: d.name.clone(),
+                    knob: k.knob.clone(),
+                };
+                self.skipped.get_or_create(&label).set(1);
+            }
+            for p in d.refused.keys() {
+                let label = RefusedLabel {
+                    domain: d.name.clone(),
+                    persona: p.clone(),
+                };
+                self.refused.get_or_create(&label).set(1);
+            }
         }
         self.personas.set(personas as i64);
         self.persona_errors.set(persona_errors as i64);

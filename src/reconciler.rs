@@ -10,7 +10,7 @@
 //!   the domain list is refreshed only on lifecycle events, new domains in the
 //!   stats, and every verify interval.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -24,7 +24,7 @@ use crate::model::persona::{Metric, Persona};
 use crate::model::tuning::{Change, Knob, Tuning};
 use crate::planner::plan;
 use crate::rules::{candidates, decide, Decision, Inputs, Override, Reason, RuleState, Signals};
-use crate::store::{Event, StateStore, Worn};
+use crate::store::{Event, Skipped, StateStore, Worn};
 
 const BACKOFF_MIN_MS: Millis = 5_000;
 const BACKOFF_MAX_MS: Millis = 300_000;
@@ -42,6 +42,13 @@ pub struct DomainEntry {
     backoff_ms: Millis,
     last_verify: Millis,
     crossed: HashSet<Metric>,
+    /// Knobs this host cannot apply to this domain, with libvirt's reason;
+    /// learned per connection (see [`Reconciler::relearn`]).
+    unsupported: BTreeMap<Knob, String>,
+    /// What the worn persona asks and this host could not apply.
+    skipped: Vec<Skipped>,
+    /// Personas refused here because a `required` knob is unsupported.
+    refused: BTreeMap<String, String>,
 }
 
 /// A domain's state for listings (`virt-persona list`, the API).
@@ -58,6 +65,34 @@ pub struct DomainStatus {
     #[serde(rename = "override")]
     pub override_: Option<Override>,
     pub last_error: Option<String>,
+    /// Knobs of the worn persona this host cannot apply (the rest is applied).
+    pub skipped: Vec<Skipped>,
+    /// Personas that may not be worn here: a knob they require is unsupported.
+    pub refused: BTreeMap<String, String>,
+}
+
+/// The candidates that may not be worn on a domain: a knob they list in
+/// `required` is one this host cannot apply there.
+fn refusals(
+    candidates: &[Arc<Persona>],
+    unsupported: &BTreeMap<Knob, String>,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    if unsupported.is_empty() {
+        return out;
+    }
+    for p in candidates {
+        if let Some((k, why)) = unsupported
+            .iter()
+            .find(|(k, _)| p.tuning.required.iter().any(|r| r == k.key()))
+        {
+            out.insert(
+                p.id.clone(),
+                format!("required knob {k} is unsupported on this host: {why}"),
+            );
+        }
+    }
+    out
 }
 
 /// What one tick did.
@@ -117,6 +152,12 @@ fn status_of(e: &DomainEntry) -> DomainStatus {
             .map(|d| d.reason.clone()),
         override_: e.rules.override_.clone(),
         last_error: e.last_error.clone(),
+        skipped: if e.rules.worn.is_some() {
+            e.skipped.clone()
+        } else {
+            vec![]
+        },
+        refused: e.refused.clone(),
     }
 }
 
@@ -328,6 +369,10 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                         };
                         self.store.set_worn(&info.uuid, None)?;
                         self.collector.forget(&info.uuid);
+                        // a new process may have new devices (vnetN): learn again
+                        e.unsupported.clear();
+                        e.skipped.clear();
+                        e.refused.clear();
                     }
                     e.candidates = candidates(&self.personas, &info);
                     e.info = info;
@@ -357,6 +402,9 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                             backoff_ms: BACKOFF_MIN_MS,
                             last_verify: 0,
                             crossed: HashSet::new(),
+                            unsupported: BTreeMap::new(),
+                            skipped: vec![],
+                            refused: BTreeMap::new(),
                         },
                     );
                 }
@@ -426,16 +474,19 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         now: Millis,
         report: &mut TickReport,
     ) -> Result<(), TickError> {
+        // decide
         let Some(entry) = self.domains.get_mut(uuid) else {
             return Ok(());
         };
         let previous = entry.rules.clone();
+        entry.refused = refusals(&entry.candidates, &entry.unsupported);
         let inputs = Inputs {
             domain: &entry.info,
             samples: self.collector.window(uuid),
             host: self.collector.host_window(),
             signals: &self.signals,
             now,
+            refused: &entry.refused,
         };
         let decision = decide(&entry.candidates, &inputs, &mut entry.rules);
         let from = previous.worn.as_ref().map(|w| w.0.clone());
@@ -458,9 +509,9 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             self.thresholds(uuid, persona.as_deref(), now)?;
             return Ok(());
         }
-        let Some(entry) = self.domains.get_mut(uuid) else {
-            return Ok(());
-        };
+
+        // plan: the baseline, with the persona's values on top, less what this
+        // host cannot apply
         let name = entry.info.name.clone();
         entry.last_verify = now;
         let current = match self.hv.tuning(&name, ReadScope::Current) {
@@ -471,14 +522,25 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             }
             Err(e) => return Err(e.into()),
         };
-        // what the domain should look like: the baseline, with the persona's values on top
+        let Some(entry) = self.domains.get_mut(uuid) else {
+            return Ok(());
+        };
         let mut desired = baseline.clone();
         if let Some(p) = &persona {
             for c in p.tuning.resolve(&entry.info).changes() {
                 desired.set(&c);
             }
         }
-        let changes = plan(&current, &desired);
+        let (changes, known): (Vec<Change>, Vec<Change>) = plan(&current, &desired)
+            .into_iter()
+            .partition(|c| !entry.unsupported.contains_key(&c.knob));
+        let mut skipped: Vec<Skipped> = known
+            .iter()
+            .map(|c| Skipped {
+                knob: c.knob.to_string(),
+                reason: entry.unsupported[&c.knob].clone(),
+            })
+            .collect();
         let reason = match (changed, &decision.reason) {
             (false, _) => "drift",
             (true, Reason::Manual) => "manual",
@@ -490,6 +552,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         if changes.is_empty() {
             // already as it should be: record the transition (if any) and drop the
             // baseline records of knobs that are back at their original values
+            entry.skipped = skipped.clone();
             self.finish(uuid, &from, &to, now, &reason, &changes, persona.as_deref())?;
             if changed {
                 report.transitions += 1;
@@ -500,8 +563,8 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                     to: to.clone(),
                     reason: reason.clone(),
                     result: "ok".into(),
-                    changes: vec![],
-                    error: None,
+                    skipped,
+                    ..Default::default()
                 })?;
             }
             if let Some(e) = self.domains.get_mut(uuid) {
@@ -510,7 +573,8 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             self.thresholds(uuid, persona.as_deref(), now)?;
             return Ok(());
         }
-        // durable before the first change: the original value of every knob touched
+
+        // apply: the original of every knob touched is durable before the first change
         let originals: Vec<Change> = changes
             .iter()
             .filter(|c| baseline.get(&c.knob).is_none())
@@ -532,6 +596,11 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         } else {
             ApplyScope::Live
         };
+        let required = |k: &Knob| {
+            persona
+                .as_ref()
+                .is_some_and(|p| p.tuning.required.iter().any(|r| r == k.key()))
+        };
         let started = std::time::Instant::now();
         let mut done: Vec<&Change> = Vec::new();
         let mut failure: Option<(Change, HypervisorError)> = None;
@@ -539,79 +608,118 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             match self.hv.apply(&name, c, scope) {
                 Ok(()) => done.push(c),
                 Err(e) => {
+                    if let HypervisorError::Unsupported { message, .. } = &e {
+                        // learned for this connection: not tried again every tick
+                        warn!(domain = %name, knob = %c.knob, %message, "knob unsupported on this host: skipped");
+                        if let Some(entry) = self.domains.get_mut(uuid) {
+                            entry.unsupported.insert(c.knob.clone(), message.clone());
+                        }
+                        if !required(&c.knob) {
+                            skipped.push(Skipped {
+                                knob: c.knob.to_string(),
+                                reason: message.clone(),
+                            });
+                            continue;
+                        }
+                    }
                     failure = Some((c.clone(), e));
                     break;
                 }
             }
         }
+        let planned = changes.clone();
+        let changes: Vec<Change> = done.iter().map(|c| (*c).clone()).collect();
         if let Some((bad, err)) = failure {
-            // undo, newest first, to the values read before the transition
-            for c in done.iter().rev() {
-                if let Some(value) = current.get(&c.knob) {
-                    if let Err(e) = self.hv.apply(
-                        &name,
-                        &Change {
-                            knob: c.knob.clone(),
-                            value,
-                        },
-                        scope,
-                    ) {
-                        warn!(domain = %name, knob = %c.knob, error = %e, "rollback of a change failed");
-                    }
-                }
-            }
+            self.roll_back(&name, &current, &changes, scope);
             let message = format!("{}: {err}", bad.knob);
             let entry = self.domains.get_mut(uuid).expect("entry exists");
             entry.rules = previous;
             entry.last_error = Some(message.clone());
-            entry.retry_at = Some(now + entry.backoff_ms);
-            entry.backoff_ms = (entry.backoff_ms * 2).min(BACKOFF_MAX_MS);
+            if !matches!(err, HypervisorError::Unsupported { .. }) {
+                entry.retry_at = Some(now + entry.backoff_ms);
+                entry.backoff_ms = (entry.backoff_ms * 2).min(BACKOFF_MAX_MS);
+            }
+            // (a required knob that is unsupported refuses the persona from the next tick on)
             entry.last_decision = Some(decision);
             // a transition that never happened leaves no baseline of its own behind
             let fresh: Vec<Knob> = originals.iter().map(|c| c.knob.clone()).collect();
             self.store.clear_baseline(uuid, &fresh)?;
-            let ev = Event {
+            warn!(domain = %name, from = ?from, to = ?to, knob = %bad.knob, error = %err, "transition failed, rolled back");
+            self.record(Event {
                 time: now,
                 domain: name.clone(),
                 from: from.clone(),
                 to: to.clone(),
                 reason,
                 result: "failed".into(),
-                changes: changes.clone(),
-                error: Some(message.clone()),
-            };
-            warn!(domain = %name, from = ?from, to = ?to, knob = %bad.knob, error = %err, "transition failed, rolled back");
-            self.record(ev)?;
+                changes: planned,
+                error: Some(message),
+                skipped,
+            })?;
             report.failures += 1;
             return Ok(());
         }
         report
             .apply_micros
             .push(started.elapsed().as_micros() as u64);
-        if !changed {
-            report.drifts += 1;
-        } else {
-            report.transitions += 1;
-        }
+
+        // record
         if let Some(e) = self.domains.get_mut(uuid) {
             e.last_decision = Some(decision);
+            e.skipped = skipped.clone();
         }
         self.finish(uuid, &from, &to, now, &reason, &changes, persona.as_deref())?;
+        if !changed && changes.is_empty() {
+            // a verify that only learned a knob is unsupported: nothing drifted
+            return self.thresholds(uuid, persona.as_deref(), now);
+        }
+        if changed {
+            report.transitions += 1;
+        } else {
+            report.drifts += 1;
+        }
         let result = if changed { "ok" } else { "drift" };
-        let ev = Event {
+        info!(domain = %name, from = ?from, to = ?to, reason = %reason, result, changes = changes.len(), skipped = skipped.len(), "transition");
+        self.record(Event {
             time: now,
             domain: name.clone(),
             from: from.clone(),
             to: to.clone(),
             reason: reason.clone(),
             result: result.into(),
-            changes: changes.clone(),
+            changes,
             error: None,
-        };
-        info!(domain = %name, from = ?from, to = ?to, reason = %reason, result, changes = changes.len(), "transition");
-        self.record(ev)?;
+            skipped,
+        })?;
         self.thresholds(uuid, persona.as_deref(), now)?;
         Ok(())
+    }
+
+    /// Undoes `done`, newest first, to the values read before the transition.
+    fn roll_back(&self, name: &str, before: &Tuning, done: &[Change], scope: ApplyScope) {
+        for c in done.iter().rev() {
+            if let Some(value) = before.get(&c.knob) {
+                let undo = Change {
+                    knob: c.knob.clone(),
+                    value,
+                };
+                if let Err(e) = self.hv.apply(name, &undo, scope) {
+                    warn!(domain = %name, knob = %c.knob, error = %e, "rollback of a change failed");
+                }
+            }
+        }
+    }
+
+    /// Forgets which knobs this host could not apply, so the next tick tries
+    /// them again (after a reconnect, or a reload once the admin changed the host).
+    pub fn relearn(&mut self) {
+        for e in self.domains.values_mut() {
+            if !e.unsupported.is_empty() {
+                e.unsupported.clear();
+                e.refused.clear();
+                e.last_verify = 0;
+            }
+        }
     }
 
     /// Records a completed transition: worn persona, and the baseline records of
@@ -715,8 +823,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                 to: Some(p.id.clone()),
                 reason,
                 result: result.into(),
-                changes: vec![],
-                error: None,
+                ..Default::default()
             })?;
         }
         Ok(())
@@ -752,8 +859,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                 to: None,
                 reason: "daemon stopping (--revert-on-exit)".into(),
                 result: "ok".into(),
-                changes: vec![],
-                error: None,
+                ..Default::default()
             })?;
             n += 1;
         }

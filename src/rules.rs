@@ -13,7 +13,7 @@
 //! little: matching is cached by the caller ([`candidates`]), conditions are
 //! explained by index and rendered only when someone asks ([`describe`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -134,6 +134,9 @@ pub struct CandidateResult {
     pub conditions: Vec<ConditionResult>,
     pub holds: bool,
     pub reason: Option<Reason>,
+    /// Why this persona may not be worn on this domain at all (a `required`
+    /// knob this host cannot apply); its conditions are still shown.
+    pub refused: Option<String>,
 }
 
 impl CandidateResult {
@@ -151,6 +154,7 @@ impl CandidateResult {
             "schedule_ok": self.schedule_ok,
             "holds": self.holds,
             "reason": self.reason,
+            "refused": self.refused,
             "conditions": self.conditions.iter().map(|c| serde_json::json!({
                 "condition": when.get(c.condition).map(describe).unwrap_or_default(),
                 "value": c.value,
@@ -179,6 +183,8 @@ pub struct Inputs<'a> {
     pub host: &'a VecDeque<Sample>,
     pub signals: &'a Signals,
     pub now: Millis,
+    /// Personas that may not be worn on this domain, by id, with the reason.
+    pub refused: &'a BTreeMap<String, String>,
 }
 
 /// A condition as people read it: `cpu > 80 (avg over 1m) for 30s`.
@@ -388,7 +394,10 @@ pub fn decide(candidates: &[Arc<Persona>], inp: &Inputs<'_>, st: &mut RuleState)
         st.override_ = None;
     }
     if let Some(o) = &st.override_ {
-        if let Some(p) = candidates.iter().find(|p| p.id == o.persona) {
+        if let Some(p) = candidates
+            .iter()
+            .find(|p| p.id == o.persona && !inp.refused.contains_key(&p.id))
+        {
             chosen = Some((p.id.as_str(), Reason::Manual));
         }
     }
@@ -401,6 +410,7 @@ pub fn decide(candidates: &[Arc<Persona>], inp: &Inputs<'_>, st: &mut RuleState)
             conditions: vec![],
             holds: false,
             reason: None,
+            refused: inp.refused.get(&p.id).cloned(),
         };
         let (active, reason) = match &p.activation {
             None => (true, Reason::Always),
@@ -433,6 +443,7 @@ pub fn decide(candidates: &[Arc<Persona>], inp: &Inputs<'_>, st: &mut RuleState)
                 }
             }
         };
+        let active = active && c.refused.is_none();
         c.holds = active;
         if active {
             c.reason = Some(reason.clone());
@@ -507,6 +518,7 @@ mod tests {
                 host: &self.host,
                 signals: &self.signals,
                 now,
+                refused: &Default::default(),
             };
             decide(
                 &candidates(&self.personas, &self.domain),
@@ -569,6 +581,7 @@ mod tests {
             host: &w.host,
             signals: &w.signals,
             now: 61_000,
+            refused: &Default::default(),
         };
         let d = decide(&candidates(&w.personas, &w.domain), &inp, &mut w.st);
         assert_eq!(d.reason, Reason::AwaitingSamples);
@@ -736,6 +749,7 @@ mod tests {
             host: &w.host,
             signals: &w.signals,
             now: 0,
+            refused: &Default::default(),
         };
         let d = decide(&candidates(&w.personas, &w.domain), &inp, &mut w.st);
         assert_eq!(d.persona, None);

@@ -13,8 +13,15 @@ use crate::collector::Millis;
 use crate::model::tuning::{Change, Knob, Tuning};
 use crate::rules::Override;
 
+/// A knob a transition left alone because this host cannot apply it at all.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Skipped {
+    pub knob: String,
+    pub reason: String,
+}
+
 /// A transition or a notable happening, kept and logged.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// Milliseconds since the Unix epoch.
     pub time: Millis,
@@ -26,6 +33,9 @@ pub struct Event {
     pub result: String,
     pub changes: Vec<Change>,
     pub error: Option<String>,
+    /// Knobs skipped as unsupported on this host (the rest was applied).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<Skipped>,
 }
 
 /// The persona a domain wears, as recorded.
@@ -386,6 +396,7 @@ impl Event {
             result: "ok".into(),
             changes: vec![],
             error: None,
+            skipped: vec![],
         }
     }
 }

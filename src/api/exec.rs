@@ -38,7 +38,28 @@ pub fn status_json(s: &DomainStatus) -> Value {
         "reason": s.reason,
         "override": s.override_,
         "last_error": s.last_error,
+        "skipped": s.skipped,
+        "refused": s.refused,
     })
+}
+
+/// What a persona cannot do on this host, domain by domain: knobs skipped
+/// where it is worn, and domains where a required knob keeps it off.
+fn degraded(statuses: &[DomainStatus], persona: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    for s in statuses {
+        if s.persona.as_deref() == Some(persona) {
+            for k in &s.skipped {
+                out.push(
+                    json!({"domain": s.name, "knob": k.knob, "reason": k.reason, "refused": false}),
+                );
+            }
+        }
+        if let Some(why) = s.refused.get(persona) {
+            out.push(json!({"domain": s.name, "knob": null, "reason": why, "refused": true}));
+        }
+    }
+    out
 }
 
 /// Every domain's status, as `GET /v1/domains` answers.
@@ -51,6 +72,7 @@ pub fn event_json(e: &Event) -> Value {
     json!({
         "time": rfc3339(e.time), "domain": e.domain, "from": e.from, "to": e.to,
         "reason": e.reason, "result": e.result, "changes": e.changes, "error": e.error,
+        "skipped": e.skipped,
     })
 }
 
@@ -181,6 +203,15 @@ pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
                     "persona": d.persona,
                     "reason": d.reason,
                     "candidates": d.candidates.iter().map(|c| c.to_json()).collect::<Vec<_>>(),
+                    // every other persona, and why its [match] does not fit
+                    "not_matching": catalog
+                        .personas()
+                        .iter()
+                        .filter_map(|p| p.why_not(&e.info).map(|why| json!({
+                            "persona": p.id, "priority": p.priority, "why": why,
+                        })))
+                        .collect::<Vec<_>>(),
+                    "skipped": rec.status(&name).map(|s| s.skipped).unwrap_or_default(),
                 })),
                 None => Reply::conflict(format!("no decision for '{name}' yet (is it running?)")),
             },
@@ -203,7 +234,17 @@ pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
             Err(e) => manual_error(e),
         },
         Command::ListPersonas => {
-            Reply::Ok(serde_json::to_value(catalog.entries()).unwrap_or_default())
+            let statuses = rec.statuses();
+            let list: Vec<Value> = catalog
+                .entries()
+                .into_iter()
+                .map(|e| {
+                    let mut v = serde_json::to_value(&e).unwrap_or_default();
+                    v["degraded"] = Value::Array(degraded(&statuses, &e.id));
+                    v
+                })
+                .collect();
+            Reply::Ok(Value::Array(list))
         }
         Command::GetPersona { id } => match persona_json(catalog, &id) {
             Some(v) => Reply::Ok(v),

@@ -26,10 +26,11 @@ struct Cli {
         global = true
     )]
     connect: String,
-    /// The daemon's API socket.
+    /// The daemon's API socket (else $VIRT_PERSONA_SOCKET, else the default).
     #[arg(
         long,
         value_name = "PATH",
+        env = "VIRT_PERSONA_SOCKET",
         default_value = "/run/virt-persona/api.sock",
         global = true
     )]
@@ -130,7 +131,19 @@ enum Command {
     },
 }
 
+/// Ends the process quietly by SIGPIPE when its reader goes away (`| head`),
+/// as virsh and coreutils do. Rust's runtime ignores SIGPIPE, which turns the
+/// next write to a closed pipe into a panic with a backtrace.
+#[allow(unsafe_code)]
+fn die_quietly_on_closed_pipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: restores the default disposition of one signal at the start of
+    // main, before any other thread exists; no handler code is installed.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 fn main() -> ExitCode {
+    die_quietly_on_closed_pipe();
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
@@ -497,6 +510,17 @@ fn persona_status(cli: &Cli, domain: Option<&str>) -> anyhow::Result<ExitCode> {
         if let Some(e) = d["last_error"].as_str() {
             println!("{:<15} {e}", "Last error:");
         }
+        for k in d["skipped"].as_array().into_iter().flatten() {
+            println!(
+                "{:<15} {} skipped: {}",
+                "Degraded:",
+                text(&k["knob"]),
+                text(&k["reason"])
+            );
+        }
+        for (p, why) in d["refused"].as_object().into_iter().flatten() {
+            println!("{:<15} {p} is not worn here: {}", "Refused:", text(why));
+        }
         if let Ok(t) = get(
             cli,
             &format!(
@@ -537,14 +561,35 @@ fn print_tuning(t: &serde_json::Value) {
             line(label, v);
         }
     }
+    // per device as virsh blkiotune prints them: device_read_iops_sec: /dev/sda,2000
     if let Some(devs) = t["blkio_devices"].as_object() {
         for (path, d) in devs {
-            line(&format!("blkio {path}:"), d.to_string());
+            for (key, param) in [
+                ("weight", "device_weight"),
+                ("read_iops", "device_read_iops_sec"),
+                ("write_iops", "device_write_iops_sec"),
+                ("read_bytes_per_sec", "device_read_bytes_sec"),
+                ("write_bytes_per_sec", "device_write_bytes_sec"),
+            ] {
+                if let Some(v) = d[key].as_u64() {
+                    line(&format!("{param}:"), format!("{path},{v}"));
+                }
+            }
         }
     }
+    // as virsh domiftune prints them: inbound.average in KiB/s, burst in KiB
     if let Some(ifs) = t["interfaces"].as_object() {
         for (dev, b) in ifs {
-            line(&format!("domiftune {dev}:"), b.to_string());
+            println!("  domiftune {dev}:");
+            for dir in ["inbound", "outbound"] {
+                let bw = &b[dir];
+                if bw.is_null() {
+                    continue;
+                }
+                for f in ["average", "peak", "burst"] {
+                    line(&format!("  {dir}.{f}:"), text(&bw[f]));
+                }
+            }
         }
     }
 }
@@ -563,7 +608,9 @@ fn persona_explain(cli: &Cli, domain: &str) -> anyhow::Result<ExitCode> {
             println!("  no persona matches this domain");
         }
         for c in cands {
-            let verdict = if c["holds"] == true {
+            let verdict = if let Some(why) = c["refused"].as_str() {
+                format!("refused: {why}")
+            } else if c["holds"] == true {
                 format!("holds ({})", text(&c["reason"]))
             } else {
                 "does not hold".into()
@@ -595,6 +642,21 @@ fn persona_explain(cli: &Cli, domain: &str) -> anyhow::Result<ExitCode> {
                     .unwrap_or_default();
                 println!("    [{mark}] {}: now {value}{note}", text(&k["condition"]));
             }
+        }
+        for k in v["skipped"].as_array().into_iter().flatten() {
+            println!(
+                "  degraded: {} skipped: {}",
+                text(&k["knob"]),
+                text(&k["reason"])
+            );
+        }
+        for p in v["not_matching"].as_array().into_iter().flatten() {
+            println!(
+                "  {} (priority {}): does not match: {}",
+                text(&p["persona"]),
+                text(&p["priority"]),
+                text(&p["why"])
+            );
         }
     })
 }
@@ -689,7 +751,18 @@ fn list(cli: &Cli, all: bool) -> anyhow::Result<ExitCode> {
 
 fn persona_list(cli: &Cli) -> anyhow::Result<ExitCode> {
     let v = get(cli, "/v1/personas")?;
-    let items: Vec<&serde_json::Value> = v.as_array().into_iter().flatten().collect();
+    let mut rows: Vec<serde_json::Value> = v.as_array().cloned().unwrap_or_default();
+    let is_degraded =
+        |p: &serde_json::Value| p["degraded"].as_array().is_some_and(|d| !d.is_empty());
+    if !cli.json {
+        for p in rows
+            .iter_mut()
+            .filter(|p| p["status"] == "ok" && is_degraded(p))
+        {
+            p["status"] = "degraded".into();
+        }
+    }
+    let items: Vec<&serde_json::Value> = rows.iter().collect();
     records(
         cli,
         &items,
@@ -706,8 +779,43 @@ fn persona_list(cli: &Cli) -> anyhow::Result<ExitCode> {
         for e in items.iter().filter_map(|p| p["error"].as_str()) {
             eprintln!("{e}");
         }
+        let notes: Vec<String> = items
+            .iter()
+            .flat_map(|p| {
+                p["degraded"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(move |d| degraded_line(&text(&p["id"]), d))
+            })
+            .collect();
+        if !notes.is_empty() {
+            println!();
+            println!("Degraded on this host:");
+            for n in notes {
+                println!("  {n}");
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line of what a persona cannot do on one domain.
+fn degraded_line(persona: &str, d: &serde_json::Value) -> String {
+    if d["refused"] == true {
+        format!(
+            "{persona} on {}: not worn: {}",
+            text(&d["domain"]),
+            text(&d["reason"])
+        )
+    } else {
+        format!(
+            "{persona} on {}: {} skipped: {}",
+            text(&d["domain"]),
+            text(&d["knob"]),
+            text(&d["reason"])
+        )
+    }
 }
 
 fn history(

@@ -237,6 +237,8 @@ fn run(args: Args) -> anyhow::Result<()> {
                 Ok(HypervisorEvent::Reconnected) => {
                     info!("libvirt connection back");
                     rec.mark_stale();
+                    // what this host can apply is learned again on the new connection
+                    rec.relearn();
                 }
                 Err(_) => std::thread::sleep(StdDuration::from_millis(100)),
             },
@@ -268,6 +270,8 @@ fn run(args: Args) -> anyhow::Result<()> {
                 Ok(signal_hook::consts::SIGHUP) => {
                     reload(&mut catalog, "SIGHUP");
                     rec.set_personas(catalog.personas());
+                    // the admin may have changed the host (loaded a qdisc module): learn again
+                    rec.relearn();
                 }
                 _ => {
                     if cfg.revert_on_exit {

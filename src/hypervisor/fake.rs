@@ -29,6 +29,8 @@ struct Inner {
     calls: Vec<Call>,
     /// Knobs whose next apply fails with this message.
     fail: Vec<(String, Knob, String)>,
+    /// Knobs this fake hypervisor cannot apply at all, on any domain.
+    unsupported: Vec<(Knob, String)>,
     subscribers: Vec<crossbeam_channel::Sender<HypervisorEvent>>,
 }
 
@@ -75,6 +77,10 @@ impl FakeHypervisor {
         self.lock()
             .fail
             .push((domain.to_string(), knob, message.to_string()));
+    }
+    /// Makes every apply of `knob` fail as unsupported (a driver or host limit).
+    pub fn unsupported(&self, knob: Knob, message: &str) {
+        self.lock().unsupported.push((knob, message.to_string()));
     }
     pub fn calls(&self) -> Vec<Call> {
         self.lock().calls.clone()
@@ -155,6 +161,13 @@ impl Hypervisor for FakeHypervisor {
                 domain: domain.to_string(),
                 knob: knob.to_string(),
                 message,
+            });
+        }
+        if let Some((knob, message)) = g.unsupported.iter().find(|(k, _)| *k == change.knob) {
+            return Err(HypervisorError::Unsupported {
+                domain: domain.to_string(),
+                knob: knob.to_string(),
+                message: message.clone(),
             });
         }
         let d = g

@@ -256,6 +256,15 @@ pub enum HypervisorError {
         knob: String,
         message: String,
     },
+    /// The knob cannot be applied on this hypervisor or host at all (libvirt
+    /// says the parameter or operation is unsupported, or the kernel lacks what
+    /// libvirt needs for it): trying again will not help.
+    #[error("domain '{domain}': {knob}: unsupported on this host: {message}")]
+    Unsupported {
+        domain: String,
+        knob: String,
+        message: String,
+    },
     #[error("{what}: {message}")]
     Call { what: String, message: String },
 }

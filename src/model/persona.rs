@@ -205,6 +205,9 @@ pub struct TuningSpec {
     pub interfaces: Vec<(String, InterfaceTuning)>,
     /// Knobs that do not depend on the domain (no pins, no interfaces here).
     pub fixed: Tuning,
+    /// `[tuning]` keys without which the persona must not be worn; other knobs
+    /// a host cannot apply at all are skipped and reported.
+    pub required: Vec<String>,
 }
 
 /// The API shows `[tuning]` flat, one key per knob as in the file: the fixed
@@ -223,6 +226,9 @@ impl Serialize for TuningSpec {
         };
         put("vcpu_pin", serde_json::to_value(&self.vcpu_pin))?;
         put("interfaces", serde_json::to_value(&self.interfaces))?;
+        if !self.required.is_empty() {
+            put("required", serde_json::to_value(&self.required))?;
+        }
         map.serialize(s)
     }
 }

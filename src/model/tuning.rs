@@ -158,6 +158,40 @@ pub enum Knob {
     },
 }
 
+impl Knob {
+    /// Every `[tuning]` key a knob comes from, as a persona file names it.
+    pub const KEYS: [&'static str; 11] = [
+        "vcpu_pin",
+        "emulator_pin",
+        "cpu_shares",
+        "vcpu_period",
+        "vcpu_quota",
+        "memory_hard_limit",
+        "memory_soft_limit",
+        "memory_swap_hard_limit",
+        "blkio_weight",
+        "blkio_device",
+        "interface",
+    ];
+
+    /// The `[tuning]` key this knob comes from (`required` names these).
+    pub fn key(&self) -> &'static str {
+        match self {
+            Knob::VcpuPin { .. } => "vcpu_pin",
+            Knob::EmulatorPin => "emulator_pin",
+            Knob::CpuShares => "cpu_shares",
+            Knob::VcpuPeriod => "vcpu_period",
+            Knob::VcpuQuota => "vcpu_quota",
+            Knob::MemoryHardLimit => "memory_hard_limit",
+            Knob::MemorySoftLimit => "memory_soft_limit",
+            Knob::MemorySwapHardLimit => "memory_swap_hard_limit",
+            Knob::BlkioWeight => "blkio_weight",
+            Knob::BlkioDevice { .. } => "blkio_device",
+            Knob::Interface { .. } => "interface",
+        }
+    }
+}
+
 impl fmt::Display for Knob {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -16,7 +16,7 @@ use super::persona::{
     Activation, Agg, Comparison, Condition, Days, Globs, Match, Metric, MetricUnit, Mode, Persona,
     Source, TuningSpec, VcpuSel, Window,
 };
-use super::tuning::{Bandwidth, BlkioDeviceTuning, InterfaceTuning, MEMORY_UNLIMITED_KIB};
+use super::tuning::{Bandwidth, BlkioDeviceTuning, InterfaceTuning, Knob, MEMORY_UNLIMITED_KIB};
 use crate::units::{CpuSet, Duration, Rate, Size};
 
 /// What is wrong, one variant per rule. The message says what was expected.
@@ -90,6 +90,10 @@ pub enum Rule {
     EmptyTarget,
     #[error("{0}: expected at least one setting")]
     EmptyTable(&'static str),
+    #[error("required: unknown knob '{0}': expected one of {1}")]
+    UnknownRequired(String, String),
+    #[error("required: '{0}' is not set in [tuning]: a persona can only require knobs it sets")]
+    RequiredNotSet(String),
 }
 
 /// One error in one file, at one place.
@@ -200,6 +204,8 @@ struct RawTuning {
     blkio_device: Vec<Spanned<RawBlkioDevice>>,
     #[serde(default)]
     interface: Vec<Spanned<RawInterface>>,
+    #[serde(default)]
+    required: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -1067,6 +1073,34 @@ fn tuning(cx: &mut Ctx<'_>, t: &Spanned<RawTuning>) -> TuningSpec {
         let outbound = bw("outbound", &i.outbound);
         s.interfaces
             .push((target, InterfaceTuning { inbound, outbound }));
+    }
+    for k in &r.required {
+        let key = k.get_ref().trim();
+        let set = match key {
+            "vcpu_pin" => r.vcpu_pin.is_some(),
+            "emulator_pin" => r.emulator_pin.is_some(),
+            "cpu_shares" => r.cpu_shares.is_some(),
+            "vcpu_period" => r.vcpu_period.is_some(),
+            "vcpu_quota" => r.vcpu_quota.is_some(),
+            "memory_hard_limit" => r.memory_hard_limit.is_some(),
+            "memory_soft_limit" => r.memory_soft_limit.is_some(),
+            "memory_swap_hard_limit" => r.memory_swap_hard_limit.is_some(),
+            "blkio_weight" => r.blkio_weight.is_some(),
+            "blkio_device" => !r.blkio_device.is_empty(),
+            "interface" => !r.interface.is_empty(),
+            _ => {
+                cx.err(
+                    k.span().start,
+                    Rule::UnknownRequired(key.to_string(), Knob::KEYS.join(", ")),
+                );
+                continue;
+            }
+        };
+        if !set {
+            cx.err(k.span().start, Rule::RequiredNotSet(key.to_string()));
+        } else if !s.required.iter().any(|x| x == key) {
+            s.required.push(key.to_string());
+        }
     }
     s
 }

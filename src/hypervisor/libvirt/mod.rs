@@ -68,11 +68,43 @@ fn call_err(what: impl Into<String>, e: virt::error::Error) -> HypervisorError {
 }
 
 fn knob_err(domain: &str, knob: &Knob, e: virt::error::Error) -> HypervisorError {
-    HypervisorError::Knob {
-        domain: domain.to_string(),
-        knob: knob.to_string(),
-        message: e.message().to_string(),
+    let message = e.message().trim().to_string();
+    let domain = domain.to_string();
+    let knob = knob.to_string();
+    match unsupported(&e) {
+        Some(why) => HypervisorError::Unsupported {
+            domain,
+            knob,
+            message: format!("{why} ({message})"),
+        },
+        None => HypervisorError::Knob {
+            domain,
+            knob,
+            message,
+        },
     }
+}
+
+/// Whether an error says the knob cannot be applied here at all, and why in
+/// an admin's words; `None` for failures that may pass next time.
+fn unsupported(e: &virt::error::Error) -> Option<&'static str> {
+    let code = e.code();
+    if code.is(ErrorNumber::ArgumentUnsupported) {
+        return Some("the parameter is not supported by this hypervisor driver");
+    }
+    if code.is_any(vec![
+        ErrorNumber::NoSupport,
+        ErrorNumber::OperationUnsupported,
+        ErrorNumber::ConfigUnsupported,
+    ]) {
+        return Some("the operation is not supported by this hypervisor driver");
+    }
+    // live interface bandwidth: libvirt runs tc with qdiscs (htb, sfq) the
+    // kernel may not have; tc's own words for a missing qdisc module
+    if e.message().contains("Specified qdisc kind is unknown") {
+        return Some("the host kernel lacks a queueing discipline libvirt needs for bandwidth");
+    }
+    None
 }
 
 fn last_error() -> virt::error::Error {
