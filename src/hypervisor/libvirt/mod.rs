@@ -90,19 +90,19 @@ fn knob_err(domain: &str, knob: &Knob, e: virt::error::Error) -> HypervisorError
 fn unsupported(e: &virt::error::Error) -> Option<&'static str> {
     let code = e.code();
     if code.is(ErrorNumber::ArgumentUnsupported) {
-        return Some("the parameter is not supported by this hypervisor driver");
+        return Some("unsupported by this hypervisor driver");
     }
     if code.is_any(vec![
         ErrorNumber::NoSupport,
         ErrorNumber::OperationUnsupported,
         ErrorNumber::ConfigUnsupported,
     ]) {
-        return Some("the operation is not supported by this hypervisor driver");
+        return Some("unsupported by this hypervisor driver");
     }
     // live interface bandwidth: libvirt runs tc with qdiscs (htb, sfq) the
     // kernel may not have; tc's own words for a missing qdisc module
     if e.message().contains("Specified qdisc kind is unknown") {
-        return Some("the host kernel lacks a queueing discipline libvirt needs for bandwidth");
+        return Some("the host kernel lacks the queueing discipline libvirt needs");
     }
     None
 }
