@@ -544,3 +544,87 @@ fn a_cpu_demand_persona_stays_on_while_the_host_starves_the_guest() {
         .collect();
     assert_eq!(transitions, ["boost"], "no flapping: {hist}");
 }
+
+/// Live interface bandwidth on a kernel without `sfq`: the host cannot apply
+/// it at all. A persona that merely asks for it is worn with the rest applied
+/// and the bandwidth named as skipped; one that `required` it stays off,
+/// refused, and the next persona wins. (Where the kernel has `sfq`, the strict
+/// persona is worn with its bandwidth.)
+#[test]
+fn what_the_host_cannot_apply_is_skipped_or_refuses_a_persona_that_requires_it() {
+    let g = Guest::boot("unsupported", 1);
+    let dir = test_dir("unsupported");
+    let persona = |id: &str, priority: i64, shares: u64, required: &str| {
+        format!(
+            "id = \"{id}\"\npriority = {priority}\n[match]\nnames = [\"{}\"]\n[tuning]\ncpu_shares = {shares}\n{required}\n[[tuning.interface]]\ntarget = \"*\"\ninbound = {{ average = \"1 MiB/s\" }}\n",
+            g.name
+        )
+    };
+    std::fs::write(
+        dir.join("personas/strict.toml"),
+        persona("strict", 100, 1717, "required = [\"interface\"]"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("personas/lenient.toml"),
+        persona("lenient", 10, 1616, ""),
+    )
+    .unwrap();
+    let hv = common::real();
+    let before = hv.tuning(&g.name, ReadScope::Current).unwrap();
+    let d = Daemon::start(&dir);
+    let get =
+        |path: &str| virt_persona::api::client::request(&d.socket, "GET", path, None).unwrap();
+    if common::kernel_has_sfq() {
+        wait_for("the strict persona", 60, || {
+            d.persona(&g.name).as_deref() == Some("strict")
+        });
+        return;
+    }
+    wait_for("the lenient persona", 60, || {
+        d.persona(&g.name).as_deref() == Some("lenient")
+    });
+    let t = hv.tuning(&g.name, ReadScope::Current).unwrap();
+    assert_eq!(t.cpu_shares, Some(1616), "the rest is applied");
+    assert_eq!(
+        t.interfaces, before.interfaces,
+        "no bandwidth left half-set"
+    );
+    let st = get(&format!("/v1/domains/{}", g.name));
+    let skipped = st["skipped"].as_array().cloned().unwrap_or_default();
+    assert_eq!(skipped.len(), 1, "{st}");
+    assert!(
+        skipped[0]["knob"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("interface[vnet"),
+        "{st}"
+    );
+    assert!(
+        skipped[0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("queueing discipline"),
+        "{st}"
+    );
+    assert!(
+        st["refused"]["strict"]
+            .as_str()
+            .unwrap_or("")
+            .contains("interface"),
+        "strict is refused, with the reason: {st}"
+    );
+    let listed = common::cli_ok(&["--socket", d.socket.to_str().unwrap(), "persona-list"]);
+    assert!(
+        listed.contains("Degraded on this host:") && listed.contains("strict on vpt-unsupported"),
+        "{listed}"
+    );
+    // the strict persona failed once, then was refused: no retry loop
+    let failed = get(&format!("/v1/domains/{}/history", g.name))
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["result"] == "failed")
+        .count();
+    assert!(failed <= 1, "the strict persona was tried once at most");
+}

@@ -366,3 +366,102 @@ fn rates_use_the_time_the_stats_were_taken_not_the_start_of_the_tick() {
     );
     assert_eq!(rig.worn(), None, "no burst of load seen, no persona");
 }
+
+fn applies_of(hv: &FakeHypervisor, knob: &Knob) -> usize {
+    hv.calls()
+        .iter()
+        .filter(|c| matches!(c, Call::Apply(_, ch) if ch.knob == *knob))
+        .count()
+}
+
+/// A knob the host cannot apply at all is skipped (the rest applies and the
+/// transition is `ok`), named in the event and the status, tried once per
+/// connection rather than every tick, and tried again after `relearn`.
+#[test]
+fn an_unsupported_knob_is_skipped_remembered_and_learned_again() {
+    let mut rig = Rig::new(MemoryStore::default());
+    rig.hv
+        .unsupported(Knob::CpuShares, "parameter 'cpu_shares' not supported");
+    rig.second(1.0);
+    assert_eq!(rig.worn().as_deref(), Some("hot"));
+    let t = rig.tuning();
+    assert_eq!(t.cpu_shares, Some(1024), "not applied");
+    assert_eq!(t.memory_hard_limit, Some(2 << 20), "the rest applied");
+    let st = &rig.r.statuses()[0];
+    assert_eq!(st.skipped.len(), 1);
+    assert_eq!(st.skipped[0].knob, "cpu_shares");
+    assert!(st.skipped[0].reason.contains("not supported"));
+    let ev = rig.r.store().events(Some("web-1"), 0).unwrap();
+    let last = ev
+        .iter()
+        .rev()
+        .find(|e| e.to.is_some() && e.result != "threshold")
+        .unwrap();
+    assert_eq!((last.result.as_str(), last.skipped.len()), ("ok", 1));
+    assert!(
+        !last.changes.iter().any(|c| c.knob == Knob::CpuShares),
+        "the event lists only what was applied: {last:?}"
+    );
+    assert_eq!(applies_of(&rig.hv, &Knob::CpuShares), 1);
+
+    // busy for a minute, two verify intervals: tried no more, no drift, no failure
+    for _ in 0..60 {
+        let rep = rig.second(1.0);
+        assert_eq!((rep.failures, rep.drifts), (0, 0));
+    }
+    assert_eq!(applies_of(&rig.hv, &Knob::CpuShares), 1, "remembered");
+    assert_eq!(rig.r.statuses()[0].skipped.len(), 1, "still shown");
+
+    // reconnect (or SIGHUP): learned again on the next tick
+    rig.r.relearn();
+    rig.second(1.0);
+    assert_eq!(applies_of(&rig.hv, &Knob::CpuShares), 2, "tried again");
+
+    // idle: back to exactly the original values, nothing left skipped
+    for _ in 0..5 {
+        rig.second(0.0);
+    }
+    assert_eq!(rig.worn(), None);
+    assert_eq!(rig.tuning(), original());
+    assert!(rig.r.statuses()[0].skipped.is_empty());
+}
+
+/// `required = [...]`: a persona whose essential knob is unsupported here is not
+/// worn (visibly: refused, with the reason); the next persona in priority is.
+#[test]
+fn a_required_unsupported_knob_keeps_the_persona_off_and_the_next_one_wins() {
+    let mut rig = Rig::new(MemoryStore::default());
+    let strict = HOT.replace(
+        "cpu_shares = 4096",
+        "cpu_shares = 4096\nrequired = [\"cpu_shares\"]",
+    );
+    let fallback = HOT
+        .replace("id = \"hot\"", "id = \"warm\"")
+        .replace("priority = 10", "priority = 1")
+        .replace("cpu_shares = 4096\n", "");
+    rig.r
+        .set_personas(vec![persona(&strict), persona(&fallback)]);
+    rig.hv
+        .unsupported(Knob::CpuShares, "parameter 'cpu_shares' not supported");
+    rig.second(1.0);
+    // the first try fails on the required knob and is rolled back as a whole
+    assert_eq!(rig.tuning(), original(), "nothing half-applied");
+    let ev = rig.r.store().events(Some("web-1"), 0).unwrap();
+    assert_eq!(ev.last().unwrap().result, "failed");
+    rig.second(1.0);
+    assert_eq!(rig.worn().as_deref(), Some("warm"), "the next persona wins");
+    let st = &rig.r.statuses()[0];
+    let why = st.refused.get("hot").expect("hot is refused");
+    assert!(
+        why.contains("cpu_shares") && why.contains("not supported"),
+        "{why}"
+    );
+    let d = rig.r.entry("web-1").unwrap().last_decision.clone().unwrap();
+    let hot = d.candidates.iter().find(|c| c.persona.id == "hot").unwrap();
+    assert!(!hot.holds && hot.refused.is_some());
+    for _ in 0..40 {
+        rig.second(1.0);
+    }
+    assert_eq!(rig.worn().as_deref(), Some("warm"), "no flapping");
+    assert_eq!(applies_of(&rig.hv, &Knob::CpuShares), 1, "tried once");
+}

@@ -261,6 +261,36 @@ fn bad_input_gets_typed_errors_naming_domain_and_knob() {
     );
 }
 
+/// The test driver's scheduler has only `weight`: cpu_shares and the vCPU
+/// bandwidth knobs are unsupported there, and say so as their own error kind
+/// (skipped by the reconciler, not retried), unlike a bad value or device.
+#[test]
+fn knobs_the_driver_cannot_apply_are_unsupported_not_failures() {
+    let hv = connect();
+    for (knob, value) in [
+        (Knob::CpuShares, KnobValue::Unsigned(2048)),
+        (Knob::VcpuQuota, KnobValue::Signed(50_000)),
+        (Knob::VcpuPeriod, KnobValue::Unsigned(100_000)),
+    ] {
+        let name = knob.to_string();
+        match hv.apply("web-1", &Change { knob, value }, ApplyScope::default()) {
+            Err(HypervisorError::Unsupported {
+                domain,
+                knob,
+                message,
+            }) => {
+                assert_eq!((domain.as_str(), knob.as_str()), ("web-1", name.as_str()));
+                assert!(
+                    message.contains("unsupported by this hypervisor driver")
+                        && message.contains(&name),
+                    "{message}"
+                );
+            }
+            other => panic!("{name}: expected Unsupported, got {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn host_facts() {
     let hv = connect();

@@ -520,3 +520,21 @@ impl Drop for Contention {
         }
     }
 }
+
+/// Whether this kernel has the sfq qdisc libvirt uses for interface bandwidth.
+pub fn kernel_has_sfq() -> bool {
+    let dev = format!("vpsfq{}", std::process::id() % 100_000);
+    let add = Command::new("ip")
+        .args(["link", "add", &dev, "type", "bridge"])
+        .status();
+    if !add.is_ok_and(|s| s.success()) {
+        panic!("cannot create a bridge to probe for sfq");
+    }
+    let ok = Command::new("tc")
+        .args(["qdisc", "add", "dev", &dev, "root", "sfq"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let _ = Command::new("ip").args(["link", "del", &dev]).status();
+    ok
+}
