@@ -14,7 +14,7 @@ pub fn plan(current: &Tuning, desired: &Tuning) -> Vec<Change> {
     let mut changes: Vec<Change> = desired
         .changes()
         .into_iter()
-        .filter(|c| current.get(&c.knob).as_ref() != Some(&c.value))
+        .filter(|c| current.get_or_absent(&c.knob).as_ref() != Some(&c.value))
         .collect();
     order_memory(current, &mut changes);
     changes
@@ -231,6 +231,139 @@ mod tests {
                     .collect();
                 t
             })
+    }
+
+    /// A tuning as a hypervisor reads it, with per-device blkio settings that
+    /// may be absent.
+    fn arb_read() -> impl Strategy<Value = Tuning> {
+        let dev = (
+            prop::option::of(100u32..1000),
+            prop::option::of(1u64..10_000),
+            prop::option::of(1u64..10_000),
+        );
+        (
+            arb_tuning(),
+            prop::option::of(100u32..1000),
+            prop::collection::btree_map(
+                prop::sample::select(vec!["/dev/vda", "/dev/sda", "/dev/sdb"]),
+                dev,
+                0..3,
+            ),
+        )
+            .prop_map(|(mut t, weight, devs)| {
+                // a hypervisor always reports these (the defaults when never set);
+                // only per-device blkio settings and bandwidth can be absent
+                t.blkio_weight = Some(weight.unwrap_or(100));
+                t.cpu_shares.get_or_insert(1024);
+                t.vcpu_quota.get_or_insert(-1);
+                let u = MEMORY_UNLIMITED_KIB;
+                if t.memory_soft_limit.is_none() {
+                    (
+                        t.memory_soft_limit,
+                        t.memory_hard_limit,
+                        t.memory_swap_hard_limit,
+                    ) = (Some(u), Some(u), Some(u));
+                }
+                for vcpu in 0..4 {
+                    t.vcpu_pin
+                        .entry(vcpu)
+                        .or_insert_with(|| crate::units::CpuSet::from_cpus(0..8));
+                }
+                for (path, (w, r, wr)) in devs {
+                    t.blkio_devices.insert(
+                        path.to_string(),
+                        crate::model::tuning::BlkioDeviceTuning {
+                            weight: w,
+                            read_iops: r,
+                            write_iops: wr,
+                            ..Default::default()
+                        },
+                    );
+                }
+                t.normalized()
+            })
+    }
+
+    /// What a persona asks: only the knobs it names.
+    fn arb_persona() -> impl Strategy<Value = Tuning> {
+        (
+            arb_read(),
+            prop::collection::btree_map(
+                prop::sample::select(vec!["/dev/vda", "/dev/sda", "/dev/sdc"]),
+                1u64..5000,
+                0..3,
+            ),
+        )
+            .prop_map(|(mut t, iops)| {
+                for (path, v) in iops {
+                    t.blkio_devices
+                        .entry(path.to_string())
+                        .or_default()
+                        .read_iops = Some(v);
+                }
+                t
+            })
+    }
+
+    /// The reconciler's cycle on one domain: record the original of every knob
+    /// the persona changes (absent included), apply, then restore the baseline.
+    fn wear_and_revert(orig: &Tuning, persona: &Tuning) -> (Tuning, Tuning) {
+        let mut desired = orig.clone();
+        for c in persona.changes() {
+            desired.set(&c);
+        }
+        let on = plan(orig, &desired);
+        let mut baseline = Tuning::default();
+        for c in &on {
+            if let Some(value) = orig.get_or_absent(&c.knob) {
+                baseline.set(&Change {
+                    knob: c.knob.clone(),
+                    value,
+                });
+            }
+        }
+        let (worn, _) = apply(orig.clone(), &on);
+        let worn = worn.normalized();
+        let off = plan(&worn, &baseline);
+        let (back, _) = apply(worn.clone(), &off);
+        (worn, back.normalized())
+    }
+
+    #[test]
+    fn a_throttle_that_did_not_exist_is_removed_on_revert() {
+        let orig = Tuning {
+            blkio_weight: Some(100),
+            ..Default::default()
+        };
+        let mut persona = Tuning {
+            blkio_weight: Some(777),
+            ..Default::default()
+        };
+        persona.blkio_devices.insert(
+            "/dev/vda".into(),
+            crate::model::tuning::BlkioDeviceTuning {
+                read_iops: Some(2000),
+                ..Default::default()
+            },
+        );
+        let (worn, back) = wear_and_revert(&orig, &persona);
+        assert_eq!(worn.blkio_devices["/dev/vda"].read_iops, Some(2000));
+        assert_eq!(back, orig, "no throttle left behind");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn apply_then_revert_gives_back_the_baseline_absent_values_included(
+            orig in arb_read(),
+            persona in arb_persona(),
+        ) {
+            let (worn, back) = wear_and_revert(&orig, &persona);
+            for c in persona.changes() {
+                prop_assert_eq!(worn.get_or_absent(&c.knob), Some(c.value.clone()));
+            }
+            prop_assert_eq!(back, orig);
+        }
     }
 
     proptest! {

@@ -579,7 +579,9 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             .iter()
             .filter(|c| baseline.get(&c.knob).is_none())
             .filter_map(|c| {
-                current.get(&c.knob).map(|value| Change {
+                // "absent" is an original too: a throttle that did not exist is
+                // restored as none, not left behind
+                current.get_or_absent(&c.knob).map(|value| Change {
                     knob: c.knob.clone(),
                     value,
                 })
@@ -698,7 +700,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
     /// Undoes `done`, newest first, to the values read before the transition.
     fn roll_back(&self, name: &str, before: &Tuning, done: &[Change], scope: ApplyScope) {
         for c in done.iter().rev() {
-            if let Some(value) = before.get(&c.knob) {
+            if let Some(value) = before.get_or_absent(&c.knob) {
                 let undo = Change {
                     knob: c.knob.clone(),
                     value,

@@ -19,25 +19,6 @@ fn change(knob: Knob, value: KnobValue) -> Change {
     Change { knob, value }
 }
 
-/// The host's first real block device (not zram/loop/ram), as /dev/NAME with "MAJ:MIN".
-fn host_block_device() -> (String, String) {
-    let mut names: Vec<String> = std::fs::read_dir("/sys/block")
-        .expect("/sys/block")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| {
-            !(n.starts_with("zram")
-                || n.starts_with("loop")
-                || n.starts_with("ram")
-                || n.starts_with("dm-"))
-        })
-        .collect();
-    names.sort();
-    let name = names.first().cloned().expect("a host block device");
-    let dev = read_trim(&PathBuf::from(format!("/sys/block/{name}/dev")));
-    (format!("/dev/{name}"), dev)
-}
-
 fn apply(g: &Guest, c: &Change) {
     let hv = common::real();
     hv.apply(&g.name, c, ApplyScope::Live)
@@ -64,7 +45,7 @@ fn every_knob_sets_reads_back_through_libvirt_and_cgroups_and_restores() {
     let mem = g.cgroup_dir("memory");
     let blk = g.cgroup_dir("blkio");
     let cpuset = g.cgroup_dir("cpuset");
-    let (dev_path, dev_majmin) = host_block_device();
+    let (dev_path, dev_majmin) = common::host_block_device();
 
     // (change, cgroup file, expected content) — cgroup checks where the kernel shows the knob
     let steps: Vec<(Change, Option<(PathBuf, String)>)> = vec![

@@ -628,3 +628,61 @@ fn what_the_host_cannot_apply_is_skipped_or_refuses_a_persona_that_requires_it()
         .count();
     assert!(failed <= 1, "the strict persona was tried once at most");
 }
+
+/// The throttle a nightly-backup persona puts on a device the domain had no
+/// throttle for is removed when the persona lets go: "absent" is restored as
+/// absent, read back through libvirt and the cgroup file.
+#[test]
+fn a_device_throttle_that_did_not_exist_is_gone_after_the_revert() {
+    let g = Guest::boot("blkabsent", 1);
+    let dir = test_dir("blkabsent");
+    let (dev, majmin) = common::host_block_device();
+    let signal = format!("vp.test.backup{}", std::process::id());
+    std::fs::write(
+        dir.join("personas/backup.toml"),
+        format!(
+            "id = \"backup\"\n[match]\nnames = [\"{}\"]\n[activation]\n[[activation.when]]\nsignal = \"{signal}\"\nabove = 0\n[tuning]\nblkio_weight = 777\n[[tuning.blkio_device]]\npath = \"{dev}\"\nread_iops = 2000\n",
+            g.name
+        ),
+    )
+    .unwrap();
+    let hv = common::real();
+    let before = hv.tuning(&g.name, ReadScope::Current).unwrap();
+    assert!(
+        !before.blkio_devices.contains_key(&dev),
+        "no throttle on {dev} to begin with: {before:?}"
+    );
+    let d = Daemon::start(&dir);
+    let set = |v: f64| {
+        virt_persona::api::client::request(
+            &d.socket,
+            "PUT",
+            &format!("/v1/signals/{signal}"),
+            Some(
+                serde_json::json!({"value": v, "ttl": "1h", "domain": g.name})
+                    .to_string()
+                    .as_bytes(),
+            ),
+        )
+        .unwrap();
+    };
+    set(1.0);
+    wait_for("the backup persona", 60, || {
+        d.persona(&g.name).as_deref() == Some("backup")
+    });
+    let on = hv.tuning(&g.name, ReadScope::Current).unwrap();
+    assert_eq!(on.blkio_devices[&dev].read_iops, Some(2000));
+    let cg = g.cgroup_dir("blkio");
+    if let Some(cg) = &cg {
+        let f = common::read_trim(&cg.join("blkio.throttle.read_iops_device"));
+        assert!(f.contains(&format!("{majmin} 2000")), "{f}");
+    }
+    set(0.0);
+    wait_for("the baseline", 60, || d.persona(&g.name).is_none());
+    let after = hv.tuning(&g.name, ReadScope::Current).unwrap();
+    assert_eq!(after, before, "exactly as before, the throttle removed");
+    if let Some(cg) = &cg {
+        let f = common::read_trim(&cg.join("blkio.throttle.read_iops_device"));
+        assert!(!f.contains(&majmin), "cgroup throttle gone: {f}");
+    }
+}

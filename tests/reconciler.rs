@@ -465,3 +465,40 @@ fn a_required_unsupported_knob_keeps_the_persona_off_and_the_next_one_wins() {
     assert_eq!(rig.worn().as_deref(), Some("warm"), "no flapping");
     assert_eq!(applies_of(&rig.hv, &Knob::CpuShares), 1, "tried once");
 }
+
+/// "Absent" is an original value: a device throttle the domain did not have is
+/// recorded as absent and removed again on revert, also when a later knob of
+/// the same transition fails and it is rolled back.
+#[test]
+fn a_device_throttle_that_did_not_exist_is_removed_on_revert_and_on_rollback() {
+    let mut rig = Rig::new(MemoryStore::default());
+    let throttle = HOT.replace(
+        "[thresholds]",
+        "[[tuning.blkio_device]]\npath = \"/dev/vda\"\nread_iops = 2000\n[[tuning.blkio_device]]\npath = \"/dev/vdb\"\nread_iops = 1000\n[thresholds]",
+    );
+    rig.r.set_personas(vec![persona(&throttle)]);
+    rig.second(1.0);
+    assert_eq!(rig.worn().as_deref(), Some("hot"));
+    assert_eq!(rig.tuning().blkio_devices["/dev/vda"].read_iops, Some(2000));
+    for _ in 0..5 {
+        rig.second(0.0);
+    }
+    assert_eq!(rig.worn(), None);
+    assert_eq!(rig.tuning(), original(), "no throttle left behind");
+    let uuid = rig.uuid.clone();
+    assert_eq!(rig.r.store().baseline(&uuid).unwrap(), Tuning::default());
+
+    // vda's throttle is set, then vdb's fails: the rollback removes vda's too
+    let knob = Knob::BlkioDevice {
+        path: "/dev/vdb".into(),
+        field: virt_persona::model::tuning::BlkioField::ReadIops,
+    };
+    rig.hv.fail_next("web-1", knob, "injected");
+    let rep = rig.second(1.0);
+    assert_eq!(rep.failures, 1);
+    assert!(
+        rig.hv.calls().iter().any(|c| matches!(c, Call::Apply(_, ch) if matches!(ch.knob, Knob::BlkioDevice { .. }) && ch.value == KnobValue::Unsigned(2000))),
+        "the throttle was set before the failure"
+    );
+    assert_eq!(rig.tuning(), original(), "rolled back, throttle removed");
+}

@@ -175,6 +175,8 @@ impl Hypervisor for FakeHypervisor {
             .get_mut(domain)
             .ok_or_else(|| HypervisorError::NoDomain(domain.to_string()))?;
         d.1.set(change);
+        // as libvirt reads it back: a cleared device setting is gone
+        d.1 = std::mem::take(&mut d.1).normalized();
         Ok(())
     }
     fn set_tags(&self, domain: &str, tags: &[String]) -> Result<()> {

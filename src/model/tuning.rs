@@ -104,6 +104,8 @@ impl BlkioField {
             BlkioField::WriteBytesPerSec => d.write_bytes_per_sec,
         }
     }
+    /// Sets a field. 0 is libvirt's "no setting" (virsh clears with 0): in a
+    /// baseline it records an original that was absent.
     pub fn set(self, d: &mut BlkioDeviceTuning, v: u64) {
         match self {
             BlkioField::Weight => d.weight = Some(u32::try_from(v).unwrap_or(u32::MAX)),
@@ -173,6 +175,18 @@ impl Knob {
         "blkio_device",
         "interface",
     ];
+
+    /// The value that means "not set" for knobs that can be absent (a block
+    /// device without a throttle, an interface without bandwidth): what an
+    /// original that was absent is recorded and restored as, cleared the way
+    /// virsh clears it (0). `None` for knobs that always have a value.
+    pub fn absent(&self) -> Option<KnobValue> {
+        match self {
+            Knob::BlkioDevice { .. } => Some(KnobValue::Unsigned(0)),
+            Knob::Interface { .. } => Some(KnobValue::Bandwidth(Bandwidth::default())),
+            _ => None,
+        }
+    }
 
     /// The `[tuning]` key this knob comes from (`required` names these).
     pub fn key(&self) -> &'static str {
@@ -291,6 +305,33 @@ impl Tuning {
                 })
                 .map(KnobValue::Bandwidth),
         }
+    }
+
+    /// The value of a knob, with "absent" as its own value where a knob can be
+    /// absent ([`Knob::absent`]): what to record as an original and compare.
+    pub fn get_or_absent(&self, knob: &Knob) -> Option<KnobValue> {
+        self.get(knob).or_else(|| knob.absent())
+    }
+
+    /// As a hypervisor reads it back: a per-device blkio setting of 0 is no
+    /// setting at all (libvirt lists nothing for it), so it is dropped.
+    pub fn normalized(mut self) -> Tuning {
+        for d in self.blkio_devices.values_mut() {
+            for f in BlkioField::ALL {
+                if f.get(d) == Some(0) {
+                    match f {
+                        BlkioField::Weight => d.weight = None,
+                        BlkioField::ReadIops => d.read_iops = None,
+                        BlkioField::WriteIops => d.write_iops = None,
+                        BlkioField::ReadBytesPerSec => d.read_bytes_per_sec = None,
+                        BlkioField::WriteBytesPerSec => d.write_bytes_per_sec = None,
+                    }
+                }
+            }
+        }
+        self.blkio_devices
+            .retain(|_, d| *d != BlkioDeviceTuning::default());
+        self
     }
 
     /// Records a change as applied. A value of the wrong shape for the knob is ignored.

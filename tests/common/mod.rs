@@ -538,3 +538,22 @@ pub fn kernel_has_sfq() -> bool {
     let _ = Command::new("ip").args(["link", "del", &dev]).status();
     ok
 }
+
+/// The host's first real block device (not zram/loop/ram), as /dev/NAME with "MAJ:MIN".
+pub fn host_block_device() -> (String, String) {
+    let mut names: Vec<String> = std::fs::read_dir("/sys/block")
+        .expect("/sys/block")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            !(n.starts_with("zram")
+                || n.starts_with("loop")
+                || n.starts_with("ram")
+                || n.starts_with("dm-"))
+        })
+        .collect();
+    names.sort();
+    let name = names.first().cloned().expect("a host block device");
+    let dev = read_trim(&PathBuf::from(format!("/sys/block/{name}/dev")));
+    (format!("/dev/{name}"), dev)
+}

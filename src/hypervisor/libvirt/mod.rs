@@ -498,7 +498,7 @@ fn read_tuning(live: &Live, name: &str, scope: ReadScope) -> Result<Tuning> {
             },
         );
     }
-    Ok(t)
+    Ok(t.normalized())
 }
 
 fn apply_change(live: &Live, name: &str, change: &Change, scope: ApplyScope) -> Result<()> {
