@@ -162,6 +162,16 @@ fn the_readme_walkthrough_works_as_printed() {
             "`{line} | head -1` is not quiet: {err}"
         );
     }
+    // what the host cannot do is in /metrics too
+    let (status, metrics) = common::http(
+        &d.socket,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("virt_persona_knob_unsupported{domain=\"web-1\",knob=\"cpu_shares\"} 1"),
+        "{metrics}"
+    );
     // the manual activation ended by itself: two transitions, on and off
     let (_, hist, _) = run(&d.socket, "virt-persona --json persona-history desk-1");
     let v: serde_json::Value = serde_json::from_str(&hist).expect("history JSON");
