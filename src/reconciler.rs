@@ -176,6 +176,12 @@ pub enum ManualError {
         domain: String,
         why: String,
     },
+    #[error("persona '{persona}' cannot be worn by domain '{domain}' on this host: {why}")]
+    Refused {
+        persona: String,
+        domain: String,
+        why: String,
+    },
     #[error(transparent)]
     Tick(#[from] TickError),
 }
@@ -262,6 +268,13 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                 persona: persona.to_string(),
                 domain: entry.info.name.clone(),
                 why,
+            });
+        }
+        if let Some(why) = entry.refused.get(persona) {
+            return Err(ManualError::Refused {
+                persona: persona.to_string(),
+                domain: entry.info.name.clone(),
+                why: why.clone(),
             });
         }
         let o = Override {

@@ -328,3 +328,31 @@ fn live_reload_follows_edits_within_two_seconds() {
         "leftovers are ignored"
     );
 }
+
+#[test]
+fn required_names_known_knobs_the_persona_sets() {
+    let p = parse_persona(
+        "id = \"a\"\n[tuning]\ncpu_shares = 2048\nrequired = [\"cpu_shares\"]\n",
+        Path::new("a.toml"),
+    )
+    .unwrap();
+    assert_eq!(p.tuning.required, ["cpu_shares"]);
+    let errs = parse_persona(
+        "id = \"b\"\n[tuning]\ncpu_shares = 2048\nrequired = [\"cpu_share\", \"interface\"]\n",
+        Path::new("b.toml"),
+    )
+    .unwrap_err();
+    let msgs: Vec<String> = errs
+        .iter()
+        .map(|e| format!("{}:{}: {}", e.line, e.col, e.rule))
+        .collect();
+    assert_eq!(msgs.len(), 2, "{msgs:?}");
+    assert!(
+        msgs[0].starts_with("4:13: required: unknown knob 'cpu_share': expected one of vcpu_pin,"),
+        "{msgs:?}"
+    );
+    assert_eq!(
+        msgs[1],
+        "4:26: required: 'interface' is not set in [tuning]: a persona can only require knobs it sets"
+    );
+}

@@ -463,6 +463,12 @@ fn a_required_unsupported_knob_keeps_the_persona_off_and_the_next_one_wins() {
         rig.second(1.0);
     }
     assert_eq!(rig.worn().as_deref(), Some("warm"), "no flapping");
+    let now = rig.now;
+    let err = rig.r.activate("web-1", "hot", None, now).unwrap_err();
+    assert!(
+        err.to_string().contains("cannot be worn") && err.to_string().contains("cpu_shares"),
+        "a manual activation is refused with the reason: {err}"
+    );
     assert_eq!(applies_of(&rig.hv, &Knob::CpuShares), 1, "tried once");
 }
 

@@ -86,9 +86,9 @@ fn signal_json(name: &str, s: &Signal) -> Value {
 fn manual_error(e: ManualError) -> Reply {
     match e {
         ManualError::NoDomain(_) | ManualError::NoPersona(_) => Reply::not_found(e.to_string()),
-        ManualError::NotRunning { .. } | ManualError::NoMatch { .. } => {
-            Reply::conflict(e.to_string())
-        }
+        ManualError::NotRunning { .. }
+        | ManualError::NoMatch { .. }
+        | ManualError::Refused { .. } => Reply::conflict(e.to_string()),
         ManualError::Tick(t) => server_error(t),
     }
 }
