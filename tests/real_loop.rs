@@ -98,13 +98,7 @@ fn load_switches_a_real_guest_on_and_off_and_the_higher_priority_wins() {
         before,
         "exactly the original values"
     );
-    let hist = virt_persona::api::client::request(
-        &d.socket,
-        "GET",
-        &format!("/v1/domains/{}/history", g.name),
-        None,
-    )
-    .unwrap();
+    let hist = d.get(&format!("/v1/domains/{}/history", g.name));
     let results: Vec<(String, String)> = hist
         .as_array()
         .unwrap()
@@ -158,13 +152,7 @@ fn kill_9_while_worn_then_restart_restores_the_baseline_exactly_once() {
     g.set_load(Load::Idle);
     wait_for("the baseline", 60, || d2.persona(&g.name).is_none());
     assert_eq!(hv.tuning(&g.name, ReadScope::Current).unwrap(), before);
-    let hist = virt_persona::api::client::request(
-        &d2.socket,
-        "GET",
-        &format!("/v1/domains/{}/history", g.name),
-        None,
-    )
-    .unwrap();
+    let hist = d2.get(&format!("/v1/domains/{}/history", g.name));
     let restores = hist
         .as_array()
         .unwrap()
@@ -222,13 +210,7 @@ fn a_failing_knob_mid_transition_leaves_the_domain_exactly_as_before() {
         "nothing half-applied"
     );
     assert_eq!(d.persona(&g.name), None);
-    let v = virt_persona::api::client::request(
-        &d.socket,
-        "GET",
-        &format!("/v1/domains/{}", g.name),
-        None,
-    )
-    .unwrap();
+    let v = d.get(&format!("/v1/domains/{}", g.name));
     let err = v["last_error"].as_str().unwrap_or_default();
     assert!(
         err.contains("blkio_device[/dev/vp-no-such-device]"),
@@ -401,13 +383,7 @@ fn drift_behind_the_daemons_back_is_repaired_at_the_verify_interval() {
         took < Duration::from_secs(25),
         "found within the 5 s verify interval (+1 tick): {took:?}"
     );
-    let h = virt_persona::api::client::request(
-        &d.socket,
-        "GET",
-        &format!("/v1/domains/{}/history", g.name),
-        None,
-    )
-    .unwrap();
+    let h = d.get(&format!("/v1/domains/{}/history", g.name));
     let drift = h
         .as_array()
         .unwrap()
@@ -483,13 +459,7 @@ fn a_cpu_demand_persona_stays_on_while_the_host_starves_the_guest() {
         d.persona(&g.name).as_deref() == Some("boost")
     });
     let explain = || {
-        let v = virt_persona::api::client::request(
-            &d.socket,
-            "GET",
-            &format!("/v1/domains/{}/explain", g.name),
-            None,
-        )
-        .unwrap();
+        let v = d.get(&format!("/v1/domains/{}/explain", g.name));
         let value = |id: &str| {
             v["candidates"]
                 .as_array()
@@ -528,13 +498,7 @@ fn a_cpu_demand_persona_stays_on_while_the_host_starves_the_guest() {
         );
         assert!(demand > 85.0, "demand reads it as busy: {seen:?}");
     }
-    let hist = virt_persona::api::client::request(
-        &d.socket,
-        "GET",
-        &format!("/v1/domains/{}/history", g.name),
-        None,
-    )
-    .unwrap();
+    let hist = d.get(&format!("/v1/domains/{}/history", g.name));
     let transitions: Vec<String> = hist
         .as_array()
         .unwrap()
@@ -573,8 +537,6 @@ fn what_the_host_cannot_apply_is_skipped_or_refuses_a_persona_that_requires_it()
     let hv = common::real();
     let before = hv.tuning(&g.name, ReadScope::Current).unwrap();
     let d = Daemon::start(&dir);
-    let get =
-        |path: &str| virt_persona::api::client::request(&d.socket, "GET", path, None).unwrap();
     if common::kernel_has_sfq() {
         wait_for("the strict persona", 60, || {
             d.persona(&g.name).as_deref() == Some("strict")
@@ -590,7 +552,7 @@ fn what_the_host_cannot_apply_is_skipped_or_refuses_a_persona_that_requires_it()
         t.interfaces, before.interfaces,
         "no bandwidth left half-set"
     );
-    let st = get(&format!("/v1/domains/{}", g.name));
+    let st = d.get(&format!("/v1/domains/{}", g.name));
     let skipped = st["skipped"].as_array().cloned().unwrap_or_default();
     assert_eq!(skipped.len(), 1, "{st}");
     assert!(
@@ -620,7 +582,8 @@ fn what_the_host_cannot_apply_is_skipped_or_refuses_a_persona_that_requires_it()
         "{listed}"
     );
     // the strict persona failed once, then was refused: no retry loop
-    let failed = get(&format!("/v1/domains/{}/history", g.name))
+    let failed = d
+        .get(&format!("/v1/domains/{}/history", g.name))
         .as_array()
         .unwrap()
         .iter()

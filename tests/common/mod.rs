@@ -363,6 +363,11 @@ impl Daemon {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
     }
+    /// A GET on the daemon's API, as JSON; fails the test on any error.
+    pub fn get(&self, path: &str) -> serde_json::Value {
+        virt_persona::api::client::request(&self.socket, "GET", path, None)
+            .unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", self.log()))
+    }
     pub fn persona(&self, name: &str) -> Option<String> {
         let v = virt_persona::api::client::request(
             &self.socket,
