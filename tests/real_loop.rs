@@ -393,16 +393,30 @@ fn drift_behind_the_daemons_back_is_repaired_at_the_verify_interval() {
     assert_eq!(drift["changes"][0]["knob"], "cpu_shares");
 }
 
+/// SIGHUP re-reads the personas and the new values reach a real guest. The
+/// persona file is a symlink to a file outside the watched directory (as when
+/// an admin links in files from a config repository), so only SIGHUP can tell
+/// the daemon that its content changed.
 #[test]
-fn sighup_reloads_the_personas() {
+fn sighup_reloads_the_personas_and_the_new_values_are_applied() {
+    let g = Guest::boot("sighup", 1);
     let dir = test_dir("sighup");
-    let mut d = Daemon::start_args(&dir, "test:///default", &["--interval", "1s"], &[]);
+    std::fs::create_dir_all(dir.join("outside")).unwrap();
+    let target = dir.join("outside/always.toml");
+    std::fs::write(&target, always_persona(&g.name, 1111)).unwrap();
+    std::os::unix::fs::symlink(&target, dir.join("personas/always.toml")).unwrap();
+    let d = Daemon::start(&dir);
+    let hv = common::real();
+    let shares = || hv.tuning(&g.name, ReadScope::Current).unwrap().cpu_shares;
+    wait_for("the first version", 60, || shares() == Some(1111));
+    // rewritten in place: the watched directory does not change
+    std::fs::write(&target, always_persona(&g.name, 2222)).unwrap();
     std::process::Command::new("kill")
         .args(["-HUP", &d.child.id().to_string()])
         .status()
         .unwrap();
-    wait_for("the reload", 10, || d.log().contains("trigger=\"SIGHUP\""));
-    d.kill9();
+    wait_for("the new values on the guest", 60, || shares() == Some(2222));
+    assert!(d.log().contains("trigger=\"SIGHUP\""), "{}", d.log());
 }
 
 #[test]
