@@ -240,6 +240,29 @@ fn signals_explain_tuning_health_and_the_loops_own_commands() {
         (Some("host"), Some(1200.0))
     );
     assert_eq!(w.ok(Command::ListSignals).as_array().map(Vec::len), Some(1));
+    // a signal's domain by id or UUID is kept by name; an unknown domain is refused
+    let uuid = w.hv.domain("web-1").expect("domain").uuid;
+    for key in ["1".to_string(), uuid] {
+        let v = w.ok(Command::SetSignal {
+            name: "rps".into(),
+            value: 1300.0,
+            ttl_ms: 10_000,
+            domain: Some(key.clone()),
+            cluster: false,
+        });
+        assert_eq!(v["domain"], "web-1", "{key}: {v}");
+    }
+    assert_eq!(w.ok(Command::ListSignals).as_array().map(Vec::len), Some(1));
+    let (status, message) = w.err(Command::SetSignal {
+        name: "rps".into(),
+        value: 1.0,
+        ttl_ms: 10_000,
+        domain: Some("ghost".into()),
+        cluster: false,
+    });
+    assert_eq!(status, 404, "{message}");
+    assert!(message.contains("ghost"), "{message}");
+    assert_eq!(w.ok(Command::ListSignals).as_array().map(Vec::len), Some(1));
     w.now += 10_000;
     assert_eq!(w.ok(Command::ListSignals), Value::Array(vec![]), "expired");
 

@@ -279,6 +279,14 @@ pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
             domain,
             cluster,
         } => {
+            // a domain by name, id or UUID, kept by its name (what rules match on)
+            let domain = match domain {
+                Some(key) => match rec.entry(&key) {
+                    Some(e) => Some(e.info.name.clone()),
+                    None => return no_domain(&key),
+                },
+                None => None,
+            };
             let s = Signal {
                 value,
                 expires: now + ttl_ms,
