@@ -26,6 +26,44 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("{key}: {message}")]
     Invalid { key: &'static str, message: String },
+    #[error("API token file {path}: {message}")]
+    Token { path: PathBuf, message: String },
+}
+
+/// Reads the TCP API's bearer token. The file must be readable by its owner
+/// only (the token is a password), and the token at least 16 characters.
+pub fn read_token_file(path: &Path) -> Result<String, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |message: String| ConfigError::Token {
+        path: path.to_path_buf(),
+        message,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(err(format!(
+            "mode {mode:04o} lets other users read it: chmod 600 {}",
+            path.display()
+        )));
+    }
+    let token = std::fs::read_to_string(path)
+        .map_err(|e| err(e.to_string()))?
+        .trim()
+        .to_string();
+    if token.len() < 16 {
+        return Err(err("the token is shorter than 16 characters".into()));
+    }
+    Ok(token)
+}
+
+/// Creates the state directory readable by root only (it holds every
+/// domain's original tuning); an existing one is left as the admin made it.
+pub fn create_state_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -221,6 +259,35 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_files_must_be_private_and_long_enough() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("token");
+        std::fs::write(&f, "0123456789abcdef0123\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let e = read_token_file(&f).unwrap_err().to_string();
+        assert!(e.contains("mode 0640") && e.contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(read_token_file(&f).unwrap(), "0123456789abcdef0123");
+        std::fs::write(&f, "short\n").unwrap();
+        assert!(read_token_file(&f)
+            .unwrap_err()
+            .to_string()
+            .contains("shorter than 16"));
+    }
+
+    #[test]
+    fn the_state_dir_is_created_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path().join("a/b/state");
+        create_state_dir(&state).unwrap();
+        let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        create_state_dir(&state).unwrap();
+    }
 
     #[test]
     fn flags_beat_file_beat_defaults() {

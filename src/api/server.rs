@@ -444,6 +444,20 @@ enum Auth {
     Token(Arc<String>),
 }
 
+/// Constant time: how long it takes depends on the length of what was given
+/// only, never on the token's length or on how much of it matched.
+fn token_matches(given: &[u8], token: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    if token.is_empty() {
+        return false;
+    }
+    let mut same = given.len().ct_eq(&token.len());
+    for (i, b) in given.iter().enumerate() {
+        same &= b.ct_eq(&token[i % token.len()]);
+    }
+    bool::from(same)
+}
+
 fn authorized(req: &Request, auth: &Auth) -> bool {
     match auth {
         Auth::Socket => true,
@@ -452,12 +466,7 @@ fn authorized(req: &Request, auth: &Auth) -> bool {
                 .header("authorization")
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .unwrap_or("");
-            // constant time: the comparison does not reveal how much matched
-            given.len() == token.len()
-                && bool::from(subtle::ConstantTimeEq::ct_eq(
-                    given.as_bytes(),
-                    token.as_bytes(),
-                ))
+            token_matches(given.as_bytes(), token.as_bytes())
         }
     }
 }
@@ -586,11 +595,25 @@ pub fn serve(path: &Path, tx: Sender<Envelope>, shared: Arc<Shared>) -> Result<(
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(bind_err)?;
     }
-    // a stale socket from a previous run would make bind fail
-    if path.exists() && UnixStream::connect(path).is_err() {
-        let _ = std::fs::remove_file(path);
+    // a stale socket from a previous run would make bind fail; anything that
+    // is not a socket is never removed (a mistyped --socket must not delete a file)
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(bind_err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "exists and is not a socket: not replaced",
+            )));
+        }
+        if UnixStream::connect(path).is_err() {
+            let _ = std::fs::remove_file(path);
+        }
     }
-    let listener = UnixListener::bind(path).map_err(bind_err)?;
+    // created 0660 from the start: no moment where others may connect
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o117));
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = bound.map_err(bind_err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
     let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
@@ -646,6 +669,28 @@ mod tests {
 
     fn req(raw: &str) -> Result<Request, HttpError> {
         read_request(&mut BufReader::new(raw.as_bytes()))
+    }
+
+    #[test]
+    fn token_comparison() {
+        let t = b"0123456789abcdef";
+        assert!(token_matches(t, t));
+        assert!(!token_matches(b"0123456789abcdeX", t));
+        assert!(!token_matches(b"0123456789abcdef0", t), "longer");
+        assert!(!token_matches(b"0123", t), "a prefix");
+        assert!(!token_matches(b"", t));
+        assert!(!token_matches(b"", b""), "no token never matches");
+    }
+
+    #[test]
+    fn a_path_that_is_not_a_socket_is_never_replaced() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("precious");
+        std::fs::write(&f, "data").unwrap();
+        let (tx, _rx) = crossbeam_channel::bounded(1);
+        let e = serve(&f, tx, Arc::new(Shared::default())).unwrap_err();
+        assert!(e.to_string().contains("not a socket"), "{e}");
+        assert_eq!(std::fs::read_to_string(&f).unwrap(), "data");
     }
 
     #[test]

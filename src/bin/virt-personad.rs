@@ -120,7 +120,7 @@ type Rec = Reconciler<LibvirtHypervisor, RedbStore>;
 
 fn run(args: Args) -> anyhow::Result<()> {
     let cfg = load_config(args)?;
-    std::fs::create_dir_all(&cfg.state_dir)
+    virt_persona::config::create_state_dir(&cfg.state_dir)
         .with_context(|| format!("creating the state directory {}", cfg.state_dir.display()))?;
     std::fs::create_dir_all(&cfg.personas_dir).with_context(|| {
         format!(
@@ -143,15 +143,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let shared = Arc::new(server::Shared::default());
     if let Some(addr) = &cfg.api_listen {
         let path = cfg.api_token_file.as_ref().context("api.token_file")?;
-        let token = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the API token file {}", path.display()))?
-            .trim()
-            .to_string();
-        anyhow::ensure!(
-            token.len() >= 16,
-            "the API token in {} is shorter than 16 characters",
-            path.display()
-        );
+        let token = virt_persona::config::read_token_file(path)?;
         server::serve_tcp(addr, token, cmd_tx.clone(), shared.clone())?;
         info!(%addr, "TCP API listening (bearer token required)");
     }

@@ -344,13 +344,16 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .expect("start virt-personad");
-        let d = Daemon {
+        let mut d = Daemon {
             child,
             socket,
             dir: dir.to_path_buf(),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while !d.socket.exists() {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!("daemon exited ({status}): {}", d.log());
+            }
             assert!(
                 Instant::now() < deadline,
                 "daemon did not come up: {}",
