@@ -30,6 +30,11 @@ struct RefusedLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DomainLabel {
+    domain: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: String,
 }
@@ -40,6 +45,7 @@ pub struct Metrics {
     domains: Family<PersonaLabel, Gauge>,
     skipped: Family<SkippedLabel, Gauge>,
     refused: Family<RefusedLabel, Gauge>,
+    attention: Family<DomainLabel, Gauge>,
     transitions: Family<ResultLabel, Counter>,
     apply_seconds: Histogram,
     tick_seconds: Histogram,
@@ -76,6 +82,12 @@ impl Metrics {
             "persona_refused",
             "Personas not worn on a domain because a required knob is unsupported here",
             refused.clone(),
+        );
+        let attention = Family::<DomainLabel, Gauge>::default();
+        registry.register(
+            "domain_needs_attention",
+            "Domains a rollback or restore could not put back (retried every tick)",
+            attention.clone(),
         );
         let transitions = Family::<ResultLabel, Counter>::default();
         registry.register(
@@ -122,6 +134,7 @@ impl Metrics {
             domains,
             skipped,
             refused,
+            attention,
             transitions,
             apply_seconds,
             tick_seconds,
@@ -172,7 +185,14 @@ impl Metrics {
         }
         self.skipped.clear();
         self.refused.clear();
+        self.attention.clear();
         for d in domains {
+            if d.needs_attention.is_some() {
+                let label = DomainLabel {
+                    domain: d.name.clone(),
+                };
+                self.attention.get_or_create(&label).set(1);
+            }
             for k in &d.skipped {
                 let label = SkippedLabel {
                     domain: d.name.clone(),

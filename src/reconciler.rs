@@ -49,6 +49,12 @@ pub struct DomainEntry {
     skipped: Vec<Skipped>,
     /// Personas refused here because a `required` knob is unsupported.
     refused: BTreeMap<String, String>,
+    /// Set when a rollback or a restore failed: the domain is not exactly at
+    /// its baseline or its persona until a later tick manages it.
+    needs_attention: Option<String>,
+    /// The worn persona also wrote the persistent definition: its revert must
+    /// too, even once the persona itself is gone.
+    worn_persist: bool,
 }
 
 /// A domain's state for listings (`virt-persona list`, the API).
@@ -69,6 +75,19 @@ pub struct DomainStatus {
     pub skipped: Vec<Skipped>,
     /// Personas that may not be worn here: a knob they require is unsupported.
     pub refused: BTreeMap<String, String>,
+    /// Why the domain is neither exactly at its baseline nor at its persona.
+    pub needs_attention: Option<String>,
+}
+
+/// What a domain's status says when knobs could not be put back.
+fn attention(stuck: &[(Knob, String)]) -> Option<String> {
+    (!stuck.is_empty()).then(|| {
+        let knobs: Vec<String> = stuck.iter().map(|(k, _)| k.to_string()).collect();
+        format!(
+            "rollback failed for {}: changed and not at its original; retried every tick",
+            knobs.join(", ")
+        )
+    })
 }
 
 /// The candidates that may not be worn on a domain: a knob they list in
@@ -158,6 +177,7 @@ fn status_of(e: &DomainEntry) -> DomainStatus {
             vec![]
         },
         refused: e.refused.clone(),
+        needs_attention: e.needs_attention.clone(),
     }
 }
 
@@ -393,10 +413,12 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                 None => {
                     // adopt what a previous run recorded instead of re-applying blindly
                     let mut rules = RuleState::default();
+                    let mut worn_persist = false;
                     if info.state.is_active() {
                         if let Some(w) = self.store.worn(&info.uuid)? {
                             rules.worn = Some((w.persona, w.since));
                             rules.last_active = Some(now);
+                            worn_persist = w.persist;
                         }
                     } else {
                         self.store.set_worn(&info.uuid, None)?;
@@ -418,6 +440,8 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                             unsupported: BTreeMap::new(),
                             skipped: vec![],
                             refused: BTreeMap::new(),
+                            needs_attention: None,
+                            worn_persist,
                         },
                     );
                 }
@@ -601,11 +625,10 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             })
             .collect();
         self.store.record_baseline(uuid, &originals)?;
+        // leaving a persisted persona restores the definition too, even when
+        // that persona was removed meanwhile
         let persist = persona.as_ref().map(|p| p.persist).unwrap_or(false)
-            || from
-                .as_ref()
-                .and_then(|id| self.personas.iter().find(|p| p.id == *id))
-                .is_some_and(|p| p.persist);
+            || self.domains.get(uuid).is_some_and(|e| e.worn_persist);
         let scope = if persist {
             ApplyScope::LiveAndConfig
         } else {
@@ -645,20 +668,41 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         let planned = changes.clone();
         let changes: Vec<Change> = done.iter().map(|c| (*c).clone()).collect();
         if let Some((bad, err)) = failure {
-            self.roll_back(&name, &current, &changes, scope);
+            let stuck = self.roll_back(&name, &current, &changes, scope);
             let message = format!("{}: {err}", bad.knob);
             let entry = self.domains.get_mut(uuid).expect("entry exists");
             entry.rules = previous;
             entry.last_error = Some(message.clone());
+            entry.needs_attention = attention(&stuck);
             if !matches!(err, HypervisorError::Unsupported { .. }) {
                 entry.retry_at = Some(now + entry.backoff_ms);
                 entry.backoff_ms = (entry.backoff_ms * 2).min(BACKOFF_MAX_MS);
             }
             // (a required knob that is unsupported refuses the persona from the next tick on)
             entry.last_decision = Some(decision);
-            // a transition that never happened leaves no baseline of its own behind
-            let fresh: Vec<Knob> = originals.iter().map(|c| c.knob.clone()).collect();
+            // a transition that never happened leaves no baseline of its own
+            // behind, except for knobs whose rollback failed: they are still
+            // changed, and their originals are what a later tick restores
+            let fresh: Vec<Knob> = originals
+                .iter()
+                .map(|c| c.knob.clone())
+                .filter(|k| !stuck.iter().any(|(s, _)| s == k))
+                .collect();
             self.store.clear_baseline(uuid, &fresh)?;
+            for (knob, e) in &stuck {
+                self.record(Event {
+                    time: now,
+                    domain: name.clone(),
+                    from: from.clone(),
+                    to: to.clone(),
+                    reason: format!(
+                        "rollback of {knob} failed; its original is kept and restored later"
+                    ),
+                    result: "rollback_failed".into(),
+                    error: Some(e.clone()),
+                    ..Default::default()
+                })?;
+            }
             warn!(domain = %name, from = ?from, to = ?to, knob = %bad.knob, error = %err, "transition failed, rolled back");
             self.record(Event {
                 time: now,
@@ -711,7 +755,15 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
     }
 
     /// Undoes `done`, newest first, to the values read before the transition.
-    fn roll_back(&self, name: &str, before: &Tuning, done: &[Change], scope: ApplyScope) {
+    /// Returns the knobs whose undo failed, with the error.
+    fn roll_back(
+        &self,
+        name: &str,
+        before: &Tuning,
+        done: &[Change],
+        scope: ApplyScope,
+    ) -> Vec<(Knob, String)> {
+        let mut stuck = Vec::new();
         for c in done.iter().rev() {
             if let Some(value) = before.get_or_absent(&c.knob) {
                 let undo = Change {
@@ -720,9 +772,11 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                 };
                 if let Err(e) = self.hv.apply(name, &undo, scope) {
                     warn!(domain = %name, knob = %c.knob, error = %e, "rollback of a change failed");
+                    stuck.push((c.knob.clone(), e.to_string()));
                 }
             }
         }
+        stuck
     }
 
     /// Forgets which knobs this host could not apply, so the next tick tries
@@ -752,13 +806,16 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
     ) -> Result<(), TickError> {
         let entry = self.domains.get_mut(uuid).expect("entry exists");
         entry.last_error = None;
+        entry.needs_attention = None;
         entry.retry_at = None;
         entry.backoff_ms = BACKOFF_MIN_MS;
         if from != to {
             entry.crossed.clear();
+            entry.worn_persist = persona.is_some_and(|p| p.persist);
             let worn = to.as_ref().map(|p| Worn {
                 persona: p.clone(),
                 since: entry.rules.worn.as_ref().map(|w| w.1).unwrap_or(now),
+                persist: entry.worn_persist,
             });
             self.store.set_worn(uuid, worn.as_ref())?;
             debug!(domain = %entry.info.name, reason, "worn persona recorded");
@@ -844,9 +901,12 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         Ok(())
     }
 
-    /// Restores every domain's baseline (for --revert-on-exit).
-    pub fn revert_all(&mut self, now: Millis) -> Result<usize, TickError> {
-        let mut n = 0;
+    /// Restores every domain's baseline (for --revert-on-exit): LIVE, and the
+    /// persistent definition too where the worn persona persisted. Goes on past
+    /// a domain that fails; returns how many were restored and every failure.
+    pub fn revert_all(&mut self, now: Millis) -> Result<(usize, Vec<String>), TickError> {
+        let mut restored = 0;
+        let mut failures = Vec::new();
         let uuids: Vec<String> = self
             .domains
             .iter()
@@ -858,26 +918,58 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             if baseline == Tuning::default() {
                 continue;
             }
-            let name = self.domains[&uuid].info.name.clone();
-            let current = self.hv.tuning(&name, ReadScope::Current)?;
-            for c in plan(&current, &baseline) {
-                self.hv.apply(&name, &c, ApplyScope::Live)?;
+            let e = &self.domains[&uuid];
+            let name = e.info.name.clone();
+            let from = e.rules.worn.as_ref().map(|w| w.0.clone());
+            let scope = if e.worn_persist {
+                ApplyScope::LiveAndConfig
+            } else {
+                ApplyScope::Live
+            };
+            let mut error = None;
+            let mut changes = Vec::new();
+            match self.hv.tuning(&name, ReadScope::Current) {
+                Err(e) => error = Some(e.to_string()),
+                Ok(current) => {
+                    for c in plan(&current, &baseline) {
+                        match self.hv.apply(&name, &c, scope) {
+                            Ok(()) => changes.push(c),
+                            // the others are still worth restoring
+                            Err(e) => {
+                                let msg = format!("{}: {e}", c.knob);
+                                error = Some(match error {
+                                    Some(prev) => format!("{prev}; {msg}"),
+                                    None => msg,
+                                });
+                            }
+                        }
+                    }
+                }
             }
-            let knobs: Vec<Knob> = baseline.changes().into_iter().map(|c| c.knob).collect();
-            self.store.clear_baseline(&uuid, &knobs)?;
-            let from = self.domains[&uuid].rules.worn.as_ref().map(|w| w.0.clone());
-            self.store.set_worn(&uuid, None)?;
+            let result = if let Some(err) = &error {
+                // originals kept: a later start restores what this one could not
+                warn!(domain = %name, error = %err, "restoring the baseline on exit failed");
+                failures.push(format!("{name}: {err}"));
+                "failed"
+            } else {
+                let knobs: Vec<Knob> = baseline.changes().into_iter().map(|c| c.knob).collect();
+                self.store.clear_baseline(&uuid, &knobs)?;
+                self.store.set_worn(&uuid, None)?;
+                restored += 1;
+                "ok"
+            };
             self.record(Event {
                 time: now,
                 domain: name,
                 from,
                 to: None,
                 reason: "daemon stopping (--revert-on-exit)".into(),
-                result: "ok".into(),
+                result: result.into(),
+                changes,
+                error,
                 ..Default::default()
             })?;
-            n += 1;
         }
-        Ok(n)
+        Ok((restored, failures))
     }
 }

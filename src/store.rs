@@ -43,6 +43,9 @@ pub struct Event {
 pub struct Worn {
     pub persona: String,
     pub since: Millis,
+    /// The persona also wrote the persistent definition (its revert must too).
+    #[serde(default)]
+    pub persist: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -435,6 +438,7 @@ mod tests {
             Some(&Worn {
                 persona: "p".into(),
                 since: 5,
+                persist: false,
             }),
         )
         .unwrap();

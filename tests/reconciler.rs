@@ -508,3 +508,95 @@ fn a_device_throttle_that_did_not_exist_is_removed_on_revert_and_on_rollback() {
     );
     assert_eq!(rig.tuning(), original(), "rolled back, throttle removed");
 }
+
+/// A rollback that itself fails keeps the original of that knob (never
+/// clears it), records an event naming it, marks the domain as needing
+/// attention, and a later tick puts the knob back.
+#[test]
+fn a_failed_rollback_keeps_the_original_and_a_later_tick_restores_it() {
+    let mut rig = Rig::new(MemoryStore::default());
+    let uuid = rig.uuid.clone();
+    // whichever memory limit comes first fails; cpu_shares (applied before it)
+    // must be rolled back, and that fails too
+    rig.hv.fail_next("web-1", Knob::MemorySoftLimit, "injected");
+    rig.hv.fail_next("web-1", Knob::MemoryHardLimit, "injected");
+    rig.hv.fail_next_value(
+        "web-1",
+        Change {
+            knob: Knob::CpuShares,
+            value: KnobValue::Unsigned(1024),
+        },
+        "rollback injected",
+    );
+    let rep = rig.second(1.0);
+    assert_eq!(rep.failures, 1);
+    assert_eq!(
+        rig.tuning().cpu_shares,
+        Some(4096),
+        "stuck at the new value"
+    );
+    assert_eq!(
+        rig.r.store().baseline(&uuid).unwrap().cpu_shares,
+        Some(1024),
+        "the original is kept"
+    );
+    let st = &rig.r.statuses()[0];
+    let why = st.needs_attention.clone().expect("needs attention");
+    assert!(why.contains("cpu_shares"), "{why}");
+    let ev = rig.r.store().events(Some("web-1"), 0).unwrap();
+    let rb = ev
+        .iter()
+        .find(|e| e.result == "rollback_failed")
+        .expect("a rollback_failed event");
+    assert!(rb.reason.contains("cpu_shares"), "{rb:?}");
+
+    // load gone: the next ticks restore the stuck knob from the kept original
+    for _ in 0..3 {
+        rig.second(0.0);
+    }
+    assert_eq!(rig.tuning(), original());
+    assert_eq!(rig.r.store().baseline(&uuid).unwrap(), Tuning::default());
+    assert_eq!(rig.r.statuses()[0].needs_attention, None);
+}
+
+/// --revert-on-exit goes on past a domain that fails, reports every failure
+/// and keeps the failing domain's originals for the next start.
+#[test]
+fn revert_on_exit_goes_on_past_a_failing_domain_and_reports_it() {
+    let hv = Arc::new(FakeHypervisor::new(4));
+    let mut a = FakeHypervisor::simple_domain("a", 1);
+    a.uuid = "00000000-0000-0000-0000-00000000000a".into();
+    let mut b = FakeHypervisor::simple_domain("b", 1);
+    b.uuid = "00000000-0000-0000-0000-00000000000b".into();
+    b.id = Some(2);
+    hv.add_domain(a.clone(), original());
+    hv.add_domain(b.clone(), original());
+    let mut r = Reconciler::new(hv.clone(), MemoryStore::default(), Duration::from_secs(30));
+    r.set_personas(vec![persona(
+        "id = \"always\"\n[tuning]\ncpu_shares = 3000\n",
+    )]);
+    r.tick(1_000, None).unwrap();
+    assert_eq!(
+        hv.tuning("a", ReadScope::Current).unwrap().cpu_shares,
+        Some(3000)
+    );
+    assert_eq!(
+        hv.tuning("b", ReadScope::Current).unwrap().cpu_shares,
+        Some(3000)
+    );
+    hv.fail_next("a", Knob::CpuShares, "injected");
+    let (restored, failures) = r.revert_all(2_000).unwrap();
+    assert_eq!(restored, 1);
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    assert!(failures[0].starts_with("a: cpu_shares"), "{failures:?}");
+    assert_eq!(
+        hv.tuning("b", ReadScope::Current).unwrap(),
+        original(),
+        "b restored"
+    );
+    assert_eq!(
+        r.store().baseline(&a.uuid).unwrap().cpu_shares,
+        Some(1024),
+        "a's original kept for the next start"
+    );
+}

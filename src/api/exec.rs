@@ -40,6 +40,7 @@ pub fn status_json(s: &DomainStatus) -> Value {
         "last_error": s.last_error,
         "skipped": s.skipped,
         "refused": s.refused,
+        "needs_attention": s.needs_attention,
     })
 }
 

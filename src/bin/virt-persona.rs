@@ -510,6 +510,9 @@ fn persona_status(cli: &Cli, domain: Option<&str>) -> anyhow::Result<ExitCode> {
         if let Some(e) = d["last_error"].as_str() {
             println!("{:<15} {e}", "Last error:");
         }
+        if let Some(e) = d["needs_attention"].as_str() {
+            println!("{:<15} {e}", "Attention:");
+        }
         for k in d["skipped"].as_array().into_iter().flatten() {
             println!(
                 "{:<15} {} skipped: {}",
@@ -729,12 +732,21 @@ fn records(
 
 fn list(cli: &Cli, all: bool) -> anyhow::Result<ExitCode> {
     let v = get(cli, "/v1/domains")?;
-    let doms: Vec<&serde_json::Value> = v
+    let mut doms: Vec<serde_json::Value> = v
         .as_array()
         .into_iter()
         .flatten()
         .filter(|d| all || d["state"] != "shut off")
+        .cloned()
         .collect();
+    if !cli.json {
+        // a domain a rollback could not put back is marked where admins look first
+        for d in doms.iter_mut().filter(|d| d["needs_attention"].is_string()) {
+            let worn = d["persona"].as_str().unwrap_or("-").to_string();
+            d["persona"] = format!("{worn} (needs attention)").into();
+        }
+    }
+    let doms: Vec<&serde_json::Value> = doms.iter().collect();
     records(
         cli,
         &doms,
@@ -745,7 +757,15 @@ fn list(cli: &Cli, all: bool) -> anyhow::Result<ExitCode> {
             ("Persona", "persona"),
             ("Since", "since"),
         ],
-        &["id", "name", "uuid", "state", "persona", "since"],
+        &[
+            "id",
+            "name",
+            "uuid",
+            "state",
+            "persona",
+            "since",
+            "needs_attention",
+        ],
     )
 }
 

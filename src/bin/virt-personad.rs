@@ -268,7 +268,15 @@ fn run(args: Args) -> anyhow::Result<()> {
                 _ => {
                     if cfg.revert_on_exit {
                         match rec.revert_all(now_ms()) {
-                            Ok(n) => info!(domains = n, "baselines restored (--revert-on-exit)"),
+                            Ok((n, failures)) if failures.is_empty() => {
+                                info!(domains = n, "baselines restored (--revert-on-exit)")
+                            }
+                            Ok((n, failures)) => warn!(
+                                restored = n,
+                                failed = failures.len(),
+                                failures = %failures.join(" | "),
+                                "some baselines could not be restored on exit; their originals are kept"
+                            ),
                             Err(e) => warn!(error = %e, "restoring baselines on exit failed"),
                         }
                     }

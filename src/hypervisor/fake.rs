@@ -29,6 +29,8 @@ struct Inner {
     calls: Vec<Call>,
     /// Knobs whose next apply fails with this message.
     fail: Vec<(String, Knob, String)>,
+    /// Knobs whose next apply of exactly this value fails (a failing rollback).
+    fail_value: Vec<(String, Change, String)>,
     /// Knobs this fake hypervisor cannot apply at all, on any domain.
     unsupported: Vec<(Knob, String)>,
     subscribers: Vec<crossbeam_channel::Sender<HypervisorEvent>>,
@@ -77,6 +79,12 @@ impl FakeHypervisor {
         self.lock()
             .fail
             .push((domain.to_string(), knob, message.to_string()));
+    }
+    /// Makes the next apply of exactly `change` on `domain` fail with `message`.
+    pub fn fail_next_value(&self, domain: &str, change: Change, message: &str) {
+        self.lock()
+            .fail_value
+            .push((domain.to_string(), change, message.to_string()));
     }
     /// Makes every apply of `knob` fail as unsupported (a driver or host limit).
     pub fn unsupported(&self, knob: Knob, message: &str) {
@@ -160,6 +168,18 @@ impl Hypervisor for FakeHypervisor {
             return Err(HypervisorError::Knob {
                 domain: domain.to_string(),
                 knob: knob.to_string(),
+                message,
+            });
+        }
+        if let Some(pos) = g
+            .fail_value
+            .iter()
+            .position(|(d, c, _)| d == domain && c == change)
+        {
+            let (_, c, message) = g.fail_value.remove(pos);
+            return Err(HypervisorError::Knob {
+                domain: domain.to_string(),
+                knob: c.knob.to_string(),
                 message,
             });
         }
