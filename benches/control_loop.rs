@@ -106,6 +106,7 @@ fn bench(c: &mut Criterion) {
                     signals: &signals,
                     now: 60_000,
                     refused: &Default::default(),
+                    never_measured: 0,
                 };
                 let dec = decide(cand, &inp, st);
                 if let Some(id) = &dec.persona {

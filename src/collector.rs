@@ -71,6 +71,36 @@ pub struct Collector {
     host_prev: Option<(Millis, HostCounters)>,
     host: VecDeque<Sample>,
     keep_ms: Millis,
+    /// Per domain: samples taken since it was first seen, and which metrics
+    /// (bit per [`Metric`]) any of them had.
+    measured: HashMap<String, (u32, u32)>,
+    host_measured: (u32, u32),
+}
+
+/// After this many samples, a metric that never had a value is not measured
+/// for that domain (or host) at all: the hypervisor or the kernel does not
+/// report it. Long enough that a restart or a slow first rate is never taken
+/// for it.
+pub const NEVER_AFTER_SAMPLES: u32 = 10;
+
+fn mask(v: &Values) -> u32 {
+    v.0.iter()
+        .enumerate()
+        .filter(|(_, x)| !x.is_nan())
+        .fold(0, |m, (i, _)| m | (1 << i))
+}
+
+fn count(m: &mut (u32, u32), v: &Values) {
+    m.0 = m.0.saturating_add(1);
+    m.1 |= mask(v);
+}
+
+fn never(m: (u32, u32)) -> u32 {
+    if m.0 >= NEVER_AFTER_SAMPLES {
+        !m.1
+    } else {
+        0
+    }
 }
 
 /// What the loaded personas need: which stat groups to ask libvirt for, and the
@@ -173,12 +203,14 @@ impl Collector {
                     stats: s.clone(),
                 },
             );
+            count(self.measured.entry(s.uuid.clone()).or_default(), &values);
             let w = self.windows.entry(s.uuid.clone()).or_default();
             w.push_back(Sample { t: now, values });
             trim(w, now, self.keep_ms);
         }
         self.prev.retain(|k, _| seen.contains(k.as_str()));
         self.windows.retain(|k, _| seen.contains(k.as_str()));
+        self.measured.retain(|k, _| seen.contains(k.as_str()));
         if let Some(h) = host.filter(|_| {
             self.host_prev
                 .is_none_or(|(pt, _)| now - pt >= MIN_SAMPLE_MS)
@@ -206,6 +238,7 @@ impl Collector {
                 v.set(Metric::HostCpuPressure, p);
             }
             self.host_prev = Some((now, h));
+            count(&mut self.host_measured, &v);
             self.host.push_back(Sample { t: now, values: v });
             trim(&mut self.host, now, self.keep_ms);
         }
@@ -225,6 +258,18 @@ impl Collector {
     pub fn forget(&mut self, uuid: &str) {
         self.prev.remove(uuid);
         self.windows.remove(uuid);
+        self.measured.remove(uuid);
+    }
+
+    /// The metrics (bit per [`Metric`]) never measured for this domain in
+    /// [`NEVER_AFTER_SAMPLES`] samples, host metrics included.
+    pub fn never_measured(&self, uuid: &str) -> u32 {
+        let host: u32 = Metric::ALL
+            .iter()
+            .filter(|m| m.is_host())
+            .fold(0, |acc, m| acc | (1 << *m as usize));
+        let domain = self.measured.get(uuid).map(|m| never(*m)).unwrap_or(0);
+        (domain & !host) | (never(self.host_measured) & host)
     }
 }
 
@@ -444,6 +489,30 @@ mod tests {
         c.ingest(41_010, &[stats(2.01, 0, 0)], &none, None);
         let w = c.window("u").unwrap();
         assert_eq!((w.len(), w.back().unwrap().t), (2, 41_000));
+    }
+
+    #[test]
+    fn metrics_never_measured_after_enough_samples() {
+        let mut c = Collector::default();
+        let none = HashMap::new();
+        let mut s = stats(0.0, 0, 0);
+        s.net.clear();
+        let bit = |m: Metric| 1u32 << m as usize;
+        for t in 0..NEVER_AFTER_SAMPLES as i64 {
+            assert_eq!(c.never_measured("u"), 0, "too early to say, sample {t}");
+            s.cpu_time_ns = Some(t as u64 * 1_000_000_000);
+            c.ingest(t * 1000, std::slice::from_ref(&s), &none, None);
+        }
+        let never = c.never_measured("u");
+        assert_ne!(never & bit(Metric::NetRxBps), 0, "no NIC: never measured");
+        assert_eq!(never & bit(Metric::Cpu), 0, "cpu was measured");
+        assert_eq!(
+            never & bit(Metric::HostCpu),
+            0,
+            "host metrics: no host samples yet"
+        );
+        c.forget("u");
+        assert_eq!(c.never_measured("u"), 0);
     }
 
     #[test]

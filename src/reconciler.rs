@@ -512,6 +512,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         report: &mut TickReport,
     ) -> Result<(), TickError> {
         // decide
+        self.end_unfitting_override(uuid, now)?;
         let Some(entry) = self.domains.get_mut(uuid) else {
             return Ok(());
         };
@@ -524,6 +525,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             signals: &self.signals,
             now,
             refused: &entry.refused,
+            never_measured: self.collector.never_measured(uuid),
         };
         let decision = decide(&entry.candidates, &inputs, &mut entry.rules);
         let from = previous.worn.as_ref().map(|w| w.0.clone());
@@ -752,6 +754,44 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         })?;
         self.thresholds(uuid, persona.as_deref(), now)?;
         Ok(())
+    }
+
+    /// A manual activation whose persona no longer fits the domain (its tags
+    /// or name changed, or the persona was removed or now refused here) ends,
+    /// with an event, instead of lingering unseen.
+    fn end_unfitting_override(&mut self, uuid: &str, now: Millis) -> Result<(), TickError> {
+        let Some(entry) = self.domains.get_mut(uuid) else {
+            return Ok(());
+        };
+        let Some(o) = entry.rules.override_.clone() else {
+            return Ok(());
+        };
+        let why = match entry.candidates.iter().find(|p| p.id == o.persona) {
+            Some(_) => match entry.refused.get(&o.persona) {
+                Some(why) => why.clone(),
+                None => return Ok(()),
+            },
+            None => match self.personas.iter().find(|p| p.id == o.persona) {
+                Some(p) => p
+                    .why_not(&entry.info)
+                    .unwrap_or_else(|| "it no longer matches".into()),
+                None => "the persona was removed".into(),
+            },
+        };
+        entry.rules.override_ = None;
+        let name = entry.info.name.clone();
+        let worn = entry.rules.worn.as_ref().map(|w| w.0.clone());
+        self.store.set_override(uuid, None)?;
+        info!(domain = %name, persona = %o.persona, %why, "manual activation ended");
+        self.record(Event {
+            time: now,
+            domain: name,
+            from: worn.clone(),
+            to: worn,
+            reason: format!("manual activation of '{}' ended: {why}", o.persona),
+            result: "override_ended".into(),
+            ..Default::default()
+        })
     }
 
     /// Undoes `done`, newest first, to the values read before the transition.

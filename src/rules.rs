@@ -95,6 +95,8 @@ pub enum Note {
     NoSamplesInWindow,
     SignalAbsent,
     TooLittleHistory,
+    /// This metric cannot have samples for this domain (or host): false, not unknown.
+    NotMeasured(&'static str),
     /// True, but not yet for the condition's `for` duration.
     NotLongEnough {
         held_ms: Millis,
@@ -108,6 +110,7 @@ impl Note {
             Note::NoSamplesInWindow => "no samples in the window yet".into(),
             Note::SignalAbsent => "signal absent or expired".into(),
             Note::TooLittleHistory => "too little history for a forecast".into(),
+            Note::NotMeasured(why) => format!("never measured here: {why}"),
             Note::NotLongEnough { held_ms } => {
                 format!("true for {held_ms} ms, not yet long enough")
             }
@@ -185,6 +188,9 @@ pub struct Inputs<'a> {
     pub now: Millis,
     /// Personas that may not be worn on this domain, by id, with the reason.
     pub refused: &'a BTreeMap<String, String>,
+    /// Metrics (bit per [`Metric`]) never measured for this domain or host in
+    /// many samples: their conditions are false, not unknown.
+    pub never_measured: u32,
 }
 
 /// A condition as people read it: `cpu > 80 (avg over 1m) for 30s`.
@@ -243,19 +249,48 @@ fn metric_value(c: &Condition, m: Metric, inp: &Inputs<'_>) -> (Option<f64>, Opt
     } else {
         inp.samples
     };
+    if let Some(why) = never_measured(m, inp) {
+        return (None, Some(Note::NotMeasured(why)));
+    }
     let Some(w) = window else {
         return (None, Some(Note::NoSamplesYet));
     };
-    match c.over {
-        None => match w.iter().rev().find_map(|s| s.values.get(m)) {
-            Some(v) => (Some(v), None),
-            None => (None, Some(Note::NoSamplesYet)),
-        },
-        Some(over) => {
-            let v = aggregate(w, inp.now - over.as_std().as_millis() as Millis, m, c.agg);
-            (v, v.is_none().then_some(Note::NoSamplesInWindow))
-        }
+    let (value, missing) = match c.over {
+        None => (
+            w.iter().rev().find_map(|s| s.values.get(m)),
+            Note::NoSamplesYet,
+        ),
+        Some(over) => (
+            aggregate(w, inp.now - over.as_std().as_millis() as Millis, m, c.agg),
+            Note::NoSamplesInWindow,
+        ),
+    };
+    match value {
+        Some(v) => (Some(v), None),
+        // many samples taken and never a value: libvirt or the host does not
+        // report it, and waiting longer will not change that
+        None if inp.never_measured & (1 << m as usize) != 0 => (
+            None,
+            Some(Note::NotMeasured(if m.is_host() {
+                "not reported by this host"
+            } else {
+                "not reported for this domain by the hypervisor"
+            })),
+        ),
+        None => (None, Some(missing)),
     }
+}
+
+/// Metrics a domain cannot have by its make-up (no NIC, no disk).
+fn never_measured(m: Metric, inp: &Inputs<'_>) -> Option<&'static str> {
+    let name = m.name();
+    if name.starts_with("net_") && inp.domain.interfaces.is_empty() {
+        return Some("the domain has no network interface");
+    }
+    if name.starts_with("disk_") && inp.domain.disks.is_empty() {
+        return Some("the domain has no disk");
+    }
+    None
 }
 
 fn in_window(w: &Window, weekday: u8, minute: u16) -> bool {
@@ -519,6 +554,7 @@ mod tests {
                 signals: &self.signals,
                 now,
                 refused: &Default::default(),
+                never_measured: 0,
             };
             decide(
                 &candidates(&self.personas, &self.domain),
@@ -530,6 +566,59 @@ mod tests {
     }
 
     const HOT: &str = "id = \"hot\"\npriority = 10\n[activation]\nhold = \"10s\"\ncooldown = \"5s\"\n[[activation.when]]\nmetric = \"cpu\"\nabove = 80\n";
+
+    /// A metric the domain can never have (no NIC) or that is never reported
+    /// is false with a note, not unknown forever: a worn `mode = "any"`
+    /// persona whose other condition went false is let go after its cooldown.
+    #[test]
+    fn a_metric_that_can_never_have_samples_is_false_not_unknown() {
+        let p = persona("id = \"any\"\n[activation]\nmode = \"any\"\ncooldown = \"5s\"\n[[activation.when]]\nmetric = \"net_rx_bps\"\nabove = 1000\n[[activation.when]]\nmetric = \"cpu\"\nabove = 80\n");
+        let mut w = World::new(vec![p]);
+        assert!(w.domain.interfaces.is_empty(), "the test domain has no NIC");
+        w.st.worn = Some(("any".into(), 0));
+        w.st.last_active = Some(0);
+        let quiet = cpu_samples(&[(1000, 5.0)]);
+        assert_eq!(w.at(1000, &quiet).as_deref(), Some("any"), "cooldown");
+        assert_eq!(w.at(7000, &quiet), None, "let go: net is never measured");
+        let inp = Inputs {
+            domain: &w.domain,
+            samples: Some(&quiet),
+            host: &w.host,
+            signals: &w.signals,
+            now: 8000,
+            refused: &Default::default(),
+            never_measured: 0,
+        };
+        let d = decide(&candidates(&w.personas, &w.domain), &inp, &mut w.st);
+        let note = d.candidates[0].conditions[0].note;
+        assert_eq!(
+            note,
+            Some(Note::NotMeasured("the domain has no network interface"))
+        );
+
+        // a metric the hypervisor never reports: unknown until the collector says so
+        let p = persona("id = \"steal\"\n[activation]\n[[activation.when]]\nmetric = \"cpu_steal\"\nabove = 10\n");
+        let w = World::new(vec![p]);
+        let mut st = RuleState {
+            worn: Some(("steal".into(), 0)),
+            last_active: Some(0),
+            ..Default::default()
+        };
+        let bit = 1 << Metric::CpuSteal as usize;
+        for (never_measured, expect) in [(0, Some("steal")), (bit, None)] {
+            let inp = Inputs {
+                domain: &w.domain,
+                samples: Some(&quiet),
+                host: &w.host,
+                signals: &w.signals,
+                now: 60_000,
+                refused: &Default::default(),
+                never_measured,
+            };
+            let d = decide(&candidates(&w.personas, &w.domain), &inp, &mut st);
+            assert_eq!(d.persona.as_deref(), expect, "{never_measured:b}");
+        }
+    }
 
     #[test]
     fn priority_order_and_match() {
@@ -582,6 +671,7 @@ mod tests {
             signals: &w.signals,
             now: 61_000,
             refused: &Default::default(),
+            never_measured: 0,
         };
         let d = decide(&candidates(&w.personas, &w.domain), &inp, &mut w.st);
         assert_eq!(d.reason, Reason::AwaitingSamples);
@@ -750,6 +840,7 @@ mod tests {
             signals: &w.signals,
             now: 0,
             refused: &Default::default(),
+            never_measured: 0,
         };
         let d = decide(&candidates(&w.personas, &w.domain), &inp, &mut w.st);
         assert_eq!(d.persona, None);

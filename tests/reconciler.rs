@@ -600,3 +600,31 @@ fn revert_on_exit_goes_on_past_a_failing_domain_and_reports_it() {
         "a's original kept for the next start"
     );
 }
+
+/// A manual activation whose persona no longer fits the domain ends with an
+/// event, and the criteria decide again.
+#[test]
+fn a_manual_activation_that_no_longer_fits_is_ended_with_an_event() {
+    let mut rig = Rig::new(MemoryStore::default());
+    let calm = persona("id = \"calm\"\n[tuning]\ncpu_shares = 512\n");
+    rig.r.set_personas(vec![persona(HOT), calm.clone()]);
+    let now = rig.now;
+    rig.r.activate("web-1", "hot", None, now).unwrap();
+    assert_eq!(rig.worn().as_deref(), Some("hot"));
+    // "hot" is removed from the persona set
+    rig.r.set_personas(vec![calm]);
+    rig.second(0.0);
+    assert_eq!(rig.r.statuses()[0].override_, None, "the override ended");
+    let uuid = rig.uuid.clone();
+    assert_eq!(rig.r.store().override_(&uuid).unwrap(), None, "durably");
+    let ev = rig.r.store().events(Some("web-1"), 0).unwrap();
+    let ended = ev
+        .iter()
+        .find(|e| e.result == "override_ended")
+        .expect("an override_ended event");
+    assert!(
+        ended.reason.contains("'hot'") && ended.reason.contains("removed"),
+        "{ended:?}"
+    );
+    assert_eq!(rig.worn().as_deref(), Some("calm"), "the criteria decide");
+}
