@@ -10,7 +10,7 @@
 //!   the domain list is refreshed only on lifecycle events, new domains in the
 //!   stats, and every verify interval.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -21,7 +21,7 @@ use crate::hypervisor::{
     ApplyScope, DomainInfo, Hypervisor, HypervisorError, ReadScope, StatGroups,
 };
 use crate::model::persona::{Metric, Persona};
-use crate::model::tuning::{Change, Knob, Tuning};
+use crate::model::tuning::{Change, Direction, Knob, Tuning};
 use crate::planner::plan;
 use crate::rules::{candidates, decide, Decision, Inputs, Override, Reason, RuleState, Signals};
 use crate::store::{Event, Skipped, StateStore, Worn};
@@ -77,6 +77,42 @@ pub struct DomainStatus {
     pub refused: BTreeMap<String, String>,
     /// Why the domain is neither exactly at its baseline nor at its persona.
     pub needs_attention: Option<String>,
+}
+
+/// A domain's process ended: the originals read from it do not describe the
+/// next one (which starts from the definition, with new vnetN names), so they
+/// are dropped rather than written back. Where the persona also wrote the
+/// definition, its originals are still what the definition must go back to;
+/// only the interface records (named after the old process's devices) go.
+fn drop_stale_originals<S: StateStore>(
+    store: &mut S,
+    info: &DomainInfo,
+    persisted: bool,
+    now: Millis,
+    what: &str,
+) -> Result<Option<Event>, TickError> {
+    let baseline = store.baseline(&info.uuid)?;
+    let stale: Vec<Knob> = baseline
+        .changes()
+        .into_iter()
+        .map(|c| c.knob)
+        .filter(|k| !persisted || matches!(k, Knob::Interface { .. }))
+        .collect();
+    if stale.is_empty() {
+        return Ok(None);
+    }
+    store.clear_baseline(&info.uuid, &stale)?;
+    info!(domain = %info.name, knobs = stale.len(), what, "originals of the previous run dropped");
+    Ok(Some(Event {
+        time: now,
+        domain: info.name.clone(),
+        reason: format!(
+            "domain {what}: the recorded originals of {} knob(s) belonged to its previous run and are dropped, not written back",
+            stale.len()
+        ),
+        result: "baseline_dropped".into(),
+        ..Default::default()
+    }))
 }
 
 /// What a domain's status says when knobs could not be put back.
@@ -390,12 +426,17 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
     fn refresh(&mut self, now: Millis) -> Result<(), TickError> {
         let list = self.hv.list_domains()?;
         let mut seen = HashSet::new();
+        let mut dropped: Vec<Event> = Vec::new();
         for info in list {
             seen.insert(info.uuid.clone());
             match self.domains.get_mut(&info.uuid) {
                 Some(e) => {
-                    if !info.state.is_active() && e.info.state.is_active() {
-                        // stopped: its live tuning is gone with its process
+                    let stopped = !info.state.is_active() && e.info.state.is_active();
+                    // a new id while running: stopped and started between two looks
+                    let restarted =
+                        info.state.is_active() && e.info.state.is_active() && info.id != e.info.id;
+                    if stopped || restarted {
+                        // its live tuning is gone with its process
                         e.rules = RuleState {
                             override_: e.rules.override_.clone(),
                             ..Default::default()
@@ -406,6 +447,16 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                         e.unsupported.clear();
                         e.skipped.clear();
                         e.refused.clear();
+                        e.needs_attention = None;
+                        if let Some(ev) = drop_stale_originals(
+                            &mut self.store,
+                            &info,
+                            e.worn_persist,
+                            now,
+                            if stopped { "stopped" } else { "restarted" },
+                        )? {
+                            dropped.push(ev);
+                        }
                     }
                     e.candidates = candidates(&self.personas, &info);
                     e.info = info;
@@ -415,10 +466,28 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                     let mut rules = RuleState::default();
                     let mut worn_persist = false;
                     if info.state.is_active() {
-                        if let Some(w) = self.store.worn(&info.uuid)? {
-                            rules.worn = Some((w.persona, w.since));
-                            rules.last_active = Some(now);
-                            worn_persist = w.persist;
+                        match self.store.worn(&info.uuid)? {
+                            // restarted while no daemon watched: what was worn and
+                            // the originals read from its last run are stale
+                            Some(w) if w.id.is_some() && w.id != info.id => {
+                                self.store.set_worn(&info.uuid, None)?;
+                                if let Some(ev) = drop_stale_originals(
+                                    &mut self.store,
+                                    &info,
+                                    w.persist,
+                                    now,
+                                    "restarted while the daemon was not running",
+                                )? {
+                                    dropped.push(ev);
+                                }
+                                worn_persist = w.persist;
+                            }
+                            Some(w) => {
+                                rules.worn = Some((w.persona, w.since));
+                                rules.last_active = Some(now);
+                                worn_persist = w.persist;
+                            }
+                            None => {}
                         }
                     } else {
                         self.store.set_worn(&info.uuid, None)?;
@@ -460,6 +529,9 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             }
             self.store.forget(&uuid)?;
             self.collector.forget(&uuid);
+        }
+        for ev in dropped {
+            self.record(ev)?;
         }
         self.stale = false;
         self.last_list = now;
@@ -541,7 +613,51 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             entry.last_decision = Some(decision);
             return Ok(());
         }
-        let baseline = self.store.baseline(uuid)?;
+        let mut baseline = self.store.baseline(uuid)?;
+        // originals of interfaces the domain no longer has (detached, renamed)
+        // cannot be written back: say so once and drop them, rather than fail
+        // every tick
+        let gone: Vec<Knob> = baseline
+            .interfaces
+            .keys()
+            .filter(|t| {
+                !entry.info.interfaces.iter().any(|i| {
+                    i.target.as_deref() == Some(t.as_str()) || i.mac.as_deref() == Some(t.as_str())
+                })
+            })
+            .flat_map(|t| {
+                [Direction::Inbound, Direction::Outbound].map(|direction| Knob::Interface {
+                    target: t.clone(),
+                    direction,
+                })
+            })
+            .collect();
+        if !gone.is_empty() {
+            let name = entry.info.name.clone();
+            self.store.clear_baseline(uuid, &gone)?;
+            baseline = self.store.baseline(uuid)?;
+            let targets: BTreeSet<String> = gone
+                .iter()
+                .filter_map(|k| match k {
+                    Knob::Interface { target, .. } => Some(target.clone()),
+                    _ => None,
+                })
+                .collect();
+            warn!(domain = %name, ?targets, "originals of interfaces the domain no longer has dropped");
+            self.record(Event {
+                time: now,
+                domain: name,
+                reason: format!(
+                    "the domain no longer has interface(s) {}: their recorded originals are dropped",
+                    targets.into_iter().collect::<Vec<_>>().join(", ")
+                ),
+                result: "baseline_dropped".into(),
+                ..Default::default()
+            })?;
+        }
+        let Some(entry) = self.domains.get_mut(uuid) else {
+            return Ok(());
+        };
         let needs_work = changed || verify_due || (to.is_none() && baseline != Tuning::default());
         if !needs_work {
             entry.last_decision = Some(decision);
@@ -856,6 +972,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                 persona: p.clone(),
                 since: entry.rules.worn.as_ref().map(|w| w.1).unwrap_or(now),
                 persist: entry.worn_persist,
+                id: entry.info.id,
             });
             self.store.set_worn(uuid, worn.as_ref())?;
             debug!(domain = %entry.info.name, reason, "worn persona recorded");

@@ -46,6 +46,9 @@ pub struct Worn {
     /// The persona also wrote the persistent definition (its revert must too).
     #[serde(default)]
     pub persist: bool,
+    /// The domain's id while it wore it: another id means it was restarted.
+    #[serde(default)]
+    pub id: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -439,6 +442,7 @@ mod tests {
                 persona: "p".into(),
                 since: 5,
                 persist: false,
+                id: Some(3),
             }),
         )
         .unwrap();

@@ -628,3 +628,125 @@ fn a_manual_activation_that_no_longer_fits_is_ended_with_an_event() {
     );
     assert_eq!(rig.worn().as_deref(), Some("calm"), "the criteria decide");
 }
+
+/// A domain that stops and starts again runs a new process built from its
+/// definition: the originals read from the old one are dropped, not written
+/// over what the new one has (here: the admin changed the definition meanwhile).
+#[test]
+fn originals_of_a_previous_run_are_never_written_back() {
+    let mut rig = Rig::new(MemoryStore::default());
+    let uuid = rig.uuid.clone();
+    rig.second(1.0);
+    assert_eq!(rig.worn().as_deref(), Some("hot"));
+    assert_eq!(
+        rig.r.store().baseline(&uuid).unwrap().cpu_shares,
+        Some(1024)
+    );
+    // stopped
+    let mut info = rig.hv.domain("web-1").unwrap();
+    info.state = virt_persona::hypervisor::DomainState::ShutOff;
+    info.id = None;
+    rig.hv.add_domain(info.clone(), original());
+    rig.r.mark_stale();
+    rig.r.tick(rig.now + 500, None).unwrap();
+    assert_eq!(
+        rig.r.store().baseline(&uuid).unwrap(),
+        Tuning::default(),
+        "dropped"
+    );
+    // started again, with a definition the admin changed meanwhile
+    let mut changed = original();
+    changed.cpu_shares = Some(2000);
+    info.state = virt_persona::hypervisor::DomainState::Running;
+    info.id = Some(7);
+    rig.hv.add_domain(info, changed.clone());
+    rig.r.mark_stale();
+    for _ in 0..6 {
+        rig.second(0.0);
+    }
+    assert_eq!(rig.worn(), None);
+    assert_eq!(rig.tuning(), changed, "the new run's values are left alone");
+    let ev = rig.r.store().events(Some("web-1"), 0).unwrap();
+    assert!(
+        ev.iter()
+            .any(|e| e.result == "baseline_dropped" && e.reason.contains("stopped")),
+        "{ev:?}"
+    );
+}
+
+/// The same when the restart happened while no daemon was running: the
+/// worn persona recorded for the old run (by domain id) is not adopted.
+#[test]
+fn a_restart_while_the_daemon_was_away_is_not_adopted() {
+    let mut rig = Rig::new(MemoryStore::default());
+    let uuid = rig.uuid.clone();
+    rig.second(1.0);
+    assert_eq!(rig.worn().as_deref(), Some("hot"));
+    let store = rig.r.store().clone();
+    // the domain restarts (new id, tuning from its definition), then a new daemon starts
+    let mut info = rig.hv.domain("web-1").unwrap();
+    info.id = Some(9);
+    rig.hv.add_domain(info, original());
+    let mut r2 = Reconciler::new(rig.hv.clone(), store, Duration::from_secs(30));
+    r2.set_personas(vec![persona(HOT)]);
+    r2.tick(rig.now + 1000, None).unwrap();
+    assert_eq!(r2.statuses()[0].persona, None, "not adopted");
+    assert_eq!(r2.store().baseline(&uuid).unwrap(), Tuning::default());
+    assert_eq!(r2.store().worn(&uuid).unwrap(), None);
+    assert_eq!(
+        rig.hv.tuning("web-1", ReadScope::Current).unwrap(),
+        original()
+    );
+}
+
+/// Originals of an interface the domain no longer has are dropped with an
+/// event, once, instead of failing every tick.
+#[test]
+fn originals_of_a_vanished_interface_are_dropped_once() {
+    let hv = Arc::new(FakeHypervisor::new(4));
+    let mut info = FakeHypervisor::simple_domain("web-1", 1);
+    info.interfaces = vec![virt_persona::hypervisor::InterfaceInfo {
+        target: Some("vnet3".into()),
+        mac: Some("52:54:00:00:00:01".into()),
+    }];
+    let mut t = original();
+    t.interfaces.insert(
+        "vnet3".into(),
+        virt_persona::model::tuning::InterfaceTuning {
+            inbound: Some(Default::default()),
+            outbound: Some(Default::default()),
+        },
+    );
+    hv.add_domain(info.clone(), t);
+    let mut r = Reconciler::new(hv.clone(), MemoryStore::default(), Duration::from_secs(30));
+    r.set_personas(vec![persona(
+        "id = \"bw\"\n[tuning]\ncpu_shares = 3000\n[[tuning.interface]]\ntarget = \"*\"\ninbound = { average = \"1 MiB/s\" }\n",
+    )]);
+    r.tick(1_000, None).unwrap();
+    let uuid = info.uuid.clone();
+    assert!(r
+        .store()
+        .baseline(&uuid)
+        .unwrap()
+        .interfaces
+        .contains_key("vnet3"));
+    // the NIC is detached (and a new one appears as vnet5)
+    info.interfaces[0].target = Some("vnet5".into());
+    info.interfaces[0].mac = Some("52:54:00:00:00:02".into());
+    let mut now_t = hv.tuning("web-1", ReadScope::Current).unwrap();
+    now_t.interfaces.clear();
+    hv.add_domain(info, now_t);
+    r.mark_stale();
+    for i in 0..3 {
+        let rep = r.tick(40_000 * (i + 1), None).unwrap();
+        assert_eq!(rep.failures, 0);
+    }
+    let b = r.store().baseline(&uuid).unwrap();
+    assert!(!b.interfaces.contains_key("vnet3"), "{b:?}");
+    let ev = r.store().events(Some("web-1"), 0).unwrap();
+    assert_eq!(
+        ev.iter().filter(|e| e.result == "baseline_dropped").count(),
+        1,
+        "said once: {ev:?}"
+    );
+}
