@@ -464,6 +464,23 @@ fn tcp_needs_the_bearer_token() {
     assert_eq!(send(Some("Bearer wrong")), 401);
     assert_eq!(send(Some(&format!("Bearer {token}x"))), 401);
     assert_eq!(send(Some(&format!("Bearer {token}"))), 200);
+    // refused on the headers alone: a body that never comes is not waited for
+    let mut c = std::net::TcpStream::connect(&addr).unwrap();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    c.write_all(
+        b"PUT /v1/signals/x HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 500000\r\n\r\n",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 401"), "{out}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "answered before any body (the body timeout is 10 s): {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]

@@ -92,6 +92,14 @@ fn percent_decode(s: &str) -> String {
 
 /// Reads one request; `Err` carries the status and message to answer with.
 pub fn read_request(r: &mut impl BufRead) -> Result<Request, HttpError> {
+    let (mut req, length) = read_head(r)?;
+    read_body(r, &mut req, length)?;
+    Ok(req)
+}
+
+/// Reads the request line and headers; the body (of the returned length) is
+/// left unread, so a request can be refused before its body is taken in.
+pub fn read_head(r: &mut impl BufRead) -> Result<(Request, usize), HttpError> {
     let mut head = Vec::new();
     loop {
         let mut line = Vec::new();
@@ -145,15 +153,6 @@ pub fn read_request(r: &mut impl BufRead) -> Result<Request, HttpError> {
             headers.push((k, v));
         }
     }
-    if length > MAX_BODY {
-        return Err((
-            413,
-            format!("body of {length} bytes is over the limit of {MAX_BODY}"),
-        ));
-    }
-    let mut body = vec![0; length];
-    r.read_exact(&mut body)
-        .map_err(|e| (400, format!("reading body: {e}")))?;
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let query = query
         .split('&')
@@ -163,13 +162,31 @@ pub fn read_request(r: &mut impl BufRead) -> Result<Request, HttpError> {
             None => (percent_decode(kv), String::new()),
         })
         .collect();
-    Ok(Request {
-        method: method.to_string(),
-        path: path.to_string(),
-        query,
-        headers,
-        body,
-    })
+    Ok((
+        Request {
+            method: method.to_string(),
+            path: path.to_string(),
+            query,
+            headers,
+            body: Vec::new(),
+        },
+        length,
+    ))
+}
+
+/// Reads a body of `length` bytes into the request (at most [`MAX_BODY`]).
+pub fn read_body(r: &mut impl BufRead, req: &mut Request, length: usize) -> Result<(), HttpError> {
+    if length > MAX_BODY {
+        return Err((
+            413,
+            format!("body of {length} bytes is over the limit of {MAX_BODY}"),
+        ));
+    }
+    let mut body = vec![0; length];
+    r.read_exact(&mut body)
+        .map_err(|e| (400, format!("reading body: {e}")))?;
+    req.body = body;
+    Ok(())
 }
 
 fn json_body<T: for<'de> serde::Deserialize<'de>>(req: &Request) -> Result<T, HttpError> {
@@ -473,7 +490,15 @@ fn authorized(req: &Request, auth: &Auth) -> bool {
 
 fn handle<S: Read + Write>(stream: S, tx: &Sender<Envelope>, auth: &Auth, shared: &Shared) {
     let mut reader = BufReader::new(stream);
-    let parsed = read_request(&mut reader);
+    // the token is checked as soon as the headers are in: an unauthenticated
+    // client never gets its body read
+    let parsed = read_head(&mut reader).and_then(|(mut req, length)| {
+        if !authorized(&req, auth) {
+            return Err((401, "missing or wrong bearer token".to_string()));
+        }
+        read_body(&mut reader, &mut req, length)?;
+        Ok(req)
+    });
     let mut stream = reader.into_inner();
     let req = match parsed {
         Ok(r) => r,
@@ -481,13 +506,6 @@ fn handle<S: Read + Write>(stream: S, tx: &Sender<Envelope>, auth: &Auth, shared
             return respond_json(&mut stream, status, &json!({ "error": message }))
         }
     };
-    if !authorized(&req, auth) {
-        return respond_json(
-            &mut stream,
-            401,
-            &json!({"error": "missing or wrong bearer token"}),
-        );
-    }
     let command = match route(&req) {
         Ok(c) => c,
         Err((status, message)) => {
