@@ -187,6 +187,8 @@ pub struct Reconciler<H: Hypervisor + ?Sized, S: StateStore> {
     /// (its midpoint), not the tick's `now`: a slow domain-list refresh before
     /// the call must not show up as a burst of load.
     stats_clock: Option<Clock>,
+    /// Ticks completed since start (tests and /healthz wait on it).
+    ticks: u64,
 }
 
 /// Milliseconds since the Unix epoch, read when called.
@@ -257,6 +259,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             last_list: 0,
             recent: Vec::new(),
             stats_clock: None,
+            ticks: 0,
         }
     }
 
@@ -387,6 +390,11 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.domain.cmp(&b.1.domain)));
         out
+    }
+
+    /// Ticks completed since start.
+    pub fn ticks(&self) -> u64 {
+        self.ticks
     }
 
     /// Makes the next tick re-read the domain list (a lifecycle event came).
@@ -574,6 +582,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         for uuid in active {
             self.reconcile_domain(&uuid, now, &mut report)?;
         }
+        self.ticks += 1;
         Ok(report)
     }
 

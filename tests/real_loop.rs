@@ -70,7 +70,8 @@ fn load_switches_a_real_guest_on_and_off_and_the_higher_priority_wins() {
     let before = hv.tuning(&g.name, ReadScope::Current).unwrap();
     let d = Daemon::start(&dir);
 
-    std::thread::sleep(Duration::from_secs(3));
+    // three ticks with the guest idle
+    d.wait_until_ticks(d.ticks() + 3);
     assert_eq!(d.persona(&g.name), None, "idle: nothing applied");
     assert_eq!(hv.tuning(&g.name, ReadScope::Current).unwrap(), before);
 
@@ -297,7 +298,8 @@ fn a_domain_that_starts_gets_its_persona_from_the_event_stream() {
     .unwrap();
     // a one-minute interval: only the start event can explain a persona within seconds
     let d = Daemon::start_args(&dir, common::REAL_URI, &["--interval", "60s"], &[]);
-    std::thread::sleep(Duration::from_secs(1));
+    // the first tick (at start) is done: the domain list is known
+    d.wait_until_ticks(1);
     let g = Guest::boot("lifecycle", 1);
     let took = wait_for("the persona at start", 40, || {
         d.persona(&g.name).as_deref() == Some("always")
@@ -431,7 +433,8 @@ fn tagging_a_running_domain_gives_it_the_persona_at_once() {
     .unwrap();
     // a one-minute interval: only the metadata-change event can explain a quick switch
     let d = Daemon::start_args(&dir, common::REAL_URI, &["--interval", "60s"], &[]);
-    std::thread::sleep(Duration::from_secs(1));
+    // the first tick (at start) is done: the domain list is known
+    d.wait_until_ticks(1);
     assert_eq!(d.persona(&g.name), None);
     common::cli_ok(&["-c", common::REAL_URI, "tag-add", &g.name, &tag]);
     wait_for("the tagged persona", 40, || {

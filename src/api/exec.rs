@@ -171,6 +171,7 @@ pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
             "libvirt": if hv.is_connected() { "connected" } else { "disconnected" },
             "uri": hv.uri(),
             "version": crate::VERSION,
+            "ticks": rec.ticks(),
         })),
         Command::ListDomains => Reply::Ok(Value::Array(
             rec.statuses().iter().map(status_json).collect(),

@@ -371,6 +371,23 @@ impl Daemon {
         virt_persona::api::client::request(&self.socket, "GET", path, None)
             .unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", self.log()))
     }
+    /// Ticks the daemon has completed (from /healthz).
+    pub fn ticks(&self) -> u64 {
+        self.get("/healthz")["ticks"].as_u64().unwrap_or(0)
+    }
+    /// Waits (up to a minute) until the daemon has completed `n` ticks in
+    /// all: a bounded wait on its own progress instead of a fixed sleep.
+    pub fn wait_until_ticks(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.ticks() < n {
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not reach {n} ticks: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     pub fn persona(&self, name: &str) -> Option<String> {
         let v = virt_persona::api::client::request(
             &self.socket,
