@@ -71,6 +71,8 @@ pub struct Collector {
     host_prev: Option<(Millis, HostCounters)>,
     host: VecDeque<Sample>,
     keep_ms: Millis,
+    /// Per domain, how long its own candidate personas need samples (else `keep_ms`).
+    keep_for: HashMap<String, Millis>,
     /// Per domain: samples taken since it was first seen, and which metrics
     /// (bit per [`Metric`]) any of them had.
     measured: HashMap<String, (u32, u32)>,
@@ -101,6 +103,19 @@ fn never(m: (u32, u32)) -> u32 {
     } else {
         0
     }
+}
+
+/// The longest window of samples any of these personas needs (`over`, `for`).
+pub fn longest_window(personas: &[std::sync::Arc<Persona>]) -> std::time::Duration {
+    personas
+        .iter()
+        .filter_map(|p| p.activation.as_ref())
+        .flat_map(|a| a.when.iter())
+        .flat_map(|c| [c.over, c.for_])
+        .flatten()
+        .map(|d| d.as_std())
+        .max()
+        .unwrap_or_default()
 }
 
 /// What the loaded personas need: which stat groups to ask libvirt for, and the
@@ -162,6 +177,13 @@ impl Collector {
         self.keep_ms = keep.as_millis().min(i64::MAX as u128) as Millis;
     }
 
+    /// Keeps a domain's samples only as long as the personas that can match
+    /// it need (at most the global keep).
+    pub fn set_keep_for(&mut self, uuid: &str, keep: std::time::Duration) {
+        let ms = keep.as_millis().min(i64::MAX as u128) as Millis;
+        self.keep_for.insert(uuid.to_string(), ms);
+    }
+
     /// Ingests one tick. `vcpus` gives each domain's vCPU count (by UUID) when the
     /// stats lack it. Domains absent from `stats` are forgotten.
     pub fn ingest(
@@ -206,11 +228,16 @@ impl Collector {
             count(self.measured.entry(s.uuid.clone()).or_default(), &values);
             let w = self.windows.entry(s.uuid.clone()).or_default();
             w.push_back(Sample { t: now, values });
-            trim(w, now, self.keep_ms);
+            let keep = self
+                .keep_for
+                .get(&s.uuid)
+                .map_or(self.keep_ms, |k| (*k).min(self.keep_ms));
+            trim(w, now, keep);
         }
         self.prev.retain(|k, _| seen.contains(k.as_str()));
         self.windows.retain(|k, _| seen.contains(k.as_str()));
         self.measured.retain(|k, _| seen.contains(k.as_str()));
+        self.keep_for.retain(|k, _| seen.contains(k.as_str()));
         if let Some(h) = host.filter(|_| {
             self.host_prev
                 .is_none_or(|(pt, _)| now - pt >= MIN_SAMPLE_MS)
@@ -259,6 +286,7 @@ impl Collector {
         self.prev.remove(uuid);
         self.windows.remove(uuid);
         self.measured.remove(uuid);
+        self.keep_for.remove(uuid);
     }
 
     /// The metrics (bit per [`Metric`]) never measured for this domain in
@@ -513,6 +541,26 @@ mod tests {
         );
         c.forget("u");
         assert_eq!(c.never_measured("u"), 0);
+    }
+
+    #[test]
+    fn a_domain_keeps_only_the_window_its_own_personas_need() {
+        let mut c = Collector::default();
+        c.set_keep(std::time::Duration::from_secs(60));
+        c.set_keep_for("u", std::time::Duration::from_secs(5));
+        let none = HashMap::new();
+        let mut other = stats(0.0, 0, 0);
+        other.uuid = "v".into();
+        for t in 0..30 {
+            c.ingest(
+                t * 1000,
+                &[stats(t as f64, 0, 0), other.clone()],
+                &none,
+                None,
+            );
+        }
+        assert_eq!(c.window("u").unwrap().len(), 6, "5 s plus the one before");
+        assert_eq!(c.window("v").unwrap().len(), 30, "the global keep");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use tracing::{debug, info, instrument, warn};
 
-use crate::collector::{needs, Collector, HostCounters, Millis};
+use crate::collector::{longest_window, needs, Collector, HostCounters, Millis};
 use crate::hypervisor::{
     ApplyScope, DomainInfo, Hypervisor, HypervisorError, ReadScope, StatGroups,
 };
@@ -276,6 +276,8 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         self.collector.set_keep(keep);
         for e in self.domains.values_mut() {
             e.candidates = candidates(&personas, &e.info);
+            self.collector
+                .set_keep_for(&e.info.uuid, longest_window(&e.candidates));
         }
         self.personas = personas;
     }
@@ -376,12 +378,16 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         list.push(signal);
     }
 
-    /// Live signals, expired ones dropped.
-    pub fn live_signals(&mut self, now: Millis) -> Vec<(String, crate::rules::Signal)> {
+    fn prune_signals(&mut self, now: Millis) {
         self.signals.0.retain(|_, v| {
             v.retain(|s| s.expires > now);
             !v.is_empty()
         });
+    }
+
+    /// Live signals, expired ones dropped.
+    pub fn live_signals(&mut self, now: Millis) -> Vec<(String, crate::rules::Signal)> {
+        self.prune_signals(now);
         let mut out: Vec<(String, crate::rules::Signal)> = self
             .signals
             .0
@@ -467,6 +473,8 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                         }
                     }
                     e.candidates = candidates(&self.personas, &info);
+                    self.collector
+                        .set_keep_for(&info.uuid, longest_window(&e.candidates));
                     e.info = info;
                 }
                 None => {
@@ -502,6 +510,8 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                     }
                     rules.override_ = self.store.override_(&info.uuid)?;
                     let cands = candidates(&self.personas, &info);
+                    self.collector
+                        .set_keep_for(&info.uuid, longest_window(&cands));
                     self.domains.insert(
                         info.uuid.clone(),
                         DomainEntry {
@@ -582,6 +592,8 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         for uuid in active {
             self.reconcile_domain(&uuid, now, &mut report)?;
         }
+        // expired signals are dropped every tick, not only when someone lists them
+        self.prune_signals(now);
         self.ticks += 1;
         Ok(report)
     }

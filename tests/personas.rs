@@ -356,3 +356,30 @@ fn required_names_known_knobs_the_persona_sets() {
         "4:26: required: 'interface' is not set in [tuning]: a persona can only require knobs it sets"
     );
 }
+
+#[test]
+fn sample_windows_longer_than_an_hour_are_refused() {
+    let errs = parse_persona(
+        "id = \"w\"\n[activation]\n[[activation.when]]\nmetric = \"cpu\"\nabove = 50\nover = \"2h\"\nfor = \"90m\"\n",
+        Path::new("w.toml"),
+    )
+    .unwrap_err();
+    let msgs: Vec<String> = errs
+        .iter()
+        .map(|e| format!("{}:{}: {}", e.line, e.col, e.rule))
+        .collect();
+    assert_eq!(msgs.len(), 2, "{msgs:?}");
+    assert!(
+        msgs[0].starts_with("6:8: over: 2h is out of range: expected at most 1h"),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs[1].starts_with("7:7: for: 90m is out of range"),
+        "{msgs:?}"
+    );
+    assert!(parse_persona(
+        "id = \"w\"\n[activation]\n[[activation.when]]\nmetric = \"cpu\"\nabove = 50\nover = \"1h\"\n",
+        Path::new("w.toml"),
+    )
+    .is_ok());
+}

@@ -750,3 +750,23 @@ fn originals_of_a_vanished_interface_are_dropped_once() {
         "said once: {ev:?}"
     );
 }
+
+/// Expired signals leave memory at the next tick, listed or not.
+#[test]
+fn expired_signals_are_pruned_every_tick() {
+    let mut rig = Rig::new(MemoryStore::default());
+    for i in 0..100 {
+        rig.r.set_signal(
+            &format!("s{i}"),
+            virt_persona::rules::Signal {
+                value: 1.0,
+                expires: rig.now + 500,
+                domain: None,
+                cluster: false,
+            },
+        );
+    }
+    assert_eq!(rig.r.signals.0.len(), 100);
+    rig.second(0.0);
+    assert!(rig.r.signals.0.is_empty(), "pruned without a listing");
+}

@@ -96,6 +96,10 @@ pub enum Rule {
     RequiredNotSet(String),
 }
 
+/// The longest `over` or `for` a condition may have: every sample of the
+/// window is kept in memory per domain (720 samples at the 5 s default).
+pub const MAX_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// One error in one file, at one place.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FileError {
@@ -275,6 +279,25 @@ impl Ctx<'_> {
     fn duration(&mut self, key: &str, v: &Option<Spanned<String>>) -> Option<Duration> {
         v.as_ref()
             .and_then(|v| self.unit(key, v, |s| s.parse::<Duration>()))
+    }
+    /// A sample window (`over`, `for`): at most [`MAX_WINDOW`], since the
+    /// daemon keeps every sample of it in memory for each domain.
+    fn window(&mut self, key: &str, v: &Option<Spanned<String>>) -> Option<Duration> {
+        let d = self.duration(key, v)?;
+        if d.as_std() > MAX_WINDOW {
+            if let Some(v) = v {
+                self.err(
+                    v.span().start,
+                    Rule::OutOfRange {
+                        key: key.into(),
+                        value: v.get_ref().clone(),
+                        range: "at most 1h (samples are kept in memory; use a forecast for longer patterns)".into(),
+                    },
+                );
+            }
+            return None;
+        }
+        Some(d)
     }
     fn range(&mut self, key: &str, v: &Spanned<i64>, lo: i64, hi: i64) -> Option<i64> {
         let x = *v.get_ref();
@@ -768,8 +791,8 @@ fn condition(cx: &mut Ctx<'_>, c: &Spanned<RawWhen>) -> Option<Condition> {
             None
         }
     };
-    let over = cx.duration("over", &r.over);
-    let for_ = cx.duration("for", &r.for_);
+    let over = cx.window("over", &r.over);
+    let for_ = cx.window("for", &r.for_);
     let horizon = cx.duration("horizon", &r.horizon);
     let agg = match &r.agg {
         None => Agg::Avg,
