@@ -112,6 +112,9 @@ fn drop_knobs(t: &Tuning, knobs: &[Knob]) -> Tuning {
     out
 }
 
+/// The state store's page cache: enough for every baseline and recent events.
+const CACHE_BYTES: usize = 1 << 20;
+
 /// In memory, for tests.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryStore {
@@ -213,7 +216,12 @@ impl RedbStore {
             message: e.to_string(),
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(&e))?;
-        let db = redb::Database::create(&path).map_err(|e| open_err(&e))?;
+        // redb's page cache defaults to 1 GiB and grows with the file (events,
+        // history): the daemon's memory must not, so it is capped
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| open_err(&e))?;
         // create the tables so readers never see them missing
         let tx = db.begin_write().map_err(|e| open_err(&e))?;
         {
