@@ -77,7 +77,17 @@ pub trait StateStore: Send {
     fn set_override(&mut self, uuid: &str, o: Option<&Override>) -> Result<()>;
     fn append_event(&mut self, e: &Event) -> Result<()>;
     /// Events of one domain (by name) or all, at or after `since`, oldest first.
-    fn events(&self, domain: Option<&str>, since: Millis) -> Result<Vec<Event>>;
+    fn events(&self, domain: Option<&str>, since: Millis) -> Result<Vec<Event>> {
+        self.recent_events(domain, since, usize::MAX)
+    }
+    /// The same, only the newest `limit` of them: what the API serves, so a
+    /// request never loads the whole history on the loop's thread.
+    fn recent_events(
+        &self,
+        domain: Option<&str>,
+        since: Millis,
+        limit: usize,
+    ) -> Result<Vec<Event>>;
     /// Forgets everything about a domain that was undefined.
     fn forget(&mut self, uuid: &str) -> Result<()>;
 }
@@ -166,13 +176,22 @@ impl StateStore for MemoryStore {
         self.events.push(e.clone());
         Ok(())
     }
-    fn events(&self, domain: Option<&str>, since: Millis) -> Result<Vec<Event>> {
-        Ok(self
+    fn recent_events(
+        &self,
+        domain: Option<&str>,
+        since: Millis,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
+        let mut out: Vec<Event> = self
             .events
             .iter()
+            .rev()
             .filter(|e| e.time >= since && domain.is_none_or(|d| e.domain == d))
+            .take(limit)
             .cloned()
-            .collect())
+            .collect();
+        out.reverse();
+        Ok(out)
     }
     fn forget(&mut self, uuid: &str) -> Result<()> {
         self.baselines.remove(uuid);
@@ -352,13 +371,19 @@ impl StateStore for RedbStore {
     /// Newest first until an event older than `since` (events are appended in
     /// time order), then returned oldest first. A domain's events come from the
     /// index, so one domain's history does not read every domain's.
-    fn events(&self, domain: Option<&str>, since: Millis) -> Result<Vec<Event>> {
+    fn recent_events(
+        &self,
+        domain: Option<&str>,
+        since: Millis,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
         let rx = self.db.begin_read().map_err(io)?;
         let t = rx.open_table(EVENTS).map_err(io)?;
         let mut out = Vec::new();
+        // newest first: stops at `since` or once `limit` are taken
         let mut take = |k: u64, v: &[u8]| -> Result<bool> {
             let e: Event = from_json(&k.to_string(), v)?;
-            if e.time < since {
+            if e.time < since || out.len() >= limit {
                 return Ok(false);
             }
             out.push(e);
@@ -528,6 +553,17 @@ mod tests {
         assert_eq!(s.events(Some("busy"), 0).unwrap().len(), 8);
         assert_eq!(times(s.events(None, 22).unwrap()), [22, 23, 24]);
         assert!(s.events(Some("nobody"), 0).unwrap().is_empty());
+        // a page: the newest `limit`, oldest first
+        assert_eq!(times(s.recent_events(None, 0, 3).unwrap()), [22, 23, 24]);
+        assert_eq!(
+            times(s.recent_events(Some("busy"), 0, 2).unwrap()),
+            [23, 24]
+        );
+        let mut m = MemoryStore::default();
+        for t in 0..10 {
+            m.append_event(&event(t, "x")).unwrap();
+        }
+        assert_eq!(times(m.recent_events(None, 2, 3).unwrap()), [7, 8, 9]);
         let rx = s.db.begin_read().unwrap();
         assert_eq!(
             rx.open_table(EVENTS_BY_DOMAIN).unwrap().len().unwrap(),

@@ -215,6 +215,7 @@ fn manual_activation_expires_and_refuses_what_does_not_fit() {
     let hist = w.ok(Command::History {
         name: "web-1".into(),
         since: 0,
+        limit: 1000,
     });
     let to: Vec<&str> = hist
         .as_array()
@@ -306,6 +307,9 @@ fn signals_explain_tuning_health_and_the_loops_own_commands() {
     assert_eq!(v["errors"][0]["line"], 1, "{v}");
     assert_eq!(w.err(Command::Metrics).0, 500);
     assert_eq!(w.err(Command::Subscribe).0, 500);
-    let recent = w.ok(Command::RecentEvents { since: None });
+    let recent = w.ok(Command::RecentEvents {
+        since: None,
+        limit: 1000,
+    });
     assert_eq!(recent, Value::Array(vec![]), "nothing happened");
 }

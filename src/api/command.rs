@@ -15,17 +15,21 @@ pub enum Command {
     Explain {
         name: String,
     },
+    /// A domain's transitions at or after `since`: the newest `limit` of them.
     History {
         name: String,
         since: i64,
+        limit: usize,
     },
     /// The domain's current tuning, read through libvirt.
     Tuning {
         name: String,
     },
-    /// Events of every domain since a time (`None`: the last hour).
+    /// Events of every domain since a time (`None`: the last hour): the
+    /// newest `limit` of them (older ones: ask again with `since` moved).
     RecentEvents {
         since: Option<i64>,
+        limit: usize,
     },
     /// Manual activation; `for_ms` none = until reverted.
     Activate {

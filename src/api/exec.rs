@@ -180,9 +180,9 @@ pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
             Some(s) => Reply::Ok(status_json(&s)),
             None => no_domain(&name),
         },
-        Command::History { name, since } => {
+        Command::History { name, since, limit } => {
             let domain = rec.status(&name).map(|s| s.name).unwrap_or(name);
-            events(rec.store().events(Some(&domain), since))
+            events(rec.store().recent_events(Some(&domain), since, limit))
         }
         Command::Tuning { name } => match rec.status(&name) {
             None => no_domain(&name),
@@ -194,9 +194,9 @@ pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
                 },
             },
         },
-        Command::RecentEvents { since } => {
+        Command::RecentEvents { since, limit } => {
             let since = since.unwrap_or(now - RECENT_EVENTS_MS);
-            events(rec.store().events(None, since))
+            events(rec.store().recent_events(None, since, limit))
         }
         Command::Explain { name } => match rec.entry(&name) {
             Some(e) => match &e.last_decision {

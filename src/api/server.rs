@@ -189,6 +189,25 @@ pub fn read_body(r: &mut impl BufRead, req: &mut Request, length: usize) -> Resu
     Ok(())
 }
 
+/// Events a history request returns unless it asks for fewer (or more, up to
+/// [`MAX_EVENTS_PER_REQUEST`]).
+pub const DEFAULT_EVENTS_PER_REQUEST: usize = 1_000;
+pub const MAX_EVENTS_PER_REQUEST: usize = 10_000;
+
+/// The `limit` query parameter of the event routes.
+fn limit(value: Option<&str>) -> Result<usize, HttpError> {
+    match value {
+        None | Some("") => Ok(DEFAULT_EVENTS_PER_REQUEST),
+        Some(s) => match s.parse::<usize>() {
+            Ok(n) if (1..=MAX_EVENTS_PER_REQUEST).contains(&n) => Ok(n),
+            _ => Err((
+                400,
+                format!("limit: '{s}' is not a number from 1 to {MAX_EVENTS_PER_REQUEST}"),
+            )),
+        },
+    }
+}
+
 fn json_body<T: for<'de> serde::Deserialize<'de>>(req: &Request) -> Result<T, HttpError> {
     if req.content_type() != "application/json" {
         return Err((
@@ -291,7 +310,10 @@ pub fn route(req: &Request) -> Result<Command, HttpError> {
                         )
                     })?),
                 };
-                Command::RecentEvents { since }
+                Command::RecentEvents {
+                    since,
+                    limit: limit(q("limit"))?,
+                }
             }
             _ => return not_allowed(),
         },
@@ -321,6 +343,7 @@ pub fn route(req: &Request) -> Result<Command, HttpError> {
                 Command::History {
                     name: name.to_string(),
                     since,
+                    limit: limit(q("limit"))?,
                 }
             }
             _ => return not_allowed(),
@@ -719,9 +742,25 @@ mod tests {
             route(&r).unwrap(),
             Command::History {
                 name: "web-1".into(),
-                since: 1_700_000_000_000
+                since: 1_700_000_000_000,
+                limit: DEFAULT_EVENTS_PER_REQUEST,
             }
         );
+        let r = req("GET /v1/events/recent?limit=5 HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(
+            route(&r).unwrap(),
+            Command::RecentEvents {
+                since: None,
+                limit: 5
+            }
+        );
+        for bad in ["0", "x", "10001"] {
+            let r = req(&format!(
+                "GET /v1/events/recent?limit={bad} HTTP/1.1\r\n\r\n"
+            ))
+            .unwrap();
+            assert_eq!(route(&r).unwrap_err().0, 400, "{bad}");
+        }
         assert_eq!(
             route(&req("GET /v1/nothing HTTP/1.1\r\n\r\n").unwrap())
                 .unwrap_err()
