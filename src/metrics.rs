@@ -46,6 +46,7 @@ pub struct Metrics {
     skipped: Family<SkippedLabel, Gauge>,
     refused: Family<RefusedLabel, Gauge>,
     attention: Family<DomainLabel, Gauge>,
+    quarantined: Family<DomainLabel, Gauge>,
     transitions: Family<ResultLabel, Counter>,
     apply_seconds: Histogram,
     tick_seconds: Histogram,
@@ -88,6 +89,12 @@ impl Metrics {
             "domain_needs_attention",
             "Domains a rollback or restore could not put back (retried every tick)",
             attention.clone(),
+        );
+        let quarantined = Family::<DomainLabel, Gauge>::default();
+        registry.register(
+            "domain_quarantined",
+            "Domains left alone because their record in the state store is damaged",
+            quarantined.clone(),
         );
         let transitions = Family::<ResultLabel, Counter>::default();
         registry.register(
@@ -135,6 +142,7 @@ impl Metrics {
             skipped,
             refused,
             attention,
+            quarantined,
             transitions,
             apply_seconds,
             tick_seconds,
@@ -186,7 +194,14 @@ impl Metrics {
         self.skipped.clear();
         self.refused.clear();
         self.attention.clear();
+        self.quarantined.clear();
         for d in domains {
+            if d.quarantined.is_some() {
+                let label = DomainLabel {
+                    domain: d.name.clone(),
+                };
+                self.quarantined.get_or_create(&label).set(1);
+            }
             if d.needs_attention.is_some() {
                 let label = DomainLabel {
                     domain: d.name.clone(),

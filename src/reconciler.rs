@@ -24,7 +24,7 @@ use crate::model::persona::{Metric, Persona};
 use crate::model::tuning::{Change, Direction, Knob, Tuning};
 use crate::planner::plan;
 use crate::rules::{candidates, decide, Decision, Inputs, Override, Reason, RuleState, Signals};
-use crate::store::{Event, Skipped, StateStore, Worn};
+use crate::store::{Event, Skipped, StateStore, StoreError, Worn};
 
 const BACKOFF_MIN_MS: Millis = 5_000;
 const BACKOFF_MAX_MS: Millis = 300_000;
@@ -55,6 +55,9 @@ pub struct DomainEntry {
     /// The worn persona also wrote the persistent definition: its revert must
     /// too, even once the persona itself is gone.
     worn_persist: bool,
+    /// Its record in the state store does not decode: left alone (no decision,
+    /// no change) until that is repaired, while every other domain goes on.
+    quarantined: Option<String>,
 }
 
 /// A domain's state for listings (`virt-persona list`, the API).
@@ -77,6 +80,8 @@ pub struct DomainStatus {
     pub refused: BTreeMap<String, String>,
     /// Why the domain is neither exactly at its baseline nor at its persona.
     pub needs_attention: Option<String>,
+    /// Why the daemon leaves this domain alone (a damaged record in the store).
+    pub quarantined: Option<String>,
 }
 
 /// A domain's process ended: the originals read from it do not describe the
@@ -216,6 +221,7 @@ fn status_of(e: &DomainEntry) -> DomainStatus {
         },
         refused: e.refused.clone(),
         needs_attention: e.needs_attention.clone(),
+        quarantined: e.quarantined.clone(),
     }
 }
 
@@ -481,8 +487,18 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                     // adopt what a previous run recorded instead of re-applying blindly
                     let mut rules = RuleState::default();
                     let mut worn_persist = false;
-                    if info.state.is_active() {
-                        match self.store.worn(&info.uuid)? {
+                    let mut quarantined = None;
+                    let worn = match self.store.worn(&info.uuid) {
+                        Err(StoreError::Corrupt { key, message }) => {
+                            quarantined = Some(format!(
+                                "its record in the state store ({key}) is damaged: {message}"
+                            ));
+                            None
+                        }
+                        other => other?,
+                    };
+                    if info.state.is_active() && quarantined.is_none() {
+                        match worn {
                             // restarted while no daemon watched: what was worn and
                             // the originals read from its last run are stale
                             Some(w) if w.id.is_some() && w.id != info.id => {
@@ -505,10 +521,18 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                             }
                             None => {}
                         }
-                    } else {
+                    } else if !info.state.is_active() {
                         self.store.set_worn(&info.uuid, None)?;
                     }
-                    rules.override_ = self.store.override_(&info.uuid)?;
+                    match self.store.override_(&info.uuid) {
+                        Ok(o) => rules.override_ = o,
+                        Err(StoreError::Corrupt { key, message }) => {
+                            quarantined = Some(format!(
+                                "its record in the state store ({key}) is damaged: {message}"
+                            ));
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                     let cands = candidates(&self.personas, &info);
                     self.collector
                         .set_keep_for(&info.uuid, longest_window(&cands));
@@ -529,6 +553,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                             refused: BTreeMap::new(),
                             needs_attention: None,
                             worn_persist,
+                            quarantined,
                         },
                     );
                 }
@@ -590,7 +615,23 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         let mut report = TickReport::default();
         let active: Vec<String> = stats.iter().map(|s| s.uuid.clone()).collect();
         for uuid in active {
-            self.reconcile_domain(&uuid, now, &mut report)?;
+            if self
+                .domains
+                .get(&uuid)
+                .is_some_and(|e| e.quarantined.is_some())
+            {
+                continue;
+            }
+            match self.reconcile_domain(&uuid, now, &mut report) {
+                Err(TickError::Store(StoreError::Corrupt { key, message })) => {
+                    self.quarantine(
+                        &uuid,
+                        now,
+                        format!("its record in the state store ({key}) is damaged: {message}"),
+                    )?;
+                }
+                other => other?,
+            }
         }
         // expired signals are dropped every tick, not only when someone lists them
         self.prune_signals(now);
@@ -954,6 +995,27 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             }
         }
         stuck
+    }
+
+    /// Leaves one domain alone because its stored record is damaged: its
+    /// originals cannot be trusted, so nothing is changed or restored on it.
+    fn quarantine(&mut self, uuid: &str, now: Millis, why: String) -> Result<(), TickError> {
+        let Some(e) = self.domains.get_mut(uuid) else {
+            return Ok(());
+        };
+        if e.quarantined.is_some() {
+            return Ok(());
+        }
+        let name = e.info.name.clone();
+        tracing::error!(domain = %name, %why, "domain quarantined: left alone until its record is repaired");
+        e.quarantined = Some(why.clone());
+        self.record(Event {
+            time: now,
+            domain: name,
+            reason: format!("quarantined: {why}; the domain is left as it is"),
+            result: "quarantined".into(),
+            ..Default::default()
+        })
     }
 
     /// Forgets which knobs this host could not apply, so the next tick tries

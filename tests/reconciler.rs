@@ -770,3 +770,109 @@ fn expired_signals_are_pruned_every_tick() {
     rig.second(0.0);
     assert!(rig.r.signals.0.is_empty(), "pruned without a listing");
 }
+
+/// A store whose record for one domain does not decode (as a damaged redb
+/// value would): everything else is the memory store.
+#[derive(Clone, Default)]
+struct Damaged {
+    inner: MemoryStore,
+    uuid: String,
+}
+
+impl StateStore for Damaged {
+    fn baseline(&self, uuid: &str) -> virt_persona::store::Result<Tuning> {
+        if uuid == self.uuid {
+            return Err(virt_persona::store::StoreError::Corrupt {
+                key: uuid.into(),
+                message: "expected value at line 1 column 1".into(),
+            });
+        }
+        self.inner.baseline(uuid)
+    }
+    fn record_baseline(&mut self, uuid: &str, o: &[Change]) -> virt_persona::store::Result<()> {
+        self.inner.record_baseline(uuid, o)
+    }
+    fn clear_baseline(&mut self, uuid: &str, k: &[Knob]) -> virt_persona::store::Result<()> {
+        self.inner.clear_baseline(uuid, k)
+    }
+    fn worn(&self, uuid: &str) -> virt_persona::store::Result<Option<virt_persona::store::Worn>> {
+        self.inner.worn(uuid)
+    }
+    fn set_worn(
+        &mut self,
+        uuid: &str,
+        w: Option<&virt_persona::store::Worn>,
+    ) -> virt_persona::store::Result<()> {
+        self.inner.set_worn(uuid, w)
+    }
+    fn override_(
+        &self,
+        uuid: &str,
+    ) -> virt_persona::store::Result<Option<virt_persona::rules::Override>> {
+        self.inner.override_(uuid)
+    }
+    fn set_override(
+        &mut self,
+        uuid: &str,
+        o: Option<&virt_persona::rules::Override>,
+    ) -> virt_persona::store::Result<()> {
+        self.inner.set_override(uuid, o)
+    }
+    fn append_event(&mut self, e: &virt_persona::store::Event) -> virt_persona::store::Result<()> {
+        self.inner.append_event(e)
+    }
+    fn recent_events(
+        &self,
+        d: Option<&str>,
+        since: i64,
+        limit: usize,
+    ) -> virt_persona::store::Result<Vec<virt_persona::store::Event>> {
+        self.inner.recent_events(d, since, limit)
+    }
+    fn forget(&mut self, uuid: &str) -> virt_persona::store::Result<()> {
+        self.inner.forget(uuid)
+    }
+}
+
+/// A record that does not decode quarantines that one domain (event, status)
+/// while the others go on being tuned.
+#[test]
+fn a_damaged_record_quarantines_one_domain_and_the_others_go_on() {
+    let hv = Arc::new(FakeHypervisor::new(4));
+    let mut bad = FakeHypervisor::simple_domain("bad", 1);
+    bad.uuid = "00000000-0000-0000-0000-0000000000ba".into();
+    let mut good = FakeHypervisor::simple_domain("good", 1);
+    good.uuid = "00000000-0000-0000-0000-00000000000f".into();
+    good.id = Some(2);
+    hv.add_domain(bad.clone(), original());
+    hv.add_domain(good.clone(), original());
+    let store = Damaged {
+        uuid: bad.uuid.clone(),
+        ..Default::default()
+    };
+    let mut r = Reconciler::new(hv.clone(), store, Duration::from_secs(30));
+    r.set_personas(vec![persona(
+        "id = \"always\"\n[tuning]\ncpu_shares = 3000\n",
+    )]);
+    for t in 1..=3 {
+        r.tick(t * 1000, None).expect("the tick goes on");
+    }
+    assert_eq!(
+        hv.tuning("good", ReadScope::Current).unwrap().cpu_shares,
+        Some(3000)
+    );
+    assert_eq!(
+        hv.tuning("bad", ReadScope::Current).unwrap(),
+        original(),
+        "left alone"
+    );
+    let st = r.status("bad").unwrap();
+    let why = st.quarantined.expect("quarantined");
+    assert!(why.contains("damaged"), "{why}");
+    let ev = r.store().events(Some("bad"), 0).unwrap();
+    assert_eq!(
+        ev.iter().filter(|e| e.result == "quarantined").count(),
+        1,
+        "said once: {ev:?}"
+    );
+}

@@ -41,6 +41,7 @@ pub fn status_json(s: &DomainStatus) -> Value {
         "skipped": s.skipped,
         "refused": s.refused,
         "needs_attention": s.needs_attention,
+        "quarantined": s.quarantined,
     })
 }
 

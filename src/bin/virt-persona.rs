@@ -513,6 +513,9 @@ fn persona_status(cli: &Cli, domain: Option<&str>) -> anyhow::Result<ExitCode> {
         if let Some(e) = d["needs_attention"].as_str() {
             println!("{:<15} {e}", "Attention:");
         }
+        if let Some(e) = d["quarantined"].as_str() {
+            println!("{:<15} {e}", "Quarantined:");
+        }
         for k in d["skipped"].as_array().into_iter().flatten() {
             println!(
                 "{:<15} {} skipped: {}",
@@ -741,9 +744,13 @@ fn list(cli: &Cli, all: bool) -> anyhow::Result<ExitCode> {
         .collect();
     if !cli.json {
         // a domain a rollback could not put back is marked where admins look first
-        for d in doms.iter_mut().filter(|d| d["needs_attention"].is_string()) {
+        for d in doms.iter_mut() {
             let worn = d["persona"].as_str().unwrap_or("-").to_string();
-            d["persona"] = format!("{worn} (needs attention)").into();
+            if d["quarantined"].is_string() {
+                d["persona"] = format!("{worn} (quarantined)").into();
+            } else if d["needs_attention"].is_string() {
+                d["persona"] = format!("{worn} (needs attention)").into();
+            }
         }
     }
     let doms: Vec<&serde_json::Value> = doms.iter().collect();
