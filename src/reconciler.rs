@@ -194,6 +194,10 @@ pub struct Reconciler<H: Hypervisor + ?Sized, S: StateStore> {
     stats_clock: Option<Clock>,
     /// Ticks completed since start (tests and /healthz wait on it).
     ticks: u64,
+    /// Why the daemon only observes (no write to libvirt), if it does.
+    observe: Option<String>,
+    /// The last tick failed on the state store.
+    store_failing: Option<String>,
 }
 
 /// Milliseconds since the Unix epoch, read when called.
@@ -266,6 +270,8 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             recent: Vec::new(),
             stats_clock: None,
             ticks: 0,
+            observe: None,
+            store_failing: None,
         }
     }
 
@@ -581,9 +587,43 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         Ok(())
     }
 
+    /// Only observe: decide, plan and record `would_apply` events, never write
+    /// to libvirt or to the baselines (`None` acts again).
+    pub fn set_observe(&mut self, why: Option<String>) {
+        self.observe = why;
+    }
+
+    /// Why the daemon only observes, if it does.
+    pub fn observing(&self) -> Option<&str> {
+        self.observe.as_deref()
+    }
+
+    /// What makes the daemon unhealthy right now: the state store failing, or
+    /// observing only because of a damaged state file.
+    pub fn health_problem(&self) -> Option<String> {
+        self.store_failing
+            .as_ref()
+            .map(|e| format!("the state store is failing: {e}"))
+            .or_else(|| self.observe.clone())
+    }
+
     /// One pass of the control loop.
     #[instrument(skip(self, host), level = "debug")]
     pub fn tick(
+        &mut self,
+        now: Millis,
+        host: Option<HostCounters>,
+    ) -> Result<TickReport, TickError> {
+        let r = self.tick_inner(now, host);
+        match &r {
+            Err(TickError::Store(e)) => self.store_failing = Some(e.to_string()),
+            Ok(_) => self.store_failing = None,
+            Err(_) => {}
+        }
+        r
+    }
+
+    fn tick_inner(
         &mut self,
         now: Millis,
         host: Option<HostCounters>,
@@ -766,6 +806,27 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             (true, _) => "criteria",
         }
         .to_string();
+        if self.observe.is_some() {
+            // observe only: decided and planned, recorded as what would be done,
+            // nothing written to libvirt or to the baselines
+            entry.last_decision = Some(decision);
+            if changed {
+                report.transitions += 1;
+                info!(domain = %name, from = ?from, to = ?to, reason = %reason, changes = changes.len(), "would apply (observing only)");
+                self.record(Event {
+                    time: now,
+                    domain: name,
+                    from,
+                    to,
+                    reason,
+                    result: "would_apply".into(),
+                    changes,
+                    skipped,
+                    ..Default::default()
+                })?;
+            }
+            return Ok(());
+        }
         if changes.is_empty() {
             // already as it should be: record the transition (if any) and drop the
             // baseline records of knobs that are back at their original values
@@ -1145,6 +1206,9 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
     /// persistent definition too where the worn persona persisted. Goes on past
     /// a domain that fails; returns how many were restored and every failure.
     pub fn revert_all(&mut self, now: Millis) -> Result<(usize, Vec<String>), TickError> {
+        if self.observe.is_some() {
+            return Ok((0, vec![]));
+        }
         let mut restored = 0;
         let mut failures = Vec::new();
         let uuids: Vec<String> = self

@@ -59,6 +59,9 @@ pub enum StoreError {
     Io(String),
     #[error("state store: corrupt record for {key}: {message}")]
     Corrupt { key: String, message: String },
+    /// The state file itself is not a readable redb database.
+    #[error("state store {path} is damaged: {message}")]
+    Damaged { path: PathBuf, message: String },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -120,6 +123,20 @@ fn drop_knobs(t: &Tuning, knobs: &[Knob]) -> Tuning {
         }
     }
     out
+}
+
+/// Errors that mean the file is not a database redb can read (as opposed to
+/// one it cannot open now: locked by another daemon, no permission).
+fn is_damage(e: &redb::DatabaseError) -> bool {
+    match e {
+        redb::DatabaseError::UpgradeRequired(_) => true,
+        redb::DatabaseError::Storage(redb::StorageError::Corrupted(_)) => true,
+        redb::DatabaseError::Storage(redb::StorageError::Io(io)) => matches!(
+            io.kind(),
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof
+        ),
+        _ => false,
+    }
 }
 
 /// The state store's page cache: enough for every baseline and recent events.
@@ -240,7 +257,16 @@ impl RedbStore {
         let db = redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
             .create(&path)
-            .map_err(|e| open_err(&e))?;
+            .map_err(|e| {
+                if is_damage(&e) {
+                    StoreError::Damaged {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    }
+                } else {
+                    open_err(&e)
+                }
+            })?;
         // create the tables so readers never see them missing
         let tx = db.begin_write().map_err(|e| open_err(&e))?;
         {
@@ -275,6 +301,49 @@ impl RedbStore {
             next_event,
             max_events: max_events.max(1),
         })
+    }
+
+    /// Opens the store; a state file that is damaged (not a database redb can
+    /// read) is kept aside as `state.redb.damaged-<unix time>` and a new one
+    /// made. Returns why the daemon must only observe: a damaged file kept
+    /// aside (now or at an earlier start) holds originals the new file lacks,
+    /// so acting could record tuned values as originals. Removing the kept
+    /// file (once its originals are recovered or restored by hand) ends it.
+    pub fn open_or_set_aside(dir: &Path) -> Result<(Self, Option<String>)> {
+        let store = match Self::open(dir) {
+            Err(StoreError::Damaged { path, message }) => {
+                let secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let aside = dir.join(format!("state.redb.damaged-{secs}"));
+                std::fs::rename(&path, &aside).map_err(|e| StoreError::Open {
+                    path: path.clone(),
+                    message: format!("damaged ({message}), and it cannot be kept aside: {e}"),
+                })?;
+                tracing::error!(file = %aside.display(), %message, "the state file is damaged: kept aside, a new one made");
+                Self::open(dir)?
+            }
+            other => other?,
+        };
+        let mut kept: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io)?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("state.redb.damaged-"))
+            })
+            .collect();
+        kept.sort();
+        let why = kept.last().map(|p| {
+            format!(
+                "the state file was damaged and is kept aside as {}: it holds the original values this daemon would restore, so it only observes (no change to any domain) until that file is removed",
+                p.display()
+            )
+        });
+        Ok((store, why))
     }
 
     fn get(&self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<Option<Vec<u8>>> {
@@ -570,6 +639,52 @@ mod tests {
             10,
             "evicted events leave the index too"
         );
+    }
+
+    #[test]
+    fn a_damaged_state_file_is_kept_aside_and_observe_mode_is_asked_for() {
+        let d = tempfile::tempdir().unwrap();
+        // a good one first: no reason to observe
+        let (s, why) = RedbStore::open_or_set_aside(d.path()).unwrap();
+        assert!(why.is_none());
+        drop(s);
+        // garbage where the state file was
+        let garbage: Vec<u8> = (0..20_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(d.path().join("state.redb"), &garbage).unwrap();
+        match RedbStore::open(d.path()) {
+            Err(StoreError::Damaged { .. }) => {}
+            Err(e) => panic!("expected Damaged, got {e}"),
+            Ok(_) => panic!("garbage opened as a database"),
+        }
+        let (mut s, why) = RedbStore::open_or_set_aside(d.path()).unwrap();
+        let why = why.expect("observe");
+        assert!(why.contains("state.redb.damaged-"), "{why}");
+        s.append_event(&event(1, "a")).unwrap();
+        drop(s);
+        let kept: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("state.redb.damaged-")
+            })
+            .collect();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(
+            std::fs::read(kept[0].path()).unwrap(),
+            garbage,
+            "kept as it was"
+        );
+        // still observing at the next start, until the admin removes the kept file
+        let (_, why) = RedbStore::open_or_set_aside(d.path()).unwrap();
+        assert!(why.is_some());
+        std::fs::remove_file(kept[0].path()).unwrap();
+        let (s, why) = RedbStore::open_or_set_aside(d.path()).unwrap();
+        assert!(why.is_none());
+        assert_eq!(s.events(None, 0).unwrap().len(), 1, "the new file was kept");
     }
 
     #[test]

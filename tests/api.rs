@@ -579,3 +579,56 @@ fn every_cli_command_through_the_daemon() {
         "{err}"
     );
 }
+
+/// A state file that is not a database does not stop the daemon: it is kept
+/// aside, the daemon starts observing only (no write to any domain), says so
+/// in its log and in /healthz (503), and records what it would do.
+#[test]
+fn a_damaged_state_file_starts_the_daemon_observing_only() {
+    let dir = setup("damaged");
+    std::fs::create_dir_all(dir.join("state")).unwrap();
+    std::fs::write(dir.join("state/state.redb"), vec![0x5a; 10_000]).unwrap();
+    std::fs::write(
+        dir.join("personas/all.toml"),
+        "id = \"all\"\n[tuning]\nmemory_soft_limit = \"700 MiB\"\n",
+    )
+    .unwrap();
+    let d = Daemon::start_args(&dir, &host_uri(), &["--interval", "1s"], &[]);
+    let (status, body) = common::http(
+        &d.socket,
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("kept aside as") && body.contains("only observes"),
+        "{body}"
+    );
+    assert!(d.log().contains("OBSERVING ONLY"), "{}", d.log());
+    // it decides and says what it would do, and changes nothing
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let h = d.get("/v1/events/recent");
+        if h.as_array()
+            .is_some_and(|a| a.iter().any(|e| e["result"] == "would_apply"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no would_apply event: {h}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let t = d.get("/v1/domains/web-1/tuning");
+    assert_ne!(t["memory_soft_limit"], 700 * 1024, "not applied: {t}");
+    let kept = std::fs::read_dir(dir.join("state"))
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("state.redb.damaged-")
+        })
+        .count();
+    assert_eq!(kept, 1);
+}

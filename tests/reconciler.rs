@@ -876,3 +876,37 @@ fn a_damaged_record_quarantines_one_domain_and_the_others_go_on() {
         "said once: {ev:?}"
     );
 }
+
+/// Observing only (a damaged state file was kept aside): decisions and plans
+/// are recorded as `would_apply`, and nothing is written to the domain or to
+/// the baselines.
+#[test]
+fn observing_only_writes_nothing() {
+    let mut rig = Rig::new(MemoryStore::default());
+    rig.r.set_observe(Some("the state file was damaged".into()));
+    rig.hv.clear_calls();
+    rig.second(1.0);
+    rig.second(1.0);
+    assert!(
+        !rig.hv.calls().iter().any(|c| matches!(c, Call::Apply(..))),
+        "{:?}",
+        rig.hv.calls()
+    );
+    assert_eq!(rig.tuning(), original());
+    let uuid = rig.uuid.clone();
+    assert_eq!(rig.r.store().baseline(&uuid).unwrap(), Tuning::default());
+    assert_eq!(rig.r.store().worn(&uuid).unwrap(), None);
+    let ev = rig.r.store().events(Some("web-1"), 0).unwrap();
+    let would: Vec<_> = ev.iter().filter(|e| e.result == "would_apply").collect();
+    assert_eq!(would.len(), 1, "{ev:?}");
+    assert_eq!(would[0].to.as_deref(), Some("hot"));
+    assert!(!would[0].changes.is_empty(), "what it would change");
+    assert!(rig.r.health_problem().unwrap().contains("damaged"));
+    // acting again: the persona is applied for real
+    rig.r.set_observe(None);
+    for _ in 0..5 {
+        rig.second(0.0);
+    }
+    rig.second(1.0);
+    assert_eq!(rig.tuning().cpu_shares, Some(4096));
+}

@@ -167,6 +167,14 @@ pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
         Err(e) => server_error(e),
     };
     match cmd {
+        Command::Health if !hv.is_connected() => Reply::Err {
+            status: 503,
+            message: format!("libvirt at {} is not reachable; reconnecting", hv.uri()),
+        },
+        Command::Health if rec.health_problem().is_some() => Reply::Err {
+            status: 503,
+            message: rec.health_problem().unwrap_or_default(),
+        },
         Command::Health => Reply::Ok(json!({
             "status": "ok",
             "libvirt": if hv.is_connected() { "connected" } else { "disconnected" },

@@ -132,12 +132,18 @@ fn run(args: Args) -> anyhow::Result<()> {
     reload(&mut catalog, "start");
     let (_watcher, persona_changes) = virt_persona::watch::watch(&cfg.personas_dir)
         .with_context(|| format!("watching {}", cfg.personas_dir.display()))?;
-    let store = RedbStore::open(&cfg.state_dir)?;
+    // a damaged state file does not stop the host: it is kept aside and the
+    // daemon observes only, saying why, instead of crash-looping under systemd
+    let (store, observe) = RedbStore::open_or_set_aside(&cfg.state_dir)?;
     let hv = Arc::new(LibvirtHypervisor::connect(&cfg.connect)?);
     let events = hv.events();
     let mut rec: Rec = Reconciler::new(hv.clone(), store, cfg.verify_interval.as_std());
     rec.set_personas(catalog.personas());
     rec.set_stats_clock(Box::new(now_ms));
+    if let Some(why) = &observe {
+        tracing::error!(reason = %why, "OBSERVING ONLY: no domain will be changed");
+    }
+    rec.set_observe(observe);
 
     let (cmd_tx, cmd_rx) = crossbeam_channel::bounded::<Envelope>(256);
     let shared = Arc::new(server::Shared::default());
