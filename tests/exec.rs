@@ -300,6 +300,13 @@ fn signals_explain_tuning_health_and_the_loops_own_commands() {
         (h["libvirt"].as_str(), h["uri"].as_str()),
         (Some("connected"), Some("fake:///"))
     );
+    // not ok while libvirt is unreachable, with the reason
+    w.hv.set_connected(false);
+    let (status, message) = w.err(Command::Health);
+    assert_eq!(status, 503);
+    assert!(message.contains("not reachable"), "{message}");
+    w.hv.set_connected(true);
+    w.ok(Command::Health);
     let v = w.ok(Command::ValidatePersona {
         toml: "id = 3\n".into(),
     });

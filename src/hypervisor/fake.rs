@@ -41,6 +41,7 @@ struct Inner {
 pub struct FakeHypervisor {
     inner: Mutex<Inner>,
     host_cpus: u32,
+    disconnected: std::sync::atomic::AtomicBool,
 }
 
 impl FakeHypervisor {
@@ -48,6 +49,7 @@ impl FakeHypervisor {
         FakeHypervisor {
             inner: Mutex::default(),
             host_cpus,
+            disconnected: Default::default(),
         }
     }
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -79,6 +81,11 @@ impl FakeHypervisor {
         self.lock()
             .fail
             .push((domain.to_string(), knob, message.to_string()));
+    }
+    /// Reports the connection as lost (or back).
+    pub fn set_connected(&self, up: bool) {
+        self.disconnected
+            .store(!up, std::sync::atomic::Ordering::SeqCst);
     }
     /// Makes the next apply of exactly `change` on `domain` fail with `message`.
     pub fn fail_next_value(&self, domain: &str, change: Change, message: &str) {
@@ -228,6 +235,6 @@ impl Hypervisor for FakeHypervisor {
         "fake:///"
     }
     fn is_connected(&self) -> bool {
-        true
+        !self.disconnected.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
