@@ -33,6 +33,8 @@ struct Inner {
     fail_value: Vec<(String, Change, String)>,
     /// Knobs this fake hypervisor cannot apply at all, on any domain.
     unsupported: Vec<(Knob, String)>,
+    /// Apply calls left before a simulated crash (the call panics).
+    crash_in: Option<usize>,
     subscribers: Vec<crossbeam_channel::Sender<HypervisorEvent>>,
 }
 
@@ -81,6 +83,11 @@ impl FakeHypervisor {
         self.lock()
             .fail
             .push((domain.to_string(), knob, message.to_string()));
+    }
+    /// Simulates the daemon dying in the middle of its work: the apply call
+    /// `n` calls from now (0 = the next one) panics before changing anything.
+    pub fn crash_at_apply(&self, n: usize) {
+        self.lock().crash_in = Some(n);
     }
     /// Reports the connection as lost (or back).
     pub fn set_connected(&self, up: bool) {
@@ -164,6 +171,15 @@ impl Hypervisor for FakeHypervisor {
     }
     fn apply(&self, domain: &str, change: &Change, _scope: ApplyScope) -> Result<()> {
         let mut g = self.lock();
+        match g.crash_in {
+            Some(0) => {
+                g.crash_in = None;
+                drop(g);
+                panic!("injected crash before applying {change}");
+            }
+            Some(n) => g.crash_in = Some(n - 1),
+            None => {}
+        }
         g.calls
             .push(Call::Apply(domain.to_string(), change.clone()));
         if let Some(pos) = g
