@@ -910,3 +910,38 @@ fn observing_only_writes_nothing() {
     rig.second(1.0);
     assert_eq!(rig.tuning().cpu_shares, Some(4096));
 }
+
+/// A persisted persona writes the definition too, and so does its revert,
+/// even when the persona file was removed meanwhile, and --revert-on-exit.
+#[test]
+fn the_revert_of_a_persisted_persona_writes_the_definition_even_once_it_is_removed() {
+    use virt_persona::hypervisor::ApplyScope;
+    let scopes = |hv: &FakeHypervisor, shares: u64| -> Vec<ApplyScope> {
+        hv.applied()
+            .into_iter()
+            .filter(|(_, c, _)| c.knob == Knob::CpuShares && c.value == KnobValue::Unsigned(shares))
+            .map(|(_, _, s)| s)
+            .collect()
+    };
+    let keep = persona("id = \"keep\"\npersist = true\n[tuning]\ncpu_shares = 3000\n");
+    // removed persona
+    let mut rig = Rig::new(MemoryStore::default());
+    rig.r.set_personas(vec![keep.clone()]);
+    rig.second(0.0);
+    assert_eq!(scopes(&rig.hv, 3000), [ApplyScope::LiveAndConfig]);
+    rig.r.set_personas(vec![]);
+    rig.second(0.0);
+    assert_eq!(rig.tuning(), original());
+    assert_eq!(
+        scopes(&rig.hv, 1024),
+        [ApplyScope::LiveAndConfig],
+        "the revert of the removed persona reached the definition"
+    );
+    // --revert-on-exit
+    let mut rig = Rig::new(MemoryStore::default());
+    rig.r.set_personas(vec![keep]);
+    rig.second(0.0);
+    let (n, failures) = rig.r.revert_all(rig.now).unwrap();
+    assert_eq!((n, failures.len()), (1, 0));
+    assert_eq!(scopes(&rig.hv, 1024), [ApplyScope::LiveAndConfig]);
+}

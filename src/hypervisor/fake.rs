@@ -35,6 +35,8 @@ struct Inner {
     unsupported: Vec<(Knob, String)>,
     /// Apply calls left before a simulated crash (the call panics).
     crash_in: Option<usize>,
+    /// Every successful apply with the scope it was asked for.
+    applied: Vec<(String, Change, ApplyScope)>,
     subscribers: Vec<crossbeam_channel::Sender<HypervisorEvent>>,
 }
 
@@ -104,6 +106,10 @@ impl FakeHypervisor {
     pub fn unsupported(&self, knob: Knob, message: &str) {
         self.lock().unsupported.push((knob, message.to_string()));
     }
+    /// Every successful apply, with its scope (LIVE, CONFIG or both).
+    pub fn applied(&self) -> Vec<(String, Change, ApplyScope)> {
+        self.lock().applied.clone()
+    }
     pub fn calls(&self) -> Vec<Call> {
         self.lock().calls.clone()
     }
@@ -169,7 +175,7 @@ impl Hypervisor for FakeHypervisor {
             .map(|d| d.1.clone())
             .ok_or_else(|| HypervisorError::NoDomain(domain.to_string()))
     }
-    fn apply(&self, domain: &str, change: &Change, _scope: ApplyScope) -> Result<()> {
+    fn apply(&self, domain: &str, change: &Change, scope: ApplyScope) -> Result<()> {
         let mut g = self.lock();
         match g.crash_in {
             Some(0) => {
@@ -220,6 +226,7 @@ impl Hypervisor for FakeHypervisor {
         d.1.set(change);
         // as libvirt reads it back: a cleared device setting is gone
         d.1 = std::mem::take(&mut d.1).normalized();
+        g.applied.push((domain.to_string(), change.clone(), scope));
         Ok(())
     }
     fn set_tags(&self, domain: &str, tags: &[String]) -> Result<()> {
