@@ -329,6 +329,15 @@ fn live_reload_follows_edits_within_two_seconds() {
     );
 }
 
+/// The errors of a persona text that must not validate, as `line:col: message`.
+fn errors_of(text: &str) -> Vec<String> {
+    parse_persona(text, Path::new("t.toml"))
+        .expect_err("must not validate")
+        .iter()
+        .map(|e| format!("{}:{}: {}", e.line, e.col, e.rule))
+        .collect()
+}
+
 #[test]
 fn required_names_known_knobs_the_persona_sets() {
     let p = parse_persona(
@@ -337,15 +346,9 @@ fn required_names_known_knobs_the_persona_sets() {
     )
     .unwrap();
     assert_eq!(p.tuning.required, ["cpu_shares"]);
-    let errs = parse_persona(
+    let msgs = errors_of(
         "id = \"b\"\n[tuning]\ncpu_shares = 2048\nrequired = [\"cpu_share\", \"interface\"]\n",
-        Path::new("b.toml"),
-    )
-    .unwrap_err();
-    let msgs: Vec<String> = errs
-        .iter()
-        .map(|e| format!("{}:{}: {}", e.line, e.col, e.rule))
-        .collect();
+    );
     assert_eq!(msgs.len(), 2, "{msgs:?}");
     assert!(
         msgs[0].starts_with("4:13: required: unknown knob 'cpu_share': expected one of vcpu_pin,"),
@@ -359,15 +362,9 @@ fn required_names_known_knobs_the_persona_sets() {
 
 #[test]
 fn sample_windows_longer_than_an_hour_are_refused() {
-    let errs = parse_persona(
+    let msgs = errors_of(
         "id = \"w\"\n[activation]\n[[activation.when]]\nmetric = \"cpu\"\nabove = 50\nover = \"2h\"\nfor = \"90m\"\n",
-        Path::new("w.toml"),
-    )
-    .unwrap_err();
-    let msgs: Vec<String> = errs
-        .iter()
-        .map(|e| format!("{}:{}: {}", e.line, e.col, e.rule))
-        .collect();
+    );
     assert_eq!(msgs.len(), 2, "{msgs:?}");
     assert!(
         msgs[0].starts_with("6:8: over: 2h is out of range: expected at most 1h"),
