@@ -125,7 +125,6 @@ pub fn needs(personas: &[std::sync::Arc<Persona>]) -> (StatGroups, std::time::Du
         cpu: false,
         ..Default::default()
     };
-    let mut keep = std::time::Duration::ZERO;
     let want = |m: Metric, g: &mut StatGroups| match m {
         Metric::Cpu => g.cpu = true,
         Metric::CpuSteal => g.vcpu = true,
@@ -158,12 +157,10 @@ pub fn needs(personas: &[std::sync::Arc<Persona>]) -> (StatGroups, std::time::Du
                 if let Source::Metric(m) | Source::Forecast(m) = c.source {
                     want(m, &mut g);
                 }
-                keep = keep.max(c.over.map(|d| d.as_std()).unwrap_or_default());
-                keep = keep.max(c.for_.map(|d| d.as_std()).unwrap_or_default());
             }
         }
     }
-    (g, keep)
+    (g, longest_window(personas))
 }
 
 fn delta(cur: u64, prev: u64) -> Option<f64> {
