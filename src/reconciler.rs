@@ -10,7 +10,7 @@
 //!   the domain list is refreshed only on lifecycle events, new domains in the
 //!   stats, and every verify interval.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -715,48 +715,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             entry.last_decision = Some(decision);
             return Ok(());
         }
-        let mut baseline = self.store.baseline(uuid)?;
-        // originals of interfaces the domain no longer has (detached, renamed)
-        // cannot be written back: say so once and drop them, rather than fail
-        // every tick
-        let gone: Vec<Knob> = baseline
-            .interfaces
-            .keys()
-            .filter(|t| {
-                !entry.info.interfaces.iter().any(|i| {
-                    i.target.as_deref() == Some(t.as_str()) || i.mac.as_deref() == Some(t.as_str())
-                })
-            })
-            .flat_map(|t| {
-                [Direction::Inbound, Direction::Outbound].map(|direction| Knob::Interface {
-                    target: t.clone(),
-                    direction,
-                })
-            })
-            .collect();
-        if !gone.is_empty() {
-            let name = entry.info.name.clone();
-            self.store.clear_baseline(uuid, &gone)?;
-            baseline = self.store.baseline(uuid)?;
-            let targets: BTreeSet<String> = gone
-                .iter()
-                .filter_map(|k| match k {
-                    Knob::Interface { target, .. } => Some(target.clone()),
-                    _ => None,
-                })
-                .collect();
-            warn!(domain = %name, ?targets, "originals of interfaces the domain no longer has dropped");
-            self.record(Event {
-                time: now,
-                domain: name,
-                reason: format!(
-                    "the domain no longer has interface(s) {}: their recorded originals are dropped",
-                    targets.into_iter().collect::<Vec<_>>().join(", ")
-                ),
-                result: "baseline_dropped".into(),
-                ..Default::default()
-            })?;
-        }
+        let baseline = self.baseline_of(uuid, now)?;
         let Some(entry) = self.domains.get_mut(uuid) else {
             return Ok(());
         };
@@ -993,6 +952,52 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         })?;
         self.thresholds(uuid, persona.as_deref(), now)?;
         Ok(())
+    }
+
+    /// The domain's recorded originals, less those of interfaces it no longer
+    /// has (detached, renamed): they cannot be written back, so they are
+    /// dropped once, with an event, rather than failing every tick.
+    fn baseline_of(&mut self, uuid: &str, now: Millis) -> Result<Tuning, TickError> {
+        let baseline = self.store.baseline(uuid)?;
+        let Some(entry) = self.domains.get(uuid) else {
+            return Ok(baseline);
+        };
+        let gone: Vec<String> = baseline
+            .interfaces
+            .keys()
+            .filter(|t| {
+                !entry.info.interfaces.iter().any(|i| {
+                    i.target.as_deref() == Some(t.as_str()) || i.mac.as_deref() == Some(t.as_str())
+                })
+            })
+            .cloned()
+            .collect();
+        if gone.is_empty() {
+            return Ok(baseline);
+        }
+        let name = entry.info.name.clone();
+        let knobs: Vec<Knob> = gone
+            .iter()
+            .flat_map(|t| {
+                [Direction::Inbound, Direction::Outbound].map(|direction| Knob::Interface {
+                    target: t.clone(),
+                    direction,
+                })
+            })
+            .collect();
+        self.store.clear_baseline(uuid, &knobs)?;
+        warn!(domain = %name, targets = ?gone, "originals of interfaces the domain no longer has dropped");
+        self.record(Event {
+            time: now,
+            domain: name,
+            reason: format!(
+                "the domain no longer has interface(s) {}: their recorded originals are dropped",
+                gone.join(", ")
+            ),
+            result: "baseline_dropped".into(),
+            ..Default::default()
+        })?;
+        Ok(self.store.baseline(uuid)?)
     }
 
     /// A manual activation whose persona no longer fits the domain (its tags
