@@ -167,21 +167,25 @@ pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
         Err(e) => server_error(e),
     };
     match cmd {
-        Command::Health if !hv.is_connected() => Reply::Err {
-            status: 503,
-            message: format!("libvirt at {} is not reachable; reconnecting", hv.uri()),
+        // not ok (503, with the reason) while libvirt is unreachable, the store
+        // fails or the daemon only observes
+        Command::Health => match rec.health_problem() {
+            _ if !hv.is_connected() => Reply::Err {
+                status: 503,
+                message: format!("libvirt at {} is not reachable; reconnecting", hv.uri()),
+            },
+            Some(problem) => Reply::Err {
+                status: 503,
+                message: problem,
+            },
+            None => Reply::Ok(json!({
+                "status": "ok",
+                "libvirt": "connected",
+                "uri": hv.uri(),
+                "version": crate::VERSION,
+                "ticks": rec.ticks(),
+            })),
         },
-        Command::Health if rec.health_problem().is_some() => Reply::Err {
-            status: 503,
-            message: rec.health_problem().unwrap_or_default(),
-        },
-        Command::Health => Reply::Ok(json!({
-            "status": "ok",
-            "libvirt": if hv.is_connected() { "connected" } else { "disconnected" },
-            "uri": hv.uri(),
-            "version": crate::VERSION,
-            "ticks": rec.ticks(),
-        })),
         Command::ListDomains => Reply::Ok(Value::Array(
             rec.statuses().iter().map(status_json).collect(),
         )),
