@@ -21,7 +21,7 @@ use crate::hypervisor::{
     ApplyScope, DomainInfo, Hypervisor, HypervisorError, ReadScope, StatGroups,
 };
 use crate::model::persona::{Metric, Persona};
-use crate::model::tuning::{Change, Direction, Knob, Tuning};
+use crate::model::tuning::{Change, DefinitionOriginal, Direction, Knob, Tuning};
 use crate::planner::plan;
 use crate::rules::{candidates, decide, Decision, Inputs, Override, Reason, RuleState, Signals};
 use crate::store::{Event, Skipped, StateStore, StoreError, Worn};
@@ -58,6 +58,10 @@ pub struct DomainEntry {
     /// Its record in the state store does not decode: left alone (no decision,
     /// no change) until that is repaired, while every other domain goes on.
     quarantined: Option<String>,
+    /// The store holds originals of its persistent definition (a persona that
+    /// persists wrote it): the definition goes back to them once no persona
+    /// that persists those knobs is worn.
+    definition_recorded: bool,
 }
 
 /// A domain's state for listings (`virt-persona list`, the API).
@@ -539,6 +543,16 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                         }
                         Err(e) => return Err(e.into()),
                     }
+                    let definition_recorded = match self.store.definition(&info.uuid) {
+                        Ok(d) => !d.is_empty(),
+                        Err(StoreError::Corrupt { key, message }) => {
+                            quarantined = Some(format!(
+                                "its record in the state store ({key}) is damaged: {message}"
+                            ));
+                            false
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
                     let cands = candidates(&self.personas, &info);
                     self.collector
                         .set_keep_for(&info.uuid, longest_window(&cands));
@@ -560,6 +574,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                             needs_attention: None,
                             worn_persist,
                             quarantined,
+                            definition_recorded,
                         },
                     );
                 }
@@ -719,7 +734,9 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         let Some(entry) = self.domains.get_mut(uuid) else {
             return Ok(());
         };
-        let needs_work = changed || verify_due || (to.is_none() && baseline != Tuning::default());
+        let needs_work = changed
+            || verify_due
+            || (to.is_none() && (baseline != Tuning::default() || entry.definition_recorded));
         if !needs_work {
             entry.last_decision = Some(decision);
             self.thresholds(uuid, persona.as_deref(), now)?;
@@ -791,6 +808,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             // baseline records of knobs that are back at their original values
             entry.skipped = skipped.clone();
             self.finish(uuid, &from, &to, now, &reason, &changes, persona.as_deref())?;
+            self.settle_definition(uuid, persona.as_deref(), now)?;
             if changed {
                 report.transitions += 1;
                 self.record(Event {
@@ -825,11 +843,40 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             })
             .collect();
         self.store.record_baseline(uuid, &originals)?;
-        // leaving a persisted persona restores the definition too, even when
-        // that persona was removed meanwhile
-        let persist = persona.as_ref().map(|p| p.persist).unwrap_or(false)
-            || self.domains.get(uuid).is_some_and(|e| e.worn_persist);
-        let scope = if persist {
+        // a persona that persists writes the definition too: what the
+        // definition said first is durable before it does, so that leaving the
+        // persona brings the definition back exactly (see settle_definition)
+        let persist = persona.as_ref().is_some_and(|p| p.persist);
+        let mut fresh_definition: Vec<DefinitionOriginal> = Vec::new();
+        if persist && entry.info.persistent {
+            let recorded = self.store.definition(uuid)?;
+            let wanted: Vec<&Change> = changes
+                .iter()
+                .filter(|c| !recorded.iter().any(|r| r.knob == c.knob))
+                .collect();
+            if !wanted.is_empty() {
+                let defined = self.hv.tuning(&name, ReadScope::Config)?;
+                fresh_definition = wanted
+                    .iter()
+                    .map(|c| DefinitionOriginal {
+                        knob: c.knob.clone(),
+                        value: defined.get(&c.knob),
+                    })
+                    .collect();
+                self.store.record_definition(uuid, &fresh_definition)?;
+                if let Some(e) = self.domains.get_mut(uuid) {
+                    e.definition_recorded = true;
+                }
+            }
+        }
+        // state from before definition originals were recorded: the persisted
+        // knobs go back in the definition the old way, to the live originals
+        let legacy = !persist
+            && self
+                .domains
+                .get(uuid)
+                .is_some_and(|e| e.worn_persist && !e.definition_recorded);
+        let scope = if persist || legacy {
             ApplyScope::LiveAndConfig
         } else {
             ApplyScope::Live
@@ -868,7 +915,18 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         let planned = changes.clone();
         let changes: Vec<Change> = done.iter().map(|c| (*c).clone()).collect();
         if let Some((bad, err)) = failure {
-            let stuck = self.roll_back(&name, &current, &changes, scope);
+            let mut stuck = self.roll_back(&name, &current, &changes, scope);
+            // the definition goes back to what it said, not to the live values
+            if !fresh_definition.is_empty() {
+                let knobs: Vec<Knob> = fresh_definition.iter().map(|o| o.knob.clone()).collect();
+                match self.hv.restore_definition(&name, &fresh_definition) {
+                    Ok(()) => self.store.clear_definition(uuid, &knobs)?,
+                    Err(e) => {
+                        warn!(domain = %name, error = %e, "restoring the definition after a failed transition failed");
+                        stuck.extend(knobs.into_iter().map(|k| (k, e.to_string())));
+                    }
+                }
+            }
             let message = format!("{}: {err}", bad.knob);
             let entry = self.domains.get_mut(uuid).expect("entry exists");
             entry.rules = previous;
@@ -928,6 +986,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             e.skipped = skipped.clone();
         }
         self.finish(uuid, &from, &to, now, &reason, &changes, persona.as_deref())?;
+        self.settle_definition(uuid, persona.as_deref(), now)?;
         if !changed && changes.is_empty() {
             // a verify that only learned a knob is unsupported: nothing drifted
             return self.thresholds(uuid, persona.as_deref(), now);
@@ -1036,6 +1095,90 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             result: "override_ended".into(),
             ..Default::default()
         })
+    }
+
+    /// Brings the persistent definition back to its recorded originals for
+    /// every knob the worn persona does not persist (none, when it does not
+    /// persist or nothing is worn), and drops those records. A failure keeps
+    /// them, marks the domain as needing attention and is retried next tick.
+    fn settle_definition(
+        &mut self,
+        uuid: &str,
+        persona: Option<&Persona>,
+        now: Millis,
+    ) -> Result<(), TickError> {
+        let Some(entry) = self.domains.get(uuid) else {
+            return Ok(());
+        };
+        if !entry.definition_recorded {
+            return Ok(());
+        }
+        let info = entry.info.clone();
+        let kept: Vec<Knob> = persona
+            .filter(|p| p.persist)
+            .map(|p| {
+                p.tuning
+                    .resolve(&info)
+                    .changes()
+                    .into_iter()
+                    .map(|c| c.knob)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let recorded = self.store.definition(uuid)?;
+        let back: Vec<DefinitionOriginal> = recorded
+            .iter()
+            .filter(|o| !kept.contains(&o.knob))
+            .cloned()
+            .collect();
+        if back.is_empty() {
+            return Ok(());
+        }
+        let knobs: Vec<Knob> = back.iter().map(|o| o.knob.clone()).collect();
+        match self.hv.restore_definition(&info.name, &back) {
+            Ok(()) => {
+                self.store.clear_definition(uuid, &knobs)?;
+                let left = recorded.len() - back.len();
+                if let Some(e) = self.domains.get_mut(uuid) {
+                    e.definition_recorded = left > 0;
+                }
+                let what: Vec<String> = back.iter().map(|o| o.to_string()).collect();
+                debug!(domain = %info.name, restored = ?what, "persistent definition restored");
+                Ok(())
+            }
+            Err(e) => {
+                let names: Vec<String> = knobs.iter().map(Knob::to_string).collect();
+                warn!(domain = %info.name, error = %e, "restoring the persistent definition failed; retried next tick");
+                let first = self
+                    .domains
+                    .get(uuid)
+                    .is_some_and(|d| d.needs_attention.is_none());
+                if let Some(d) = self.domains.get_mut(uuid) {
+                    d.needs_attention = Some(format!(
+                        "the persistent definition is not back at its original for {}: {e}; retried every tick",
+                        names.join(", ")
+                    ));
+                    d.last_error = Some(e.to_string());
+                }
+                if first {
+                    let worn = persona.map(|p| p.id.clone());
+                    self.record(Event {
+                        time: now,
+                        domain: info.name.clone(),
+                        from: worn.clone(),
+                        to: worn,
+                        reason: format!(
+                            "restoring the persistent definition of {} failed; its originals are kept and restored later",
+                            names.join(", ")
+                        ),
+                        result: "rollback_failed".into(),
+                        error: Some(e.to_string()),
+                        ..Default::default()
+                    })?;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// Undoes `done`, newest first, to the values read before the transition.
@@ -1224,35 +1367,45 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             .collect();
         for uuid in uuids {
             let baseline = self.store.baseline(&uuid)?;
-            if baseline == Tuning::default() {
+            let definition = self.store.definition(&uuid)?;
+            if baseline == Tuning::default() && definition.is_empty() {
                 continue;
             }
             let e = &self.domains[&uuid];
             let name = e.info.name.clone();
             let from = e.rules.worn.as_ref().map(|w| w.0.clone());
-            let scope = if e.worn_persist {
+            // the definition goes back to its own originals; state from before
+            // they were recorded takes the live originals, as it used to
+            let scope = if e.worn_persist && definition.is_empty() {
                 ApplyScope::LiveAndConfig
             } else {
                 ApplyScope::Live
             };
             let mut error = None;
+            let mut fail = |what: String, e: HypervisorError| {
+                let msg = format!("{what}: {e}");
+                error = Some(match error.take() {
+                    Some(prev) => format!("{prev}; {msg}"),
+                    None => msg,
+                });
+            };
             let mut changes = Vec::new();
             match self.hv.tuning(&name, ReadScope::Current) {
-                Err(e) => error = Some(e.to_string()),
+                Err(e) => fail("reading its tuning".into(), e),
                 Ok(current) => {
                     for c in plan(&current, &baseline) {
                         match self.hv.apply(&name, &c, scope) {
                             Ok(()) => changes.push(c),
                             // the others are still worth restoring
-                            Err(e) => {
-                                let msg = format!("{}: {e}", c.knob);
-                                error = Some(match error {
-                                    Some(prev) => format!("{prev}; {msg}"),
-                                    None => msg,
-                                });
-                            }
+                            Err(e) => fail(c.knob.to_string(), e),
                         }
                     }
+                }
+            }
+            if !definition.is_empty() {
+                match self.hv.restore_definition(&name, &definition) {
+                    Ok(()) => self.store.set_definition(&uuid, &[])?,
+                    Err(e) => fail("persistent definition".into(), e),
                 }
             }
             let result = if let Some(err) = &error {

@@ -10,7 +10,7 @@ use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefiniti
 use serde::{Deserialize, Serialize};
 
 use crate::collector::Millis;
-use crate::model::tuning::{Change, Knob, Tuning};
+use crate::model::tuning::{Change, DefinitionOriginal, Knob, Tuning};
 use crate::rules::Override;
 
 /// A knob a transition left alone because this host cannot apply it at all.
@@ -74,6 +74,36 @@ pub trait StateStore: Send {
     fn record_baseline(&mut self, uuid: &str, originals: &[Change]) -> Result<()>;
     /// Drops the records of these knobs (they are back at their original values).
     fn clear_baseline(&mut self, uuid: &str, knobs: &[Knob]) -> Result<()>;
+    /// What the persistent definition said, before a persona that persists
+    /// wrote it, for each knob such a persona changed.
+    fn definition(&self, uuid: &str) -> Result<Vec<DefinitionOriginal>>;
+    /// Replaces those records (an empty list removes them).
+    fn set_definition(&mut self, uuid: &str, originals: &[DefinitionOriginal]) -> Result<()>;
+    /// Adds definition originals for knobs without one yet (the first one
+    /// recorded is the true original, as for [`StateStore::record_baseline`]).
+    fn record_definition(&mut self, uuid: &str, originals: &[DefinitionOriginal]) -> Result<()> {
+        let mut all = self.definition(uuid)?;
+        let before = all.len();
+        for o in originals {
+            if !all.iter().any(|a| a.knob == o.knob) {
+                all.push(o.clone());
+            }
+        }
+        if all.len() == before {
+            return Ok(());
+        }
+        self.set_definition(uuid, &all)
+    }
+    /// Drops the definition originals of knobs the definition is back at.
+    fn clear_definition(&mut self, uuid: &str, knobs: &[Knob]) -> Result<()> {
+        let mut all = self.definition(uuid)?;
+        let before = all.len();
+        all.retain(|a| !knobs.contains(&a.knob));
+        if all.len() == before {
+            return Ok(());
+        }
+        self.set_definition(uuid, &all)
+    }
     fn worn(&self, uuid: &str) -> Result<Option<Worn>>;
     fn set_worn(&mut self, uuid: &str, worn: Option<&Worn>) -> Result<()>;
     fn override_(&self, uuid: &str) -> Result<Option<Override>>;
@@ -146,6 +176,7 @@ const CACHE_BYTES: usize = 1 << 20;
 #[derive(Debug, Default, Clone)]
 pub struct MemoryStore {
     baselines: HashMap<String, Tuning>,
+    definitions: HashMap<String, Vec<DefinitionOriginal>>,
     worn: HashMap<String, Worn>,
     overrides: HashMap<String, Override>,
     events: Vec<Event>,
@@ -166,6 +197,18 @@ impl StateStore for MemoryStore {
             self.baselines.remove(uuid);
         } else {
             self.baselines.insert(uuid.to_string(), t);
+        }
+        Ok(())
+    }
+    fn definition(&self, uuid: &str) -> Result<Vec<DefinitionOriginal>> {
+        Ok(self.definitions.get(uuid).cloned().unwrap_or_default())
+    }
+    fn set_definition(&mut self, uuid: &str, originals: &[DefinitionOriginal]) -> Result<()> {
+        if originals.is_empty() {
+            self.definitions.remove(uuid);
+        } else {
+            self.definitions
+                .insert(uuid.to_string(), originals.to_vec());
         }
         Ok(())
     }
@@ -212,6 +255,7 @@ impl StateStore for MemoryStore {
     }
     fn forget(&mut self, uuid: &str) -> Result<()> {
         self.baselines.remove(uuid);
+        self.definitions.remove(uuid);
         self.worn.remove(uuid);
         self.overrides.remove(uuid);
         Ok(())
@@ -220,6 +264,8 @@ impl StateStore for MemoryStore {
 
 const BASELINES: TableDefinition<&str, &[u8]> = TableDefinition::new("baselines");
 const WORN: TableDefinition<&str, &[u8]> = TableDefinition::new("worn");
+/// Per domain: the persistent definition's originals ([`DefinitionOriginal`]).
+const DEFINITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("definitions");
 const OVERRIDES: TableDefinition<&str, &[u8]> = TableDefinition::new("overrides");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// (domain, event number): a domain's history without reading everyone's.
@@ -272,6 +318,7 @@ impl RedbStore {
         {
             tx.open_table(BASELINES).map_err(|e| open_err(&e))?;
             tx.open_table(WORN).map_err(|e| open_err(&e))?;
+            tx.open_table(DEFINITIONS).map_err(|e| open_err(&e))?;
             tx.open_table(OVERRIDES).map_err(|e| open_err(&e))?;
             let events = tx.open_table(EVENTS).map_err(|e| open_err(&e))?;
             let mut index = tx.open_table(EVENTS_BY_DOMAIN).map_err(|e| open_err(&e))?;
@@ -397,6 +444,18 @@ impl StateStore for RedbStore {
             self.put(BASELINES, uuid, Some(&to_json(&t)?))
         }
     }
+    fn definition(&self, uuid: &str) -> Result<Vec<DefinitionOriginal>> {
+        match self.get(DEFINITIONS, uuid)? {
+            Some(b) => from_json(uuid, &b),
+            None => Ok(Vec::new()),
+        }
+    }
+    fn set_definition(&mut self, uuid: &str, originals: &[DefinitionOriginal]) -> Result<()> {
+        if originals.is_empty() {
+            return self.put(DEFINITIONS, uuid, None);
+        }
+        self.put(DEFINITIONS, uuid, Some(&to_json(&originals)?))
+    }
     fn worn(&self, uuid: &str) -> Result<Option<Worn>> {
         self.get(WORN, uuid)?
             .map(|b| from_json(uuid, &b))
@@ -486,6 +545,7 @@ impl StateStore for RedbStore {
     }
     fn forget(&mut self, uuid: &str) -> Result<()> {
         self.put(BASELINES, uuid, None)?;
+        self.put(DEFINITIONS, uuid, None)?;
         self.put(WORN, uuid, None)?;
         self.put(OVERRIDES, uuid, None)
     }

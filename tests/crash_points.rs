@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use virt_persona::hypervisor::fake::FakeHypervisor;
 use virt_persona::hypervisor::{DomainStats, Hypervisor, ReadScope};
-use virt_persona::model::tuning::{Change, Knob, Tuning, MEMORY_UNLIMITED_KIB};
+use virt_persona::model::tuning::{Change, DefinitionOriginal, Knob, Tuning, MEMORY_UNLIMITED_KIB};
 use virt_persona::model::validate::parse_persona;
 use virt_persona::reconciler::Reconciler;
 use virt_persona::rules::Override;
@@ -27,6 +27,16 @@ fn original() -> Tuning {
         memory_hard_limit: Some(MEMORY_UNLIMITED_KIB),
         memory_soft_limit: Some(MEMORY_UNLIMITED_KIB),
         ..Default::default()
+    }
+}
+
+/// The persistent definition before anything: no `<shares>`, a soft limit of
+/// its own (for the personas that persist).
+fn definition_original() -> Tuning {
+    Tuning {
+        cpu_shares: None,
+        memory_soft_limit: Some(2 << 20),
+        ..original()
     }
 }
 
@@ -54,6 +64,12 @@ impl StateStore for Crashy {
     }
     fn clear_baseline(&mut self, uuid: &str, k: &[Knob]) -> Result<()> {
         self.inner.clear_baseline(uuid, k)
+    }
+    fn definition(&self, uuid: &str) -> Result<Vec<DefinitionOriginal>> {
+        self.inner.definition(uuid)
+    }
+    fn set_definition(&mut self, uuid: &str, o: &[DefinitionOriginal]) -> Result<()> {
+        self.inner.set_definition(uuid, o)
     }
     fn worn(&self, uuid: &str) -> Result<Option<Worn>> {
         self.inner.worn(uuid)
@@ -91,6 +107,8 @@ enum Point {
 
 struct Run {
     hv: Arc<FakeHypervisor>,
+    /// The persona persists: the definition must end exactly right too.
+    persist: bool,
     cpu_ns: u64,
     now: i64,
 }
@@ -118,25 +136,47 @@ impl Run {
             crash_on_event: false,
         };
         let mut r = Reconciler::new(self.hv.clone(), store, Duration::from_secs(30));
+        let text = if self.persist {
+            format!("persist = true\n{HOT}")
+        } else {
+            HOT.to_string()
+        };
         r.set_personas(vec![Arc::new(
-            parse_persona(HOT, Path::new("hot.toml")).unwrap(),
+            parse_persona(&text, Path::new("hot.toml")).unwrap(),
         )]);
         r
     }
     fn tuning(&self) -> Tuning {
         self.hv.tuning("web-1", ReadScope::Current).unwrap()
     }
+    /// The persistent definition, and what it must be at the baseline and
+    /// with the persona worn (it follows the live values unless it persists).
+    fn definition(&self) -> (Tuning, Tuning, Tuning) {
+        let now = self.hv.tuning("web-1", ReadScope::Config).unwrap();
+        if self.persist {
+            (now, definition_original(), worn_values())
+        } else {
+            (now, definition_original(), definition_original())
+        }
+    }
 }
 
-fn crash_and_restart(point: Point, busy_after: bool) {
-    let dir = tempfile::tempdir().unwrap();
+fn new_run(persist: bool) -> (Arc<FakeHypervisor>, Run) {
     let hv = Arc::new(FakeHypervisor::new(4));
     hv.add_domain(FakeHypervisor::simple_domain("web-1", 1), original());
-    let mut run = Run {
+    hv.set_definition("web-1", definition_original());
+    let run = Run {
         hv: hv.clone(),
+        persist,
         cpu_ns: 0,
         now: 1_000_000,
     };
+    (hv, run)
+}
+
+fn crash_and_restart(point: Point, busy_after: bool, persist: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let (hv, mut run) = new_run(persist);
     let mut r = run.daemon(dir.path());
     run.tick(&mut r, 0.0);
     run.tick(&mut r, 0.0);
@@ -164,11 +204,16 @@ fn crash_and_restart(point: Point, busy_after: bool) {
         run.tick(&mut r2, load);
     }
     let t = run.tuning();
+    let (def, def_original, def_worn) = run.definition();
     if busy_after {
         assert_eq!(
             t,
             worn_values(),
             "{point:?} (crashed at {at_crash:?}): exactly the persona"
+        );
+        assert_eq!(
+            def, def_worn,
+            "{point:?} persist={persist}: the definition too"
         );
     } else {
         assert_eq!(
@@ -176,13 +221,20 @@ fn crash_and_restart(point: Point, busy_after: bool) {
             original(),
             "{point:?} (crashed at {at_crash:?}): exactly the baseline"
         );
+        assert_eq!(
+            def, def_original,
+            "{point:?} persist={persist}: the definition too"
+        );
     }
     for _ in 0..6 {
         run.tick(&mut r2, 0.0);
     }
     assert_eq!(run.tuning(), original(), "{point:?}: back at the baseline");
+    let (def, def_original, _) = run.definition();
+    assert_eq!(def, def_original, "{point:?}: the definition as it was");
     let uuid = hv.domain("web-1").unwrap().uuid;
     assert_eq!(r2.store().baseline(&uuid).unwrap(), Tuning::default());
+    assert!(r2.store().definition(&uuid).unwrap().is_empty());
     let restores = r2
         .store()
         .events(Some("web-1"), 0)
@@ -209,7 +261,57 @@ fn a_crash_at_any_point_ends_exactly_at_the_persona_or_the_baseline() {
         Point::BeforeEventWrite,
     ] {
         for busy_after in [true, false] {
-            crash_and_restart(point, busy_after);
+            for persist in [false, true] {
+                crash_and_restart(point, busy_after, persist);
+            }
         }
     }
+}
+
+/// A persona that persists is worn, the load goes, and the daemon dies while
+/// it writes the definition back (after the live values): the next daemon
+/// brings the definition back exactly, once.
+#[test]
+fn a_crash_while_the_definition_is_restored_ends_with_the_definition_as_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hv, mut run) = new_run(true);
+    let mut r = run.daemon(dir.path());
+    run.tick(&mut r, 0.0);
+    run.tick(&mut r, 1.0);
+    assert_eq!(run.tuning(), worn_values());
+    // the revert: three live writes, then the definition restore dies
+    hv.crash_at_apply(3);
+    let died = catch_unwind(AssertUnwindSafe(|| {
+        for _ in 0..10 {
+            run.tick(&mut r, 0.0);
+        }
+    }));
+    assert!(died.is_err(), "the injected crash happened");
+    drop(r);
+    assert_eq!(
+        run.tuning(),
+        original(),
+        "live was restored before the crash"
+    );
+    assert_eq!(run.definition().0, worn_values(), "the definition was not");
+    let mut r2 = run.daemon(dir.path());
+    hv.clear_calls();
+    for _ in 0..4 {
+        run.tick(&mut r2, 0.0);
+    }
+    assert_eq!(run.tuning(), original());
+    assert_eq!(run.definition().0, definition_original());
+    let restores = hv
+        .calls()
+        .iter()
+        .filter(|c| {
+            matches!(
+                c,
+                virt_persona::hypervisor::fake::Call::RestoreDefinition(..)
+            )
+        })
+        .count();
+    assert_eq!(restores, 1, "the definition restored exactly once");
+    let uuid = hv.domain("web-1").unwrap().uuid;
+    assert!(r2.store().definition(&uuid).unwrap().is_empty());
 }

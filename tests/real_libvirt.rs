@@ -211,6 +211,73 @@ fn config_scope_writes_the_persistent_definition_only() {
     );
 }
 
+/// What the definition does not set reads as not set from CONFIG, and
+/// restoring "not set" removes the element again: after a persona wrote
+/// `<shares>`, `<soft_limit>`, a `<vcpupin>` and a device throttle into the
+/// definition, the restore gives back the very same XML.
+#[test]
+fn restore_definition_gives_back_the_definition_exactly() {
+    use virt_persona::model::tuning::DefinitionOriginal;
+    let g = Guest::boot("defrestore", 1);
+    let hv = common::real();
+    let before_xml = g.definition_xml();
+    let def = hv.tuning(&g.name, ReadScope::Config).unwrap();
+    let (dev, _) = common::host_block_device();
+    assert_eq!(
+        (def.cpu_shares, def.memory_soft_limit, def.vcpu_pin.get(&0)),
+        (None, None, None),
+        "the fixture's definition sets none of them: {def:?}"
+    );
+    assert!(!def.blkio_devices.contains_key(&dev), "{def:?}");
+    let persona = [
+        change(Knob::CpuShares, KnobValue::Unsigned(3000)),
+        change(Knob::MemorySoftLimit, KnobValue::Unsigned(8 << 10)),
+        change(
+            Knob::VcpuPin { vcpu: 0 },
+            KnobValue::CpuSet("0".parse().unwrap()),
+        ),
+        change(
+            Knob::BlkioDevice {
+                path: dev.clone(),
+                field: BlkioField::ReadIops,
+            },
+            KnobValue::Unsigned(2000),
+        ),
+    ];
+    let originals: Vec<DefinitionOriginal> = persona
+        .iter()
+        .map(|c| DefinitionOriginal {
+            knob: c.knob.clone(),
+            value: def.get(&c.knob),
+        })
+        .collect();
+    for c in &persona {
+        hv.apply(&g.name, c, ApplyScope::LiveAndConfig)
+            .unwrap_or_else(|e| panic!("{c}: {e}"));
+    }
+    let worn_xml = g.definition_xml();
+    assert!(worn_xml.contains("<shares>3000</shares>"), "{worn_xml}");
+    assert!(worn_xml.contains("soft_limit"), "{worn_xml}");
+    assert!(worn_xml.contains("<read_iops_sec>2000"), "{worn_xml}");
+    let worn = hv.tuning(&g.name, ReadScope::Config).unwrap();
+    assert_eq!(worn.cpu_shares, Some(3000));
+
+    hv.restore_definition(&g.name, &originals).unwrap();
+    assert_eq!(
+        g.definition_xml(),
+        before_xml,
+        "the definition is exactly as it was"
+    );
+    // the running domain keeps what it has: only the definition was restored
+    assert_eq!(
+        hv.tuning(&g.name, ReadScope::Current).unwrap().cpu_shares,
+        Some(3000)
+    );
+    // restoring again changes nothing and does not fail
+    hv.restore_definition(&g.name, &originals).unwrap();
+    assert_eq!(g.definition_xml(), before_xml);
+}
+
 #[test]
 fn live_interface_bandwidth_applies_or_fails_cleanly_and_config_works() {
     let g = Guest::boot("iftune", 1);

@@ -611,7 +611,9 @@ fn what_the_host_cannot_apply_is_skipped_or_refuses_a_persona_that_requires_it()
 
 /// The throttle a nightly-backup persona puts on a device the domain had no
 /// throttle for is removed when the persona lets go: "absent" is restored as
-/// absent, read back through libvirt and the cgroup file.
+/// absent, read back through libvirt and the cgroup file. The persona
+/// persists: the definition it wrote (`<shares>` and a throttle the
+/// definition never had) is given back exactly as it was.
 #[test]
 fn a_device_throttle_that_did_not_exist_is_gone_after_the_revert() {
     let g = Guest::boot("blkabsent", 1);
@@ -621,13 +623,15 @@ fn a_device_throttle_that_did_not_exist_is_gone_after_the_revert() {
     std::fs::write(
         dir.join("personas/backup.toml"),
         format!(
-            "id = \"backup\"\n[match]\nnames = [\"{}\"]\n[activation]\n[[activation.when]]\nsignal = \"{signal}\"\nabove = 0\n[tuning]\nblkio_weight = 777\n[[tuning.blkio_device]]\npath = \"{dev}\"\nread_iops = 2000\n",
+            "id = \"backup\"\npersist = true\n[match]\nnames = [\"{}\"]\n[activation]\n[[activation.when]]\nsignal = \"{signal}\"\nabove = 0\n[tuning]\ncpu_shares = 3000\nblkio_weight = 777\n[[tuning.blkio_device]]\npath = \"{dev}\"\nread_iops = 2000\n",
             g.name
         ),
     )
     .unwrap();
     let hv = common::real();
     let before = hv.tuning(&g.name, ReadScope::Current).unwrap();
+    let before_xml = g.definition_xml();
+    assert!(!before_xml.contains("<shares>"), "{before_xml}");
     assert!(
         !before.blkio_devices.contains_key(&dev),
         "no throttle on {dev} to begin with: {before:?}"
@@ -652,6 +656,9 @@ fn a_device_throttle_that_did_not_exist_is_gone_after_the_revert() {
     });
     let on = hv.tuning(&g.name, ReadScope::Current).unwrap();
     assert_eq!(on.blkio_devices[&dev].read_iops, Some(2000));
+    let on_xml = g.definition_xml();
+    assert!(on_xml.contains("<shares>3000</shares>"), "{on_xml}");
+    assert!(on_xml.contains("<read_iops_sec>2000"), "{on_xml}");
     let cg = g.cgroup_dir("blkio");
     if let Some(cg) = &cg {
         let f = common::read_trim(&cg.join("blkio.throttle.read_iops_device"));
@@ -661,6 +668,13 @@ fn a_device_throttle_that_did_not_exist_is_gone_after_the_revert() {
     wait_for("the baseline", 60, || d.persona(&g.name).is_none());
     let after = hv.tuning(&g.name, ReadScope::Current).unwrap();
     assert_eq!(after, before, "exactly as before, the throttle removed");
+    // the definition's restore follows the live one in the same tick
+    assert_eq!(
+        g.definition_xml(),
+        before_xml,
+        "the definition exactly as before: no <shares>, no throttle\n{}",
+        d.log()
+    );
     if let Some(cg) = &cg {
         let f = common::read_trim(&cg.join("blkio.throttle.read_iops_device"));
         assert!(!f.contains(&majmin), "cgroup throttle gone: {f}");

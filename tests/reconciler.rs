@@ -7,7 +7,7 @@ use std::time::Duration;
 use virt_persona::hypervisor::fake::{Call, FakeHypervisor};
 use virt_persona::hypervisor::{DomainStats, Hypervisor, ReadScope};
 use virt_persona::model::persona::Persona;
-use virt_persona::model::tuning::{Change, Knob, KnobValue, Tuning};
+use virt_persona::model::tuning::{Change, DefinitionOriginal, Knob, KnobValue, Tuning};
 use virt_persona::model::validate::parse_persona;
 use virt_persona::reconciler::Reconciler;
 use virt_persona::store::{MemoryStore, StateStore};
@@ -795,6 +795,16 @@ impl StateStore for Damaged {
     fn clear_baseline(&mut self, uuid: &str, k: &[Knob]) -> virt_persona::store::Result<()> {
         self.inner.clear_baseline(uuid, k)
     }
+    fn definition(&self, uuid: &str) -> virt_persona::store::Result<Vec<DefinitionOriginal>> {
+        self.inner.definition(uuid)
+    }
+    fn set_definition(
+        &mut self,
+        uuid: &str,
+        o: &[DefinitionOriginal],
+    ) -> virt_persona::store::Result<()> {
+        self.inner.set_definition(uuid, o)
+    }
     fn worn(&self, uuid: &str) -> virt_persona::store::Result<Option<virt_persona::store::Worn>> {
         self.inner.worn(uuid)
     }
@@ -911,37 +921,155 @@ fn observing_only_writes_nothing() {
     assert_eq!(rig.tuning().cpu_shares, Some(4096));
 }
 
-/// A persisted persona writes the definition too, and so does its revert,
-/// even when the persona file was removed meanwhile, and --revert-on-exit.
-#[test]
-fn the_revert_of_a_persisted_persona_writes_the_definition_even_once_it_is_removed() {
-    use virt_persona::hypervisor::ApplyScope;
-    let scopes = |hv: &FakeHypervisor, shares: u64| -> Vec<ApplyScope> {
-        hv.applied()
-            .into_iter()
-            .filter(|(_, c, _)| c.knob == Knob::CpuShares && c.value == KnobValue::Unsigned(shares))
-            .map(|(_, _, s)| s)
-            .collect()
-    };
-    let keep = persona("id = \"keep\"\npersist = true\n[tuning]\ncpu_shares = 3000\n");
-    // removed persona
+/// A persona that persists writes the definition too; leaving it brings the
+/// definition back to what *it* said — knobs it did not set are unset again,
+/// not given the live value — also when the persona file was removed
+/// meanwhile, when another persona that does not persist follows, and on
+/// --revert-on-exit.
+fn definition_without_shares() -> Tuning {
+    Tuning {
+        cpu_shares: None,
+        memory_soft_limit: Some(2 << 20),
+        ..original()
+    }
+}
+
+fn persisted_rig(personas: Vec<Arc<Persona>>) -> Rig {
     let mut rig = Rig::new(MemoryStore::default());
-    rig.r.set_personas(vec![keep.clone()]);
+    rig.hv.set_definition("web-1", definition_without_shares());
+    rig.r.set_personas(personas);
+    rig
+}
+
+const KEEP: &str =
+    "id = \"keep\"\npersist = true\n[tuning]\ncpu_shares = 3000\nmemory_soft_limit = \"1 GiB\"\n";
+
+#[test]
+fn the_revert_of_a_persisted_persona_restores_the_definition_even_once_it_is_removed() {
+    use virt_persona::hypervisor::ApplyScope;
+    let mut rig = persisted_rig(vec![persona(KEEP)]);
     rig.second(0.0);
-    assert_eq!(scopes(&rig.hv, 3000), [ApplyScope::LiveAndConfig]);
+    let def = rig.hv.definition("web-1").unwrap();
+    assert_eq!(
+        (def.cpu_shares, def.memory_soft_limit),
+        (Some(3000), Some(1 << 20)),
+        "the persona reached the definition"
+    );
+    assert_eq!(
+        rig.r.store().definition(&rig.uuid).unwrap(),
+        vec![
+            DefinitionOriginal {
+                knob: Knob::CpuShares,
+                value: None
+            },
+            DefinitionOriginal {
+                knob: Knob::MemorySoftLimit,
+                value: Some(KnobValue::Unsigned(2 << 20))
+            },
+        ],
+        "what the definition said is recorded before it is written"
+    );
     rig.r.set_personas(vec![]);
     rig.second(0.0);
-    assert_eq!(rig.tuning(), original());
+    assert_eq!(rig.tuning(), original(), "live back at the live originals");
     assert_eq!(
-        scopes(&rig.hv, 1024),
-        [ApplyScope::LiveAndConfig],
-        "the revert of the removed persona reached the definition"
+        rig.hv.definition("web-1").unwrap(),
+        definition_without_shares(),
+        "the definition back at its own originals: no cpu_shares, soft limit 2 GiB"
     );
-    // --revert-on-exit
-    let mut rig = Rig::new(MemoryStore::default());
-    rig.r.set_personas(vec![keep]);
+    assert!(
+        rig.hv
+            .applied()
+            .iter()
+            .filter(|(_, c, _)| c.value == KnobValue::Unsigned(1024))
+            .all(|(_, _, s)| *s == ApplyScope::Live),
+        "the live original is never written into the definition"
+    );
+    assert!(rig.r.store().definition(&rig.uuid).unwrap().is_empty());
+    // nothing left to do: no further restores
+    rig.hv.clear_calls();
+    rig.second(0.0);
+    assert!(!rig
+        .hv
+        .calls()
+        .iter()
+        .any(|c| matches!(c, Call::RestoreDefinition(..))));
+}
+
+#[test]
+fn revert_on_exit_restores_the_definition_of_a_persisted_persona() {
+    let mut rig = persisted_rig(vec![persona(KEEP)]);
     rig.second(0.0);
     let (n, failures) = rig.r.revert_all(rig.now).unwrap();
     assert_eq!((n, failures.len()), (1, 0));
-    assert_eq!(scopes(&rig.hv, 1024), [ApplyScope::LiveAndConfig]);
+    assert_eq!(rig.tuning(), original());
+    assert_eq!(
+        rig.hv.definition("web-1").unwrap(),
+        definition_without_shares()
+    );
+}
+
+#[test]
+fn a_persona_that_does_not_persist_after_one_that_did_leaves_the_definition_at_its_original() {
+    let live_only = persona("id = \"live\"\npriority = 1\n[tuning]\ncpu_shares = 500\n");
+    let keep = persona(&format!("priority = 5\n{KEEP}"));
+    let mut rig = persisted_rig(vec![keep, live_only.clone()]);
+    rig.second(0.0);
+    assert_eq!(rig.worn().as_deref(), Some("keep"));
+    rig.r.set_personas(vec![live_only]);
+    rig.second(0.0);
+    assert_eq!(rig.worn().as_deref(), Some("live"));
+    assert_eq!(rig.tuning().cpu_shares, Some(500));
+    assert_eq!(
+        rig.hv.definition("web-1").unwrap(),
+        definition_without_shares(),
+        "the live-only persona is not written into the definition, and the persisted one is gone from it"
+    );
+}
+
+#[test]
+fn a_failed_definition_restore_keeps_its_originals_and_is_retried() {
+    let mut rig = persisted_rig(vec![persona(KEEP)]);
+    rig.second(0.0);
+    rig.r.set_personas(vec![]);
+    rig.hv.fail_next_definition("web-1", "definition is locked");
+    rig.second(0.0);
+    assert_eq!(rig.tuning(), original(), "live restored");
+    let st = &rig.r.statuses()[0];
+    let attention = st.needs_attention.clone().unwrap_or_default();
+    assert!(attention.contains("persistent definition"), "{attention}");
+    assert_eq!(
+        rig.r.store().definition(&rig.uuid).unwrap().len(),
+        2,
+        "originals kept"
+    );
+    let events = rig.r.store().events(None, 0).unwrap();
+    assert!(events
+        .iter()
+        .any(|e| e.result == "rollback_failed" && e.reason.contains("cpu_shares")));
+    // the next tick tries again and succeeds
+    rig.second(0.0);
+    assert_eq!(
+        rig.hv.definition("web-1").unwrap(),
+        definition_without_shares()
+    );
+    assert!(rig.r.statuses()[0].needs_attention.is_none());
+    assert!(rig.r.store().definition(&rig.uuid).unwrap().is_empty());
+}
+
+#[test]
+fn a_failed_transition_of_a_persisted_persona_puts_the_definition_back_as_it_was() {
+    let mut rig = persisted_rig(vec![persona(KEEP)]);
+    // cpu_shares goes first and succeeds, the soft limit fails: all rolled back
+    rig.hv
+        .fail_next("web-1", Knob::MemorySoftLimit, "no memory cgroup");
+    rig.second(0.0);
+    assert_eq!(rig.worn(), None);
+    assert_eq!(rig.tuning(), original());
+    assert_eq!(
+        rig.hv.definition("web-1").unwrap(),
+        definition_without_shares(),
+        "rolled back to what the definition said, not to the live values"
+    );
+    assert!(rig.r.store().definition(&rig.uuid).unwrap().is_empty());
 }

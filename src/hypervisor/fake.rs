@@ -8,7 +8,7 @@ use super::{
     ApplyScope, DomainInfo, DomainState, DomainStats, HostInfo, Hypervisor, HypervisorError,
     HypervisorEvent, ReadScope, Result, StatGroups,
 };
-use crate::model::tuning::{Change, Knob, Tuning};
+use crate::model::tuning::{Change, DefinitionOriginal, Knob, Tuning};
 use crate::units::CpuSet;
 
 /// A recorded call.
@@ -19,6 +19,7 @@ pub enum Call {
     AllStats,
     Tuning(String),
     Apply(String, Change),
+    RestoreDefinition(String, Vec<DefinitionOriginal>),
     SetTags(String, Vec<String>),
     Host,
 }
@@ -26,11 +27,16 @@ pub enum Call {
 #[derive(Default)]
 struct Inner {
     domains: BTreeMap<String, (DomainInfo, Tuning, DomainStats)>,
+    /// Each domain's persistent definition, where CONFIG writes go; a knob
+    /// it does not set is absent (`None`), as libvirt's XML leaves it out.
+    definitions: BTreeMap<String, Tuning>,
     calls: Vec<Call>,
     /// Knobs whose next apply fails with this message.
     fail: Vec<(String, Knob, String)>,
     /// Knobs whose next apply of exactly this value fails (a failing rollback).
     fail_value: Vec<(String, Change, String)>,
+    /// Domains whose next definition restore fails with this message.
+    fail_definition: Vec<(String, String)>,
     /// Knobs this fake hypervisor cannot apply at all, on any domain.
     unsupported: Vec<(Knob, String)>,
     /// Apply calls left before a simulated crash (the call panics).
@@ -38,6 +44,20 @@ struct Inner {
     /// Every successful apply with the scope it was asked for.
     applied: Vec<(String, Change, ApplyScope)>,
     subscribers: Vec<crossbeam_channel::Sender<HypervisorEvent>>,
+}
+
+impl Inner {
+    /// Panics here when a crash was armed for this call (see `crash_at_apply`).
+    fn maybe_crash(&mut self, what: &str) {
+        match self.crash_in {
+            Some(0) => {
+                self.crash_in = None;
+                panic!("injected crash before {what}");
+            }
+            Some(n) => self.crash_in = Some(n - 1),
+            None => {}
+        }
+    }
 }
 
 /// The fake. Cheap to share behind an `Arc`.
@@ -67,9 +87,17 @@ impl FakeHypervisor {
             state: Some(info.state),
             ..Default::default()
         };
-        self.lock()
-            .domains
-            .insert(info.name.clone(), (info, tuning, stats));
+        let mut g = self.lock();
+        g.definitions.insert(info.name.clone(), tuning.clone());
+        g.domains.insert(info.name.clone(), (info, tuning, stats));
+    }
+    /// Replaces a domain's persistent definition (what CONFIG reads and writes).
+    pub fn set_definition(&self, name: &str, definition: Tuning) {
+        self.lock().definitions.insert(name.to_string(), definition);
+    }
+    /// A domain's persistent definition as it is now.
+    pub fn definition(&self, name: &str) -> Option<Tuning> {
+        self.lock().definitions.get(name).cloned()
     }
     /// Replaces a domain's counters (what the next stats call returns).
     pub fn set_stats(&self, name: &str, stats: DomainStats) {
@@ -78,7 +106,9 @@ impl FakeHypervisor {
         }
     }
     pub fn remove_domain(&self, name: &str) {
-        self.lock().domains.remove(name);
+        let mut g = self.lock();
+        g.domains.remove(name);
+        g.definitions.remove(name);
     }
     /// Makes the next apply of `knob` on `domain` fail with `message`.
     pub fn fail_next(&self, domain: &str, knob: Knob, message: &str) {
@@ -86,8 +116,9 @@ impl FakeHypervisor {
             .fail
             .push((domain.to_string(), knob, message.to_string()));
     }
-    /// Simulates the daemon dying in the middle of its work: the apply call
-    /// `n` calls from now (0 = the next one) panics before changing anything.
+    /// Simulates the daemon dying in the middle of its work: the write call
+    /// (apply or definition restore) `n` calls from now (0 = the next one)
+    /// panics before changing anything.
     pub fn crash_at_apply(&self, n: usize) {
         self.lock().crash_in = Some(n);
     }
@@ -101,6 +132,12 @@ impl FakeHypervisor {
         self.lock()
             .fail_value
             .push((domain.to_string(), change, message.to_string()));
+    }
+    /// Makes the next definition restore of `domain` fail with `message`.
+    pub fn fail_next_definition(&self, domain: &str, message: &str) {
+        self.lock()
+            .fail_definition
+            .push((domain.to_string(), message.to_string()));
     }
     /// Makes every apply of `knob` fail as unsupported (a driver or host limit).
     pub fn unsupported(&self, knob: Knob, message: &str) {
@@ -167,25 +204,20 @@ impl Hypervisor for FakeHypervisor {
             .map(|d| d.2.clone())
             .collect())
     }
-    fn tuning(&self, domain: &str, _scope: ReadScope) -> Result<Tuning> {
+    fn tuning(&self, domain: &str, scope: ReadScope) -> Result<Tuning> {
         let mut g = self.lock();
         g.calls.push(Call::Tuning(domain.to_string()));
-        g.domains
-            .get(domain)
-            .map(|d| d.1.clone())
-            .ok_or_else(|| HypervisorError::NoDomain(domain.to_string()))
+        if !g.domains.contains_key(domain) {
+            return Err(HypervisorError::NoDomain(domain.to_string()));
+        }
+        Ok(match scope {
+            ReadScope::Current => g.domains[domain].1.clone(),
+            ReadScope::Config => g.definitions.get(domain).cloned().unwrap_or_default(),
+        })
     }
     fn apply(&self, domain: &str, change: &Change, scope: ApplyScope) -> Result<()> {
         let mut g = self.lock();
-        match g.crash_in {
-            Some(0) => {
-                g.crash_in = None;
-                drop(g);
-                panic!("injected crash before applying {change}");
-            }
-            Some(n) => g.crash_in = Some(n - 1),
-            None => {}
-        }
+        g.maybe_crash(&format!("applying {change}"));
         g.calls
             .push(Call::Apply(domain.to_string(), change.clone()));
         if let Some(pos) = g
@@ -223,10 +255,49 @@ impl Hypervisor for FakeHypervisor {
             .domains
             .get_mut(domain)
             .ok_or_else(|| HypervisorError::NoDomain(domain.to_string()))?;
-        d.1.set(change);
-        // as libvirt reads it back: a cleared device setting is gone
-        d.1 = std::mem::take(&mut d.1).normalized();
+        if scope != ApplyScope::Config {
+            d.1.set(change);
+            // as libvirt reads it back: a cleared device setting is gone
+            d.1 = std::mem::take(&mut d.1).normalized();
+        }
+        if scope != ApplyScope::Live {
+            let def = g.definitions.entry(domain.to_string()).or_default();
+            def.set(change);
+            *def = std::mem::take(def).normalized();
+        }
         g.applied.push((domain.to_string(), change.clone(), scope));
+        Ok(())
+    }
+    fn restore_definition(&self, domain: &str, originals: &[DefinitionOriginal]) -> Result<()> {
+        let mut g = self.lock();
+        g.maybe_crash("restoring the definition");
+        g.calls.push(Call::RestoreDefinition(
+            domain.to_string(),
+            originals.to_vec(),
+        ));
+        if let Some(pos) = g.fail_definition.iter().position(|(d, _)| d == domain) {
+            let (_, message) = g.fail_definition.remove(pos);
+            let knobs: Vec<String> = originals.iter().map(|o| o.knob.to_string()).collect();
+            return Err(HypervisorError::Knob {
+                domain: domain.to_string(),
+                knob: knobs.join(", "),
+                message,
+            });
+        }
+        if !g.domains.contains_key(domain) {
+            return Err(HypervisorError::NoDomain(domain.to_string()));
+        }
+        let def = g.definitions.entry(domain.to_string()).or_default();
+        for o in originals {
+            match &o.value {
+                Some(value) => def.set(&Change {
+                    knob: o.knob.clone(),
+                    value: value.clone(),
+                }),
+                None => def.clear(&o.knob),
+            }
+        }
+        *def = std::mem::take(def).normalized();
         Ok(())
     }
     fn set_tags(&self, domain: &str, tags: &[String]) -> Result<()> {

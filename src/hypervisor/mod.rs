@@ -10,7 +10,7 @@ pub mod libvirt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::tuning::{Change, Knob, Tuning};
+use crate::model::tuning::{Change, DefinitionOriginal, Knob, Tuning};
 use crate::units::CpuSet;
 
 /// XML namespace of virt-persona's tags in a domain's metadata (SPEC §6).
@@ -283,6 +283,11 @@ pub trait Hypervisor: Send + Sync {
     fn tuning(&self, domain: &str, scope: ReadScope) -> Result<Tuning>;
     /// Sets one knob of a running domain (and its persistent definition when asked).
     fn apply(&self, domain: &str, change: &Change, scope: ApplyScope) -> Result<()>;
+    /// Brings knobs of the persistent definition back to what it said before
+    /// (see [`DefinitionOriginal`]): a value is written to the definition only,
+    /// an original that was not set removes the knob's element from it. The
+    /// running domain is not touched.
+    fn restore_definition(&self, domain: &str, originals: &[DefinitionOriginal]) -> Result<()>;
     /// Replaces the domain's tags (SPEC §6).
     fn set_tags(&self, domain: &str, tags: &[String]) -> Result<()>;
     /// Host facts.

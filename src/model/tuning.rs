@@ -115,6 +115,16 @@ impl BlkioField {
             BlkioField::WriteBytesPerSec => d.write_bytes_per_sec = Some(v),
         }
     }
+    /// Forgets a field (not even "absent" is recorded for it).
+    pub fn clear(self, d: &mut BlkioDeviceTuning) {
+        match self {
+            BlkioField::Weight => d.weight = None,
+            BlkioField::ReadIops => d.read_iops = None,
+            BlkioField::WriteIops => d.write_iops = None,
+            BlkioField::ReadBytesPerSec => d.read_bytes_per_sec = None,
+            BlkioField::WriteBytesPerSec => d.write_bytes_per_sec = None,
+        }
+    }
 }
 
 /// Traffic direction of an interface, seen from the guest's host side as libvirt names it.
@@ -264,6 +274,26 @@ impl<'de> Deserialize<'de> for CpuSet {
     }
 }
 
+/// What a domain's persistent definition said for one knob before a persona
+/// that persists wrote it: a value, or `None` when the definition did not set
+/// the knob at all (no `<shares>` in `<cputune>`, no `<soft_limit>` …). A
+/// revert brings the definition back to exactly this, removing the element
+/// where it was absent, instead of writing the live value into it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DefinitionOriginal {
+    pub knob: Knob,
+    pub value: Option<KnobValue>,
+}
+
+impl fmt::Display for DefinitionOriginal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.value {
+            Some(v) => write!(f, "{}={v}", self.knob),
+            None => write!(f, "{}=(not set)", self.knob),
+        }
+    }
+}
+
 /// Set one knob to one value.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
@@ -372,6 +402,42 @@ impl Tuning {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Forgets the value of one knob (it reads as not set afterwards).
+    pub fn clear(&mut self, knob: &Knob) {
+        match knob {
+            Knob::VcpuPin { vcpu } => {
+                self.vcpu_pin.remove(vcpu);
+            }
+            Knob::EmulatorPin => self.emulator_pin = None,
+            Knob::CpuShares => self.cpu_shares = None,
+            Knob::VcpuPeriod => self.vcpu_period = None,
+            Knob::VcpuQuota => self.vcpu_quota = None,
+            Knob::MemoryHardLimit => self.memory_hard_limit = None,
+            Knob::MemorySoftLimit => self.memory_soft_limit = None,
+            Knob::MemorySwapHardLimit => self.memory_swap_hard_limit = None,
+            Knob::BlkioWeight => self.blkio_weight = None,
+            Knob::BlkioDevice { path, field } => {
+                if let Some(d) = self.blkio_devices.get_mut(path) {
+                    field.clear(d);
+                    if *d == BlkioDeviceTuning::default() {
+                        self.blkio_devices.remove(path);
+                    }
+                }
+            }
+            Knob::Interface { target, direction } => {
+                if let Some(i) = self.interfaces.get_mut(target) {
+                    match direction {
+                        Direction::Inbound => i.inbound = None,
+                        Direction::Outbound => i.outbound = None,
+                    }
+                    if *i == InterfaceTuning::default() {
+                        self.interfaces.remove(target);
+                    }
+                }
+            }
         }
     }
 

@@ -250,6 +250,22 @@ impl Guest {
         }
     }
 
+    /// The persistent definition as libvirt keeps it (`virsh dumpxml --inactive`).
+    pub fn definition_xml(&self) -> String {
+        let out = Command::new("virsh")
+            .args(["-c", REAL_URI, "dumpxml", "--inactive", "--security-info"])
+            .arg(&self.name)
+            .output()
+            .expect("run virsh");
+        assert!(
+            out.status.success(),
+            "virsh dumpxml {}: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn info(&self) -> DomainInfo {
         self.hv.domain(&self.name).expect("guest info")
     }

@@ -26,7 +26,9 @@ use super::{
     ApplyScope, BlockCounters, DomainInfo, DomainState, DomainStats, HostInfo, Hypervisor,
     HypervisorError, HypervisorEvent, NetCounters, ReadScope, Result, StatGroups, TAGS_NAMESPACE,
 };
-use crate::model::tuning::{Bandwidth, Change, InterfaceTuning, Knob, KnobValue, Tuning};
+use crate::model::tuning::{
+    Bandwidth, Change, DefinitionOriginal, InterfaceTuning, Knob, KnobValue, Tuning,
+};
 use crate::units::CpuSet;
 use events::Subscribers;
 
@@ -498,7 +500,73 @@ fn read_tuning(live: &Live, name: &str, scope: ReadScope) -> Result<Tuning> {
             },
         );
     }
+    if scope == ReadScope::Config {
+        // libvirt answers a default (shares 0 or 1024, all CPUs …) for what the
+        // definition does not set: an original of "not set" must read as such
+        let mut knobs = vec![
+            Knob::CpuShares,
+            Knob::VcpuPeriod,
+            Knob::VcpuQuota,
+            Knob::EmulatorPin,
+            Knob::MemoryHardLimit,
+            Knob::MemorySoftLimit,
+            Knob::MemorySwapHardLimit,
+            Knob::BlkioWeight,
+        ];
+        knobs.extend(t.vcpu_pin.keys().map(|&vcpu| Knob::VcpuPin { vcpu }));
+        let unset = xml::unset_knobs(&text, &knobs).map_err(|m| HypervisorError::Call {
+            what: format!("domain '{name}'"),
+            message: m,
+        })?;
+        for k in unset {
+            t.clear(&k);
+        }
+    }
     Ok(t.normalized())
+}
+
+/// See [`Hypervisor::restore_definition`].
+fn restore_definition(live: &Live, name: &str, originals: &[DefinitionOriginal]) -> Result<()> {
+    let dom = lookup(live, name)?;
+    let mut remove = Vec::new();
+    for o in originals {
+        let value = o.value.clone().or_else(|| o.knob.absent());
+        match value {
+            Some(value) => {
+                let change = Change {
+                    knob: o.knob.clone(),
+                    value,
+                };
+                apply_once(live, &dom, name, &change, sys::VIR_DOMAIN_AFFECT_CONFIG)?;
+            }
+            None => remove.push(o.knob.clone()),
+        }
+    }
+    if remove.is_empty() {
+        return Ok(());
+    }
+    // no call removes an element: the definition is written again without it
+    // (SECURE keeps passwords and keys that the plain XML leaves out)
+    let text = dom
+        .xml_desc(sys::VIR_DOMAIN_XML_INACTIVE | sys::VIR_DOMAIN_XML_SECURE)
+        .map_err(|e| no_domain_or(name, "reading the persistent definition", e))?;
+    let edited = xml::remove_knobs(&text, &remove).map_err(|m| HypervisorError::Call {
+        what: format!("domain '{name}'"),
+        message: m,
+    })?;
+    if edited == text {
+        return Ok(());
+    }
+    let knobs: Vec<String> = remove.iter().map(Knob::to_string).collect();
+    live.conn
+        .define_domain_xml(&edited)
+        .map_err(|e| HypervisorError::Knob {
+            domain: name.to_string(),
+            knob: knobs.join(", "),
+            message: format!("writing the definition back without them: {e}"),
+        })?;
+    debug!(domain = %name, knobs = ?knobs, "unset in the persistent definition again");
+    Ok(())
 }
 
 fn apply_change(live: &Live, name: &str, change: &Change, scope: ApplyScope) -> Result<()> {
@@ -902,6 +970,11 @@ impl Hypervisor for LibvirtHypervisor {
             }
             apply_change(live, domain, change, scope)
         })
+    }
+
+    #[instrument(skip(self, originals), level = "debug")]
+    fn restore_definition(&self, domain: &str, originals: &[DefinitionOriginal]) -> Result<()> {
+        self.with(|live| restore_definition(live, domain, originals))
     }
 
     #[instrument(skip(self), level = "debug")]

@@ -1,5 +1,5 @@
 //! Reads the parts of a libvirt domain XML that virt-persona needs, and writes
-//! the tags metadata element. Tolerant: unknown elements are ignored, a missing
+//! the tags metadata element, and removes tuning elements from a definition. Tolerant: unknown elements are ignored, a missing
 //! value is `None`, nothing panics.
 
 use quick_xml::events::{BytesStart, Event};
@@ -7,6 +7,7 @@ use quick_xml::name::ResolveResult;
 use quick_xml::NsReader;
 
 use crate::hypervisor::{DiskInfo, InterfaceInfo, TAGS_NAMESPACE};
+use crate::model::tuning::Knob;
 
 /// What the domain XML says.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -191,6 +192,131 @@ pub fn tags_element(tags: &[String]) -> String {
     s
 }
 
+/// Where a knob lives in a domain definition, for knobs that are an element
+/// of their own there: the element's path below `<domain>` and, for
+/// `<vcpupin>`, the vcpu it is for. `None` for knobs whose absence has a value
+/// libvirt's calls write (a device throttle of 0, a bandwidth of 0).
+fn element_of(knob: &Knob) -> Option<([&'static str; 2], Option<u32>)> {
+    Some(match knob {
+        Knob::CpuShares => (["cputune", "shares"], None),
+        Knob::VcpuPeriod => (["cputune", "period"], None),
+        Knob::VcpuQuota => (["cputune", "quota"], None),
+        Knob::EmulatorPin => (["cputune", "emulatorpin"], None),
+        Knob::VcpuPin { vcpu } => (["cputune", "vcpupin"], Some(*vcpu)),
+        Knob::MemoryHardLimit => (["memtune", "hard_limit"], None),
+        Knob::MemorySoftLimit => (["memtune", "soft_limit"], None),
+        Knob::MemorySwapHardLimit => (["memtune", "swap_hard_limit"], None),
+        Knob::BlkioWeight => (["blkiotune", "weight"], None),
+        Knob::BlkioDevice { .. } | Knob::Interface { .. } => return None,
+    })
+}
+
+/// The knob whose element `e` is, inside the elements `stack`, if any of `knobs`.
+fn knob_of<'k>(stack: &[Vec<u8>], e: &BytesStart<'_>, knobs: &'k [Knob]) -> Option<&'k Knob> {
+    let [top, parent] = stack else {
+        return None;
+    };
+    if top.as_slice() != b"domain" {
+        return None;
+    }
+    let local = e.local_name();
+    knobs.iter().find(|k| {
+        element_of(k).is_some_and(|([p, name], vcpu)| {
+            parent.as_slice() == p.as_bytes()
+                && local.as_ref() == name.as_bytes()
+                && vcpu.is_none_or(|v| {
+                    attr(e, b"vcpu").and_then(|a| a.trim().parse::<u32>().ok()) == Some(v)
+                })
+        })
+    })
+}
+
+/// Which of `knobs` the definition leaves unset: no element of its own for
+/// them. Knobs whose absence is a value ([`Knob::absent`]) are never listed:
+/// their value read through libvirt says whether they are set.
+pub fn unset_knobs(xml: &str, knobs: &[Knob]) -> Result<Vec<Knob>, String> {
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut stack: Vec<Vec<u8>> = Vec::new();
+    let mut unset: Vec<Knob> = knobs
+        .iter()
+        .filter(|k| element_of(k).is_some())
+        .cloned()
+        .collect();
+    loop {
+        match reader
+            .read_event()
+            .map_err(|e| format!("domain XML: {e}"))?
+        {
+            Event::Start(e) => {
+                if let Some(k) = knob_of(&stack, &e, knobs) {
+                    unset.retain(|u| u != k);
+                }
+                stack.push(e.local_name().as_ref().to_vec());
+            }
+            Event::Empty(e) => {
+                if let Some(k) = knob_of(&stack, &e, knobs) {
+                    unset.retain(|u| u != k);
+                }
+            }
+            Event::End(_) => {
+                stack.pop();
+            }
+            Event::Eof => return Ok(unset),
+            _ => {}
+        }
+    }
+}
+
+/// The definition without the elements of `knobs` (the way a definition that
+/// never set them reads). Everything else is written back as it was.
+pub fn remove_knobs(xml: &str, knobs: &[Knob]) -> Result<String, String> {
+    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut writer = quick_xml::Writer::new(Vec::with_capacity(xml.len()));
+    let mut stack: Vec<Vec<u8>> = Vec::new();
+    // depth of the element being dropped, while inside it
+    let mut skipping: Option<usize> = None;
+    loop {
+        let ev = reader
+            .read_event()
+            .map_err(|e| format!("domain XML: {e}"))?;
+        match &ev {
+            Event::Eof => break,
+            Event::Start(e) => {
+                if skipping.is_none() && knob_of(&stack, e, knobs).is_some() {
+                    skipping = Some(stack.len());
+                }
+                stack.push(e.local_name().as_ref().to_vec());
+                if skipping.is_some() {
+                    continue;
+                }
+            }
+            Event::Empty(e) => {
+                if skipping.is_some() || knob_of(&stack, e, knobs).is_some() {
+                    continue;
+                }
+            }
+            Event::End(_) => {
+                stack.pop();
+                if let Some(depth) = skipping {
+                    if stack.len() == depth {
+                        skipping = None;
+                    }
+                    continue;
+                }
+            }
+            _ => {
+                if skipping.is_some() {
+                    continue;
+                }
+            }
+        }
+        writer
+            .write_event(ev)
+            .map_err(|e| format!("domain XML: {e}"))?;
+    }
+    String::from_utf8(writer.into_inner()).map_err(|e| format!("domain XML: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,5 +374,72 @@ mod tests {
             tags_element(&["a<b".into()]),
             "<tags><tag>a&lt;b</tag></tags>"
         );
+    }
+
+    const DEF: &str = r#"<domain type='kvm'>
+  <name>d</name>
+  <memtune>
+    <soft_limit unit='KiB'>524288</soft_limit>
+  </memtune>
+  <cputune>
+    <shares>2048</shares>
+    <vcpupin vcpu='0' cpuset='1'/>
+    <vcpupin vcpu='1' cpuset='0'/>
+    <period>100000</period>
+  </cputune>
+  <devices><graphics type='vnc' passwd='s&amp;cret'/></devices>
+</domain>"#;
+
+    #[test]
+    fn unset_knobs_are_the_ones_without_an_element() {
+        let knobs = [
+            Knob::CpuShares,
+            Knob::VcpuQuota,
+            Knob::VcpuPin { vcpu: 1 },
+            Knob::VcpuPin { vcpu: 2 },
+            Knob::MemorySoftLimit,
+            Knob::MemoryHardLimit,
+            Knob::BlkioWeight,
+        ];
+        let unset = unset_knobs(DEF, &knobs).unwrap();
+        assert_eq!(
+            unset,
+            vec![
+                Knob::VcpuQuota,
+                Knob::VcpuPin { vcpu: 2 },
+                Knob::MemoryHardLimit,
+                Knob::BlkioWeight
+            ]
+        );
+    }
+
+    #[test]
+    fn removing_knobs_drops_only_their_elements() {
+        let out = remove_knobs(
+            DEF,
+            &[
+                Knob::CpuShares,
+                Knob::VcpuPin { vcpu: 1 },
+                Knob::MemorySoftLimit,
+                Knob::BlkioWeight,
+            ],
+        )
+        .unwrap();
+        assert!(!out.contains("<shares>"), "{out}");
+        assert!(!out.contains("soft_limit"), "{out}");
+        assert!(!out.contains("vcpu='1'"), "{out}");
+        assert!(out.contains("<vcpupin vcpu='0' cpuset='1'/>"), "{out}");
+        assert!(out.contains("<period>100000</period>"), "{out}");
+        // the rest, escapes included, is written back as it was
+        assert!(out.contains("passwd='s&amp;cret'"), "{out}");
+        let again = unset_knobs(&out, &[Knob::CpuShares, Knob::VcpuPin { vcpu: 0 }]).unwrap();
+        assert_eq!(again, vec![Knob::CpuShares]);
+        // nothing to remove: the same text
+        assert_eq!(remove_knobs(DEF, &[Knob::VcpuQuota]).unwrap(), DEF);
+    }
+
+    #[test]
+    fn editing_garbage_is_an_error() {
+        assert!(remove_knobs("<domain><cputune></domain>", &[Knob::CpuShares]).is_err());
     }
 }
