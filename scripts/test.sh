@@ -14,9 +14,12 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
+cargo clippy --all-targets --features failpoints --quiet -- -D warnings
 echo "== cargo test"
-# real-host test binaries boot guests; they cap themselves at two at a time
-cargo test --all-targets --no-fail-fast 2>&1 | tee /tmp/virt-persona-test.log
+# real-host test binaries boot guests; they cap themselves at two at a time.
+# failpoints: fail points compiled in (no-ops unless FAILPOINTS names them), so a
+# test can kill -9 the daemon between two knob changes
+cargo test --all-targets --features failpoints --no-fail-fast 2>&1 | tee /tmp/virt-persona-test.log
 if [ -d fuzz ]; then
   echo "== fuzz targets build"
   bash scripts/fuzz-build.sh

@@ -891,7 +891,11 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         let mut failure: Option<(Change, HypervisorError)> = None;
         for c in &changes {
             match self.hv.apply(&name, c, scope) {
-                Ok(()) => done.push(c),
+                Ok(()) => {
+                    done.push(c);
+                    // tests stop the daemon here, between two knob changes
+                    fail::fail_point!("after-knob-change");
+                }
                 Err(e) => {
                     if let HypervisorError::Unsupported { message, .. } = &e {
                         // learned for this connection: not tried again every tick

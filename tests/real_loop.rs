@@ -173,6 +173,84 @@ fn kill_9_while_worn_then_restart_restores_the_baseline_exactly_once() {
     );
 }
 
+/// `kill -9` between two knob changes of a transition (a fail point holds
+/// the daemon there; needs `--features failpoints`, which scripts/test.sh
+/// sets): the next daemon finishes the transition to exactly the persona,
+/// later restores exactly the baseline, once — live and, as the persona
+/// persists, in the definition too.
+#[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features failpoints (scripts/test.sh builds with it)"
+)]
+fn kill_9_between_two_knob_changes_ends_exactly_at_the_persona_then_the_baseline() {
+    let mut g = Guest::boot("kill9mid", 1);
+    let dir = test_dir("kill9mid");
+    std::fs::write(
+        dir.join("personas/busy.toml"),
+        format!("persist = true\n{}", busy_persona(&g.name, "busy", 1, 2500)),
+    )
+    .unwrap();
+    let hv = common::real();
+    let before = hv.tuning(&g.name, ReadScope::Current).unwrap();
+    let before_xml = g.definition_xml();
+    let worn = |t: &Tuning| {
+        (t.cpu_shares, t.memory_soft_limit, t.memory_hard_limit)
+            == (Some(2500), Some(200 << 10), Some(300 << 10))
+    };
+    // the first knob change goes through, then the loop stops for good
+    let mut d = Daemon::start_with(
+        &dir,
+        common::REAL_URI,
+        "5s",
+        &[(
+            "FAILPOINTS",
+            "after-knob-change=1*off->sleep(600000)".into(),
+        )],
+    );
+    g.set_load(Load::Spin);
+    let mut mid = Tuning::default();
+    wait_for("the first knob change", 90, || {
+        mid = hv.tuning(&g.name, ReadScope::Current).unwrap();
+        mid != before
+    });
+    assert!(!worn(&mid), "stopped half-way, not at the persona: {mid:?}");
+    d.kill9();
+    assert_eq!(
+        hv.tuning(&g.name, ReadScope::Current).unwrap(),
+        mid,
+        "half-applied after kill -9"
+    );
+
+    // still busy: the next daemon finishes the transition
+    let d2 = Daemon::start(&dir);
+    wait_for("the persona, completed", 90, || {
+        worn(&hv.tuning(&g.name, ReadScope::Current).unwrap())
+            && d2.persona(&g.name).as_deref() == Some("busy")
+    });
+    g.set_load(Load::Idle);
+    wait_for("the baseline", 90, || d2.persona(&g.name).is_none());
+    assert_eq!(
+        hv.tuning(&g.name, ReadScope::Current).unwrap(),
+        before,
+        "exactly the baseline"
+    );
+    assert_eq!(
+        g.definition_xml(),
+        before_xml,
+        "the definition exactly as it was\n{}",
+        d2.log()
+    );
+    let hist = d2.get(&format!("/v1/domains/{}/history", g.name));
+    let restores = hist
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["to"].is_null() && e["result"] == "ok")
+        .count();
+    assert_eq!(restores, 1, "restored exactly once: {hist}");
+}
+
 #[test]
 fn a_failing_knob_mid_transition_leaves_the_domain_exactly_as_before() {
     let mut g = Guest::boot("rollback", 1);

@@ -107,6 +107,9 @@ fn main() {
         // colour only for a person at a terminal, not for the journal or a log file
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    // a test build only: fail points named in FAILPOINTS (see Cargo.toml)
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     if let Err(e) = run(args) {
         eprintln!("virt-personad: error: {e}");
         for cause in e.chain().skip(1) {
