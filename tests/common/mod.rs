@@ -345,7 +345,11 @@ impl Daemon {
     pub fn start_args(dir: &Path, uri: &str, flags: &[&str], env: &[(&str, String)]) -> Daemon {
         let socket = dir.join("api.sock");
         let log = std::fs::File::create(dir.join("daemon.log")).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_virt-personad"))
+        // VP_DAEMON_BIN: another build of the daemon (benchmarks compare two)
+        let bin = std::env::var_os("VP_DAEMON_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_virt-personad")));
+        let child = Command::new(bin)
             .args(["-c", uri])
             .args(flags)
             .arg("--personas")
@@ -426,11 +430,19 @@ impl Drop for Daemon {
     }
 }
 
-/// One raw HTTP request over the daemon's unix socket: (status, body).
+/// One raw HTTP request over the daemon's unix socket: (status, body). The
+/// connection is closed after the answer (`Connection: close` is added to a
+/// request that does not say).
 pub fn http(sock: &Path, request: &str) -> (u16, String) {
     let mut s = UnixStream::connect(sock).expect("connect to the API socket");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
+    let request = match request.split_once("\r\n") {
+        Some((line, rest)) if !request.to_ascii_lowercase().contains("\r\nconnection:") => {
+            format!("{line}\r\nConnection: close\r\n{rest}")
+        }
+        _ => request.to_string(),
+    };
     // the daemon may answer (413) and close before a huge body is all written
     let _ = s.write_all(request.as_bytes());
     let mut out = String::new();
