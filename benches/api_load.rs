@@ -132,7 +132,8 @@ fn hostile(sock: &Path, pid: u32, idle: usize, slow: usize) {
         let t = Instant::now();
         let ok = UnixStream::connect(sock).is_ok_and(|mut s| {
             let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").is_ok()
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .is_ok()
                 && read_response(&mut s)
         });
         if ok {
@@ -253,7 +254,9 @@ fn main() {
         elapsed.floor()
     );
     let (rss, private) = memory_mib(d.child.id());
-    println!("daemon memory, 100 domains, after the load: RSS {rss:.1} MiB, private {private:.1} MiB");
+    println!(
+        "daemon memory, 100 domains, after the load: RSS {rss:.1} MiB, private {private:.1} MiB"
+    );
 
     let idle: usize = common::env_or("VP_IDLE", 1000);
     let slow: usize = common::env_or("VP_SLOW", 200);
@@ -272,6 +275,7 @@ fn main() {
     );
     d20.wait_until_ticks(6);
     let (rss, private) = memory_mib(d20.child.id());
-    println!("daemon memory, 20 domains, after 6 ticks: RSS {rss:.1} MiB, private {private:.1} MiB");
+    println!(
+        "daemon memory, 20 domains, after 6 ticks: RSS {rss:.1} MiB, private {private:.1} MiB"
+    );
 }
-

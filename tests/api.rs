@@ -230,7 +230,7 @@ fn routes_answer_and_refuse_as_documented() {
         ),
         (
             "PUT",
-            "/v1/signals/BAD NAME",
+            "/v1/signals/BAD%20NAME",
             "application/json",
             r#"{"value": 1}"#,
             400,
@@ -451,7 +451,7 @@ fn tcp_needs_the_bearer_token() {
         let h = auth
             .map(|a| format!("Authorization: {a}\r\n"))
             .unwrap_or_default();
-        c.write_all(format!("GET /v1/domains HTTP/1.1\r\n{h}\r\n").as_bytes())
+        c.write_all(format!("GET /v1/domains HTTP/1.1\r\nConnection: close\r\n{h}\r\n").as_bytes())
             .unwrap();
         let mut out = String::new();
         let _ = c.read_to_string(&mut out);

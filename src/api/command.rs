@@ -64,8 +64,6 @@ pub enum Command {
     },
     ListSignals,
     Metrics,
-    /// Subscribe to transition and drift events (server-sent events).
-    Subscribe,
 }
 
 /// The daemon's answer.
@@ -74,8 +72,6 @@ pub enum Reply {
     Ok(Value),
     /// Plain text (Prometheus metrics).
     Text(String),
-    /// A stream of JSON events, one per message.
-    Stream(crossbeam_channel::Receiver<Value>),
     Err {
         status: u16,
         message: String,
@@ -103,10 +99,10 @@ impl Reply {
     }
 }
 
-/// A command with the channel its reply goes back on.
+/// A command with the channel its reply goes back on (to the API's runtime).
 pub struct Envelope {
     pub command: Command,
-    pub reply: crossbeam_channel::Sender<Reply>,
+    pub reply: tokio::sync::oneshot::Sender<Reply>,
 }
 
 /// Body of `POST /v1/domains/{name}/activate`.

@@ -152,8 +152,7 @@ pub fn reload(catalog: &mut Catalog, why: &str) {
     }
 }
 
-/// Runs one command. `Metrics` and `Subscribe` belong to the daemon's loop
-/// and get a 500 here.
+/// Runs one command. `Metrics` belongs to the daemon's loop and gets a 500 here.
 pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
     rec: &mut Reconciler<H, S>,
     catalog: &mut Catalog,
@@ -318,7 +317,7 @@ pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
                 .map(|(name, s)| signal_json(name, s))
                 .collect(),
         )),
-        Command::Metrics | Command::Subscribe => server_error("answered by the daemon's loop"),
+        Command::Metrics => server_error("answered by the daemon's loop"),
     }
 }
 

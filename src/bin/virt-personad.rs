@@ -148,17 +148,31 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     rec.set_observe(observe);
 
-    let (cmd_tx, cmd_rx) = crossbeam_channel::bounded::<Envelope>(256);
+    let (cmd_tx, cmd_rx) = crossbeam_channel::bounded::<Envelope>(server::COMMAND_QUEUE);
     let shared = Arc::new(server::Shared::default());
-    if let Some(addr) = &cfg.api_listen {
-        let path = cfg.api_token_file.as_ref().context("api.token_file")?;
-        let token = virt_persona::config::read_token_file(path)?;
-        server::serve_tcp(addr, token, cmd_tx.clone(), shared.clone())?;
+    let tcp = match &cfg.api_listen {
+        Some(addr) => {
+            let path = cfg.api_token_file.as_ref().context("api.token_file")?;
+            Some((addr.clone(), virt_persona::config::read_token_file(path)?))
+        }
+        None => None,
+    };
+    // one small runtime for network I/O; this thread stays the control loop's
+    virt_persona::config::raise_open_files_limit();
+    let rt = server::runtime()?;
+    let api = server::Api::start(
+        rt.handle(),
+        &server::ApiConfig {
+            socket: cfg.socket.clone(),
+            tcp,
+        },
+        cmd_tx,
+        shared.clone(),
+    )?;
+    if let Some(addr) = api.tcp_addr {
         info!(%addr, "TCP API listening (bearer token required)");
     }
-    server::serve(&cfg.socket, cmd_tx, shared.clone())?;
     let metrics = Metrics::new();
-    let mut subscribers: Vec<crossbeam_channel::Sender<serde_json::Value>> = Vec::new();
 
     if cfg.gossip_listen.is_some() || !cfg.gossip_seeds.is_empty() {
         warn!("gossip is not built yet: --gossip-listen and --gossip-seed are ignored; this host runs alone");
@@ -216,10 +230,9 @@ fn run(args: Args) -> anyhow::Result<()> {
         if !recorded.is_empty() {
             metrics.events(&recorded);
             for e in &recorded {
-                let v = event_json(e);
-                // a vanished client, or one 1,024 events behind, is dropped:
-                // its stream ends and nothing is held for it
-                subscribers.retain(|s| s.try_send(v.clone()).is_ok());
+                // to every event-stream client; one that falls too far behind
+                // is dropped by the server, a vanished one holds nothing
+                shared.publish_event(&event_json(e));
             }
         }
         select! {
@@ -247,11 +260,6 @@ fn run(args: Args) -> anyhow::Result<()> {
             recv(cmd_rx) -> env => {
                 if let Ok(env) = env {
                     let reply = match env.command {
-                        Command::Subscribe => {
-                            let (tx, rx) = crossbeam_channel::bounded(1024);
-                            subscribers.push(tx);
-                            Reply::Stream(rx)
-                        }
                         Command::Metrics => {
                             let signals = rec.live_signals(now_ms()).len();
                             metrics.state(&rec.statuses(), catalog.personas().len(), catalog.errors().len(), signals, hv.is_connected());
@@ -286,8 +294,18 @@ fn run(args: Args) -> anyhow::Result<()> {
                             Err(e) => warn!(error = %e, "restoring baselines on exit failed"),
                         }
                     }
-                    let _ = std::fs::remove_file(&cfg.socket);
+                    // open requests get their answers (for up to 5 s), new ones are refused
+                    api.begin_stop();
+                    let deadline = std::time::Instant::now() + StdDuration::from_secs(5);
+                    while !api.stopped() && std::time::Instant::now() < deadline {
+                        if let Ok(env) = cmd_rx.recv_timeout(StdDuration::from_millis(20)) {
+                            let reply = exec::execute(&mut rec, &mut catalog, &*hv, env.command, now_ms());
+                            let _ = env.reply.send(reply);
+                        }
+                    }
                     info!("stopping");
+                    drop(cmd_rx);
+                    rt.shutdown_timeout(StdDuration::from_millis(500));
                     return Ok(());
                 }
             },
