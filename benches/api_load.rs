@@ -161,9 +161,12 @@ fn hostile(sock: &Path, pid: u32, idle: usize, slow: usize) {
         pct(0.99),
         pct(1.0)
     );
+    // the server closes what stays silent past its header timeout (10 s)
+    std::thread::sleep(Duration::from_secs(12));
+    let after = memory_mib(pid);
     println!(
-        "  daemon memory: before RSS {:.1} MiB / private {:.1} MiB, while held RSS {:.1} / private {:.1} MiB",
-        before.0, before.1, during.0, during.1
+        "  daemon memory: before RSS {:.1} MiB / private {:.1} MiB, while held RSS {:.1} / private {:.1} MiB, 12 s after they stopped RSS {:.1} / private {:.1} MiB",
+        before.0, before.1, during.0, during.1, after.0, after.1
     );
 }
 

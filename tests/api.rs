@@ -632,3 +632,62 @@ fn a_damaged_state_file_starts_the_daemon_observing_only() {
         .count();
     assert_eq!(kept, 1);
 }
+
+/// SIGTERM stops new connections at once (the socket goes) but a request
+/// already open gets its answer: here its body is still on its way when the
+/// signal arrives. Then the daemon exits cleanly.
+#[test]
+fn sigterm_lets_an_open_request_finish() {
+    let dir = setup("drain");
+    let mut d = Daemon::start_args(&dir, &host_uri(), &["--interval", "1s"], &[]);
+    let mut c = UnixStream::connect(&d.socket).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    // a first request on this keep-alive connection: it is accepted and served
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = c.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // the second one: headers and half of its body
+    let body = br#"{"value": 7, "ttl": "1m"}"#;
+    c.write_all(
+        format!(
+            "PUT /v1/signals/drain HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    c.write_all(&body[..5]).unwrap();
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &d.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let t = Instant::now();
+    while d.socket.exists() {
+        assert!(t.elapsed() < Duration::from_secs(20), "the socket stays");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        UnixStream::connect(&d.socket).is_err(),
+        "no new connection once stopping"
+    );
+    c.write_all(&body[5..]).unwrap();
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    assert!(
+        out.starts_with("HTTP/1.1 200"),
+        "answered: {out}\n{}",
+        d.log()
+    );
+    assert!(out.contains(r#""name":"drain""#), "{out}");
+    let status = loop {
+        if let Some(s) = d.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t.elapsed() < Duration::from_secs(20), "did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}\n{}", d.log());
+}

@@ -301,10 +301,9 @@ async fn events(
     let stop = s.shared.stopping.subscribe();
     let stream = futures_util::stream::unfold(Some((rx, stop)), |state| async move {
         let (mut rx, mut stop) = state?;
-        if *stop.borrow() {
-            return None;
-        }
+        // events already sent go out before the stream ends for a stop
         tokio::select! {
+            biased;
             r = rx.recv() => match r {
                 Ok(data) => Some((Ok(SseEvent::default().event("transition").data(&*data)), Some((rx, stop)))),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -315,7 +314,7 @@ async fn events(
                 }
                 Err(broadcast::error::RecvError::Closed) => None,
             },
-            _ = stop.changed() => None,
+            _ = async { stop.wait_for(|stopping| *stopping).await.map(|_| ()) } => None,
         }
     });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(SSE_KEEPALIVE).text("keep-alive"))
@@ -805,6 +804,59 @@ mod tests {
         .await;
         assert_eq!(st, 413);
         assert!(v["error"].is_string(), "{v}");
+    }
+
+    /// A client more than EVENT_BACKLOG events behind gets one `dropped`
+    /// event and its stream ends; a client that goes away holds nothing.
+    #[tokio::test]
+    async fn event_stream_clients_that_fall_behind_or_vanish_are_dropped() {
+        use tower::ServiceExt;
+        let (tx, _loop) = echo_loop();
+        let shared = Arc::new(Shared::default());
+        let app = router(tx, shared.clone(), None);
+        let open = || async {
+            app.clone()
+                .oneshot(
+                    axum::http::Request::get("/v1/events")
+                        .body(axum::body::Body::empty())
+                        .unwrap(),
+                )
+                .await
+                .unwrap()
+        };
+        let slow = open().await;
+        assert_eq!(shared.event_clients(), 1);
+        for i in 0..EVENT_BACKLOG + 10 {
+            shared.publish_event(&json!({ "n": i }));
+        }
+        let text = axum::body::to_bytes(slow.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&text);
+        assert!(text.starts_with("event: dropped\ndata: "), "{text}");
+        assert!(text.contains("fell 10 events behind"), "{text}");
+        assert_eq!(
+            text.matches("event:").count(),
+            1,
+            "then the stream ends: {text}"
+        );
+        // one that vanishes: its subscription goes with it, at once
+        let gone = open().await;
+        assert_eq!(shared.event_clients(), 1);
+        drop(gone);
+        assert_eq!(shared.event_clients(), 0);
+        // and one that keeps up gets every event in order
+        let live = open().await;
+        shared.publish_event(&json!({ "n": 1 }));
+        shared.publish_event(&json!({ "n": 2 }));
+        let _ = shared.stopping.send(true);
+        let text = axum::body::to_bytes(live.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&text),
+            "event: transition\ndata: {\"n\":1}\n\nevent: transition\ndata: {\"n\":2}\n\n"
+        );
     }
 
     #[tokio::test]
