@@ -691,3 +691,24 @@ fn sigterm_lets_an_open_request_finish() {
     };
     assert!(status.success(), "{status:?}\n{}", d.log());
 }
+
+/// Gossip is not built yet: asking for it is refused at start with the
+/// reason, not accepted and ignored.
+#[test]
+fn gossip_flags_are_refused_until_gossip_exists() {
+    let dir = setup("gossip");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_virt-personad"))
+        .args(["-c", &host_uri(), "--gossip-seed", "10.0.0.2:7946"])
+        .arg("--personas")
+        .arg(dir.join("personas"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--socket")
+        .arg(dir.join("g.sock"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("gossip is not built yet"), "{err}");
+    assert!(!dir.join("g.sock").exists(), "nothing served");
+}

@@ -123,6 +123,12 @@ type Rec = Reconciler<LibvirtHypervisor, RedbStore>;
 
 fn run(args: Args) -> anyhow::Result<()> {
     let cfg = load_config(args)?;
+    // a setting the daemon would not act on is refused, not accepted and ignored
+    if cfg.gossip_listen.is_some() || !cfg.gossip_seeds.is_empty() {
+        anyhow::bail!(
+            "gossip is not built yet: remove --gossip-listen/--gossip-seed (gossip.listen/gossip.seeds in the config file); this host runs alone until then"
+        );
+    }
     virt_persona::config::create_state_dir(&cfg.state_dir)
         .with_context(|| format!("creating the state directory {}", cfg.state_dir.display()))?;
     std::fs::create_dir_all(&cfg.personas_dir).with_context(|| {
@@ -174,9 +180,6 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let metrics = Metrics::new();
 
-    if cfg.gossip_listen.is_some() || !cfg.gossip_seeds.is_empty() {
-        warn!("gossip is not built yet: --gossip-listen and --gossip-seed are ignored; this host runs alone");
-    }
     info!(uri = %cfg.connect, node = %cfg.node_name, interval = %cfg.interval, socket = %cfg.socket.display(), "virt-personad started");
 
     let (sig_tx, sig_rx) = crossbeam_channel::bounded(4);
