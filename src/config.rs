@@ -107,6 +107,7 @@ pub struct FileConfig {
     interval: Option<String>,
     verify_interval: Option<String>,
     revert_on_exit: Option<bool>,
+    dry_run: Option<bool>,
     node_name: Option<String>,
     #[serde(default)]
     api: ApiSection,
@@ -124,6 +125,7 @@ pub struct Overrides {
     pub interval: Option<Duration>,
     pub verify_interval: Option<Duration>,
     pub revert_on_exit: bool,
+    pub dry_run: bool,
     pub node_name: Option<String>,
     pub gossip_listen: Option<String>,
     pub gossip_seeds: Vec<String>,
@@ -142,6 +144,8 @@ pub struct Config {
     pub interval: Duration,
     pub verify_interval: Duration,
     pub revert_on_exit: bool,
+    /// Observe only: decide and record, never write to libvirt.
+    pub dry_run: bool,
     pub node_name: String,
     pub gossip_listen: Option<String>,
     pub gossip_seeds: Vec<String>,
@@ -164,6 +168,11 @@ fn duration(key: &'static str, s: &str) -> Result<Duration, ConfigError> {
 }
 
 impl FileConfig {
+    /// `dry_run` as the file says it (what a reload switches).
+    pub fn dry_run(&self) -> bool {
+        self.dry_run.unwrap_or(false)
+    }
+
     /// Reads the config file. A missing file at the default path is no error.
     pub fn load(path: &Path, explicit: bool) -> Result<FileConfig, ConfigError> {
         let text = match std::fs::read_to_string(path) {
@@ -243,6 +252,7 @@ impl Config {
             interval,
             verify_interval,
             revert_on_exit: o.revert_on_exit || file.revert_on_exit.unwrap_or(false),
+            dry_run: o.dry_run || file.dry_run.unwrap_or(false),
             node_name: o.node_name.or(file.node_name).unwrap_or_else(hostname),
             gossip_listen: o.gossip_listen.or(file.gossip.listen),
             gossip_seeds: if o.gossip_seeds.is_empty() {

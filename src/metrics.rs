@@ -55,6 +55,7 @@ pub struct Metrics {
     personas: Gauge,
     signals: Gauge,
     libvirt_up: Gauge,
+    dry_run: Gauge,
 }
 
 impl Default for Metrics {
@@ -136,6 +137,12 @@ impl Metrics {
             "1 while the libvirt connection is up",
             libvirt_up.clone(),
         );
+        let dry_run = Gauge::default();
+        registry.register(
+            "dry_run",
+            "1 while the daemon only observes by choice (--dry-run): transitions are counted as result=\"would_apply\" and nothing is changed",
+            dry_run.clone(),
+        );
         Metrics {
             registry,
             domains,
@@ -151,7 +158,12 @@ impl Metrics {
             personas,
             signals,
             libvirt_up,
+            dry_run,
         }
+    }
+
+    pub fn dry_run(&self, on: bool) {
+        self.dry_run.set(on as i64);
     }
 
     pub fn tick(&self, seconds: f64, report: Option<&TickReport>) {

@@ -86,6 +86,10 @@ pub struct DomainStatus {
     pub needs_attention: Option<String>,
     /// Why the daemon leaves this domain alone (a damaged record in the store).
     pub quarantined: Option<String>,
+    /// The daemon only observes (`--dry-run`, or a damaged state file): the
+    /// persona is the one the domain would wear; nothing was applied.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub would: bool,
 }
 
 /// A domain's process ended: the originals read from it do not describe the
@@ -200,6 +204,8 @@ pub struct Reconciler<H: Hypervisor + ?Sized, S: StateStore> {
     ticks: u64,
     /// Why the daemon only observes (no write to libvirt), if it does.
     observe: Option<String>,
+    /// Observe only by choice (`--dry-run`).
+    dry_run: bool,
     /// The last tick failed on the state store.
     store_failing: Option<String>,
 }
@@ -230,6 +236,7 @@ fn status_of(e: &DomainEntry) -> DomainStatus {
         refused: e.refused.clone(),
         needs_attention: e.needs_attention.clone(),
         quarantined: e.quarantined.clone(),
+        would: false,
     }
 }
 
@@ -275,6 +282,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             stats_clock: None,
             ticks: 0,
             observe: None,
+            dry_run: false,
             store_failing: None,
         }
     }
@@ -434,14 +442,21 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
 
     /// Every known domain's state, by name.
     pub fn statuses(&self) -> Vec<DomainStatus> {
-        let mut v: Vec<DomainStatus> = self.domains.values().map(status_of).collect();
+        let mut v: Vec<DomainStatus> = self.domains.values().map(|e| self.status_with(e)).collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
 
     /// One domain's state, by name, numeric id or UUID.
     pub fn status(&self, key: &str) -> Option<DomainStatus> {
-        self.entry(key).map(status_of)
+        self.entry(key).map(|e| self.status_with(e))
+    }
+
+    fn status_with(&self, e: &DomainEntry) -> DomainStatus {
+        DomainStatus {
+            would: self.observing_only() && e.rules.worn.is_some(),
+            ..status_of(e)
+        }
     }
 
     /// One domain, by name, numeric id or UUID (as virsh resolves them).
@@ -602,15 +617,55 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         Ok(())
     }
 
-    /// Only observe: decide, plan and record `would_apply` events, never write
-    /// to libvirt or to the baselines (`None` acts again).
+    /// Only observe because something is wrong (a damaged state file):
+    /// decide, plan and record `would_apply` events, never write to libvirt
+    /// or to the baselines (`None` acts again). Unhealthy while it lasts.
     pub fn set_observe(&mut self, why: Option<String>) {
+        let was = self.observing_only();
         self.observe = why;
+        self.acting_again(was);
+    }
+
+    /// Observe mode by choice (`--dry-run`, `dry_run = true`): as
+    /// [`Reconciler::set_observe`], but healthy. Switching it off acts from
+    /// the next tick on, without a restart.
+    pub fn set_dry_run(&mut self, on: bool) {
+        let was = self.observing_only();
+        self.dry_run = on;
+        self.acting_again(was);
+    }
+
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
+    }
+
+    /// Whether no write call is made (dry run or a damaged state file).
+    pub fn observing_only(&self) -> bool {
+        self.observe.is_some() || self.dry_run
     }
 
     /// Why the daemon only observes, if it does.
     pub fn observing(&self) -> Option<&str> {
-        self.observe.as_deref()
+        self.observe.as_deref().or(self
+            .dry_run
+            .then_some("dry run: deciding and recording only, no change to any domain"))
+    }
+
+    /// After observing only, what each domain wears is what the store says
+    /// was really applied, not what it would have worn: the next tick then
+    /// makes the transitions it only recorded before.
+    fn acting_again(&mut self, was_observing: bool) {
+        if !was_observing || self.observing_only() {
+            return;
+        }
+        for (uuid, e) in self.domains.iter_mut() {
+            e.rules.worn = match self.store.worn(uuid) {
+                Ok(Some(w)) if e.info.state.is_active() => Some((w.persona, w.since)),
+                _ => None,
+            };
+            e.last_verify = 0;
+        }
+        info!("acting again: the next tick applies what was only observed");
     }
 
     /// What makes the daemon unhealthy right now: the state store failing, or
@@ -782,7 +837,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             (true, _) => "criteria",
         }
         .to_string();
-        if self.observe.is_some() {
+        if self.observe.is_some() || self.dry_run {
             // observe only: decided and planned, recorded as what would be done,
             // nothing written to libvirt or to the baselines
             entry.last_decision = Some(decision);
@@ -1358,7 +1413,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
     /// persistent definition too where the worn persona persisted. Goes on past
     /// a domain that fails; returns how many were restored and every failure.
     pub fn revert_all(&mut self, now: Millis) -> Result<(usize, Vec<String>), TickError> {
-        if self.observe.is_some() {
+        if self.observing_only() {
             return Ok((0, vec![]));
         }
         let mut restored = 0;

@@ -758,3 +758,78 @@ fn a_device_throttle_that_did_not_exist_is_gone_after_the_revert() {
         assert!(!f.contains(&majmin), "cgroup throttle gone: {f}");
     }
 }
+
+/// Observe mode on a real guest: with `dry_run = true` in the config file the
+/// daemon records what it would do and the guest stays exactly as it was
+/// (live and definition); `dry_run = false` and a reload (SIGHUP) make it act
+/// without a restart.
+#[test]
+fn dry_run_changes_nothing_on_a_real_guest_until_a_reload_turns_it_off() {
+    let mut g = Guest::boot("dryrun", 1);
+    let dir = test_dir("dryrun");
+    std::fs::write(
+        dir.join("personas/busy.toml"),
+        format!("persist = true\n{}", busy_persona(&g.name, "busy", 1, 2500)),
+    )
+    .unwrap();
+    let conf = dir.join("virt-personad.toml");
+    std::fs::write(&conf, "dry_run = true\n").unwrap();
+    let hv = common::real();
+    let before = hv.tuning(&g.name, ReadScope::Current).unwrap();
+    let before_xml = g.definition_xml();
+    let d = Daemon::start_args(
+        &dir,
+        common::REAL_URI,
+        &[
+            "--interval",
+            "1s",
+            "--verify-interval",
+            "5s",
+            "--config",
+            conf.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(d.get("/healthz")["dry_run"], true, "healthy, and says so");
+    g.set_load(Load::Spin);
+    let path = format!("/v1/domains/{}/history", g.name);
+    wait_for("a would_apply event", 90, || {
+        d.get(&path).as_array().is_some_and(|a| {
+            a.iter()
+                .any(|e| e["result"] == "would_apply" && e["to"] == "busy")
+        })
+    });
+    let st = d.get(&format!("/v1/domains/{}", g.name));
+    assert_eq!(
+        (st["persona"].as_str(), st["would"].as_bool()),
+        (Some("busy"), Some(true))
+    );
+    // a few more ticks, still busy: nothing was or is written
+    let t = d.ticks();
+    d.wait_until_ticks(t + 3);
+    assert_eq!(hv.tuning(&g.name, ReadScope::Current).unwrap(), before);
+    assert_eq!(g.definition_xml(), before_xml);
+    assert!(
+        !d.get(&path)
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["result"] == "ok" || e["result"] == "drift"),
+        "nothing applied"
+    );
+
+    // acting: the config says so and the daemon reloads
+    std::fs::write(&conf, "dry_run = false\n").unwrap();
+    std::process::Command::new("kill")
+        .args(["-HUP", &d.child.id().to_string()])
+        .status()
+        .unwrap();
+    wait_for("the persona applied", 60, || {
+        hv.tuning(&g.name, ReadScope::Current).unwrap().cpu_shares == Some(2500)
+    });
+    assert_eq!(d.get("/healthz")["dry_run"], false);
+    g.set_load(Load::Idle);
+    wait_for("the baseline", 90, || d.persona(&g.name).is_none());
+    assert_eq!(hv.tuning(&g.name, ReadScope::Current).unwrap(), before);
+    assert_eq!(g.definition_xml(), before_xml);
+}

@@ -1073,3 +1073,65 @@ fn a_failed_transition_of_a_persisted_persona_puts_the_definition_back_as_it_was
     );
     assert!(rig.r.store().definition(&rig.uuid).unwrap().is_empty());
 }
+
+/// Observe mode by choice: the loop decides, plans and records `would_apply`
+/// with no write call at all; list shows what the domain would wear; switching
+/// it off applies at the next tick, as a transition, without a restart.
+#[test]
+fn dry_run_makes_no_write_call_and_switching_it_off_acts() {
+    let mut rig = Rig::new(MemoryStore::default());
+    rig.r.set_dry_run(true);
+    rig.hv.clear_calls();
+    for _ in 0..5 {
+        rig.second(1.0);
+    }
+    let writes = |hv: &FakeHypervisor| {
+        hv.calls()
+            .into_iter()
+            .filter(|c| {
+                matches!(
+                    c,
+                    Call::Apply(..) | Call::RestoreDefinition(..) | Call::SetTags(..)
+                )
+            })
+            .count()
+    };
+    assert_eq!(writes(&rig.hv), 0, "no write call in a dry run");
+    assert_eq!(rig.tuning(), original());
+    let st = &rig.r.statuses()[0];
+    assert_eq!((st.persona.as_deref(), st.would), (Some("hot"), true));
+    let events = rig.r.store().events(None, 0).unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.result == "would_apply" && e.to.as_deref() == Some("hot"))
+            .count(),
+        1,
+        "{events:?}"
+    );
+    assert_eq!(
+        rig.r.store().baseline(&rig.uuid).unwrap(),
+        Tuning::default()
+    );
+    // revert-on-exit writes nothing either
+    assert_eq!(rig.r.revert_all(rig.now).unwrap(), (0, vec![]));
+    assert_eq!(writes(&rig.hv), 0);
+
+    // acting again: the next tick makes the transition it only recorded
+    rig.r.set_dry_run(false);
+    assert!(!rig.r.statuses()[0].would);
+    rig.second(1.0);
+    assert_eq!(rig.tuning().cpu_shares, Some(4096));
+    let events = rig.r.store().events(None, 0).unwrap();
+    let applied: Vec<_> = events.iter().filter(|e| e.result == "ok").collect();
+    assert_eq!(applied.len(), 1, "{events:?}");
+    assert_eq!(
+        (
+            applied[0].from.as_deref(),
+            applied[0].to.as_deref(),
+            applied[0].reason.as_str()
+        ),
+        (None, Some("hot"), "criteria"),
+        "a transition, not a drift repair"
+    );
+}

@@ -42,6 +42,7 @@ pub fn status_json(s: &DomainStatus) -> Value {
         "refused": s.refused,
         "needs_attention": s.needs_attention,
         "quarantined": s.quarantined,
+        "would": s.would,
     })
 }
 
@@ -183,6 +184,7 @@ pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
                 "uri": hv.uri(),
                 "version": crate::VERSION,
                 "ticks": rec.ticks(),
+                "dry_run": rec.dry_run(),
             })),
         },
         Command::ListDomains => Reply::Ok(Value::Array(

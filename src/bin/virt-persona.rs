@@ -491,9 +491,14 @@ fn persona_status(cli: &Cli, domain: Option<&str>) -> anyhow::Result<ExitCode> {
         println!("{:<15} {}", "Domain:", text(&d["name"]));
         println!("{:<15} {}", "State:", text(&d["state"]));
         println!(
-            "{:<15} {}",
+            "{:<15} {}{}",
             "Persona:",
-            d["persona"].as_str().unwrap_or("(baseline)")
+            d["persona"].as_str().unwrap_or("(baseline)"),
+            if d["would"] == true {
+                " (would wear it: the daemon only observes, nothing was applied)"
+            } else {
+                ""
+            }
         );
         if d["persona"].is_string() {
             println!("{:<15} {}", "Since:", text(&d["since"]));
@@ -750,6 +755,9 @@ fn list(cli: &Cli, all: bool) -> anyhow::Result<ExitCode> {
                 d["persona"] = format!("{worn} (quarantined)").into();
             } else if d["needs_attention"].is_string() {
                 d["persona"] = format!("{worn} (needs attention)").into();
+            } else if d["would"] == true {
+                // observe mode: what it would wear, nothing applied
+                d["persona"] = format!("{worn} (would)").into();
             }
         }
     }
@@ -772,6 +780,7 @@ fn list(cli: &Cli, all: bool) -> anyhow::Result<ExitCode> {
             "persona",
             "since",
             "needs_attention",
+            "would",
         ],
     )
 }

@@ -54,6 +54,12 @@ struct Args {
     /// Restore every domain's baseline when the daemon stops.
     #[arg(long = "revert-on-exit")]
     revert_on_exit: bool,
+    /// Observe only: decide, plan and record what would be done (`would_apply`
+    /// events, `list` shows what each domain would wear) but change nothing.
+    /// `dry_run = true` in the config file does the same and can be switched
+    /// off with a reload (SIGHUP) to start acting without a restart.
+    #[arg(long = "dry-run")]
+    dry_run: bool,
     /// This host's name in the cluster [default: the host name].
     #[arg(long = "node-name", value_name = "NAME")]
     node_name: Option<String>,
@@ -74,9 +80,16 @@ struct Args {
     api_token_file: Option<PathBuf>,
 }
 
+/// Where the config file is, and whether it was named (then it must exist).
+fn config_path(args: &Args) -> (PathBuf, bool) {
+    (
+        args.config.clone().unwrap_or_else(|| DEFAULT_CONFIG.into()),
+        args.config.is_some(),
+    )
+}
+
 fn load_config(args: Args) -> anyhow::Result<Config> {
-    let explicit = args.config.is_some();
-    let path = args.config.clone().unwrap_or_else(|| DEFAULT_CONFIG.into());
+    let (path, explicit) = config_path(&args);
     let file = FileConfig::load(&path, explicit)?;
     let o = Overrides {
         personas_dir: args.personas,
@@ -86,6 +99,7 @@ fn load_config(args: Args) -> anyhow::Result<Config> {
         interval: args.interval,
         verify_interval: args.verify_interval,
         revert_on_exit: args.revert_on_exit,
+        dry_run: args.dry_run,
         node_name: args.node_name,
         gossip_listen: args.gossip_listen,
         gossip_seeds: args.gossip_seed,
@@ -122,6 +136,8 @@ fn main() {
 type Rec = Reconciler<LibvirtHypervisor, RedbStore>;
 
 fn run(args: Args) -> anyhow::Result<()> {
+    let (config_file, config_named) = config_path(&args);
+    let dry_run_flag = args.dry_run;
     let cfg = load_config(args)?;
     // a setting the daemon would not act on is refused, not accepted and ignored
     if cfg.gossip_listen.is_some() || !cfg.gossip_seeds.is_empty() {
@@ -146,6 +162,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let (store, observe) = RedbStore::open_or_set_aside(&cfg.state_dir)?;
     let hv = Arc::new(LibvirtHypervisor::connect(&cfg.connect)?);
     let events = hv.events();
+    let metrics = Metrics::new();
     let mut rec: Rec = Reconciler::new(hv.clone(), store, cfg.verify_interval.as_std());
     rec.set_personas(catalog.personas());
     rec.set_stats_clock(Box::new(now_ms));
@@ -153,6 +170,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         tracing::error!(reason = %why, "OBSERVING ONLY: no domain will be changed");
     }
     rec.set_observe(observe);
+    if cfg.dry_run {
+        warn!("dry run: deciding and recording only; no domain will be changed (switch off: dry_run = false in the config file, then reload)");
+    }
+    rec.set_dry_run(cfg.dry_run);
+    metrics.dry_run(cfg.dry_run);
 
     let (cmd_tx, cmd_rx) = crossbeam_channel::bounded::<Envelope>(server::COMMAND_QUEUE);
     let shared = Arc::new(server::Shared::default());
@@ -178,7 +200,6 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(addr) = api.tcp_addr {
         info!(%addr, "TCP API listening (bearer token required)");
     }
-    let metrics = Metrics::new();
 
     info!(uri = %cfg.connect, node = %cfg.node_name, interval = %cfg.interval, socket = %cfg.socket.display(), "virt-personad started");
 
@@ -279,6 +300,22 @@ fn run(args: Args) -> anyhow::Result<()> {
                 Ok(signal_hook::consts::SIGHUP) => {
                     reload(&mut catalog, "SIGHUP");
                     rec.set_personas(catalog.personas());
+                    // dry_run is the setting a reload switches (--dry-run on the command line wins)
+                    match FileConfig::load(&config_file, config_named) {
+                        Ok(file) => {
+                            let dry = dry_run_flag || file.dry_run();
+                            if dry != rec.dry_run() {
+                                if dry {
+                                    warn!("dry run on (reload): deciding and recording only, no domain will be changed");
+                                } else {
+                                    info!("dry run off (reload): acting from the next tick");
+                                }
+                                rec.set_dry_run(dry);
+                                metrics.dry_run(dry);
+                            }
+                        }
+                        Err(e) => warn!(error = %e, "config file not reloaded; the settings in force are kept"),
+                    }
                     // the admin may have changed the host (loaded a qdisc module): learn again
                     rec.relearn();
                 }
