@@ -15,6 +15,7 @@ pub mod planner;
 pub mod reconciler;
 pub mod rules;
 pub mod store;
+pub mod systemd;
 pub mod units;
 pub mod watch;
 

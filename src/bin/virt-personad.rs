@@ -21,6 +21,7 @@ use virt_persona::metrics::Metrics;
 use virt_persona::model::loader::Catalog;
 use virt_persona::reconciler::Reconciler;
 use virt_persona::store::RedbStore;
+use virt_persona::systemd::{status_line, Notifier};
 use virt_persona::units::Duration;
 
 /// virt-persona host daemon: gives every libvirt domain the tuning persona its load calls for.
@@ -222,31 +223,63 @@ fn run(args: Args) -> anyhow::Result<()> {
 
     let ticker = tick(cfg.interval.as_std());
     let run_tick = |rec: &mut Rec| {
+        // tests hold the loop here, as a libvirt call that never returns would
+        fail::fail_point!("before-tick");
         let t = std::time::Instant::now();
         let r = rec.tick(now_ms(), Some(virt_persona::host::read()));
         metrics.tick(t.elapsed().as_secs_f64(), r.as_ref().ok());
         r
     };
-    let mut last_error: Option<String> = None;
-    let mut log_tick = |r: Result<
+    let last_error: std::cell::RefCell<Option<String>> = Default::default();
+    let log_tick = |r: Result<
         virt_persona::reconciler::TickReport,
         virt_persona::reconciler::TickError,
     >| match r {
         Ok(_) => {
-            if last_error.take().is_some() {
+            if last_error.borrow_mut().take().is_some() {
                 info!("control loop running again");
             }
         }
         Err(e) => {
             let msg = e.to_string();
-            if last_error.as_deref() != Some(msg.as_str()) {
+            if last_error.borrow().as_deref() != Some(msg.as_str()) {
                 warn!(error = %msg, "tick failed; retrying every interval");
-                last_error = Some(msg);
+                *last_error.borrow_mut() = Some(msg);
             }
         }
     };
+    // systemd: READY once a tick went through, a status line, and watchdog
+    // pings from this thread, so a loop stuck in a call stops them
+    let mut notifier = Notifier::new();
+    let watchdog = match Notifier::watchdog_interval() {
+        Some(every) => tick(every),
+        None => crossbeam_channel::never(),
+    };
     log_tick(run_tick(&mut rec));
     loop {
+        let statuses = rec.statuses();
+        let problem = last_error
+            .borrow()
+            .as_ref()
+            .map(|e| format!("last tick failed: {e}"));
+        let line = status_line(
+            statuses.iter().filter(|d| d.state != "shut off").count(),
+            statuses
+                .iter()
+                .filter(|d| d.persona.is_some() && !d.would)
+                .count(),
+            catalog.personas().len(),
+            rec.dry_run(),
+            problem
+                .as_deref()
+                .or(rec.observing().filter(|_| !rec.dry_run())),
+        );
+        if rec.ticks() > 0 && !notifier.is_ready() {
+            notifier.ready(&line);
+            info!("ready");
+        } else {
+            notifier.status(&line);
+        }
         // what GET /v1/domains answers, without asking the loop each time
         shared.publish_domains(domains_body(&rec));
         // new events go to the metrics and to every event-stream subscriber
@@ -261,6 +294,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         select! {
             recv(ticker) -> _ => log_tick(run_tick(&mut rec)),
+            recv(watchdog) -> _ => notifier.watchdog(),
             recv(events) -> ev => match ev {
                 Ok(HypervisorEvent::Lifecycle { name, kind, .. }) => {
                     info!(domain = %name, event = ?kind, "domain lifecycle event");
@@ -298,6 +332,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
             recv(sig_rx) -> s => match s {
                 Ok(signal_hook::consts::SIGHUP) => {
+                    notifier.reloading();
                     reload(&mut catalog, "SIGHUP");
                     rec.set_personas(catalog.personas());
                     // dry_run is the setting a reload switches (--dry-run on the command line wins)
@@ -318,8 +353,10 @@ fn run(args: Args) -> anyhow::Result<()> {
                     }
                     // the admin may have changed the host (loaded a qdisc module): learn again
                     rec.relearn();
+                    notifier.reloaded();
                 }
                 _ => {
+                    notifier.stopping();
                     if cfg.revert_on_exit {
                         match rec.revert_all(now_ms()) {
                             Ok((n, failures)) if failures.is_empty() => {
