@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::logging::LogFormat;
 use crate::units::Duration;
 
 pub const DEFAULT_CONFIG: &str = "/etc/virt-persona/virt-personad.toml";
@@ -108,6 +109,8 @@ pub struct FileConfig {
     verify_interval: Option<String>,
     revert_on_exit: Option<bool>,
     dry_run: Option<bool>,
+    log_level: Option<String>,
+    log_format: Option<String>,
     node_name: Option<String>,
     #[serde(default)]
     api: ApiSection,
@@ -126,6 +129,7 @@ pub struct Overrides {
     pub verify_interval: Option<Duration>,
     pub revert_on_exit: bool,
     pub dry_run: bool,
+    pub log_format: Option<LogFormat>,
     pub node_name: Option<String>,
     pub gossip_listen: Option<String>,
     pub gossip_seeds: Vec<String>,
@@ -146,6 +150,10 @@ pub struct Config {
     pub revert_on_exit: bool,
     /// Observe only: decide and record, never write to libvirt.
     pub dry_run: bool,
+    /// A tracing filter (`info`, `debug`, `virt_persona=debug` …); the
+    /// environment (`VIRT_PERSONA_LOG`, `RUST_LOG`) wins over it.
+    pub log_level: Option<String>,
+    pub log_format: LogFormat,
     pub node_name: String,
     pub gossip_listen: Option<String>,
     pub gossip_seeds: Vec<String>,
@@ -253,6 +261,17 @@ impl Config {
             verify_interval,
             revert_on_exit: o.revert_on_exit || file.revert_on_exit.unwrap_or(false),
             dry_run: o.dry_run || file.dry_run.unwrap_or(false),
+            log_level: file.log_level,
+            log_format: match o.log_format {
+                Some(f) => f,
+                None => match file.log_format.as_deref() {
+                    Some(s) => s.parse().map_err(|message| ConfigError::Invalid {
+                        key: "log_format",
+                        message,
+                    })?,
+                    None => LogFormat::Auto,
+                },
+            },
             node_name: o.node_name.or(file.node_name).unwrap_or_else(hostname),
             gossip_listen: o.gossip_listen.or(file.gossip.listen),
             gossip_seeds: if o.gossip_seeds.is_empty() {

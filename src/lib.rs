@@ -9,6 +9,7 @@ pub mod collector;
 pub mod config;
 pub mod host;
 pub mod hypervisor;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod planner;

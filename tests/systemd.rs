@@ -283,3 +283,65 @@ fn the_unit_is_hardened() {
         );
     }
 }
+
+/// Under journald each line starts with the syslog priority and carries no
+/// timestamp of its own; `--log-format json` writes one JSON object per line;
+/// the config's `log_level` applies unless the environment names a level.
+#[test]
+fn log_lines_suit_the_journal_json_shippers_and_the_configured_level() {
+    let wait_log = |d: &Daemon, what: &str| {
+        let t = Instant::now();
+        while !d.log().contains(what) {
+            assert!(t.elapsed() < Duration::from_secs(60), "{what}: {}", d.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let dir = setup("journal");
+    let d = Daemon::start_args(
+        &dir,
+        &host_uri(),
+        &["--interval", "1s"],
+        &[("JOURNAL_STREAM", "8:12345".into())],
+    );
+    wait_log(&d, "ready");
+    let log = d.log();
+    for line in log.lines() {
+        assert!(
+            line.starts_with("<6>") || line.starts_with("<4>") || line.starts_with("<3>"),
+            "{line}"
+        );
+        assert!(!line.contains("Z "), "no timestamp of its own: {line}");
+    }
+    assert!(log.contains("<6>virt-personad started"), "{log}");
+    drop(d);
+
+    let dir = setup("json");
+    let d = Daemon::start_args(
+        &dir,
+        &host_uri(),
+        &["--interval", "1s", "--log-format", "json"],
+        &[],
+    );
+    wait_log(&d, "ready");
+    for line in d.log().lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(v["level"].is_string() && v["message"].is_string(), "{line}");
+    }
+    drop(d);
+
+    let dir = setup("level");
+    let conf = dir.join("d.toml");
+    std::fs::write(&conf, "log_level = \"warn\"\ndry_run = true\n").unwrap();
+    let d = Daemon::start_args(
+        &dir,
+        &host_uri(),
+        &["--interval", "1s", "--config", conf.to_str().unwrap()],
+        &[("VIRT_PERSONA_LOG", String::new())],
+    );
+    wait_log(&d, "dry run");
+    d.wait_until_ticks(2);
+    let log = d.log();
+    assert!(!log.contains("INFO"), "warnings only: {log}");
+    assert!(log.contains("WARN"), "{log}");
+}

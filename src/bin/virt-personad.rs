@@ -12,6 +12,7 @@ use tracing::{info, warn};
 use std::sync::Arc;
 use virt_persona::config::{Config, FileConfig, Overrides, DEFAULT_CONFIG};
 use virt_persona::hypervisor::libvirt::LibvirtHypervisor;
+use virt_persona::logging::LogFormat;
 
 use virt_persona::api::command::{Command, Envelope, Reply};
 use virt_persona::api::exec::{self, domains_body, event_json, reload};
@@ -73,6 +74,9 @@ struct Args {
     /// Gossip shared key file (64 hex characters).
     #[arg(long = "gossip-key-file", value_name = "FILE")]
     gossip_key_file: Option<PathBuf>,
+    /// Log lines: auto (journal under systemd, else text), text, json or journal.
+    #[arg(long = "log-format", value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
     /// Also serve the API on TCP (needs --api-token-file).
     #[arg(long = "api-listen", value_name = "ADDR:PORT")]
     api_listen: Option<String>,
@@ -101,6 +105,7 @@ fn load_config(args: Args) -> anyhow::Result<Config> {
         verify_interval: args.verify_interval,
         revert_on_exit: args.revert_on_exit,
         dry_run: args.dry_run,
+        log_format: args.log_format,
         node_name: args.node_name,
         gossip_listen: args.gossip_listen,
         gossip_seeds: args.gossip_seed,
@@ -113,19 +118,17 @@ fn load_config(args: Args) -> anyhow::Result<Config> {
 
 fn main() {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("VIRT_PERSONA_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // colour only for a person at a terminal, not for the journal or a log file
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    // a test build only: fail points named in FAILPOINTS (see Cargo.toml)
-    #[cfg(feature = "failpoints")]
-    let _failpoints = fail::FailScenario::setup();
-    if let Err(e) = run(args) {
+    let (config_file, config_named) = config_path(&args);
+    let dry_run_flag = args.dry_run;
+    let result = load_config(args).and_then(|cfg| {
+        virt_persona::logging::init(cfg.log_format, cfg.log_level.as_deref())
+            .map_err(|e| anyhow::anyhow!("logging: {e}"))?;
+        // a test build only: fail points named in FAILPOINTS (see Cargo.toml)
+        #[cfg(feature = "failpoints")]
+        let _failpoints = fail::FailScenario::setup();
+        run(cfg, &config_file, config_named, dry_run_flag)
+    });
+    if let Err(e) = result {
         eprintln!("virt-personad: error: {e}");
         for cause in e.chain().skip(1) {
             eprintln!("  caused by: {cause}");
@@ -136,10 +139,12 @@ fn main() {
 
 type Rec = Reconciler<LibvirtHypervisor, RedbStore>;
 
-fn run(args: Args) -> anyhow::Result<()> {
-    let (config_file, config_named) = config_path(&args);
-    let dry_run_flag = args.dry_run;
-    let cfg = load_config(args)?;
+fn run(
+    cfg: Config,
+    config_file: &std::path::Path,
+    config_named: bool,
+    dry_run_flag: bool,
+) -> anyhow::Result<()> {
     // a setting the daemon would not act on is refused, not accepted and ignored
     if cfg.gossip_listen.is_some() || !cfg.gossip_seeds.is_empty() {
         anyhow::bail!(
@@ -336,7 +341,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                     reload(&mut catalog, "SIGHUP");
                     rec.set_personas(catalog.personas());
                     // dry_run is the setting a reload switches (--dry-run on the command line wins)
-                    match FileConfig::load(&config_file, config_named) {
+                    match FileConfig::load(config_file, config_named) {
                         Ok(file) => {
                             let dry = dry_run_flag || file.dry_run();
                             if dry != rec.dry_run() {
