@@ -304,6 +304,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_shipped_example_config_loads() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/virt-personad.toml.example");
+        let file = FileConfig::load(&p, true).unwrap();
+        assert!(!file.dry_run());
+        let cfg = Config::resolve(file, Overrides::default()).unwrap();
+        assert_eq!(cfg.log_format, LogFormat::Auto);
+        assert_eq!(cfg.connect, "qemu:///system");
+    }
+
+    #[test]
     fn token_files_must_be_private_and_long_enough() {
         use std::os::unix::fs::PermissionsExt;
         let d = tempfile::tempdir().unwrap();
