@@ -65,6 +65,10 @@ pub enum Rule {
     },
     #[error("a forecast condition needs a horizon (e.g. horizon = \"15m\")")]
     MissingHorizon,
+    /// Accepting a forecast condition that can never be true would leave a
+    /// persona silently doing nothing: refused until forecasting exists.
+    #[error("forecast conditions are not available yet: this daemon keeps no history to forecast from, so the condition could never be true; remove it (use a metric, a signal or a schedule)")]
+    ForecastUnavailable,
     #[error("{key}: {metric} is {unit}: expected a number{hint}")]
     ThresholdType {
         key: String,
@@ -825,6 +829,9 @@ fn condition(cx: &mut Ctx<'_>, c: &Spanned<RawWhen>) -> Option<Condition> {
         }
     } else if r.horizon.is_none() {
         cx.err(at, Rule::MissingHorizon);
+    }
+    if let (Some(Source::Forecast(_)), Some(f)) = (&source, &r.forecast) {
+        cx.err(f.span().start, Rule::ForecastUnavailable);
     }
     if cx.errors.len() > before {
         return None;
