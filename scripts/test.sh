@@ -8,6 +8,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/setup-host.sh
+# cargo-deb for tests/package.rs (builds, installs and purges the .deb)
+if ! command -v cargo-deb >/dev/null 2>&1; then
+  echo "== installing cargo-deb"
+  cargo install cargo-deb --locked --quiet
+fi
 
 export CARGO_TERM_COLOR=never
 echo "== cargo fmt --check"

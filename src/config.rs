@@ -307,7 +307,7 @@ mod tests {
     fn the_shipped_example_config_loads() {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/virt-personad.toml.example");
         let file = FileConfig::load(&p, true).unwrap();
-        assert!(!file.dry_run());
+        assert!(file.dry_run(), "the package starts observing");
         let cfg = Config::resolve(file, Overrides::default()).unwrap();
         assert_eq!(cfg.log_format, LogFormat::Auto);
         assert_eq!(cfg.connect, "qemu:///system");

@@ -30,7 +30,12 @@ use virt_persona::units::Duration;
 /// Runs against libvirt's test driver with no KVM:
 ///   virt-personad -c test:///default --personas personas/ --state-dir /tmp/vp --socket /tmp/vp/api.sock
 #[derive(Parser, Debug)]
-#[command(name = "virt-personad", version, about, long_about = None)]
+#[command(
+    name = "virt-personad",
+    version,
+    about = "virt-persona host daemon: gives every libvirt domain the tuning persona its load calls for",
+    long_about = None
+)]
 struct Args {
     /// Daemon config file (TOML); a missing file at the default path is fine.
     #[arg(long, value_name = "FILE")]
@@ -77,6 +82,9 @@ struct Args {
     /// Log lines: auto (journal under systemd, else text), text, json or journal.
     #[arg(long = "log-format", value_name = "FORMAT")]
     log_format: Option<LogFormat>,
+    /// Print the man page (roff, section 8) and exit; the package installs it.
+    #[arg(long = "man", hide = true)]
+    man: bool,
     /// Also serve the API on TCP (needs --api-token-file).
     #[arg(long = "api-listen", value_name = "ADDR:PORT")]
     api_listen: Option<String>,
@@ -118,6 +126,17 @@ fn load_config(args: Args) -> anyhow::Result<Config> {
 
 fn main() {
     let args = Args::parse();
+    if args.man {
+        let page = clap_mangen::Man::new(<Args as clap::CommandFactory>::command()).section("8");
+        match page.render(&mut std::io::stdout()) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                eprintln!("virt-personad: error: {e}");
+                std::process::exit(1);
+            }
+            _ => {}
+        }
+        return;
+    }
     let (config_file, config_named) = config_path(&args);
     let dry_run_flag = args.dry_run;
     let result = load_config(args).and_then(|cfg| {
