@@ -147,7 +147,9 @@ struct RawPersona {
     #[serde(rename = "match")]
     matcher: Option<RawMatch>,
     activation: Option<RawActivation>,
-    tuning: Option<Spanned<RawTuning>>,
+    // not Spanned: toml 0.8 then reports an error inside an implicit [tuning]
+    // (only [[tuning.blkio_device]] given) as "expected a borrowed string"
+    tuning: Option<RawTuning>,
     thresholds: Option<BTreeMap<Spanned<String>, Spanned<NumOrStr>>>,
 }
 
@@ -854,8 +856,7 @@ fn kib(bytes: u64) -> u64 {
     }
 }
 
-fn tuning(cx: &mut Ctx<'_>, t: &Spanned<RawTuning>) -> TuningSpec {
-    let r = t.get_ref();
+fn tuning(cx: &mut Ctx<'_>, r: &RawTuning) -> TuningSpec {
     let mut s = TuningSpec::default();
     for (k, v) in r.vcpu_pin.iter().flatten() {
         let sel = match k.get_ref().trim() {
