@@ -128,6 +128,16 @@ fn drop_stale_originals<S: StateStore>(
     }))
 }
 
+/// The knobs a persona sets on this domain.
+fn knobs_of(p: &Persona, info: &DomainInfo) -> Vec<Knob> {
+    p.tuning
+        .resolve(info)
+        .changes()
+        .into_iter()
+        .map(|c| c.knob)
+        .collect()
+}
+
 /// What a domain's status says when knobs could not be put back.
 fn attention(stuck: &[(Knob, String)]) -> Option<String> {
     (!stuck.is_empty()).then(|| {
@@ -1173,16 +1183,9 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             return Ok(());
         }
         let info = entry.info.clone();
-        let kept: Vec<Knob> = persona
+        let kept = persona
             .filter(|p| p.persist)
-            .map(|p| {
-                p.tuning
-                    .resolve(&info)
-                    .changes()
-                    .into_iter()
-                    .map(|c| c.knob)
-                    .collect()
-            })
+            .map(|p| knobs_of(p, &info))
             .unwrap_or_default();
         let recorded = self.store.definition(uuid)?;
         let back: Vec<DefinitionOriginal> = recorded
@@ -1330,16 +1333,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         }
         let info = entry.info.clone();
         let baseline = self.store.baseline(uuid)?;
-        let kept: Vec<Knob> = persona
-            .map(|p| {
-                p.tuning
-                    .resolve(&info)
-                    .changes()
-                    .into_iter()
-                    .map(|c| c.knob)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let kept = persona.map(|p| knobs_of(p, &info)).unwrap_or_default();
         let restored: Vec<Knob> = baseline
             .changes()
             .into_iter()

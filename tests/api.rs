@@ -13,17 +13,11 @@ use common::Daemon;
 use serde_json::{json, Value};
 
 fn host_uri() -> String {
-    format!(
-        "test://{}/fixtures/test-host.xml",
-        env!("CARGO_MANIFEST_DIR")
-    )
+    common::test_host_uri()
 }
 
 fn setup(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("api-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(d.join("personas")).unwrap();
+    let d = common::test_dir("api", name);
     std::fs::write(
         d.join("personas/web.toml"),
         "id = \"web-hot\"\npriority = 10\n[match]\ntags = [\"web\"]\n[[activation.when]]\nsignal = \"lb.rps\"\nabove = 1000\n[tuning]\nmemory_soft_limit = \"256 MiB\"\n",

@@ -11,18 +11,11 @@ use std::time::{Duration, Instant};
 use common::Daemon;
 
 fn host_uri() -> String {
-    format!(
-        "test://{}/fixtures/test-host.xml",
-        env!("CARGO_MANIFEST_DIR")
-    )
+    common::test_host_uri()
 }
 
 fn setup(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("systemd-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(d.join("personas")).unwrap();
-    d
+    common::test_dir("systemd", name)
 }
 
 /// A socket playing systemd: every message with the time it arrived.

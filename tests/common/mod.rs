@@ -94,6 +94,23 @@ pub fn virt_type() -> &'static str {
     })
 }
 
+/// libvirt's test driver on the five-domain host of fixtures/test-host.xml.
+pub fn test_host_uri() -> String {
+    format!(
+        "test://{}/fixtures/test-host.xml",
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// A fresh directory for a test, with an empty `personas/` in it.
+pub fn test_dir(prefix: &str, name: &str) -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{prefix}-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(d.join("personas")).expect("test directory");
+    d
+}
+
 /// A connection to the real libvirtd; fails the test with a hint when it is not running.
 pub fn real() -> LibvirtHypervisor {
     LibvirtHypervisor::connect(REAL_URI).unwrap_or_else(|e| {
