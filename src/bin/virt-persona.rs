@@ -73,7 +73,7 @@ enum Command {
         /// Only for this domain (else host-wide).
         #[arg(long, value_name = "DOM")]
         domain: Option<String>,
-        /// Gossip it to every host of the cluster.
+        /// Gossip it to every host of the cluster (refused until gossip is built).
         #[arg(long)]
         cluster: bool,
     },

@@ -152,7 +152,13 @@ pub fn signal(name: String, content_type: &str, body: &[u8]) -> Result<Command, 
     let ttl_ms = duration_ms("ttl", b.ttl.as_deref().unwrap_or("5m"))?;
     let cluster = match b.scope.as_deref() {
         None | Some("host") => false,
-        Some("cluster") => true,
+        // refused rather than kept on this host only while it says "cluster"
+        Some("cluster") => {
+            return Err((
+                400,
+                "scope \"cluster\": gossip between hosts is not built yet, so the signal would reach this host only; send it to each host with scope \"host\" (the default)".into(),
+            ))
+        }
         Some(other) => {
             return Err((
                 400,
@@ -203,6 +209,16 @@ mod tests {
             .unwrap_err()
             .0,
             400
+        );
+        let e = signal(
+            "x".into(),
+            "application/json",
+            br#"{"value": 1, "scope": "cluster"}"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.1.contains("gossip between hosts is not built yet"),
+            "{e:?}"
         );
         let e = signal("BAD NAME".into(), "application/json", br#"{"value": 1}"#).unwrap_err();
         assert!(e.1.contains("invalid signal name"), "{e:?}");
