@@ -653,11 +653,7 @@ fn sigterm_lets_an_open_request_finish() {
     )
     .unwrap();
     c.write_all(&body[..5]).unwrap();
-    let st = std::process::Command::new("kill")
-        .args(["-TERM", &d.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    d.signal("TERM");
     let t = Instant::now();
     while d.socket.exists() {
         assert!(t.elapsed() < Duration::from_secs(20), "the socket stays");
@@ -676,13 +672,7 @@ fn sigterm_lets_an_open_request_finish() {
         d.log()
     );
     assert!(out.contains(r#""name":"drain""#), "{out}");
-    let status = loop {
-        if let Some(s) = d.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(t.elapsed() < Duration::from_secs(20), "did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = d.wait_exit(20);
     assert!(status.success(), "{status:?}\n{}", d.log());
 }
 

@@ -342,27 +342,13 @@ fn always_persona(glob: &str, shares: u64) -> String {
 }
 
 fn terminate(d: &mut Daemon) {
-    let st = std::process::Command::new("kill")
-        .args(["-TERM", &d.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let t = Instant::now();
-    loop {
-        if let Some(status) = d.child.try_wait().unwrap() {
-            assert!(
-                status.success(),
-                "clean exit on SIGTERM: {status:?}\n{}",
-                d.log()
-            );
-            return;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    d.signal("TERM");
+    let status = d.wait_exit(20);
+    assert!(
+        status.success(),
+        "clean exit on SIGTERM: {status:?}\n{}",
+        d.log()
+    );
 }
 
 #[test]
@@ -491,10 +477,7 @@ fn sighup_reloads_the_personas_and_the_new_values_are_applied() {
     wait_for("the first version", 60, || shares() == Some(1111));
     // rewritten in place: the watched directory does not change
     std::fs::write(&target, always_persona(&g.name, 2222)).unwrap();
-    std::process::Command::new("kill")
-        .args(["-HUP", &d.child.id().to_string()])
-        .status()
-        .unwrap();
+    d.signal("HUP");
     wait_for("the new values on the guest", 60, || shares() == Some(2222));
     assert!(d.log().contains("trigger=\"SIGHUP\""), "{}", d.log());
 }
@@ -820,10 +803,7 @@ fn dry_run_changes_nothing_on_a_real_guest_until_a_reload_turns_it_off() {
 
     // acting: the config says so and the daemon reloads
     std::fs::write(&conf, "dry_run = false\n").unwrap();
-    std::process::Command::new("kill")
-        .args(["-HUP", &d.child.id().to_string()])
-        .status()
-        .unwrap();
+    d.signal("HUP");
     wait_for("the persona applied", 60, || {
         hv.tuning(&g.name, ReadScope::Current).unwrap().cpu_shares == Some(2500)
     });

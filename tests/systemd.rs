@@ -99,10 +99,7 @@ fn ready_status_reload_and_stop_are_announced() {
     });
 
     let n = m.got.len();
-    std::process::Command::new("kill")
-        .args(["-HUP", &d.child.id().to_string()])
-        .status()
-        .unwrap();
+    d.signal("HUP");
     m.until(60, |g| {
         Manager::has(&g[n..], "RELOADING=1") && Manager::has(&g[n..], "READY=1")
     });
@@ -118,16 +115,9 @@ fn ready_status_reload_and_stop_are_announced() {
     assert!(reloading < ready, "{after:?}");
     assert!(after[reloading].contains("MONOTONIC_USEC="), "{after:?}");
 
-    std::process::Command::new("kill")
-        .args(["-TERM", &d.child.id().to_string()])
-        .status()
-        .unwrap();
+    d.signal("TERM");
     m.until(60, |g| Manager::has(g, "STOPPING=1"));
-    let t = Instant::now();
-    while d.child.try_wait().unwrap().is_none() {
-        assert!(t.elapsed() < Duration::from_secs(20), "did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    d.wait_exit(20);
 }
 
 /// WATCHDOG=1 every half of WATCHDOG_USEC, from the control loop itself: a

@@ -435,6 +435,30 @@ impl Daemon {
         .ok()?;
         v["persona"].as_str().map(str::to_string)
     }
+    /// Sends the daemon a signal by name (`"HUP"`, `"TERM"`).
+    pub fn signal(&self, name: &str) {
+        let st = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -{name}");
+    }
+    /// Waits (up to `secs`) for the daemon to exit and returns how it did.
+    pub fn wait_exit(&mut self, secs: u64) -> std::process::ExitStatus {
+        let t = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for the daemon") {
+                return status;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(secs),
+                "the daemon did not exit within {secs} s: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
