@@ -162,6 +162,44 @@ pub struct Config {
     pub api_token_file: Option<PathBuf>,
 }
 
+impl Config {
+    /// The settings that differ in `new` and only take effect after a
+    /// restart: everything but `dry_run` (which a reload switches). A reload
+    /// names them instead of silently keeping the old values.
+    pub fn needs_restart(&self, new: &Config) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        let mut check = |name: &'static str, differs: bool| {
+            if differs {
+                out.push(name);
+            }
+        };
+        check("personas_dir", self.personas_dir != new.personas_dir);
+        check("state_dir", self.state_dir != new.state_dir);
+        check("api.socket", self.socket != new.socket);
+        check("connect", self.connect != new.connect);
+        check("interval", self.interval != new.interval);
+        check(
+            "verify_interval",
+            self.verify_interval != new.verify_interval,
+        );
+        check("revert_on_exit", self.revert_on_exit != new.revert_on_exit);
+        check("log_level", self.log_level != new.log_level);
+        check("log_format", self.log_format != new.log_format);
+        check("node_name", self.node_name != new.node_name);
+        check(
+            "gossip",
+            self.gossip_listen != new.gossip_listen
+                || self.gossip_seeds != new.gossip_seeds
+                || self.gossip_key_file != new.gossip_key_file,
+        );
+        check(
+            "api.listen / api.token_file",
+            self.api_listen != new.api_listen || self.api_token_file != new.api_token_file,
+        );
+        out
+    }
+}
+
 fn duration(key: &'static str, s: &str) -> Result<Duration, ConfigError> {
     let d: Duration = s
         .parse()
@@ -302,6 +340,17 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reload_names_what_needs_a_restart() {
+        let a = Config::resolve(FileConfig::default(), Overrides::default()).unwrap();
+        let file: FileConfig =
+            toml::from_str("interval = \"10s\"\ndry_run = true\nlog_level = \"debug\"\n").unwrap();
+        let b = Config::resolve(file, Overrides::default()).unwrap();
+        assert!(b.dry_run);
+        assert_eq!(a.needs_restart(&b), vec!["interval", "log_level"]);
+        assert!(a.needs_restart(&a).is_empty());
+    }
 
     #[test]
     fn the_shipped_example_config_loads() {

@@ -696,3 +696,28 @@ fn gossip_flags_are_refused_until_gossip_exists() {
     assert!(err.contains("gossip is not built yet"), "{err}");
     assert!(!dir.join("g.sock").exists(), "nothing served");
 }
+
+/// A reload switches `dry_run` and names every other changed setting as
+/// needing a restart, instead of keeping the old value without a word.
+#[test]
+fn a_reload_switches_dry_run_and_names_what_needs_a_restart() {
+    let dir = setup("reload");
+    let conf = dir.join("d.toml");
+    std::fs::write(&conf, "dry_run = true\n").unwrap();
+    let d = Daemon::start_args(
+        &dir,
+        &host_uri(),
+        &["--interval", "1s", "--config", conf.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(d.get("/healthz")["dry_run"], true);
+    std::fs::write(&conf, "dry_run = false\nverify_interval = \"7s\"\n").unwrap();
+    d.signal("HUP");
+    let t = Instant::now();
+    while d.get("/healthz")["dry_run"] != false || !d.log().contains("take effect after a restart")
+    {
+        assert!(t.elapsed() < Duration::from_secs(60), "{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(d.log().contains("settings=verify_interval"), "{}", d.log());
+}

@@ -101,10 +101,9 @@ fn config_path(args: &Args) -> (PathBuf, bool) {
     )
 }
 
-fn load_config(args: Args) -> anyhow::Result<Config> {
-    let (path, explicit) = config_path(&args);
-    let file = FileConfig::load(&path, explicit)?;
-    let o = Overrides {
+/// What the command line says, to lay over the config file (again at each reload).
+fn overrides(args: Args) -> Overrides {
+    Overrides {
         personas_dir: args.personas,
         state_dir: args.state_dir,
         socket: args.socket,
@@ -120,7 +119,11 @@ fn load_config(args: Args) -> anyhow::Result<Config> {
         gossip_key_file: args.gossip_key_file,
         api_listen: args.api_listen,
         api_token_file: args.api_token_file,
-    };
+    }
+}
+
+fn load_config(path: &std::path::Path, named: bool, o: Overrides) -> anyhow::Result<Config> {
+    let file = FileConfig::load(path, named)?;
     Ok(Config::resolve(file, o)?)
 }
 
@@ -138,14 +141,14 @@ fn main() {
         return;
     }
     let (config_file, config_named) = config_path(&args);
-    let dry_run_flag = args.dry_run;
-    let result = load_config(args).and_then(|cfg| {
+    let flags = overrides(args);
+    let result = load_config(&config_file, config_named, flags.clone()).and_then(|cfg| {
         virt_persona::logging::init(cfg.log_format, cfg.log_level.as_deref())
             .map_err(|e| anyhow::anyhow!("logging: {e}"))?;
         // a test build only: fail points named in FAILPOINTS (see Cargo.toml)
         #[cfg(feature = "failpoints")]
         let _failpoints = fail::FailScenario::setup();
-        run(cfg, &config_file, config_named, dry_run_flag)
+        run(cfg, &config_file, config_named, flags)
     });
     if let Err(e) = result {
         eprintln!("virt-personad: error: {e}");
@@ -162,7 +165,7 @@ fn run(
     cfg: Config,
     config_file: &std::path::Path,
     config_named: bool,
-    dry_run_flag: bool,
+    flags: Overrides,
 ) -> anyhow::Result<()> {
     // a setting the daemon would not act on is refused, not accepted and ignored
     if cfg.gossip_listen.is_some() || !cfg.gossip_seeds.is_empty() {
@@ -359,18 +362,22 @@ fn run(
                     notifier.reloading();
                     reload(&mut catalog, "SIGHUP");
                     rec.set_personas(catalog.personas());
-                    // dry_run is the setting a reload switches (--dry-run on the command line wins)
-                    match FileConfig::load(config_file, config_named) {
-                        Ok(file) => {
-                            let dry = dry_run_flag || file.dry_run();
-                            if dry != rec.dry_run() {
-                                if dry {
+                    // dry_run is the setting a reload switches (--dry-run on the command
+                    // line wins); any other change is named, not silently kept
+                    match load_config(config_file, config_named, flags.clone()) {
+                        Ok(new) => {
+                            let later = cfg.needs_restart(&new);
+                            if !later.is_empty() {
+                                warn!(settings = %later.join(", "), "changed in the config file; they take effect after a restart (systemctl restart virt-personad), the values in force are kept until then");
+                            }
+                            if new.dry_run != rec.dry_run() {
+                                if new.dry_run {
                                     warn!("dry run on (reload): deciding and recording only, no domain will be changed");
                                 } else {
                                     info!("dry run off (reload): acting from the next tick");
                                 }
-                                rec.set_dry_run(dry);
-                                metrics.dry_run(dry);
+                                rec.set_dry_run(new.dry_run);
+                                metrics.dry_run(new.dry_run);
                             }
                         }
                         Err(e) => warn!(error = %e, "config file not reloaded; the settings in force are kept"),
