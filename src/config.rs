@@ -31,20 +31,6 @@ pub enum ConfigError {
     Token { path: PathBuf, message: String },
 }
 
-/// Raises this process's soft limit of open files to its hard limit (systemd
-/// and shells start services at 1,024): the API must be able to hold many
-/// connections at once without refusing the admin. Failure is harmless.
-pub fn raise_open_files_limit() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard {
-            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                tracing::debug!(error = %e, "cannot raise the open-files limit");
-            }
-        }
-    }
-}
-
 /// Reads the TCP API's bearer token. The file must be readable by its owner
 /// only (the token is a password), and the token at least 16 characters.
 pub fn read_token_file(path: &Path) -> Result<String, ConfigError> {

@@ -449,6 +449,20 @@ pub fn router(tx: Sender<Envelope>, shared: Arc<Shared>, token: Option<String>) 
     app.layer(middleware::map_response(json_errors))
 }
 
+/// Raises this process's soft limit of open files to its hard limit (systemd
+/// and shells start services at 1,024): the API must be able to hold many
+/// connections at once without refusing the admin. Failure is harmless.
+pub fn raise_open_files_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::debug!(error = %e, "cannot raise the open-files limit");
+            }
+        }
+    }
+}
+
 /// The runtime network I/O runs on: two worker threads (the control loop
 /// and libvirt's event loop keep threads of their own).
 pub fn runtime() -> Result<tokio::runtime::Runtime, ServeError> {

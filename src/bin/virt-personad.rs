@@ -214,7 +214,7 @@ fn run(
         None => None,
     };
     // one small runtime for network I/O; this thread stays the control loop's
-    virt_persona::config::raise_open_files_limit();
+    server::raise_open_files_limit();
     let rt = server::runtime()?;
     let api = server::Api::start(
         rt.handle(),
