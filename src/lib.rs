@@ -7,6 +7,7 @@
 pub mod api;
 pub mod collector;
 pub mod config;
+pub mod forecast;
 pub mod host;
 pub mod hypervisor;
 pub mod logging;
