@@ -569,6 +569,117 @@ impl Event {
     }
 }
 
+/// History chunks: (series `UUID/metric`, resolution code, start) → `f32` slots, little-endian.
+const HISTORY: TableDefinition<(&str, u8, i64), &[u8]> = TableDefinition::new("history");
+
+/// Metric history for forecasts (see [`crate::history`]): redb file
+/// `history.redb` in the state directory, apart from `state.redb` so that
+/// writing history never waits on, or delays, the control loop's writes. Only
+/// the forecast worker thread uses it. Writes whole chunks, once a minute.
+pub struct HistoryDb {
+    db: redb::Database,
+    path: PathBuf,
+}
+
+impl HistoryDb {
+    /// Opens (or creates) it. A damaged file is kept aside as
+    /// `history.redb.damaged-<unix time>` and a new one made: history is
+    /// worth less than a running daemon, and import can seed it again.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let path = dir.join("history.redb");
+        let open = |path: &Path| -> std::result::Result<redb::Database, redb::DatabaseError> {
+            redb::Builder::new().set_cache_size(CACHE_BYTES).create(path)
+        };
+        let db = match open(&path) {
+            Ok(db) => db,
+            Err(e) if is_damage(&e) => {
+                let secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let aside = dir.join(format!("history.redb.damaged-{secs}"));
+                std::fs::rename(&path, &aside).map_err(io)?;
+                tracing::error!(file = %aside.display(), error = %e, "the history file is damaged: kept aside, history starts again");
+                open(&path).map_err(|e| StoreError::Open {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?
+            }
+            Err(e) => {
+                return Err(StoreError::Open {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })
+            }
+        };
+        let tx = db.begin_write().map_err(io)?;
+        tx.open_table(HISTORY).map_err(io)?;
+        tx.commit().map_err(io)?;
+        Ok(HistoryDb { db, path })
+    }
+
+    /// Every chunk stored (chunks with a key or size it cannot read are skipped).
+    pub fn load(&self) -> Result<Vec<(crate::history::ChunkId, Vec<f32>)>> {
+        use crate::history::{ChunkId, Res, SeriesKey};
+        let rx = self.db.begin_read().map_err(io)?;
+        let t = rx.open_table(HISTORY).map_err(io)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(io)? {
+            let (k, v) = item.map_err(io)?;
+            let (series, res, start) = k.value();
+            let (Some(key), Some(res)) = (SeriesKey::from_key(series), Res::from_code(res)) else {
+                continue;
+            };
+            let bytes = v.value();
+            if bytes.len() != res.slots() * 4 {
+                continue;
+            }
+            let slots = bytes
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            out.push((ChunkId { key, res, start }, slots));
+        }
+        Ok(out)
+    }
+
+    /// Writes and deletes chunks in one transaction.
+    pub fn save(&self, changes: &crate::history::Changes) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write().map_err(io)?;
+        {
+            let mut t = tx.open_table(HISTORY).map_err(io)?;
+            for id in &changes.delete {
+                let key = id.key.to_key();
+                t.remove((key.as_str(), id.res.code(), id.start)).map_err(io)?;
+            }
+            let mut buf = Vec::new();
+            for (id, slots) in &changes.put {
+                buf.clear();
+                for v in slots {
+                    buf.extend_from_slice(&v.to_le_bytes());
+                }
+                let key = id.key.to_key();
+                t.insert((key.as_str(), id.res.code(), id.start), buf.as_slice())
+                    .map_err(io)?;
+            }
+        }
+        tx.commit().map_err(io)
+    }
+
+    /// Reclaims the space of deleted chunks (after a compaction).
+    pub fn compact_file(&mut self) -> Result<()> {
+        self.db.compact().map_err(io).map(|_| ())
+    }
+
+    /// The file's size in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -763,5 +874,37 @@ mod tests {
         let s = RedbStore::open(d.path()).unwrap();
         assert_eq!(s.events(Some("a"), 0).unwrap().len(), 3);
         assert_eq!(s.events(Some("b"), 0).unwrap()[0].time, 2);
+    }
+
+    #[test]
+    fn history_chunks_survive_reopen_and_deletes() {
+        use crate::history::{History, SeriesKey, DAY_MS, MINUTE_MS};
+        let dir = tempfile::tempdir().unwrap();
+        let k = SeriesKey::new("u-1", crate::model::persona::Metric::Cpu);
+        let now = 1_793_577_600_000 + 5 * DAY_MS;
+        let mut h = History::default();
+        let pts: Vec<_> = (0..5 * 24 * 60)
+            .map(|i| (k.clone(), now - 5 * DAY_MS + i * MINUTE_MS, i as f64))
+            .collect();
+        h.import(&pts, now, 14 * DAY_MS);
+        let db = HistoryDb::open(dir.path()).unwrap();
+        db.save(&h.take_changes()).unwrap();
+        let before = h.series(&k, 900_000, now);
+        drop(db);
+        let db = HistoryDb::open(dir.path()).unwrap();
+        let mut again = History::from_chunks(db.load().unwrap());
+        assert_eq!(again.series(&k, 900_000, now), before);
+        again.compact(now + 20 * DAY_MS, 14 * DAY_MS);
+        db.save(&again.take_changes()).unwrap();
+        assert!(db.load().unwrap().is_empty(), "all past the retention");
+        // a damaged file is kept aside, not fatal
+        drop(db);
+        std::fs::write(dir.path().join("history.redb"), b"not a database at all").unwrap();
+        let db = HistoryDb::open(dir.path()).unwrap();
+        assert!(db.load().unwrap().is_empty());
+        assert!(std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("history.redb.damaged-")));
     }
 }

@@ -1,0 +1,524 @@
+//! Metric history for forecasts (SPEC §7) — pure; the store persists it.
+//!
+//! Per series (a domain's UUID, or `host`, and a metric): 1-minute means for
+//! the last two days, kept in hour chunks of 60 slots, and 5-minute means up to
+//! the retention, in day chunks of 288 slots; a slot is an `f32`, `NaN` when
+//! nothing was recorded. [`History::compact`] folds minute chunks older than
+//! two days into 5-minute ones and drops what is older than the retention, so
+//! a domain that was undefined is gone after it. Every chunk changed since the
+//! last [`History::take_changes`] is handed to the store, which writes whole
+//! chunks: 100 domains × 14 days × 4 metrics is about 10 MB.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::collector::Millis;
+use crate::forecast::Series;
+use crate::model::persona::Metric;
+
+pub const MINUTE_MS: Millis = 60_000;
+pub const FIVE_MS: Millis = 5 * MINUTE_MS;
+pub const HOUR_MS: Millis = 60 * MINUTE_MS;
+pub const DAY_MS: Millis = 24 * HOUR_MS;
+/// Minute resolution is kept this long.
+pub const FINE_MS: Millis = 2 * DAY_MS;
+/// The series key of host-wide metrics.
+pub const HOST: &str = "host";
+
+/// One series: a domain (UUID) or [`HOST`], and a metric.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesKey {
+    pub domain: String,
+    pub metric: Metric,
+}
+
+impl SeriesKey {
+    pub fn new(domain: &str, metric: Metric) -> Self {
+        SeriesKey {
+            domain: domain.to_string(),
+            metric,
+        }
+    }
+    /// `UUID/metric`, as the store keys it.
+    pub fn to_key(&self) -> String {
+        format!("{}/{}", self.domain, self.metric)
+    }
+    pub fn from_key(s: &str) -> Option<SeriesKey> {
+        let (d, m) = s.rsplit_once('/')?;
+        Some(SeriesKey::new(d, Metric::from_name(m)?))
+    }
+}
+
+/// Which resolution a chunk holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Res {
+    /// An hour of 1-minute slots.
+    Minute,
+    /// A day of 5-minute slots.
+    Five,
+}
+
+impl Res {
+    pub fn slot_ms(self) -> Millis {
+        match self {
+            Res::Minute => MINUTE_MS,
+            Res::Five => FIVE_MS,
+        }
+    }
+    pub fn chunk_ms(self) -> Millis {
+        match self {
+            Res::Minute => HOUR_MS,
+            Res::Five => DAY_MS,
+        }
+    }
+    pub fn slots(self) -> usize {
+        (self.chunk_ms() / self.slot_ms()) as usize
+    }
+    pub fn code(self) -> u8 {
+        match self {
+            Res::Minute => 1,
+            Res::Five => 5,
+        }
+    }
+    pub fn from_code(c: u8) -> Option<Res> {
+        match c {
+            1 => Some(Res::Minute),
+            5 => Some(Res::Five),
+            _ => None,
+        }
+    }
+}
+
+/// A chunk's identity: series, resolution, start.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkId {
+    pub key: SeriesKey,
+    pub res: Res,
+    pub start: Millis,
+}
+
+#[derive(Debug, Default, Clone)]
+struct SeriesData {
+    minute: BTreeMap<Millis, Vec<f32>>,
+    five: BTreeMap<Millis, Vec<f32>>,
+    /// The minute being accumulated: its start, sum and count.
+    open: Option<(Millis, f64, u32)>,
+}
+
+impl SeriesData {
+    fn chunks(&mut self, res: Res) -> &mut BTreeMap<Millis, Vec<f32>> {
+        match res {
+            Res::Minute => &mut self.minute,
+            Res::Five => &mut self.five,
+        }
+    }
+}
+
+/// Chunks to write and to delete.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Changes {
+    pub put: Vec<(ChunkId, Vec<f32>)>,
+    pub delete: Vec<ChunkId>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.put.is_empty() && self.delete.is_empty()
+    }
+}
+
+/// All series' history.
+#[derive(Debug, Default)]
+pub struct History {
+    series: HashMap<SeriesKey, SeriesData>,
+    dirty: BTreeSet<ChunkId>,
+    deleted: BTreeSet<ChunkId>,
+}
+
+fn floor(t: Millis, step: Millis) -> Millis {
+    t.div_euclid(step) * step
+}
+
+impl History {
+    /// History as the store holds it (chunks of an unexpected size are skipped).
+    pub fn from_chunks(chunks: impl IntoIterator<Item = (ChunkId, Vec<f32>)>) -> History {
+        let mut h = History::default();
+        for (id, slots) in chunks {
+            if slots.len() != id.res.slots() || id.start % id.res.chunk_ms() != 0 {
+                continue;
+            }
+            h.series
+                .entry(id.key)
+                .or_default()
+                .chunks(id.res)
+                .insert(id.start, slots);
+        }
+        h
+    }
+
+    pub fn series_count(&self) -> usize {
+        self.series.len()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &SeriesKey> {
+        self.series.keys()
+    }
+
+    fn set_slot(&mut self, key: &SeriesKey, res: Res, t: Millis, v: f32) {
+        let start = floor(t, res.chunk_ms());
+        let slot = ((t - start) / res.slot_ms()) as usize;
+        let chunk = self
+            .series
+            .entry(key.clone())
+            .or_default()
+            .chunks(res)
+            .entry(start)
+            .or_insert_with(|| vec![f32::NAN; res.slots()]);
+        chunk[slot] = v;
+        let id = ChunkId {
+            key: key.clone(),
+            res,
+            start,
+        };
+        self.deleted.remove(&id);
+        self.dirty.insert(id);
+    }
+
+    /// One tick's value. Values are averaged per minute; a minute is written
+    /// once the first value of a later minute arrives.
+    pub fn record(&mut self, key: &SeriesKey, t: Millis, value: f64) {
+        if !value.is_finite() {
+            return;
+        }
+        let minute = floor(t, MINUTE_MS);
+        let s = self.series.entry(key.clone()).or_default();
+        match &mut s.open {
+            Some((m, sum, n)) if *m == minute => {
+                *sum += value;
+                *n += 1;
+            }
+            Some((m, _, _)) if *m > minute => {} // from the past: dropped
+            open => {
+                let done = open.replace((minute, value, 1));
+                if let Some((m, sum, n)) = done {
+                    self.set_slot(key, Res::Minute, m, (sum / n as f64) as f32);
+                }
+            }
+        }
+    }
+
+    /// Writes out every open minute that ended before `now`.
+    pub fn close_minutes(&mut self, now: Millis) {
+        let minute = floor(now, MINUTE_MS);
+        let closed: Vec<(SeriesKey, Millis, f32)> = self
+            .series
+            .iter_mut()
+            .filter_map(|(k, s)| match s.open {
+                Some((m, sum, n)) if m < minute => {
+                    s.open = None;
+                    Some((k.clone(), m, (sum / n as f64) as f32))
+                }
+                _ => None,
+            })
+            .collect();
+        for (k, m, v) in closed {
+            self.set_slot(&k, Res::Minute, m, v);
+        }
+    }
+
+    /// Imported points (any spacing): averaged per slot, into minute slots
+    /// within the last two days and 5-minute slots before, replacing what
+    /// was there. Points older than the retention are skipped; returns how
+    /// many were kept.
+    pub fn import(
+        &mut self,
+        points: &[(SeriesKey, Millis, f64)],
+        now: Millis,
+        retention: Millis,
+    ) -> usize {
+        let mut acc: BTreeMap<(SeriesKey, Res, Millis), (f64, u32)> = BTreeMap::new();
+        for (k, t, v) in points {
+            if *t < now - retention || *t > now || !v.is_finite() {
+                continue;
+            }
+            let res = if *t >= floor(now - FINE_MS, HOUR_MS) {
+                Res::Minute
+            } else {
+                Res::Five
+            };
+            let e = acc
+                .entry((k.clone(), res, floor(*t, res.slot_ms())))
+                .or_default();
+            e.0 += v;
+            e.1 += 1;
+        }
+        let n = acc.values().map(|(_, c)| *c as usize).sum();
+        for ((k, res, t), (sum, count)) in acc {
+            self.set_slot(&k, res, t, (sum / count as f64) as f32);
+        }
+        n
+    }
+
+    /// Folds minute chunks that ended two days before `now` into 5-minute
+    /// chunks and drops chunks that ended before `now - retention`; series left
+    /// with nothing are forgotten.
+    pub fn compact(&mut self, now: Millis, retention: Millis) {
+        let fine_before = now - FINE_MS;
+        let keep_after = now - retention;
+        let mut dirty = Vec::new();
+        let mut deleted = Vec::new();
+        for (key, s) in self.series.iter_mut() {
+            let old: Vec<Millis> = s
+                .minute
+                .range(..fine_before - HOUR_MS + 1)
+                .map(|(t, _)| *t)
+                .filter(|t| t + HOUR_MS <= fine_before)
+                .collect();
+            for start in old {
+                let Some(slots) = s.minute.remove(&start) else {
+                    continue;
+                };
+                deleted.push(ChunkId {
+                    key: key.clone(),
+                    res: Res::Minute,
+                    start,
+                });
+                if start + HOUR_MS <= keep_after {
+                    continue;
+                }
+                let day = floor(start, DAY_MS);
+                let five = s
+                    .five
+                    .entry(day)
+                    .or_insert_with(|| vec![f32::NAN; Res::Five.slots()]);
+                for (i, group) in slots.chunks(5).enumerate() {
+                    let present: Vec<f32> = group.iter().copied().filter(|v| !v.is_nan()).collect();
+                    if !present.is_empty() {
+                        let slot = ((start - day) / FIVE_MS) as usize + i;
+                        five[slot] = present.iter().sum::<f32>() / present.len() as f32;
+                    }
+                }
+                dirty.push(ChunkId {
+                    key: key.clone(),
+                    res: Res::Five,
+                    start: day,
+                });
+            }
+            for res in [Res::Minute, Res::Five] {
+                let gone: Vec<Millis> = s
+                    .chunks(res)
+                    .keys()
+                    .copied()
+                    .filter(|t| t + res.chunk_ms() <= keep_after)
+                    .collect();
+                for start in gone {
+                    s.chunks(res).remove(&start);
+                    deleted.push(ChunkId {
+                        key: key.clone(),
+                        res,
+                        start,
+                    });
+                }
+            }
+        }
+        self.series
+            .retain(|_, s| !s.minute.is_empty() || !s.five.is_empty() || s.open.is_some());
+        for id in deleted {
+            self.dirty.remove(&id);
+            self.deleted.insert(id);
+        }
+        for id in dirty {
+            let exists = self
+                .series
+                .get_mut(&id.key)
+                .is_some_and(|s| s.chunks(id.res).contains_key(&id.start));
+            if exists {
+                self.deleted.remove(&id);
+                self.dirty.insert(id);
+            }
+        }
+    }
+
+    /// What changed since the last call, for the store.
+    pub fn take_changes(&mut self) -> Changes {
+        let dirty = std::mem::take(&mut self.dirty);
+        let put = dirty
+            .into_iter()
+            .filter_map(|id| {
+                let slots = self
+                    .series
+                    .get_mut(&id.key)?
+                    .chunks(id.res)
+                    .get(&id.start)?
+                    .clone();
+                Some((id, slots))
+            })
+            .collect();
+        Changes {
+            put,
+            delete: std::mem::take(&mut self.deleted).into_iter().collect(),
+        }
+    }
+
+    /// Every recorded value of a series as (slot start, slot length, mean),
+    /// oldest first; where both resolutions cover a time, the minutes win.
+    fn slots(&self, key: &SeriesKey) -> Vec<(Millis, Millis, f64)> {
+        let Some(s) = self.series.get(key) else {
+            return vec![];
+        };
+        let first_minute = s.minute.keys().next().copied().unwrap_or(Millis::MAX);
+        let mut out = Vec::new();
+        for (res, chunks) in [(Res::Five, &s.five), (Res::Minute, &s.minute)] {
+            for (start, slots) in chunks {
+                for (i, v) in slots.iter().enumerate() {
+                    let t = start + i as Millis * res.slot_ms();
+                    if v.is_nan() || (res == Res::Five && t >= first_minute) {
+                        continue;
+                    }
+                    out.push((t, res.slot_ms(), *v as f64));
+                }
+            }
+        }
+        out
+    }
+
+    /// The first and last recorded times of a series.
+    pub fn span(&self, key: &SeriesKey) -> Option<(Millis, Millis)> {
+        let s = self.slots(key);
+        Some((s.first()?.0, s.last().map(|(t, len, _)| t + len)?))
+    }
+
+    /// Means per `step` (a multiple of 5 minutes) from the first recorded value
+    /// to the last step that ended by `until`; steps with nothing are `NaN`.
+    pub fn series(&self, key: &SeriesKey, step: Millis, until: Millis) -> Series {
+        let slots = self.slots(key);
+        let end = floor(until, step);
+        let Some(first) = slots.first().map(|(t, _, _)| floor(*t, step)) else {
+            return Series {
+                start: end,
+                values: vec![],
+            };
+        };
+        let n = ((end - first) / step).max(0) as usize;
+        let mut acc = vec![(0.0f64, 0.0f64); n];
+        for (t, len, v) in slots {
+            let i = ((t - first) / step) as usize;
+            if i < n {
+                // weighted by the slot's length, so minutes and 5-minute means mix
+                acc[i].0 += v * len as f64;
+                acc[i].1 += len as f64;
+            }
+        }
+        Series {
+            start: first,
+            values: acc
+                .into_iter()
+                .map(|(s, w)| if w > 0.0 { s / w } else { f64::NAN })
+                .collect(),
+        }
+    }
+
+    /// Forgets series not in `keep` (for benches and tests of retention).
+    pub fn len_points(&self) -> usize {
+        self.series
+            .values()
+            .map(|s| {
+                s.minute
+                    .values()
+                    .chain(s.five.values())
+                    .map(|c| c.iter().filter(|v| !v.is_nan()).count())
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: Millis = 1_793_577_600_000; // a Monday, 00:00 UTC
+
+    fn cpu(d: &str) -> SeriesKey {
+        SeriesKey::new(d, Metric::Cpu)
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        let k = cpu("6695eb01-f6a4-8304-79aa-97f2502e193f");
+        assert_eq!(SeriesKey::from_key(&k.to_key()), Some(k));
+        assert_eq!(SeriesKey::from_key("host/host_cpu"), Some(SeriesKey::new(HOST, Metric::HostCpu)));
+        assert_eq!(SeriesKey::from_key("x/nope"), None);
+    }
+
+    #[test]
+    fn ticks_are_averaged_per_minute_and_written_when_it_ends() {
+        let mut h = History::default();
+        let k = cpu("a");
+        for (t, v) in [(0, 10.0), (20_000, 20.0), (40_000, 30.0)] {
+            h.record(&k, T0 + t, v);
+        }
+        assert!(h.take_changes().is_empty(), "the minute is still open");
+        h.record(&k, T0 + 61_000, 50.0);
+        let c = h.take_changes();
+        assert_eq!(c.put.len(), 1);
+        assert_eq!(c.put[0].1[0], 20.0);
+        h.close_minutes(T0 + 125_000);
+        let c = h.take_changes();
+        assert_eq!(c.put[0].1[1], 50.0);
+        let s = h.series(&k, FIVE_MS, T0 + 10 * MINUTE_MS);
+        assert_eq!(s.start, T0);
+        assert_eq!(s.values.len(), 2);
+        assert_eq!(s.values[0], 35.0, "mean of the minutes 20 and 50");
+        assert!(s.values[1].is_nan());
+    }
+
+    #[test]
+    fn compaction_folds_old_minutes_into_five_and_drops_past_retention() {
+        let mut h = History::default();
+        let k = cpu("a");
+        let now = T0 + 3 * DAY_MS;
+        // minutes for the whole three days
+        let pts: Vec<(SeriesKey, Millis, f64)> = (0..3 * 24 * 60)
+            .map(|i| (k.clone(), T0 + i * MINUTE_MS, (i % 5) as f64))
+            .collect();
+        // written as recorded (import would put old points in 5-minute slots)
+        for (k, t, v) in &pts {
+            h.record(k, *t, *v);
+        }
+        h.close_minutes(now);
+        let before = h.series(&k, FIVE_MS, now);
+        h.compact(now, 14 * DAY_MS);
+        let c = h.take_changes();
+        assert!(c.put.iter().any(|(id, _)| id.res == Res::Five));
+        assert_eq!(c.delete.len(), 24, "the first day's minute chunks");
+        let s = h.series(&k, FIVE_MS, now);
+        assert_eq!(s, before, "5-minute means are kept exactly");
+        assert_eq!(s.values[0], 2.0);
+        // past the retention, everything goes
+        h.compact(now + 15 * DAY_MS, 14 * DAY_MS);
+        assert_eq!(h.series_count(), 0, "an undefined domain's history is gone");
+        let c = h.take_changes();
+        assert!(c.put.is_empty());
+        assert!(!c.delete.is_empty());
+    }
+
+    #[test]
+    fn import_averages_per_slot_and_reloads_from_chunks() {
+        let mut h = History::default();
+        let k = cpu("a");
+        let now = T0 + 10 * DAY_MS;
+        let pts = vec![
+            (k.clone(), T0 + 60_000, 10.0),
+            (k.clone(), T0 + 120_000, 30.0),       // same 5-minute slot
+            (k.clone(), now - 90_000, 7.0),        // minute slot
+            (k.clone(), now - 20 * DAY_MS, 99.0),  // past the retention
+        ];
+        assert_eq!(h.import(&pts, now, 14 * DAY_MS), 3);
+        let c = h.take_changes();
+        let reloaded = History::from_chunks(c.put);
+        let s = reloaded.series(&k, FIVE_MS, now);
+        assert_eq!(s.start, T0);
+        assert_eq!(s.values[0], 20.0);
+        assert_eq!(reloaded.span(&k), Some((T0, now - 60_000)));
+    }
+}
