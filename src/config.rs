@@ -95,6 +95,8 @@ pub struct FileConfig {
     verify_interval: Option<String>,
     revert_on_exit: Option<bool>,
     dry_run: Option<bool>,
+    history_retention: Option<String>,
+    forecast_mode: Option<String>,
     log_level: Option<String>,
     log_format: Option<String>,
     node_name: Option<String>,
@@ -115,6 +117,8 @@ pub struct Overrides {
     pub verify_interval: Option<Duration>,
     pub revert_on_exit: bool,
     pub dry_run: bool,
+    pub history_retention: Option<Duration>,
+    pub forecast_observe: bool,
     pub log_format: Option<LogFormat>,
     pub node_name: Option<String>,
     pub gossip_listen: Option<String>,
@@ -136,6 +140,11 @@ pub struct Config {
     pub revert_on_exit: bool,
     /// Observe only: decide and record, never write to libvirt.
     pub dry_run: bool,
+    /// How long metric history is kept for forecasts (default 14 days).
+    pub history_retention: Duration,
+    /// `forecast_mode = "observe"`: forecasts never activate a persona, they
+    /// are logged and explained as "would have activated" (a reload switches it).
+    pub forecast_observe: bool,
     /// A tracing filter (`info`, `debug`, `virt_persona=debug` …); the
     /// environment (`VIRT_PERSONA_LOG`, `RUST_LOG`) wins over it.
     pub log_level: Option<String>,
@@ -169,6 +178,10 @@ impl Config {
             self.verify_interval != new.verify_interval,
         );
         check("revert_on_exit", self.revert_on_exit != new.revert_on_exit);
+        check(
+            "history_retention",
+            self.history_retention != new.history_retention,
+        );
         check("log_level", self.log_level != new.log_level);
         check("log_format", self.log_format != new.log_format);
         check("node_name", self.node_name != new.node_name);
@@ -264,7 +277,36 @@ impl Config {
                 });
             }
         }
+        let history_retention = match (o.history_retention, file.history_retention.as_deref()) {
+            (Some(d), _) => d,
+            (None, Some(s)) => duration("history_retention", s)?,
+            (None, None) => Duration::from_secs(14 * 86_400),
+        };
+        let two_days = std::time::Duration::from_secs(2 * 86_400);
+        if history_retention.as_std() < two_days
+            || history_retention.as_std() > std::time::Duration::from_secs(366 * 86_400)
+        {
+            return Err(ConfigError::Invalid {
+                key: "history_retention",
+                message: format!(
+                    "{history_retention} is out of range: expected 2d to 366d (a forecast needs two days of history)"
+                ),
+            });
+        }
+        let forecast_observe = o.forecast_observe
+            || match file.forecast_mode.as_deref() {
+                None | Some("act") => false,
+                Some("observe") => true,
+                Some(other) => {
+                    return Err(ConfigError::Invalid {
+                        key: "forecast_mode",
+                        message: format!("expected \"act\" or \"observe\", found \"{other}\""),
+                    })
+                }
+            };
         let cfg = Config {
+            history_retention,
+            forecast_observe,
             personas_dir: o
                 .personas_dir
                 .or(file.personas_dir)

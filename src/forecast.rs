@@ -16,9 +16,14 @@
 //! A fit is made on a worker thread (see `bin/virt-personad.rs`), never on the
 //! control loop's; the loop only reads finished [`Fit`]s.
 
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use crate::collector::Millis;
+use crate::history::SeriesKey;
+use crate::model::persona::Metric;
 
 /// The resolution forecasts work at: 15 minutes. Fitting AutoETS costs about
 /// linear time in the points; at 5-minute steps a refit of 100 domains took
@@ -109,6 +114,45 @@ pub struct Fit {
     /// From `history_end` on, one per step.
     pub points: Vec<Point>,
     pub accuracy: Option<Accuracy>,
+    /// The last day of the history it saw, one mean per step (`NaN` = none),
+    /// for charts.
+    pub recent: Vec<(Millis, f64)>,
+}
+
+/// What the control loop knows of one series' forecast.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FitState {
+    Ready(Arc<Fit>),
+    /// Too little history: this much is recorded.
+    Waiting { have_ms: Millis },
+    Failed(String),
+}
+
+/// Every series' forecast state, by domain (UUID or `host`) and metric.
+#[derive(Debug, Clone, Default)]
+pub struct Forecasts(pub HashMap<String, BTreeMap<Metric, FitState>>);
+
+impl Forecasts {
+    pub fn get(&self, domain: &str, metric: Metric) -> Option<&FitState> {
+        self.0.get(domain)?.get(&metric)
+    }
+    pub fn set(&mut self, key: SeriesKey, state: FitState) {
+        self.0.entry(key.domain).or_default().insert(key.metric, state);
+    }
+    pub fn remove(&mut self, key: &SeriesKey) {
+        if let Some(m) = self.0.get_mut(&key.domain) {
+            m.remove(&key.metric);
+            if m.is_empty() {
+                self.0.remove(&key.domain);
+            }
+        }
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (SeriesKey, &FitState)> {
+        self.0.iter().flat_map(|(d, m)| {
+            m.iter()
+                .map(move |(metric, st)| (SeriesKey::new(d, *metric), st))
+        })
+    }
 }
 
 /// Why there is no forecast.
@@ -255,6 +299,13 @@ pub fn fit(series: &Series, now: Millis) -> Result<Fit, FitError> {
         seasons: seasons_for(values.len()),
         points: points(&f, end),
         accuracy,
+        recent: s
+            .values
+            .iter()
+            .enumerate()
+            .skip(s.values.len().saturating_sub(DAY))
+            .map(|(i, v)| (s.start + i as Millis * STEP_MS, *v))
+            .collect(),
     })
 }
 

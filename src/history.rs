@@ -359,6 +359,20 @@ impl History {
         }
     }
 
+    /// Changes a failed write did not store: written again with the next ones.
+    pub fn unsaved(&mut self, changes: Changes) {
+        for (id, _) in changes.put {
+            if !self.deleted.contains(&id) {
+                self.dirty.insert(id);
+            }
+        }
+        for id in changes.delete {
+            if !self.dirty.contains(&id) {
+                self.deleted.insert(id);
+            }
+        }
+    }
+
     /// Every recorded value of a series as (slot start, slot length, mean),
     /// oldest first; where both resolutions cover a time, the minutes win.
     fn slots(&self, key: &SeriesKey) -> Vec<(Millis, Millis, f64)> {
@@ -417,7 +431,7 @@ impl History {
         }
     }
 
-    /// Forgets series not in `keep` (for benches and tests of retention).
+    /// Values recorded, all series together.
     pub fn len_points(&self) -> usize {
         self.series
             .values()
@@ -429,6 +443,108 @@ impl History {
                     .sum::<usize>()
             })
             .sum()
+    }
+}
+
+/// The most bad lines an import error lists (the count covers all).
+pub const MAX_LISTED_ERRORS: usize = 50;
+
+/// A time in an import: RFC 3339, or Unix seconds (fractions allowed).
+fn import_time(s: &str) -> Option<Millis> {
+    if let Ok(secs) = s.parse::<i64>() {
+        return secs.checked_mul(1000);
+    }
+    if let Ok(secs) = s.parse::<f64>() {
+        return (secs.is_finite() && secs.abs() < 1e13).then(|| (secs * 1000.0).round() as Millis);
+    }
+    s.parse::<jiff::Timestamp>().ok().map(|t| t.as_millisecond())
+}
+
+/// Reads an import CSV: a header `timestamp,domain,metric,value`, then one
+/// point per line. `domain` is a name or UUID that `resolve` turns into the
+/// UUID (`None`: unknown); host metrics take an empty domain or `host`.
+/// Every bad line is reported with its number; any bad line refuses the whole
+/// file.
+pub fn parse_csv(
+    text: &str,
+    resolve: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<(SeriesKey, Millis, f64)>, Vec<String>> {
+    let mut errors = Vec::new();
+    let mut out = Vec::new();
+    let mut lines = text.lines().enumerate();
+    let header = lines.find(|(_, l)| !l.trim().is_empty());
+    match header {
+        Some((_, h)) => {
+            let cols: Vec<String> = h
+                .trim_start_matches('\u{feff}')
+                .split(',')
+                .map(|c| c.trim().to_ascii_lowercase())
+                .collect();
+            if cols != ["timestamp", "domain", "metric", "value"] {
+                return Err(vec![format!(
+                    "line 1: the header must be 'timestamp,domain,metric,value', found '{}'",
+                    h.trim()
+                )]);
+            }
+        }
+        None => return Err(vec!["the CSV is empty: expected the header 'timestamp,domain,metric,value' and points".into()]),
+    }
+    let mut resolved: HashMap<String, Option<String>> = HashMap::new();
+    for (i, line) in lines {
+        let n = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        if f.len() != 4 {
+            errors.push(format!("line {n}: expected 4 fields (timestamp,domain,metric,value), found {}", f.len()));
+            continue;
+        }
+        let mut bad = |what: String| errors.push(format!("line {n}: {what}"));
+        let Some(t) = import_time(f[0]) else {
+            bad(format!("timestamp '{}' is not RFC 3339 or Unix seconds", f[0]));
+            continue;
+        };
+        let Some(metric) = Metric::from_name(f[2]) else {
+            bad(format!("unknown metric '{}'", f[2]));
+            continue;
+        };
+        let value = match f[3].parse::<f64>() {
+            Ok(v) if v.is_finite() && v >= 0.0 => v,
+            _ => {
+                bad(format!("value '{}' is not a number of at least 0", f[3]));
+                continue;
+            }
+        };
+        let domain = if metric.is_host() {
+            if !(f[1].is_empty() || f[1] == HOST) {
+                bad(format!("{metric} is a host metric: leave the domain empty (found '{}')", f[1]));
+                continue;
+            }
+            HOST.to_string()
+        } else {
+            if f[1].is_empty() {
+                bad(format!("{metric} is a domain metric: the domain is missing"));
+                continue;
+            }
+            let uuid = resolved
+                .entry(f[1].to_string())
+                .or_insert_with(|| resolve(f[1]))
+                .clone();
+            match uuid {
+                Some(u) => u,
+                None => {
+                    bad(format!("no domain named '{}' on this host (give its name or UUID)", f[1]));
+                    continue;
+                }
+            }
+        };
+        out.push((SeriesKey { domain, metric }, t, value));
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
     }
 }
 
@@ -520,5 +636,27 @@ mod tests {
         assert_eq!(s.start, T0);
         assert_eq!(s.values[0], 20.0);
         assert_eq!(reloaded.span(&k), Some((T0, now - 60_000)));
+    }
+
+    #[test]
+    fn csv_import_reports_every_bad_line_and_accepts_both_time_forms() {
+        let resolve = |d: &str| match d {
+            "web-1" | "u-1" => Some("u-1".to_string()),
+            _ => None,
+        };
+        let good = "timestamp,domain,metric,value\n2026-11-02T09:00:00Z,web-1,cpu,91.5\n1793577600,u-1,cpu,20\n1793577600,,host_cpu,33\n\n";
+        let pts = parse_csv(good, resolve).expect("valid");
+        assert_eq!(pts.len(), 3);
+        assert_eq!(pts[0].0, cpu("u-1"));
+        assert_eq!(pts[0].1, T0 + 9 * HOUR_MS);
+        assert_eq!(pts[1].1, T0);
+        assert_eq!(pts[2].0, SeriesKey::new(HOST, Metric::HostCpu));
+        let bad = "timestamp,domain,metric,value\nyesterday,web-1,cpu,1\n1793577600,db-9,cpu,1\n1793577600,web-1,cpu,-4\n1793577600,web-1,nope,1\n1793577600,web-1,host_cpu,1\n1,2,3\n1793577600,web-1,cpu,5\n";
+        let errs = parse_csv(bad, resolve).expect_err("refused");
+        let lines: Vec<&str> = errs.iter().map(|e| e.split(':').next().unwrap()).collect();
+        assert_eq!(lines, ["line 2", "line 3", "line 4", "line 5", "line 6", "line 7"], "{errs:?}");
+        assert!(errs[1].contains("db-9"), "{}", errs[1]);
+        assert!(parse_csv("time,value\n", resolve).unwrap_err()[0].contains("header"));
+        assert!(parse_csv("", resolve).is_err());
     }
 }

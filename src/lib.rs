@@ -8,6 +8,7 @@ pub mod api;
 pub mod collector;
 pub mod config;
 pub mod forecast;
+pub mod forecaster;
 pub mod history;
 pub mod host;
 pub mod hypervisor;

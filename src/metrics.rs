@@ -35,6 +35,17 @@ struct DomainLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SeriesLabel {
+    domain: String,
+    metric: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FitLabel {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: String,
 }
@@ -56,6 +67,11 @@ pub struct Metrics {
     signals: Gauge,
     libvirt_up: Gauge,
     dry_run: Gauge,
+    forecast_mape: Family<SeriesLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    forecast_coverage: Family<SeriesLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    forecast_history_days: Family<SeriesLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    forecast_series: Family<FitLabel, Gauge>,
+    history_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -143,7 +159,42 @@ impl Metrics {
             "1 while the daemon only observes by choice (--dry-run): transitions are counted as result=\"would_apply\" and nothing is changed",
             dry_run.clone(),
         );
+        let forecast_mape = Family::default();
+        registry.register(
+            "forecast_mape_percent",
+            "Per fitted series: mean absolute percentage error of the forecast of its last day of history, made from the days before",
+            forecast_mape.clone(),
+        );
+        let forecast_coverage = Family::default();
+        registry.register(
+            "forecast_interval_coverage_percent",
+            "Per fitted series: share of the last day's actual values inside the forecast's 95 % interval",
+            forecast_coverage.clone(),
+        );
+        let forecast_history_days = Family::default();
+        registry.register(
+            "forecast_history_days",
+            "Per fitted series: days of history the fit saw",
+            forecast_history_days.clone(),
+        );
+        let forecast_series = Family::default();
+        registry.register(
+            "forecast_series",
+            "Series that forecast conditions use, by state (ready, waiting for history, failed)",
+            forecast_series.clone(),
+        );
+        let history_dropped = Counter::default();
+        registry.register(
+            "history_samples_dropped",
+            "Ticks whose values were not recorded in history because the forecast worker was behind",
+            history_dropped.clone(),
+        );
         Metrics {
+            forecast_mape,
+            forecast_coverage,
+            forecast_history_days,
+            forecast_series,
+            history_dropped,
             registry,
             domains,
             skipped,
@@ -242,6 +293,50 @@ impl Metrics {
     }
 
     /// The Prometheus text format.
+    /// A tick's values could not be handed to the forecast worker.
+    pub fn history_dropped(&self) {
+        self.history_dropped.inc();
+    }
+
+    /// Forecast accuracy per series; `name_of` turns a UUID into the domain's name.
+    pub fn forecasts(
+        &self,
+        forecasts: &crate::forecast::Forecasts,
+        name_of: impl Fn(&str) -> Option<String>,
+    ) {
+        use crate::forecast::FitState;
+        self.forecast_mape.clear();
+        self.forecast_coverage.clear();
+        self.forecast_history_days.clear();
+        self.forecast_series.clear();
+        for (key, st) in forecasts.iter() {
+            let state = match st {
+                FitState::Ready(_) => "ready",
+                FitState::Waiting { .. } => "waiting_for_history",
+                FitState::Failed(_) => "failed",
+            };
+            self.forecast_series
+                .get_or_create(&FitLabel {
+                    state: state.into(),
+                })
+                .inc();
+            let FitState::Ready(fit) = st else {
+                continue;
+            };
+            let label = SeriesLabel {
+                domain: name_of(&key.domain).unwrap_or_else(|| key.domain.clone()),
+                metric: key.metric.name().into(),
+            };
+            self.forecast_history_days
+                .get_or_create(&label)
+                .set((fit.history_end - fit.history_start) as f64 / 86_400_000.0);
+            if let Some(a) = fit.accuracy {
+                self.forecast_mape.get_or_create(&label).set(a.mape);
+                self.forecast_coverage.get_or_create(&label).set(a.coverage);
+            }
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {

@@ -17,6 +17,8 @@ use serde::Serialize;
 use tracing::{debug, info, instrument, warn};
 
 use crate::collector::{longest_window, needs, Collector, HostCounters, Millis};
+use crate::forecast::{FitState, Forecasts};
+use crate::history::{SeriesKey, HOST};
 use crate::hypervisor::{
     ApplyScope, DomainInfo, Hypervisor, HypervisorError, ReadScope, StatGroups,
 };
@@ -218,6 +220,12 @@ pub struct Reconciler<H: Hypervisor + ?Sized, S: StateStore> {
     dry_run: bool,
     /// The last tick failed on the state store.
     store_failing: Option<String>,
+    /// Fitted forecasts, as the forecast worker hands them over.
+    forecasts: Forecasts,
+    /// `forecast_mode = "observe"` for the whole daemon.
+    forecast_observe: bool,
+    /// The newest sample handed to history (see [`Reconciler::history_values`]).
+    history_t: Millis,
 }
 
 /// Milliseconds since the Unix epoch, read when called.
@@ -294,6 +302,9 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             observe: None,
             dry_run: false,
             store_failing: None,
+            forecasts: Forecasts::default(),
+            forecast_observe: false,
+            history_t: Millis::MIN,
         }
     }
 
@@ -323,6 +334,92 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             self.recent.push(e);
         }
         Ok(())
+    }
+
+    /// The personas a domain may wear (`[match]`), in evaluation order.
+    pub fn candidates_of(&self, uuid: &str) -> &[Arc<Persona>] {
+        self.domains
+            .get(uuid)
+            .map(|e| e.candidates.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// A forecast worker's news about one series.
+    pub fn set_forecast(&mut self, key: SeriesKey, state: Option<FitState>) {
+        match state {
+            Some(st) => self.forecasts.set(key, st),
+            None => self.forecasts.remove(&key),
+        }
+    }
+
+    pub fn forecasts(&self) -> &Forecasts {
+        &self.forecasts
+    }
+
+    /// `forecast_mode = "observe"` for every persona.
+    pub fn set_forecast_observe(&mut self, on: bool) {
+        self.forecast_observe = on;
+    }
+
+    /// The metrics forecast conditions name, across the personas in force.
+    pub fn forecast_metrics(&self) -> std::collections::BTreeSet<Metric> {
+        self.personas
+            .iter()
+            .filter_map(|p| p.activation.as_ref())
+            .flat_map(|a| a.when.iter())
+            .filter_map(|c| match c.source {
+                crate::model::persona::Source::Forecast(m) => Some(m),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The series to fit: a forecast condition of a persona that may be worn
+    /// by the domain (`[match]`) names the metric.
+    pub fn forecast_series(&self) -> std::collections::BTreeSet<SeriesKey> {
+        let mut out = std::collections::BTreeSet::new();
+        for e in self.domains.values() {
+            for p in &e.candidates {
+                for c in p.activation.iter().flat_map(|a| a.when.iter()) {
+                    if let crate::model::persona::Source::Forecast(m) = c.source {
+                        let d = if m.is_host() { HOST } else { e.info.uuid.as_str() };
+                        out.insert(SeriesKey::new(d, m));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The samples taken since the last call, of every metric a forecast
+    /// condition names, for every domain and the host: what history records.
+    pub fn history_values(&mut self) -> Vec<(SeriesKey, Millis, f64)> {
+        let metrics = self.forecast_metrics();
+        let mut out = Vec::new();
+        if metrics.is_empty() {
+            return out;
+        }
+        let since = self.history_t;
+        let mut newest = since;
+        let mut take = |domain: &str, w: Option<&std::collections::VecDeque<crate::collector::Sample>>| {
+            for s in w.into_iter().flatten().rev().take_while(|s| s.t > since) {
+                newest = newest.max(s.t);
+                for m in &metrics {
+                    if m.is_host() != (domain == HOST) {
+                        continue;
+                    }
+                    if let Some(v) = s.values.get(*m) {
+                        out.push((SeriesKey::new(domain, *m), s.t, v));
+                    }
+                }
+            }
+        };
+        for uuid in self.domains.keys() {
+            take(uuid, self.collector.window(uuid));
+        }
+        take(HOST, Some(self.collector.host_window()));
+        self.history_t = newest;
+        out
     }
 
     /// Events recorded since the last call (for the event stream and metrics).
@@ -780,8 +877,36 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             now,
             refused: &entry.refused,
             never_measured: self.collector.never_measured(uuid),
+            forecasts: &self.forecasts,
+            forecast_observe: self.forecast_observe,
         };
         let decision = decide(&entry.candidates, &inputs, &mut entry.rules);
+        // forecast observe mode: said once when a prediction would start a persona
+        let would: Vec<String> = decision
+            .candidates
+            .iter()
+            .filter(|c| c.would_since == Some(now))
+            .map(|c| c.persona.id.clone())
+            .collect();
+        if !would.is_empty() {
+            let name = entry.info.name.clone();
+            let from = entry.rules.worn.as_ref().map(|w| w.0.clone());
+            for id in would {
+                info!(domain = %name, persona = %id, "forecast would have activated this persona (forecast_mode = observe: nothing applied)");
+                self.record(Event {
+                    time: now,
+                    domain: name.clone(),
+                    from: from.clone(),
+                    to: Some(id),
+                    reason: "forecast (observe mode)".into(),
+                    result: "would_apply".into(),
+                    ..Default::default()
+                })?;
+            }
+        }
+        let Some(entry) = self.domains.get_mut(uuid) else {
+            return Ok(());
+        };
         let from = previous.worn.as_ref().map(|w| w.0.clone());
         let to = decision.persona.clone();
         let changed = from != to;

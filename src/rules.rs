@@ -20,8 +20,9 @@ use serde::Serialize;
 
 use crate::collector::{Millis, Sample};
 use crate::hypervisor::DomainInfo;
+use crate::forecast::{FitState, Forecasts, MIN_HISTORY_MS};
 use crate::model::persona::{
-    Activation, Agg, Comparison, Condition, Metric, Mode, Persona, Source, Window,
+    Activation, Agg, Comparison, Condition, ForecastMode, Metric, Mode, Persona, Source, Window,
 };
 
 /// An external signal (SPEC §5).
@@ -70,6 +71,9 @@ pub struct RuleState {
     /// Per persona, per condition with `for`: since when it has held without a break.
     pub true_since: HashMap<String, Vec<Option<Millis>>>,
     pub override_: Option<Override>,
+    /// Per persona in forecast observe mode: since when its forecast would
+    /// have activated it.
+    pub would_since: HashMap<String, Millis>,
 }
 
 /// Why the domain wears what it wears.
@@ -94,7 +98,24 @@ pub enum Note {
     NoSamplesYet,
     NoSamplesInWindow,
     SignalAbsent,
-    TooLittleHistory,
+    /// Under two days of history: `have_ms` recorded; enough at `ready_at`
+    /// if recording goes on.
+    TooLittleHistory {
+        have_ms: Millis,
+        ready_at: Millis,
+    },
+    /// The forecast worker has not reported on this series yet.
+    ForecastPending,
+    /// The last fit is too old to forecast from.
+    ForecastStale,
+    /// The model did not fit (the forecast API says why).
+    ForecastFailed,
+    /// The forecast crosses the threshold at `at`; the condition holds from
+    /// `acts_from` (`lead` before).
+    Predicted {
+        at: Millis,
+        acts_from: Millis,
+    },
     /// This metric cannot have samples for this domain (or host): false, not unknown.
     NotMeasured(&'static str),
     /// True, but not yet for the condition's `for` duration.
@@ -109,12 +130,47 @@ impl Note {
             Note::NoSamplesYet => "no samples yet".into(),
             Note::NoSamplesInWindow => "no samples in the window yet".into(),
             Note::SignalAbsent => "signal absent or expired".into(),
-            Note::TooLittleHistory => "too little history for a forecast".into(),
+            Note::TooLittleHistory { have_ms, ready_at } => format!(
+                "too little history for a forecast: {} recorded, {} needed ({} more); enough at {} if recording goes on",
+                days(*have_ms),
+                days(MIN_HISTORY_MS),
+                days(MIN_HISTORY_MS - have_ms),
+                rfc3339(*ready_at)
+            ),
+            Note::ForecastPending => "the forecast is being fitted".into(),
+            Note::ForecastStale => {
+                "the forecast is out of date (no refit for 3 h): not used".into()
+            }
+            Note::ForecastFailed => {
+                "the model did not fit this history (see virt-persona forecast)".into()
+            }
+            Note::Predicted { at, acts_from } => format!(
+                "forecast to cross at {}; holds from {}",
+                rfc3339(*at),
+                rfc3339(*acts_from)
+            ),
             Note::NotMeasured(why) => format!("never measured here: {why}"),
             Note::NotLongEnough { held_ms } => {
                 format!("true for {held_ms} ms, not yet long enough")
             }
         }
+    }
+}
+
+/// A time for people: RFC 3339 in UTC, to the second.
+pub fn rfc3339(t: Millis) -> String {
+    jiff::Timestamp::from_millisecond(t)
+        .map(|ts| ts.round(jiff::Unit::Second).unwrap_or(ts).to_string())
+        .unwrap_or_else(|_| t.to_string())
+}
+
+/// A span for people, in days to one decimal or in hours.
+fn days(ms: Millis) -> String {
+    let ms = ms.max(0);
+    if ms >= 86_400_000 {
+        format!("{:.1} days", ms as f64 / 86_400_000.0)
+    } else {
+        format!("{:.1} h", ms as f64 / 3_600_000.0)
     }
 }
 
@@ -140,6 +196,9 @@ pub struct CandidateResult {
     /// Why this persona may not be worn on this domain at all (a `required`
     /// knob this host cannot apply); its conditions are still shown.
     pub refused: Option<String>,
+    /// Forecast observe mode: since when its forecast would have activated it
+    /// (nothing is applied for it).
+    pub would_since: Option<Millis>,
 }
 
 impl CandidateResult {
@@ -158,6 +217,8 @@ impl CandidateResult {
             "holds": self.holds,
             "reason": self.reason,
             "refused": self.refused,
+            "forecast_mode": self.persona.forecast_mode,
+            "would_activate": self.would_since.map(|t| format!("would have activated at {} (forecast, observe mode: nothing applied)", rfc3339(t))),
             "conditions": self.conditions.iter().map(|c| serde_json::json!({
                 "condition": when.get(c.condition).map(describe).unwrap_or_default(),
                 "value": c.value,
@@ -191,6 +252,10 @@ pub struct Inputs<'a> {
     /// Metrics (bit per [`Metric`]) never measured for this domain or host in
     /// many samples: their conditions are false, not unknown.
     pub never_measured: u32,
+    /// Fitted forecasts, by domain UUID (or `host`) and metric.
+    pub forecasts: &'a Forecasts,
+    /// The daemon's `forecast_mode = "observe"`: no forecast activates anything.
+    pub forecast_observe: bool,
 }
 
 /// A condition as people read it: `cpu > 80 (avg over 1m) for 30s`.
@@ -210,6 +275,12 @@ pub fn describe(c: &Condition) -> String {
     }
     if let Some(h) = c.horizon {
         s.push_str(&format!(" within {h}"));
+        if let Some(l) = c.lead {
+            s.push_str(&format!(" (+{l} lead)"));
+        }
+        if c.bound != crate::forecast::Bound::Value {
+            s.push_str(&format!(" ({:?} bound)", c.bound).to_lowercase());
+        }
     }
     if let Some(f) = c.for_ {
         s.push_str(&format!(" for {f}"));
@@ -281,6 +352,67 @@ fn metric_value(c: &Condition, m: Metric, inp: &Inputs<'_>) -> (Option<f64>, Opt
     }
 }
 
+/// A forecast condition: the extreme forecast over `[now, now + lead +
+/// horizon]`, whether the forecast crosses the threshold in it, and whether
+/// the live value crosses it now (a prediction alone never ends a persona
+/// early: the live value keeps the condition true).
+fn forecast_value(c: &Condition, m: Metric, inp: &Inputs<'_>) -> ForecastEval {
+    let live_c = Condition {
+        over: None,
+        ..c.clone()
+    };
+    let (live, live_note) = metric_value(&live_c, m, inp);
+    let live_holds = live.is_some_and(|v| c.comparison.holds(v));
+    let key = if m.is_host() {
+        crate::history::HOST
+    } else {
+        inp.domain.uuid.as_str()
+    };
+    let ms = |d: Option<crate::units::Duration>| {
+        d.map(|d| d.as_std().as_millis() as Millis).unwrap_or(0)
+    };
+    let (horizon, lead) = (ms(c.horizon), ms(c.lead));
+    let none = |note: Note| ForecastEval {
+        value: live,
+        note: Some(if live_holds { live_note.unwrap_or(note) } else { note }),
+        live: live_holds,
+        predicted: false,
+    };
+    match inp.forecasts.get(key, m) {
+        None => none(Note::ForecastPending),
+        Some(FitState::Waiting { have_ms }) => none(Note::TooLittleHistory {
+            have_ms: *have_ms,
+            ready_at: inp.now + (MIN_HISTORY_MS - have_ms).max(0),
+        }),
+        Some(FitState::Failed(_)) => none(Note::ForecastFailed),
+        Some(FitState::Ready(fit)) if fit.is_stale(inp.now) => none(Note::ForecastStale),
+        Some(FitState::Ready(fit)) => {
+            let above = matches!(c.comparison, Comparison::Above(_));
+            match fit.outlook(inp.now, inp.now + lead + horizon, c.bound, above, |v| {
+                c.comparison.holds(v)
+            }) {
+                None => none(Note::ForecastStale),
+                Some(o) => ForecastEval {
+                    value: Some(o.extreme),
+                    note: o.crossing.map(|at| Note::Predicted {
+                        at,
+                        acts_from: (at - lead).max(fit.history_end),
+                    }),
+                    live: live_holds,
+                    predicted: o.crossing.is_some(),
+                },
+            }
+        }
+    }
+}
+
+struct ForecastEval {
+    value: Option<f64>,
+    note: Option<Note>,
+    live: bool,
+    predicted: bool,
+}
+
 /// Metrics a domain cannot have by its make-up (no NIC, no disk).
 fn never_measured(m: Metric, inp: &Inputs<'_>) -> Option<&'static str> {
     let name = m.name();
@@ -321,20 +453,37 @@ pub fn schedule_ok(a: &Activation, now: Millis) -> bool {
 
 fn evaluate(p: &Persona, a: &Activation, inp: &Inputs<'_>, st: &mut RuleState) -> Evaluation {
     let sched = schedule_ok(a, inp.now);
+    let observe = inp.forecast_observe || p.forecast_mode == ForecastMode::Observe;
     let mut results = Vec::with_capacity(a.when.len());
+    // in observe mode: which conditions hold only by a prediction
+    let mut predicted_only = Vec::new();
     for (i, c) in a.when.iter().enumerate() {
-        let (value, mut note) = match &c.source {
-            Source::Metric(m) => metric_value(c, *m, inp),
+        let (value, mut note, forecast) = match &c.source {
+            Source::Metric(m) => {
+                let (v, n) = metric_value(c, *m, inp);
+                (v, n, None)
+            }
             Source::Signal(s) => match inp.signals.value(s, &inp.domain.name, inp.now) {
-                Some(v) => (Some(v), None),
-                None => (None, Some(Note::SignalAbsent)),
+                Some(v) => (Some(v), None, None),
+                None => (None, Some(Note::SignalAbsent), None),
             },
-            Source::Forecast(_) => (None, Some(Note::TooLittleHistory)),
+            Source::Forecast(m) => {
+                let f = forecast_value(c, *m, inp);
+                (f.value, f.note, Some((f.live, f.predicted)))
+            }
         };
         let threshold = match c.comparison {
             Comparison::Above(t) | Comparison::Below(t) => t,
         };
-        let raw = value.is_some_and(|v| c.comparison.holds(v));
+        let raw = match forecast {
+            None => value.is_some_and(|v| c.comparison.holds(v)),
+            Some((live, predicted)) => {
+                if observe && predicted && !live {
+                    predicted_only.push(i);
+                }
+                live || (predicted && !observe)
+            }
+        };
         // only conditions with `for` need to remember since when they hold
         let result = match c.for_ {
             None => raw,
@@ -372,23 +521,32 @@ fn evaluate(p: &Persona, a: &Activation, inp: &Inputs<'_>, st: &mut RuleState) -
             note,
         });
     }
-    // a metric without samples is unknown, not false
+    // a metric without samples is unknown, not false; so is a forecast the
+    // worker has not reported on yet (just after a start)
     let unknown = |r: &ConditionResult| {
-        r.value.is_none() && matches!(r.note, Some(Note::NoSamplesYet | Note::NoSamplesInWindow))
+        (r.value.is_none() && matches!(r.note, Some(Note::NoSamplesYet | Note::NoSamplesInWindow)))
+            || (!r.result && r.note == Some(Note::ForecastPending))
     };
-    let (conds, undecided) = match a.mode {
+    let combine = |holds: &dyn Fn(&ConditionResult) -> bool| match a.mode {
         _ if results.is_empty() => (true, false),
         Mode::All => {
-            let all = results.iter().all(|r| r.result);
-            let none_false = results.iter().all(|r| r.result || unknown(r));
+            let all = results.iter().all(holds);
+            let none_false = results.iter().all(|r| holds(r) || unknown(r));
             (all, !all && none_false)
         }
         Mode::Any => {
-            let any = results.iter().any(|r| r.result);
+            let any = results.iter().any(holds);
             (any, !any && results.iter().any(unknown))
         }
     };
+    let (conds, undecided) = combine(&|r: &ConditionResult| r.result);
+    // observe mode: would the predictions have activated it?
+    let would = !predicted_only.is_empty()
+        && sched
+        && !conds
+        && combine(&|r: &ConditionResult| r.result || predicted_only.contains(&r.condition)).0;
     Evaluation {
+        would,
         active: sched && conds,
         undecided: sched && undecided,
         schedule_ok: (!a.schedule.is_empty()).then_some(sched),
@@ -397,6 +555,8 @@ fn evaluate(p: &Persona, a: &Activation, inp: &Inputs<'_>, st: &mut RuleState) -
 }
 
 struct Evaluation {
+    /// Forecast observe mode: the predictions alone would have activated it.
+    would: bool,
     active: bool,
     /// Not active only because some metric has no samples yet.
     undecided: bool,
@@ -446,11 +606,18 @@ pub fn decide(candidates: &[Arc<Persona>], inp: &Inputs<'_>, st: &mut RuleState)
             holds: false,
             reason: None,
             refused: inp.refused.get(&p.id).cloned(),
+            would_since: None,
         };
         let (active, reason) = match &p.activation {
             None => (true, Reason::Always),
             Some(a) => {
                 let e = evaluate(p, a, inp, st);
+                if e.would {
+                    let since = *st.would_since.entry(p.id.clone()).or_insert(inp.now);
+                    c.would_since = Some(since);
+                } else if !st.would_since.is_empty() {
+                    st.would_since.remove(p.id.as_str());
+                }
                 let active = e.active;
                 c.schedule_ok = e.schedule_ok;
                 c.conditions = e.conditions;
@@ -555,6 +722,8 @@ mod tests {
                 now,
                 refused: &Default::default(),
                 never_measured: 0,
+                forecasts: &Default::default(),
+                forecast_observe: false,
             };
             decide(
                 &candidates(&self.personas, &self.domain),
@@ -588,6 +757,8 @@ mod tests {
             now: 8000,
             refused: &Default::default(),
             never_measured: 0,
+            forecasts: &Default::default(),
+            forecast_observe: false,
         };
         let d = decide(&candidates(&w.personas, &w.domain), &inp, &mut w.st);
         let note = d.candidates[0].conditions[0].note;
@@ -614,6 +785,8 @@ mod tests {
                 now: 60_000,
                 refused: &Default::default(),
                 never_measured,
+                forecasts: &Default::default(),
+                forecast_observe: false,
             };
             let d = decide(&candidates(&w.personas, &w.domain), &inp, &mut st);
             assert_eq!(d.persona.as_deref(), expect, "{never_measured:b}");
@@ -672,6 +845,8 @@ mod tests {
             now: 61_000,
             refused: &Default::default(),
             never_measured: 0,
+            forecasts: &Default::default(),
+            forecast_observe: false,
         };
         let d = decide(&candidates(&w.personas, &w.domain), &inp, &mut w.st);
         assert_eq!(d.reason, Reason::AwaitingSamples);
@@ -841,6 +1016,8 @@ mod tests {
             now: 0,
             refused: &Default::default(),
             never_measured: 0,
+            forecasts: &Default::default(),
+            forecast_observe: false,
         };
         let d = decide(&candidates(&w.personas, &w.domain), &inp, &mut w.st);
         assert_eq!(d.persona, None);

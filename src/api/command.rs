@@ -64,6 +64,17 @@ pub enum Command {
     },
     ListSignals,
     Metrics,
+    /// A domain's forecast of one metric, `horizon_ms` ahead.
+    Forecast {
+        name: String,
+        metric: String,
+        horizon_ms: i64,
+    },
+    /// Seed history from a CSV (`timestamp,domain,metric,value`). Answered
+    /// by the daemon's loop and its forecast worker, not by `exec`.
+    ImportHistory {
+        csv: String,
+    },
 }
 
 /// The daemon's answer.

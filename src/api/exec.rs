@@ -70,6 +70,145 @@ pub fn domains_body<H: Hypervisor + ?Sized, S: StateStore>(rec: &Reconciler<H, S
     Value::Array(rec.statuses().iter().map(status_json).collect()).to_string()
 }
 
+/// Whether a string is a UUID (36 characters, hex and dashes in place).
+fn is_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.char_indices().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => c == '-',
+            _ => c.is_ascii_hexdigit(),
+        })
+}
+
+/// An import's points, checked whole: every bad line is named, and none is
+/// imported unless all are good. A domain is a name this host knows, or a
+/// UUID (also of a domain not here yet: history for one migrating in).
+pub fn import_points<H: Hypervisor + ?Sized, S: StateStore>(
+    rec: &Reconciler<H, S>,
+    csv: &str,
+) -> Result<Vec<(crate::history::SeriesKey, Millis, f64)>, Reply> {
+    crate::history::parse_csv(csv, |d| {
+        rec.entry(d)
+            .map(|e| e.info.uuid.clone())
+            .or_else(|| is_uuid(d).then(|| d.to_ascii_lowercase()))
+    })
+    .map_err(|errors| {
+        let n = errors.len();
+        let mut listed: Vec<String> = errors
+            .into_iter()
+            .take(crate::history::MAX_LISTED_ERRORS)
+            .collect();
+        if n > listed.len() {
+            listed.push(format!("… and {} more", n - listed.len()));
+        }
+        Reply::bad(format!(
+            "{n} bad line(s); nothing was imported:\n{}",
+            listed.join("\n")
+        ))
+    })
+}
+
+/// `GET /v1/forecast/{domain}/{metric}`: the forecast from now to the
+/// horizon, the last day of history, the fit's accuracy, and the thresholds
+/// of the forecast conditions that use it.
+fn forecast<H: Hypervisor + ?Sized, S: StateStore>(
+    rec: &Reconciler<H, S>,
+    name: &str,
+    metric: &str,
+    horizon_ms: i64,
+    now: Millis,
+) -> Reply {
+    use crate::forecast::FitState;
+    use crate::model::persona::{Comparison, Metric, Source};
+    let Some(m) = Metric::from_name(metric) else {
+        return Reply::bad(format!(
+            "unknown metric '{metric}': expected one of {}",
+            Metric::ALL.iter().map(|m| m.name()).collect::<Vec<_>>().join(", ")
+        ));
+    };
+    let Some(e) = rec.entry(name) else {
+        return Reply::not_found(format!("domain '{name}' not found"));
+    };
+    let key = if m.is_host() {
+        crate::history::HOST
+    } else {
+        e.info.uuid.as_str()
+    };
+    let thresholds: Vec<Value> = rec
+        .candidates_of(&e.info.uuid)
+        .iter()
+        .flat_map(|p| {
+            p.activation
+                .iter()
+                .flat_map(|a| a.when.iter())
+                .filter(move |c| c.source == Source::Forecast(m))
+                .map(move |c| {
+                    let (side, t) = match c.comparison {
+                        Comparison::Above(t) => ("above", t),
+                        Comparison::Below(t) => ("below", t),
+                    };
+                    json!({"persona": p.id, "condition": crate::rules::describe(c), side: t, "forecast_mode": p.forecast_mode})
+                })
+        })
+        .collect();
+    let head = |v: &mut Value| {
+        v["domain"] = json!(e.info.name);
+        v["metric"] = json!(m.name());
+        v["thresholds"] = json!(thresholds);
+    };
+    match rec.forecasts().get(key, m) {
+        None if thresholds.is_empty() => Reply::conflict(format!(
+            "no forecast condition of a persona '{}' may wear uses {m}: forecasts are fitted only for those (history is recorded for every metric a forecast condition names)",
+            e.info.name
+        )),
+        None => Reply::conflict(format!("the forecast of {m} for '{}' is being fitted; try again in a moment", e.info.name)),
+        Some(FitState::Waiting { have_ms }) => {
+            let need = crate::forecast::MIN_HISTORY_MS;
+            Reply::conflict(format!(
+                "too little history for a forecast of {m} on '{}': {:.1} h recorded, {} h needed; enough at {} if recording goes on (or import history: virt-persona history-import)",
+                e.info.name,
+                *have_ms as f64 / 3_600_000.0,
+                need / 3_600_000,
+                rfc3339(now + (need - have_ms).max(0))
+            ))
+        }
+        Some(FitState::Failed(why)) => Reply::conflict(format!("the forecast of {m} for '{}' did not fit: {why}", e.info.name)),
+        Some(FitState::Ready(fit)) => {
+            let points: Vec<Value> = fit
+                .window(now, now + horizon_ms)
+                .iter()
+                .map(|p| json!({"t": rfc3339(p.t), "value": p.value, "lower": p.lower, "upper": p.upper}))
+                .collect();
+            let history: Vec<Value> = fit
+                .recent
+                .iter()
+                .filter(|(_, v)| !v.is_nan())
+                .map(|(t, v)| json!({"t": rfc3339(*t), "value": v}))
+                .collect();
+            let mut v = json!({
+                "horizon": crate::units::Duration(std::time::Duration::from_millis(horizon_ms.max(0) as u64)).to_string(),
+                "now": rfc3339(now),
+                "points": points,
+                "history": history,
+                "fitted_at": rfc3339(fit.fitted_at),
+                "history_start": rfc3339(fit.history_start),
+                "history_end": rfc3339(fit.history_end),
+                "history_days": (fit.history_end - fit.history_start) as f64 / 86_400_000.0,
+                "seasons": fit.seasons.iter().map(|s| if *s == crate::forecast::DAY { "daily" } else { "weekly" }).collect::<Vec<_>>(),
+                "step": "15m",
+                "stale": fit.is_stale(now),
+                "accuracy": fit.accuracy.map(|a| json!({
+                    "mape": a.mape,
+                    "coverage": a.coverage,
+                    "day": rfc3339(a.day_start),
+                    "about": "the forecast of the last day of history made from the days before it, against what happened: MAPE of the point forecast, and the share of actual values inside the 95 % interval",
+                })),
+            });
+            head(&mut v);
+            Reply::Ok(v)
+        }
+    }
+}
+
 /// A recorded event as the API and the event stream show it.
 pub fn event_json(e: &Event) -> Value {
     json!({
@@ -232,6 +371,15 @@ pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
                 None => Reply::conflict(format!("no decision for '{name}' yet (is it running?)")),
             },
             None => no_domain(&name),
+        },
+        Command::Forecast {
+            name,
+            metric,
+            horizon_ms,
+        } => forecast(rec, &name, &metric, horizon_ms, now),
+        Command::ImportHistory { .. } => Reply::Err {
+            status: 503,
+            message: "history import is handled by the daemon's forecast worker".into(),
         },
         Command::Activate {
             name,

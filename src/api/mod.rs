@@ -9,10 +9,17 @@ pub mod server;
 
 /// The wall clock, in milliseconds since the Unix epoch (0 if it is before 1970).
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
+    let real = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+        .unwrap_or(0);
+    // test builds only (feature `failpoints`): FAILPOINTS=clock-offset-ms=return(N)
+    // runs the whole daemon N ms away from the real clock, so a test can put
+    // it just before a forecast rush; a no-op in every other build
+    fail::fail_point!("clock-offset-ms", |n: Option<String>| {
+        real + n.and_then(|n| n.parse::<i64>().ok()).unwrap_or(0)
+    });
+    real
 }
 
 /// Milliseconds since the Unix epoch as RFC 3339 (UTC, seconds precision).

@@ -291,6 +291,24 @@ async fn set_signal(
     }
 }
 
+async fn forecast(
+    State(s): State<AppState>,
+    UrlPath((name, metric)): UrlPath<(String, String)>,
+    q: Q,
+) -> Response {
+    match decode::forecast(name, metric, query(&q, "horizon")) {
+        Ok(cmd) => ask(&s, cmd).await,
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+async fn import_history(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    match decode::import(content_type(&headers), &body) {
+        Ok(cmd) => ask(&s, cmd).await,
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
 /// Server-sent events: each transition as it is recorded. A client more than
 /// [`EVENT_BACKLOG`] events behind gets a last `dropped` event and is
 /// disconnected; the stream ends when the daemon stops.
@@ -358,7 +376,10 @@ async fn json_errors(res: Response) -> Response {
                 REQUEST_TIMEOUT.as_secs()
             ),
             StatusCode::PAYLOAD_TOO_LARGE => {
-                format!("the body is over the limit of {MAX_BODY} bytes")
+                format!(
+                    "the body is over the limit ({MAX_BODY} bytes; {} for a history import)",
+                    decode::MAX_IMPORT_BODY
+                )
             }
             _ => status
                 .canonical_reason()
@@ -431,6 +452,11 @@ pub fn router(tx: Sender<Envelope>, shared: Arc<Shared>, token: Option<String>) 
         .route("/v1/signals/{name}", put(set_signal))
         .route("/v1/events", get(events))
         .route("/v1/events/recent", get(recent))
+        .route("/v1/forecast/{domain}/{metric}", get(forecast))
+        .route(
+            "/v1/history/import",
+            post(import_history).layer(DefaultBodyLimit::max(decode::MAX_IMPORT_BODY)),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(not_allowed)
         .with_state(AppState { tx, shared })

@@ -129,6 +129,25 @@ enum Command {
         #[arg(long, value_name = "DUR")]
         since: Option<virt_persona::units::Duration>,
     },
+    /// A domain's forecast of a metric: the last day of history, the forecast
+    /// with its 95 % interval, the thresholds of forecast conditions, now
+    /// marked; then the points and how accurate the forecast has been.
+    Forecast {
+        domain: String,
+        /// A metric a forecast condition names, e.g. cpu.
+        metric: String,
+        /// How far ahead, e.g. 2h (at most 24h) [default: 6h].
+        #[arg(long, value_name = "DUR")]
+        horizon: Option<virt_persona::units::Duration>,
+    },
+    /// Seed metric history from a CSV file (`-` = standard input) with the
+    /// header `timestamp,domain,metric,value`: RFC 3339 or Unix seconds, a
+    /// domain name or UUID (empty for host metrics). A bad line refuses the
+    /// whole file, naming every bad line.
+    HistoryImport {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 /// Ends the process quietly by SIGPIPE when its reader goes away (`| head`),
@@ -275,6 +294,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::PersonaHistory { domain, since } => history(&cli, domain, *since),
+        Command::Forecast {
+            domain,
+            metric,
+            horizon,
+        } => forecast(&cli, domain, metric, *horizon),
+        Command::HistoryImport { file } => history_import(&cli, file),
     }
 }
 
@@ -929,3 +954,175 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     }
     out
 }
+
+fn history_import(cli: &Cli, file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let body = if file.as_os_str() == "-" {
+        let mut b = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b).context("reading standard input")?;
+        b
+    } else {
+        std::fs::read(file).with_context(|| format!("reading {}", file.display()))?
+    };
+    let v = client::request_with_type(&cli.socket, "POST", "/v1/history/import", &body, "text/csv")?;
+    print_or(cli, &v, || {
+        println!(
+            "Imported {} point(s) into {} series{}; forecasts using them are refitted now",
+            text(&v["imported"]),
+            text(&v["series"]),
+            match v["skipped_outside_retention"].as_u64() {
+                Some(n) if n > 0 => format!(" ({n} outside the history retention or in the future skipped)"),
+                _ => String::new(),
+            }
+        )
+    })
+}
+
+/// Milliseconds since the epoch of an RFC 3339 time in a reply.
+fn ms_of(v: &serde_json::Value) -> Option<i64> {
+    v.as_str()?.parse::<jiff::Timestamp>().ok().map(|t| t.as_millisecond())
+}
+
+fn forecast(
+    cli: &Cli,
+    domain: &str,
+    metric: &str,
+    horizon: Option<virt_persona::units::Duration>,
+) -> anyhow::Result<ExitCode> {
+    let mut path = format!(
+        "/v1/forecast/{}/{}",
+        client::seg(domain),
+        client::seg(metric)
+    );
+    if let Some(h) = horizon {
+        path.push_str(&format!("?horizon={}", client::seg(&h.to_string())));
+    }
+    let v = get(cli, &path)?;
+    print_or(cli, &v, || print_forecast(&v))
+}
+
+fn print_forecast(v: &serde_json::Value) {
+    use textplots::{Chart, ColorPlot, Plot, Shape};
+    let Some(now) = ms_of(&v["now"]) else {
+        println!("{v}");
+        return;
+    };
+    let hours = |t: i64| ((t - now) as f64 / 3_600_000.0) as f32;
+    let pts = |arr: &serde_json::Value, key: &str| -> Vec<(f32, f32)> {
+        arr.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| Some((hours(ms_of(&p["t"])?), p[key].as_f64()? as f32)))
+            .collect()
+    };
+    let history = pts(&v["history"], "value");
+    let value = pts(&v["points"], "value");
+    let lower = pts(&v["points"], "lower");
+    let upper = pts(&v["points"], "upper");
+    let thresholds: Vec<(String, f32)> = v["thresholds"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| {
+            let x = t["above"].as_f64().or(t["below"].as_f64())?;
+            Some((text(&t["persona"]), x as f32))
+        })
+        .collect();
+    let all_y = history
+        .iter()
+        .chain(&value)
+        .chain(&lower)
+        .chain(&upper)
+        .map(|p| p.1)
+        .chain(thresholds.iter().map(|t| t.1));
+    let (ymin, ymax) = all_y.fold((f32::MAX, f32::MIN), |(a, b), y| (a.min(y), b.max(y)));
+    let (ymin, ymax) = if ymin > ymax { (0.0, 1.0) } else { (ymin.min(0.0), ymax * 1.05 + 0.01) };
+    let xmin = history.first().map(|p| p.0).unwrap_or(-1.0).min(-1.0);
+    let xmax = value.last().map(|p| p.0).unwrap_or(1.0).max(1.0);
+    println!(
+        "{} {} — forecast {} ahead, fitted {} on {:.1} days of history ({})",
+        text(&v["domain"]),
+        text(&v["metric"]),
+        text(&v["horizon"]),
+        text(&v["fitted_at"]),
+        v["history_days"].as_f64().unwrap_or(0.0),
+        v["seasons"]
+            .as_array()
+            .map(|s| s.iter().map(text).collect::<Vec<_>>().join(" + ") + " season")
+            .unwrap_or_default()
+    );
+    let now_line = [(0.0, ymin), (0.0, ymax)];
+    let threshold_lines: Vec<[(f32, f32); 2]> = thresholds.iter().map(|t| [(xmin, t.1), (xmax, t.1)]).collect();
+    let shapes_hist = Shape::Lines(&history);
+    let shapes_value = Shape::Lines(&value);
+    let shapes_lower = Shape::Points(&lower);
+    let shapes_upper = Shape::Points(&upper);
+    let shape_now = Shape::Lines(&now_line);
+    let threshold_shapes: Vec<Shape> = threshold_lines.iter().map(|l| Shape::Lines(l)).collect();
+    let color = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut chart = Chart::new_with_y_range(160, 48, xmin, xmax, ymin, ymax);
+    let mut c = &mut chart;
+    if color {
+        use rgb::RGB8;
+        c = c.linecolorplot(&shapes_hist, RGB8::new(120, 170, 255));
+        c = c.linecolorplot(&shapes_value, RGB8::new(80, 220, 120));
+        c = c.linecolorplot(&shapes_lower, RGB8::new(60, 140, 80));
+        c = c.linecolorplot(&shapes_upper, RGB8::new(60, 140, 80));
+        for t in &threshold_shapes {
+            c = c.linecolorplot(t, RGB8::new(255, 90, 90));
+        }
+        c = c.linecolorplot(&shape_now, RGB8::new(200, 200, 200));
+    } else {
+        c = c.lineplot(&shapes_hist).lineplot(&shapes_value).lineplot(&shapes_lower).lineplot(&shapes_upper);
+        for t in &threshold_shapes {
+            c = c.lineplot(t);
+        }
+        c = c.lineplot(&shape_now);
+    }
+    c.nice();
+    println!(
+        "x: hours from now (the vertical line at 0); left of it the history{}, right of it the forecast and its 95 % interval (dots){}",
+        if color { " (blue)" } else { "" },
+        if thresholds.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; horizontal: {}",
+                thresholds
+                    .iter()
+                    .map(|(p, x)| format!("{x} ({p})"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    );
+    match v["accuracy"].as_object() {
+        Some(a) => println!(
+            "Accuracy of the forecast for {}: MAPE {:.1} %, {:.0} % of actual values inside the interval",
+            text(&a["day"]),
+            a["mape"].as_f64().unwrap_or(f64::NAN),
+            a["coverage"].as_f64().unwrap_or(f64::NAN)
+        ),
+        None => println!("Accuracy: not known yet (needs three days of history)"),
+    }
+    if v["stale"] == true {
+        println!("warning: this fit is out of date and is not used");
+    }
+    let rows: Vec<Vec<String>> = v["points"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            vec![
+                text(&p["t"]),
+                format!("{:.2}", p["value"].as_f64().unwrap_or(f64::NAN)),
+                format!(
+                    "{:.2} – {:.2}",
+                    p["lower"].as_f64().unwrap_or(f64::NAN),
+                    p["upper"].as_f64().unwrap_or(f64::NAN)
+                ),
+            ]
+        })
+        .collect();
+    print!("{}", table(&["Time", "Forecast", "95 % interval"], &rows));
+}
+

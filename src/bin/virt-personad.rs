@@ -17,6 +17,7 @@ use virt_persona::logging::LogFormat;
 use virt_persona::api::command::{Command, Envelope, Reply};
 use virt_persona::api::exec::{self, domains_body, event_json, reload};
 use virt_persona::api::{now_ms, server};
+use virt_persona::forecaster::{ToWorker, WorkerConfig};
 use virt_persona::hypervisor::{Hypervisor, HypervisorEvent};
 use virt_persona::metrics::Metrics;
 use virt_persona::model::loader::Catalog;
@@ -67,6 +68,14 @@ struct Args {
     /// off with a reload (SIGHUP) to start acting without a restart.
     #[arg(long = "dry-run")]
     dry_run: bool,
+    /// How long metric history is kept for forecasts, e.g. 14d [default: 14d].
+    #[arg(long = "history-retention", value_name = "DUR")]
+    history_retention: Option<Duration>,
+    /// `observe`: forecasts never activate a persona; what they would have
+    /// done is logged and shown by `explain` (judge their accuracy first).
+    /// `forecast_mode` in the config file does the same and a reload switches it.
+    #[arg(long = "forecast-mode", value_name = "MODE", value_parser = ["act", "observe"])]
+    forecast_mode: Option<String>,
     /// This host's name in the cluster [default: the host name].
     #[arg(long = "node-name", value_name = "NAME")]
     node_name: Option<String>,
@@ -93,6 +102,39 @@ struct Args {
     api_token_file: Option<PathBuf>,
 }
 
+/// `POST /v1/history/import`: checked whole here (names resolved against this
+/// host's domains), then written by the forecast worker, which answers.
+fn import_history(
+    rec: &Rec,
+    worker: &crossbeam_channel::Sender<ToWorker>,
+    csv: &str,
+    reply: tokio::sync::oneshot::Sender<Reply>,
+) {
+    let points = match exec::import_points(rec, csv) {
+        Ok(p) => p,
+        Err(r) => {
+            let _ = reply.send(r);
+            return;
+        }
+    };
+    let answer = Box::new(move |r: Result<virt_persona::forecaster::ImportReport, String>| {
+        let _ = reply.send(match r {
+            Ok(report) => Reply::Ok(serde_json::json!({
+                "imported": report.kept,
+                "rows": report.rows,
+                "skipped_outside_retention": report.rows - report.kept,
+                "series": report.series,
+            })),
+            Err(message) => Reply::Err { status: 500, message },
+        });
+    });
+    if let Err(e) = worker.try_send(ToWorker::Import { points, reply: answer }) {
+        if let ToWorker::Import { reply, .. } = e.into_inner() {
+            reply(Err("the forecast worker is busy; try again in a moment".into()));
+        }
+    }
+}
+
 /// Where the config file is, and whether it was named (then it must exist).
 fn config_path(args: &Args) -> (PathBuf, bool) {
     (
@@ -112,6 +154,8 @@ fn overrides(args: Args) -> Overrides {
         verify_interval: args.verify_interval,
         revert_on_exit: args.revert_on_exit,
         dry_run: args.dry_run,
+        history_retention: args.history_retention,
+        forecast_observe: args.forecast_mode.as_deref() == Some("observe"),
         log_format: args.log_format,
         node_name: args.node_name,
         gossip_listen: args.gossip_listen,
@@ -203,6 +247,31 @@ fn run(
     }
     rec.set_dry_run(cfg.dry_run);
     metrics.dry_run(cfg.dry_run);
+    rec.set_forecast_observe(cfg.forecast_observe);
+    if cfg.forecast_observe {
+        info!("forecast observe mode: forecasts are evaluated and shown, and never activate a persona");
+    }
+
+    // history and forecast fits live on their own thread
+    let (worker_tx, fit_news, worker) = virt_persona::forecaster::spawn(WorkerConfig {
+        state_dir: cfg.state_dir.clone(),
+        retention: cfg.history_retention.as_std().as_millis() as i64,
+        clock: now_ms,
+        refit_every: 3_600_000,
+    })
+    .context("starting the forecast worker")?;
+    let mut wanted: std::collections::BTreeSet<virt_persona::history::SeriesKey> = Default::default();
+    // each tick's values to history, and the series to fit when they change
+    let mut feed = |rec: &mut Rec| {
+        let values = rec.history_values();
+        if !values.is_empty() && worker_tx.try_send(ToWorker::Samples(values)).is_err() {
+            metrics.history_dropped();
+        }
+        let want = rec.forecast_series();
+        if want != wanted && worker_tx.try_send(ToWorker::Want(want.clone())).is_ok() {
+            wanted = want;
+        }
+    };
 
     let (cmd_tx, cmd_rx) = crossbeam_channel::bounded::<Envelope>(server::COMMAND_QUEUE);
     let shared = Arc::new(server::Shared::default());
@@ -283,6 +352,7 @@ fn run(
         None => crossbeam_channel::never(),
     };
     log_tick(run_tick(&mut rec));
+    feed(&mut rec);
     loop {
         let statuses = rec.statuses();
         let problem = last_error
@@ -320,7 +390,15 @@ fn run(
             }
         }
         select! {
-            recv(ticker) -> _ => log_tick(run_tick(&mut rec)),
+            recv(ticker) -> _ => {
+                log_tick(run_tick(&mut rec));
+                feed(&mut rec);
+            }
+            recv(fit_news) -> news => {
+                if let Ok(n) = news {
+                    rec.set_forecast(n.key, n.state);
+                }
+            }
             recv(watchdog) -> _ => notifier.watchdog(),
             recv(events) -> ev => match ev {
                 Ok(HypervisorEvent::Lifecycle { name, kind, .. }) => {
@@ -344,9 +422,14 @@ fn run(
             }
             recv(cmd_rx) -> env => {
                 if let Ok(env) = env {
+                    if let Command::ImportHistory { csv } = &env.command {
+                        import_history(&rec, &worker_tx, csv, env.reply);
+                        continue;
+                    }
                     let reply = match env.command {
                         Command::Metrics => {
                             let signals = rec.live_signals(now_ms()).len();
+                            metrics.forecasts(rec.forecasts(), |uuid| rec.entry(uuid).map(|e| e.info.name.clone()));
                             metrics.state(&rec.statuses(), catalog.personas().len(), catalog.errors().len(), signals, hv.is_connected());
                             Reply::Text(metrics.render())
                         }
@@ -379,6 +462,10 @@ fn run(
                                 rec.set_dry_run(new.dry_run);
                                 metrics.dry_run(new.dry_run);
                             }
+                            if new.forecast_observe != cfg.forecast_observe {
+                                info!(observe = new.forecast_observe, "forecast_mode switched (reload)");
+                            }
+                            rec.set_forecast_observe(new.forecast_observe);
                         }
                         Err(e) => warn!(error = %e, "config file not reloaded; the settings in force are kept"),
                     }
@@ -413,6 +500,9 @@ fn run(
                     }
                     info!("stopping");
                     drop(cmd_rx);
+                    // the open minute of history is written before the thread ends
+                    let _ = worker_tx.send(ToWorker::Stop);
+                    let _ = worker.join();
                     rt.shutdown_timeout(StdDuration::from_millis(500));
                     return Ok(());
                 }

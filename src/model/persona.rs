@@ -139,6 +139,32 @@ pub struct Condition {
     #[serde(rename = "for")]
     pub for_: Option<Duration>,
     pub horizon: Option<Duration>,
+    /// Forecast conditions: how long before a predicted crossing to act
+    /// (default 5 m).
+    pub lead: Option<Duration>,
+    /// Forecast conditions: the point forecast or an edge of its interval.
+    pub bound: crate::forecast::Bound,
+}
+
+/// Whether a persona's forecast conditions may activate it (SPEC §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ForecastMode {
+    #[default]
+    Act,
+    /// Forecasts are evaluated, logged and explained as "would have
+    /// activated", and never apply anything.
+    Observe,
+}
+
+impl ForecastMode {
+    pub fn from_name(s: &str) -> Option<ForecastMode> {
+        match s {
+            "act" => Some(ForecastMode::Act),
+            "observe" => Some(ForecastMode::Observe),
+            _ => None,
+        }
+    }
 }
 
 /// `all` or `any` of the conditions.
@@ -333,9 +359,19 @@ pub struct Persona {
     pub activation: Option<Activation>,
     pub tuning: TuningSpec,
     pub thresholds: BTreeMap<Metric, f64>,
+    pub forecast_mode: ForecastMode,
 }
 
 impl Persona {
+    /// Whether any condition is a forecast.
+    pub fn uses_forecasts(&self) -> bool {
+        self.activation.as_ref().is_some_and(|a| {
+            a.when
+                .iter()
+                .any(|c| matches!(c.source, Source::Forecast(_)))
+        })
+    }
+
     /// Whether a domain may wear this persona (`[match]`): any of the name globs
     /// matches (or there are none) and every tag is present.
     pub fn matches(&self, domain: &DomainInfo) -> bool {

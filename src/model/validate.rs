@@ -13,7 +13,7 @@ use toml::Spanned;
 
 use super::line_col;
 use super::persona::{
-    Activation, Agg, Comparison, Condition, Days, Globs, Match, Metric, MetricUnit, Mode, Persona,
+    Activation, Agg, Comparison, Condition, Days, ForecastMode, Globs, Match, Metric, MetricUnit, Mode, Persona,
     Source, TuningSpec, VcpuSel, Window,
 };
 use super::tuning::{Bandwidth, BlkioDeviceTuning, InterfaceTuning, Knob, MEMORY_UNLIMITED_KIB};
@@ -65,10 +65,10 @@ pub enum Rule {
     },
     #[error("a forecast condition needs a horizon (e.g. horizon = \"15m\")")]
     MissingHorizon,
-    /// Accepting a forecast condition that can never be true would leave a
-    /// persona silently doing nothing: refused until forecasting exists.
-    #[error("forecast conditions are not available yet: this daemon keeps no history to forecast from, so the condition could never be true; remove it (use a metric, a signal or a schedule)")]
-    ForecastUnavailable,
+    #[error("bound: expected \"value\", \"upper\" or \"lower\", found \"{0}\"")]
+    BadBound(String),
+    #[error("forecast_mode: expected \"act\" or \"observe\", found \"{0}\"")]
+    BadForecastMode(String),
     #[error("{key}: {metric} is {unit}: expected a number{hint}")]
     ThresholdType {
         key: String,
@@ -103,6 +103,8 @@ pub enum Rule {
 /// The longest `over` or `for` a condition may have: every sample of the
 /// window is kept in memory per domain (720 samples at the 5 s default).
 pub const MAX_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
+/// A forecast condition's `lead` when none is given.
+pub const DEFAULT_LEAD: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// One error in one file, at one place.
 #[derive(Debug, Clone, PartialEq)]
@@ -151,6 +153,7 @@ struct RawPersona {
     // (only [[tuning.blkio_device]] given) as "expected a borrowed string"
     tuning: Option<RawTuning>,
     thresholds: Option<BTreeMap<Spanned<String>, Spanned<NumOrStr>>>,
+    forecast_mode: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -196,6 +199,8 @@ struct RawWhen {
     #[serde(rename = "for")]
     for_: Option<Spanned<String>>,
     horizon: Option<Spanned<String>>,
+    lead: Option<Spanned<String>>,
+    bound: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -566,6 +571,13 @@ pub fn parse_persona(text: &str, file: &Path) -> Result<Persona, Vec<FileError>>
         }
     }
 
+    let forecast_mode = match &raw.forecast_mode {
+        None => ForecastMode::Act,
+        Some(m) => ForecastMode::from_name(m.get_ref()).unwrap_or_else(|| {
+            cx.err(m.span().start, Rule::BadForecastMode(m.get_ref().clone()));
+            ForecastMode::Act
+        }),
+    };
     if !cx.errors.is_empty() {
         cx.errors.sort_by_key(|e| (e.line, e.col));
         return Err(cx.errors);
@@ -584,6 +596,7 @@ pub fn parse_persona(text: &str, file: &Path) -> Result<Persona, Vec<FileError>>
         activation: activation.flatten(),
         tuning,
         thresholds,
+        forecast_mode,
     })
 }
 
@@ -760,19 +773,7 @@ fn condition(cx: &mut Ctx<'_>, c: &Spanned<RawWhen>) -> Option<Condition> {
                 None
             }
         }
-        (None, None, Some(f)) => match metric_of(cx, f) {
-            Some(m) if m.is_host() => {
-                cx.err(
-                    f.span().start,
-                    Rule::NotApplicable {
-                        key: "forecast",
-                        what: "host metric",
-                    },
-                );
-                None
-            }
-            other => other.map(Source::Forecast),
-        },
+        (None, None, Some(f)) => metric_of(cx, f).map(Source::Forecast),
         _ => {
             cx.err(at, Rule::ConditionSource(describe(&present)));
             None
@@ -800,6 +801,14 @@ fn condition(cx: &mut Ctx<'_>, c: &Spanned<RawWhen>) -> Option<Condition> {
     let over = cx.window("over", &r.over);
     let for_ = cx.window("for", &r.for_);
     let horizon = cx.duration("horizon", &r.horizon);
+    let lead = cx.duration("lead", &r.lead);
+    let bound = match &r.bound {
+        None => crate::forecast::Bound::Value,
+        Some(b) => crate::forecast::Bound::from_name(b.get_ref()).unwrap_or_else(|| {
+            cx.err(b.span().start, Rule::BadBound(b.get_ref().clone()));
+            crate::forecast::Bound::Value
+        }),
+    };
     let agg = match &r.agg {
         None => Agg::Avg,
         Some(a) => Agg::from_name(a.get_ref()).unwrap_or_else(|| {
@@ -820,20 +829,30 @@ fn condition(cx: &mut Ctx<'_>, c: &Spanned<RawWhen>) -> Option<Condition> {
         }
     }
     if what != "forecast" {
-        if let Some(h) = &r.horizon {
-            cx.err(
-                h.span().start,
-                Rule::NotApplicable {
-                    key: "horizon",
-                    what,
-                },
-            );
+        for (key, v) in [("horizon", &r.horizon), ("lead", &r.lead), ("bound", &r.bound)] {
+            if let Some(v) = v {
+                cx.err(v.span().start, Rule::NotApplicable { key, what });
+            }
         }
     } else if r.horizon.is_none() {
         cx.err(at, Rule::MissingHorizon);
-    }
-    if let (Some(Source::Forecast(_)), Some(f)) = (&source, &r.forecast) {
-        cx.err(f.span().start, Rule::ForecastUnavailable);
+    } else {
+        // a fit forecasts a day ahead: horizon and lead together must fit in it
+        let ahead = std::time::Duration::from_millis(crate::forecast::AHEAD_MS as u64);
+        let total = horizon.map(|h| h.as_std()).unwrap_or_default()
+            + lead.map(|l| l.as_std()).unwrap_or(DEFAULT_LEAD);
+        if total > ahead {
+            if let Some(h) = &r.horizon {
+                cx.err(
+                    h.span().start,
+                    Rule::OutOfRange {
+                        key: "horizon".into(),
+                        value: h.get_ref().clone(),
+                        range: "horizon + lead at most 24h (forecasts reach a day ahead)".into(),
+                    },
+                );
+            }
+        }
     }
     if cx.errors.len() > before {
         return None;
@@ -845,6 +864,12 @@ fn condition(cx: &mut Ctx<'_>, c: &Spanned<RawWhen>) -> Option<Condition> {
         agg,
         for_,
         horizon,
+        lead: if what == "forecast" {
+            Some(lead.unwrap_or(Duration(DEFAULT_LEAD)))
+        } else {
+            None
+        },
+        bound,
     })
 }
 

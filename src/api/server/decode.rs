@@ -11,6 +11,14 @@ pub const MAX_BODY: usize = 1 << 20;
 pub const DEFAULT_EVENTS_PER_REQUEST: usize = 1_000;
 pub const MAX_EVENTS_PER_REQUEST: usize = 10_000;
 
+/// The largest history import accepted: 14 days of 5-minute points for 100
+/// domains is about 25 MiB of CSV.
+pub const MAX_IMPORT_BODY: usize = 64 << 20;
+/// The longest forecast horizon asked for.
+pub const MAX_HORIZON_MS: i64 = 86_400_000;
+/// The horizon when none is asked for.
+pub const DEFAULT_HORIZON_MS: i64 = 6 * 3_600_000;
+
 /// An HTTP status and the message of the JSON error.
 pub type HttpError = (u16, String);
 
@@ -239,3 +247,40 @@ mod tests {
         );
     }
 }
+
+/// `GET /v1/forecast/{domain}/{metric}?horizon=DUR`.
+pub fn forecast(name: String, metric: String, horizon: Option<&str>) -> Result<Command, HttpError> {
+    let horizon_ms = match horizon {
+        None | Some("") => DEFAULT_HORIZON_MS,
+        Some(h) => match h.parse::<crate::units::Duration>() {
+            Ok(d) if d.as_std().as_millis() > 0 && d.as_std().as_millis() <= MAX_HORIZON_MS as u128 => {
+                d.as_std().as_millis() as i64
+            }
+            _ => {
+                return Err((
+                    400,
+                    format!("horizon: '{h}' is not a duration from 1s to 24h (e.g. \"6h\")"),
+                ))
+            }
+        },
+    };
+    Ok(Command::Forecast {
+        name,
+        metric,
+        horizon_ms,
+    })
+}
+
+/// `POST /v1/history/import`: a CSV body (text/csv, text/plain or no type).
+pub fn import(content_type: &str, body: &[u8]) -> Result<Command, HttpError> {
+    let ct = media_type(content_type);
+    if !matches!(ct.as_str(), "" | "text/csv" | "text/plain" | "application/octet-stream") {
+        return Err((415, format!("expected Content-Type: text/csv, found '{ct}'")));
+    }
+    let csv = std::str::from_utf8(body)
+        .map_err(|e| (400, format!("the CSV is not UTF-8 (byte {})", e.valid_up_to())))?;
+    Ok(Command::ImportHistory {
+        csv: csv.to_string(),
+    })
+}
+
