@@ -124,7 +124,9 @@ pub struct Fit {
 pub enum FitState {
     Ready(Arc<Fit>),
     /// Too little history: this much is recorded.
-    Waiting { have_ms: Millis },
+    Waiting {
+        have_ms: Millis,
+    },
     Failed(String),
 }
 
@@ -137,7 +139,10 @@ impl Forecasts {
         self.0.get(domain)?.get(&metric)
     }
     pub fn set(&mut self, key: SeriesKey, state: FitState) {
-        self.0.entry(key.domain).or_default().insert(key.metric, state);
+        self.0
+            .entry(key.domain)
+            .or_default()
+            .insert(key.metric, state);
     }
     pub fn remove(&mut self, key: &SeriesKey) {
         if let Some(m) = self.0.get_mut(&key.domain) {
@@ -158,7 +163,9 @@ impl Forecasts {
 /// Why there is no forecast.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum FitError {
-    #[error("too little history: {have_ms} ms recorded, a forecast needs {need_ms} ms (two full days)")]
+    #[error(
+        "too little history: {have_ms} ms recorded, a forecast needs {need_ms} ms (two full days)"
+    )]
     TooLittleHistory { have_ms: Millis, need_ms: Millis },
     #[error("the model did not fit: {0}")]
     Model(String),
@@ -181,7 +188,10 @@ fn fill(values: &[f64]) -> Vec<f64> {
         if v[i].is_nan() {
             let before = i.checked_sub(DAY).map(|j| v[j]);
             let after = values.get(i + DAY).copied();
-            if let Some(x) = before.filter(|x| !x.is_nan()).or(after.filter(|x| !x.is_nan())) {
+            if let Some(x) = before
+                .filter(|x| !x.is_nan())
+                .or(after.filter(|x| !x.is_nan()))
+            {
                 v[i] = x;
             }
         }
@@ -495,14 +505,22 @@ pub(crate) mod tests {
         // under two weeks, so without the weekly season, and it shows
         let acc = f.accuracy.expect("backtested");
         assert_eq!(acc.day_start, now - 86_400_000);
-        assert!(acc.mape > 0.0 && acc.mape < 30.0, "backtest MAPE {:.1}", acc.mape);
+        assert!(
+            acc.mape > 0.0 && acc.mape < 30.0,
+            "backtest MAPE {:.1}",
+            acc.mape
+        );
         // the rush at 09:00 on Monday the 16th is predicted, not before 08:55
         let nine = now + 9 * 3_600_000;
         let o = f
             .outlook(now, now + 86_400_000, Bound::Value, true, |v| v > 70.0)
             .expect("in range");
         let at = o.crossing.expect("a crossing");
-        assert!((nine - STEP_MS..=nine).contains(&at), "crossing at {}", (at - now) / 60_000);
+        assert!(
+            (nine - STEP_MS..=nine).contains(&at),
+            "crossing at {}",
+            (at - now) / 60_000
+        );
     }
 
     #[test]
@@ -510,7 +528,14 @@ pub(crate) mod tests {
         let mut rng = Lcg(3);
         let mut values: Vec<f64> = (0..4 * DAY).map(|_| 30.0 + 5.0 * rng.next()).collect();
         let now = MONDAY + 4 * 86_400_000;
-        let flat = fit(&Series { start: MONDAY, values: values.clone() }, now).expect("fits");
+        let flat = fit(
+            &Series {
+                start: MONDAY,
+                values: values.clone(),
+            },
+            now,
+        )
+        .expect("fits");
         let o = flat
             .outlook(now, now + 86_400_000, Bound::Value, true, |v| v > 50.0)
             .expect("in range");
@@ -519,7 +544,17 @@ pub(crate) mod tests {
         for v in &mut values[DAY..2 * DAY] {
             *v = f64::NAN;
         }
-        let gap = fit(&Series { start: MONDAY, values }, now).expect("a missing day fits");
-        assert!(gap.points.iter().all(|p| p.value.is_finite() && p.lower <= p.upper));
+        let gap = fit(
+            &Series {
+                start: MONDAY,
+                values,
+            },
+            now,
+        )
+        .expect("a missing day fits");
+        assert!(gap
+            .points
+            .iter()
+            .all(|p| p.value.is_finite() && p.lower <= p.upper));
     }
 }

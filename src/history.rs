@@ -457,7 +457,9 @@ fn import_time(s: &str) -> Option<Millis> {
     if let Ok(secs) = s.parse::<f64>() {
         return (secs.is_finite() && secs.abs() < 1e13).then(|| (secs * 1000.0).round() as Millis);
     }
-    s.parse::<jiff::Timestamp>().ok().map(|t| t.as_millisecond())
+    s.parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_millisecond())
 }
 
 /// Reads an import CSV: a header `timestamp,domain,metric,value`, then one
@@ -487,7 +489,12 @@ pub fn parse_csv(
                 )]);
             }
         }
-        None => return Err(vec!["the CSV is empty: expected the header 'timestamp,domain,metric,value' and points".into()]),
+        None => {
+            return Err(vec![
+                "the CSV is empty: expected the header 'timestamp,domain,metric,value' and points"
+                    .into(),
+            ])
+        }
     }
     let mut resolved: HashMap<String, Option<String>> = HashMap::new();
     for (i, line) in lines {
@@ -497,12 +504,18 @@ pub fn parse_csv(
         }
         let f: Vec<&str> = line.split(',').map(str::trim).collect();
         if f.len() != 4 {
-            errors.push(format!("line {n}: expected 4 fields (timestamp,domain,metric,value), found {}", f.len()));
+            errors.push(format!(
+                "line {n}: expected 4 fields (timestamp,domain,metric,value), found {}",
+                f.len()
+            ));
             continue;
         }
         let mut bad = |what: String| errors.push(format!("line {n}: {what}"));
         let Some(t) = import_time(f[0]) else {
-            bad(format!("timestamp '{}' is not RFC 3339 or Unix seconds", f[0]));
+            bad(format!(
+                "timestamp '{}' is not RFC 3339 or Unix seconds",
+                f[0]
+            ));
             continue;
         };
         let Some(metric) = Metric::from_name(f[2]) else {
@@ -518,13 +531,18 @@ pub fn parse_csv(
         };
         let domain = if metric.is_host() {
             if !(f[1].is_empty() || f[1] == HOST) {
-                bad(format!("{metric} is a host metric: leave the domain empty (found '{}')", f[1]));
+                bad(format!(
+                    "{metric} is a host metric: leave the domain empty (found '{}')",
+                    f[1]
+                ));
                 continue;
             }
             HOST.to_string()
         } else {
             if f[1].is_empty() {
-                bad(format!("{metric} is a domain metric: the domain is missing"));
+                bad(format!(
+                    "{metric} is a domain metric: the domain is missing"
+                ));
                 continue;
             }
             let uuid = resolved
@@ -534,7 +552,10 @@ pub fn parse_csv(
             match uuid {
                 Some(u) => u,
                 None => {
-                    bad(format!("no domain named '{}' on this host (give its name or UUID)", f[1]));
+                    bad(format!(
+                        "no domain named '{}' on this host (give its name or UUID)",
+                        f[1]
+                    ));
                     continue;
                 }
             }
@@ -562,7 +583,10 @@ mod tests {
     fn keys_round_trip() {
         let k = cpu("6695eb01-f6a4-8304-79aa-97f2502e193f");
         assert_eq!(SeriesKey::from_key(&k.to_key()), Some(k));
-        assert_eq!(SeriesKey::from_key("host/host_cpu"), Some(SeriesKey::new(HOST, Metric::HostCpu)));
+        assert_eq!(
+            SeriesKey::from_key("host/host_cpu"),
+            Some(SeriesKey::new(HOST, Metric::HostCpu))
+        );
         assert_eq!(SeriesKey::from_key("x/nope"), None);
     }
 
@@ -625,9 +649,9 @@ mod tests {
         let now = T0 + 10 * DAY_MS;
         let pts = vec![
             (k.clone(), T0 + 60_000, 10.0),
-            (k.clone(), T0 + 120_000, 30.0),       // same 5-minute slot
-            (k.clone(), now - 90_000, 7.0),        // minute slot
-            (k.clone(), now - 20 * DAY_MS, 99.0),  // past the retention
+            (k.clone(), T0 + 120_000, 30.0), // same 5-minute slot
+            (k.clone(), now - 90_000, 7.0),  // minute slot
+            (k.clone(), now - 20 * DAY_MS, 99.0), // past the retention
         ];
         assert_eq!(h.import(&pts, now, 14 * DAY_MS), 3);
         let c = h.take_changes();
@@ -654,7 +678,11 @@ mod tests {
         let bad = "timestamp,domain,metric,value\nyesterday,web-1,cpu,1\n1793577600,db-9,cpu,1\n1793577600,web-1,cpu,-4\n1793577600,web-1,nope,1\n1793577600,web-1,host_cpu,1\n1,2,3\n1793577600,web-1,cpu,5\n";
         let errs = parse_csv(bad, resolve).expect_err("refused");
         let lines: Vec<&str> = errs.iter().map(|e| e.split(':').next().unwrap()).collect();
-        assert_eq!(lines, ["line 2", "line 3", "line 4", "line 5", "line 6", "line 7"], "{errs:?}");
+        assert_eq!(
+            lines,
+            ["line 2", "line 3", "line 4", "line 5", "line 6", "line 7"],
+            "{errs:?}"
+        );
         assert!(errs[1].contains("db-9"), "{}", errs[1]);
         assert!(parse_csv("time,value\n", resolve).unwrap_err()[0].contains("header"));
         assert!(parse_csv("", resolve).is_err());

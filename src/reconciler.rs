@@ -382,7 +382,11 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             for p in &e.candidates {
                 for c in p.activation.iter().flat_map(|a| a.when.iter()) {
                     if let crate::model::persona::Source::Forecast(m) = c.source {
-                        let d = if m.is_host() { HOST } else { e.info.uuid.as_str() };
+                        let d = if m.is_host() {
+                            HOST
+                        } else {
+                            e.info.uuid.as_str()
+                        };
                         out.insert(SeriesKey::new(d, m));
                     }
                 }
@@ -401,19 +405,20 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         }
         let since = self.history_t;
         let mut newest = since;
-        let mut take = |domain: &str, w: Option<&std::collections::VecDeque<crate::collector::Sample>>| {
-            for s in w.into_iter().flatten().rev().take_while(|s| s.t > since) {
-                newest = newest.max(s.t);
-                for m in &metrics {
-                    if m.is_host() != (domain == HOST) {
-                        continue;
-                    }
-                    if let Some(v) = s.values.get(*m) {
-                        out.push((SeriesKey::new(domain, *m), s.t, v));
+        let mut take =
+            |domain: &str, w: Option<&std::collections::VecDeque<crate::collector::Sample>>| {
+                for s in w.into_iter().flatten().rev().take_while(|s| s.t > since) {
+                    newest = newest.max(s.t);
+                    for m in &metrics {
+                        if m.is_host() != (domain == HOST) {
+                            continue;
+                        }
+                        if let Some(v) = s.values.get(*m) {
+                            out.push((SeriesKey::new(domain, *m), s.t, v));
+                        }
                     }
                 }
-            }
-        };
+            };
         for uuid in self.domains.keys() {
             take(uuid, self.collector.window(uuid));
         }

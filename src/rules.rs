@@ -19,8 +19,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::collector::{Millis, Sample};
-use crate::hypervisor::DomainInfo;
 use crate::forecast::{FitState, Forecasts, MIN_HISTORY_MS};
+use crate::hypervisor::DomainInfo;
 use crate::model::persona::{
     Activation, Agg, Comparison, Condition, ForecastMode, Metric, Mode, Persona, Source, Window,
 };
@@ -111,7 +111,7 @@ pub enum Note {
     /// The model did not fit (the forecast API says why).
     ForecastFailed,
     /// The forecast crosses the threshold at `at`; the condition holds from
-    /// `acts_from` (`lead` before).
+    /// `acts_from` (`horizon + lead` before).
     Predicted {
         at: Millis,
         acts_from: Millis,
@@ -352,10 +352,13 @@ fn metric_value(c: &Condition, m: Metric, inp: &Inputs<'_>) -> (Option<f64>, Opt
     }
 }
 
-/// A forecast condition: the extreme forecast over `[now, now + lead +
-/// horizon]`, whether the forecast crosses the threshold in it, and whether
-/// the live value crosses it now (a prediction alone never ends a persona
-/// early: the live value keeps the condition true).
+/// A forecast condition: the extreme forecast over `[now, now + horizon +
+/// lead]`, whether the forecast crosses the threshold in it, and whether the
+/// live value crosses it now. So the condition holds from `horizon + lead`
+/// before a predicted crossing: `horizon` is how far ahead the forecast is
+/// read, `lead` moves that window earlier still (AWS's scheduling buffer).
+/// A prediction alone never ends a persona early: while the live value
+/// crosses, the condition holds whatever the forecast says.
 fn forecast_value(c: &Condition, m: Metric, inp: &Inputs<'_>) -> ForecastEval {
     let live_c = Condition {
         over: None,
@@ -374,7 +377,11 @@ fn forecast_value(c: &Condition, m: Metric, inp: &Inputs<'_>) -> ForecastEval {
     let (horizon, lead) = (ms(c.horizon), ms(c.lead));
     let none = |note: Note| ForecastEval {
         value: live,
-        note: Some(if live_holds { live_note.unwrap_or(note) } else { note }),
+        note: Some(if live_holds {
+            live_note.unwrap_or(note)
+        } else {
+            note
+        }),
         live: live_holds,
         predicted: false,
     };
@@ -396,7 +403,7 @@ fn forecast_value(c: &Condition, m: Metric, inp: &Inputs<'_>) -> ForecastEval {
                     value: Some(o.extreme),
                     note: o.crossing.map(|at| Note::Predicted {
                         at,
-                        acts_from: (at - lead).max(fit.history_end),
+                        acts_from: at - lead - horizon,
                     }),
                     live: live_holds,
                     predicted: o.crossing.is_some(),
@@ -1038,5 +1045,167 @@ mod tests {
             1,
             "the db-* persona does not match: not a candidate"
         );
+    }
+
+    /// Two weeks of a web server's mornings, then day 15 minute by minute
+    /// through an injected clock: the forecast persona is on by 09:00 − lead,
+    /// not earlier than horizon + lead before; when the forecast says the rush
+    /// is over but the live load is still high it stays on, and it is released
+    /// by the cooldown once neither holds. In observe mode the same forecast
+    /// only says "would have activated".
+    #[test]
+    fn a_forecast_persona_is_on_before_the_rush_and_released_by_cooldown() {
+        use crate::forecast::tests::{web_cpu, MONDAY};
+        use crate::forecast::{fit, FitState, Forecasts, DAY, STEP_MS};
+        let hist = web_cpu(MONDAY, 14 * DAY, 11);
+        let day15 = MONDAY + 14 * 86_400_000;
+        // fitted at 08:00 from history up to midnight (a refit runs hourly)
+        let f = fit(&hist, day15 + 8 * 3_600_000).expect("fits");
+        let text = |mode: &str| {
+            format!("id = \"rush\"\n{mode}[activation]\ncooldown = \"10m\"\n[[activation.when]]\nforecast = \"cpu\"\nhorizon = \"10m\"\nlead = \"5m\"\nabove = 70\n")
+        };
+        let mut w = World::new(vec![persona(&text(""))]);
+        w.domain.uuid = "u-web".into();
+        let mut fc = Forecasts::default();
+        fc.set(
+            crate::history::SeriesKey::new("u-web", Metric::Cpu),
+            FitState::Ready(Arc::new(f)),
+        );
+        // the live load of day 15: the rush runs until 11:20 today, 20 minutes
+        // longer than every day before
+        let live = |t: Millis| {
+            let minute = (t - day15) / 60_000;
+            if (540..680).contains(&minute) {
+                92.0
+            } else {
+                18.0
+            }
+        };
+        let mut samples = VecDeque::new();
+        let mut on_at = None;
+        let mut off_at = None;
+        let minute = 60_000;
+        for t in (day15 + 8 * 3_600_000..day15 + 12 * 3_600_000).step_by(minute as usize) {
+            samples.push_back(Sample {
+                t,
+                values: {
+                    let mut v = Values::default();
+                    v.set(Metric::Cpu, live(t));
+                    v
+                },
+            });
+            let inp = Inputs {
+                domain: &w.domain,
+                samples: Some(&samples),
+                host: &w.host,
+                signals: &w.signals,
+                now: t,
+                refused: &Default::default(),
+                never_measured: 0,
+                forecasts: &fc,
+                forecast_observe: false,
+            };
+            let d = decide(&candidates(&w.personas, &w.domain), &inp, &mut w.st);
+            match (d.persona.is_some(), on_at, off_at) {
+                (true, None, _) => on_at = Some(t),
+                (false, Some(_), None) => off_at = Some(t),
+                _ => {}
+            }
+        }
+        let nine = day15 + 9 * 3_600_000;
+        let on = on_at.expect("switched on");
+        assert!(
+            on <= nine - 5 * minute,
+            "on at {} min before 09:00",
+            (nine - on) / minute
+        );
+        assert!(
+            on >= nine - 15 * minute - STEP_MS,
+            "not earlier than horizon + lead (and a step) before: {} min",
+            (nine - on) / minute
+        );
+        let off = off_at.expect("released");
+        // the forecast ends the rush at 11:00; the live load holds it until
+        // 11:19 (its last high minute), then the 10-minute cooldown runs
+        assert_eq!(
+            (off - day15) / minute,
+            11 * 60 + 29,
+            "released at {} min",
+            (off - day15) / minute
+        );
+
+        // observe mode: never worn, "would have activated" from the same time
+        let mut w = World::new(vec![persona(&text("forecast_mode = \"observe\"\n"))]);
+        w.domain.uuid = "u-web".into();
+        let mut would = None;
+        for t in (day15 + 8 * 3_600_000..day15 + 9 * 3_600_000).step_by(minute as usize) {
+            let quiet = cpu_samples(&[(t, 18.0)]);
+            let inp = Inputs {
+                domain: &w.domain,
+                samples: Some(&quiet),
+                host: &w.host,
+                signals: &w.signals,
+                now: t,
+                refused: &Default::default(),
+                never_measured: 0,
+                forecasts: &fc,
+                forecast_observe: false,
+            };
+            let d = decide(&candidates(&w.personas, &w.domain), &inp, &mut w.st);
+            assert_eq!(d.persona, None, "observe mode applies nothing");
+            if would.is_none() {
+                would = d.candidates[0].would_since;
+            }
+            if let Some(since) = d.candidates[0].would_since {
+                assert_eq!(Some(since), would, "since when, kept");
+                let j = d.candidates[0].to_json();
+                assert!(
+                    j["would_activate"]
+                        .as_str()
+                        .unwrap()
+                        .starts_with("would have activated at"),
+                    "{j}"
+                );
+            }
+        }
+        assert_eq!(
+            would,
+            Some(on),
+            "would have activated exactly when act mode did"
+        );
+
+        // too little history: false, and it says how much more and when
+        let mut short = Forecasts::default();
+        short.set(
+            crate::history::SeriesKey::new("u-web", Metric::Cpu),
+            FitState::Waiting {
+                have_ms: 86_400_000,
+            },
+        );
+        let mut w = World::new(vec![persona(&text(""))]);
+        w.domain.uuid = "u-web".into();
+        let quiet = cpu_samples(&[(day15, 18.0)]);
+        let inp = Inputs {
+            domain: &w.domain,
+            samples: Some(&quiet),
+            host: &w.host,
+            signals: &w.signals,
+            now: day15,
+            refused: &Default::default(),
+            never_measured: 0,
+            forecasts: &short,
+            forecast_observe: false,
+        };
+        let d = decide(&candidates(&w.personas, &w.domain), &inp, &mut w.st);
+        assert_eq!(d.persona, None);
+        let note = d.candidates[0].to_json()["conditions"][0]["note"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(
+            note.contains("1.0 days recorded, 2.0 days needed (1.0 days more)"),
+            "{note}"
+        );
+        assert!(note.contains("enough at 2026-11-17T00:00:00Z"), "{note}");
     }
 }

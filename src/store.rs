@@ -588,7 +588,9 @@ impl HistoryDb {
     pub fn open(dir: &Path) -> Result<Self> {
         let path = dir.join("history.redb");
         let open = |path: &Path| -> std::result::Result<redb::Database, redb::DatabaseError> {
-            redb::Builder::new().set_cache_size(CACHE_BYTES).create(path)
+            redb::Builder::new()
+                .set_cache_size(CACHE_BYTES)
+                .create(path)
         };
         let db = match open(&path) {
             Ok(db) => db,
@@ -653,7 +655,8 @@ impl HistoryDb {
             let mut t = tx.open_table(HISTORY).map_err(io)?;
             for id in &changes.delete {
                 let key = id.key.to_key();
-                t.remove((key.as_str(), id.res.code(), id.start)).map_err(io)?;
+                t.remove((key.as_str(), id.res.code(), id.start))
+                    .map_err(io)?;
             }
             let mut buf = Vec::new();
             for (id, slots) in &changes.put {
@@ -902,9 +905,9 @@ mod tests {
         std::fs::write(dir.path().join("history.redb"), b"not a database at all").unwrap();
         let db = HistoryDb::open(dir.path()).unwrap();
         assert!(db.load().unwrap().is_empty());
-        assert!(std::fs::read_dir(dir.path())
-            .unwrap()
-            .flatten()
-            .any(|e| e.file_name().to_string_lossy().starts_with("history.redb.damaged-")));
+        assert!(std::fs::read_dir(dir.path()).unwrap().flatten().any(|e| e
+            .file_name()
+            .to_string_lossy()
+            .starts_with("history.redb.damaged-")));
     }
 }

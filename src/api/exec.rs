@@ -122,7 +122,11 @@ fn forecast<H: Hypervisor + ?Sized, S: StateStore>(
     let Some(m) = Metric::from_name(metric) else {
         return Reply::bad(format!(
             "unknown metric '{metric}': expected one of {}",
-            Metric::ALL.iter().map(|m| m.name()).collect::<Vec<_>>().join(", ")
+            Metric::ALL
+                .iter()
+                .map(|m| m.name())
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     };
     let Some(e) = rec.entry(name) else {

@@ -958,19 +958,22 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 fn history_import(cli: &Cli, file: &std::path::Path) -> anyhow::Result<ExitCode> {
     let body = if file.as_os_str() == "-" {
         let mut b = Vec::new();
-        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b).context("reading standard input")?;
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
+            .context("reading standard input")?;
         b
     } else {
         std::fs::read(file).with_context(|| format!("reading {}", file.display()))?
     };
-    let v = client::request_with_type(&cli.socket, "POST", "/v1/history/import", &body, "text/csv")?;
+    let v =
+        client::request_with_type(&cli.socket, "POST", "/v1/history/import", &body, "text/csv")?;
     print_or(cli, &v, || {
         println!(
             "Imported {} point(s) into {} series{}; forecasts using them are refitted now",
             text(&v["imported"]),
             text(&v["series"]),
             match v["skipped_outside_retention"].as_u64() {
-                Some(n) if n > 0 => format!(" ({n} outside the history retention or in the future skipped)"),
+                Some(n) if n > 0 =>
+                    format!(" ({n} outside the history retention or in the future skipped)"),
                 _ => String::new(),
             }
         )
@@ -979,7 +982,10 @@ fn history_import(cli: &Cli, file: &std::path::Path) -> anyhow::Result<ExitCode>
 
 /// Milliseconds since the epoch of an RFC 3339 time in a reply.
 fn ms_of(v: &serde_json::Value) -> Option<i64> {
-    v.as_str()?.parse::<jiff::Timestamp>().ok().map(|t| t.as_millisecond())
+    v.as_str()?
+        .parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_millisecond())
 }
 
 fn forecast(
@@ -1035,7 +1041,11 @@ fn print_forecast(v: &serde_json::Value) {
         .map(|p| p.1)
         .chain(thresholds.iter().map(|t| t.1));
     let (ymin, ymax) = all_y.fold((f32::MAX, f32::MIN), |(a, b), y| (a.min(y), b.max(y)));
-    let (ymin, ymax) = if ymin > ymax { (0.0, 1.0) } else { (ymin.min(0.0), ymax * 1.05 + 0.01) };
+    let (ymin, ymax) = if ymin > ymax {
+        (0.0, 1.0)
+    } else {
+        (ymin.min(0.0), ymax * 1.05 + 0.01)
+    };
     let xmin = history.first().map(|p| p.0).unwrap_or(-1.0).min(-1.0);
     let xmax = value.last().map(|p| p.0).unwrap_or(1.0).max(1.0);
     println!(
@@ -1051,7 +1061,10 @@ fn print_forecast(v: &serde_json::Value) {
             .unwrap_or_default()
     );
     let now_line = [(0.0, ymin), (0.0, ymax)];
-    let threshold_lines: Vec<[(f32, f32); 2]> = thresholds.iter().map(|t| [(xmin, t.1), (xmax, t.1)]).collect();
+    let threshold_lines: Vec<[(f32, f32); 2]> = thresholds
+        .iter()
+        .map(|t| [(xmin, t.1), (xmax, t.1)])
+        .collect();
     let shapes_hist = Shape::Lines(&history);
     let shapes_value = Shape::Lines(&value);
     let shapes_lower = Shape::Points(&lower);
@@ -1072,7 +1085,11 @@ fn print_forecast(v: &serde_json::Value) {
         }
         c = c.linecolorplot(&shape_now, RGB8::new(200, 200, 200));
     } else {
-        c = c.lineplot(&shapes_hist).lineplot(&shapes_value).lineplot(&shapes_lower).lineplot(&shapes_upper);
+        c = c
+            .lineplot(&shapes_hist)
+            .lineplot(&shapes_value)
+            .lineplot(&shapes_lower)
+            .lineplot(&shapes_upper);
         for t in &threshold_shapes {
             c = c.lineplot(t);
         }
@@ -1125,4 +1142,3 @@ fn print_forecast(v: &serde_json::Value) {
         .collect();
     print!("{}", table(&["Time", "Forecast", "95 % interval"], &rows));
 }
-

@@ -117,20 +117,30 @@ fn import_history(
             return;
         }
     };
-    let answer = Box::new(move |r: Result<virt_persona::forecaster::ImportReport, String>| {
-        let _ = reply.send(match r {
-            Ok(report) => Reply::Ok(serde_json::json!({
-                "imported": report.kept,
-                "rows": report.rows,
-                "skipped_outside_retention": report.rows - report.kept,
-                "series": report.series,
-            })),
-            Err(message) => Reply::Err { status: 500, message },
-        });
-    });
-    if let Err(e) = worker.try_send(ToWorker::Import { points, reply: answer }) {
+    let answer = Box::new(
+        move |r: Result<virt_persona::forecaster::ImportReport, String>| {
+            let _ = reply.send(match r {
+                Ok(report) => Reply::Ok(serde_json::json!({
+                    "imported": report.kept,
+                    "rows": report.rows,
+                    "skipped_outside_retention": report.rows - report.kept,
+                    "series": report.series,
+                })),
+                Err(message) => Reply::Err {
+                    status: 500,
+                    message,
+                },
+            });
+        },
+    );
+    if let Err(e) = worker.try_send(ToWorker::Import {
+        points,
+        reply: answer,
+    }) {
         if let ToWorker::Import { reply, .. } = e.into_inner() {
-            reply(Err("the forecast worker is busy; try again in a moment".into()));
+            reply(Err(
+                "the forecast worker is busy; try again in a moment".into()
+            ));
         }
     }
 }
@@ -256,11 +266,12 @@ fn run(
     let (worker_tx, fit_news, worker) = virt_persona::forecaster::spawn(WorkerConfig {
         state_dir: cfg.state_dir.clone(),
         retention: cfg.history_retention.as_std().as_millis() as i64,
-        clock: now_ms,
+        clock: Box::new(now_ms),
         refit_every: 3_600_000,
     })
     .context("starting the forecast worker")?;
-    let mut wanted: std::collections::BTreeSet<virt_persona::history::SeriesKey> = Default::default();
+    let mut wanted: std::collections::BTreeSet<virt_persona::history::SeriesKey> =
+        Default::default();
     // each tick's values to history, and the series to fit when they change
     let mut feed = |rec: &mut Rec| {
         let values = rec.history_values();

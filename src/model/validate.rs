@@ -13,8 +13,8 @@ use toml::Spanned;
 
 use super::line_col;
 use super::persona::{
-    Activation, Agg, Comparison, Condition, Days, ForecastMode, Globs, Match, Metric, MetricUnit, Mode, Persona,
-    Source, TuningSpec, VcpuSel, Window,
+    Activation, Agg, Comparison, Condition, Days, ForecastMode, Globs, Match, Metric, MetricUnit,
+    Mode, Persona, Source, TuningSpec, VcpuSel, Window,
 };
 use super::tuning::{Bandwidth, BlkioDeviceTuning, InterfaceTuning, Knob, MEMORY_UNLIMITED_KIB};
 use crate::units::{CpuSet, Duration, Rate, Size};
@@ -829,7 +829,11 @@ fn condition(cx: &mut Ctx<'_>, c: &Spanned<RawWhen>) -> Option<Condition> {
         }
     }
     if what != "forecast" {
-        for (key, v) in [("horizon", &r.horizon), ("lead", &r.lead), ("bound", &r.bound)] {
+        for (key, v) in [
+            ("horizon", &r.horizon),
+            ("lead", &r.lead),
+            ("bound", &r.bound),
+        ] {
             if let Some(v) = v {
                 cx.err(v.span().start, Rule::NotApplicable { key, what });
             }

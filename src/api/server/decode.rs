@@ -253,7 +253,10 @@ pub fn forecast(name: String, metric: String, horizon: Option<&str>) -> Result<C
     let horizon_ms = match horizon {
         None | Some("") => DEFAULT_HORIZON_MS,
         Some(h) => match h.parse::<crate::units::Duration>() {
-            Ok(d) if d.as_std().as_millis() > 0 && d.as_std().as_millis() <= MAX_HORIZON_MS as u128 => {
+            Ok(d)
+                if d.as_std().as_millis() > 0
+                    && d.as_std().as_millis() <= MAX_HORIZON_MS as u128 =>
+            {
                 d.as_std().as_millis() as i64
             }
             _ => {
@@ -274,13 +277,22 @@ pub fn forecast(name: String, metric: String, horizon: Option<&str>) -> Result<C
 /// `POST /v1/history/import`: a CSV body (text/csv, text/plain or no type).
 pub fn import(content_type: &str, body: &[u8]) -> Result<Command, HttpError> {
     let ct = media_type(content_type);
-    if !matches!(ct.as_str(), "" | "text/csv" | "text/plain" | "application/octet-stream") {
-        return Err((415, format!("expected Content-Type: text/csv, found '{ct}'")));
+    if !matches!(
+        ct.as_str(),
+        "" | "text/csv" | "text/plain" | "application/octet-stream"
+    ) {
+        return Err((
+            415,
+            format!("expected Content-Type: text/csv, found '{ct}'"),
+        ));
     }
-    let csv = std::str::from_utf8(body)
-        .map_err(|e| (400, format!("the CSV is not UTF-8 (byte {})", e.valid_up_to())))?;
+    let csv = std::str::from_utf8(body).map_err(|e| {
+        (
+            400,
+            format!("the CSV is not UTF-8 (byte {})", e.valid_up_to()),
+        )
+    })?;
     Ok(Command::ImportHistory {
         csv: csv.to_string(),
     })
 }
-
