@@ -1,0 +1,289 @@
+//! Forecasts end to end, on daemons started on the test driver's five-domain
+//! host: history imported over the API, fitted on the worker, a persona on
+//! before the rush (the daemon's clock put just before it), observe mode, the
+//! forecast route and CLI, and imports at scale and refused whole.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::Daemon;
+use serde_json::Value;
+use virt_persona::api::client;
+
+/// 2026-11-02 00:00 UTC, a Monday.
+const MONDAY: i64 = 1_793_577_600_000;
+const DAY: i64 = 86_400_000;
+const STEP: i64 = 300_000;
+
+/// A deterministic noise source.
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+    }
+}
+
+/// A web server's CPU at `t`: 90 % from 09:00 to 11:00 UTC on weekdays, 50 %
+/// then at weekends, 20 % otherwise.
+fn web_cpu(t: i64) -> f64 {
+    let day = (t - MONDAY).div_euclid(DAY) % 7;
+    let minute = t.rem_euclid(DAY) / 60_000;
+    match ((540..660).contains(&minute), day >= 5) {
+        (true, false) => 90.0,
+        (true, true) => 50.0,
+        _ => 20.0,
+    }
+}
+
+/// 14 days of 5-minute points before `end` for each domain, as the import CSV.
+fn csv(domains: &[&str], end: i64, seed: u64) -> String {
+    let mut rng = Lcg(seed);
+    let mut out = String::from("timestamp,domain,metric,value\n");
+    for d in domains {
+        let mut t = end - 14 * DAY;
+        while t < end {
+            let v = web_cpu(t) + 3.0 * rng.next();
+            out.push_str(&format!("{},{d},cpu,{v:.2}\n", t / 1000));
+            t += STEP;
+        }
+    }
+    out
+}
+
+fn import(d: &Daemon, body: &str) -> Result<Value, client::ClientError> {
+    client::request_with_type(
+        &d.socket,
+        "POST",
+        "/v1/history/import",
+        body.as_bytes(),
+        "text/csv",
+    )
+}
+
+/// Waits (generously: a busy machine) until `f` gives a value.
+fn wait_for<T>(what: &str, d: &Daemon, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {secs} s\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn ms(v: &Value) -> i64 {
+    v.as_str()
+        .and_then(|s| s.parse::<jiff::Timestamp>().ok())
+        .map(|t| t.as_millisecond())
+        .unwrap_or_else(|| panic!("not a time: {v}"))
+}
+
+const RUSH: &str = "id = \"web-rush\"\npriority = 50\n[match]\nnames = [\"web-1\"]\n[activation]\ncooldown = \"10m\"\n[[activation.when]]\nforecast = \"cpu\"\nhorizon = \"1m\"\nlead = \"5m\"\nabove = 70\n[tuning]\nblkio_weight = 800\n";
+
+fn watch(mode: &str) -> String {
+    format!("id = \"web-watch\"\npriority = 40\n{mode}[match]\nnames = [\"web-2\"]\n[[activation.when]]\nforecast = \"cpu\"\nhorizon = \"1m\"\nlead = \"5m\"\nabove = 70\n[tuning]\nblkio_weight = 700\n")
+}
+
+/// The daemon sees two weeks of web-1's and web-2's mornings (imported), its
+/// clock is put at Monday 08:53:20 of the third week: web-1's persona goes
+/// on between 08:54 (horizon + lead before the 09:00 rush) and 08:55 (lead
+/// before), web-2's persona in observe mode only says it would have, and
+/// goes on once switched to act. The forecast route and CLI show the
+/// forecast with its accuracy.
+#[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features failpoints (scripts/test.sh builds with it)"
+)]
+fn the_persona_is_on_before_the_rush_and_observe_mode_only_says_so() {
+    let dir = common::test_dir("forecast", "rush");
+    std::fs::write(dir.join("personas/rush.toml"), RUSH).unwrap();
+    std::fs::write(
+        dir.join("personas/watch.toml"),
+        watch("forecast_mode = \"observe\"\n"),
+    )
+    .unwrap();
+    let day15 = MONDAY + 14 * DAY;
+    let start = day15 + 8 * 3_600_000 + 53 * 60_000 + 20_000;
+    let real = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let d = Daemon::start_args(
+        &dir,
+        &common::test_host_uri(),
+        &["--interval", "1s"],
+        &[(
+            "FAILPOINTS",
+            format!("clock-offset-ms=return({})", start - real),
+        )],
+    );
+    // before any history: too little of it, said with how much more is needed
+    let note = wait_for("the worker's first word", &d, 60, || {
+        let e = d.get("/v1/domains/web-1/explain");
+        let note = e["candidates"][0]["conditions"][0]["note"].as_str()?.to_string();
+        (note != "the forecast is being fitted").then_some(note)
+    });
+    assert!(
+        note.starts_with("too little history for a forecast: 0.0 h recorded, 2.0 days needed"),
+        "{note}"
+    );
+
+    // two weeks up to the daemon's now
+    let r = import(&d, &csv(&["web-1", "web-2"], start - start % STEP, 1)).expect("import");
+    assert_eq!(r["series"], 2, "{r}");
+    assert!(r["imported"].as_u64().unwrap() >= 2 * 4030, "{r}");
+
+    // fitted on the worker: the forecast is there, with its accuracy
+    let f = wait_for("the forecast of web-1", &d, 120, || {
+        client::request(&d.socket, "GET", "/v1/forecast/web-1/cpu?horizon=2h", None).ok()
+    });
+    assert_eq!(f["domain"], "web-1");
+    assert_eq!(f["thresholds"][0]["above"], 70.0, "{f}");
+    assert_eq!(f["seasons"], serde_json::json!(["daily", "weekly"]), "{f}");
+    let points = f["points"].as_array().unwrap();
+    assert!(points.len() >= 8, "{f}");
+    let nine = day15 + 9 * 3_600_000;
+    let at_nine = points.iter().find(|p| ms(&p["t"]) == nine).expect("09:00 forecast");
+    assert!(at_nine["value"].as_f64().unwrap() > 70.0, "the rush is forecast: {at_nine}");
+    assert!(at_nine["lower"].as_f64() <= at_nine["value"].as_f64());
+    let acc = &f["accuracy"];
+    assert!(acc["mape"].as_f64().is_some_and(|m| m > 0.0 && m < 30.0), "{f}");
+
+    // on between 08:54 and 08:55 by the daemon's clock
+    wait_for("web-rush on web-1", &d, 180, || {
+        (d.persona("web-1").as_deref() == Some("web-rush")).then_some(())
+    });
+    let h = d.get("/v1/domains/web-1/history");
+    let on = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["to"] == "web-rush" && e["result"] == "ok")
+        .unwrap_or_else(|| panic!("{h}"));
+    let t = ms(&on["time"]);
+    assert!(
+        (nine - 6 * 60_000..=nine - 5 * 60_000).contains(&t),
+        "on at {} (09:00 - lead = 08:55, horizon + lead = 08:54)",
+        on["time"]
+    );
+    // web-2 in observe mode: not worn, explained, and recorded as would_apply
+    let e = wait_for("web-2's would-activate", &d, 60, || {
+        let e = d.get("/v1/domains/web-2/explain");
+        e["candidates"][0]["would_activate"].is_string().then_some(e)
+    });
+    assert_eq!(d.persona("web-2"), None, "{e}");
+    let h = d.get("/v1/domains/web-2/history");
+    assert!(
+        h.as_array().unwrap().iter().any(|e| e["result"] == "would_apply"
+            && e["reason"] == "forecast (observe mode)"
+            && e["to"] == "web-watch"),
+        "{h}"
+    );
+    // the admin trusts it and lets it act
+    let (st, _) = common::http(
+        &d.socket,
+        &format!(
+            "PUT /v1/personas/web-watch HTTP/1.1\r\nContent-Type: application/toml\r\nContent-Length: {}\r\n\r\n{}",
+            watch("").len(),
+            watch("")
+        ),
+    );
+    assert_eq!(st, 200);
+    wait_for("web-watch on web-2", &d, 60, || {
+        (d.persona("web-2").as_deref() == Some("web-watch")).then_some(())
+    });
+
+    // the CLI: a braille chart with the threshold, now marked, and the accuracy
+    let out = common::cli_ok(&[
+        "--socket",
+        d.socket.to_str().unwrap(),
+        "forecast",
+        "web-1",
+        "cpu",
+        "--horizon",
+        "3h",
+    ]);
+    assert!(out.chars().any(|c| ('\u{2801}'..='\u{28ff}').contains(&c)), "{out}");
+    assert!(out.contains("70 (web-rush)"), "{out}");
+    assert!(out.contains("Accuracy of the forecast for"), "{out}");
+    assert!(out.contains("2026-11-16T09:00:00Z"), "{out}");
+    // and /metrics carries the accuracy per series
+    let (_, m) = common::http(&d.socket, "GET /metrics HTTP/1.1\r\n\r\n");
+    assert!(
+        m.lines().any(|l| l.starts_with("virt_persona_forecast_mape_percent{") && l.contains("domain=\"web-1\"")),
+        "{m}"
+    );
+}
+
+/// 14 days × 100 domains (by UUID: history for domains not here yet is
+/// kept) in one request; it survives a kill -9; a CSV with bad lines is
+/// refused whole, every bad line named, nothing of it imported.
+#[test]
+fn imports_at_scale_survive_kill9_and_bad_csvs_are_refused_whole() {
+    let dir = common::test_dir("forecast", "import");
+    std::fs::write(dir.join("personas/rush.toml"), RUSH).unwrap();
+    let mut d = Daemon::start_args(&dir, &common::test_host_uri(), &["--interval", "1s"], &[]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let end = now - now.rem_euclid(STEP);
+    let uuids: Vec<String> = (0..100)
+        .map(|i| format!("00000000-0000-4000-8000-{i:012}"))
+        .collect();
+    let names: Vec<&str> = uuids.iter().map(String::as_str).collect();
+    let big = csv(&names, end, 2);
+    assert!(big.len() > 15 << 20, "{} bytes", big.len());
+    let r = import(&d, &big).expect("a large import");
+    assert_eq!(r["series"], 100, "{r}");
+    assert!(r["imported"].as_u64().unwrap() >= 100 * 4030, "{r}");
+
+    // bad lines: all named, nothing imported (web-1's good lines included)
+    let mut bad = csv(&["web-1"], end, 3);
+    bad.push_str("yesterday,web-1,cpu,5\n");
+    bad.push_str(&format!("{},nope-9,cpu,5\n", end / 1000 - 60));
+    bad.push_str(&format!("{},web-1,cpu,-1\n", end / 1000 - 60));
+    let lines = bad.lines().count();
+    match import(&d, &bad) {
+        Err(client::ClientError::Api { status: 400, message }) => {
+            assert!(message.starts_with("3 bad line(s); nothing was imported"), "{message}");
+            for n in [lines - 2, lines - 1, lines] {
+                assert!(message.contains(&format!("line {n}:")), "line {n}: {message}");
+            }
+            assert!(message.contains("nope-9"), "{message}");
+        }
+        other => panic!("expected a 400: {other:?}"),
+    }
+    let f = wait_for("web-1's forecast state", &d, 60, || {
+        match client::request(&d.socket, "GET", "/v1/forecast/web-1/cpu", None) {
+            Err(client::ClientError::Api { status: 409, message }) if message.contains("too little history") => Some(message),
+            _ => None,
+        }
+    });
+    assert!(f.contains("0.0 h recorded"), "nothing of the refused file was kept: {f}");
+
+    // a good import of web-1, then kill -9: the history is on disk
+    import(&d, &csv(&["web-1"], end, 4)).expect("import web-1");
+    wait_for("web-1 fitted", &d, 120, || {
+        client::request(&d.socket, "GET", "/v1/forecast/web-1/cpu", None).ok()
+    });
+    d.kill9();
+    drop(d);
+    let d = Daemon::start_args(&dir, &common::test_host_uri(), &["--interval", "1s"], &[]);
+    let f = wait_for("web-1 fitted after kill -9", &d, 120, || {
+        client::request(&d.socket, "GET", "/v1/forecast/web-1/cpu", None).ok()
+    });
+    assert!(f["history_days"].as_f64().unwrap() > 13.9, "{f}");
+    assert!(Path::new(&dir.join("state/history.redb")).exists());
+    // and the file stays within its budget: 100 domains × 14 days is ~4 MB
+    let size = std::fs::metadata(dir.join("state/history.redb")).unwrap().len();
+    assert!(size < 50 << 20, "history.redb is {size} bytes");
+}
