@@ -62,7 +62,7 @@ fn golden_bad_files_give_exact_messages() {
 fn errors_carry_the_file_name() {
     let path = root().join("tests/golden/bad/unknown-key.toml");
     let errs = load_file(&path).unwrap_err();
-    assert_eq!(errs[0].to_string(), format!("{}:2:1: unknown field `priorty`, expected one of `id`, `name`, `description`, `priority`, `persist`, `match`, `activation`, `tuning`, `thresholds`", path.display()));
+    assert_eq!(errs[0].to_string(), format!("{}:2:1: unknown field `priorty`, expected one of `id`, `name`, `description`, `priority`, `persist`, `match`, `activation`, `tuning`, `thresholds`, `forecast_mode`", path.display()));
 }
 
 #[test]
@@ -75,7 +75,11 @@ fn the_spec_example_parses_to_what_it_says() {
     assert_eq!(a.when[0].source, Source::Metric(Metric::Cpu));
     assert_eq!(a.when[0].comparison, Comparison::Above(80.0));
     assert_eq!(a.when[1].source, Source::Signal("lb.web.rps".into()));
-    assert_eq!(a.when.len(), 2, "the forecast condition is refused for now");
+    assert_eq!(a.when.len(), 3);
+    assert_eq!(a.when[2].source, Source::Forecast(Metric::Cpu));
+    assert_eq!(a.when[2].horizon.map(|h| h.to_string()).as_deref(), Some("15m"));
+    assert_eq!(a.when[2].lead.map(|h| h.to_string()).as_deref(), Some("5m"));
+    assert_eq!(a.when[2].bound, virt_persona::forecast::Bound::Value);
     assert_eq!(a.schedule[0].from, 8 * 60);
     assert_eq!(a.schedule[0].to, 20 * 60);
     assert_eq!(a.timezone.as_deref(), Some("Europe/Berlin"));
