@@ -82,6 +82,7 @@ fn bench(c: &mut Criterion) {
         .collect();
     let host = VecDeque::new();
     let signals = Signals::default();
+    let forecasts = virt_persona::forecast::Forecasts::default();
     let current = Tuning {
         cpu_shares: Some(1024),
         ..Default::default()
@@ -107,6 +108,8 @@ fn bench(c: &mut Criterion) {
                     now: 60_000,
                     refused: &Default::default(),
                     never_measured: 0,
+                    forecasts: &forecasts,
+                    forecast_observe: false,
                 };
                 let dec = decide(cand, &inp, st);
                 if let Some(id) = &dec.persona {

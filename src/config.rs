@@ -465,4 +465,37 @@ mod tests {
             .to_string()
             .contains("gossip-keygen"));
     }
+
+    #[test]
+    fn history_retention_and_forecast_mode_are_checked() {
+        let resolve = |text: &str| {
+            let f: FileConfig = toml::from_str(text).expect("parses");
+            Config::resolve(f, Overrides::default())
+        };
+        let c = resolve("").unwrap();
+        assert_eq!(c.history_retention, "14d".parse().unwrap());
+        assert!(!c.forecast_observe);
+        let e = resolve("history_retention = \"1d\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("history_retention") && e.contains("2d to 366d"),
+            "{e}"
+        );
+        assert!(
+            resolve("forecast_mode = \"observe\"\n")
+                .unwrap()
+                .forecast_observe
+        );
+        let e = resolve("forecast_mode = \"maybe\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("forecast_mode") && e.contains("\"maybe\""),
+            "{e}"
+        );
+        let c = resolve("history_retention = \"30d\"\n").unwrap();
+        let d = resolve("").unwrap();
+        assert_eq!(c.needs_restart(&d), ["history_retention"]);
+    }
 }

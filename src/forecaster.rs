@@ -189,12 +189,14 @@ impl Worker {
                     .is_none_or(|t| now - t >= self.cfg.refit_every)
             })
             .cloned();
+        let until_save =
+            StdDuration::from_millis((self.next_save - now).clamp(0, MINUTE_MS) as u64);
         match due {
             Some(k) => {
                 self.fit_one(&k, now);
                 StdDuration::ZERO
             }
-            None => StdDuration::from_millis((self.next_save - now).clamp(0, MINUTE_MS) as u64),
+            None => until_save,
         }
     }
 
@@ -222,18 +224,16 @@ impl Worker {
     }
 }
 
+/// The worker's ends: its inbox, the fits it sends back, its thread.
+pub type WorkerHandles = (
+    Sender<ToWorker>,
+    Receiver<FitNews>,
+    std::thread::JoinHandle<()>,
+);
+
 /// Starts the worker thread. Its inbox is bounded: a loop that outruns it
 /// drops samples (counted by the caller), never waits.
-pub fn spawn(
-    cfg: WorkerConfig,
-) -> Result<
-    (
-        Sender<ToWorker>,
-        Receiver<FitNews>,
-        std::thread::JoinHandle<()>,
-    ),
-    StoreError,
-> {
+pub fn spawn(cfg: WorkerConfig) -> Result<WorkerHandles, StoreError> {
     let (news_tx, news_rx) = crossbeam_channel::unbounded();
     let (tx, rx) = crossbeam_channel::bounded::<ToWorker>(1024);
     let mut w = Worker::open(cfg, news_tx)?;

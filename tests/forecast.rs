@@ -73,7 +73,11 @@ fn wait_for<T>(what: &str, d: &Daemon, secs: u64, mut f: impl FnMut() -> Option<
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "{what}: not within {secs} s\n{}", d.log());
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {secs} s\n{}",
+            d.log()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -128,7 +132,9 @@ fn the_persona_is_on_before_the_rush_and_observe_mode_only_says_so() {
     // before any history: too little of it, said with how much more is needed
     let note = wait_for("the worker's first word", &d, 60, || {
         let e = d.get("/v1/domains/web-1/explain");
-        let note = e["candidates"][0]["conditions"][0]["note"].as_str()?.to_string();
+        let note = e["candidates"][0]["conditions"][0]["note"]
+            .as_str()?
+            .to_string();
         (note != "the forecast is being fitted").then_some(note)
     });
     assert!(
@@ -151,11 +157,20 @@ fn the_persona_is_on_before_the_rush_and_observe_mode_only_says_so() {
     let points = f["points"].as_array().unwrap();
     assert!(points.len() >= 8, "{f}");
     let nine = day15 + 9 * 3_600_000;
-    let at_nine = points.iter().find(|p| ms(&p["t"]) == nine).expect("09:00 forecast");
-    assert!(at_nine["value"].as_f64().unwrap() > 70.0, "the rush is forecast: {at_nine}");
+    let at_nine = points
+        .iter()
+        .find(|p| ms(&p["t"]) == nine)
+        .expect("09:00 forecast");
+    assert!(
+        at_nine["value"].as_f64().unwrap() > 70.0,
+        "the rush is forecast: {at_nine}"
+    );
     assert!(at_nine["lower"].as_f64() <= at_nine["value"].as_f64());
     let acc = &f["accuracy"];
-    assert!(acc["mape"].as_f64().is_some_and(|m| m > 0.0 && m < 30.0), "{f}");
+    assert!(
+        acc["mape"].as_f64().is_some_and(|m| m > 0.0 && m < 30.0),
+        "{f}"
+    );
 
     // on between 08:54 and 08:55 by the daemon's clock
     wait_for("web-rush on web-1", &d, 180, || {
@@ -177,14 +192,19 @@ fn the_persona_is_on_before_the_rush_and_observe_mode_only_says_so() {
     // web-2 in observe mode: not worn, explained, and recorded as would_apply
     let e = wait_for("web-2's would-activate", &d, 60, || {
         let e = d.get("/v1/domains/web-2/explain");
-        e["candidates"][0]["would_activate"].is_string().then_some(e)
+        e["candidates"][0]["would_activate"]
+            .is_string()
+            .then_some(e)
     });
     assert_eq!(d.persona("web-2"), None, "{e}");
     let h = d.get("/v1/domains/web-2/history");
     assert!(
-        h.as_array().unwrap().iter().any(|e| e["result"] == "would_apply"
-            && e["reason"] == "forecast (observe mode)"
-            && e["to"] == "web-watch"),
+        h.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["result"] == "would_apply"
+                && e["reason"] == "forecast (observe mode)"
+                && e["to"] == "web-watch"),
         "{h}"
     );
     // the admin trusts it and lets it act
@@ -211,14 +231,19 @@ fn the_persona_is_on_before_the_rush_and_observe_mode_only_says_so() {
         "--horizon",
         "3h",
     ]);
-    assert!(out.chars().any(|c| ('\u{2801}'..='\u{28ff}').contains(&c)), "{out}");
+    assert!(
+        out.chars().any(|c| ('\u{2801}'..='\u{28ff}').contains(&c)),
+        "{out}"
+    );
     assert!(out.contains("70 (web-rush)"), "{out}");
     assert!(out.contains("Accuracy of the forecast for"), "{out}");
     assert!(out.contains("2026-11-16T09:00:00Z"), "{out}");
     // and /metrics carries the accuracy per series
     let (_, m) = common::http(&d.socket, "GET /metrics HTTP/1.1\r\n\r\n");
     assert!(
-        m.lines().any(|l| l.starts_with("virt_persona_forecast_mape_percent{") && l.contains("domain=\"web-1\"")),
+        m.lines()
+            .any(|l| l.starts_with("virt_persona_forecast_mape_percent{")
+                && l.contains("domain=\"web-1\"")),
         "{m}"
     );
 }
@@ -253,10 +278,19 @@ fn imports_at_scale_survive_kill9_and_bad_csvs_are_refused_whole() {
     bad.push_str(&format!("{},web-1,cpu,-1\n", end / 1000 - 60));
     let lines = bad.lines().count();
     match import(&d, &bad) {
-        Err(client::ClientError::Api { status: 400, message }) => {
-            assert!(message.starts_with("3 bad line(s); nothing was imported"), "{message}");
+        Err(client::ClientError::Api {
+            status: 400,
+            message,
+        }) => {
+            assert!(
+                message.starts_with("3 bad line(s); nothing was imported"),
+                "{message}"
+            );
             for n in [lines - 2, lines - 1, lines] {
-                assert!(message.contains(&format!("line {n}:")), "line {n}: {message}");
+                assert!(
+                    message.contains(&format!("line {n}:")),
+                    "line {n}: {message}"
+                );
             }
             assert!(message.contains("nope-9"), "{message}");
         }
@@ -264,11 +298,17 @@ fn imports_at_scale_survive_kill9_and_bad_csvs_are_refused_whole() {
     }
     let f = wait_for("web-1's forecast state", &d, 60, || {
         match client::request(&d.socket, "GET", "/v1/forecast/web-1/cpu", None) {
-            Err(client::ClientError::Api { status: 409, message }) if message.contains("too little history") => Some(message),
+            Err(client::ClientError::Api {
+                status: 409,
+                message,
+            }) if message.contains("too little history") => Some(message),
             _ => None,
         }
     });
-    assert!(f.contains("0.0 h recorded"), "nothing of the refused file was kept: {f}");
+    assert!(
+        f.contains("0.0 h recorded"),
+        "nothing of the refused file was kept: {f}"
+    );
 
     // a good import of web-1, then kill -9: the history is on disk
     import(&d, &csv(&["web-1"], end, 4)).expect("import web-1");
@@ -284,6 +324,8 @@ fn imports_at_scale_survive_kill9_and_bad_csvs_are_refused_whole() {
     assert!(f["history_days"].as_f64().unwrap() > 13.9, "{f}");
     assert!(Path::new(&dir.join("state/history.redb")).exists());
     // and the file stays within its budget: 100 domains × 14 days is ~4 MB
-    let size = std::fs::metadata(dir.join("state/history.redb")).unwrap().len();
+    let size = std::fs::metadata(dir.join("state/history.redb"))
+        .unwrap()
+        .len();
     assert!(size < 50 << 20, "history.redb is {size} bytes");
 }

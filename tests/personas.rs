@@ -77,7 +77,10 @@ fn the_spec_example_parses_to_what_it_says() {
     assert_eq!(a.when[1].source, Source::Signal("lb.web.rps".into()));
     assert_eq!(a.when.len(), 3);
     assert_eq!(a.when[2].source, Source::Forecast(Metric::Cpu));
-    assert_eq!(a.when[2].horizon.map(|h| h.to_string()).as_deref(), Some("15m"));
+    assert_eq!(
+        a.when[2].horizon.map(|h| h.to_string()).as_deref(),
+        Some("15m")
+    );
     assert_eq!(a.when[2].lead.map(|h| h.to_string()).as_deref(), Some("5m"));
     assert_eq!(a.when[2].bound, virt_persona::forecast::Bound::Value);
     assert_eq!(a.schedule[0].from, 8 * 60);

@@ -183,6 +183,55 @@ pub fn signal(name: String, content_type: &str, body: &[u8]) -> Result<Command, 
     })
 }
 
+/// `GET /v1/forecast/{domain}/{metric}?horizon=DUR`.
+pub fn forecast(name: String, metric: String, horizon: Option<&str>) -> Result<Command, HttpError> {
+    let horizon_ms = match horizon {
+        None | Some("") => DEFAULT_HORIZON_MS,
+        Some(h) => match h.parse::<crate::units::Duration>() {
+            Ok(d)
+                if d.as_std().as_millis() > 0
+                    && d.as_std().as_millis() <= MAX_HORIZON_MS as u128 =>
+            {
+                d.as_std().as_millis() as i64
+            }
+            _ => {
+                return Err((
+                    400,
+                    format!("horizon: '{h}' is not a duration from 1s to 24h (e.g. \"6h\")"),
+                ))
+            }
+        },
+    };
+    Ok(Command::Forecast {
+        name,
+        metric,
+        horizon_ms,
+    })
+}
+
+/// `POST /v1/history/import`: a CSV body (text/csv, text/plain or no type).
+pub fn import(content_type: &str, body: &[u8]) -> Result<Command, HttpError> {
+    let ct = media_type(content_type);
+    if !matches!(
+        ct.as_str(),
+        "" | "text/csv" | "text/plain" | "application/octet-stream"
+    ) {
+        return Err((
+            415,
+            format!("expected Content-Type: text/csv, found '{ct}'"),
+        ));
+    }
+    let csv = std::str::from_utf8(body).map_err(|e| {
+        (
+            400,
+            format!("the CSV is not UTF-8 (byte {})", e.valid_up_to()),
+        )
+    })?;
+    Ok(Command::ImportHistory {
+        csv: csv.to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,53 +295,4 @@ mod tests {
             }
         );
     }
-}
-
-/// `GET /v1/forecast/{domain}/{metric}?horizon=DUR`.
-pub fn forecast(name: String, metric: String, horizon: Option<&str>) -> Result<Command, HttpError> {
-    let horizon_ms = match horizon {
-        None | Some("") => DEFAULT_HORIZON_MS,
-        Some(h) => match h.parse::<crate::units::Duration>() {
-            Ok(d)
-                if d.as_std().as_millis() > 0
-                    && d.as_std().as_millis() <= MAX_HORIZON_MS as u128 =>
-            {
-                d.as_std().as_millis() as i64
-            }
-            _ => {
-                return Err((
-                    400,
-                    format!("horizon: '{h}' is not a duration from 1s to 24h (e.g. \"6h\")"),
-                ))
-            }
-        },
-    };
-    Ok(Command::Forecast {
-        name,
-        metric,
-        horizon_ms,
-    })
-}
-
-/// `POST /v1/history/import`: a CSV body (text/csv, text/plain or no type).
-pub fn import(content_type: &str, body: &[u8]) -> Result<Command, HttpError> {
-    let ct = media_type(content_type);
-    if !matches!(
-        ct.as_str(),
-        "" | "text/csv" | "text/plain" | "application/octet-stream"
-    ) {
-        return Err((
-            415,
-            format!("expected Content-Type: text/csv, found '{ct}'"),
-        ));
-    }
-    let csv = std::str::from_utf8(body).map_err(|e| {
-        (
-            400,
-            format!("the CSV is not UTF-8 (byte {})", e.valid_up_to()),
-        )
-    })?;
-    Ok(Command::ImportHistory {
-        csv: csv.to_string(),
-    })
 }
