@@ -52,6 +52,12 @@ fn hwm_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// 10 for a benchmark run, 1 for the smoke run under `cargo test`.
+static SCALE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(10);
+fn scale() -> usize {
+    SCALE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// A deterministic web-like day with noise, different per domain.
 fn series(domain: u64) -> Series {
     let mut x = domain.wrapping_mul(0x9E3779B97F4A7C15) | 1;
@@ -82,7 +88,7 @@ fn store_size(dir: &std::path::Path) {
     ];
     let mut h = History::default();
     let t = Instant::now();
-    for d in 0..100 {
+    for d in 0..10 * scale() {
         let uuid = format!("00000000-0000-4000-8000-{d:012}");
         for m in metrics {
             let key = SeriesKey::new(&uuid, m);
@@ -114,7 +120,8 @@ fn store_size(dir: &std::path::Path) {
     let n = db.load().expect("load").len();
     let loaded = t.elapsed();
     println!(
-        "history store 100 domains x 14 days x 4 metrics: {:.1} MiB on disk ({n} chunks, {} points); built {:.2} s, first write {:.2} s, a day's compaction + write {:.2} s, load at start {:.2} s",
+        "history store {} domains x 14 days x 4 metrics: {:.1} MiB on disk ({n} chunks, {} points); built {:.2} s, first write {:.2} s, a day's compaction + write {:.2} s, load at start {:.2} s",
+        10 * scale(),
         db.size_bytes() as f64 / (1 << 20) as f64,
         h.len_points(),
         built.as_secs_f64(),
@@ -220,7 +227,7 @@ fn ticks(worker: Option<&crossbeam_channel::Sender<ToWorker>>, ticks: usize) -> 
 }
 
 fn tick_with_refit(dir: &std::path::Path) {
-    let n = 20_000;
+    let n = 2_000 * scale();
     let pct = |v: &[f64], p: f64| v[((v.len() as f64 * p) as usize).min(v.len() - 1)];
     // the worker, refitting 100 imported series back to back the whole time
     let now = std::time::SystemTime::now()
@@ -240,7 +247,7 @@ fn tick_with_refit(dir: &std::path::Path) {
     })
     .expect("worker");
     let mut want = std::collections::BTreeSet::new();
-    for d in 0..100u64 {
+    for d in 0..10 * scale() as u64 {
         let s = series(d);
         let key = SeriesKey::new(&format!("00000000-0000-4000-9000-{d:012}"), Metric::Cpu);
         let start = now - 14 * DAY_MS;
@@ -265,16 +272,17 @@ fn tick_with_refit(dir: &std::path::Path) {
     std::fs::create_dir_all(dir.join("s1")).expect("dir");
     std::fs::create_dir_all(dir.join("s2")).expect("dir");
     let quiet = ticks(None, n);
-    let lv_quiet = libvirt_ticks(&uri, &dir.join("s1"), None, 2000);
+    let lv_quiet = libvirt_ticks(&uri, &dir.join("s1"), None, 200 * scale());
     tx.send(ToWorker::Want(want)).expect("want");
     std::thread::sleep(std::time::Duration::from_millis(300));
     let busy = ticks(Some(&tx), n);
-    let lv_busy = libvirt_ticks(&uri, &dir.join("s2"), Some(&tx), 2000);
+    let lv_busy = libvirt_ticks(&uri, &dir.join("s2"), Some(&tx), 200 * scale());
     let _ = tx.send(ToWorker::Stop);
     let _ = handle.join();
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     println!(
-        "daemon tick on libvirt's test driver, 20 domains, redb state: without a refit p50 {:.0} us, p99 {:.0} us; with the worker refitting all the time p50 {:.0} us ({:+.1} %), p99 {:.0} us",
+        "daemon tick on libvirt's test driver, 20 domains, redb state, beside {} refitting series: without a refit p50 {:.0} us, p99 {:.0} us; with the worker refitting all the time p50 {:.0} us ({:+.1} %), p99 {:.0} us",
+        10 * scale(),
         pct(&lv_quiet, 0.5),
         pct(&lv_quiet, 0.99),
         pct(&lv_busy, 0.5),
@@ -299,11 +307,20 @@ fn main() {
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(tmp.join("size")).expect("tmp");
     std::fs::create_dir_all(tmp.join("tick")).expect("tmp");
-
+    // `cargo test --all-targets` runs this unoptimised and without --bench:
+    // then a smoke run of every part at a tenth of the size (figures meaningless)
+    let full = std::env::args().any(|a| a == "--bench");
+    SCALE.store(
+        if full { 10 } else { 1 },
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    if !full {
+        println!("forecast benchmark, smoke run at a tenth of the size: run it with `cargo bench --bench forecast`");
+    }
     let domains: u64 = std::env::var("VP_BENCH_DOMAINS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
+        .unwrap_or(10 * scale() as u64);
     let data: Vec<Series> = (0..domains).map(series).collect();
     let base_rss = rss_kib();
     let cpu0 = cpu_seconds();

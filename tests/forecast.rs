@@ -96,7 +96,7 @@ fn watch(mode: &str) -> String {
 }
 
 /// The daemon sees two weeks of web-1's and web-2's mornings (imported), its
-/// clock is put at Monday 08:53:20 of the third week: web-1's persona goes
+/// clock is put at Monday 08:53:45 of the third week: web-1's persona goes
 /// on between 08:54 (horizon + lead before the 09:00 rush) and 08:55 (lead
 /// before), web-2's persona in observe mode only says it would have, and
 /// goes on once switched to act. The forecast route and CLI show the
@@ -115,7 +115,7 @@ fn the_persona_is_on_before_the_rush_and_observe_mode_only_says_so() {
     )
     .unwrap();
     let day15 = MONDAY + 14 * DAY;
-    let start = day15 + 8 * 3_600_000 + 53 * 60_000 + 20_000;
+    let start = day15 + 8 * 3_600_000 + 53 * 60_000 + 45_000;
     let real = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
