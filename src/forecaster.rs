@@ -243,7 +243,18 @@ pub fn spawn(cfg: WorkerConfig) -> Result<WorkerHandles, StoreError> {
             let wait = w.step();
             match rx.recv_timeout(wait) {
                 Ok(msg) => {
-                    if !w.handle(msg) {
+                    // everything waiting first: a fit (up to a second on a
+                    // slow host) never sits in front of a queue of messages
+                    let more =
+                        std::iter::once(msg).chain(std::iter::from_fn(|| rx.try_recv().ok()));
+                    let mut go_on = true;
+                    for m in more {
+                        if !w.handle(m) {
+                            go_on = false;
+                            break;
+                        }
+                    }
+                    if !go_on {
                         break;
                     }
                 }
