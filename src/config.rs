@@ -57,6 +57,26 @@ pub fn read_token_file(path: &Path) -> Result<String, ConfigError> {
     Ok(token)
 }
 
+/// Reads the gossip key file: mode 0600 (or stricter), one key per line
+/// (see [`crate::cluster::seal::KeyRing::parse`]).
+pub fn read_key_file(path: &Path) -> Result<crate::cluster::seal::KeyRing, ConfigError> {
+    use std::os::unix::fs::PermissionsExt;
+    let err = |message: String| ConfigError::Invalid {
+        key: "gossip.key_file",
+        message: format!("{}: {message}", path.display()),
+    };
+    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(err(format!(
+            "mode {mode:04o} lets other users read the cluster key: chmod 600 {}",
+            path.display()
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    crate::cluster::seal::KeyRing::parse(&text).map_err(|e| err(e.to_string()))
+}
+
 /// Creates the state directory readable by root only (it holds every
 /// domain's original tuning); an existing one is left as the admin made it.
 pub fn create_state_dir(path: &Path) -> std::io::Result<()> {
@@ -82,6 +102,7 @@ struct GossipSection {
     #[serde(default)]
     seeds: Vec<String>,
     key_file: Option<PathBuf>,
+    cluster: Option<String>,
 }
 
 /// The config file as written.
@@ -124,6 +145,7 @@ pub struct Overrides {
     pub gossip_listen: Option<String>,
     pub gossip_seeds: Vec<String>,
     pub gossip_key_file: Option<PathBuf>,
+    pub gossip_cluster: Option<String>,
     pub api_listen: Option<String>,
     pub api_token_file: Option<PathBuf>,
 }
@@ -153,6 +175,8 @@ pub struct Config {
     pub gossip_listen: Option<String>,
     pub gossip_seeds: Vec<String>,
     pub gossip_key_file: Option<PathBuf>,
+    /// Bound into every gossip packet: hosts of another cluster never mix.
+    pub gossip_cluster: String,
     pub api_listen: Option<String>,
     pub api_token_file: Option<PathBuf>,
 }
@@ -189,7 +213,8 @@ impl Config {
             "gossip",
             self.gossip_listen != new.gossip_listen
                 || self.gossip_seeds != new.gossip_seeds
-                || self.gossip_key_file != new.gossip_key_file,
+                || self.gossip_key_file != new.gossip_key_file
+                || self.gossip_cluster != new.gossip_cluster,
         );
         check(
             "api.listen / api.token_file",
@@ -346,6 +371,10 @@ impl Config {
                 o.gossip_seeds
             },
             gossip_key_file: o.gossip_key_file.or(file.gossip.key_file),
+            gossip_cluster: o
+                .gossip_cluster
+                .or(file.gossip.cluster)
+                .unwrap_or_else(|| "virt-persona".into()),
             api_listen: o.api_listen.or(file.api.listen),
             api_token_file: o.api_token_file.or(file.api.token_file),
         };

@@ -5,6 +5,7 @@
 //! `src/bin/` do the wiring.
 
 pub mod api;
+pub mod cluster;
 pub mod collector;
 pub mod config;
 pub mod forecast;

@@ -46,6 +46,11 @@ struct FitLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: String,
 }
@@ -72,6 +77,11 @@ pub struct Metrics {
     forecast_history_days: Family<SeriesLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     forecast_series: Family<FitLabel, Gauge>,
     history_dropped: Counter,
+    gossip_members: Family<FitLabel, Gauge>,
+    gossip_packets: Family<FitLabel, Gauge>,
+    gossip_bytes: Family<FitLabel, Gauge>,
+    gossip_dropped: Family<ReasonLabel, Gauge>,
+    gossip_digest_differs: Gauge,
 }
 
 impl Default for Metrics {
@@ -189,7 +199,42 @@ impl Metrics {
             "Ticks whose values were not recorded in history because the forecast worker was behind",
             history_dropped.clone(),
         );
+        let gossip_members = Family::default();
+        registry.register(
+            "gossip_members",
+            "Cluster members by state (alive, suspect, dead), this host not counted",
+            gossip_members.clone(),
+        );
+        let gossip_packets = Family::default();
+        registry.register(
+            "gossip_packets",
+            "Gossip datagrams since start, by state=sent|received",
+            gossip_packets.clone(),
+        );
+        let gossip_bytes = Family::default();
+        registry.register(
+            "gossip_bytes",
+            "Gossip bytes since start, by state=sent|received (rate() gives bytes per second)",
+            gossip_bytes.clone(),
+        );
+        let gossip_dropped = Family::default();
+        registry.register(
+            "gossip_packets_dropped",
+            "Gossip datagrams dropped since start, by reason (unauthenticated, replayed, stale, truncated, oversized, not_gossip, malformed)",
+            gossip_dropped.clone(),
+        );
+        let gossip_digest_differs = Gauge::default();
+        registry.register(
+            "gossip_hosts_with_other_personas",
+            "Hosts whose persona-set digest differs from the majority's",
+            gossip_digest_differs.clone(),
+        );
         Metrics {
+            gossip_members,
+            gossip_packets,
+            gossip_bytes,
+            gossip_dropped,
+            gossip_digest_differs,
             forecast_mape,
             forecast_coverage,
             forecast_history_days,
@@ -293,6 +338,47 @@ impl Metrics {
     }
 
     /// The Prometheus text format.
+    /// The gossip node's counters and members.
+    pub fn gossip(&self, i: &crate::cluster::node::Inner) {
+        self.gossip_members.clear();
+        for st in ["alive", "suspect", "dead"] {
+            let n = i.members.values().filter(|m| m.state == st).count();
+            self.gossip_members
+                .get_or_create(&FitLabel { state: st.into() })
+                .set(n as i64);
+        }
+        let c = &i.counters;
+        for (st, p, b) in [
+            ("sent", c.packets_sent, c.bytes_sent),
+            ("received", c.packets_received, c.bytes_received),
+        ] {
+            self.gossip_packets
+                .get_or_create(&FitLabel { state: st.into() })
+                .set(p as i64);
+            self.gossip_bytes
+                .get_or_create(&FitLabel { state: st.into() })
+                .set(b as i64);
+        }
+        for d in crate::cluster::seal::Drop::ALL
+            .iter()
+            .map(|d| d.label())
+            .chain(["malformed"])
+        {
+            self.gossip_dropped
+                .get_or_create(&ReasonLabel { reason: d.into() })
+                .set(c.dropped.get(d).copied().unwrap_or(0) as i64);
+        }
+        let majority = i.state.majority_digest().map(|m| m.0);
+        let differ = i
+            .state
+            .nodes
+            .values()
+            .filter_map(|n| n.summary.as_ref())
+            .filter(|(_, s)| Some(&s.digest) != majority.as_ref())
+            .count();
+        self.gossip_digest_differs.set(differ as i64);
+    }
+
     /// A tick's values could not be handed to the forecast worker.
     pub fn history_dropped(&self) {
         self.history_dropped.inc();

@@ -226,6 +226,8 @@ pub struct Reconciler<H: Hypervisor + ?Sized, S: StateStore> {
     forecast_observe: bool,
     /// The newest sample handed to history (see [`Reconciler::history_values`]).
     history_t: Millis,
+    /// This host gossips with a cluster (cluster-scope signals are accepted).
+    cluster: bool,
 }
 
 /// Milliseconds since the Unix epoch, read when called.
@@ -305,6 +307,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             forecasts: Forecasts::default(),
             forecast_observe: false,
             history_t: Millis::MIN,
+            cluster: false,
         }
     }
 
@@ -334,6 +337,15 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             self.recent.push(e);
         }
         Ok(())
+    }
+
+    /// Gossip is on: cluster-scope signals are accepted.
+    pub fn set_cluster_enabled(&mut self, on: bool) {
+        self.cluster = on;
+    }
+
+    pub fn cluster_enabled(&self) -> bool {
+        self.cluster
     }
 
     /// The personas a domain may wear (`[match]`), in evaluation order.

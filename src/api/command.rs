@@ -75,6 +75,8 @@ pub enum Command {
     ImportHistory {
         csv: String,
     },
+    /// Every host of the cluster (answered by the loop with the gossip view).
+    Cluster,
 }
 
 /// The daemon's answer.

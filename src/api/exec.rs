@@ -381,6 +381,9 @@ pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
             metric,
             horizon_ms,
         } => forecast(rec, &name, &metric, horizon_ms, now),
+        Command::Cluster => Reply::conflict(
+            "this host is not in a cluster: gossip is off (set gossip.listen, gossip.seeds and gossip.key_file)",
+        ),
         Command::ImportHistory { .. } => Reply::Err {
             status: 503,
             message: "history import is handled by the daemon's forecast worker".into(),
@@ -447,6 +450,11 @@ pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
             domain,
             cluster,
         } => {
+            if cluster && !rec.cluster_enabled() {
+                return Reply::bad(
+                    "scope \"cluster\": this host is not in a cluster (gossip.listen is not set), so the signal would reach this host only; send it with scope \"host\" (the default), or turn gossip on",
+                );
+            }
             // a domain by name, id or UUID, kept by its name (what rules match on)
             let domain = match domain {
                 Some(key) => match rec.entry(&key) {

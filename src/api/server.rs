@@ -213,6 +213,7 @@ macro_rules! simple {
 }
 
 simple!(health, Command::Health);
+simple!(cluster, Command::Cluster);
 simple!(metrics, Command::Metrics);
 simple!(list_personas, Command::ListPersonas);
 simple!(list_signals, Command::ListSignals);
@@ -453,6 +454,7 @@ pub fn router(tx: Sender<Envelope>, shared: Arc<Shared>, token: Option<String>) 
         .route("/v1/events", get(events))
         .route("/v1/events/recent", get(recent))
         .route("/v1/forecast/{domain}/{metric}", get(forecast))
+        .route("/v1/cluster", get(cluster))
         .route(
             "/v1/history/import",
             post(import_history).layer(DefaultBodyLimit::max(decode::MAX_IMPORT_BODY)),

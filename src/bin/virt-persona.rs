@@ -73,7 +73,7 @@ enum Command {
         /// Only for this domain (else host-wide).
         #[arg(long, value_name = "DOM")]
         domain: Option<String>,
-        /// Gossip it to every host of the cluster (refused until gossip is built).
+        /// Gossip it to every host of the cluster (refused by a host not in one).
         #[arg(long)]
         cluster: bool,
     },
@@ -139,6 +139,17 @@ enum Command {
         /// How far ahead, e.g. 2h (at most 24h) [default: 6h].
         #[arg(long, value_name = "DUR")]
         horizon: Option<virt_persona::units::Duration>,
+    },
+    /// Every host of the cluster: alive, suspect or dead, last seen, version,
+    /// persona-set digest (flagged where it differs from the majority), and
+    /// its domains with their personas.
+    ClusterStatus,
+    /// Write a new random gossip key (64 hex characters) to FILE, mode 0600;
+    /// refuses to overwrite. To rotate: add the new key as a second line on
+    /// every host and reload, move it first and reload, remove the old and reload.
+    GossipKeygen {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
     },
     /// Seed metric history from a CSV file (`-` = standard input) with the
     /// header `timestamp,domain,metric,value`: RFC 3339 or Unix seconds, a
@@ -300,6 +311,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             horizon,
         } => forecast(&cli, domain, metric, *horizon),
         Command::HistoryImport { file } => history_import(&cli, file),
+        Command::ClusterStatus => cluster_status(&cli),
+        Command::GossipKeygen { file } => gossip_keygen(file),
     }
 }
 
@@ -1142,3 +1155,90 @@ fn print_forecast(v: &serde_json::Value) {
         .collect();
     print!("{}", table(&["Time", "Forecast", "95 % interval"], &rows));
 }
+
+fn gossip_keygen(file: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let key: [u8; 32] = rand::random();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(file)
+        .with_context(|| {
+            format!(
+                "writing {} (an existing key file is never overwritten)",
+                file.display()
+            )
+        })?;
+    writeln!(
+        f,
+        "{}",
+        virt_persona::cluster::seal::key_line(&key)
+    )
+    .and_then(|_| f.sync_all())
+    .with_context(|| format!("writing {}", file.display()))?;
+    println!(
+        "New gossip key written to {} (mode 0600). Copy it to every host (gossip.key_file) and keep it secret.",
+        file.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cluster_status(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let v = get(cli, "/v1/cluster")?;
+    print_or(cli, &v, || {
+        let hosts = v["hosts"].as_array().cloned().unwrap_or_default();
+        let rows: Vec<Vec<String>> = hosts
+            .iter()
+            .map(|h| {
+                let mut name = text(&h["name"]);
+                if h["me"] == true {
+                    name.push_str(" (this host)");
+                }
+                let mut digest = text(&h["digest"]);
+                if h["digest_differs"] == true {
+                    digest.push_str(" DIFFERS");
+                }
+                let domains = h["domains"].as_array().cloned().unwrap_or_default();
+                let worn = domains
+                    .iter()
+                    .filter(|d| d["persona"].is_string())
+                    .count();
+                vec![
+                    name,
+                    text(&h["alive"]),
+                    text(&h["last_seen"]),
+                    text(&h["version"]),
+                    digest,
+                    format!("{} ({worn} with a persona)", domains.len()),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            table(
+                &["Host", "State", "Last seen", "Version", "Persona set", "Domains"],
+                &rows
+            )
+        );
+        for h in &hosts {
+            let domains = h["domains"].as_array().cloned().unwrap_or_default();
+            if domains.is_empty() {
+                continue;
+            }
+            println!("\n{}:", text(&h["name"]));
+            for d in domains {
+                println!(
+                    "  {:<24} {}",
+                    text(&d["name"]),
+                    d["persona"].as_str().unwrap_or("-")
+                );
+            }
+        }
+        if hosts.iter().any(|h| h["digest_differs"] == true) {
+            println!("\nwarning: hosts marked DIFFERS run another persona set than most hosts");
+        }
+    })
+}
+

@@ -17,6 +17,7 @@ use virt_persona::logging::LogFormat;
 use virt_persona::api::command::{Command, Envelope, Reply};
 use virt_persona::api::exec::{self, domains_body, event_json, reload};
 use virt_persona::api::{now_ms, server};
+use virt_persona::cluster;
 use virt_persona::forecaster::{ToWorker, WorkerConfig};
 use virt_persona::hypervisor::{Hypervisor, HypervisorEvent};
 use virt_persona::metrics::Metrics;
@@ -85,9 +86,14 @@ struct Args {
     /// Gossip seed (repeatable).
     #[arg(long = "gossip-seed", value_name = "ADDR:PORT")]
     gossip_seed: Vec<String>,
-    /// Gossip shared key file (64 hex characters).
+    /// Gossip shared key file: one key per line (64 hex characters), the
+    /// first seals, all open (`virt-persona gossip-keygen FILE` makes one);
+    /// re-read on reload, so a key rotates without a restart.
     #[arg(long = "gossip-key-file", value_name = "FILE")]
     gossip_key_file: Option<PathBuf>,
+    /// Cluster id bound into every gossip packet [default: virt-persona].
+    #[arg(long = "gossip-cluster", value_name = "NAME")]
+    gossip_cluster: Option<String>,
     /// Log lines: auto (journal under systemd, else text), text, json or journal.
     #[arg(long = "log-format", value_name = "FORMAT")]
     log_format: Option<LogFormat>,
@@ -100,6 +106,127 @@ struct Args {
     /// Bearer token file for the TCP API.
     #[arg(long = "api-token-file", value_name = "FILE")]
     api_token_file: Option<PathBuf>,
+}
+
+/// An address of the gossip flags: `IP:PORT` or `HOST:PORT`.
+fn resolve(s: &str) -> anyhow::Result<std::net::SocketAddr> {
+    use std::net::ToSocketAddrs;
+    s.to_socket_addrs()
+        .with_context(|| "expected ADDR:PORT or HOST:PORT".to_string())?
+        .next()
+        .context("the name resolves to no address")
+}
+
+/// The loop's side of gossip.
+struct Gossip {
+    tx: tokio::sync::mpsc::Sender<cluster::node::ToNode>,
+    shared: Arc<cluster::node::Shared>,
+    addr: std::net::SocketAddr,
+    /// Cluster-scope signals set on this host, by (name, domain).
+    local_signals: std::collections::BTreeMap<(String, Option<String>), cluster::state::SignalPub>,
+    /// Manual activations continued from another host, not to be done twice.
+    followed: std::collections::BTreeSet<(String, String, Option<i64>)>,
+}
+
+impl Gossip {
+    /// A cluster signal this host set (from the API's reply).
+    fn set_local_signal(&mut self, v: &serde_json::Value) {
+        let (Some(name), Some(value), Some(expires)) = (
+            v["name"].as_str(),
+            v["value"].as_f64(),
+            v["expires"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()),
+        ) else {
+            return;
+        };
+        self.local_signals.insert(
+            (name.to_string(), v["domain"].as_str().map(str::to_string)),
+            cluster::state::SignalPub {
+                value,
+                expires: expires.as_millisecond(),
+            },
+        );
+    }
+
+    /// Each tick: publish this host's state, take the others' cluster
+    /// signals, and continue manual activations of domains that moved here.
+    fn exchange(&mut self, rec: &mut Rec, catalog: &Catalog, node: &str, started: i64, now: i64) {
+        use cluster::state::{DomainPub, Local, Manual, Summary};
+        self.local_signals.retain(|_, s| s.expires > now);
+        let personas = catalog.personas();
+        let statuses = rec.statuses();
+        let mut local = Local {
+            summary: Some(Summary {
+                addr: self.addr.to_string(),
+                up_since: started,
+                digest: cluster::state::digest(&personas),
+                daemon_version: env!("CARGO_PKG_VERSION").to_string(),
+                personas: personas.len() as u32,
+            }),
+            signals: self.local_signals.clone(),
+            ..Default::default()
+        };
+        for s in statuses.iter().filter(|s| s.state == "running") {
+            local.domains.insert(
+                s.uuid.clone(),
+                DomainPub {
+                    name: s.name.clone(),
+                    running: true,
+                    persona: s.persona.clone().filter(|_| !s.would),
+                    since: s.since,
+                    manual: s.override_.as_ref().map(|o| Manual {
+                        persona: o.persona.clone(),
+                        until: o.until,
+                    }),
+                },
+            );
+        }
+        let _ = self.tx.try_send(cluster::node::ToNode::Local(local));
+        // what the others say
+        let (signals, follow) = {
+            let inner = self.shared.lock();
+            let signals: Vec<(String, virt_persona::rules::Signal)> = inner
+                .state
+                .signals_from_others(node, now)
+                .map(|(_, name, domain, s)| {
+                    (
+                        name.to_string(),
+                        virt_persona::rules::Signal {
+                            value: s.value,
+                            expires: s.expires,
+                            domain: domain.map(str::to_string),
+                            cluster: true,
+                        },
+                    )
+                })
+                .collect();
+            let alive = |n: &str| {
+                inner.state.nodes.get(n).and_then(|v| v.summary.as_ref()).is_some_and(|(_, s)| {
+                    inner.members.values().any(|m| m.addr == s.addr && m.state == "alive")
+                })
+            };
+            let follow: Vec<(String, String, String, Manual)> = statuses
+                .iter()
+                .filter(|s| s.state == "running" && s.override_.is_none())
+                .filter_map(|s| {
+                    let (from, m) = inner.state.manual_left_behind(&s.uuid, node, alive, now)?;
+                    Some((s.uuid.clone(), s.name.clone(), from, m))
+                })
+                .collect();
+            (signals, follow)
+        };
+        for (name, sig) in signals {
+            rec.set_signal(&name, sig);
+        }
+        for (uuid, name, from, m) in follow {
+            if !self.followed.insert((uuid, from.clone(), m.until)) {
+                continue;
+            }
+            match rec.activate(&name, &m.persona, m.until, now) {
+                Ok(()) => info!(domain = %name, persona = %m.persona, from = %from, "manual activation continued from the host the domain left"),
+                Err(e) => warn!(domain = %name, persona = %m.persona, from = %from, error = %e, "the manual activation of the host the domain left cannot be continued here"),
+            }
+        }
+    }
 }
 
 /// `POST /v1/history/import`: checked whole here (names resolved against this
@@ -171,6 +298,7 @@ fn overrides(args: Args) -> Overrides {
         gossip_listen: args.gossip_listen,
         gossip_seeds: args.gossip_seed,
         gossip_key_file: args.gossip_key_file,
+        gossip_cluster: args.gossip_cluster,
         api_listen: args.api_listen,
         api_token_file: args.api_token_file,
     }
@@ -221,10 +349,10 @@ fn run(
     config_named: bool,
     flags: Overrides,
 ) -> anyhow::Result<()> {
-    // a setting the daemon would not act on is refused, not accepted and ignored
-    if cfg.gossip_listen.is_some() || !cfg.gossip_seeds.is_empty() {
+    // seeds without a listen address would be accepted and ignored: refused
+    if cfg.gossip_listen.is_none() && !cfg.gossip_seeds.is_empty() {
         anyhow::bail!(
-            "gossip is not built yet: remove --gossip-listen/--gossip-seed (gossip.listen/gossip.seeds in the config file); this host runs alone until then"
+            "gossip seeds given without a listen address: set --gossip-listen (gossip.listen) too, or remove the seeds"
         );
     }
     virt_persona::config::create_state_dir(&cfg.state_dir)
@@ -309,6 +437,45 @@ fn run(
         info!(%addr, "TCP API listening (bearer token required)");
     }
 
+    // gossip: one task on the same runtime; the loop feeds it and reads its view
+    let started = now_ms();
+    let gossip = match &cfg.gossip_listen {
+        None => None,
+        Some(listen) => {
+            let key_file = cfg.gossip_key_file.as_ref().context("gossip.key_file")?;
+            let ring = virt_persona::config::read_key_file(key_file)?;
+            let listen = resolve(listen).with_context(|| format!("gossip.listen '{listen}'"))?;
+            let seeds = cfg
+                .gossip_seeds
+                .iter()
+                .map(|s| resolve(s).with_context(|| format!("gossip seed '{s}'")))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let shared = Arc::new(cluster::node::Shared::default());
+            let (tx, addr) = cluster::node::start(
+                rt.handle(),
+                cluster::node::NodeConfig {
+                    node: cfg.node_name.clone(),
+                    listen,
+                    seeds,
+                    ring,
+                    cluster: cfg.gossip_cluster.clone(),
+                    clock: now_ms,
+                },
+                shared.clone(),
+            )
+            .with_context(|| format!("gossip cannot listen on {listen}"))?;
+            rec.set_cluster_enabled(true);
+            Some(Gossip {
+                tx,
+                shared,
+                addr,
+                local_signals: Default::default(),
+                followed: Default::default(),
+            })
+        }
+    };
+    let mut gossip = gossip;
+
     info!(uri = %cfg.connect, node = %cfg.node_name, interval = %cfg.interval, socket = %cfg.socket.display(), "virt-personad started");
 
     let (sig_tx, sig_rx) = crossbeam_channel::bounded(4);
@@ -364,6 +531,9 @@ fn run(
     };
     log_tick(run_tick(&mut rec));
     feed(&mut rec);
+    if let Some(g) = gossip.as_mut() {
+        g.exchange(&mut rec, &catalog, &cfg.node_name, started, now_ms());
+    }
     loop {
         let statuses = rec.statuses();
         let problem = last_error
@@ -404,6 +574,9 @@ fn run(
             recv(ticker) -> _ => {
                 log_tick(run_tick(&mut rec));
                 feed(&mut rec);
+                if let Some(g) = gossip.as_mut() {
+                    g.exchange(&mut rec, &catalog, &cfg.node_name, started, now_ms());
+                }
             }
             recv(fit_news) -> news => {
                 if let Ok(n) = news {
@@ -437,15 +610,29 @@ fn run(
                         import_history(&rec, &worker_tx, csv, env.reply);
                         continue;
                     }
+                    if let (Command::Cluster, Some(g)) = (&env.command, gossip.as_ref()) {
+                        let view = virt_persona::cluster::view(&g.shared.lock(), now_ms());
+                        let _ = env.reply.send(Reply::Ok(view));
+                        continue;
+                    }
+                    let cluster_signal = matches!(env.command, Command::SetSignal { cluster: true, .. });
                     let reply = match env.command {
                         Command::Metrics => {
                             let signals = rec.live_signals(now_ms()).len();
                             metrics.forecasts(rec.forecasts(), |uuid| rec.entry(uuid).map(|e| e.info.name.clone()));
+                            if let Some(g) = gossip.as_ref() {
+                                metrics.gossip(&g.shared.lock());
+                            }
                             metrics.state(&rec.statuses(), catalog.personas().len(), catalog.errors().len(), signals, hv.is_connected());
                             Reply::Text(metrics.render())
                         }
                         cmd => exec::execute(&mut rec, &mut catalog, &*hv, cmd, now_ms()),
                     };
+                    // a cluster signal set here is published to every host at once
+                    if let (true, Reply::Ok(v), Some(g)) = (cluster_signal, &reply, gossip.as_mut()) {
+                        g.set_local_signal(v);
+                        g.exchange(&mut rec, &catalog, &cfg.node_name, started, now_ms());
+                    }
                     // a client that changed something and lists next sees its change
                     shared.publish_domains(domains_body(&rec));
                     let _ = env.reply.send(reply);
@@ -480,6 +667,16 @@ fn run(
                         }
                         Err(e) => warn!(error = %e, "config file not reloaded; the settings in force are kept"),
                     }
+                    // a key rotates without a restart: the key file is read again
+                    if let (Some(g), Some(path)) = (gossip.as_ref(), cfg.gossip_key_file.as_ref()) {
+                        match virt_persona::config::read_key_file(path) {
+                            Ok(ring) => {
+                                info!(keys = ring.len(), ids = %ring.ids().join(","), "gossip key file reloaded");
+                                let _ = g.tx.try_send(cluster::node::ToNode::Keys(ring));
+                            }
+                            Err(e) => warn!(error = %e, "gossip key file not reloaded; the keys in force are kept"),
+                        }
+                    }
                     // the admin may have changed the host (loaded a qdisc module): learn again
                     rec.relearn();
                     notifier.reloaded();
@@ -511,6 +708,11 @@ fn run(
                     }
                     info!("stopping");
                     drop(cmd_rx);
+                    // leave the cluster politely: the others see it gone at once
+                    if let Some(g) = gossip.as_ref() {
+                        let _ = g.tx.try_send(cluster::node::ToNode::Stop);
+                        std::thread::sleep(StdDuration::from_millis(100));
+                    }
                     // the open minute of history is written before the thread ends
                     let _ = worker_tx.send(ToWorker::Stop);
                     let _ = worker.join();

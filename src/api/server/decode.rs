@@ -160,13 +160,8 @@ pub fn signal(name: String, content_type: &str, body: &[u8]) -> Result<Command, 
     let ttl_ms = duration_ms("ttl", b.ttl.as_deref().unwrap_or("5m"))?;
     let cluster = match b.scope.as_deref() {
         None | Some("host") => false,
-        // refused rather than kept on this host only while it says "cluster"
-        Some("cluster") => {
-            return Err((
-                400,
-                "scope \"cluster\": gossip between hosts is not built yet, so the signal would reach this host only; send it to each host with scope \"host\" (the default)".into(),
-            ))
-        }
+        // a host not in a cluster refuses it (exec): never kept here while it says "cluster"
+        Some("cluster") => true,
         Some(other) => {
             return Err((
                 400,
@@ -267,16 +262,14 @@ mod tests {
             .0,
             400
         );
-        let e = signal(
-            "x".into(),
-            "application/json",
-            br#"{"value": 1, "scope": "cluster"}"#,
-        )
-        .unwrap_err();
-        assert!(
-            e.1.contains("gossip between hosts is not built yet"),
-            "{e:?}"
-        );
+        assert!(matches!(
+            signal(
+                "x".into(),
+                "application/json",
+                br#"{"value": 1, "scope": "cluster"}"#,
+            ),
+            Ok(Command::SetSignal { cluster: true, .. })
+        ));
         let e = signal("BAD NAME".into(), "application/json", br#"{"value": 1}"#).unwrap_err();
         assert!(e.1.contains("invalid signal name"), "{e:?}");
         assert_eq!(

@@ -1,0 +1,488 @@
+//! What each node publishes, and the merge of what it hears (SPEC §10) — pure.
+//!
+//! A node's state travels as small items, each keyed by (node, part) with a
+//! version: its summary (address, up since, persona-set digest, daemon
+//! version), one item per domain (persona worn and since when, a manual
+//! activation and its end), one per cluster-scope signal. A higher version
+//! replaces a lower one, so items arrive in any order, twice, or not at all
+//! until the next re-send, and every node ends with the same view. A domain
+//! that leaves a node is published as gone (keeping its last manual
+//! activation, so the host it moves to can continue it).
+//!
+//! Versions come from [`Versions`]: never below the wall clock in ms and
+//! always above the last one, so a restarted node's items beat its old ones.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::collector::Millis;
+
+/// Which part of a node's state an item carries.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Part {
+    Summary,
+    /// A domain, by UUID.
+    Domain(String),
+    /// A cluster-scope signal: name and domain (`None`: host-wide).
+    Signal(String, Option<String>),
+}
+
+/// A node's summary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Where its gossip listens.
+    pub addr: String,
+    pub up_since: Millis,
+    /// Hash of the persona files in force (see [`digest`]).
+    pub digest: String,
+    pub daemon_version: String,
+    pub personas: u32,
+}
+
+/// A manual activation as published.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manual {
+    pub persona: String,
+    /// `None`: until reverted.
+    pub until: Option<Millis>,
+}
+
+/// One domain of a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DomainPub {
+    pub name: String,
+    /// Running there now; `false`: it left this node (or stopped).
+    pub running: bool,
+    pub persona: Option<String>,
+    pub since: Option<Millis>,
+    pub manual: Option<Manual>,
+}
+
+/// A cluster-scope signal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignalPub {
+    pub value: f64,
+    pub expires: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Body {
+    Summary(Summary),
+    Domain(DomainPub),
+    Signal(SignalPub),
+}
+
+/// One gossiped item.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Item {
+    pub node: String,
+    pub version: u64,
+    pub part: Part,
+    pub body: Body,
+}
+
+/// The largest encoded item (a datagram carries several, plus SWIM's own).
+pub const MAX_ITEM: usize = 512;
+
+impl Item {
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).unwrap_or_default()
+    }
+    /// Decodes an item; anything malformed, oversized or inconsistent is an error.
+    pub fn decode(b: &[u8]) -> Result<Item, String> {
+        if b.len() > MAX_ITEM {
+            return Err(format!("item of {} bytes, over {MAX_ITEM}", b.len()));
+        }
+        let it: Item = postcard::from_bytes(b).map_err(|e| e.to_string())?;
+        let consistent = matches!(
+            (&it.part, &it.body),
+            (Part::Summary, Body::Summary(_))
+                | (Part::Domain(_), Body::Domain(_))
+                | (Part::Signal(..), Body::Signal(_))
+        );
+        if !consistent || it.node.is_empty() || it.node.len() > 253 {
+            return Err("inconsistent item".into());
+        }
+        Ok(it)
+    }
+    pub fn key(&self) -> ItemKey {
+        ItemKey {
+            node: self.node.clone(),
+            part: self.part.clone(),
+            version: self.version,
+        }
+    }
+}
+
+/// What foca keeps per disseminated item: a newer version of the same
+/// (node, part) replaces an older one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemKey {
+    pub node: String,
+    pub part: Part,
+    pub version: u64,
+}
+
+impl foca::Invalidates for ItemKey {
+    fn invalidates(&self, other: &Self) -> bool {
+        self.node == other.node && self.part == other.part && self.version >= other.version
+    }
+}
+
+/// Versions for one node's items.
+#[derive(Debug, Default, Clone)]
+pub struct Versions(u64);
+
+impl Versions {
+    pub fn next(&mut self, now: Millis) -> u64 {
+        self.0 = (self.0 + 1).max(now.max(0) as u64);
+        self.0
+    }
+}
+
+/// What one node is known to have.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NodeView {
+    pub summary: Option<(u64, Summary)>,
+    pub domains: BTreeMap<String, (u64, DomainPub)>,
+    pub signals: BTreeMap<(String, Option<String>), (u64, SignalPub)>,
+    /// When an item from it last arrived (local time).
+    pub last_heard: Millis,
+}
+
+/// Every node's state as this node knows it.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterState {
+    pub nodes: BTreeMap<String, NodeView>,
+}
+
+impl ClusterState {
+    /// The version held for an item's (node, part).
+    pub fn version_of(&self, node: &str, part: &Part) -> Option<u64> {
+        let n = self.nodes.get(node)?;
+        match part {
+            Part::Summary => n.summary.as_ref().map(|s| s.0),
+            Part::Domain(u) => n.domains.get(u).map(|d| d.0),
+            Part::Signal(s, d) => n.signals.get(&(s.clone(), d.clone())).map(|x| x.0),
+        }
+    }
+
+    /// Merges an item; true when it was new (then it is passed on).
+    pub fn apply(&mut self, item: &Item, now: Millis) -> bool {
+        if self
+            .version_of(&item.node, &item.part)
+            .is_some_and(|v| v >= item.version)
+        {
+            return false;
+        }
+        let n = self.nodes.entry(item.node.clone()).or_default();
+        n.last_heard = now;
+        match (&item.part, &item.body) {
+            (Part::Summary, Body::Summary(s)) => n.summary = Some((item.version, s.clone())),
+            (Part::Domain(u), Body::Domain(d)) => {
+                n.domains.insert(u.clone(), (item.version, d.clone()));
+            }
+            (Part::Signal(s, d), Body::Signal(x)) => {
+                n.signals
+                    .insert((s.clone(), d.clone()), (item.version, x.clone()));
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// The persona-set digest most nodes have (ties: the smallest), and how many have it.
+    pub fn majority_digest(&self) -> Option<(String, usize)> {
+        let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+        for n in self.nodes.values() {
+            if let Some((_, s)) = &n.summary {
+                *count.entry(s.digest.as_str()).or_default() += 1;
+            }
+        }
+        count
+            .into_iter()
+            .max_by(|a, b| a.1.cmp(&b.1).then(b.0.cmp(a.0)))
+            .map(|(d, n)| (d.to_string(), n))
+    }
+
+    /// Live cluster signals from every node but `me`.
+    pub fn signals_from_others<'a>(
+        &'a self,
+        me: &'a str,
+        now: Millis,
+    ) -> impl Iterator<Item = (&'a str, &'a str, Option<&'a str>, &'a SignalPub)> + 'a {
+        self.nodes
+            .iter()
+            .filter(move |(n, _)| n.as_str() != me)
+            .flat_map(move |(n, v)| {
+                v.signals
+                    .iter()
+                    .filter(move |(_, (_, s))| s.expires > now)
+                    .map(move |((name, d), (_, s))| (n.as_str(), name.as_str(), d.as_deref(), s))
+            })
+    }
+
+    /// A manual activation of domain `uuid` on another node that the domain
+    /// has left (published as gone, or that node is no longer alive), still
+    /// running at `now`: what a host the domain moved to continues. The
+    /// newest such one.
+    pub fn manual_left_behind(
+        &self,
+        uuid: &str,
+        me: &str,
+        alive: impl Fn(&str) -> bool,
+        now: Millis,
+    ) -> Option<(String, Manual)> {
+        self.nodes
+            .iter()
+            .filter(|(n, _)| n.as_str() != me)
+            .filter_map(|(n, v)| {
+                let (ver, d) = v.domains.get(uuid)?;
+                let m = d.manual.as_ref()?;
+                let left = !d.running || !alive(n);
+                let live = m.until.is_none_or(|u| u > now);
+                (left && live).then(|| (*ver, n.clone(), m.clone()))
+            })
+            .max_by_key(|(ver, _, _)| *ver)
+            .map(|(_, n, m)| (n, m))
+    }
+}
+
+/// The local state to publish, as the control loop sees it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Local {
+    pub summary: Option<Summary>,
+    /// By UUID.
+    pub domains: BTreeMap<String, DomainPub>,
+    /// By (name, domain).
+    pub signals: BTreeMap<(String, Option<String>), SignalPub>,
+}
+
+/// Turns changes of the local state into items (new versions).
+#[derive(Debug, Default)]
+pub struct Publisher {
+    pub node: String,
+    versions: Versions,
+    last: Local,
+}
+
+impl Publisher {
+    pub fn new(node: &str) -> Publisher {
+        Publisher {
+            node: node.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// The items that changed since the last call; domains no longer there
+    /// are published once as gone (with their last manual activation).
+    pub fn changes(&mut self, now: Millis, mut local: Local) -> Vec<Item> {
+        let mut out = Vec::new();
+        let item = |v: &mut Versions, part: Part, body: Body| Item {
+            node: self.node.clone(),
+            version: v.next(now),
+            part,
+            body,
+        };
+        if local.summary != self.last.summary {
+            if let Some(s) = &local.summary {
+                out.push(item(&mut self.versions, Part::Summary, Body::Summary(s.clone())));
+            }
+        }
+        for (u, d) in &local.domains {
+            if self.last.domains.get(u) != Some(d) {
+                out.push(item(&mut self.versions, Part::Domain(u.clone()), Body::Domain(d.clone())));
+            }
+        }
+        for (u, d) in &self.last.domains {
+            if d.running && !local.domains.contains_key(u) {
+                let gone = DomainPub {
+                    running: false,
+                    persona: None,
+                    since: None,
+                    ..d.clone()
+                };
+                out.push(item(&mut self.versions, Part::Domain(u.clone()), Body::Domain(gone.clone())));
+                local.domains.insert(u.clone(), gone);
+            }
+        }
+        for (k, s) in &local.signals {
+            if self.last.signals.get(k) != Some(s) {
+                out.push(item(
+                    &mut self.versions,
+                    Part::Signal(k.0.clone(), k.1.clone()),
+                    Body::Signal(s.clone()),
+                ));
+            }
+        }
+        // expired signals are not re-published; receivers drop them by time
+        local.signals.retain(|_, s| s.expires > now);
+        self.last = local;
+        out
+    }
+
+    /// Every item again with new versions: for a member that came up or
+    /// rejoined (foca keeps no history), and now and then against loss.
+    pub fn all(&mut self, now: Millis) -> Vec<Item> {
+        let last = std::mem::take(&mut self.last);
+        let mut pending = last.clone();
+        pending.domains.retain(|_, d| d.running);
+        self.last = Local::default();
+        let mut items = self.changes(now, pending);
+        // gone domains stay known as gone
+        for (u, d) in last.domains.into_iter().filter(|(_, d)| !d.running) {
+            self.last.domains.entry(u).or_insert(d);
+        }
+        items.retain(|i| !matches!(&i.body, Body::Signal(s) if s.expires <= now));
+        items
+    }
+}
+
+/// The persona-set digest: a hash of the persona files in force (path-free:
+/// the ids and the canonical JSON of each), the same on every host that runs
+/// the same personas. FNV-1a 64, hex.
+pub fn digest(personas: &[std::sync::Arc<crate::model::persona::Persona>]) -> String {
+    let mut h: u64 = 0xcbf29ce484222325;
+    let mut ps: Vec<String> = personas
+        .iter()
+        .map(|p| serde_json::to_string(p.as_ref()).unwrap_or_default())
+        .collect();
+    ps.sort();
+    for p in ps {
+        for b in p.bytes().chain([0u8]) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100000001b3);
+        }
+    }
+    format!("{h:016x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dom(name: &str, persona: Option<&str>) -> DomainPub {
+        DomainPub {
+            name: name.into(),
+            running: true,
+            persona: persona.map(str::to_string),
+            since: Some(1),
+            manual: None,
+        }
+    }
+
+    fn summary(d: &str) -> Summary {
+        Summary {
+            addr: "127.0.0.1:1".into(),
+            up_since: 1,
+            digest: d.into(),
+            daemon_version: "0.1.0".into(),
+            personas: 3,
+        }
+    }
+
+    #[test]
+    fn items_round_trip_and_garbage_is_refused() {
+        let it = Item {
+            node: "a".into(),
+            version: 7,
+            part: Part::Domain("u".into()),
+            body: Body::Domain(dom("web-1", Some("p"))),
+        };
+        assert_eq!(Item::decode(&it.encode()).unwrap(), it);
+        assert!(Item::decode(&[0xff; 40]).is_err());
+        assert!(Item::decode(&[0u8; 600]).is_err());
+        let mut bad = it.clone();
+        bad.part = Part::Summary;
+        assert!(Item::decode(&bad.encode()).is_err(), "part and body disagree");
+    }
+
+    /// The same items in any order, duplicated, give the same view; an old
+    /// version never replaces a newer one.
+    #[test]
+    fn merge_is_order_and_duplicate_free() {
+        let mut p = Publisher::new("a");
+        let mut local = Local {
+            summary: Some(summary("d1")),
+            ..Default::default()
+        };
+        local.domains.insert("u1".into(), dom("web-1", None));
+        let mut items = p.changes(100, local.clone());
+        local.domains.insert("u1".into(), dom("web-1", Some("hot")));
+        local.signals.insert(("lb".into(), None), SignalPub { value: 5.0, expires: 10_000 });
+        items.extend(p.changes(200, local.clone()));
+        local.domains.clear();
+        items.extend(p.changes(300, local));
+        let mut forward = ClusterState::default();
+        for i in &items {
+            forward.apply(i, 1);
+        }
+        let mut backward = ClusterState::default();
+        for i in items.iter().rev().chain(items.iter()) {
+            backward.apply(i, 1);
+        }
+        assert_eq!(forward.nodes, backward.nodes);
+        let (_, d) = &forward.nodes["a"].domains["u1"];
+        assert!(!d.running, "gone last");
+        assert_eq!(forward.signals_from_others("b", 5_000).count(), 1);
+        assert_eq!(forward.signals_from_others("a", 5_000).count(), 0, "not my own");
+        assert_eq!(forward.signals_from_others("b", 10_001).count(), 0, "expired");
+        assert!(!forward.apply(&items[0], 2), "stale is not new");
+    }
+
+    #[test]
+    fn versions_beat_a_previous_run_and_rise() {
+        let mut v = Versions::default();
+        let a = v.next(1000);
+        let b = v.next(1000);
+        assert!(b > a);
+        let mut restarted = Versions::default();
+        assert!(restarted.next(2000) > b);
+    }
+
+    #[test]
+    fn majority_digest_and_the_manual_left_behind() {
+        let mut st = ClusterState::default();
+        for (n, d) in [("a", "x"), ("b", "x"), ("c", "y")] {
+            st.apply(
+                &Item {
+                    node: n.into(),
+                    version: 1,
+                    part: Part::Summary,
+                    body: Body::Summary(summary(d)),
+                },
+                1,
+            );
+        }
+        assert_eq!(st.majority_digest(), Some(("x".into(), 2)));
+        let mut d = dom("mig-1", Some("hot"));
+        d.manual = Some(Manual { persona: "hot".into(), until: Some(60_000) });
+        st.apply(&Item { node: "a".into(), version: 2, part: Part::Domain("u".into()), body: Body::Domain(d.clone()) }, 1);
+        let alive = |n: &str| n != "dead";
+        assert_eq!(st.manual_left_behind("u", "b", alive, 1000), None, "still running on a");
+        assert!(st.manual_left_behind("u", "b", |n| n != "a", 1000).is_some(), "a is dead");
+        d.running = false;
+        st.apply(&Item { node: "a".into(), version: 3, part: Part::Domain("u".into()), body: Body::Domain(d) }, 1);
+        assert_eq!(
+            st.manual_left_behind("u", "b", alive, 1000),
+            Some(("a".into(), Manual { persona: "hot".into(), until: Some(60_000) }))
+        );
+        assert_eq!(st.manual_left_behind("u", "b", alive, 60_001), None, "over");
+        assert_eq!(st.manual_left_behind("u", "a", alive, 1000), None, "not from myself");
+    }
+
+    #[test]
+    fn all_resends_everything_with_new_versions() {
+        let mut p = Publisher::new("a");
+        let mut local = Local { summary: Some(summary("d")), ..Default::default() };
+        local.domains.insert("u1".into(), dom("web-1", None));
+        let first = p.changes(100, local.clone());
+        assert_eq!(first.len(), 2);
+        assert!(p.changes(150, local.clone()).is_empty(), "nothing changed");
+        let again = p.all(200);
+        assert_eq!(again.len(), 2);
+        assert!(again.iter().all(|i| i.version > first[1].version));
+        assert!(p.changes(250, local).is_empty());
+    }
+}
