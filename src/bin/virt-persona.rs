@@ -1171,13 +1171,9 @@ fn gossip_keygen(file: &std::path::Path) -> anyhow::Result<ExitCode> {
                 file.display()
             )
         })?;
-    writeln!(
-        f,
-        "{}",
-        virt_persona::cluster::seal::key_line(&key)
-    )
-    .and_then(|_| f.sync_all())
-    .with_context(|| format!("writing {}", file.display()))?;
+    writeln!(f, "{}", virt_persona::cluster::seal::key_line(&key))
+        .and_then(|_| f.sync_all())
+        .with_context(|| format!("writing {}", file.display()))?;
     println!(
         "New gossip key written to {} (mode 0600). Copy it to every host (gossip.key_file) and keep it secret.",
         file.display()
@@ -1201,10 +1197,7 @@ fn cluster_status(cli: &Cli) -> anyhow::Result<ExitCode> {
                     digest.push_str(" DIFFERS");
                 }
                 let domains = h["domains"].as_array().cloned().unwrap_or_default();
-                let worn = domains
-                    .iter()
-                    .filter(|d| d["persona"].is_string())
-                    .count();
+                let worn = domains.iter().filter(|d| d["persona"].is_string()).count();
                 vec![
                     name,
                     text(&h["alive"]),
@@ -1218,7 +1211,14 @@ fn cluster_status(cli: &Cli) -> anyhow::Result<ExitCode> {
         print!(
             "{}",
             table(
-                &["Host", "State", "Last seen", "Version", "Persona set", "Domains"],
+                &[
+                    "Host",
+                    "State",
+                    "Last seen",
+                    "Version",
+                    "Persona set",
+                    "Domains"
+                ],
                 &rows
             )
         );
@@ -1241,4 +1241,3 @@ fn cluster_status(cli: &Cli) -> anyhow::Result<ExitCode> {
         }
     })
 }
-

@@ -134,7 +134,9 @@ impl Gossip {
         let (Some(name), Some(value), Some(expires)) = (
             v["name"].as_str(),
             v["value"].as_f64(),
-            v["expires"].as_str().and_then(|t| t.parse::<jiff::Timestamp>().ok()),
+            v["expires"]
+                .as_str()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok()),
         ) else {
             return;
         };
@@ -200,9 +202,17 @@ impl Gossip {
                 })
                 .collect();
             let alive = |n: &str| {
-                inner.state.nodes.get(n).and_then(|v| v.summary.as_ref()).is_some_and(|(_, s)| {
-                    inner.members.values().any(|m| m.addr == s.addr && m.state == "alive")
-                })
+                inner
+                    .state
+                    .nodes
+                    .get(n)
+                    .and_then(|v| v.summary.as_ref())
+                    .is_some_and(|(_, s)| {
+                        inner
+                            .members
+                            .values()
+                            .any(|m| m.addr == s.addr && m.state == "alive")
+                    })
             };
             let follow: Vec<(String, String, String, Manual)> = statuses
                 .iter()
@@ -222,8 +232,12 @@ impl Gossip {
                 continue;
             }
             match rec.activate(&name, &m.persona, m.until, now) {
-                Ok(()) => info!(domain = %name, persona = %m.persona, from = %from, "manual activation continued from the host the domain left"),
-                Err(e) => warn!(domain = %name, persona = %m.persona, from = %from, error = %e, "the manual activation of the host the domain left cannot be continued here"),
+                Ok(()) => {
+                    info!(domain = %name, persona = %m.persona, from = %from, "manual activation continued from the host the domain left")
+                }
+                Err(e) => {
+                    warn!(domain = %name, persona = %m.persona, from = %from, error = %e, "the manual activation of the host the domain left cannot be continued here")
+                }
             }
         }
     }

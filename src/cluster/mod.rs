@@ -23,11 +23,7 @@ pub fn view(i: &node::Inner, now: Millis) -> Value {
     for (name, n) in &i.state.nodes {
         let summary = n.summary.as_ref().map(|s| &s.1);
         let me = *name == i.me;
-        let member = summary.and_then(|s| {
-            i.members
-                .values()
-                .find(|m| m.addr == s.addr)
-        });
+        let member = summary.and_then(|s| i.members.values().find(|m| m.addr == s.addr));
         let alive = if me {
             "alive"
         } else {

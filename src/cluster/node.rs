@@ -64,7 +64,11 @@ pub struct Handler {
 impl foca::BroadcastHandler<Id> for Handler {
     type Key = ItemKey;
     type Error = BadItem;
-    fn receive_item(&mut self, data: &[u8], _sender: Option<&Id>) -> Result<Option<ItemKey>, BadItem> {
+    fn receive_item(
+        &mut self,
+        data: &[u8],
+        _sender: Option<&Id>,
+    ) -> Result<Option<ItemKey>, BadItem> {
         let item = Item::decode(data).map_err(BadItem)?;
         let now = (self.clock)();
         let mut inner = self.shared.lock();
@@ -205,7 +209,11 @@ async fn run(
             loop {
                 match socket.recv_from(&mut buf).await {
                     Ok((n, from)) => {
-                        if in_tx.send(Input::Data(buf[..n].to_vec(), from)).await.is_err() {
+                        if in_tx
+                            .send(Input::Data(buf[..n].to_vec(), from))
+                            .await
+                            .is_err()
+                        {
                             break;
                         }
                     }
@@ -323,7 +331,12 @@ async fn run(
 }
 
 fn count_drop(shared: &Shared, why: Drop) {
-    *shared.lock().counters.dropped.entry(why.label()).or_default() += 1;
+    *shared
+        .lock()
+        .counters
+        .dropped
+        .entry(why.label())
+        .or_default() += 1;
 }
 
 fn refresh_members(

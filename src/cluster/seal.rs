@@ -110,8 +110,11 @@ fn hex32(s: &str, line: usize) -> Result<[u8; 32], KeyError> {
     }
     let mut out = [0u8; 32];
     for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2).ok_or(KeyError::NotHex { line })?, 16)
-            .map_err(|_| KeyError::NotHex { line })?;
+        *b = u8::from_str_radix(
+            s.get(2 * i..2 * i + 2).ok_or(KeyError::NotHex { line })?,
+            16,
+        )
+        .map_err(|_| KeyError::NotHex { line })?;
     }
     Ok(out)
 }
@@ -375,18 +378,36 @@ mod tests {
         let mut o = Opener::new(ring(1), "prod");
         assert_eq!(o.open(&p, T + 5).unwrap(), b"hello");
         assert_eq!(o.open(&p, T + 6), Err(Drop::Replayed));
-        assert_eq!(Opener::new(ring(2), "prod").open(&p, T), Err(Drop::Unauthenticated));
-        assert_eq!(Opener::new(ring(1), "test").open(&p, T), Err(Drop::Unauthenticated));
-        assert_eq!(Opener::new(ring(1), "prod").open(&p, T + 31_000), Err(Drop::Stale));
-        assert_eq!(Opener::new(ring(1), "prod").open(&p, T - 31_000), Err(Drop::Stale));
+        assert_eq!(
+            Opener::new(ring(2), "prod").open(&p, T),
+            Err(Drop::Unauthenticated)
+        );
+        assert_eq!(
+            Opener::new(ring(1), "test").open(&p, T),
+            Err(Drop::Unauthenticated)
+        );
+        assert_eq!(
+            Opener::new(ring(1), "prod").open(&p, T + 31_000),
+            Err(Drop::Stale)
+        );
+        assert_eq!(
+            Opener::new(ring(1), "prod").open(&p, T - 31_000),
+            Err(Drop::Stale)
+        );
         // any flipped bit is caught
         for i in 0..p.len() {
             let mut f = p.clone();
             f[i] ^= 0x40;
-            assert!(Opener::new(ring(1), "prod").open(&f, T).is_err(), "byte {i}");
+            assert!(
+                Opener::new(ring(1), "prod").open(&f, T).is_err(),
+                "byte {i}"
+            );
         }
         assert_eq!(o.open(&p[..10], T), Err(Drop::Truncated));
-        assert_eq!(o.open(b"GET / HTTP/1.1\r\n\r\n and then some more bytes", T), Err(Drop::NotGossip));
+        assert_eq!(
+            o.open(b"GET / HTTP/1.1\r\n\r\n and then some more bytes", T),
+            Err(Drop::NotGossip)
+        );
         assert_eq!(o.open(&vec![0u8; 2000], T), Err(Drop::Oversized));
     }
 
@@ -401,7 +422,10 @@ mod tests {
         assert!(o.open(&on_both.seal(b"b", T), T).is_ok());
         // a host that dropped the old key no longer hears the old one
         let mut only_new = Opener::new(KeyRing::new(&[new]), "c");
-        assert_eq!(only_new.open(&on_old.seal(b"c", T), T), Err(Drop::Unauthenticated));
+        assert_eq!(
+            only_new.open(&on_old.seal(b"c", T), T),
+            Err(Drop::Unauthenticated)
+        );
     }
 
     #[test]
@@ -414,14 +438,22 @@ mod tests {
             assert!(o.open(&ps[i], T).is_ok(), "{i}");
         }
         assert_eq!(o.open(&ps[4], T), Err(Drop::Replayed));
-        assert_eq!(o.open(&ps[6], T), Err(Drop::Replayed), "more than 64 behind");
+        assert_eq!(
+            o.open(&ps[6], T),
+            Err(Drop::Replayed),
+            "more than 64 behind"
+        );
         assert!(o.open(&ps[98], T).is_ok());
     }
 
     #[test]
     fn key_files_are_checked_line_by_line() {
         let k = key_line(&[0xab; 32]);
-        let r = KeyRing::parse(&format!("# primary\n{k}\n\n{}  # old\n", key_line(&[1; 32]))).unwrap();
+        let r = KeyRing::parse(&format!(
+            "# primary\n{k}\n\n{}  # old\n",
+            key_line(&[1; 32])
+        ))
+        .unwrap();
         assert_eq!(r.len(), 2);
         assert_eq!(r.ids().len(), 2);
         assert_eq!(KeyRing::parse("").unwrap_err(), KeyError::Empty);

@@ -287,12 +287,20 @@ impl Publisher {
         };
         if local.summary != self.last.summary {
             if let Some(s) = &local.summary {
-                out.push(item(&mut self.versions, Part::Summary, Body::Summary(s.clone())));
+                out.push(item(
+                    &mut self.versions,
+                    Part::Summary,
+                    Body::Summary(s.clone()),
+                ));
             }
         }
         for (u, d) in &local.domains {
             if self.last.domains.get(u) != Some(d) {
-                out.push(item(&mut self.versions, Part::Domain(u.clone()), Body::Domain(d.clone())));
+                out.push(item(
+                    &mut self.versions,
+                    Part::Domain(u.clone()),
+                    Body::Domain(d.clone()),
+                ));
             }
         }
         for (u, d) in &self.last.domains {
@@ -303,7 +311,11 @@ impl Publisher {
                     since: None,
                     ..d.clone()
                 };
-                out.push(item(&mut self.versions, Part::Domain(u.clone()), Body::Domain(gone.clone())));
+                out.push(item(
+                    &mut self.versions,
+                    Part::Domain(u.clone()),
+                    Body::Domain(gone.clone()),
+                ));
                 local.domains.insert(u.clone(), gone);
             }
         }
@@ -395,7 +407,10 @@ mod tests {
         assert!(Item::decode(&[0u8; 600]).is_err());
         let mut bad = it.clone();
         bad.part = Part::Summary;
-        assert!(Item::decode(&bad.encode()).is_err(), "part and body disagree");
+        assert!(
+            Item::decode(&bad.encode()).is_err(),
+            "part and body disagree"
+        );
     }
 
     /// The same items in any order, duplicated, give the same view; an old
@@ -410,7 +425,13 @@ mod tests {
         local.domains.insert("u1".into(), dom("web-1", None));
         let mut items = p.changes(100, local.clone());
         local.domains.insert("u1".into(), dom("web-1", Some("hot")));
-        local.signals.insert(("lb".into(), None), SignalPub { value: 5.0, expires: 10_000 });
+        local.signals.insert(
+            ("lb".into(), None),
+            SignalPub {
+                value: 5.0,
+                expires: 10_000,
+            },
+        );
         items.extend(p.changes(200, local.clone()));
         local.domains.clear();
         items.extend(p.changes(300, local));
@@ -426,8 +447,16 @@ mod tests {
         let (_, d) = &forward.nodes["a"].domains["u1"];
         assert!(!d.running, "gone last");
         assert_eq!(forward.signals_from_others("b", 5_000).count(), 1);
-        assert_eq!(forward.signals_from_others("a", 5_000).count(), 0, "not my own");
-        assert_eq!(forward.signals_from_others("b", 10_001).count(), 0, "expired");
+        assert_eq!(
+            forward.signals_from_others("a", 5_000).count(),
+            0,
+            "not my own"
+        );
+        assert_eq!(
+            forward.signals_from_others("b", 10_001).count(),
+            0,
+            "expired"
+        );
         assert!(!forward.apply(&items[0], 2), "stale is not new");
     }
 
@@ -457,25 +486,65 @@ mod tests {
         }
         assert_eq!(st.majority_digest(), Some(("x".into(), 2)));
         let mut d = dom("mig-1", Some("hot"));
-        d.manual = Some(Manual { persona: "hot".into(), until: Some(60_000) });
-        st.apply(&Item { node: "a".into(), version: 2, part: Part::Domain("u".into()), body: Body::Domain(d.clone()) }, 1);
+        d.manual = Some(Manual {
+            persona: "hot".into(),
+            until: Some(60_000),
+        });
+        st.apply(
+            &Item {
+                node: "a".into(),
+                version: 2,
+                part: Part::Domain("u".into()),
+                body: Body::Domain(d.clone()),
+            },
+            1,
+        );
         let alive = |n: &str| n != "dead";
-        assert_eq!(st.manual_left_behind("u", "b", alive, 1000), None, "still running on a");
-        assert!(st.manual_left_behind("u", "b", |n| n != "a", 1000).is_some(), "a is dead");
-        d.running = false;
-        st.apply(&Item { node: "a".into(), version: 3, part: Part::Domain("u".into()), body: Body::Domain(d) }, 1);
         assert_eq!(
             st.manual_left_behind("u", "b", alive, 1000),
-            Some(("a".into(), Manual { persona: "hot".into(), until: Some(60_000) }))
+            None,
+            "still running on a"
+        );
+        assert!(
+            st.manual_left_behind("u", "b", |n| n != "a", 1000)
+                .is_some(),
+            "a is dead"
+        );
+        d.running = false;
+        st.apply(
+            &Item {
+                node: "a".into(),
+                version: 3,
+                part: Part::Domain("u".into()),
+                body: Body::Domain(d),
+            },
+            1,
+        );
+        assert_eq!(
+            st.manual_left_behind("u", "b", alive, 1000),
+            Some((
+                "a".into(),
+                Manual {
+                    persona: "hot".into(),
+                    until: Some(60_000)
+                }
+            ))
         );
         assert_eq!(st.manual_left_behind("u", "b", alive, 60_001), None, "over");
-        assert_eq!(st.manual_left_behind("u", "a", alive, 1000), None, "not from myself");
+        assert_eq!(
+            st.manual_left_behind("u", "a", alive, 1000),
+            None,
+            "not from myself"
+        );
     }
 
     #[test]
     fn all_resends_everything_with_new_versions() {
         let mut p = Publisher::new("a");
-        let mut local = Local { summary: Some(summary("d")), ..Default::default() };
+        let mut local = Local {
+            summary: Some(summary("d")),
+            ..Default::default()
+        };
         local.domains.insert("u1".into(), dom("web-1", None));
         let first = p.changes(100, local.clone());
         assert_eq!(first.len(), 2);

@@ -1,0 +1,353 @@
+//! The cluster with real UDP on loopback: daemons on the test driver's
+//! five-domain host gossip through foca, sealed with a shared key.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::Daemon;
+use serde_json::Value;
+use virt_persona::api::client;
+use virt_persona::cluster::seal::{key_line, KeyRing, Sealer};
+
+const BOOST: &str = "id = \"boost\"\n[match]\nnames = [\"web-*\"]\n[[activation.when]]\nsignal = \"lb.rps\"\nabove = 1000\n[tuning]\nmemory_soft_limit = \"256 MiB\"\n";
+
+fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn write_key(dir: &Path, key: [u8; 32]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join("gossip.key");
+    std::fs::write(&p, format!("{}\n", key_line(&key))).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+struct Node {
+    d: Daemon,
+    port: u16,
+    dir: PathBuf,
+}
+
+fn start(test: &str, name: &str, port: u16, seed: u16, key: [u8; 32], cluster: &str) -> Node {
+    let dir = common::test_dir(&format!("cluster-{test}"), name);
+    std::fs::write(dir.join("personas/boost.toml"), BOOST).unwrap();
+    let key_file = write_key(&dir, key);
+    let listen = format!("127.0.0.1:{port}");
+    let seed = format!("127.0.0.1:{seed}");
+    let d = Daemon::start_args(
+        &dir,
+        &common::test_host_uri(),
+        &[
+            "--interval",
+            "1s",
+            "--node-name",
+            name,
+            "--gossip-listen",
+            &listen,
+            "--gossip-seed",
+            &seed,
+            "--gossip-key-file",
+            key_file.to_str().unwrap(),
+            "--gossip-cluster",
+            cluster,
+        ],
+        &[],
+    );
+    Node { d, port, dir }
+}
+
+fn restart(n: &mut Node, name: &str, seed: u16, key: [u8; 32]) {
+    n.d.kill9();
+    let listen = format!("127.0.0.1:{}", n.port);
+    let seed = format!("127.0.0.1:{seed}");
+    let key_file = write_key(&n.dir, key);
+    n.d = Daemon::start_args(
+        &n.dir,
+        &common::test_host_uri(),
+        &[
+            "--interval",
+            "1s",
+            "--node-name",
+            name,
+            "--gossip-listen",
+            &listen,
+            "--gossip-seed",
+            &seed,
+            "--gossip-key-file",
+            key_file.to_str().unwrap(),
+            "--gossip-cluster",
+            "test",
+        ],
+        &[],
+    );
+}
+
+fn cluster(d: &Daemon) -> Value {
+    d.get("/v1/cluster")
+}
+
+/// Host name → state, as `d` sees them.
+fn states(d: &Daemon) -> Vec<(String, String)> {
+    cluster(d)["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["name"].as_str().unwrap().to_string(),
+                h["alive"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn wait_until(what: &str, secs: u64, d: &Daemon, mut f: impl FnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "{what}: not within {secs} s\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    t.elapsed()
+}
+
+fn alive_count(d: &Daemon) -> usize {
+    states(d).iter().filter(|(_, s)| s == "alive").count()
+}
+
+/// Five daemons converge; a cluster signal pushed on one reaches all within
+/// 2 s and expires everywhere; one killed is seen dead by all others, and
+/// alive again after its restart; cluster-status shows every host.
+#[test]
+fn five_daemons_converge_share_signals_and_see_a_death_and_a_return() {
+    let key = [7u8; 32];
+    let ports: Vec<u16> = (0..5).map(|_| free_port()).collect();
+    let mut nodes: Vec<Node> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| start("five", &format!("host-{i}"), *p, ports[0], key, "test"))
+        .collect();
+    for n in &nodes {
+        wait_until("five hosts alive", 60, &n.d, || alive_count(&n.d) == 5);
+    }
+    // every host's domains and digest are there, and no digest differs
+    let v = cluster(&nodes[3].d);
+    for h in v["hosts"].as_array().unwrap() {
+        assert_eq!(h["domains"].as_array().unwrap().len(), 4, "{h}");
+        assert_eq!(h["digest_differs"], false, "{h}");
+    }
+    let out = common::cli_ok(&[
+        "--socket",
+        nodes[2].d.socket.to_str().unwrap(),
+        "cluster-status",
+    ]);
+    for i in 0..5 {
+        assert!(out.contains(&format!("host-{i}")), "{out}");
+    }
+    assert!(out.contains("host-2 (this host)"), "{out}");
+
+    // a cluster signal reaches every host's decisions within 2 s
+    let body = r#"{"value": 5000, "ttl": "6s", "scope": "cluster"}"#;
+    let (st, body) = common::http(
+        &nodes[0].d.socket,
+        &format!(
+            "PUT /v1/signals/lb.rps HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert_eq!(st, 200, "{body}");
+    let t = Instant::now();
+    for n in &nodes[1..] {
+        wait_until("the cluster signal", 10, &n.d, || {
+            n.d.get("/v1/signals")
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["name"] == "lb.rps" && s["value"] == 5000.0 && s["scope"] == "cluster")
+        });
+    }
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(2),
+        "the signal took {took:?} to reach every host"
+    );
+    // it acts there: web-1 wears boost on host-4
+    wait_until("boost on host-4", 10, &nodes[4].d, || {
+        nodes[4].d.persona("web-1").as_deref() == Some("boost")
+    });
+    // and expires everywhere with its TTL
+    for n in &nodes {
+        wait_until("the signal expires", 20, &n.d, || {
+            !n.d.get("/v1/signals")
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["name"] == "lb.rps")
+        });
+    }
+
+    // one dies: the others see it dead; it comes back: alive again
+    nodes[4].d.kill9();
+    for n in &nodes[..4] {
+        wait_until("host-4 dead", 60, &n.d, || {
+            states(&n.d)
+                .iter()
+                .any(|(h, s)| h == "host-4" && s == "dead")
+        });
+    }
+    let first = ports[0];
+    restart(&mut nodes[4], "host-4", first, key);
+    for n in &nodes {
+        wait_until("host-4 alive again", 60, &n.d, || {
+            states(&n.d)
+                .iter()
+                .any(|(h, s)| h == "host-4" && s == "alive")
+                && alive_count(&n.d) == 5
+        });
+    }
+}
+
+/// A node with another key or another cluster id never appears; forged,
+/// replayed, truncated, stale and random datagrams are dropped, counted by
+/// reason, and change nothing.
+#[test]
+fn strangers_stay_out_and_bad_packets_change_nothing() {
+    let key = [9u8; 32];
+    let (pa, pb, pc, pd) = (free_port(), free_port(), free_port(), free_port());
+    let a = start("out", "a", pa, pb, key, "prod");
+    let b = start("out", "b", pb, pa, key, "prod");
+    let other_key = start("out", "c", pc, pa, [1u8; 32], "prod");
+    let other_cluster = start("out", "d", pd, pa, key, "staging");
+    wait_until("a and b", 60, &a.d, || alive_count(&a.d) == 2);
+    // long enough for the strangers to have tried many times
+    std::thread::sleep(Duration::from_secs(3));
+    for n in [&a, &b] {
+        let names: Vec<String> = states(&n.d).into_iter().map(|x| x.0).collect();
+        assert_eq!(names, ["a", "b"], "{}", n.d.log());
+    }
+    for n in [&other_key, &other_cluster] {
+        assert_eq!(states(&n.d).len(), 1, "alone: {:?}", states(&n.d));
+    }
+    let before = cluster(&a.d);
+
+    // bad packets at a
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to = format!("127.0.0.1:{pa}");
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    let mut forger = Sealer::new(KeyRing::new(&[[1u8; 32]]), "prod", [1, 1, 1, 1]);
+    let mut insider = Sealer::new(KeyRing::new(&[key]), "prod", [2, 2, 2, 2]);
+    let forged = forger.seal(b"anything at all", now());
+    let good_garbage = insider.seal(b"\xff\xff\xff not foca", now());
+    let stale = insider.seal(b"old", now() - 120_000);
+    let mut random = vec![0u8; 300];
+    for (i, b) in random.iter_mut().enumerate() {
+        *b = (i * 37 % 251) as u8;
+    }
+    for p in [
+        &forged[..],
+        &good_garbage,
+        &good_garbage,
+        &stale,
+        &forged[..20],
+        &random,
+        &vec![b'V'; 1500],
+    ] {
+        s.send_to(p, &to).unwrap();
+    }
+    let metric = |reason: &str| -> u64 {
+        let (_, m) = common::http(&a.d.socket, "GET /metrics HTTP/1.1\r\n\r\n");
+        m.lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "virt_persona_gossip_packets_dropped{{reason=\"{reason}\"}}"
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    wait_until("every bad packet counted", 10, &a.d, || {
+        metric("unauthenticated") >= 1
+            && metric("replayed") >= 1
+            && metric("stale") >= 1
+            && metric("truncated") >= 1
+            && metric("not_gossip") >= 1
+            && metric("oversized") >= 1
+            && metric("malformed") >= 1
+    });
+    let after = cluster(&a.d);
+    let hosts = |v: &Value| -> Vec<(Value, Value, Value)> {
+        v["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| (h["name"].clone(), h["digest"].clone(), h["domains"].clone()))
+            .collect()
+    };
+    assert_eq!(hosts(&after), hosts(&before), "nothing changed");
+    // still talking to b
+    assert_eq!(alive_count(&a.d), 2);
+    let _ = client::request(&a.d.socket, "GET", "/healthz", None).expect("alive");
+}
+
+/// A domain manually activated on host A leaves it (A dies) and runs on
+/// host B: B continues the activation with its remaining time.
+#[test]
+fn a_manual_activation_follows_the_domain_to_the_next_host() {
+    let key = [3u8; 32];
+    let (pa, pb) = (free_port(), free_port());
+    let mut a = start("mig", "a", pa, pb, key, "test");
+    let b = start("mig", "b", pb, pa, key, "test");
+    wait_until("a and b", 60, &a.d, || {
+        alive_count(&a.d) == 2 && alive_count(&b.d) == 2
+    });
+    let body = r#"{"persona": "boost", "for": "10m"}"#;
+    let (st, body) = common::http(
+        &a.d.socket,
+        &format!(
+            "POST /v1/domains/web-1/activate HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert_eq!(st, 200, "{body}");
+    let until_a = a.d.get("/v1/domains/web-1")["override"]["until"].clone();
+    assert!(until_a.is_i64(), "{until_a}");
+    // b sees it, but web-1 still runs on a: nothing to continue
+    wait_until("b sees the manual activation", 10, &b.d, || {
+        cluster(&b.d)["hosts"].as_array().unwrap().iter().any(|h| {
+            h["name"] == "a"
+                && h["domains"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|d| d["name"] == "web-1" && d["manual"]["persona"] == "boost")
+        })
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(b.d.persona("web-1"), None);
+    // a goes away: b continues it, with the same end
+    a.d.kill9();
+    wait_until("b continues the activation", 90, &b.d, || {
+        b.d.persona("web-1").as_deref() == Some("boost")
+    });
+    let o = b.d.get("/v1/domains/web-1")["override"].clone();
+    assert_eq!(o["persona"], "boost");
+    assert_eq!(
+        o["until"], until_a,
+        "the remaining time, not a new 10 minutes"
+    );
+}
