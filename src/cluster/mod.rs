@@ -4,6 +4,7 @@
 
 pub mod node;
 pub mod seal;
+pub mod sim;
 pub mod state;
 
 use serde_json::{json, Value};

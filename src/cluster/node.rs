@@ -7,8 +7,8 @@
 //! out, opened (authenticated, fresh, once) on the way in; what does not
 //! open is counted by reason and never reaches foca. State travels as foca
 //! custom broadcasts ([`crate::cluster::state::Item`]); a member that comes
-//! up or rejoins gets every local item again (foca keeps no history), and
-//! the summary is re-sent every 30 s against loss.
+//! up or rejoins gets every local item again (foca keeps no history); against
+//! loss the summary is re-sent every 30 s and everything every 300 s.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -59,6 +59,12 @@ pub struct BadItem(String);
 pub struct Handler {
     shared: Arc<Shared>,
     clock: fn() -> Millis,
+}
+
+impl Handler {
+    pub fn new(shared: Arc<Shared>, clock: fn() -> Millis) -> Handler {
+        Handler { shared, clock }
+    }
 }
 
 impl foca::BroadcastHandler<Id> for Handler {
@@ -135,6 +141,21 @@ pub struct NodeConfig {
     pub clock: fn() -> Millis,
 }
 
+/// Every local item is sent again this often (against loss; foca keeps no
+/// history), the summary alone every 30 s.
+pub const RESEND_ALL_MS: u64 = 300_000;
+
+/// foca's LAN settings for `n` members, with each broadcast passed on twice
+/// as often as its default (8·log10(n+1) times instead of 4·): an item all
+/// copies of which missed a member waits for the next full re-send.
+pub fn config(n: usize) -> Config {
+    let mut c = Config::new_lan(NonZeroU32::new(n.max(1) as u32).unwrap_or(NonZeroU32::MIN));
+    c.max_packet_size = NonZeroUsize::new(MAX_DATAGRAM - OVERHEAD).unwrap_or(NonZeroUsize::MIN);
+    let tx = (8.0 * ((n + 1) as f64).log10()).clamp(4.0, 255.0) as u8;
+    c.max_transmissions = std::num::NonZeroU8::new(tx).unwrap_or(c.max_transmissions);
+    c
+}
+
 enum Input {
     Data(Vec<u8>, SocketAddr),
     Timer(Timer<Id>),
@@ -184,9 +205,7 @@ async fn run(
         addr,
         bump: now().max(0) as u64,
     };
-    let mut config = Config::new_lan(NonZeroU32::new(16).unwrap_or(NonZeroU32::MIN));
-    config.max_packet_size =
-        NonZeroUsize::new(MAX_DATAGRAM - OVERHEAD).unwrap_or(NonZeroUsize::MIN);
+    let config = config(16);
     let handler = Handler {
         shared: shared.clone(),
         clock: cfg.clock,
@@ -235,6 +254,8 @@ async fn run(
         let _ = foca.announce(s.clone(), &mut runtime);
     }
     let mut resend = tokio::time::interval(Duration::from_secs(30));
+    let mut resend_all = tokio::time::interval(Duration::from_millis(RESEND_ALL_MS));
+    resend_all.tick().await;
     let mut rejoin = tokio::time::interval(Duration::from_secs(5));
     info!(%addr, node = %cfg.node, seeds = seeds.len(), "gossip listening");
     loop {
@@ -282,8 +303,13 @@ async fn run(
                 // against loss: the summary again now and then
                 outgoing = publisher.all(now()).into_iter().filter(|i| i.part == crate::cluster::state::Part::Summary).collect();
             }
+            _ = resend_all.tick() => outgoing = publisher.all(now()),
             _ = rejoin.tick() => {
-                if foca.num_members() == 0 {
+                if foca.num_members() == 0 && !seeds.is_empty() {
+                    // alone: the others may have declared this node down, and
+                    // ignore it under that identity; come back as a new one
+                    let renewed = Id { addr, bump: (now().max(0) as u64).max(foca.identity().bump + 1) };
+                    let _ = foca.change_identity(renewed, &mut runtime);
                     for s in &seeds {
                         let _ = foca.announce(s.clone(), &mut runtime);
                     }

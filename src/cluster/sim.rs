@@ -1,0 +1,484 @@
+//! An in-memory cluster for tests and benchmarks: real `foca` instances and
+//! the real state merge, with a simulated network (loss, reordering by random
+//! delays) and a simulated clock — foca is sans-I/O, so this is the same
+//! code the daemon runs, minus the socket. Bytes are counted as they would
+//! go on the wire (sealing adds [`OVERHEAD`] to each datagram).
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Duration;
+
+use foca::{AccumulatingRuntime, Foca, PostcardCodec, Timer};
+use rand::{RngExt, SeedableRng};
+
+use crate::cluster::node::{Handler, Id, Shared};
+use crate::cluster::seal::OVERHEAD;
+use crate::cluster::state::{Local, Publisher};
+
+enum Event {
+    Deliver { to: usize, data: Vec<u8> },
+    Timer { node: usize, timer: Timer<Id> },
+}
+
+struct SimNode {
+    foca: Foca<Id, PostcardCodec, rand::rngs::StdRng, Handler>,
+    shared: Arc<Shared>,
+    publisher: Publisher,
+    runtime: AccumulatingRuntime<Id>,
+    up: bool,
+}
+
+/// A simulated cluster.
+pub struct Sim {
+    nodes: Vec<SimNode>,
+    /// Simulated milliseconds.
+    pub now: u64,
+    queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
+    events: Vec<Option<Event>>,
+    seq: u64,
+    loss: f64,
+    max_delay_ms: u64,
+    rng: rand::rngs::StdRng,
+    /// Bytes each node sent (with the sealing overhead).
+    pub bytes_sent: Vec<u64>,
+    /// A partition: nodes with a different side number do not hear each other.
+    pub side: Vec<u8>,
+    next_rejoin: u64,
+}
+
+fn addr(i: usize) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(
+        Ipv4Addr::new(10, (i >> 16) as u8, (i >> 8) as u8, i as u8),
+        7946,
+    ))
+}
+
+fn index(a: &SocketAddr) -> usize {
+    match a {
+        SocketAddr::V4(v) => {
+            let o = v.ip().octets();
+            ((o[1] as usize) << 16) | ((o[2] as usize) << 8) | o[3] as usize
+        }
+        SocketAddr::V6(_) => usize::MAX,
+    }
+}
+
+fn wall() -> i64 {
+    0
+}
+
+impl Sim {
+    /// `n` nodes, each losing `loss` of the datagrams, delivering the others
+    /// after 1..=`max_delay_ms` (so they overtake each other).
+    pub fn new(n: usize, loss: f64, max_delay_ms: u64, seed: u64) -> Sim {
+        let nodes = (0..n)
+            .map(|i| {
+                let shared = Arc::new(Shared::default());
+                let config = crate::cluster::node::config(n);
+                let handler = Handler::new(shared.clone(), wall);
+                SimNode {
+                    foca: Foca::with_custom_broadcast(
+                        Id {
+                            addr: addr(i),
+                            bump: 1,
+                        },
+                        config,
+                        rand::rngs::StdRng::seed_from_u64(seed ^ (i as u64 + 1)),
+                        PostcardCodec,
+                        handler,
+                    ),
+                    shared,
+                    publisher: Publisher::new(&format!("n{i}")),
+                    runtime: AccumulatingRuntime::new(),
+                    up: true,
+                }
+            })
+            .collect();
+        Sim {
+            nodes,
+            now: 1,
+            queue: BinaryHeap::new(),
+            events: Vec::new(),
+            seq: 0,
+            loss,
+            max_delay_ms,
+            rng: rand::rngs::StdRng::seed_from_u64(seed),
+            bytes_sent: vec![0; n],
+            side: vec![0; n],
+            next_rejoin: 5000,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    fn push(&mut self, at: u64, ev: Event) {
+        self.seq += 1;
+        self.events.push(Some(ev));
+        self.queue
+            .push(Reverse((at, self.seq, self.events.len() - 1)));
+    }
+
+    /// Sends what node `i`'s runtime holds, schedules its timers.
+    fn drain(&mut self, i: usize) {
+        while let Some((to, data)) = self.nodes[i].runtime.to_send() {
+            self.bytes_sent[i] += (data.len() + OVERHEAD) as u64;
+            let j = index(&to.addr);
+            if j >= self.nodes.len() || self.side[i] != self.side[j] {
+                continue;
+            }
+            if self.rng.random::<f64>() < self.loss {
+                continue;
+            }
+            let delay = 1 + self.rng.random_range(0..self.max_delay_ms.max(1));
+            self.push(
+                self.now + delay,
+                Event::Deliver {
+                    to: j,
+                    data: data.to_vec(),
+                },
+            );
+        }
+        while let Some((after, timer)) = self.nodes[i].runtime.to_schedule() {
+            self.push(
+                self.now + after.as_millis() as u64,
+                Event::Timer { node: i, timer },
+            );
+        }
+        // as the daemon's node does: a member that came up or rejoined gets
+        // every local item again
+        let mut resend = false;
+        while let Some(n) = self.nodes[i].runtime.to_notify() {
+            if matches!(
+                n,
+                foca::OwnedNotification::MemberUp(_) | foca::OwnedNotification::Rejoin(_)
+            ) {
+                resend = true;
+            }
+        }
+        if resend {
+            let now = self.now as i64;
+            let n = &mut self.nodes[i];
+            for item in n.publisher.all(now) {
+                let _ = n.foca.add_broadcast(&item.encode());
+            }
+            let _ = n.foca.gossip(&mut n.runtime);
+            self.drain(i);
+        }
+    }
+
+    /// The daemon's node every 5 s: a node with no members announces itself
+    /// to the seed again; every 120 s each node sends all its items again
+    /// (against loss: foca keeps no history).
+    fn rejoin(&mut self) {
+        if self.now % crate::cluster::node::RESEND_ALL_MS == 0 {
+            let now = self.now as i64;
+            for i in 0..self.nodes.len() {
+                if !self.nodes[i].up {
+                    continue;
+                }
+                let n = &mut self.nodes[i];
+                for item in n.publisher.all(now) {
+                    let _ = n.foca.add_broadcast(&item.encode());
+                }
+            }
+        }
+        for i in 1..self.nodes.len() {
+            if self.nodes[i].up && self.nodes[i].foca.num_members() == 0 {
+                let n = &mut self.nodes[i];
+                // a node the others declared down is ignored under its old
+                // identity: come back as a new one
+                let renewed = Id {
+                    addr: addr(i),
+                    bump: n.foca.identity().bump + 1,
+                };
+                let _ = n.foca.change_identity(renewed, &mut n.runtime);
+                let _ = n.foca.announce(
+                    Id {
+                        addr: addr(0),
+                        bump: 1,
+                    },
+                    &mut n.runtime,
+                );
+                self.drain(i);
+            }
+        }
+    }
+
+    /// Every node announces itself to node 0.
+    pub fn join_all(&mut self) {
+        for i in 1..self.nodes.len() {
+            let n = &mut self.nodes[i];
+            let _ = n.foca.announce(
+                Id {
+                    addr: addr(0),
+                    bump: 1,
+                },
+                &mut n.runtime,
+            );
+            self.drain(i);
+        }
+    }
+
+    /// Publishes node `i`'s local state (what changed since the last time).
+    pub fn publish(&mut self, i: usize, local: Local) {
+        let now = self.now as i64;
+        for item in self.nodes[i].publisher.changes(now, local) {
+            let _ = self.nodes[i].foca.add_broadcast(&item.encode());
+        }
+        let n = &mut self.nodes[i];
+        let _ = n.foca.gossip(&mut n.runtime);
+        self.drain(i);
+    }
+
+    /// Stops node `i` (its datagrams and timers are dropped).
+    pub fn crash(&mut self, i: usize) {
+        self.nodes[i].up = false;
+    }
+
+    /// Runs the simulation until `until` (simulated ms).
+    pub fn run_until(&mut self, until: u64) {
+        while let Some(Reverse((at, _, idx))) = self.queue.peek().copied() {
+            if at > until {
+                break;
+            }
+            if at >= self.next_rejoin {
+                // the daemon's 5-second check, before what comes after it
+                self.now = self.next_rejoin;
+                self.next_rejoin += 5000;
+                self.rejoin();
+                continue;
+            }
+            self.queue.pop();
+            self.now = at;
+            let Some(ev) = self.events[idx].take() else {
+                continue;
+            };
+            let i = match ev {
+                Event::Deliver { to, data } => {
+                    if !self.nodes[to].up {
+                        continue;
+                    }
+                    let n = &mut self.nodes[to];
+                    let _ = n.foca.handle_data(&data, &mut n.runtime);
+                    to
+                }
+                Event::Timer { node, timer } => {
+                    if !self.nodes[node].up {
+                        continue;
+                    }
+                    let n = &mut self.nodes[node];
+                    let _ = n.foca.handle_timer(timer, &mut n.runtime);
+                    node
+                }
+            };
+            self.drain(i);
+            if self.events.len() > 1 << 20 && self.queue.is_empty() {
+                self.events.clear();
+            }
+        }
+        self.now = until;
+    }
+
+    /// Runs in `step` increments until `done` holds or `limit` passes;
+    /// returns when it held.
+    pub fn run_until_true(
+        &mut self,
+        step: Duration,
+        limit: u64,
+        mut done: impl FnMut(&Sim) -> bool,
+    ) -> Option<u64> {
+        loop {
+            if done(self) {
+                return Some(self.now);
+            }
+            if self.now >= limit {
+                return None;
+            }
+            let next = self.now + step.as_millis() as u64;
+            self.run_until(next);
+        }
+    }
+
+    /// Node `i`'s merged view.
+    pub fn shared(&self, i: usize) -> &Shared {
+        &self.nodes[i].shared
+    }
+
+    /// How many members node `i` knows alive.
+    pub fn alive_members(&self, i: usize) -> usize {
+        self.nodes[i].foca.num_members()
+    }
+
+    pub fn is_up(&self, i: usize) -> bool {
+        self.nodes[i].up
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::state::{DomainPub, Summary};
+
+    fn local(i: usize, domains: usize, persona: &str) -> Local {
+        let mut l = Local {
+            summary: Some(Summary {
+                addr: addr(i).to_string(),
+                up_since: 1,
+                digest: "d".into(),
+                daemon_version: "0.1.0".into(),
+                personas: 3,
+            }),
+            ..Default::default()
+        };
+        for d in 0..domains {
+            l.domains.insert(
+                format!("00000000-0000-4000-8000-{i:06}{d:06}"),
+                DomainPub {
+                    name: format!("vm-{i}-{d}"),
+                    running: true,
+                    persona: Some(persona.into()),
+                    since: Some(1),
+                    manual: None,
+                },
+            );
+        }
+        l
+    }
+
+    fn domains_known(sim: &Sim, i: usize) -> usize {
+        sim.shared(i)
+            .lock()
+            .state
+            .nodes
+            .values()
+            .map(|n| n.domains.len())
+            .sum()
+    }
+
+    /// 30 nodes, 10 % of datagrams lost, the rest reordered: everyone ends
+    /// with everyone's domains, a later change replaces the earlier one
+    /// everywhere, and a partition heals.
+    #[test]
+    fn state_converges_under_loss_and_reordering_and_after_a_partition() {
+        let n = 30;
+        let mut sim = Sim::new(n, 0.10, 40, 42);
+        sim.join_all();
+        for i in 0..n {
+            sim.publish(i, local(i, 5, "calm"));
+        }
+        let t = sim.run_until_true(Duration::from_millis(100), 620_000, |s| {
+            (0..s.len()).all(|i| domains_known(s, i) == n * 5)
+        });
+        assert!(
+            t.is_some(),
+            "did not converge: {:?} members {:?} ids {:?}",
+            (0..n).map(|i| domains_known(&sim, i)).collect::<Vec<_>>(),
+            (0..n).map(|i| sim.alive_members(i)).collect::<Vec<_>>(),
+            (0..n)
+                .map(|i| sim.nodes[i].foca.identity().bump)
+                .collect::<Vec<_>>()
+        );
+        // a change on node 7
+        sim.publish(7, local(7, 5, "hot"));
+        let start = sim.now;
+        let hot = |s: &Sim, i: usize| {
+            s.shared(i).lock().state.nodes.get("n7").is_some_and(|v| {
+                v.domains
+                    .values()
+                    .all(|(_, d)| d.persona.as_deref() == Some("hot"))
+            })
+        };
+        // most hear it from foca's dissemination at once; one that lost
+        // every copy hears it at the latest with the next full re-send
+        let t = sim
+            .run_until_true(Duration::from_millis(50), start + 310_000, |s| {
+                (0..s.len()).all(|i| hot(s, i))
+            })
+            .expect("the change reaches everyone");
+        assert!(t - start <= 305_000, "{} ms under 10 % loss", t - start);
+
+        // a partition: nodes 0..15 and 15..30 hear only their side; a change
+        // on each side, then it heals
+        for i in 15..n {
+            sim.side[i] = 1;
+        }
+        sim.publish(3, local(3, 5, "left"));
+        sim.publish(20, local(20, 5, "right"));
+        sim.run_until(sim.now + 20_000);
+        let sees = |s: &Sim, i: usize, node: &str, p: &str| {
+            s.shared(i).lock().state.nodes.get(node).is_some_and(|v| {
+                v.domains
+                    .values()
+                    .all(|(_, d)| d.persona.as_deref() == Some(p))
+            })
+        };
+        assert!(!sees(&sim, 25, "n3", "left"), "the partition holds");
+        for i in 15..n {
+            sim.side[i] = 0;
+        }
+        sim.run_until_true(Duration::from_millis(100), sim.now + 120_000, |s| {
+            (0..s.len()).all(|i| sees(s, i, "n3", "left") && sees(s, i, "n20", "right"))
+        })
+        .expect("both sides converge after the partition heals");
+    }
+
+    /// Without loss a change reaches all of 30 nodes within a second, and a
+    /// crashed node's domains stay known (as its last word) while SWIM marks
+    /// it down.
+    #[test]
+    fn without_loss_a_change_is_everywhere_within_a_second() {
+        let n = 30;
+        let mut sim = Sim::new(n, 0.0, 20, 7);
+        sim.join_all();
+        for i in 0..n {
+            sim.publish(i, local(i, 3, "calm"));
+        }
+        sim.run_until_true(Duration::from_millis(100), 300_000, |s| {
+            (0..s.len()).all(|i| domains_known(s, i) == n * 3)
+        })
+        .expect("converges");
+        let mut within_a_second = 0;
+        let rounds = 20;
+        for round in 0..rounds {
+            let who = (round * 7) % n;
+            let p = format!("p{round}");
+            sim.publish(who, local(who, 3, &p));
+            let start = sim.now;
+            let node = format!("n{who}");
+            let has = |s: &Sim, i: usize| {
+                s.shared(i).lock().state.nodes.get(&node).is_some_and(|v| {
+                    v.domains
+                        .values()
+                        .all(|(_, d)| d.persona.as_deref() == Some(p.as_str()))
+                })
+            };
+            let t = sim
+                .run_until_true(Duration::from_millis(10), start + 310_000, |s| {
+                    (0..s.len()).all(|i| has(s, i))
+                })
+                .unwrap_or_else(|| panic!("round {round}: not everywhere after the full re-send"));
+            if t - start < 1_000 {
+                within_a_second += 1;
+            }
+        }
+        assert!(
+            within_a_second * 10 >= rounds * 9,
+            "only {within_a_second} of {rounds} changes were everywhere within a second"
+        );
+        sim.crash(5);
+        sim.run_until_true(Duration::from_millis(100), sim.now + 60_000, |s| {
+            (0..s.len())
+                .filter(|i| *i != 5)
+                .all(|i| s.alive_members(i) == n - 2)
+        })
+        .expect("node 5 seen down by all");
+    }
+}
