@@ -145,6 +145,7 @@ impl Gossip {
             cluster::state::SignalPub {
                 value,
                 expires: expires.as_millisecond(),
+                set_at: now_ms(),
             },
         );
     }
@@ -225,6 +226,9 @@ impl Gossip {
             (signals, follow)
         };
         for (name, sig) in signals {
+            // set later on another host: ours is superseded, not sent again
+            self.local_signals
+                .remove(&(name.clone(), sig.domain.clone()));
             rec.set_signal(&name, sig);
         }
         for (uuid, name, from, m) in follow {

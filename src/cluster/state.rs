@@ -64,6 +64,9 @@ pub struct DomainPub {
 pub struct SignalPub {
     pub value: f64,
     pub expires: Millis,
+    /// When it was set: of the same signal set on several hosts, the last
+    /// set wins (not the last re-sent).
+    pub set_at: Millis,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -206,21 +209,32 @@ impl ClusterState {
             .map(|(d, n)| (d.to_string(), n))
     }
 
-    /// Live cluster signals from every node but `me`.
+    /// Each cluster signal (name, domain) as its newest setting says, on
+    /// whichever host it was set last, when that is not `me` and it is still
+    /// live: the last one set wins everywhere, and it ends with its TTL.
     pub fn signals_from_others<'a>(
         &'a self,
         me: &'a str,
         now: Millis,
     ) -> impl Iterator<Item = (&'a str, &'a str, Option<&'a str>, &'a SignalPub)> + 'a {
-        self.nodes
-            .iter()
-            .filter(move |(n, _)| n.as_str() != me)
-            .flat_map(move |(n, v)| {
-                v.signals
-                    .iter()
-                    .filter(move |(_, (_, s))| s.expires > now)
-                    .map(move |((name, d), (_, s))| (n.as_str(), name.as_str(), d.as_deref(), s))
-            })
+        let mut newest: BTreeMap<(&str, Option<&str>), (Millis, &str, &SignalPub)> =
+            BTreeMap::new();
+        for (n, v) in &self.nodes {
+            for ((name, d), (_, s)) in &v.signals {
+                let e = newest.entry((name.as_str(), d.as_deref())).or_insert((
+                    s.set_at,
+                    n.as_str(),
+                    s,
+                ));
+                if (s.set_at, n.as_str()) > (e.0, e.1) {
+                    *e = (s.set_at, n.as_str(), s);
+                }
+            }
+        }
+        newest
+            .into_iter()
+            .filter(move |(_, (_, n, s))| *n != me && s.expires > now)
+            .map(|((name, d), (_, n, s))| (n, name, d, s))
     }
 
     /// A manual activation of domain `uuid` on another node that the domain
@@ -430,6 +444,7 @@ mod tests {
             SignalPub {
                 value: 5.0,
                 expires: 10_000,
+                set_at: 200,
             },
         );
         items.extend(p.changes(200, local.clone()));
@@ -458,6 +473,30 @@ mod tests {
             "expired"
         );
         assert!(!forward.apply(&items[0], 2), "stale is not new");
+        // the same signal set later on b wins, on a as well
+        forward.apply(
+            &Item {
+                node: "b".into(),
+                version: 10_000,
+                part: Part::Signal("lb".into(), None),
+                body: Body::Signal(SignalPub {
+                    value: 7.0,
+                    expires: 20_000,
+                    set_at: 400,
+                }),
+            },
+            3,
+        );
+        let seen: Vec<(&str, f64)> = forward
+            .signals_from_others("a", 5_000)
+            .map(|(n, _, _, s)| (n, s.value))
+            .collect();
+        assert_eq!(seen, [("b", 7.0)]);
+        assert_eq!(
+            forward.signals_from_others("b", 5_000).count(),
+            0,
+            "b's own is newest"
+        );
     }
 
     #[test]

@@ -1,0 +1,269 @@
+//! Gossip (issue 10), one line per figure (the README quotes them):
+//! - 16 real daemons on loopback (release build, test-driver hosts of 50
+//!   domains each): convergence of one state change (a cluster signal set on
+//!   one host, until every host has it), p50/p99 over 100 changes; steady
+//!   traffic per node over 60 s;
+//! - the in-memory simulation (real foca and merge, simulated network) with
+//!   16 nodes × 50 domains and with 1,000 nodes: convergence of a change and
+//!   bytes per node per second.
+//!
+//!   cargo bench --bench cluster        (VP_CHANGES=100, VP_NODES=16)
+//!
+//! Under `cargo test` (no --bench) only a small simulation runs.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use virt_persona::cluster::sim::Sim;
+use virt_persona::cluster::state::{DomainPub, Local, Summary};
+
+fn local(i: usize, domains: usize, persona: &str) -> Local {
+    let mut l = Local {
+        summary: Some(Summary {
+            addr: format!("10.0.0.{i}:7946"),
+            up_since: 1,
+            digest: "0123456789abcdef".into(),
+            daemon_version: "0.1.0".into(),
+            personas: 7,
+        }),
+        ..Default::default()
+    };
+    for d in 0..domains {
+        l.domains.insert(
+            format!("6695eb01-f6a4-8304-79aa-{i:06}{d:06}"),
+            DomainPub {
+                name: format!("web-{i}-{d}"),
+                running: true,
+                persona: Some(persona.into()),
+                since: Some(1_800_000_000_000),
+                manual: None,
+            },
+        );
+    }
+    l
+}
+
+fn pct(v: &mut [u64], p: f64) -> u64 {
+    v.sort_unstable();
+    v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
+}
+
+/// Convergence and traffic in the simulation.
+fn simulate(n: usize, domains: usize, changes: usize, seed: u64) {
+    let t = Instant::now();
+    let mut sim = Sim::new(n, 0.0, 5, seed);
+    sim.join_all();
+    for i in 0..n {
+        sim.publish(i, local(i, domains, "calm"));
+    }
+    let total = n * domains;
+    let joined = sim
+        .run_until_true(Duration::from_millis(500), 1_200_000, |s| {
+            (0..s.len()).all(|i| {
+                s.shared(i)
+                    .lock()
+                    .state
+                    .nodes
+                    .values()
+                    .map(|v| v.domains.len())
+                    .sum::<usize>()
+                    == total
+            })
+        })
+        .unwrap_or(u64::MAX);
+    // steady traffic: ten simulated minutes with no change (two full re-sends)
+    let before: u64 = sim.bytes_sent.iter().sum();
+    let start = sim.now;
+    sim.run_until(start + 600_000);
+    let steady = (sim.bytes_sent.iter().sum::<u64>() - before) as f64 / n as f64 / 600.0;
+    let mut times = Vec::new();
+    for c in 0..changes {
+        let who = (c * 7919) % n;
+        let p = format!("p{c}");
+        let mut l = local(who, domains, "calm");
+        if let Some(d) = l.domains.values_mut().next() {
+            d.persona = Some(p.clone());
+        }
+        sim.publish(who, l);
+        let s0 = sim.now;
+        let node = format!("n{who}");
+        let end = sim
+            .run_until_true(Duration::from_millis(10), s0 + 310_000, |s| {
+                (0..s.len()).all(|i| {
+                    s.shared(i).lock().state.nodes.get(&node).is_some_and(|v| {
+                        v.domains
+                            .values()
+                            .any(|(_, d)| d.persona.as_deref() == Some(p.as_str()))
+                    })
+                })
+            })
+            .unwrap_or(u64::MAX);
+        times.push(end.saturating_sub(s0));
+    }
+    println!(
+        "simulation, {n} nodes x {domains} domains: joined and converged in {:.1} s simulated; a change everywhere p50 {} ms, p99 {} ms ({changes} changes); steady traffic {:.2} KB/s per node; {:.1} s of CPU",
+        joined as f64 / 1000.0,
+        pct(&mut times.clone(), 0.5),
+        pct(&mut times, 0.99),
+        steady / 1000.0,
+        t.elapsed().as_secs_f64()
+    );
+}
+
+fn host_xml(node: usize, n: usize) -> String {
+    let mut xml = String::from("<node><cpu><mhz>3000</mhz><model>x86_64</model><active>8</active><nodes>1</nodes><sockets>1</sockets><cores>4</cores><threads>2</threads></cpu><memory>268435456</memory>\n");
+    for i in 0..n {
+        xml.push_str(&format!("<domain type='test'><name>vm-{node}-{i}</name><uuid>6695eb01-f6a4-8304-{node:04}-{i:012}</uuid><memory unit='KiB'>1048576</memory><vcpu>2</vcpu><os><type arch='x86_64'>hvm</type></os></domain>\n"));
+    }
+    xml.push_str("</node>\n");
+    xml
+}
+
+fn gossip_bytes_sent(d: &common::Daemon) -> u64 {
+    let (_, m) = common::http(&d.socket, "GET /metrics HTTP/1.1\r\n\r\n");
+    m.lines()
+        .find(|l| l.starts_with("virt_persona_gossip_bytes{state=\"sent\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// 16 release daemons on loopback.
+fn real(nodes: usize, changes: usize) {
+    use std::os::unix::fs::PermissionsExt;
+    let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("bench-cluster-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).expect("dir");
+    let key = root.join("key");
+    std::fs::write(
+        &key,
+        format!("{}\n", virt_persona::cluster::seal::key_line(&[5u8; 32])),
+    )
+    .expect("key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("mode");
+    let ports: Vec<u16> = (0..nodes)
+        .map(|_| {
+            std::net::UdpSocket::bind("127.0.0.1:0")
+                .and_then(|s| s.local_addr())
+                .map(|a| a.port())
+                .expect("port")
+        })
+        .collect();
+    let daemons: Vec<common::Daemon> = (0..nodes)
+        .map(|i| {
+            let dir = root.join(format!("n{i}"));
+            std::fs::create_dir_all(dir.join("personas")).expect("dir");
+            let xml = dir.join("host.xml");
+            std::fs::write(&xml, host_xml(i, 50)).expect("xml");
+            let listen = format!("127.0.0.1:{}", ports[i]);
+            let seed = format!("127.0.0.1:{}", ports[0]);
+            let name = format!("host-{i}");
+            common::Daemon::start_args(
+                &dir,
+                &format!("test://{}", xml.display()),
+                &[
+                    "--interval",
+                    "5s",
+                    "--node-name",
+                    &name,
+                    "--gossip-listen",
+                    &listen,
+                    "--gossip-seed",
+                    &seed,
+                    "--gossip-key-file",
+                    key.to_str().unwrap_or(""),
+                ],
+                &[],
+            )
+        })
+        .collect();
+    let all_alive = |d: &common::Daemon| {
+        let v = d.get("/v1/cluster");
+        v["hosts"].as_array().is_some_and(|h| {
+            h.len() == nodes
+                && h.iter().all(|x| {
+                    x["alive"] == "alive" && x["domains"].as_array().is_some_and(|d| d.len() == 50)
+                })
+        })
+    };
+    let t = Instant::now();
+    for d in &daemons {
+        while !all_alive(d) {
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "no convergence: {}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let joined = t.elapsed();
+    // steady traffic
+    let before: Vec<u64> = daemons.iter().map(gossip_bytes_sent).collect();
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(60));
+    let after: Vec<u64> = daemons.iter().map(gossip_bytes_sent).collect();
+    let secs = t0.elapsed().as_secs_f64();
+    let per_node: Vec<f64> = before
+        .iter()
+        .zip(&after)
+        .map(|(b, a)| (a - b) as f64 / secs)
+        .collect();
+    let mean = per_node.iter().sum::<f64>() / nodes as f64;
+    let max = per_node.iter().cloned().fold(0.0, f64::max);
+    // convergence of changes: a cluster signal with a new value each time
+    let mut times = Vec::new();
+    for c in 0..changes {
+        let from = &daemons[c % nodes];
+        let body = format!("{{\"value\": {c}, \"ttl\": \"10m\", \"scope\": \"cluster\"}}");
+        let t = Instant::now();
+        let (st, _) = common::http(
+            &from.socket,
+            &format!("PUT /v1/signals/bench HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()),
+        );
+        assert_eq!(st, 200);
+        for d in &daemons {
+            loop {
+                let v = d.get("/v1/signals");
+                if v.as_array().is_some_and(|a| {
+                    a.iter()
+                        .any(|s| s["name"] == "bench" && s["value"] == c as f64)
+                }) {
+                    break;
+                }
+                assert!(
+                    t.elapsed() < Duration::from_secs(400),
+                    "change {c} did not converge"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        times.push(t.elapsed().as_millis() as u64);
+    }
+    println!(
+        "{nodes} daemons on loopback x 50 domains: all alive with every host's domains after {:.1} s; a change everywhere p50 {} ms, p99 {} ms ({changes} changes); steady traffic per node {:.2} KB/s mean, {:.2} KB/s max",
+        joined.as_secs_f64(),
+        pct(&mut times.clone(), 0.5),
+        pct(&mut times, 0.99),
+        mean / 1000.0,
+        max / 1000.0
+    );
+    drop(daemons);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("cluster benchmark, smoke run: `cargo bench --bench cluster` for the figures");
+        simulate(8, 5, 3, 1);
+        return;
+    }
+    let nodes: usize = common::env_or("VP_NODES", 16);
+    let changes: usize = common::env_or("VP_CHANGES", 100);
+    real(nodes, changes);
+    simulate(16, 50, 100, 1);
+    simulate(1000, 2, 20, 2);
+}
