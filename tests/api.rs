@@ -676,10 +676,10 @@ fn sigterm_lets_an_open_request_finish() {
     assert!(status.success(), "{status:?}\n{}", d.log());
 }
 
-/// Gossip is not built yet: asking for it is refused at start with the
-/// reason, not accepted and ignored.
+/// Gossip seeds without a listen address would be ignored: refused at start
+/// with the reason; and a cluster signal on a host not in a cluster is refused.
 #[test]
-fn gossip_flags_are_refused_until_gossip_exists() {
+fn gossip_seeds_without_listen_are_refused() {
     let dir = setup("gossip");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_virt-personad"))
         .args(["-c", &host_uri(), "--gossip-seed", "10.0.0.2:7946"])
@@ -693,8 +693,24 @@ fn gossip_flags_are_refused_until_gossip_exists() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("gossip is not built yet"), "{err}");
+    assert!(
+        err.contains("gossip seeds given without a listen address"),
+        "{err}"
+    );
     assert!(!dir.join("g.sock").exists(), "nothing served");
+    let d = Daemon::start_args(&dir, &host_uri(), &["--interval", "1s"], &[]);
+    let body = r#"{"value": 1, "scope": "cluster"}"#;
+    let (st, b) = raw(
+        &d.socket,
+        &format!(
+            "PUT /v1/signals/x HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert_eq!(st, 400, "{b}");
+    assert!(b.contains("not in a cluster"), "{b}");
+    let (st, b) = raw(&d.socket, "GET /v1/cluster HTTP/1.1\r\n\r\n");
+    assert_eq!(st, 409, "{b}");
 }
 
 /// A reload switches `dry_run` and names every other changed setting as
