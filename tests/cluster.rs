@@ -35,14 +35,13 @@ struct Node {
     dir: PathBuf,
 }
 
-fn start(test: &str, name: &str, port: u16, seed: u16, key: [u8; 32], cluster: &str) -> Node {
-    let dir = common::test_dir(&format!("cluster-{test}"), name);
-    std::fs::write(dir.join("personas/boost.toml"), BOOST).unwrap();
-    let key_file = write_key(&dir, key);
+/// The daemon of one host, in `dir`, gossiping on `port` with `seed`.
+fn launch(dir: &Path, name: &str, port: u16, seed: u16, key: [u8; 32], cluster: &str) -> Daemon {
+    let key_file = write_key(dir, key);
     let listen = format!("127.0.0.1:{port}");
     let seed = format!("127.0.0.1:{seed}");
-    let d = Daemon::start_args(
-        &dir,
+    Daemon::start_args(
+        dir,
         &common::test_host_uri(),
         &[
             "--interval",
@@ -59,34 +58,20 @@ fn start(test: &str, name: &str, port: u16, seed: u16, key: [u8; 32], cluster: &
             cluster,
         ],
         &[],
-    );
+    )
+}
+
+fn start(test: &str, name: &str, port: u16, seed: u16, key: [u8; 32], cluster: &str) -> Node {
+    let dir = common::test_dir(&format!("cluster-{test}"), name);
+    std::fs::write(dir.join("personas/boost.toml"), BOOST).unwrap();
+    let d = launch(&dir, name, port, seed, key, cluster);
     Node { d, port, dir }
 }
 
+/// Kills a host and starts it again on the same port and state.
 fn restart(n: &mut Node, name: &str, seed: u16, key: [u8; 32]) {
     n.d.kill9();
-    let listen = format!("127.0.0.1:{}", n.port);
-    let seed = format!("127.0.0.1:{seed}");
-    let key_file = write_key(&n.dir, key);
-    n.d = Daemon::start_args(
-        &n.dir,
-        &common::test_host_uri(),
-        &[
-            "--interval",
-            "1s",
-            "--node-name",
-            name,
-            "--gossip-listen",
-            &listen,
-            "--gossip-seed",
-            &seed,
-            "--gossip-key-file",
-            key_file.to_str().unwrap(),
-            "--gossip-cluster",
-            "test",
-        ],
-        &[],
-    );
+    n.d = launch(&n.dir, name, n.port, seed, key, "test");
 }
 
 fn cluster(d: &Daemon) -> Value {
