@@ -324,13 +324,11 @@ async fn run(
         }
         // a member that came up or rejoined gets everything again
         let mut resend_all = false;
-        let mut changed = false;
         while let Some(n) = runtime.to_notify() {
             match n {
                 OwnedNotification::MemberUp(m) => {
                     info!(member = %m.addr, "gossip member up");
                     resend_all = true;
-                    changed = true;
                 }
                 OwnedNotification::Rejoin(m) => {
                     info!(member = %m.addr, "gossip: rejoined as a new identity");
@@ -338,7 +336,6 @@ async fn run(
                 }
                 OwnedNotification::MemberDown(m) => {
                     info!(member = %m.addr, "gossip member down");
-                    changed = true;
                 }
                 OwnedNotification::Idle => debug!("gossip: no members"),
                 other => debug!(notification = ?other, "gossip"),
@@ -350,7 +347,6 @@ async fn run(
             }
             let _ = foca.gossip(&mut runtime);
         }
-        let _ = changed;
         refresh_members(&foca, &shared, now());
         flush(&mut runtime, &socket, &mut sealer, &shared, &in_tx, now()).await;
     }
