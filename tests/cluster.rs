@@ -125,7 +125,15 @@ fn five_daemons_converge_share_signals_and_see_a_death_and_a_return() {
     for n in &nodes {
         wait_until("five hosts alive", 60, &n.d, || alive_count(&n.d) == 5);
     }
-    // every host's domains and digest are there, and no digest differs
+    // every host's domains and digest arrive, and no digest differs
+    wait_until("every host's domains", 30, &nodes[3].d, || {
+        let v = cluster(&nodes[3].d);
+        let hosts = v["hosts"].as_array().cloned().unwrap_or_default();
+        hosts.len() == 5
+            && hosts
+                .iter()
+                .all(|h| h["domains"].as_array().is_some_and(|d| d.len() == 4))
+    });
     let v = cluster(&nodes[3].d);
     for h in v["hosts"].as_array().unwrap() {
         assert_eq!(h["domains"].as_array().unwrap().len(), 4, "{h}");

@@ -1,29 +1,28 @@
-//! The gossip node: `foca` (SWIM with suspicion) driven by a tokio UDP socket
-//! and timers — the only code that touches the network for gossip. Runs as
-//! one task on the daemon's network runtime; the control loop hands it the
-//! local state by channel and reads the merged view from [`Shared`].
+//! The gossip node: the [`Driver`] (foca plus publishing and anti-entropy)
+//! fed by a tokio UDP socket and timers — the only code that touches the
+//! network for gossip. Runs as one task on the daemon's network runtime; the
+//! control loop hands it the local state by channel and reads the merged
+//! view from [`Shared`].
 //!
 //! Every datagram goes through [`crate::cluster::seal`]: sealed on the way
 //! out, opened (authenticated, fresh, once) on the way in; what does not
-//! open is counted by reason and never reaches foca. State travels as foca
-//! custom broadcasts ([`crate::cluster::state::Item`]); a member that comes
-//! up or rejoins gets every local item again (foca keeps no history); against
-//! loss the summary is re-sent every 30 s and everything every 300 s.
+//! open is counted by reason and never reaches the driver.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use foca::{AccumulatingRuntime, Config, Foca, OwnedNotification, PostcardCodec, Timer};
+use foca::Timer;
 use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use crate::cluster::seal::{Drop, KeyRing, Opener, Sealer, MAX_DATAGRAM, OVERHEAD};
-use crate::cluster::state::{ClusterState, Item, ItemKey, Local, Publisher};
+use crate::cluster::driver::{Driver, DriverConfig};
+use crate::cluster::seal::{Drop, KeyRing, Opener, Sealer};
+use crate::cluster::state::{ClusterState, Item, ItemKey, Local};
 use crate::collector::Millis;
 
 /// A member's identity: where it listens, and a number that a restart or a
@@ -58,12 +57,13 @@ pub struct BadItem(String);
 /// Hands decoded items to the merged state.
 pub struct Handler {
     shared: Arc<Shared>,
-    clock: fn() -> Millis,
+    now: Arc<AtomicI64>,
 }
 
 impl Handler {
-    pub fn new(shared: Arc<Shared>, clock: fn() -> Millis) -> Handler {
-        Handler { shared, clock }
+    /// `now`: the driver's clock, set before each call into foca.
+    pub fn new(shared: Arc<Shared>, now: Arc<AtomicI64>) -> Handler {
+        Handler { shared, now }
     }
 }
 
@@ -76,7 +76,7 @@ impl foca::BroadcastHandler<Id> for Handler {
         _sender: Option<&Id>,
     ) -> Result<Option<ItemKey>, BadItem> {
         let item = Item::decode(data).map_err(BadItem)?;
-        let now = (self.clock)();
+        let now = self.now.load(Ordering::Relaxed);
         let mut inner = self.shared.lock();
         Ok(inner.state.apply(&item, now).then(|| item.key()))
     }
@@ -141,21 +141,6 @@ pub struct NodeConfig {
     pub clock: fn() -> Millis,
 }
 
-/// Every local item is sent again this often (against loss; foca keeps no
-/// history), the summary alone every 30 s.
-pub const RESEND_ALL_MS: u64 = 300_000;
-
-/// foca's LAN settings for `n` members, with each broadcast passed on twice
-/// as often as its default (8·log10(n+1) times instead of 4·): an item all
-/// copies of which missed a member waits for the next full re-send.
-pub fn config(n: usize) -> Config {
-    let mut c = Config::new_lan(NonZeroU32::new(n.max(1) as u32).unwrap_or(NonZeroU32::MIN));
-    c.max_packet_size = NonZeroUsize::new(MAX_DATAGRAM - OVERHEAD).unwrap_or(NonZeroUsize::MIN);
-    let tx = (8.0 * ((n + 1) as f64).log10()).clamp(4.0, 255.0) as u8;
-    c.max_transmissions = std::num::NonZeroU8::new(tx).unwrap_or(c.max_transmissions);
-    c
-}
-
 enum Input {
     Data(Vec<u8>, SocketAddr),
     Timer(Timer<Id>),
@@ -192,6 +177,9 @@ fn member_state(s: foca::State) -> &'static str {
     }
 }
 
+/// How often the driver's periodic work runs.
+const TICK: Duration = Duration::from_millis(250);
+
 async fn run(
     cfg: NodeConfig,
     addr: SocketAddr,
@@ -201,22 +189,22 @@ async fn run(
 ) {
     let socket = Arc::new(socket);
     let now = cfg.clock;
-    let id = Id {
-        addr,
-        bump: now().max(0) as u64,
-    };
-    let config = config(16);
-    let handler = Handler {
-        shared: shared.clone(),
-        clock: cfg.clock,
-    };
-    let rng: rand::rngs::StdRng = rand::make_rng();
-    let mut foca = Foca::with_custom_broadcast(id, config, rng, PostcardCodec, handler);
+    let mut driver = Driver::new(
+        DriverConfig {
+            node: cfg.node.clone(),
+            addr,
+            bump: now().max(0) as u64,
+            seeds: cfg.seeds.clone(),
+            expected_members: 16,
+            rng_seed: rand::random(),
+        },
+        shared.clone(),
+        now(),
+    );
+    driver.join(now());
     let prefix: [u8; 4] = rand::random();
     let mut sealer = Sealer::new(cfg.ring.clone(), &cfg.cluster, prefix);
     let mut opener = Opener::new(cfg.ring, &cfg.cluster);
-    let mut publisher = Publisher::new(&cfg.node);
-    let mut runtime = AccumulatingRuntime::new();
     let (in_tx, mut in_rx) = mpsc::channel::<Input>(1024);
 
     // the receiving half: datagrams in, as bytes
@@ -244,33 +232,22 @@ async fn run(
             }
         });
     }
-    let seeds: Vec<Id> = cfg
-        .seeds
-        .iter()
-        .filter(|s| **s != addr)
-        .map(|s| Id { addr: *s, bump: 0 })
-        .collect();
-    for s in &seeds {
-        let _ = foca.announce(s.clone(), &mut runtime);
-    }
-    let mut resend = tokio::time::interval(Duration::from_secs(30));
-    let mut resend_all = tokio::time::interval(Duration::from_millis(RESEND_ALL_MS));
-    resend_all.tick().await;
-    let mut rejoin = tokio::time::interval(Duration::from_secs(5));
-    info!(%addr, node = %cfg.node, seeds = seeds.len(), "gossip listening");
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    info!(%addr, node = %cfg.node, seeds = cfg.seeds.len(), "gossip listening");
+    flush(&mut driver, &socket, &mut sealer, &shared, &in_tx, now()).await;
     loop {
-        let mut outgoing: Vec<Item> = Vec::new();
         tokio::select! {
             msg = rx.recv() => match msg {
-                Some(ToNode::Local(local)) => outgoing = publisher.changes(now(), local),
+                Some(ToNode::Local(local)) => driver.local(now(), local),
                 Some(ToNode::Keys(ring)) => {
                     info!(keys = ring.len(), "gossip keys reloaded");
                     sealer.set_ring(ring.clone());
                     opener.set_ring(ring);
                 }
                 Some(ToNode::Stop) | None => {
-                    let _ = foca.leave_cluster(&mut runtime);
-                    flush(&mut runtime, &socket, &mut sealer, &shared, &in_tx, now()).await;
+                    driver.leave(now());
+                    flush(&mut driver, &socket, &mut sealer, &shared, &in_tx, now()).await;
                     return;
                 }
             },
@@ -285,7 +262,7 @@ async fn run(
                                 i.counters.bytes_received += bytes.len() as u64;
                                 i.last_packet.insert(from, t);
                             }
-                            if let Err(e) = foca.handle_data(&payload, &mut runtime) {
+                            if let Err(e) = driver.receive(t, from, &payload) {
                                 // authentic but not understood: counted, nothing changes
                                 debug!(error = %e, "gossip data refused");
                                 *shared.lock().counters.dropped.entry("malformed").or_default() += 1;
@@ -294,61 +271,13 @@ async fn run(
                         Err(why) => count_drop(&shared, why),
                     }
                 }
-                Some(Input::Timer(t)) => {
-                    let _ = foca.handle_timer(t, &mut runtime);
-                }
+                Some(Input::Timer(t)) => driver.timer(now(), t),
                 None => return,
             },
-            _ = resend.tick() => {
-                // against loss: the summary again now and then
-                outgoing = publisher.all(now()).into_iter().filter(|i| i.part == crate::cluster::state::Part::Summary).collect();
-            }
-            _ = resend_all.tick() => outgoing = publisher.all(now()),
-            _ = rejoin.tick() => {
-                if foca.num_members() == 0 && !seeds.is_empty() {
-                    // alone: the others may have declared this node down, and
-                    // ignore it under that identity; come back as a new one
-                    let renewed = Id { addr, bump: (now().max(0) as u64).max(foca.identity().bump + 1) };
-                    let _ = foca.change_identity(renewed, &mut runtime);
-                    for s in &seeds {
-                        let _ = foca.announce(s.clone(), &mut runtime);
-                    }
-                }
-            }
+            _ = tick.tick() => driver.tick(now()),
         }
-        for it in outgoing {
-            let bytes = it.encode();
-            if let Err(e) = foca.add_broadcast(&bytes) {
-                warn!(error = %e, "gossip item not sent");
-            }
-        }
-        // a member that came up or rejoined gets everything again
-        let mut resend_all = false;
-        while let Some(n) = runtime.to_notify() {
-            match n {
-                OwnedNotification::MemberUp(m) => {
-                    info!(member = %m.addr, "gossip member up");
-                    resend_all = true;
-                }
-                OwnedNotification::Rejoin(m) => {
-                    info!(member = %m.addr, "gossip: rejoined as a new identity");
-                    resend_all = true;
-                }
-                OwnedNotification::MemberDown(m) => {
-                    info!(member = %m.addr, "gossip member down");
-                }
-                OwnedNotification::Idle => debug!("gossip: no members"),
-                other => debug!(notification = ?other, "gossip"),
-            }
-        }
-        if resend_all {
-            for it in publisher.all(now()) {
-                let _ = foca.add_broadcast(&it.encode());
-            }
-            let _ = foca.gossip(&mut runtime);
-        }
-        refresh_members(&foca, &shared, now());
-        flush(&mut runtime, &socket, &mut sealer, &shared, &in_tx, now()).await;
+        refresh_members(&driver, &shared, now());
+        flush(&mut driver, &socket, &mut sealer, &shared, &in_tx, now()).await;
     }
 }
 
@@ -361,17 +290,12 @@ fn count_drop(shared: &Shared, why: Drop) {
         .or_default() += 1;
 }
 
-fn refresh_members(
-    foca: &Foca<Id, PostcardCodec, rand::rngs::StdRng, Handler>,
-    shared: &Shared,
-    now: Millis,
-) {
+fn refresh_members(driver: &Driver, shared: &Shared, now: Millis) {
     let mut i = shared.lock();
     let mut seen = std::collections::BTreeSet::new();
-    for m in foca.iter_membership_state() {
-        let addr = m.id().addr;
+    for (addr, state) in driver.membership() {
         seen.insert(addr);
-        let state = member_state(m.state());
+        let state = member_state(state);
         let e = i.members.entry(addr).or_insert(MemberView {
             addr: addr.to_string(),
             state,
@@ -392,25 +316,26 @@ fn refresh_members(
 }
 
 async fn flush(
-    runtime: &mut AccumulatingRuntime<Id>,
+    driver: &mut Driver,
     socket: &UdpSocket,
     sealer: &mut Sealer,
     shared: &Shared,
     in_tx: &mpsc::Sender<Input>,
     now: Millis,
 ) {
-    while let Some((to, data)) = runtime.to_send() {
+    let sends: Vec<(SocketAddr, Vec<u8>)> = driver.take_sends().collect();
+    for (to, data) in sends {
         let packet = sealer.seal(&data, now);
-        match socket.send_to(&packet, to.addr).await {
+        match socket.send_to(&packet, to).await {
             Ok(n) => {
                 let mut i = shared.lock();
                 i.counters.packets_sent += 1;
                 i.counters.bytes_sent += n as u64;
             }
-            Err(e) => debug!(to = %to.addr, error = %e, "gossip send"),
+            Err(e) => debug!(%to, error = %e, "gossip send"),
         }
     }
-    while let Some((after, timer)) = runtime.to_schedule() {
+    while let Some((after, timer)) = driver.take_timer() {
         let tx = in_tx.clone();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;

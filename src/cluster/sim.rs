@@ -1,7 +1,8 @@
-//! An in-memory cluster for tests and benchmarks: real `foca` instances and
-//! the real state merge, with a simulated network (loss, reordering by random
-//! delays) and a simulated clock — foca is sans-I/O, so this is the same
-//! code the daemon runs, minus the socket. Bytes are counted as they would
+//! An in-memory cluster for tests and benchmarks: the daemon's own gossip
+//! [`Driver`] (real `foca`, the real publishing, anti-entropy and merge) on
+//! a simulated network (loss, reordering by random delays, partitions) and
+//! a simulated clock — foca is sans-I/O, so this is the code the daemon
+//! runs, minus the socket and the sealing. Bytes are counted as they would
 //! go on the wire (sealing adds [`OVERHEAD`] to each datagram).
 
 use std::cmp::Reverse;
@@ -10,25 +11,34 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::time::Duration;
 
-use foca::{AccumulatingRuntime, Foca, PostcardCodec, Timer};
+use foca::Timer;
 use rand::{RngExt, SeedableRng};
 
-use crate::cluster::node::{Handler, Id, Shared};
+use crate::cluster::driver::{Driver, DriverConfig};
+use crate::cluster::node::{Id, Shared};
 use crate::cluster::seal::OVERHEAD;
-use crate::cluster::state::{Local, Publisher};
+use crate::cluster::state::Local;
 
 enum Event {
-    Deliver { to: usize, data: Vec<u8> },
-    Timer { node: usize, timer: Timer<Id> },
+    Deliver {
+        to: usize,
+        from: usize,
+        data: Vec<u8>,
+    },
+    Timer {
+        node: usize,
+        timer: Timer<Id>,
+    },
 }
 
 struct SimNode {
-    foca: Foca<Id, PostcardCodec, rand::rngs::StdRng, Handler>,
+    driver: Driver,
     shared: Arc<Shared>,
-    publisher: Publisher,
-    runtime: AccumulatingRuntime<Id>,
     up: bool,
 }
+
+/// How often each node's periodic work runs (as the daemon's node).
+const TICK_MS: u64 = 250;
 
 /// A simulated cluster.
 pub struct Sim {
@@ -37,6 +47,7 @@ pub struct Sim {
     pub now: u64,
     queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
     events: Vec<Option<Event>>,
+    free: Vec<usize>,
     seq: u64,
     loss: f64,
     max_delay_ms: u64,
@@ -45,7 +56,7 @@ pub struct Sim {
     pub bytes_sent: Vec<u64>,
     /// A partition: nodes with a different side number do not hear each other.
     pub side: Vec<u8>,
-    next_rejoin: u64,
+    next_tick: u64,
 }
 
 fn addr(i: usize) -> SocketAddr {
@@ -65,50 +76,46 @@ fn index(a: &SocketAddr) -> usize {
     }
 }
 
-fn wall() -> i64 {
-    0
-}
-
 impl Sim {
     /// `n` nodes, each losing `loss` of the datagrams, delivering the others
-    /// after 1..=`max_delay_ms` (so they overtake each other).
+    /// after 1..=`max_delay_ms` (so they overtake each other). Node 0 is
+    /// every other node's seed; none has joined yet ([`Sim::join_all`]).
     pub fn new(n: usize, loss: f64, max_delay_ms: u64, seed: u64) -> Sim {
-        let nodes = (0..n)
-            .map(|i| {
-                let shared = Arc::new(Shared::default());
-                let config = crate::cluster::node::config(n);
-                let handler = Handler::new(shared.clone(), wall);
-                SimNode {
-                    foca: Foca::with_custom_broadcast(
-                        Id {
-                            addr: addr(i),
-                            bump: 1,
-                        },
-                        config,
-                        rand::rngs::StdRng::seed_from_u64(seed ^ (i as u64 + 1)),
-                        PostcardCodec,
-                        handler,
-                    ),
-                    shared,
-                    publisher: Publisher::new(&format!("n{i}")),
-                    runtime: AccumulatingRuntime::new(),
-                    up: true,
-                }
-            })
-            .collect();
-        Sim {
-            nodes,
+        let mut sim = Sim {
+            nodes: Vec::with_capacity(n),
             now: 1,
             queue: BinaryHeap::new(),
             events: Vec::new(),
+            free: Vec::new(),
             seq: 0,
             loss,
             max_delay_ms,
             rng: rand::rngs::StdRng::seed_from_u64(seed),
             bytes_sent: vec![0; n],
             side: vec![0; n],
-            next_rejoin: 5000,
+            next_tick: TICK_MS,
+        };
+        for i in 0..n {
+            let shared = Arc::new(Shared::default());
+            let driver = Driver::new(
+                DriverConfig {
+                    node: format!("n{i}"),
+                    addr: addr(i),
+                    bump: 1,
+                    seeds: if i == 0 { Vec::new() } else { vec![addr(0)] },
+                    expected_members: n,
+                    rng_seed: seed ^ (i as u64 + 1),
+                },
+                shared.clone(),
+                sim.now as i64,
+            );
+            sim.nodes.push(SimNode {
+                driver,
+                shared,
+                up: true,
+            });
         }
+        sim
     }
 
     pub fn len(&self) -> usize {
@@ -121,16 +128,25 @@ impl Sim {
 
     fn push(&mut self, at: u64, ev: Event) {
         self.seq += 1;
-        self.events.push(Some(ev));
-        self.queue
-            .push(Reverse((at, self.seq, self.events.len() - 1)));
+        let idx = match self.free.pop() {
+            Some(i) => {
+                self.events[i] = Some(ev);
+                i
+            }
+            None => {
+                self.events.push(Some(ev));
+                self.events.len() - 1
+            }
+        };
+        self.queue.push(Reverse((at, self.seq, idx)));
     }
 
-    /// Sends what node `i`'s runtime holds, schedules its timers.
+    /// Sends what node `i`'s driver holds, schedules its timers.
     fn drain(&mut self, i: usize) {
-        while let Some((to, data)) = self.nodes[i].runtime.to_send() {
+        let sends: Vec<(SocketAddr, Vec<u8>)> = self.nodes[i].driver.take_sends().collect();
+        for (to, data) in sends {
             self.bytes_sent[i] += (data.len() + OVERHEAD) as u64;
-            let j = index(&to.addr);
+            let j = index(&to);
             if j >= self.nodes.len() || self.side[i] != self.side[j] {
                 continue;
             }
@@ -142,87 +158,23 @@ impl Sim {
                 self.now + delay,
                 Event::Deliver {
                     to: j,
-                    data: data.to_vec(),
+                    from: i,
+                    data,
                 },
             );
         }
-        while let Some((after, timer)) = self.nodes[i].runtime.to_schedule() {
+        while let Some((after, timer)) = self.nodes[i].driver.take_timer() {
             self.push(
                 self.now + after.as_millis() as u64,
                 Event::Timer { node: i, timer },
             );
         }
-        // as the daemon's node does: a member that came up or rejoined gets
-        // every local item again
-        let mut resend = false;
-        while let Some(n) = self.nodes[i].runtime.to_notify() {
-            if matches!(
-                n,
-                foca::OwnedNotification::MemberUp(_) | foca::OwnedNotification::Rejoin(_)
-            ) {
-                resend = true;
-            }
-        }
-        if resend {
-            let now = self.now as i64;
-            let n = &mut self.nodes[i];
-            for item in n.publisher.all(now) {
-                let _ = n.foca.add_broadcast(&item.encode());
-            }
-            let _ = n.foca.gossip(&mut n.runtime);
-            self.drain(i);
-        }
     }
 
-    /// The daemon's node every 5 s: a node with no members announces itself
-    /// to the seed again; every 120 s each node sends all its items again
-    /// (against loss: foca keeps no history).
-    fn rejoin(&mut self) {
-        if self.now % crate::cluster::node::RESEND_ALL_MS == 0 {
-            let now = self.now as i64;
-            for i in 0..self.nodes.len() {
-                if !self.nodes[i].up {
-                    continue;
-                }
-                let n = &mut self.nodes[i];
-                for item in n.publisher.all(now) {
-                    let _ = n.foca.add_broadcast(&item.encode());
-                }
-            }
-        }
-        for i in 1..self.nodes.len() {
-            if self.nodes[i].up && self.nodes[i].foca.num_members() == 0 {
-                let n = &mut self.nodes[i];
-                // a node the others declared down is ignored under its old
-                // identity: come back as a new one
-                let renewed = Id {
-                    addr: addr(i),
-                    bump: n.foca.identity().bump + 1,
-                };
-                let _ = n.foca.change_identity(renewed, &mut n.runtime);
-                let _ = n.foca.announce(
-                    Id {
-                        addr: addr(0),
-                        bump: 1,
-                    },
-                    &mut n.runtime,
-                );
-                self.drain(i);
-            }
-        }
-    }
-
-    /// Every node announces itself to node 0.
+    /// Every node but node 0 joins through node 0 (its seed).
     pub fn join_all(&mut self) {
         for i in 1..self.nodes.len() {
-            let n = &mut self.nodes[i];
-            let _ = n.foca.announce(
-                Id {
-                    addr: addr(0),
-                    bump: 1,
-                },
-                &mut n.runtime,
-            );
+            self.nodes[i].driver.join(self.now as i64);
             self.drain(i);
         }
     }
@@ -230,11 +182,14 @@ impl Sim {
     /// Publishes node `i`'s local state (what changed since the last time).
     pub fn publish(&mut self, i: usize, local: Local) {
         let now = self.now as i64;
-        for item in self.nodes[i].publisher.changes(now, local) {
-            let _ = self.nodes[i].foca.add_broadcast(&item.encode());
-        }
-        let n = &mut self.nodes[i];
-        let _ = n.foca.gossip(&mut n.runtime);
+        self.nodes[i].driver.local(now, local);
+        self.drain(i);
+    }
+
+    /// Node `i` sends everything again with new versions.
+    pub fn republish(&mut self, i: usize) {
+        let now = self.now as i64;
+        self.nodes[i].driver.republish(now);
         self.drain(i);
     }
 
@@ -245,44 +200,50 @@ impl Sim {
 
     /// Runs the simulation until `until` (simulated ms).
     pub fn run_until(&mut self, until: u64) {
-        while let Some(Reverse((at, _, idx))) = self.queue.peek().copied() {
+        loop {
+            let next = self.queue.peek().map(|Reverse((at, _, _))| *at);
+            if self.next_tick <= until && next.is_none_or(|at| at >= self.next_tick) {
+                // every node's periodic work, before what comes after it
+                self.now = self.next_tick;
+                self.next_tick += TICK_MS;
+                for i in 0..self.nodes.len() {
+                    if self.nodes[i].up {
+                        self.nodes[i].driver.tick(self.now as i64);
+                        self.drain(i);
+                    }
+                }
+                continue;
+            }
+            let Some(Reverse((at, _, idx))) = self.queue.peek().copied() else {
+                break;
+            };
             if at > until {
                 break;
-            }
-            if at >= self.next_rejoin {
-                // the daemon's 5-second check, before what comes after it
-                self.now = self.next_rejoin;
-                self.next_rejoin += 5000;
-                self.rejoin();
-                continue;
             }
             self.queue.pop();
             self.now = at;
             let Some(ev) = self.events[idx].take() else {
                 continue;
             };
+            self.free.push(idx);
+            let now = self.now as i64;
             let i = match ev {
-                Event::Deliver { to, data } => {
+                Event::Deliver { to, from, data } => {
                     if !self.nodes[to].up {
                         continue;
                     }
-                    let n = &mut self.nodes[to];
-                    let _ = n.foca.handle_data(&data, &mut n.runtime);
+                    let _ = self.nodes[to].driver.receive(now, addr(from), &data);
                     to
                 }
                 Event::Timer { node, timer } => {
                     if !self.nodes[node].up {
                         continue;
                     }
-                    let n = &mut self.nodes[node];
-                    let _ = n.foca.handle_timer(timer, &mut n.runtime);
+                    self.nodes[node].driver.timer(now, timer);
                     node
                 }
             };
             self.drain(i);
-            if self.events.len() > 1 << 20 && self.queue.is_empty() {
-                self.events.clear();
-            }
         }
         self.now = until;
     }
@@ -314,11 +275,16 @@ impl Sim {
 
     /// How many members node `i` knows alive.
     pub fn alive_members(&self, i: usize) -> usize {
-        self.nodes[i].foca.num_members()
+        self.nodes[i].driver.num_members()
     }
 
     pub fn is_up(&self, i: usize) -> bool {
         self.nodes[i].up
+    }
+
+    /// Node `i`'s identity number (raised each time it rejoins).
+    pub fn bump(&self, i: usize) -> u64 {
+        self.nodes[i].driver.identity().bump
     }
 }
 
@@ -382,9 +348,7 @@ mod tests {
             "did not converge: {:?} members {:?} ids {:?}",
             (0..n).map(|i| domains_known(&sim, i)).collect::<Vec<_>>(),
             (0..n).map(|i| sim.alive_members(i)).collect::<Vec<_>>(),
-            (0..n)
-                .map(|i| sim.nodes[i].foca.identity().bump)
-                .collect::<Vec<_>>()
+            (0..n).map(|i| sim.bump(i)).collect::<Vec<_>>()
         );
         // a change on node 7
         sim.publish(7, local(7, 5, "hot"));
@@ -397,13 +361,13 @@ mod tests {
             })
         };
         // most hear it from foca's dissemination at once; one that lost
-        // every copy hears it at the latest with the next full re-send
+        // every copy pulls it with the next anti-entropy rounds
         let t = sim
-            .run_until_true(Duration::from_millis(50), start + 310_000, |s| {
+            .run_until_true(Duration::from_millis(50), start + 60_000, |s| {
                 (0..s.len()).all(|i| hot(s, i))
             })
             .expect("the change reaches everyone");
-        assert!(t - start <= 305_000, "{} ms under 10 % loss", t - start);
+        assert!(t - start <= 10_000, "{} ms under 10 % loss", t - start);
 
         // a partition: nodes 0..15 and 15..30 hear only their side; a change
         // on each side, then it heals
@@ -461,10 +425,10 @@ mod tests {
                 })
             };
             let t = sim
-                .run_until_true(Duration::from_millis(10), start + 310_000, |s| {
+                .run_until_true(Duration::from_millis(10), start + 10_000, |s| {
                     (0..s.len()).all(|i| has(s, i))
                 })
-                .unwrap_or_else(|| panic!("round {round}: not everywhere after the full re-send"));
+                .unwrap_or_else(|| panic!("round {round}: not everywhere after 10 s"));
             if t - start < 1_000 {
                 within_a_second += 1;
             }

@@ -98,6 +98,13 @@ impl Item {
             return Err(format!("item of {} bytes, over {MAX_ITEM}", b.len()));
         }
         let it: Item = postcard::from_bytes(b).map_err(|e| e.to_string())?;
+        it.check()?;
+        Ok(it)
+    }
+    /// An item decoded some other way (inside an anti-entropy answer) is
+    /// checked the same.
+    pub fn check(&self) -> Result<(), String> {
+        let it = self;
         let consistent = matches!(
             (&it.part, &it.body),
             (Part::Summary, Body::Summary(_))
@@ -107,7 +114,7 @@ impl Item {
         if !consistent || it.node.is_empty() || it.node.len() > 253 {
             return Err("inconsistent item".into());
         }
-        Ok(it)
+        Ok(())
     }
     pub fn key(&self) -> ItemKey {
         ItemKey {
@@ -152,6 +159,40 @@ pub struct NodeView {
     pub signals: BTreeMap<(String, Option<String>), (u64, SignalPub)>,
     /// When an item from it last arrived (local time).
     pub last_heard: Millis,
+    /// The highest version held from it, and an order-free sum of the
+    /// (part, version) pairs held: two nodes that hold the same items of a
+    /// node have the same pair ([`Entry`]), kept as items arrive.
+    pub max: u64,
+    pub sum: u64,
+}
+
+/// One node's line in an anti-entropy digest: what the sender holds of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub node: String,
+    pub max: u64,
+    pub sum: u64,
+}
+
+/// What a node answers to a digest ([`ClusterState::answer`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Answer {
+    /// Nodes whose items it sends (it holds newer or other ones).
+    pub send: Vec<String>,
+    /// Its own lines for nodes the asker holds newer items of: sent back,
+    /// so the asker sends them.
+    pub ask: Vec<Entry>,
+}
+
+/// The hash of one (part, version) pair, summed per node (FNV-1a 64).
+fn pair_hash(part: &Part, version: u64) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    let bytes = postcard::to_allocvec(part).unwrap_or_default();
+    for b in bytes.iter().chain(version.to_le_bytes().iter()) {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
 }
 
 /// Every node's state as this node knows it.
@@ -179,8 +220,14 @@ impl ClusterState {
         {
             return false;
         }
+        let old = self.version_of(&item.node, &item.part);
         let n = self.nodes.entry(item.node.clone()).or_default();
         n.last_heard = now;
+        if let Some(v) = old {
+            n.sum = n.sum.wrapping_sub(pair_hash(&item.part, v));
+        }
+        n.sum = n.sum.wrapping_add(pair_hash(&item.part, item.version));
+        n.max = n.max.max(item.version);
         match (&item.part, &item.body) {
             (Part::Summary, Body::Summary(s)) => n.summary = Some((item.version, s.clone())),
             (Part::Domain(u), Body::Domain(d)) => {
@@ -193,6 +240,85 @@ impl ClusterState {
             _ => return false,
         }
         true
+    }
+
+    /// This node's digest line for every node it holds items of.
+    pub fn entries(&self) -> Vec<Entry> {
+        self.nodes
+            .iter()
+            .map(|(n, v)| Entry {
+                node: n.clone(),
+                max: v.max,
+                sum: v.sum,
+            })
+            .collect()
+    }
+
+    /// Compares another node's digest with what this one holds. For a node
+    /// where this one holds a higher version, or the same highest version
+    /// but other items, this one sends its items of it; where the other
+    /// holds a higher version, this one asks for them. With `complete` (the
+    /// digest lists every node the other holds), nodes it does not list are
+    /// sent as well.
+    pub fn answer(&self, theirs: &[Entry], complete: bool) -> Answer {
+        let mut a = Answer::default();
+        let mut listed = std::collections::BTreeSet::new();
+        for e in theirs {
+            listed.insert(e.node.as_str());
+            match self.nodes.get(&e.node) {
+                Some(v) if v.max > e.max || (v.max == e.max && v.sum != e.sum) => {
+                    a.send.push(e.node.clone())
+                }
+                Some(v) if v.max < e.max => a.ask.push(Entry {
+                    node: e.node.clone(),
+                    max: v.max,
+                    sum: v.sum,
+                }),
+                Some(_) => {}
+                None => a.ask.push(Entry {
+                    node: e.node.clone(),
+                    max: 0,
+                    sum: 0,
+                }),
+            }
+        }
+        if complete {
+            a.send.extend(
+                self.nodes
+                    .keys()
+                    .filter(|n| !listed.contains(n.as_str()))
+                    .cloned(),
+            );
+        }
+        a
+    }
+
+    /// Every item held of `node`, as it was received.
+    pub fn items_of(&self, node: &str) -> Vec<Item> {
+        let Some(v) = self.nodes.get(node) else {
+            return Vec::new();
+        };
+        let item = |version: u64, part: Part, body: Body| Item {
+            node: node.to_string(),
+            version,
+            part,
+            body,
+        };
+        let mut out = Vec::new();
+        if let Some((ver, s)) = &v.summary {
+            out.push(item(*ver, Part::Summary, Body::Summary(s.clone())));
+        }
+        for (u, (ver, d)) in &v.domains {
+            out.push(item(*ver, Part::Domain(u.clone()), Body::Domain(d.clone())));
+        }
+        for ((name, d), (ver, x)) in &v.signals {
+            out.push(item(
+                *ver,
+                Part::Signal(name.clone(), d.clone()),
+                Body::Signal(x.clone()),
+            ));
+        }
+        out
     }
 
     /// The persona-set digest most nodes have (ties: the smallest), and how many have it.

@@ -1,0 +1,546 @@
+//! What a gossip node does, without the network: `foca` plus this node's
+//! publishing, re-sending and anti-entropy, driven by calls that carry `now`
+//! and leaving the datagrams to send and the timers to set in queues. The
+//! daemon's node ([`crate::cluster::node`]) feeds it a UDP socket and tokio
+//! timers; the simulation ([`crate::cluster::sim`]) an in-memory network and
+//! clock — the same code in both.
+//!
+//! A datagram's payload (inside the seal) starts with a frame byte:
+//! - `0`: foca's own (membership, failure detection, and the state items
+//!   riding on it as custom broadcasts);
+//! - `1`: an anti-entropy digest: this node's [`Entry`] for every node it
+//!   holds state of (or, past one datagram, a random part of them);
+//! - `2`: state items, the answer to a digest.
+//!
+//! Anti-entropy is the pull that foca's push lacks: every [`SYNC_MS`] a node
+//! sends its digest to one random member, which sends back the items of
+//! every node it holds newer or other items of, and its own lines for nodes
+//! the asker is ahead on (so the asker sends those). A member that missed
+//! every dissemination copy of a change has it within a few seconds, not at
+//! the next full re-send.
+
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use foca::{AccumulatingRuntime, Config, Foca, OwnedNotification, PostcardCodec, Timer};
+use rand::seq::SliceRandom;
+use rand::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info, warn};
+
+use crate::cluster::node::{Handler, Id, Shared};
+use crate::cluster::seal::{MAX_DATAGRAM, OVERHEAD};
+use crate::cluster::state::{Entry, Item, Local, Publisher, MAX_ITEM};
+use crate::collector::Millis;
+
+/// The largest payload inside a sealed datagram.
+pub const MAX_PAYLOAD: usize = MAX_DATAGRAM - OVERHEAD;
+
+/// A digest goes to one random member this often.
+pub const SYNC_MS: Millis = 1_000;
+
+/// A node with no members announces itself to its seeds again this often.
+pub const REJOIN_MS: Millis = 5_000;
+
+const FRAME_FOCA: u8 = 0;
+const FRAME_DIGEST: u8 = 1;
+const FRAME_ITEMS: u8 = 2;
+
+/// foca's LAN settings for `n` members, with each broadcast passed on twice
+/// as often as its default (8·log10(n+1) times instead of 4·), and room in
+/// each datagram for the frame byte.
+pub fn config(n: usize) -> Config {
+    let mut c = Config::new_lan(NonZeroU32::new(n.max(1) as u32).unwrap_or(NonZeroU32::MIN));
+    c.max_packet_size = NonZeroUsize::new(MAX_PAYLOAD - 1).unwrap_or(NonZeroUsize::MIN);
+    let tx = (8.0 * ((n + 1) as f64).log10()).clamp(4.0, 255.0) as u8;
+    c.max_transmissions = std::num::NonZeroU8::new(tx).unwrap_or(c.max_transmissions);
+    c
+}
+
+/// An anti-entropy digest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Digest {
+    entries: Vec<Entry>,
+    /// Every node the sender holds is listed.
+    complete: bool,
+    /// An answer's ask-back: not answered with another ask.
+    reply: bool,
+}
+
+/// Why an authenticated payload was refused (counted as `malformed`).
+#[derive(Debug, thiserror::Error)]
+pub enum BadFrame {
+    #[error("empty payload")]
+    Empty,
+    #[error("unknown frame type {0}")]
+    Kind(u8),
+    #[error("foca refused it: {0}")]
+    Foca(String),
+    #[error("undecodable digest or items: {0}")]
+    Decode(String),
+}
+
+pub struct DriverConfig {
+    pub node: String,
+    pub addr: SocketAddr,
+    /// The identity number to start with (raised by a restart or rejoin).
+    pub bump: u64,
+    pub seeds: Vec<SocketAddr>,
+    /// The cluster size foca is tuned for.
+    pub expected_members: usize,
+    pub rng_seed: u64,
+}
+
+pub struct Driver {
+    foca: Foca<Id, PostcardCodec, rand::rngs::StdRng, Handler>,
+    runtime: AccumulatingRuntime<Id>,
+    publisher: Publisher,
+    shared: Arc<Shared>,
+    seeds: Vec<Id>,
+    addr: SocketAddr,
+    clock: Arc<AtomicI64>,
+    rng: rand::rngs::StdRng,
+    next_rejoin: Millis,
+    next_sync: Millis,
+    sends: Vec<(SocketAddr, Vec<u8>)>,
+}
+
+impl Driver {
+    /// A node, not yet joined ([`Driver::join`]).
+    pub fn new(cfg: DriverConfig, shared: Arc<Shared>, now: Millis) -> Driver {
+        let clock = Arc::new(AtomicI64::new(now));
+        let handler = Handler::new(shared.clone(), clock.clone());
+        let id = Id {
+            addr: cfg.addr,
+            bump: cfg.bump,
+        };
+        let foca = Foca::with_custom_broadcast(
+            id,
+            config(cfg.expected_members),
+            rand::rngs::StdRng::seed_from_u64(cfg.rng_seed),
+            PostcardCodec,
+            handler,
+        );
+        let seeds = cfg
+            .seeds
+            .iter()
+            .filter(|s| **s != cfg.addr)
+            .map(|s| Id { addr: *s, bump: 0 })
+            .collect();
+        let mut d = Driver {
+            foca,
+            runtime: AccumulatingRuntime::new(),
+            publisher: Publisher::new(&cfg.node),
+            shared,
+            seeds,
+            addr: cfg.addr,
+            clock,
+            rng: rand::rngs::StdRng::seed_from_u64(cfg.rng_seed ^ 0x5eed),
+            next_rejoin: now + REJOIN_MS,
+            next_sync: now + SYNC_MS,
+            sends: Vec::new(),
+        };
+        d.settle(now);
+        d
+    }
+
+    /// Announces this node to its seeds.
+    pub fn join(&mut self, now: Millis) {
+        self.set_now(now);
+        self.announce();
+        self.settle(now);
+    }
+
+    fn announce(&mut self) {
+        for s in &self.seeds {
+            let _ = self.foca.announce(s.clone(), &mut self.runtime);
+        }
+    }
+
+    fn set_now(&self, now: Millis) {
+        self.clock.store(now, Ordering::Relaxed);
+    }
+
+    /// Publishes what changed in this node's state.
+    pub fn local(&mut self, now: Millis, local: Local) {
+        self.set_now(now);
+        let items = self.publisher.changes(now, local);
+        if !items.is_empty() {
+            self.publish(now, items);
+            let _ = self.foca.gossip(&mut self.runtime);
+        }
+        self.settle(now);
+    }
+
+    /// Own items out as broadcasts; foca hands each to the [`Handler`]
+    /// first, which merges it into this node's own view (so its digest
+    /// covers them).
+    fn publish(&mut self, now: Millis, items: Vec<Item>) {
+        self.set_now(now);
+        for it in items {
+            if let Err(e) = self.foca.add_broadcast(&it.encode()) {
+                warn!(error = %e, "gossip item not sent");
+            }
+        }
+    }
+
+    /// An authenticated payload from `from`.
+    pub fn receive(
+        &mut self,
+        now: Millis,
+        from: SocketAddr,
+        payload: &[u8],
+    ) -> Result<(), BadFrame> {
+        self.set_now(now);
+        let r = self.dispatch(now, from, payload);
+        self.settle(now);
+        r
+    }
+
+    fn dispatch(&mut self, now: Millis, from: SocketAddr, payload: &[u8]) -> Result<(), BadFrame> {
+        let (&kind, body) = payload.split_first().ok_or(BadFrame::Empty)?;
+        match kind {
+            FRAME_FOCA => self
+                .foca
+                .handle_data(body, &mut self.runtime)
+                .map_err(|e| BadFrame::Foca(e.to_string())),
+            FRAME_DIGEST => {
+                let d: Digest =
+                    postcard::from_bytes(body).map_err(|e| BadFrame::Decode(e.to_string()))?;
+                let answer = self.shared.lock().state.answer(&d.entries, d.complete);
+                let items: Vec<Item> = {
+                    let inner = self.shared.lock();
+                    answer
+                        .send
+                        .iter()
+                        .flat_map(|n| inner.state.items_of(n))
+                        .collect()
+                };
+                self.send_items(from, items);
+                if !d.reply && !answer.ask.is_empty() {
+                    self.send_digest(from, answer.ask, false, true);
+                }
+                Ok(())
+            }
+            FRAME_ITEMS => {
+                let items: Vec<Item> =
+                    postcard::from_bytes(body).map_err(|e| BadFrame::Decode(e.to_string()))?;
+                for it in &items {
+                    it.check().map_err(BadFrame::Decode)?;
+                }
+                let mut inner = self.shared.lock();
+                for it in &items {
+                    inner.state.apply(it, now);
+                }
+                Ok(())
+            }
+            k => Err(BadFrame::Kind(k)),
+        }
+    }
+
+    /// A foca timer that went off.
+    pub fn timer(&mut self, now: Millis, timer: Timer<Id>) {
+        self.set_now(now);
+        let _ = self.foca.handle_timer(timer, &mut self.runtime);
+        self.settle(now);
+    }
+
+    /// Periodic work; call it every few hundred ms: the anti-entropy digest
+    /// every [`SYNC_MS`], and every [`REJOIN_MS`] a node left alone (the
+    /// others may have declared it down, and ignore it under that identity)
+    /// comes back as a new identity.
+    pub fn tick(&mut self, now: Millis) {
+        self.set_now(now);
+        if now >= self.next_sync {
+            self.next_sync = now + SYNC_MS;
+            let peers: Vec<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
+            if !peers.is_empty() {
+                let to = peers[self.rng.random_range(0..peers.len())];
+                let (entries, complete) = {
+                    let inner = self.shared.lock();
+                    let mut nodes: Vec<_> = inner.state.nodes.iter().collect();
+                    let mut room = DIGEST_ROOM;
+                    let all = nodes.iter().map(|(n, _)| entry_size(n)).sum::<usize>() <= room;
+                    if !all {
+                        nodes.shuffle(&mut self.rng);
+                    }
+                    let entries: Vec<Entry> = nodes
+                        .into_iter()
+                        .take_while(|(n, _)| {
+                            let fits = entry_size(n) <= room;
+                            room = room.saturating_sub(entry_size(n));
+                            fits
+                        })
+                        .map(|(n, v)| Entry {
+                            node: n.clone(),
+                            max: v.max,
+                            sum: v.sum,
+                        })
+                        .collect();
+                    (entries, all)
+                };
+                self.send_digest(to, entries, complete, false);
+            }
+        }
+        if now >= self.next_rejoin {
+            self.next_rejoin = now + REJOIN_MS;
+            if self.foca.num_members() == 0 && !self.seeds.is_empty() {
+                let bump = (now.max(0) as u64).max(self.foca.identity().bump + 1);
+                let renewed = Id {
+                    addr: self.addr,
+                    bump,
+                };
+                let _ = self.foca.change_identity(renewed, &mut self.runtime);
+                self.announce();
+            }
+        }
+        self.settle(now);
+    }
+
+    /// Leaves the cluster (the others see it go at once).
+    pub fn leave(&mut self, now: Millis) {
+        self.set_now(now);
+        let _ = self.foca.leave_cluster(&mut self.runtime);
+        self.settle(now);
+    }
+
+    /// Digest lines to `to`, as many as one datagram holds (`complete`
+    /// only when all of them fit).
+    fn send_digest(
+        &mut self,
+        to: SocketAddr,
+        mut entries: Vec<Entry>,
+        complete: bool,
+        reply: bool,
+    ) {
+        let mut room = DIGEST_ROOM;
+        let before = entries.len();
+        entries.retain(|e| {
+            let fits = entry_size(&e.node) <= room;
+            room = room.saturating_sub(entry_size(&e.node));
+            fits
+        });
+        let d = Digest {
+            complete: complete && entries.len() == before,
+            entries,
+            reply,
+        };
+        self.sends.push((to, encode(FRAME_DIGEST, &d)));
+    }
+
+    /// Items to `to`, packed into as few datagrams as they fit.
+    fn send_items(&mut self, to: SocketAddr, items: Vec<Item>) {
+        let mut batch: Vec<Item> = Vec::new();
+        let mut size = 8;
+        for it in items {
+            let len = it.encode().len();
+            if len > MAX_ITEM {
+                continue;
+            }
+            if size + len > MAX_PAYLOAD && !batch.is_empty() {
+                self.sends
+                    .push((to, encode(FRAME_ITEMS, &std::mem::take(&mut batch))));
+                size = 8;
+            }
+            size += len;
+            batch.push(it);
+        }
+        if !batch.is_empty() {
+            self.sends.push((to, encode(FRAME_ITEMS, &batch)));
+        }
+    }
+
+    /// After every call: foca's notifications (a member that came up or
+    /// rejoined gets every local item again: foca keeps no history), and its
+    /// datagrams framed into the send queue.
+    fn settle(&mut self, now: Millis) {
+        let mut again = false;
+        while let Some(n) = self.runtime.to_notify() {
+            match n {
+                OwnedNotification::MemberUp(m) => {
+                    debug!(member = %m.addr, "gossip member up");
+                    again = true;
+                }
+                OwnedNotification::Rejoin(m) => {
+                    info!(member = %m.addr, "gossip: rejoined as a new identity");
+                    again = true;
+                }
+                OwnedNotification::MemberDown(m) => debug!(member = %m.addr, "gossip member down"),
+                OwnedNotification::Idle => debug!("gossip: no members"),
+                other => debug!(notification = ?other, "gossip"),
+            }
+        }
+        if again {
+            let items = self.publisher.all(now);
+            self.publish(now, items);
+            let _ = self.foca.gossip(&mut self.runtime);
+        }
+        while let Some((to, data)) = self.runtime.to_send() {
+            let mut framed = Vec::with_capacity(data.len() + 1);
+            framed.push(FRAME_FOCA);
+            framed.extend_from_slice(&data);
+            self.sends.push((to.addr, framed));
+        }
+    }
+
+    /// The datagrams to send (payloads, to be sealed).
+    pub fn take_sends(&mut self) -> std::vec::Drain<'_, (SocketAddr, Vec<u8>)> {
+        self.sends.drain(..)
+    }
+
+    /// The timers to set: after the duration, hand the timer to [`Driver::timer`].
+    pub fn take_timer(&mut self) -> Option<(Duration, Timer<Id>)> {
+        self.runtime.to_schedule()
+    }
+
+    /// The members as SWIM sees them (including those it declared down).
+    pub fn membership(&self) -> impl Iterator<Item = (SocketAddr, foca::State)> + '_ {
+        self.foca
+            .iter_membership_state()
+            .map(|m| (m.id().addr, m.state()))
+    }
+
+    pub fn num_members(&self) -> usize {
+        self.foca.num_members()
+    }
+
+    pub fn identity(&self) -> &Id {
+        self.foca.identity()
+    }
+
+    /// Everything published again with new versions (used by the simulation
+    /// to model a lossy network's worst case; the daemon relies on
+    /// anti-entropy instead).
+    pub fn republish(&mut self, now: Millis) {
+        self.set_now(now);
+        let items = self.publisher.all(now);
+        self.publish(now, items);
+        self.settle(now);
+    }
+}
+
+/// Room for digest lines in one datagram.
+const DIGEST_ROOM: usize = MAX_PAYLOAD - 16;
+
+/// The most a digest line takes encoded: its name, the name's length and
+/// two numbers of at most 10 bytes each.
+fn entry_size(node: &str) -> usize {
+    node.len() + 3 + 20
+}
+
+fn encode<T: Serialize>(kind: u8, v: &T) -> Vec<u8> {
+    let mut out = vec![kind];
+    out.extend(postcard::to_allocvec(v).unwrap_or_default());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn driver(i: u8, seeds: &[SocketAddr]) -> (Driver, Arc<Shared>) {
+        let shared = Arc::new(Shared::default());
+        let d = Driver::new(
+            DriverConfig {
+                node: format!("n{i}"),
+                addr: SocketAddr::from(([10, 0, 0, i], 7946)),
+                bump: 1,
+                seeds: seeds.to_vec(),
+                expected_members: 3,
+                rng_seed: i as u64,
+            },
+            shared.clone(),
+            1_000,
+        );
+        (d, shared)
+    }
+
+    /// Anything as a payload: refused with a reason, nothing changes.
+    #[test]
+    fn bad_frames_are_refused() {
+        let (mut d, shared) = driver(1, &[]);
+        let from = SocketAddr::from(([10, 0, 0, 9], 7946));
+        assert!(matches!(d.receive(2_000, from, &[]), Err(BadFrame::Empty)));
+        assert!(matches!(
+            d.receive(2_000, from, &[9, 1]),
+            Err(BadFrame::Kind(9))
+        ));
+        assert!(d.receive(2_000, from, &[FRAME_DIGEST, 0xff, 0xff]).is_err());
+        assert!(d.receive(2_000, from, &[FRAME_ITEMS, 0xff]).is_err());
+        assert!(d.receive(2_000, from, &[FRAME_FOCA, 1, 2, 3]).is_err());
+        assert!(shared.lock().state.nodes.is_empty());
+        assert_eq!(d.take_sends().count(), 0, "nothing answered");
+    }
+
+    /// Two nodes that never exchanged a broadcast agree after one digest
+    /// round trip, both ways.
+    #[test]
+    fn a_digest_round_trip_brings_both_up_to_date() {
+        use crate::cluster::state::{DomainPub, Summary};
+        let (mut a, sa) = driver(1, &[]);
+        let (mut b, sb) = driver(2, &[]);
+        let local = |addr: &str, persona: &str| {
+            let mut l = Local {
+                summary: Some(Summary {
+                    addr: addr.into(),
+                    up_since: 1,
+                    digest: "d".into(),
+                    daemon_version: "0".into(),
+                    personas: 1,
+                }),
+                ..Default::default()
+            };
+            for k in 0..40 {
+                l.domains.insert(
+                    format!("uuid-{k}"),
+                    DomainPub {
+                        name: format!("vm-{k}"),
+                        running: true,
+                        persona: Some(persona.into()),
+                        since: Some(1),
+                        manual: None,
+                    },
+                );
+            }
+            l
+        };
+        a.local(2_000, local("a", "x"));
+        b.local(2_000, local("b", "y"));
+        // nothing of it travels (no members): a asks b directly
+        let _ = a.take_sends().count();
+        let _ = b.take_sends().count();
+        let (aa, ba) = (a.addr, b.addr);
+        let entries = sa.lock().state.entries();
+        a.send_digest(ba, entries, true, false);
+        for _ in 0..4 {
+            let to_b: Vec<_> = a.take_sends().collect();
+            for (to, p) in to_b {
+                assert_eq!(to, ba);
+                assert!(p.len() <= MAX_PAYLOAD);
+                b.receive(3_000, aa, &p).unwrap();
+            }
+            let to_a: Vec<_> = b.take_sends().collect();
+            for (to, p) in to_a {
+                assert_eq!(to, aa);
+                assert!(p.len() <= MAX_PAYLOAD);
+                a.receive(3_000, ba, &p).unwrap();
+            }
+        }
+        let (x, y) = (sa.lock().state.entries(), sb.lock().state.entries());
+        assert_eq!(x, y, "both hold the same");
+        assert_eq!(x.len(), 2);
+        assert_eq!(sa.lock().state.nodes["n2"].domains.len(), 40);
+        assert_eq!(sb.lock().state.nodes["n1"].domains.len(), 40);
+        // in sync: a digest is answered with nothing
+        let entries = sa.lock().state.entries();
+        a.send_digest(ba, entries, true, false);
+        let to_b: Vec<_> = a.take_sends().collect();
+        for (_, p) in to_b {
+            b.receive(4_000, aa, &p).unwrap();
+        }
+        assert_eq!(b.take_sends().count(), 0);
+    }
+}
