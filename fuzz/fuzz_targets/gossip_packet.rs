@@ -1,10 +1,12 @@
 //! Fuzzes what a gossip datagram meets: the opener (authentication,
 //! freshness, replay window) with any bytes, and — as if the key had leaked —
-//! the state item decoder and the merge with any payload. Never a panic; a
+//! the driver (frames, digests, item answers), the state item decoder and
+//! the merge with any payload. Never a panic; a
 //! random datagram never opens.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use virt_persona::cluster::driver::{Driver, DriverConfig};
 use virt_persona::cluster::seal::{KeyRing, Opener, Sealer};
 use virt_persona::cluster::state::{ClusterState, Item};
 
@@ -19,6 +21,21 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(o.open(&p, 1_800_000_000_000).as_deref(), Ok(data));
         assert!(o.open(&p, 1_800_000_000_000).is_err());
     }
+    // any authentic payload: the driver refuses or takes it, never panics
+    let shared = std::sync::Arc::new(virt_persona::cluster::node::Shared::default());
+    let mut driver = Driver::new(
+        DriverConfig {
+            node: "fuzz".into(),
+            addr: "127.0.0.1:7946".parse().unwrap(),
+            bump: 1,
+            seeds: Vec::new(),
+            expected_members: 4,
+            rng_seed: 1,
+        },
+        shared,
+        1_800_000_000_000,
+    );
+    let _ = driver.receive(1_800_000_000_000, "127.0.0.1:7947".parse().unwrap(), data);
     if let Ok(item) = Item::decode(data) {
         let mut st = ClusterState::default();
         st.apply(&item, 0);
