@@ -16,8 +16,7 @@
 //! sends its digest to one random member, which sends back the items of
 //! every node it holds newer or other items of, and its own lines for nodes
 //! the asker is ahead on (so the asker sends those). A member that missed
-//! every dissemination copy of a change has it within a few seconds, not at
-//! the next full re-send.
+//! every dissemination copy of a change has it within a few seconds.
 
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
@@ -44,6 +43,10 @@ pub const SYNC_MS: Millis = 1_000;
 
 /// A node with no members announces itself to its seeds again this often.
 pub const REJOIN_MS: Millis = 5_000;
+
+/// How often [`Driver::tick`] is to be called (the daemon's node and the
+/// simulation both use it).
+pub const TICK_MS: u64 = 250;
 
 const FRAME_FOCA: u8 = 0;
 const FRAME_DIGEST: u8 = 1;
@@ -259,30 +262,16 @@ impl Driver {
             let peers: Vec<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
             if !peers.is_empty() {
                 let to = peers[self.rng.random_range(0..peers.len())];
-                let (entries, complete) = {
+                let lines = {
                     let inner = self.shared.lock();
-                    let mut nodes: Vec<_> = inner.state.nodes.iter().collect();
-                    let mut room = DIGEST_ROOM;
-                    let all = nodes.iter().map(|(n, _)| entry_size(n)).sum::<usize>() <= room;
-                    if !all {
+                    let mut nodes: Vec<&String> = inner.state.nodes.keys().collect();
+                    if nodes.iter().map(|n| entry_size(n)).sum::<usize>() > DIGEST_ROOM {
+                        // not all fit: a random part each time
                         nodes.shuffle(&mut self.rng);
                     }
-                    let entries: Vec<Entry> = nodes
-                        .into_iter()
-                        .take_while(|(n, _)| {
-                            let fits = entry_size(n) <= room;
-                            room = room.saturating_sub(entry_size(n));
-                            fits
-                        })
-                        .map(|(n, v)| Entry {
-                            node: n.clone(),
-                            max: v.max,
-                            sum: v.sum,
-                        })
-                        .collect();
-                    (entries, all)
+                    fit(nodes.into_iter().filter_map(|n| inner.state.entry(n)))
                 };
-                self.send_digest(to, entries, complete, false);
+                self.send_digest(to, lines.0, lines.1, false);
             }
         }
         if now >= self.next_rejoin {
@@ -309,22 +298,10 @@ impl Driver {
 
     /// Digest lines to `to`, as many as one datagram holds (`complete`
     /// only when all of them fit).
-    fn send_digest(
-        &mut self,
-        to: SocketAddr,
-        mut entries: Vec<Entry>,
-        complete: bool,
-        reply: bool,
-    ) {
-        let mut room = DIGEST_ROOM;
-        let before = entries.len();
-        entries.retain(|e| {
-            let fits = entry_size(&e.node) <= room;
-            room = room.saturating_sub(entry_size(&e.node));
-            fits
-        });
+    fn send_digest(&mut self, to: SocketAddr, entries: Vec<Entry>, complete: bool, reply: bool) {
+        let (entries, all) = fit(entries.into_iter());
         let d = Digest {
-            complete: complete && entries.len() == before,
+            complete: complete && all,
             entries,
             reply,
         };
@@ -410,16 +387,6 @@ impl Driver {
     pub fn identity(&self) -> &Id {
         self.foca.identity()
     }
-
-    /// Everything published again with new versions (used by the simulation
-    /// to model a lossy network's worst case; the daemon relies on
-    /// anti-entropy instead).
-    pub fn republish(&mut self, now: Millis) {
-        self.set_now(now);
-        let items = self.publisher.all(now);
-        self.publish(now, items);
-        self.settle(now);
-    }
 }
 
 /// Room for digest lines in one datagram.
@@ -429,6 +396,21 @@ const DIGEST_ROOM: usize = MAX_PAYLOAD - 16;
 /// two numbers of at most 10 bytes each.
 fn entry_size(node: &str) -> usize {
     node.len() + 3 + 20
+}
+
+/// The first lines that fit in one digest, and whether that was all of them.
+fn fit(lines: impl Iterator<Item = Entry>) -> (Vec<Entry>, bool) {
+    let mut room = DIGEST_ROOM;
+    let mut out = Vec::new();
+    for e in lines {
+        let need = entry_size(&e.node);
+        if need > room {
+            return (out, false);
+        }
+        room -= need;
+        out.push(e);
+    }
+    (out, true)
 }
 
 fn encode<T: Serialize>(kind: u8, v: &T) -> Vec<u8> {
@@ -456,6 +438,31 @@ mod tests {
             1_000,
         );
         (d, shared)
+    }
+
+    /// Past one datagram a digest is a part, marked incomplete, and it fits.
+    #[test]
+    fn a_digest_too_long_for_one_datagram_is_cut_and_marked() {
+        let line = |i: u64| Entry {
+            node: format!("host-{i:04}.rack-7.example.net"),
+            max: u64::MAX - i,
+            sum: u64::MAX,
+        };
+        let (few, all) = fit((0..10).map(line));
+        assert!(all);
+        assert_eq!(few.len(), 10);
+        let (part, all) = fit((0..1000).map(line));
+        assert!(!all);
+        assert!(part.len() > 10 && part.len() < 1000, "{}", part.len());
+        let bytes = encode(
+            FRAME_DIGEST,
+            &Digest {
+                entries: part,
+                complete: false,
+                reply: false,
+            },
+        );
+        assert!(bytes.len() <= MAX_PAYLOAD, "{} bytes", bytes.len());
     }
 
     /// Anything as a payload: refused with a reason, nothing changes.

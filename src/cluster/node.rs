@@ -20,7 +20,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use crate::cluster::driver::{Driver, DriverConfig};
+use crate::cluster::driver::{Driver, DriverConfig, TICK_MS};
 use crate::cluster::seal::{Drop, KeyRing, Opener, Sealer};
 use crate::cluster::state::{ClusterState, Item, ItemKey, Local};
 use crate::collector::Millis;
@@ -177,9 +177,6 @@ fn member_state(s: foca::State) -> &'static str {
     }
 }
 
-/// How often the driver's periodic work runs.
-const TICK: Duration = Duration::from_millis(250);
-
 async fn run(
     cfg: NodeConfig,
     addr: SocketAddr,
@@ -232,7 +229,7 @@ async fn run(
             }
         });
     }
-    let mut tick = tokio::time::interval(TICK);
+    let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(%addr, node = %cfg.node, seeds = cfg.seeds.len(), "gossip listening");
     flush(&mut driver, &socket, &mut sealer, &shared, &in_tx, now()).await;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use foca::Timer;
 use rand::{RngExt, SeedableRng};
 
-use crate::cluster::driver::{Driver, DriverConfig};
+use crate::cluster::driver::{Driver, DriverConfig, TICK_MS};
 use crate::cluster::node::{Id, Shared};
 use crate::cluster::seal::OVERHEAD;
 use crate::cluster::state::Local;
@@ -36,9 +36,6 @@ struct SimNode {
     shared: Arc<Shared>,
     up: bool,
 }
-
-/// How often each node's periodic work runs (as the daemon's node).
-const TICK_MS: u64 = 250;
 
 /// A simulated cluster.
 pub struct Sim {
@@ -183,13 +180,6 @@ impl Sim {
     pub fn publish(&mut self, i: usize, local: Local) {
         let now = self.now as i64;
         self.nodes[i].driver.local(now, local);
-        self.drain(i);
-    }
-
-    /// Node `i` sends everything again with new versions.
-    pub fn republish(&mut self, i: usize) {
-        let now = self.now as i64;
-        self.nodes[i].driver.republish(now);
         self.drain(i);
     }
 

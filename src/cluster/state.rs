@@ -242,16 +242,18 @@ impl ClusterState {
         true
     }
 
+    /// This node's digest line for `node`.
+    pub fn entry(&self, node: &str) -> Option<Entry> {
+        self.nodes.get(node).map(|v| Entry {
+            node: node.to_string(),
+            max: v.max,
+            sum: v.sum,
+        })
+    }
+
     /// This node's digest line for every node it holds items of.
     pub fn entries(&self) -> Vec<Entry> {
-        self.nodes
-            .iter()
-            .map(|(n, v)| Entry {
-                node: n.clone(),
-                max: v.max,
-                sum: v.sum,
-            })
-            .collect()
+        self.nodes.keys().filter_map(|n| self.entry(n)).collect()
     }
 
     /// Compares another node's digest with what this one holds. For a node
@@ -475,7 +477,7 @@ impl Publisher {
     }
 
     /// Every item again with new versions: for a member that came up or
-    /// rejoined (foca keeps no history), and now and then against loss.
+    /// rejoined (foca keeps no history).
     pub fn all(&mut self, now: Millis) -> Vec<Item> {
         let last = std::mem::take(&mut self.last);
         let mut pending = last.clone();
