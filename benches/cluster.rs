@@ -7,7 +7,11 @@
 //!   16 nodes × 50 domains and with 1,000 nodes: convergence of a change and
 //!   bytes per node per second.
 //!
-//!   cargo bench --bench cluster        (VP_CHANGES=100, VP_NODES=16; VP_REAL=0: simulation only)
+//! ```text
+//! cargo bench --bench cluster
+//!   VP_CHANGES=100, VP_NODES=16: the real run's size
+//!   VP_REAL=0 / VP_SIM=0 / VP_BIG=0: skip the real daemons / the 16-node / the 1,000-node simulation
+//! ```
 //!
 //! Under `cargo test` (no --bench) only a small simulation runs.
 
@@ -267,6 +271,10 @@ fn main() {
     if common::env_or("VP_REAL", 1) == 1 {
         real(nodes, changes);
     }
-    simulate(16, 50, 100, 1);
-    simulate(1000, 2, 20, 2);
+    if common::env_or("VP_SIM", 1) == 1 {
+        simulate(16, 50, 100, 1);
+    }
+    if common::env_or("VP_BIG", 1) == 1 {
+        simulate(1000, 2, 20, 2);
+    }
 }

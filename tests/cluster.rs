@@ -344,3 +344,185 @@ fn a_manual_activation_follows_the_domain_to_the_next_host() {
         "the remaining time, not a new 10 minutes"
     );
 }
+
+/// Two network namespaces joined by a veth pair, made by the test and
+/// removed on drop (even when the test fails).
+struct Netns {
+    a: String,
+    b: String,
+    veth_a: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("run ip (iproute2; scripts/setup-host.sh installs it)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Netns {
+    /// `a` gets 10.77.0.1/24, `b` 10.77.0.2/24 (each namespace has its own
+    /// addresses, so parallel runs do not collide).
+    fn new() -> Netns {
+        let tag = std::process::id();
+        let n = Netns {
+            a: format!("vp{tag}a"),
+            b: format!("vp{tag}b"),
+            veth_a: format!("vp{tag}va"),
+        };
+        let veth_b = format!("vp{tag}vb");
+        ip(&["netns", "add", &n.a]);
+        ip(&["netns", "add", &n.b]);
+        ip(&[
+            "link", "add", &n.veth_a, "netns", &n.a, "type", "veth", "peer", "name", &veth_b,
+            "netns", &n.b,
+        ]);
+        for (ns, dev, addr) in [
+            (&n.a, &n.veth_a, "10.77.0.1/24"),
+            (&n.b, &veth_b, "10.77.0.2/24"),
+        ] {
+            ip(&["-n", ns, "addr", "add", addr, "dev", dev]);
+            ip(&["-n", ns, "link", "set", dev, "up"]);
+            ip(&["-n", ns, "link", "set", "lo", "up"]);
+        }
+        n
+    }
+
+    /// Cuts (false) or restores (true) the link between the two sides.
+    fn link(&self, up: bool) {
+        let state = if up { "up" } else { "down" };
+        ip(&["-n", &self.a, "link", "set", &self.veth_a, state]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // deleting a namespace deletes its end of the veth pair, and with it the pair
+        for ns in [&self.a, &self.b] {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .status();
+        }
+    }
+}
+
+/// A real partition: two daemons in one network namespace, two in another,
+/// a veth pair between them. Cut, each side sees the other dead and keeps
+/// its own changes; healed, all four are alive again and both sides' changes
+/// are everywhere.
+#[test]
+fn a_partition_between_network_namespaces_heals_and_both_sides_converge() {
+    let key = [11u8; 32];
+    // namespaces go after the daemons (fields drop in reverse order of the lets)
+    let net = Netns::new();
+    let seed = "10.77.0.1:7946";
+    let hosts = [
+        ("left-0", &net.a, "10.77.0.1:7946"),
+        ("left-1", &net.a, "10.77.0.1:7947"),
+        ("right-0", &net.b, "10.77.0.2:7946"),
+        ("right-1", &net.b, "10.77.0.2:7947"),
+    ];
+    let nodes: Vec<Daemon> = hosts
+        .iter()
+        .map(|(name, ns, listen)| {
+            let dir = common::test_dir("cluster-netns", name);
+            std::fs::write(dir.join("personas/boost.toml"), BOOST).unwrap();
+            let key_file = write_key(&dir, key);
+            Daemon::start_wrapped(
+                &["ip", "netns", "exec", ns],
+                &dir,
+                &common::test_host_uri(),
+                &[
+                    "--interval",
+                    "1s",
+                    "--node-name",
+                    name,
+                    "--gossip-listen",
+                    listen,
+                    "--gossip-seed",
+                    seed,
+                    "--gossip-key-file",
+                    key_file.to_str().unwrap(),
+                ],
+                &[],
+            )
+        })
+        .collect();
+    for d in &nodes {
+        wait_until("four hosts alive", 60, d, || alive_count(d) == 4);
+    }
+    let state_of = |d: &Daemon, host: &str| -> String {
+        states(d)
+            .into_iter()
+            .find(|(h, _)| h == host)
+            .map(|x| x.1)
+            .unwrap_or_default()
+    };
+
+    let t = Instant::now();
+    net.link(false);
+    for (i, d) in nodes.iter().enumerate() {
+        let (mine, theirs) = if i < 2 {
+            ("left", "right")
+        } else {
+            ("right", "left")
+        };
+        wait_until("the other side dead", 90, d, || {
+            (0..2).all(|k| {
+                state_of(d, &format!("{theirs}-{k}")) == "dead"
+                    && state_of(d, &format!("{mine}-{k}")) == "alive"
+            })
+        });
+    }
+    // one cluster signal per side, while cut
+    let put = |d: &Daemon, name: &str, value: u32| {
+        let body = format!(r#"{{"value": {value}, "ttl": "10m", "scope": "cluster"}}"#);
+        let (st, body) = common::http(
+            &d.socket,
+            &format!(
+                "PUT /v1/signals/{name} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+        assert_eq!(st, 200, "{body}");
+    };
+    let has = |d: &Daemon, name: &str, value: u32| {
+        d.get("/v1/signals")
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == name && s["value"] == value as f64)
+    };
+    eprintln!("cut seen after {:?}", t.elapsed());
+    put(&nodes[0], "left.rps", 1);
+    put(&nodes[3], "right.rps", 2);
+    wait_until("left's signal on its side", 10, &nodes[1], || {
+        has(&nodes[1], "left.rps", 1)
+    });
+    wait_until("right's signal on its side", 10, &nodes[2], || {
+        has(&nodes[2], "right.rps", 2)
+    });
+    for d in &nodes[2..] {
+        assert!(!has(d, "left.rps", 1), "the cut holds: {}", d.log());
+    }
+    for d in &nodes[..2] {
+        assert!(!has(d, "right.rps", 2), "the cut holds: {}", d.log());
+    }
+
+    let t = Instant::now();
+    net.link(true);
+    for d in &nodes {
+        wait_until("all alive after the heal", 120, d, || alive_count(d) == 4);
+        wait_until("both sides' signals everywhere", 30, d, || {
+            has(d, "left.rps", 1) && has(d, "right.rps", 2)
+        });
+    }
+    eprintln!("healed after {:?}", t.elapsed());
+    drop(nodes);
+}

@@ -44,6 +44,11 @@ pub const SYNC_MS: Millis = 1_000;
 /// A node with no members announces itself to its seeds again this often.
 pub const REJOIN_MS: Millis = 5_000;
 
+/// How often a node that foca holds disconnected announces itself (to its
+/// seeds and a few members it knew), and to how many members.
+pub const RECONNECT_MS: Millis = 1_000;
+const RECONNECT_FANOUT: usize = 3;
+
 /// How often [`Driver::tick`] is to be called (the daemon's node and the
 /// simulation both use it).
 pub const TICK_MS: u64 = 250;
@@ -53,13 +58,19 @@ const FRAME_DIGEST: u8 = 1;
 const FRAME_ITEMS: u8 = 2;
 
 /// foca's LAN settings for `n` members, with each broadcast passed on twice
-/// as often as its default (8·log10(n+1) times instead of 4·), and room in
-/// each datagram for the frame byte.
+/// as often as its default (8·log10(n+1) times instead of 4·), room in each
+/// datagram for the frame byte, and a partition healed within ~10 s of the
+/// network coming back: every 10 s (foca's default: 65 s) two members seen
+/// down are sent an announce, which brings them back as new identities.
 pub fn config(n: usize) -> Config {
     let mut c = Config::new_lan(NonZeroU32::new(n.max(1) as u32).unwrap_or(NonZeroU32::MIN));
     c.max_packet_size = NonZeroUsize::new(MAX_PAYLOAD - 1).unwrap_or(NonZeroUsize::MIN);
     let tx = (8.0 * ((n + 1) as f64).log10()).clamp(4.0, 255.0) as u8;
     c.max_transmissions = std::num::NonZeroU8::new(tx).unwrap_or(c.max_transmissions);
+    c.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+        frequency: std::time::Duration::from_secs(10),
+        num_members: std::num::NonZeroUsize::MIN.saturating_add(1),
+    });
     c
 }
 
@@ -108,6 +119,10 @@ pub struct Driver {
     rng: rand::rngs::StdRng,
     next_rejoin: Millis,
     next_sync: Millis,
+    /// foca is connected (has told us `Active` since it last went idle,
+    /// defunct or took a new identity).
+    connected: bool,
+    next_reconnect: Millis,
     sends: Vec<(SocketAddr, Vec<u8>)>,
 }
 
@@ -144,6 +159,8 @@ impl Driver {
             rng: rand::rngs::StdRng::seed_from_u64(cfg.rng_seed ^ 0x5eed),
             next_rejoin: now + REJOIN_MS,
             next_sync: now + SYNC_MS,
+            connected: false,
+            next_reconnect: now + RECONNECT_MS,
             sends: Vec::new(),
         };
         d.settle(now);
@@ -160,6 +177,30 @@ impl Driver {
     fn announce(&mut self) {
         for s in &self.seeds {
             let _ = self.foca.announce(s.clone(), &mut self.runtime);
+        }
+    }
+
+    /// foca holds this node disconnected after it took a new identity:
+    /// it neither probes nor announces until it hears from an active
+    /// member — and members that renewed at the same moment keep writing
+    /// to each other's old identities, which foca drops, so they would
+    /// wait forever (seen after a partition healed: each side told the
+    /// other it was down, and all renewed at once). An announce is taken
+    /// by whoever listens at the address, whatever its identity, and
+    /// answered with the member list: the seeds and a few random members
+    /// known (active or down) get one each time.
+    fn reconnect(&mut self) {
+        let mut known: Vec<SocketAddr> = self
+            .foca
+            .iter_membership_state()
+            .map(|m| m.id().addr)
+            .filter(|a| *a != self.addr && !self.seeds.iter().any(|s| s.addr == *a))
+            .collect();
+        known.shuffle(&mut self.rng);
+        known.truncate(RECONNECT_FANOUT);
+        self.announce();
+        for addr in known {
+            let _ = self.foca.announce(Id { addr, bump: 0 }, &mut self.runtime);
         }
     }
 
@@ -274,6 +315,10 @@ impl Driver {
                 self.send_digest(to, lines.0, lines.1, false);
             }
         }
+        if !self.connected && now >= self.next_reconnect {
+            self.next_reconnect = now + RECONNECT_MS;
+            self.reconnect();
+        }
         if now >= self.next_rejoin {
             self.next_rejoin = now + REJOIN_MS;
             if self.foca.num_members() == 0 && !self.seeds.is_empty() {
@@ -283,6 +328,7 @@ impl Driver {
                     bump,
                 };
                 let _ = self.foca.change_identity(renewed, &mut self.runtime);
+                self.connected = false;
                 self.announce();
             }
         }
@@ -343,10 +389,22 @@ impl Driver {
                 }
                 OwnedNotification::Rejoin(m) => {
                     info!(member = %m.addr, "gossip: rejoined as a new identity");
+                    self.connected = false;
                     again = true;
                 }
                 OwnedNotification::MemberDown(m) => debug!(member = %m.addr, "gossip member down"),
-                OwnedNotification::Idle => debug!("gossip: no members"),
+                OwnedNotification::Active => {
+                    debug!("gossip: connected");
+                    self.connected = true;
+                }
+                OwnedNotification::Idle => {
+                    debug!("gossip: no members");
+                    self.connected = false;
+                }
+                OwnedNotification::Defunct => {
+                    debug!("gossip: declared down");
+                    self.connected = false;
+                }
                 other => debug!(notification = ?other, "gossip"),
             }
         }
@@ -378,6 +436,14 @@ impl Driver {
         self.foca
             .iter_membership_state()
             .map(|m| (m.id().addr, m.state()))
+    }
+
+    /// The members with their identities (for tests and failure messages).
+    pub fn membership_ids(&self) -> Vec<(Id, foca::State)> {
+        self.foca
+            .iter_membership_state()
+            .map(|m| (m.id().clone(), m.state()))
+            .collect()
     }
 
     pub fn num_members(&self) -> usize {

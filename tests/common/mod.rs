@@ -360,13 +360,33 @@ impl Daemon {
 
     /// Starts the daemon with explicit flags (besides -c, --personas, --state-dir, --socket).
     pub fn start_args(dir: &Path, uri: &str, flags: &[&str], env: &[(&str, String)]) -> Daemon {
+        Self::start_wrapped(&[], dir, uri, flags, env)
+    }
+
+    /// As [`Daemon::start_args`], run through `wrapper` (e.g. `ip netns exec NS`,
+    /// which execs the daemon in place, so the child is still the daemon).
+    pub fn start_wrapped(
+        wrapper: &[&str],
+        dir: &Path,
+        uri: &str,
+        flags: &[&str],
+        env: &[(&str, String)],
+    ) -> Daemon {
         let socket = dir.join("api.sock");
         let log = std::fs::File::create(dir.join("daemon.log")).expect("log file");
         // VP_DAEMON_BIN: another build of the daemon (benchmarks compare two)
         let bin = std::env::var_os("VP_DAEMON_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_virt-personad")));
-        let child = Command::new(bin)
+        let mut cmd = match wrapper.split_first() {
+            Some((w, rest)) => {
+                let mut c = Command::new(w);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let child = cmd
             .args(["-c", uri])
             .args(flags)
             .arg("--personas")
