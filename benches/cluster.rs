@@ -130,7 +130,7 @@ fn host_xml(node: usize, n: usize) -> String {
 fn gossip_bytes_sent(d: &common::Daemon) -> u64 {
     let (_, m) = common::http(&d.socket, "GET /metrics HTTP/1.1\r\n\r\n");
     m.lines()
-        .find(|l| l.starts_with("virt_persona_gossip_bytes{state=\"sent\"}"))
+        .find(|l| l.starts_with("virt_persona_gossip_bytes_total{state=\"sent\"}"))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
         .unwrap_or(0)
 }

@@ -78,9 +78,10 @@ pub struct Metrics {
     forecast_series: Family<FitLabel, Gauge>,
     history_dropped: Counter,
     gossip_members: Family<FitLabel, Gauge>,
-    gossip_packets: Family<FitLabel, Gauge>,
-    gossip_bytes: Family<FitLabel, Gauge>,
-    gossip_dropped: Family<ReasonLabel, Gauge>,
+    gossip_packets: Family<FitLabel, Counter>,
+    gossip_bytes: Family<FitLabel, Counter>,
+    gossip_rate: Family<FitLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    gossip_dropped: Family<ReasonLabel, Counter>,
     gossip_digest_differs: Gauge,
 }
 
@@ -208,19 +209,25 @@ impl Metrics {
         let gossip_packets = Family::default();
         registry.register(
             "gossip_packets",
-            "Gossip datagrams since start, by state=sent|received",
+            "Gossip datagrams, by state=sent|received",
             gossip_packets.clone(),
         );
         let gossip_bytes = Family::default();
         registry.register(
             "gossip_bytes",
-            "Gossip bytes since start, by state=sent|received (rate() gives bytes per second)",
+            "Gossip bytes on the wire, by state=sent|received",
             gossip_bytes.clone(),
+        );
+        let gossip_rate = Family::default();
+        registry.register(
+            "gossip_bytes_per_second",
+            "Gossip bytes per second over the last 10 s, by state=sent|received",
+            gossip_rate.clone(),
         );
         let gossip_dropped = Family::default();
         registry.register(
             "gossip_packets_dropped",
-            "Gossip datagrams dropped since start, by reason (unauthenticated, replayed, stale, truncated, oversized, not_gossip, malformed)",
+            "Gossip datagrams dropped, by reason (unauthenticated, replayed, stale, truncated, oversized, not_gossip, malformed)",
             gossip_dropped.clone(),
         );
         let gossip_digest_differs = Gauge::default();
@@ -233,6 +240,7 @@ impl Metrics {
             gossip_members,
             gossip_packets,
             gossip_bytes,
+            gossip_rate,
             gossip_dropped,
             gossip_digest_differs,
             forecast_mape,
@@ -347,26 +355,36 @@ impl Metrics {
                 .get_or_create(&FitLabel { state: st.into() })
                 .set(n as i64);
         }
+        // the node keeps running totals; the counters catch up with them
+        let catch_up = |c: &Counter, total: u64| {
+            c.inc_by(total.saturating_sub(c.get()));
+        };
         let c = &i.counters;
-        for (st, p, b) in [
-            ("sent", c.packets_sent, c.bytes_sent),
-            ("received", c.packets_received, c.bytes_received),
+        for (st, p, b, rate) in [
+            ("sent", c.packets_sent, c.bytes_sent, c.bytes_per_second.0),
+            (
+                "received",
+                c.packets_received,
+                c.bytes_received,
+                c.bytes_per_second.1,
+            ),
         ] {
-            self.gossip_packets
-                .get_or_create(&FitLabel { state: st.into() })
-                .set(p as i64);
-            self.gossip_bytes
-                .get_or_create(&FitLabel { state: st.into() })
-                .set(b as i64);
+            let label = FitLabel { state: st.into() };
+            catch_up(&self.gossip_packets.get_or_create(&label), p);
+            catch_up(&self.gossip_bytes.get_or_create(&label), b);
+            self.gossip_rate.get_or_create(&label).set(rate);
         }
         for d in crate::cluster::seal::Drop::ALL
             .iter()
             .map(|d| d.label())
             .chain(["malformed"])
         {
-            self.gossip_dropped
-                .get_or_create(&ReasonLabel { reason: d.into() })
-                .set(c.dropped.get(d).copied().unwrap_or(0) as i64);
+            catch_up(
+                &self
+                    .gossip_dropped
+                    .get_or_create(&ReasonLabel { reason: d.into() }),
+                c.dropped.get(d).copied().unwrap_or(0),
+            );
         }
         let majority = i.state.majority_digest().map(|m| m.0);
         let differ = i

@@ -67,7 +67,7 @@ pub struct DomainEntry {
 }
 
 /// A domain's state for listings (`virt-persona list`, the API).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct DomainStatus {
     pub id: Option<u32>,
     pub name: String,

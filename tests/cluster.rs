@@ -267,7 +267,7 @@ fn strangers_stay_out_and_bad_packets_change_nothing() {
         m.lines()
             .find(|l| {
                 l.starts_with(&format!(
-                    "virt_persona_gossip_packets_dropped{{reason=\"{reason}\"}}"
+                    "virt_persona_gossip_packets_dropped_total{{reason=\"{reason}\"}}"
                 ))
             })
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
@@ -292,6 +292,26 @@ fn strangers_stay_out_and_bad_packets_change_nothing() {
             .collect()
     };
     assert_eq!(hosts(&after), hosts(&before), "nothing changed");
+    // the traffic figures: counters and a rate, members by state
+    let value = |line: &str| -> f64 {
+        let (_, m) = common::http(&a.d.socket, "GET /metrics HTTP/1.1\r\n\r\n");
+        m.lines()
+            .find(|l| l.starts_with(line))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(-1.0)
+    };
+    wait_until("traffic figures", 20, &a.d, || {
+        value("virt_persona_gossip_bytes_per_second{state=\"sent\"}") > 0.0
+            && value("virt_persona_gossip_bytes_per_second{state=\"received\"}") > 0.0
+    });
+    assert!(value("virt_persona_gossip_bytes_total{state=\"sent\"}") > 0.0);
+    assert!(value("virt_persona_gossip_packets_total{state=\"received\"}") > 0.0);
+    assert_eq!(value("virt_persona_gossip_members{state=\"alive\"}"), 1.0);
+    let (_, m) = common::http(&a.d.socket, "GET /metrics HTTP/1.1\r\n\r\n");
+    assert!(
+        m.contains("# TYPE virt_persona_gossip_bytes counter"),
+        "counters, not gauges: {m}"
+    );
     // still talking to b
     assert_eq!(alive_count(&a.d), 2);
     let _ = client::request(&a.d.socket, "GET", "/healthz", None).expect("alive");

@@ -117,15 +117,13 @@ fn resolve(s: &str) -> anyhow::Result<std::net::SocketAddr> {
         .context("the name resolves to no address")
 }
 
-/// The loop's side of gossip.
+/// The loop's side of gossip: the channel to the node, the merged view, and
+/// [`cluster::exchange::Exchange`] (what to publish and take, pure).
 struct Gossip {
     tx: tokio::sync::mpsc::Sender<cluster::node::ToNode>,
     shared: Arc<cluster::node::Shared>,
     addr: std::net::SocketAddr,
-    /// Cluster-scope signals set on this host, by (name, domain).
-    local_signals: std::collections::BTreeMap<(String, Option<String>), cluster::state::SignalPub>,
-    /// Manual activations continued from another host, not to be done twice.
-    followed: std::collections::BTreeSet<(String, String, Option<i64>)>,
+    exchange: cluster::exchange::Exchange,
 }
 
 impl Gossip {
@@ -140,107 +138,44 @@ impl Gossip {
         ) else {
             return;
         };
-        self.local_signals.insert(
-            (name.to_string(), v["domain"].as_str().map(str::to_string)),
-            cluster::state::SignalPub {
-                value,
-                expires: expires.as_millisecond(),
-                set_at: now_ms(),
-            },
+        self.exchange.set_local_signal(
+            name,
+            v["domain"].as_str(),
+            value,
+            expires.as_millisecond(),
+            now_ms(),
         );
     }
 
     /// Each tick: publish this host's state, take the others' cluster
     /// signals, and continue manual activations of domains that moved here.
     fn exchange(&mut self, rec: &mut Rec, catalog: &Catalog, node: &str, started: i64, now: i64) {
-        use cluster::state::{DomainPub, Local, Manual, Summary};
-        self.local_signals.retain(|_, s| s.expires > now);
         let personas = catalog.personas();
         let statuses = rec.statuses();
-        let mut local = Local {
-            summary: Some(Summary {
-                addr: self.addr.to_string(),
-                up_since: started,
-                digest: cluster::state::digest(&personas),
-                daemon_version: env!("CARGO_PKG_VERSION").to_string(),
-                personas: personas.len() as u32,
-            }),
-            signals: self.local_signals.clone(),
-            ..Default::default()
+        let summary = cluster::state::Summary {
+            addr: self.addr.to_string(),
+            up_since: started,
+            digest: cluster::state::digest(&personas),
+            daemon_version: env!("CARGO_PKG_VERSION").to_string(),
+            personas: personas.len() as u32,
         };
-        for s in statuses.iter().filter(|s| s.state == "running") {
-            local.domains.insert(
-                s.uuid.clone(),
-                DomainPub {
-                    name: s.name.clone(),
-                    running: true,
-                    persona: s.persona.clone().filter(|_| !s.would),
-                    since: s.since,
-                    manual: s.override_.as_ref().map(|o| Manual {
-                        persona: o.persona.clone(),
-                        until: o.until,
-                    }),
-                },
-            );
-        }
+        let local = self.exchange.local(summary, &statuses, now);
         let _ = self.tx.try_send(cluster::node::ToNode::Local(local));
-        // what the others say
-        let (signals, follow) = {
+        let incoming = {
             let inner = self.shared.lock();
-            let signals: Vec<(String, virt_persona::rules::Signal)> = inner
-                .state
-                .signals_from_others(node, now)
-                .map(|(_, name, domain, s)| {
-                    (
-                        name.to_string(),
-                        virt_persona::rules::Signal {
-                            value: s.value,
-                            expires: s.expires,
-                            domain: domain.map(str::to_string),
-                            cluster: true,
-                        },
-                    )
-                })
-                .collect();
-            let alive = |n: &str| {
-                inner
-                    .state
-                    .nodes
-                    .get(n)
-                    .and_then(|v| v.summary.as_ref())
-                    .is_some_and(|(_, s)| {
-                        inner
-                            .members
-                            .values()
-                            .any(|m| m.addr == s.addr && m.state == "alive")
-                    })
-            };
-            let follow: Vec<(String, String, String, Manual)> = statuses
-                .iter()
-                .filter(|s| s.state == "running" && s.override_.is_none())
-                .filter_map(|s| {
-                    let (from, m) = inner.state.manual_left_behind(&s.uuid, node, alive, now)?;
-                    Some((s.uuid.clone(), s.name.clone(), from, m))
-                })
-                .collect();
-            (signals, follow)
+            self.exchange.incoming(&inner, node, &statuses, now)
         };
-        for (name, sig) in signals {
-            // set later on another host: ours is superseded, not sent again
-            self.local_signals
-                .remove(&(name.clone(), sig.domain.clone()));
+        for (name, sig) in incoming.signals {
             rec.set_signal(&name, sig);
         }
-        for (uuid, name, from, m) in follow {
-            if !self.followed.insert((uuid, from.clone(), m.until)) {
-                continue;
-            }
-            match rec.activate(&name, &m.persona, m.until, now) {
+        for f in incoming.follow {
+            let (name, persona, from) = (&f.name, &f.manual.persona, &f.from);
+            match rec.activate(name, persona, f.manual.until, now) {
                 Ok(()) => {
-                    info!(domain = %name, persona = %m.persona, from = %from, "manual activation continued from the host the domain left")
+                    info!(domain = %name, %persona, %from, "manual activation continued from the host the domain left")
                 }
                 Err(e) => {
-                    warn!(domain = %name, persona = %m.persona, from = %from, error = %e, "the manual activation of the host the domain left cannot be continued here")
+                    warn!(domain = %name, %persona, %from, error = %e, "the manual activation of the host the domain left cannot be continued here")
                 }
             }
         }
@@ -487,8 +422,7 @@ fn run(
                 tx,
                 shared,
                 addr,
-                local_signals: Default::default(),
-                followed: Default::default(),
+                exchange: Default::default(),
             })
         }
     };

@@ -3,6 +3,7 @@
 //! packet sealing (pure), `node` the only code on the network.
 
 pub mod driver;
+pub mod exchange;
 pub mod node;
 pub mod seal;
 pub mod sim;

@@ -99,6 +99,43 @@ pub struct Counters {
     pub bytes_sent: u64,
     pub bytes_received: u64,
     pub dropped: BTreeMap<&'static str, u64>,
+    /// Bytes per second over the last [`RATE_WINDOW_MS`] (sent, received).
+    pub bytes_per_second: (f64, f64),
+}
+
+/// The window of the bytes-per-second figures.
+pub const RATE_WINDOW_MS: Millis = 10_000;
+
+/// Bytes per second from the running totals, over a sliding window.
+#[derive(Debug, Default)]
+pub struct Rates {
+    /// (when, bytes sent, bytes received), oldest first.
+    samples: std::collections::VecDeque<(Millis, u64, u64)>,
+}
+
+impl Rates {
+    /// The totals at `now`; returns (sent, received) bytes per second over
+    /// the samples of the last window (0 until two samples are apart).
+    pub fn observe(&mut self, now: Millis, sent: u64, received: u64) -> (f64, f64) {
+        self.samples.push_back((now, sent, received));
+        while self
+            .samples
+            .front()
+            .is_some_and(|s| s.0 < now - RATE_WINDOW_MS)
+        {
+            self.samples.pop_front();
+        }
+        match (self.samples.front(), self.samples.back()) {
+            (Some(a), Some(b)) if b.0 > a.0 => {
+                let secs = (b.0 - a.0) as f64 / 1000.0;
+                (
+                    b.1.saturating_sub(a.1) as f64 / secs,
+                    b.2.saturating_sub(a.2) as f64 / secs,
+                )
+            }
+            _ => (0.0, 0.0),
+        }
+    }
 }
 
 /// What the node shares with the loop and the API.
@@ -229,6 +266,7 @@ async fn run(
             }
         });
     }
+    let mut rates = Rates::default();
     let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(%addr, node = %cfg.node, seeds = cfg.seeds.len(), "gossip listening");
@@ -271,7 +309,13 @@ async fn run(
                 Some(Input::Timer(t)) => driver.timer(now(), t),
                 None => return,
             },
-            _ = tick.tick() => driver.tick(now()),
+            _ = tick.tick() => {
+                let t = now();
+                driver.tick(t);
+                let mut i = shared.lock();
+                let c = &mut i.counters;
+                c.bytes_per_second = rates.observe(t, c.bytes_sent, c.bytes_received);
+            }
         }
         refresh_members(&driver, &shared, now());
         flush(&mut driver, &socket, &mut sealer, &shared, &in_tx, now()).await;
@@ -338,5 +382,29 @@ async fn flush(
             tokio::time::sleep(after).await;
             let _ = tx.send(Input::Timer(timer)).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_are_taken_over_the_last_ten_seconds() {
+        let mut r = Rates::default();
+        assert_eq!(r.observe(0, 0, 0), (0.0, 0.0), "one sample: no rate");
+        assert_eq!(r.observe(1_000, 2_000, 500), (2_000.0, 500.0));
+        // steady 1,000 B/s sent for a minute, then silence
+        let mut sent = 2_000;
+        for t in (2_000..=60_000).step_by(1_000) {
+            sent += 1_000;
+            let (s, _) = r.observe(t, sent, 500);
+            assert!((s - 1_000.0).abs() < 1e-9 || t < 11_000, "{t}: {s}");
+        }
+        let (s, rx) = r.observe(65_000, sent, 500);
+        assert!((s - 500.0).abs() < 1e-9, "half the window silent: {s}");
+        assert_eq!(rx, 0.0);
+        let (s, _) = r.observe(80_000, sent, 500);
+        assert_eq!(s, 0.0, "a silent window");
     }
 }

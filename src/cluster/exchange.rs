@@ -1,0 +1,372 @@
+//! The control loop's side of the cluster, pure (`now` passed in): what this
+//! host publishes each tick, which cluster signals set on other hosts it
+//! takes, and which manual activations of domains that moved here it
+//! continues. The daemon does the I/O around it (the channel to the node,
+//! the reconciler calls, the log lines).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::cluster::node::Inner;
+use crate::cluster::state::{DomainPub, Local, Manual, SignalPub, Summary};
+use crate::collector::Millis;
+use crate::reconciler::DomainStatus;
+use crate::rules::Signal;
+
+/// A manual activation to continue here: the domain left host `from`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Follow {
+    pub uuid: String,
+    pub name: String,
+    pub from: String,
+    pub manual: Manual,
+}
+
+/// What the other hosts say, for this tick.
+#[derive(Debug, Default, PartialEq)]
+pub struct Incoming {
+    /// Cluster signals to set here, by name.
+    pub signals: Vec<(String, Signal)>,
+    /// Manual activations to continue (each once).
+    pub follow: Vec<Follow>,
+}
+
+/// What the loop remembers between ticks.
+#[derive(Debug, Default)]
+pub struct Exchange {
+    /// Cluster-scope signals set on this host, by (name, domain).
+    local_signals: BTreeMap<(String, Option<String>), SignalPub>,
+    /// Manual activations continued from another host: (uuid, from, until).
+    followed: BTreeSet<(String, String, Option<Millis>)>,
+}
+
+impl Exchange {
+    /// A cluster-scope signal set on this host (through the API) at `now`.
+    pub fn set_local_signal(
+        &mut self,
+        name: &str,
+        domain: Option<&str>,
+        value: f64,
+        expires: Millis,
+        now: Millis,
+    ) {
+        self.local_signals.insert(
+            (name.to_string(), domain.map(str::to_string)),
+            SignalPub {
+                value,
+                expires,
+                set_at: now,
+            },
+        );
+    }
+
+    /// This host's state to publish: `summary`, its running domains with
+    /// the persona each wears (none under `--dry-run`, where nothing is
+    /// worn) and manual activation, and its live cluster signals.
+    pub fn local(&mut self, summary: Summary, statuses: &[DomainStatus], now: Millis) -> Local {
+        self.local_signals.retain(|_, s| s.expires > now);
+        let domains = statuses
+            .iter()
+            .filter(|s| s.state == "running")
+            .map(|s| {
+                (
+                    s.uuid.clone(),
+                    DomainPub {
+                        name: s.name.clone(),
+                        running: true,
+                        persona: s.persona.clone().filter(|_| !s.would),
+                        since: s.since,
+                        manual: s.override_.as_ref().map(|o| Manual {
+                            persona: o.persona.clone(),
+                            until: o.until,
+                        }),
+                    },
+                )
+            })
+            .collect();
+        Local {
+            summary: Some(summary),
+            domains,
+            signals: self.local_signals.clone(),
+        }
+    }
+
+    /// What the merged view `inner` holds for host `me` at `now`: the live
+    /// cluster signals last set elsewhere (a local one of the same name and
+    /// domain is superseded, and no longer published), and the manual
+    /// activations of running domains here, without one of their own, that
+    /// a host they left (gone from it, or the host not alive) still had —
+    /// each returned once.
+    pub fn incoming(
+        &mut self,
+        inner: &Inner,
+        me: &str,
+        statuses: &[DomainStatus],
+        now: Millis,
+    ) -> Incoming {
+        // one set here later than theirs wins, even before the merged view
+        // holds it (the node merges what this host publishes a moment later)
+        let signals: Vec<(String, Signal)> = inner
+            .state
+            .signals_from_others(me, now)
+            .filter(|(_, name, domain, s)| {
+                self.local_signals
+                    .get(&(name.to_string(), domain.map(str::to_string)))
+                    .is_none_or(|ours| ours.set_at < s.set_at)
+            })
+            .map(|(_, name, domain, s)| {
+                (
+                    name.to_string(),
+                    Signal {
+                        value: s.value,
+                        expires: s.expires,
+                        domain: domain.map(str::to_string),
+                        cluster: true,
+                    },
+                )
+            })
+            .collect();
+        for (name, s) in &signals {
+            self.local_signals.remove(&(name.clone(), s.domain.clone()));
+        }
+        let alive = |n: &str| {
+            inner
+                .state
+                .nodes
+                .get(n)
+                .and_then(|v| v.summary.as_ref())
+                .is_some_and(|(_, s)| {
+                    inner
+                        .members
+                        .values()
+                        .any(|m| m.addr == s.addr && m.state == "alive")
+                })
+        };
+        let mut follow = Vec::new();
+        for s in statuses
+            .iter()
+            .filter(|s| s.state == "running" && s.override_.is_none())
+        {
+            let Some((from, manual)) = inner.state.manual_left_behind(&s.uuid, me, alive, now)
+            else {
+                continue;
+            };
+            if self
+                .followed
+                .insert((s.uuid.clone(), from.clone(), manual.until))
+            {
+                follow.push(Follow {
+                    uuid: s.uuid.clone(),
+                    name: s.name.clone(),
+                    from,
+                    manual,
+                });
+            }
+        }
+        Incoming { signals, follow }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::node::MemberView;
+    use crate::cluster::state::Publisher;
+    use crate::rules::Override;
+
+    fn summary(addr: &str) -> Summary {
+        Summary {
+            addr: addr.into(),
+            up_since: 1,
+            digest: "d".into(),
+            daemon_version: "0.1.0".into(),
+            personas: 2,
+        }
+    }
+
+    fn status(uuid: &str, name: &str, state: &str) -> DomainStatus {
+        DomainStatus {
+            uuid: uuid.into(),
+            name: name.into(),
+            state: state.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Host `node`'s published `local` merged into `inner`.
+    fn merge(inner: &mut Inner, node: &str, local: Local, now: Millis) {
+        for it in Publisher::new(node).changes(now, local) {
+            inner.state.apply(&it, now);
+        }
+    }
+
+    fn member(inner: &mut Inner, addr: &str, state: &'static str) {
+        inner.members.insert(
+            addr.parse().unwrap(),
+            MemberView {
+                addr: addr.into(),
+                state,
+                since: 0,
+            },
+        );
+    }
+
+    #[test]
+    fn local_publishes_running_domains_worn_personas_and_live_signals() {
+        let mut x = Exchange::default();
+        x.set_local_signal("lb.rps", None, 5.0, 2_000, 1_000);
+        x.set_local_signal("old", Some("web-1"), 1.0, 1_500, 1_000);
+        let mut web = status("u1", "web-1", "running");
+        web.persona = Some("boost".into());
+        web.since = Some(900);
+        web.override_ = Some(Override {
+            persona: "boost".into(),
+            until: Some(9_000),
+        });
+        let mut dry = status("u2", "db-1", "running");
+        dry.persona = Some("calm".into());
+        dry.would = true;
+        let off = status("u3", "batch", "shut off");
+        let l = x.local(summary("10.0.0.1:7946"), &[web, dry, off], 1_600);
+        assert_eq!(l.summary, Some(summary("10.0.0.1:7946")));
+        assert_eq!(l.domains.len(), 2, "{l:?}");
+        let w = &l.domains["u1"];
+        assert_eq!(w.persona.as_deref(), Some("boost"));
+        assert_eq!(w.since, Some(900));
+        assert_eq!(
+            w.manual,
+            Some(Manual {
+                persona: "boost".into(),
+                until: Some(9_000)
+            })
+        );
+        assert_eq!(
+            l.domains["u2"].persona, None,
+            "nothing is worn in a dry run"
+        );
+        let names: Vec<&str> = l.signals.keys().map(|k| k.0.as_str()).collect();
+        assert_eq!(names, ["lb.rps"], "the expired one is gone");
+    }
+
+    #[test]
+    fn signals_set_elsewhere_are_taken_and_supersede_ours() {
+        let mut x = Exchange::default();
+        x.set_local_signal("lb.rps", None, 5.0, 60_000, 1_000);
+        let mut inner = Inner::default();
+        let mut b = Local {
+            summary: Some(summary("10.0.0.2:7946")),
+            ..Default::default()
+        };
+        b.signals.insert(
+            ("lb.rps".into(), None),
+            SignalPub {
+                value: 9.0,
+                expires: 50_000,
+                set_at: 2_000,
+            },
+        );
+        merge(&mut inner, "b", b, 2_000);
+        let got = x.incoming(&inner, "a", &[], 3_000);
+        assert_eq!(
+            got.signals,
+            [(
+                "lb.rps".to_string(),
+                Signal {
+                    value: 9.0,
+                    expires: 50_000,
+                    domain: None,
+                    cluster: true
+                }
+            )]
+        );
+        let l = x.local(summary("10.0.0.1:7946"), &[], 3_000);
+        assert!(l.signals.is_empty(), "ours is superseded: {l:?}");
+        // expired everywhere with its TTL
+        assert!(x.incoming(&inner, "a", &[], 50_000).signals.is_empty());
+    }
+
+    /// Set here after the other host's, and not yet in the merged view
+    /// (the node has not merged this tick's state): ours stands.
+    #[test]
+    fn a_signal_set_here_later_is_not_taken_back_by_an_older_one() {
+        let mut inner = Inner::default();
+        let mut b = Local {
+            summary: Some(summary("10.0.0.2:7946")),
+            ..Default::default()
+        };
+        b.signals.insert(
+            ("bench".into(), None),
+            SignalPub {
+                value: 0.0,
+                expires: 600_000,
+                set_at: 1_000,
+            },
+        );
+        merge(&mut inner, "b", b, 1_000);
+        let mut x = Exchange::default();
+        x.set_local_signal("bench", None, 1.0, 600_000, 1_500);
+        assert!(x.incoming(&inner, "a", &[], 2_000).signals.is_empty());
+        let l = x.local(summary("10.0.0.1:7946"), &[], 2_000);
+        assert_eq!(l.signals[&("bench".to_string(), None)].value, 1.0);
+    }
+
+    #[test]
+    fn a_manual_activation_left_on_a_dead_host_is_continued_once() {
+        let mut inner = Inner::default();
+        let mut a = Local {
+            summary: Some(summary("10.0.0.1:7946")),
+            ..Default::default()
+        };
+        a.domains.insert(
+            "u1".into(),
+            DomainPub {
+                name: "web-1".into(),
+                running: true,
+                persona: Some("boost".into()),
+                since: Some(100),
+                manual: Some(Manual {
+                    persona: "boost".into(),
+                    until: Some(600_000),
+                }),
+            },
+        );
+        merge(&mut inner, "a", a, 1_000);
+        member(&mut inner, "10.0.0.1:7946", "alive");
+        let here = [status("u1", "web-1", "running")];
+        let mut x = Exchange::default();
+        assert!(
+            x.incoming(&inner, "b", &here, 2_000).follow.is_empty(),
+            "a is alive and still runs it"
+        );
+        member(&mut inner, "10.0.0.1:7946", "dead");
+        let got = x.incoming(&inner, "b", &here, 3_000);
+        assert_eq!(
+            got.follow,
+            [Follow {
+                uuid: "u1".into(),
+                name: "web-1".into(),
+                from: "a".into(),
+                manual: Manual {
+                    persona: "boost".into(),
+                    until: Some(600_000)
+                },
+            }]
+        );
+        assert!(
+            x.incoming(&inner, "b", &here, 4_000).follow.is_empty(),
+            "once"
+        );
+        // a domain with its own manual activation here keeps it
+        let mut own = status("u1", "web-1", "running");
+        own.override_ = Some(Override {
+            persona: "calm".into(),
+            until: None,
+        });
+        let mut fresh = Exchange::default();
+        assert!(fresh.incoming(&inner, "b", &[own], 4_000).follow.is_empty());
+        // and one past its end is not continued
+        assert!(fresh
+            .incoming(&inner, "b", &here, 700_000)
+            .follow
+            .is_empty());
+    }
+}
