@@ -150,8 +150,13 @@ impl Gossip {
     /// Each tick: publish this host's state, take the others' cluster
     /// signals, and continue manual activations of domains that moved here.
     fn exchange(&mut self, rec: &mut Rec, catalog: &Catalog, node: &str, started: i64, now: i64) {
+        self.publish(rec, catalog, started, now);
+        self.take(rec, node, now);
+    }
+
+    /// This host's state to the node.
+    fn publish(&mut self, rec: &Rec, catalog: &Catalog, started: i64, now: i64) {
         let personas = catalog.personas();
-        let statuses = rec.statuses();
         let summary = cluster::state::Summary {
             addr: self.addr.to_string(),
             up_since: started,
@@ -159,8 +164,14 @@ impl Gossip {
             daemon_version: env!("CARGO_PKG_VERSION").to_string(),
             personas: personas.len() as u32,
         };
-        let local = self.exchange.local(summary, &statuses, now);
+        let local = self.exchange.local(summary, &rec.statuses(), now);
         let _ = self.tx.try_send(cluster::node::ToNode::Local(local));
+    }
+
+    /// What the other hosts say: their cluster signals and the manual
+    /// activations of domains that moved here.
+    fn take(&mut self, rec: &mut Rec, node: &str, now: i64) {
+        let statuses = rec.statuses();
         let incoming = {
             let inner = self.shared.lock();
             self.exchange.incoming(&inner, node, &statuses, now)
@@ -392,6 +403,8 @@ fn run(
 
     // gossip: one task on the same runtime; the loop feeds it and reads its view
     let started = now_ms();
+    // another host's cluster signal wakes the loop: it is taken at once
+    let (wake_tx, cluster_news) = crossbeam_channel::bounded::<()>(1);
     let gossip = match &cfg.gossip_listen {
         None => None,
         Some(listen) => {
@@ -404,6 +417,7 @@ fn run(
                 .map(|s| resolve(s).with_context(|| format!("gossip seed '{s}'")))
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let shared = Arc::new(cluster::node::Shared::default());
+            shared.lock().wake = Some(wake_tx);
             let (tx, addr) = cluster::node::start(
                 rt.handle(),
                 cluster::node::NodeConfig {
@@ -427,6 +441,11 @@ fn run(
         }
     };
     let mut gossip = gossip;
+    let cluster_news = if gossip.is_some() {
+        cluster_news
+    } else {
+        crossbeam_channel::never()
+    };
 
     info!(uri = %cfg.connect, node = %cfg.node_name, interval = %cfg.interval, socket = %cfg.socket.display(), "virt-personad started");
 
@@ -528,6 +547,11 @@ fn run(
                 feed(&mut rec);
                 if let Some(g) = gossip.as_mut() {
                     g.exchange(&mut rec, &catalog, &cfg.node_name, started, now_ms());
+                }
+            }
+            recv(cluster_news) -> _ => {
+                if let Some(g) = gossip.as_mut() {
+                    g.take(&mut rec, &cfg.node_name, now_ms());
                 }
             }
             recv(fit_news) -> news => {

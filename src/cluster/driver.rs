@@ -30,9 +30,9 @@ use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use crate::cluster::node::{Handler, Id, Shared};
+use crate::cluster::node::Shared;
 use crate::cluster::seal::{MAX_DATAGRAM, OVERHEAD};
-use crate::cluster::state::{Entry, Item, Local, Publisher, MAX_ITEM};
+use crate::cluster::state::{Entry, Item, ItemKey, Local, Publisher, MAX_ITEM};
 use crate::collector::Millis;
 
 /// The largest payload inside a sealed datagram.
@@ -40,6 +40,63 @@ pub const MAX_PAYLOAD: usize = MAX_DATAGRAM - OVERHEAD;
 
 /// A digest goes to one random member this often.
 pub const SYNC_MS: Millis = 1_000;
+
+/// A member's identity: where it listens, and a number that a restart or a
+/// rejoin raises (so a node that was declared down comes back at once).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Id {
+    pub addr: SocketAddr,
+    pub bump: u64,
+}
+
+impl foca::Identity for Id {
+    type Addr = SocketAddr;
+    fn renew(&self) -> Option<Self> {
+        Some(Id {
+            addr: self.addr,
+            bump: self.bump.wrapping_add(1),
+        })
+    }
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        self.bump > adversary.bump
+    }
+}
+
+/// Why a broadcast item was refused (inside an authenticated packet).
+#[derive(Debug, thiserror::Error)]
+#[error("malformed state item: {0}")]
+pub struct BadItem(String);
+
+/// Hands decoded items to the merged state.
+pub struct Handler {
+    shared: Arc<Shared>,
+    now: Arc<AtomicI64>,
+}
+
+impl Handler {
+    /// `now`: the driver's clock, set before each call into foca.
+    pub fn new(shared: Arc<Shared>, now: Arc<AtomicI64>) -> Handler {
+        Handler { shared, now }
+    }
+}
+
+impl foca::BroadcastHandler<Id> for Handler {
+    type Key = ItemKey;
+    type Error = BadItem;
+    fn receive_item(
+        &mut self,
+        data: &[u8],
+        _sender: Option<&Id>,
+    ) -> Result<Option<ItemKey>, BadItem> {
+        let item = Item::decode(data).map_err(BadItem)?;
+        let now = self.now.load(Ordering::Relaxed);
+        let mut inner = self.shared.lock();
+        Ok(inner.merge(&item, now).then(|| item.key()))
+    }
+}
 
 /// A node with no members announces itself to its seeds again this often.
 pub const REJOIN_MS: Millis = 5_000;
@@ -277,7 +334,7 @@ impl Driver {
                 }
                 let mut inner = self.shared.lock();
                 for it in &items {
-                    inner.state.apply(it, now);
+                    inner.merge(it, now);
                 }
                 Ok(())
             }

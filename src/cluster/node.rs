@@ -10,77 +10,19 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use foca::Timer;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use crate::cluster::driver::{Driver, DriverConfig, TICK_MS};
+use crate::cluster::driver::{Driver, DriverConfig, Id, TICK_MS};
 use crate::cluster::seal::{Drop, KeyRing, Opener, Sealer};
-use crate::cluster::state::{ClusterState, Item, ItemKey, Local};
+use crate::cluster::state::{ClusterState, Item, Local, Part};
 use crate::collector::Millis;
-
-/// A member's identity: where it listens, and a number that a restart or a
-/// rejoin raises (so a node that was declared down comes back at once).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Id {
-    pub addr: SocketAddr,
-    pub bump: u64,
-}
-
-impl foca::Identity for Id {
-    type Addr = SocketAddr;
-    fn renew(&self) -> Option<Self> {
-        Some(Id {
-            addr: self.addr,
-            bump: self.bump.wrapping_add(1),
-        })
-    }
-    fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-    fn win_addr_conflict(&self, adversary: &Self) -> bool {
-        self.bump > adversary.bump
-    }
-}
-
-/// Why a broadcast item was refused (inside an authenticated packet).
-#[derive(Debug, thiserror::Error)]
-#[error("malformed state item: {0}")]
-pub struct BadItem(String);
-
-/// Hands decoded items to the merged state.
-pub struct Handler {
-    shared: Arc<Shared>,
-    now: Arc<AtomicI64>,
-}
-
-impl Handler {
-    /// `now`: the driver's clock, set before each call into foca.
-    pub fn new(shared: Arc<Shared>, now: Arc<AtomicI64>) -> Handler {
-        Handler { shared, now }
-    }
-}
-
-impl foca::BroadcastHandler<Id> for Handler {
-    type Key = ItemKey;
-    type Error = BadItem;
-    fn receive_item(
-        &mut self,
-        data: &[u8],
-        _sender: Option<&Id>,
-    ) -> Result<Option<ItemKey>, BadItem> {
-        let item = Item::decode(data).map_err(BadItem)?;
-        let now = self.now.load(Ordering::Relaxed);
-        let mut inner = self.shared.lock();
-        Ok(inner.state.apply(&item, now).then(|| item.key()))
-    }
-}
 
 /// A member as SWIM sees it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -149,6 +91,24 @@ pub struct Inner {
     pub my_addr: String,
     /// When an authenticated datagram last came from each address.
     pub last_packet: BTreeMap<SocketAddr, Millis>,
+    /// Woken when another host's cluster signal is merged, so the control
+    /// loop takes it at once rather than at its next tick.
+    pub wake: Option<crossbeam_channel::Sender<()>>,
+}
+
+impl Inner {
+    /// Merges one item (see [`ClusterState::apply`]); true when it changed
+    /// the view.
+    pub fn merge(&mut self, item: &Item, now: Millis) -> bool {
+        let changed = self.state.apply(item, now);
+        if changed && item.node != self.me && matches!(item.part, Part::Signal(..)) {
+            if let Some(w) = &self.wake {
+                // full: a wake-up is already pending
+                let _ = w.try_send(());
+            }
+        }
+        changed
+    }
 }
 
 #[derive(Debug, Default)]

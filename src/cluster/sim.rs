@@ -14,8 +14,8 @@ use std::time::Duration;
 use foca::Timer;
 use rand::{RngExt, SeedableRng};
 
-use crate::cluster::driver::{Driver, DriverConfig, TICK_MS};
-use crate::cluster::node::{Id, Shared};
+use crate::cluster::driver::{Driver, DriverConfig, Id, TICK_MS};
+use crate::cluster::node::Shared;
 use crate::cluster::seal::OVERHEAD;
 use crate::cluster::state::Local;
 
