@@ -82,6 +82,7 @@ pub struct Metrics {
     gossip_bytes: Family<FitLabel, Counter>,
     gossip_rate: Family<FitLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     gossip_dropped: Family<ReasonLabel, Counter>,
+    gossip_backlog: Family<FitLabel, Gauge>,
     gossip_digest_differs: Gauge,
 }
 
@@ -230,6 +231,12 @@ impl Metrics {
             "Gossip datagrams dropped, by reason (unauthenticated, replayed, stale, truncated, oversized, not_gossip, malformed)",
             gossip_dropped.clone(),
         );
+        let gossip_backlog = Family::default();
+        registry.register(
+            "gossip_backlog",
+            "Gossip messages still to pass on (foca's queues): state=updates (membership) or items (host state)",
+            gossip_backlog.clone(),
+        );
         let gossip_digest_differs = Gauge::default();
         registry.register(
             "gossip_hosts_with_other_personas",
@@ -242,6 +249,7 @@ impl Metrics {
             gossip_bytes,
             gossip_rate,
             gossip_dropped,
+            gossip_backlog,
             gossip_digest_differs,
             forecast_mape,
             forecast_coverage,
@@ -385,6 +393,11 @@ impl Metrics {
                     .get_or_create(&ReasonLabel { reason: d.into() }),
                 c.dropped.get(d).copied().unwrap_or(0),
             );
+        }
+        for (st, n) in [("updates", c.backlog.0), ("items", c.backlog.1)] {
+            self.gossip_backlog
+                .get_or_create(&FitLabel { state: st.into() })
+                .set(n as i64);
         }
         let majority = i.state.majority_digest().map(|m| m.0);
         let differ = i

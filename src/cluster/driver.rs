@@ -503,6 +503,19 @@ impl Driver {
             .collect()
     }
 
+    /// Whether foca said it is connected (and has not gone idle since).
+    pub fn connected(&self) -> bool {
+        self.connected
+    }
+
+    /// foca's queues: (membership updates, custom broadcasts) still to send.
+    pub fn backlog(&self) -> (usize, usize) {
+        (
+            self.foca.updates_backlog(),
+            self.foca.custom_broadcast_backlog(),
+        )
+    }
+
     pub fn num_members(&self) -> usize {
         self.foca.num_members()
     }

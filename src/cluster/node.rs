@@ -43,6 +43,8 @@ pub struct Counters {
     pub dropped: BTreeMap<&'static str, u64>,
     /// Bytes per second over the last [`RATE_WINDOW_MS`] (sent, received).
     pub bytes_per_second: (f64, f64),
+    /// foca's queues still to send: membership updates, state items.
+    pub backlog: (usize, usize),
 }
 
 /// The window of the bytes-per-second figures.
@@ -293,6 +295,7 @@ fn count_drop(shared: &Shared, why: Drop) {
 
 fn refresh_members(driver: &Driver, shared: &Shared, now: Millis) {
     let mut i = shared.lock();
+    i.counters.backlog = driver.backlog();
     let mut seen = std::collections::BTreeSet::new();
     for (addr, state) in driver.membership() {
         seen.insert(addr);

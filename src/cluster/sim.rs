@@ -51,6 +51,10 @@ pub struct Sim {
     rng: rand::rngs::StdRng,
     /// Bytes each node sent (with the sealing overhead).
     pub bytes_sent: Vec<u64>,
+    /// Bytes sent by frame kind (foca, digest, items), all nodes together.
+    pub bytes_by_kind: [u64; 3],
+    /// Datagrams sent by frame kind.
+    pub sent_by_kind: [u64; 3],
     /// A partition: nodes with a different side number do not hear each other.
     pub side: Vec<u8>,
     next_tick: u64,
@@ -89,6 +93,8 @@ impl Sim {
             max_delay_ms,
             rng: rand::rngs::StdRng::seed_from_u64(seed),
             bytes_sent: vec![0; n],
+            bytes_by_kind: [0; 3],
+            sent_by_kind: [0; 3],
             side: vec![0; n],
             next_tick: TICK_MS,
         };
@@ -143,6 +149,10 @@ impl Sim {
         let sends: Vec<(SocketAddr, Vec<u8>)> = self.nodes[i].driver.take_sends().collect();
         for (to, data) in sends {
             self.bytes_sent[i] += (data.len() + OVERHEAD) as u64;
+            if let Some(&k) = data.first().filter(|k| **k < 3) {
+                self.bytes_by_kind[k as usize] += (data.len() + OVERHEAD) as u64;
+                self.sent_by_kind[k as usize] += 1;
+            }
             let j = index(&to);
             if j >= self.nodes.len() || self.side[i] != self.side[j] {
                 continue;
@@ -283,6 +293,15 @@ impl Sim {
                 .map(|(id, st)| (index(&id.addr), id.bump, st))
                 .collect(),
         )
+    }
+
+    pub fn connected(&self, i: usize) -> bool {
+        self.nodes[i].driver.connected()
+    }
+
+    /// Node `i`'s foca queues (membership updates, custom broadcasts).
+    pub fn backlog(&self, i: usize) -> (usize, usize) {
+        self.nodes[i].driver.backlog()
     }
 
     /// Node `i`'s identity number (raised each time it rejoins).
