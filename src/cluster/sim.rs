@@ -53,8 +53,6 @@ pub struct Sim {
     pub bytes_sent: Vec<u64>,
     /// Bytes sent by frame kind (foca, digest, items), all nodes together.
     pub bytes_by_kind: [u64; 3],
-    /// Datagrams sent by frame kind.
-    pub sent_by_kind: [u64; 3],
     /// A partition: nodes with a different side number do not hear each other.
     pub side: Vec<u8>,
     next_tick: u64,
@@ -94,7 +92,6 @@ impl Sim {
             rng: rand::rngs::StdRng::seed_from_u64(seed),
             bytes_sent: vec![0; n],
             bytes_by_kind: [0; 3],
-            sent_by_kind: [0; 3],
             side: vec![0; n],
             next_tick: TICK_MS,
         };
@@ -151,7 +148,6 @@ impl Sim {
             self.bytes_sent[i] += (data.len() + OVERHEAD) as u64;
             if let Some(&k) = data.first().filter(|k| **k < 3) {
                 self.bytes_by_kind[k as usize] += (data.len() + OVERHEAD) as u64;
-                self.sent_by_kind[k as usize] += 1;
             }
             let j = index(&to);
             if j >= self.nodes.len() || self.side[i] != self.side[j] {
@@ -295,6 +291,8 @@ impl Sim {
         )
     }
 
+    /// Whether node `i`'s foca is connected (not left waiting after a
+    /// new identity).
     pub fn connected(&self, i: usize) -> bool {
         self.nodes[i].driver.connected()
     }
@@ -503,6 +501,10 @@ mod tests {
                 (0..n).map(|i| sim.view(i)).collect::<Vec<_>>()
             );
             slowest = slowest.max(healed.unwrap_or(0) - cut_end);
+            assert!(
+                (0..n).all(|i| sim.connected(i)),
+                "seed {seed}: every node connected again"
+            );
         }
         // foca announces to members it saw down every 10 s
         assert!(slowest <= 25_000, "slowest heal {slowest} ms");
