@@ -569,3 +569,86 @@ fn a_partition_between_network_namespaces_heals_and_both_sides_converge() {
     eprintln!("healed after {:?}", t.elapsed());
     drop(nodes);
 }
+
+/// A key rotates without a restart, in the README's three steps (add the
+/// new key second, make it first, remove the old; a reload after each on
+/// every host): the two hosts stay one cluster and a cluster signal still
+/// crosses after each step; afterwards a node with the old key alone stays
+/// out and one with the new key alone comes in.
+#[test]
+fn a_key_rotates_in_three_reloads_without_a_restart() {
+    use std::os::unix::fs::PermissionsExt;
+    let (old, new) = ([21u8; 32], [22u8; 32]);
+    let (pa, pb, pc, pd) = (free_port(), free_port(), free_port(), free_port());
+    let mut a = start("rot", "a", pa, pb, old, "test");
+    let mut b = start("rot", "b", pb, pa, old, "test");
+    for n in [&a, &b] {
+        wait_until("a and b", 60, &n.d, || alive_count(&n.d) == 2);
+    }
+    let put = |d: &Daemon, value: usize| {
+        let body = format!(r#"{{"value": {value}, "ttl": "10m", "scope": "cluster"}}"#);
+        let (st, body) = common::http(
+            &d.socket,
+            &format!(
+                "PUT /v1/signals/rot HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+        assert_eq!(st, 200, "{body}");
+    };
+    let has = |d: &Daemon, value: usize| {
+        d.get("/v1/signals")
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "rot" && s["value"] == value as f64)
+    };
+    for (step, keys) in [vec![old, new], vec![new, old], vec![new]]
+        .iter()
+        .enumerate()
+    {
+        for n in [&a, &b] {
+            let p = n.dir.join("gossip.key");
+            let lines: String = keys.iter().map(|k| format!("{}\n", key_line(k))).collect();
+            std::fs::write(&p, lines).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            n.d.signal("HUP");
+            wait_until("the key file reloaded", 30, &n.d, || {
+                n.d.log().matches("gossip key file reloaded").count() > step
+            });
+        }
+        // still one cluster, and state still crosses, both ways
+        let (from, to) = if step % 2 == 0 { (&a, &b) } else { (&b, &a) };
+        put(&from.d, step);
+        wait_until("the signal crosses after the reload", 10, &to.d, || {
+            has(&to.d, step)
+        });
+        for n in [&a, &b] {
+            assert_eq!(alive_count(&n.d), 2, "step {step}: {:?}", states(&n.d));
+        }
+    }
+    for n in [&mut a, &mut b] {
+        assert!(
+            n.d.child.try_wait().unwrap().is_none(),
+            "no restart: {}",
+            n.d.log()
+        );
+    }
+    let old_only = start("rot", "c", pc, pa, old, "test");
+    let new_only = start("rot", "d", pd, pa, new, "test");
+    wait_until("the new key's node joins", 60, &a.d, || {
+        states(&a.d).iter().any(|(h, s)| h == "d" && s == "alive")
+    });
+    let names: Vec<String> = states(&a.d).into_iter().map(|x| x.0).collect();
+    assert!(
+        !names.contains(&"c".to_string()),
+        "the old key is out: {names:?}"
+    );
+    assert_eq!(
+        states(&old_only.d).len(),
+        1,
+        "alone: {:?}",
+        states(&old_only.d)
+    );
+    drop(new_only);
+}
