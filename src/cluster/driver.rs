@@ -180,6 +180,7 @@ pub struct Driver {
     /// defunct or took a new identity).
     connected: bool,
     next_reconnect: Millis,
+    next_square: Millis,
     sends: Vec<(SocketAddr, Vec<u8>)>,
 }
 
@@ -218,6 +219,7 @@ impl Driver {
             next_sync: now + SYNC_MS,
             connected: false,
             next_reconnect: now + RECONNECT_MS,
+            next_square: now,
             sends: Vec::new(),
         };
         d.settle(now);
@@ -370,6 +372,39 @@ impl Driver {
                     fit(nodes.into_iter().filter_map(|n| inner.state.entry(n)))
                 };
                 self.send_digest(to, lines.0, lines.1, false);
+            }
+        }
+        // what others hold of this node from a previous run: squared (each
+        // second; after a fix, not again for REJOIN_MS, so two hosts wrongly
+        // sharing one node name cannot outbid each other in a loop)
+        if now >= self.next_square {
+            self.next_square = now + SYNC_MS;
+            let (fix, other_addr) = {
+                let inner = self.shared.lock();
+                match inner.state.nodes.get(&self.publisher.node) {
+                    Some(own) => (
+                        self.publisher.reconcile(own, now),
+                        own.summary
+                            .as_ref()
+                            .map(|s| s.1.addr.clone())
+                            .filter(|a| *a != self.addr.to_string()),
+                    ),
+                    None => (Vec::new(), None),
+                }
+            };
+            if !fix.is_empty() {
+                self.next_square = now + REJOIN_MS;
+                match other_addr {
+                    Some(addr) => warn!(
+                        node = %self.publisher.node, other = %addr,
+                        "gossip: another host publishes under this node name; each host needs its own --node-name"
+                    ),
+                    None => info!(
+                        items = fix.len(),
+                        "gossip: this host's items from a previous run squared (versions raised, gone domains published)"
+                    ),
+                }
+                self.publish(now, fix);
             }
         }
         if !self.connected && now >= self.next_reconnect {
@@ -616,6 +651,82 @@ mod tests {
         assert!(d.receive(2_000, from, &[FRAME_FOCA, 1, 2, 3]).is_err());
         assert!(shared.lock().state.nodes.is_empty());
         assert_eq!(d.take_sends().count(), 0, "nothing answered");
+    }
+
+    /// Rounds of digests between two drivers until neither sends more.
+    fn sync(a: &mut Driver, sa: &Shared, b: &mut Driver, now: Millis) {
+        let (aa, ba) = (a.addr, b.addr);
+        let entries = sa.lock().state.entries();
+        a.send_digest(ba, entries, true, false);
+        for _ in 0..6 {
+            let to_b: Vec<_> = a.take_sends().filter(|(to, _)| *to == ba).collect();
+            for (_, p) in to_b {
+                let _ = b.receive(now, aa, &p);
+            }
+            let to_a: Vec<_> = b.take_sends().filter(|(to, _)| *to == aa).collect();
+            for (_, p) in to_a {
+                let _ = a.receive(now, ba, &p);
+            }
+        }
+    }
+
+    /// A host restarts with its clock behind, after one of its domains left
+    /// while it was down: the other host ends with the new run's state and
+    /// the domain gone, though the old run's versions were higher.
+    #[test]
+    fn a_restart_with_the_clock_behind_is_squared_with_the_cluster() {
+        use crate::cluster::state::{DomainPub, Summary};
+        let local = |digest: &str, uuids: &[&str]| {
+            let mut l = Local {
+                summary: Some(Summary {
+                    addr: "10.0.0.1:7946".into(),
+                    up_since: 1,
+                    digest: digest.into(),
+                    daemon_version: "0".into(),
+                    personas: 1,
+                }),
+                ..Default::default()
+            };
+            for u in uuids {
+                l.domains.insert(
+                    u.to_string(),
+                    DomainPub {
+                        name: format!("vm-{u}"),
+                        running: true,
+                        persona: Some("p".into()),
+                        since: Some(1),
+                        manual: None,
+                    },
+                );
+            }
+            l
+        };
+        let (mut a, sa) = driver(1, &[]);
+        let (mut b, sb) = driver(2, &[]);
+        a.local(90_000, local("old", &["left", "stays"]));
+        sync(&mut a, &sa, &mut b, 90_000);
+        assert_eq!(sb.lock().state.nodes["n1"].domains.len(), 2);
+        // n1 restarts, its clock 60 s behind
+        let (mut a, sa) = driver(1, &[]);
+        a.local(30_000, local("new", &["stays"]));
+        for t in [30_000, 30_250, 30_500] {
+            sync(&mut a, &sa, &mut b, t);
+            a.tick(t);
+        }
+        sync(&mut a, &sa, &mut b, 30_750);
+        let view = sb.lock();
+        let n1 = &view.state.nodes["n1"];
+        assert_eq!(
+            n1.summary.as_ref().map(|s| s.1.digest.as_str()),
+            Some("new")
+        );
+        assert!(n1.domains["stays"].1.running);
+        assert!(!n1.domains["left"].1.running, "{:?}", n1.domains["left"]);
+        assert_eq!(
+            view.state.entry("n1"),
+            sa.lock().state.entry("n1"),
+            "both hold the same of n1"
+        );
     }
 
     /// Two nodes that never exchanged a broadcast agree after one digest

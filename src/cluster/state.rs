@@ -476,6 +476,47 @@ impl Publisher {
         out
     }
 
+    /// Squares what the cluster holds of this node (`own`, its view of
+    /// itself, which also takes what others send of it) with this run:
+    /// - items of a previous run with versions at or above this run's (the
+    ///   clock went back across a restart) would beat everything this run
+    ///   publishes: versions jump past them and every item goes out again;
+    /// - a domain a previous run published as running that this run does not
+    ///   know (it left while the daemon was down) is published as gone.
+    ///
+    /// Nothing is marked gone before this run's first publication (its own
+    /// domains are not known yet). Returns the items to send.
+    pub fn reconcile(&mut self, own: &NodeView, now: Millis) -> Vec<Item> {
+        let mut out = Vec::new();
+        if own.max > self.versions.0 {
+            self.versions.0 = own.max;
+            if self.last.summary.is_some() {
+                out = self.all(now);
+            }
+        }
+        if self.last.summary.is_none() {
+            return out;
+        }
+        for (u, (_, d)) in &own.domains {
+            if d.running && !self.last.domains.contains_key(u) {
+                let gone = DomainPub {
+                    running: false,
+                    persona: None,
+                    since: None,
+                    ..d.clone()
+                };
+                out.push(Item {
+                    node: self.node.clone(),
+                    version: self.versions.next(now),
+                    part: Part::Domain(u.clone()),
+                    body: Body::Domain(gone.clone()),
+                });
+                self.last.domains.insert(u.clone(), gone);
+            }
+        }
+        out
+    }
+
     /// Every item again with new versions: for a member that came up or
     /// rejoined (foca keeps no history).
     pub fn all(&mut self, now: Millis) -> Vec<Item> {
@@ -635,6 +676,76 @@ mod tests {
         assert!(b > a);
         let mut restarted = Versions::default();
         assert!(restarted.next(2000) > b);
+    }
+
+    /// A restart whose clock went back, after a domain left while the
+    /// daemon was down: the previous run's items come back from the others;
+    /// this run's versions jump past them, everything goes out again, and
+    /// the domain that left is published gone.
+    #[test]
+    fn a_restart_squares_the_previous_runs_items() {
+        let mut cluster = ClusterState::default();
+        let mut old = Publisher::new("a");
+        let mut was = Local {
+            summary: Some(summary("old")),
+            ..Default::default()
+        };
+        was.domains.insert("left".into(), dom("left", Some("hot")));
+        was.domains
+            .insert("stays".into(), dom("stays", Some("hot")));
+        for it in old.changes(50_000, was) {
+            cluster.apply(&it, 50_000);
+        }
+        // restarted, its clock 20 s behind; its own view starts empty
+        let mut new = Publisher::new("a");
+        let mut mine = ClusterState::default();
+        assert!(new.reconcile(&NodeView::default(), 30_000).is_empty());
+        let mut now_local = Local {
+            summary: Some(summary("new")),
+            ..Default::default()
+        };
+        now_local
+            .domains
+            .insert("stays".into(), dom("stays", Some("calm")));
+        let first = new.changes(30_000, now_local);
+        for it in &first {
+            mine.apply(it, 30_000);
+            assert!(!cluster.apply(it, 30_000), "lower versions lose: {it:?}");
+        }
+        // nothing to square while only its own items are there
+        assert!(new.reconcile(&mine.nodes["a"], 30_000).is_empty());
+        // the others' items of it arrive
+        for n in ["left", "stays"] {
+            let (v, d) = cluster.nodes["a"].domains[n].clone();
+            mine.apply(
+                &Item {
+                    node: "a".into(),
+                    version: v,
+                    part: Part::Domain(n.into()),
+                    body: Body::Domain(d),
+                },
+                30_100,
+            );
+        }
+        let fix = new.reconcile(&mine.nodes["a"], 30_200);
+        assert!(!fix.is_empty());
+        for it in &fix {
+            assert!(it.version > 50_000, "{it:?}");
+            cluster.apply(it, 30_200);
+        }
+        let a = &cluster.nodes["a"];
+        assert_eq!(a.summary.as_ref().map(|s| s.1.digest.as_str()), Some("new"));
+        assert_eq!(a.domains["stays"].1.persona.as_deref(), Some("calm"));
+        assert!(
+            !a.domains["left"].1.running,
+            "gone: {:?}",
+            a.domains["left"]
+        );
+        // squared: applied to its own view too, nothing more to do
+        for it in &fix {
+            mine.apply(it, 30_200);
+        }
+        assert!(new.reconcile(&mine.nodes["a"], 30_300).is_empty());
     }
 
     #[test]
