@@ -329,3 +329,31 @@ fn imports_at_scale_survive_kill9_and_bad_csvs_are_refused_whole() {
         .len();
     assert!(size < 50 << 20, "history.redb is {size} bytes");
 }
+
+/// The forecast worker's inbox full (a fail point stands in for it): the
+/// import is answered 503 (try again), not 500, says nothing was imported,
+/// and the daemon goes on.
+#[test]
+fn an_import_while_the_worker_is_busy_is_503_and_imports_nothing() {
+    let dir = common::test_dir("forecast", "busy");
+    let d = Daemon::start_args(
+        &dir,
+        &common::test_host_uri(),
+        &["--interval", "1s"],
+        &[("FAILPOINTS", "import-worker-busy=return".to_string())],
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let end = now - now.rem_euclid(STEP);
+    match import(&d, &csv(&["web-1"], end, 4)) {
+        Err(client::ClientError::Api { status, message }) => {
+            assert_eq!(status, 503, "{message}");
+            assert!(message.contains("nothing was imported"), "{message}");
+        }
+        other => panic!("expected 503: {other:?}"),
+    }
+    let h = d.get("/healthz");
+    assert!(h.is_object(), "{h}");
+}

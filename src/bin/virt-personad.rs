@@ -208,9 +208,15 @@ fn import_history(
             return;
         }
     };
+    // the reply goes out once: from the worker, or here when it is busy
+    let reply = Arc::new(std::sync::Mutex::new(Some(reply)));
+    let answer_to = reply.clone();
     let answer = Box::new(
         move |r: Result<virt_persona::forecaster::ImportReport, String>| {
-            let _ = reply.send(match r {
+            let Some(tx) = answer_to.lock().ok().and_then(|mut t| t.take()) else {
+                return;
+            };
+            let _ = tx.send(match r {
                 Ok(report) => Reply::Ok(serde_json::json!({
                     "imported": report.kept,
                     "rows": report.rows,
@@ -224,16 +230,32 @@ fn import_history(
             });
         },
     );
-    if let Err(e) = worker.try_send(ToWorker::Import {
+    let msg = ToWorker::Import {
         points,
         reply: answer,
-    }) {
-        if let ToWorker::Import { reply, .. } = e.into_inner() {
-            reply(Err(
-                "the forecast worker is busy; try again in a moment".into()
-            ));
+    };
+    let sent = if worker_busy_for_tests() {
+        Err(crossbeam_channel::TrySendError::Full(msg))
+    } else {
+        worker.try_send(msg)
+    };
+    if sent.is_err() {
+        // nothing was written: the client may simply send it again
+        if let Some(tx) = reply.lock().ok().and_then(|mut t| t.take()) {
+            let _ = tx.send(Reply::Err {
+                status: 503,
+                message: "the forecast worker is busy; nothing was imported, try again in a moment"
+                    .into(),
+            });
         }
     }
+}
+
+/// Test builds only (FAILPOINTS=import-worker-busy=return): the worker's
+/// inbox taken as full.
+fn worker_busy_for_tests() -> bool {
+    fail::fail_point!("import-worker-busy", |_| true);
+    false
 }
 
 /// Where the config file is, and whether it was named (then it must exist).
