@@ -468,16 +468,21 @@ impl Driver {
         }
     }
 
-    /// After every call: foca's notifications (a member that came up or
-    /// rejoined gets every local item again: foca keeps no history), and its
-    /// datagrams framed into the send queue.
+    /// After every call: foca's notifications, and its datagrams framed
+    /// into the send queue. foca keeps no history, so a member that comes
+    /// up is sent this node's items directly (every node does so: the
+    /// newcomer has everyone's state at once, and nothing is broadcast
+    /// again to all); when this node rejoins as a new identity, what it
+    /// broadcast while the others held it down was dropped by them, so all
+    /// its items go out again, newly versioned.
     fn settle(&mut self, now: Millis) {
         let mut again = false;
+        let mut newcomers = Vec::new();
         while let Some(n) = self.runtime.to_notify() {
             match n {
                 OwnedNotification::MemberUp(m) => {
                     debug!(member = %m.addr, "gossip member up");
-                    again = true;
+                    newcomers.push(m.addr);
                 }
                 OwnedNotification::Rejoin(m) => {
                     info!(member = %m.addr, "gossip: rejoined as a new identity");
@@ -504,6 +509,12 @@ impl Driver {
             let items = self.publisher.all(now);
             self.publish(now, items);
             let _ = self.foca.gossip(&mut self.runtime);
+        }
+        if !newcomers.is_empty() {
+            let mine = self.shared.lock().state.items_of(&self.publisher.node);
+            for to in newcomers {
+                self.send_items(to, mine.clone());
+            }
         }
         while let Some((to, data)) = self.runtime.to_send() {
             let mut framed = Vec::with_capacity(data.len() + 1);
