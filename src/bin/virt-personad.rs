@@ -588,6 +588,11 @@ fn run(
                     rec.mark_stale();
                     // a domain that starts gets its persona now, not a tick later
                     log_tick(run_tick(&mut rec));
+                    // and the cluster hears of it now (a domain that left by
+                    // migration is continued on its new host at once)
+                    if let Some(g) = gossip.as_mut() {
+                        g.exchange(&mut rec, &catalog, &cfg.node_name, started, now_ms());
+                    }
                 }
                 Ok(HypervisorEvent::Disconnected { reason }) => warn!(%reason, "libvirt connection lost"),
                 Ok(HypervisorEvent::Reconnected) => {

@@ -21,7 +21,7 @@ use tracing::{debug, info};
 
 use crate::cluster::driver::{Driver, DriverConfig, Id, TICK_MS};
 use crate::cluster::seal::{Drop, KeyRing, Opener, Sealer};
-use crate::cluster::state::{ClusterState, Item, Local, Part};
+use crate::cluster::state::{Body, ClusterState, Item, Local};
 use crate::collector::Millis;
 
 /// A member as SWIM sees it.
@@ -93,8 +93,10 @@ pub struct Inner {
     pub my_addr: String,
     /// When an authenticated datagram last came from each address.
     pub last_packet: BTreeMap<SocketAddr, Millis>,
-    /// Woken when another host's cluster signal is merged, so the control
-    /// loop takes it at once rather than at its next tick.
+    /// Woken when another host's cluster signal is merged, or a domain it
+    /// had manually activated is published gone from it (it may have moved
+    /// here), so the control loop takes it at once rather than at its next
+    /// tick.
     pub wake: Option<crossbeam_channel::Sender<()>>,
 }
 
@@ -103,7 +105,12 @@ impl Inner {
     /// the view.
     pub fn merge(&mut self, item: &Item, now: Millis) -> bool {
         let changed = self.state.apply(item, now);
-        if changed && item.node != self.me && matches!(item.part, Part::Signal(..)) {
+        let news = match &item.body {
+            Body::Signal(_) => true,
+            Body::Domain(d) => !d.running && d.manual.is_some(),
+            Body::Summary(_) => false,
+        };
+        if changed && news && item.node != self.me {
             if let Some(w) = &self.wake {
                 // full: a wake-up is already pending
                 let _ = w.try_send(());
@@ -351,6 +358,57 @@ async fn flush(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::state::{DomainPub, Manual, Part, SignalPub};
+
+    /// The loop is woken for another host's signal and for a manually
+    /// activated domain gone from another host; not for its own items,
+    /// nothing new, or other changes.
+    #[test]
+    fn merging_wakes_the_loop_for_what_it_must_take_at_once() {
+        let (tx, rx) = crossbeam_channel::bounded(8);
+        let mut inner = Inner {
+            me: "b".into(),
+            wake: Some(tx),
+            ..Default::default()
+        };
+        let signal = |node: &str, version| Item {
+            node: node.into(),
+            version,
+            part: Part::Signal("lb.rps".into(), None),
+            body: Body::Signal(SignalPub {
+                value: 1.0,
+                expires: 60_000,
+                set_at: 1,
+            }),
+        };
+        let domain = |running: bool, manual: bool, version| Item {
+            node: "a".into(),
+            version,
+            part: Part::Domain("u1".into()),
+            body: Body::Domain(DomainPub {
+                name: "web-1".into(),
+                running,
+                persona: None,
+                since: None,
+                manual: manual.then(|| Manual {
+                    persona: "boost".into(),
+                    until: None,
+                }),
+            }),
+        };
+        let woken = |rx: &crossbeam_channel::Receiver<()>| rx.try_iter().count();
+        assert!(inner.merge(&signal("a", 1), 10));
+        assert_eq!(woken(&rx), 1);
+        assert!(!inner.merge(&signal("a", 1), 10), "nothing new");
+        assert!(inner.merge(&signal("b", 1), 10));
+        assert_eq!(woken(&rx), 0, "not for its own");
+        assert!(inner.merge(&domain(true, true, 2), 10));
+        assert_eq!(woken(&rx), 0, "still running there");
+        assert!(inner.merge(&domain(false, false, 3), 10));
+        assert_eq!(woken(&rx), 0, "gone, nothing to continue");
+        assert!(inner.merge(&domain(false, true, 4), 10));
+        assert_eq!(woken(&rx), 1, "gone with a manual activation");
+    }
 
     #[test]
     fn rates_are_taken_over_the_last_ten_seconds() {
