@@ -108,10 +108,12 @@ impl Exchange {
         let signals: Vec<(String, Signal)> = inner
             .state
             .signals_from_others(me, now)
-            .filter(|(_, name, domain, s)| {
+            .filter(|(node, name, domain, s)| {
+                // the same order as signals_from_others: set later, then
+                // the greater host name (so a tie ends the same everywhere)
                 self.local_signals
                     .get(&(name.to_string(), domain.map(str::to_string)))
-                    .is_none_or(|ours| ours.set_at < s.set_at)
+                    .is_none_or(|ours| (ours.set_at, me) < (s.set_at, *node))
             })
             .map(|(_, name, domain, s)| {
                 (
@@ -307,6 +309,20 @@ mod tests {
         assert!(x.incoming(&inner, "a", &[], 2_000).signals.is_empty());
         let l = x.local(summary("10.0.0.1:7946"), &[], 2_000);
         assert_eq!(l.signals[&("bench".to_string(), None)].value, 1.0);
+        // set in the same millisecond: the greater host name wins on both
+        let mut tie = Exchange::default();
+        tie.set_local_signal("bench", None, 2.0, 600_000, 1_000);
+        assert_eq!(
+            tie.incoming(&inner, "a", &[], 2_000).signals.len(),
+            1,
+            "b > a"
+        );
+        let mut tie = Exchange::default();
+        tie.set_local_signal("bench", None, 2.0, 600_000, 1_000);
+        assert!(
+            tie.incoming(&inner, "c", &[], 2_000).signals.is_empty(),
+            "c > b"
+        );
     }
 
     #[test]
