@@ -127,6 +127,28 @@ fn alive_count(d: &Daemon) -> usize {
     states(d).iter().filter(|(_, s)| s == "alive").count()
 }
 
+/// Sets a cluster-scope signal on `d`.
+fn put_signal(d: &Daemon, name: &str, value: f64, ttl: &str) {
+    let body = format!(r#"{{"value": {value}, "ttl": "{ttl}", "scope": "cluster"}}"#);
+    let (st, body) = common::http(
+        &d.socket,
+        &format!(
+            "PUT /v1/signals/{name} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    );
+    assert_eq!(st, 200, "{body}");
+}
+
+/// `d` has signal `name` with `value` (live).
+fn has_signal(d: &Daemon, name: &str, value: f64) -> bool {
+    d.get("/v1/signals")
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["name"] == name && s["value"] == value)
+}
+
 /// Five daemons converge; a cluster signal pushed on one reaches all within
 /// 2 s and expires everywhere; one killed is seen dead by all others, and
 /// alive again after its restart; cluster-status shows every host.
@@ -173,15 +195,7 @@ fn five_daemons_converge_share_signals_and_see_a_death_and_a_return() {
     assert!(out.contains("host-2 (this host)"), "{out}");
 
     // a cluster signal reaches every host's decisions within 2 s
-    let body = r#"{"value": 5000, "ttl": "15s", "scope": "cluster"}"#;
-    let (st, body) = common::http(
-        &nodes[0].d.socket,
-        &format!(
-            "PUT /v1/signals/lb.rps HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ),
-    );
-    assert_eq!(st, 200, "{body}");
+    put_signal(&nodes[0].d, "lb.rps", 5000.0, "15s");
     let t = Instant::now();
     for n in &nodes[1..] {
         wait_until("the cluster signal", 10, &n.d, || {
@@ -524,38 +538,28 @@ fn a_partition_between_network_namespaces_heals_and_both_sides_converge() {
         });
     }
     // one cluster signal per side, while cut
-    let put = |d: &Daemon, name: &str, value: u32| {
-        let body = format!(r#"{{"value": {value}, "ttl": "10m", "scope": "cluster"}}"#);
-        let (st, body) = common::http(
-            &d.socket,
-            &format!(
-                "PUT /v1/signals/{name} HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            ),
-        );
-        assert_eq!(st, 200, "{body}");
-    };
-    let has = |d: &Daemon, name: &str, value: u32| {
-        d.get("/v1/signals")
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["name"] == name && s["value"] == value as f64)
-    };
     eprintln!("cut seen after {:?}", t.elapsed());
-    put(&nodes[0], "left.rps", 1);
-    put(&nodes[3], "right.rps", 2);
+    put_signal(&nodes[0], "left.rps", 1.0, "10m");
+    put_signal(&nodes[3], "right.rps", 2.0, "10m");
     wait_until("left's signal on its side", 10, &nodes[1], || {
-        has(&nodes[1], "left.rps", 1)
+        has_signal(&nodes[1], "left.rps", 1.0)
     });
     wait_until("right's signal on its side", 10, &nodes[2], || {
-        has(&nodes[2], "right.rps", 2)
+        has_signal(&nodes[2], "right.rps", 2.0)
     });
     for d in &nodes[2..] {
-        assert!(!has(d, "left.rps", 1), "the cut holds: {}", d.log());
+        assert!(
+            !has_signal(d, "left.rps", 1.0),
+            "the cut holds: {}",
+            d.log()
+        );
     }
     for d in &nodes[..2] {
-        assert!(!has(d, "right.rps", 2), "the cut holds: {}", d.log());
+        assert!(
+            !has_signal(d, "right.rps", 2.0),
+            "the cut holds: {}",
+            d.log()
+        );
     }
 
     let t = Instant::now();
@@ -563,7 +567,7 @@ fn a_partition_between_network_namespaces_heals_and_both_sides_converge() {
     for d in &nodes {
         wait_until("all alive after the heal", 120, d, || alive_count(d) == 4);
         wait_until("both sides' signals everywhere", 30, d, || {
-            has(d, "left.rps", 1) && has(d, "right.rps", 2)
+            has_signal(d, "left.rps", 1.0) && has_signal(d, "right.rps", 2.0)
         });
     }
     eprintln!("healed after {:?}", t.elapsed());
@@ -585,24 +589,6 @@ fn a_key_rotates_in_three_reloads_without_a_restart() {
     for n in [&a, &b] {
         wait_until("a and b", 60, &n.d, || alive_count(&n.d) == 2);
     }
-    let put = |d: &Daemon, value: usize| {
-        let body = format!(r#"{{"value": {value}, "ttl": "10m", "scope": "cluster"}}"#);
-        let (st, body) = common::http(
-            &d.socket,
-            &format!(
-                "PUT /v1/signals/rot HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            ),
-        );
-        assert_eq!(st, 200, "{body}");
-    };
-    let has = |d: &Daemon, value: usize| {
-        d.get("/v1/signals")
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["name"] == "rot" && s["value"] == value as f64)
-    };
     for (step, keys) in [vec![old, new], vec![new, old], vec![new]]
         .iter()
         .enumerate()
@@ -619,9 +605,9 @@ fn a_key_rotates_in_three_reloads_without_a_restart() {
         }
         // still one cluster, and state still crosses, both ways
         let (from, to) = if step % 2 == 0 { (&a, &b) } else { (&b, &a) };
-        put(&from.d, step);
+        put_signal(&from.d, "rot", step as f64, "10m");
         wait_until("the signal crosses after the reload", 10, &to.d, || {
-            has(&to.d, step)
+            has_signal(&to.d, "rot", step as f64)
         });
         for n in [&a, &b] {
             assert_eq!(alive_count(&n.d), 2, "step {step}: {:?}", states(&n.d));
