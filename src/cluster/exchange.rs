@@ -201,6 +201,25 @@ mod tests {
         }
     }
 
+    /// A view holding host "b" with one cluster signal set at `set_at`.
+    fn host_b_with_signal(name: &str, value: f64, expires: Millis, set_at: Millis) -> Inner {
+        let mut inner = Inner::default();
+        let mut b = Local {
+            summary: Some(summary("10.0.0.2:7946")),
+            ..Default::default()
+        };
+        b.signals.insert(
+            (name.into(), None),
+            SignalPub {
+                value,
+                expires,
+                set_at,
+            },
+        );
+        merge(&mut inner, "b", b, set_at);
+        inner
+    }
+
     fn member(inner: &mut Inner, addr: &str, state: &'static str) {
         inner.members.insert(
             addr.parse().unwrap(),
@@ -253,20 +272,7 @@ mod tests {
     fn signals_set_elsewhere_are_taken_and_supersede_ours() {
         let mut x = Exchange::default();
         x.set_local_signal("lb.rps", None, 5.0, 60_000, 1_000);
-        let mut inner = Inner::default();
-        let mut b = Local {
-            summary: Some(summary("10.0.0.2:7946")),
-            ..Default::default()
-        };
-        b.signals.insert(
-            ("lb.rps".into(), None),
-            SignalPub {
-                value: 9.0,
-                expires: 50_000,
-                set_at: 2_000,
-            },
-        );
-        merge(&mut inner, "b", b, 2_000);
+        let inner = host_b_with_signal("lb.rps", 9.0, 50_000, 2_000);
         let got = x.incoming(&inner, "a", &[], 3_000);
         assert_eq!(
             got.signals,
@@ -290,20 +296,7 @@ mod tests {
     /// (the node has not merged this tick's state): ours stands.
     #[test]
     fn a_signal_set_here_later_is_not_taken_back_by_an_older_one() {
-        let mut inner = Inner::default();
-        let mut b = Local {
-            summary: Some(summary("10.0.0.2:7946")),
-            ..Default::default()
-        };
-        b.signals.insert(
-            ("bench".into(), None),
-            SignalPub {
-                value: 0.0,
-                expires: 600_000,
-                set_at: 1_000,
-            },
-        );
-        merge(&mut inner, "b", b, 1_000);
+        let inner = host_b_with_signal("bench", 0.0, 600_000, 1_000);
         let mut x = Exchange::default();
         x.set_local_signal("bench", None, 1.0, 600_000, 1_500);
         assert!(x.incoming(&inner, "a", &[], 2_000).signals.is_empty());
