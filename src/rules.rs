@@ -56,6 +56,7 @@ impl Signals {
 /// A manual activation (API/CLI).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Override {
+    /// Required in a stored record (one without it is damaged, not a default).
     pub persona: String,
     /// `None`: until reverted.
     pub until: Option<Millis>,

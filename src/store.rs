@@ -22,6 +22,7 @@ pub struct Skipped {
 
 /// A transition or a notable happening, kept and logged.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Event {
     /// Milliseconds since the Unix epoch.
     pub time: Millis,
@@ -39,6 +40,8 @@ pub struct Event {
 }
 
 /// The persona a domain wears, as recorded.
+/// `persona` and `since` are required (a record without them is damaged);
+/// what later releases added has a default.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Worn {
     pub persona: String,
@@ -59,6 +62,13 @@ pub enum StoreError {
     Io(String),
     #[error("state store: corrupt record for {key}: {message}")]
     Corrupt { key: String, message: String },
+    /// Written by a later release, in a format this one does not know.
+    #[error("{path} was written by a newer virt-persona (record format {found}; this release reads formats up to {known}): run that release again, or restore the state directory's backup")]
+    TooNew {
+        path: PathBuf,
+        found: u64,
+        known: u64,
+    },
     /// The state file itself is not a readable redb database.
     #[error("state store {path} is damaged: {message}")]
     Damaged { path: PathBuf, message: String },
@@ -271,6 +281,53 @@ const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// (domain, event number): a domain's history without reading everyone's.
 const EVENTS_BY_DOMAIN: TableDefinition<(&str, u64), ()> = TableDefinition::new("events_by_domain");
 
+/// What the file itself says of its records: `format` (see [`STATE_FORMAT`]).
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The version of the records in `state.redb`. A file without one was
+/// written by 0.1.0 (format 1: the same JSON records). Records decode
+/// forward-compatibly: a field a later release added is its default when an
+/// older record lacks it, and a field this release does not know is skipped.
+/// A file whose format is newer than this release knows is not opened: it
+/// may hold records this release would misread, and rewrite.
+/// - 1: 0.1.0 (no `meta` table)
+/// - 2: `meta.format` recorded; every record as in 1
+pub const STATE_FORMAT: u64 = 2;
+
+/// The version of the chunks in `history.redb` (1: 0.1.0, no `meta` table;
+/// 2: the same chunks, `meta.format` recorded).
+pub const HISTORY_FORMAT: u64 = 2;
+
+/// Reads `meta.format` (1 when there is none: a file from before it), refuses
+/// a format newer than `known`, and records `known` once the file is ours.
+fn check_format(
+    tx: &redb::WriteTransaction,
+    path: &Path,
+    known: u64,
+) -> std::result::Result<u64, StoreError> {
+    let err = |e: &dyn std::fmt::Display| StoreError::Open {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let mut meta = tx.open_table(META).map_err(|e| err(&e))?;
+    let found = meta
+        .get("format")
+        .map_err(|e| err(&e))?
+        .map(|v| v.value())
+        .unwrap_or(1);
+    if found > known {
+        return Err(StoreError::TooNew {
+            path: path.to_path_buf(),
+            found,
+            known,
+        });
+    }
+    if found != known {
+        meta.insert("format", known).map_err(|e| err(&e))?;
+    }
+    Ok(found)
+}
+
 /// Most events kept; older ones are dropped as new ones come.
 pub const MAX_EVENTS: u64 = 100_000;
 
@@ -315,6 +372,10 @@ impl RedbStore {
             })?;
         // create the tables so readers never see them missing
         let tx = db.begin_write().map_err(|e| open_err(&e))?;
+        let found = check_format(&tx, &path, STATE_FORMAT)?;
+        if found != STATE_FORMAT {
+            tracing::info!(file = %path.display(), from = found, to = STATE_FORMAT, "state file format recorded (records are read as they are)");
+        }
         {
             tx.open_table(BASELINES).map_err(|e| open_err(&e))?;
             tx.open_table(WORN).map_err(|e| open_err(&e))?;
@@ -615,6 +676,7 @@ impl HistoryDb {
             }
         };
         let tx = db.begin_write().map_err(io)?;
+        check_format(&tx, &path, HISTORY_FORMAT)?;
         tx.open_table(HISTORY).map_err(io)?;
         tx.commit().map_err(io)?;
         Ok(HistoryDb { db, path })
@@ -740,6 +802,70 @@ mod tests {
         assert_eq!(s.events(None, 1).unwrap().len(), 2);
         s.forget("u1").unwrap();
         assert!(s.worn("u1").unwrap().is_none() && s.override_("u1").unwrap().is_none());
+    }
+
+    /// A record lacking what a later release added decodes with defaults,
+    /// and one carrying fields this release does not know decodes too.
+    #[test]
+    fn records_decode_forward_and_backward() {
+        let t: Tuning = from_json("u", br#"{"cpu_shares":7}"#).unwrap();
+        assert_eq!(t.cpu_shares, Some(7));
+        assert!(t.vcpu_pin.is_empty() && t.interfaces.is_empty());
+        let t: Tuning = from_json(
+            "u",
+            br#"{"cpu_shares":7,"disks":{"vda":{"total_bytes_sec":5}},"interfaces":{"vnet0":{"inbound":{"average":3}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(t.interfaces["vnet0"].inbound.unwrap().average, 3);
+        let w: Worn = from_json("u", br#"{"persona":"p","since":5,"later":true}"#).unwrap();
+        assert_eq!((w.persist, w.id), (false, None));
+        let e: Event = from_json("1", br#"{"time":1,"domain":"d"}"#).unwrap();
+        assert_eq!(e.result, "");
+        // what must be there is still required
+        assert!(matches!(
+            from_json::<Worn>("u", br#"{"since":5}"#),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    /// A file from before `meta` is read and gets this release's format; one
+    /// from a newer release is refused, named, and left as it was.
+    #[test]
+    fn a_state_file_from_a_newer_release_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        drop(RedbStore::open(d.path()).unwrap());
+        {
+            let db = redb::Database::open(d.path().join("state.redb")).unwrap();
+            let rx = db.begin_read().unwrap();
+            let meta = rx.open_table(META).unwrap();
+            assert_eq!(meta.get("format").unwrap().unwrap().value(), STATE_FORMAT);
+            drop(meta);
+            drop(rx);
+            let tx = db.begin_write().unwrap();
+            tx.open_table(META)
+                .unwrap()
+                .insert("format", STATE_FORMAT + 1)
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        match RedbStore::open(d.path()) {
+            Err(e @ StoreError::TooNew { .. }) => {
+                let msg = e.to_string();
+                assert!(msg.contains("newer virt-persona"), "{msg}");
+                assert!(
+                    msg.contains(&format!("format {}", STATE_FORMAT + 1)),
+                    "{msg}"
+                );
+            }
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a newer format was opened"),
+        }
+        // open_or_set_aside does not set it aside either: it is not damaged
+        assert!(matches!(
+            RedbStore::open_or_set_aside(d.path()),
+            Err(StoreError::TooNew { .. })
+        ));
+        assert!(d.path().join("state.redb").exists());
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub const MEMORY_UNLIMITED_KIB: u64 = 9_007_199_254_740_991;
 
 /// Per-device block I/O tuning (virsh blkiotune --device-*).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BlkioDeviceTuning {
     pub weight: Option<u32>,
     pub read_iops: Option<u64>,
@@ -28,6 +29,7 @@ pub struct BlkioDeviceTuning {
 
 /// One direction of interface bandwidth (virsh domiftune), libvirt units.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Bandwidth {
     /// KiB/s; 0 means no limit in this direction.
     pub average: u32,
@@ -39,6 +41,7 @@ pub struct Bandwidth {
 
 /// Bandwidth of one interface, both directions.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct InterfaceTuning {
     pub inbound: Option<Bandwidth>,
     pub outbound: Option<Bandwidth>,
@@ -46,6 +49,7 @@ pub struct InterfaceTuning {
 
 /// The tuning of one domain: every knob virt-persona reads or sets.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Tuning {
     /// vCPU number -> host CPUs it may run on.
     pub vcpu_pin: BTreeMap<u32, CpuSet>,
