@@ -490,6 +490,9 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             persona: persona.to_string(),
             until,
         };
+        // already worn (by its criteria, or by hand with another end): no
+        // transition, but the activation is recorded and shown all the same
+        let already = entry.rules.worn.as_ref().is_some_and(|w| w.0 == persona);
         entry.rules.override_ = Some(o.clone());
         entry.retry_at = None;
         self.store
@@ -497,6 +500,20 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             .map_err(TickError::from)?;
         let mut report = TickReport::default();
         self.reconcile_domain(&uuid, now, &mut report)?;
+        let entry = self.domains.get(&uuid).expect("found above");
+        if already && entry.rules.worn.as_ref().is_some_and(|w| w.0 == persona) {
+            let name = entry.info.name.clone();
+            info!(domain = %name, %persona, ?until, "manual activation of the persona already worn");
+            self.record(Event {
+                time: now,
+                domain: name,
+                from: Some(persona.to_string()),
+                to: Some(persona.to_string()),
+                reason: "manual".into(),
+                result: "ok".into(),
+                ..Default::default()
+            })?;
+        }
         Ok(())
     }
 
@@ -506,7 +523,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             .uuid_of(key)
             .ok_or_else(|| ManualError::NoDomain(key.to_string()))?;
         let entry = self.domains.get_mut(&uuid).expect("found above");
-        entry.rules.override_ = None;
+        let ended = entry.rules.override_.take();
         entry.retry_at = None;
         let active = entry.info.state.is_active();
         self.store
@@ -515,6 +532,25 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         if active {
             let mut report = TickReport::default();
             self.reconcile_domain(&uuid, now, &mut report)?;
+        }
+        // the criteria keep the same persona on: no transition, but the end
+        // of the manual activation is in the history
+        let entry = self.domains.get(&uuid).expect("found above");
+        let worn = entry.rules.worn.as_ref().map(|w| w.0.clone());
+        if let Some(o) = ended.filter(|o| worn.as_deref() == Some(o.persona.as_str())) {
+            let name = entry.info.name.clone();
+            self.record(Event {
+                time: now,
+                domain: name,
+                from: worn.clone(),
+                to: worn,
+                reason: format!(
+                    "manual activation reverted; its criteria keep '{}' on",
+                    o.persona
+                ),
+                result: "override_ended".into(),
+                ..Default::default()
+            })?;
         }
         Ok(())
     }
@@ -936,6 +972,32 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             entry.rules = previous;
             entry.last_decision = Some(decision);
             return Ok(());
+        }
+        // a manual activation whose time ran out: gone from the store too, and
+        // said in the history even where the criteria keep the same persona on
+        if let Some(o) = previous
+            .override_
+            .as_ref()
+            .filter(|_| entry.rules.override_.is_none())
+        {
+            let name = entry.info.name.clone();
+            let kept = !changed && to.as_deref() == Some(o.persona.as_str());
+            self.store.set_override(uuid, None)?;
+            info!(domain = %name, persona = %o.persona, kept, "manual activation expired");
+            if kept {
+                self.record(Event {
+                    time: now,
+                    domain: name,
+                    from: from.clone(),
+                    to: to.clone(),
+                    reason: format!(
+                        "manual activation expired; its criteria keep '{}' on",
+                        o.persona
+                    ),
+                    result: "override_ended".into(),
+                    ..Default::default()
+                })?;
+            }
         }
         let baseline = self.baseline_of(uuid, now)?;
         let Some(entry) = self.domains.get_mut(uuid) else {

@@ -488,7 +488,7 @@ fn every_cli_command_through_the_daemon() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(
         lines[0].split_whitespace().collect::<Vec<_>>(),
-        ["Id", "Name", "State", "Persona", "Since"]
+        ["Id", "Name", "State", "Persona", "Reason", "Since"]
     );
     assert!(lines[1].chars().all(|c| c == '-'));
     assert_eq!(lines.len(), 2 + 4, "running domains only: {out}");

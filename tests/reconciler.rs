@@ -629,6 +629,102 @@ fn a_manual_activation_that_no_longer_fits_is_ended_with_an_event() {
     assert_eq!(rig.worn().as_deref(), Some("calm"), "the criteria decide");
 }
 
+/// `persona-apply X --for D` on a domain that already wears X by its
+/// criteria: nothing to change, but the activation is recorded, shown as
+/// manual, and its end (at the TTL, or by a revert) is in the history while
+/// the criteria keep X on; the stored activation goes with it.
+#[test]
+fn a_manual_activation_of_the_persona_already_worn_is_recorded_and_ends_at_its_ttl() {
+    let mut rig = Rig::new(MemoryStore::default());
+    let uuid = rig.uuid.clone();
+    rig.second(1.0);
+    assert_eq!(rig.worn().as_deref(), Some("hot"));
+    let applied = rig.hv.calls().len();
+    let now = rig.now;
+    rig.r
+        .activate("web-1", "hot", Some(now + 5_000), now)
+        .unwrap();
+    let st = &rig.r.statuses()[0];
+    assert_eq!(st.persona.as_deref(), Some("hot"));
+    assert_eq!(st.reason, Some(virt_persona::rules::Reason::Manual));
+    assert_eq!(
+        st.override_.as_ref().and_then(|o| o.until),
+        Some(now + 5_000)
+    );
+    assert!(
+        !rig.hv.calls()[applied..]
+            .iter()
+            .any(|c| matches!(c, Call::Apply(..))),
+        "nothing to change: {:?}",
+        &rig.hv.calls()[applied..]
+    );
+    let events = |rig: &Rig| -> Vec<(String, String)> {
+        rig.r
+            .store()
+            .events(Some("web-1"), 0)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.reason, e.result))
+            .collect()
+    };
+    let ev = events(&rig);
+    assert_eq!(
+        ev.last(),
+        Some(&("manual".to_string(), "ok".to_string())),
+        "{ev:?}"
+    );
+    // still busy: past the TTL the criteria keep it on, and the end is said
+    for _ in 0..6 {
+        rig.second(1.0);
+    }
+    assert_eq!(rig.worn().as_deref(), Some("hot"));
+    assert_eq!(
+        rig.r.statuses()[0].reason,
+        Some(virt_persona::rules::Reason::Criteria)
+    );
+    assert_eq!(
+        rig.r.store().override_(&uuid).unwrap(),
+        None,
+        "durably gone"
+    );
+    let ev = events(&rig);
+    assert_eq!(
+        ev.last(),
+        Some(&(
+            "manual activation expired; its criteria keep 'hot' on".to_string(),
+            "override_ended".to_string()
+        )),
+        "{ev:?}"
+    );
+    let n = ev.len();
+    rig.second(1.0);
+    assert_eq!(events(&rig).len(), n, "said once");
+
+    // by hand again, until reverted: the revert is said the same way
+    let now = rig.now;
+    rig.r.activate("web-1", "hot", None, now).unwrap();
+    rig.r.revert("web-1", now).unwrap();
+    let ev = events(&rig);
+    assert_eq!(
+        ev[n..].to_vec(),
+        vec![
+            ("manual".to_string(), "ok".to_string()),
+            (
+                "manual activation reverted; its criteria keep 'hot' on".to_string(),
+                "override_ended".to_string()
+            )
+        ]
+    );
+    assert_eq!(rig.worn().as_deref(), Some("hot"));
+    assert_eq!(rig.tuning().cpu_shares, Some(4096));
+    // and once the load is gone, the baseline exactly
+    for _ in 0..5 {
+        rig.second(0.0);
+    }
+    assert_eq!(rig.worn(), None);
+    assert_eq!(rig.tuning(), original());
+}
+
 /// A domain that stops and starts again runs a new process built from its
 /// definition: the originals read from the old one are dropped, not written
 /// over what the new one has (here: the admin changed the definition meanwhile).

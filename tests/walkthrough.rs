@@ -3,6 +3,12 @@
 //! with the shipped example personas, as `scripts/run-embedded.sh` starts it.
 //! Each command must succeed and show what the README says it shows; every
 //! command also ends quietly when its reader goes away (`| head -1`).
+//!
+//! The shipped personas have schedules (`business-hours-desktop`: weekdays
+//! 08:00–18:00 in Berlin), so the daemon's clock is set: to
+//! [`common::test_clock`], which `scripts/test.sh` runs at a weekday 10:00
+//! and at a Sunday 03:00 (the night the clocks go forward). The README must
+//! be true at both.
 
 mod common;
 
@@ -63,7 +69,8 @@ fn expected(cmd: &str) -> &'static [&'static str] {
         "virt-persona persona-apply desk-1 business-hours-desktop --for 5s" => {
             &["Domain 'desk-1' wears persona 'business-hours-desktop' for 5s"]
         }
-        "virt-persona persona-history desk-1" => &["manual", "baseline"],
+        // the end depends on the hour: expected below, from the clock
+        "virt-persona persona-history desk-1" => &["manual"],
         other => panic!("the README walk-through has a command this test does not know: {other}"),
     }
 }
@@ -95,6 +102,17 @@ fn path_with_bins() -> String {
 /// A daemon as `scripts/run-embedded.sh` starts it: the five-domain test
 /// host, the shipped example personas, a 1 s interval.
 fn embedded(name: &str) -> Daemon {
+    embedded_at(name, common::test_clock().timestamp().as_millisecond())
+}
+
+/// Weekdays 08:00–18:00 in Berlin: `business-hours-desktop`'s own schedule.
+fn office_hours(at: &jiff::Zoned) -> bool {
+    let berlin = at.with_time_zone(jiff::tz::TimeZone::get("Europe/Berlin").expect("tz database"));
+    let weekday = berlin.weekday().to_monday_one_offset() <= 5;
+    weekday && (8..18).contains(&berlin.hour())
+}
+
+fn embedded_at(name: &str, at: i64) -> Daemon {
     let dir =
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -107,11 +125,18 @@ fn embedded(name: &str) -> Daemon {
         "test://{}/fixtures/test-host.xml",
         env!("CARGO_MANIFEST_DIR")
     );
-    Daemon::start_args(&dir, &uri, &["--interval", "1s"], &[])
+    Daemon::start_args(&dir, &uri, &["--interval", "1s"], &[common::clock_at(at)])
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "sets the daemon's clock: needs --features failpoints (scripts/test.sh builds with it)"
+)]
 fn the_readme_walkthrough_works_as_printed() {
+    let clock = common::test_clock();
+    let office = office_hours(&clock);
+    eprintln!("the daemon's clock: {clock} (office hours in Berlin: {office})");
     let d = embedded("walkthrough");
     let lines = walkthrough();
     assert!(
@@ -130,10 +155,20 @@ fn the_readme_walkthrough_works_as_printed() {
             // the same command, three times, showing three moments
             seen_list += 1;
             match seen_list {
+                // desk-1 by its schedule in office hours
+                1 if office => want.extend(["business-hours-desktop", "criteria"]),
                 2 => want.extend(["web-peak"]),
-                3 => want.extend(["business-hours-desktop"]),
+                3 => want.extend(["business-hours-desktop", "manual until"]),
                 _ => {}
             }
+        }
+        if line == "virt-persona persona-history desk-1" {
+            // at expiry: back to the baseline, or kept on by the schedule
+            want.push(if office {
+                "manual activation expired; its criteria keep 'business-hours-desktop' on"
+            } else {
+                "baseline"
+            });
         }
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -152,10 +187,18 @@ fn the_readme_walkthrough_works_as_printed() {
             std::thread::sleep(Duration::from_millis(250));
         }
         if line == "virt-persona list" && seen_list == 1 {
-            // nothing is worn before the signal
-            assert!(!run(&d.socket, line).1.contains("web-peak"));
+            // web-1 and web-2 wear nothing before the signal, desk-1 nothing
+            // outside office hours
+            let out = run(&d.socket, line).1;
+            assert!(!out.contains("web-peak"), "{out}");
+            assert_eq!(out.contains("business-hours-desktop"), office, "{out}");
         }
-        // a reader that goes away early ends the command quietly, as in coreutils
+        // a reader that goes away early ends the command quietly, as in
+        // coreutils (not run twice where running it again changes the story:
+        // a second activation is a second event)
+        if line.starts_with("virt-persona persona-apply ") {
+            continue;
+        }
         let (_, _, err) = run(&d.socket, &format!("{line} | head -1"));
         assert!(
             !err.contains("panicked") && !err.contains("Broken pipe"),
@@ -172,21 +215,52 @@ fn the_readme_walkthrough_works_as_printed() {
         metrics.contains("virt_persona_knob_unsupported{domain=\"web-1\",knob=\"cpu_shares\"} 1"),
         "{metrics}"
     );
-    // the manual activation ended by itself: two transitions, on and off
+    // the manual activation ended by itself: outside office hours two
+    // transitions, on and off; in office hours the schedule's, then the
+    // manual activation on and its end, the persona worn all along
     let (_, hist, _) = run(&d.socket, "virt-persona --json persona-history desk-1");
     let v: serde_json::Value = serde_json::from_str(&hist).expect("history JSON");
-    let to: Vec<Option<&str>> = v
+    let seen: Vec<(Option<&str>, &str, &str)> = v
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| e["to"].as_str())
+        .map(|e| {
+            (
+                e["to"].as_str(),
+                e["reason"].as_str().unwrap_or(""),
+                e["result"].as_str().unwrap_or(""),
+            )
+        })
         .collect();
-    assert_eq!(to, [Some("business-hours-desktop"), None], "{hist}");
+    const BHD: Option<&str> = Some("business-hours-desktop");
+    let want: Vec<(Option<&str>, &str, &str)> = if office {
+        vec![
+            (BHD, "criteria", "ok"),
+            (BHD, "manual", "ok"),
+            (
+                BHD,
+                "manual activation expired; its criteria keep 'business-hours-desktop' on",
+                "override_ended",
+            ),
+        ]
+    } else {
+        vec![(BHD, "manual", "ok"), (None, "baseline", "ok")]
+    };
+    assert_eq!(seen, want, "{hist}");
+    assert_eq!(
+        d.persona("desk-1").as_deref(),
+        if office { BHD } else { None },
+        "after the expiry"
+    );
 }
 
 /// Every read-only command ends quietly when piped into `head -1`, including
 /// the long ones (status of every domain, the event list).
 #[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "sets the daemon's clock: needs --features failpoints (scripts/test.sh builds with it)"
+)]
 fn every_command_is_quiet_when_its_reader_goes_away() {
     let d = embedded("pipe");
     // something in the event list

@@ -109,6 +109,11 @@ enum Command {
     /// Remove a persona (its file) through the daemon.
     PersonaUndefine { persona: String },
     /// Manually put a persona on a domain, beating all criteria.
+    ///
+    /// Until --for runs out (or persona-revert): the domain wears it with
+    /// reason "manual". On a domain that already wears the persona by its
+    /// criteria nothing changes, but the activation is recorded and shown all
+    /// the same; at its end the criteria decide again (the history says so).
     PersonaApply {
         domain: String,
         persona: String,
@@ -797,6 +802,13 @@ fn list(cli: &Cli, all: bool) -> anyhow::Result<ExitCode> {
                 // observe mode: what it would wear, nothing applied
                 d["persona"] = format!("{worn} (would)").into();
             }
+            // a manual activation says when it ends
+            if d["reason"] == "manual" {
+                if let Some(until) = d["override"]["until"].as_i64() {
+                    d["reason"] =
+                        format!("manual until {}", virt_persona::api::rfc3339(until)).into();
+                }
+            }
         }
     }
     let doms: Vec<&serde_json::Value> = doms.iter().collect();
@@ -808,6 +820,7 @@ fn list(cli: &Cli, all: bool) -> anyhow::Result<ExitCode> {
             ("Name", "name"),
             ("State", "state"),
             ("Persona", "persona"),
+            ("Reason", "reason"),
             ("Since", "since"),
         ],
         &[
@@ -816,6 +829,7 @@ fn list(cli: &Cli, all: bool) -> anyhow::Result<ExitCode> {
             "uuid",
             "state",
             "persona",
+            "reason",
             "since",
             "needs_attention",
             "would",

@@ -671,3 +671,33 @@ pub fn host_block_device() -> (String, String) {
     let dev = read_trim(&PathBuf::from(format!("/sys/block/{name}/dev")));
     (format!("/dev/{name}"), dev)
 }
+
+/// The instant the time-dependent tests put the daemon's clock at:
+/// `VP_TEST_CLOCK`, a civil time with its zone (RFC 9557, e.g.
+/// `2027-03-28T03:00:00[Europe/Berlin]`, a Sunday 03:00 just after the
+/// clocks went forward), else Tuesday 2026-12-01 10:00 in Berlin (office
+/// hours). `scripts/test.sh` runs those tests at both, so no outcome
+/// depends on when, or in which zone, the suite runs.
+pub fn test_clock() -> jiff::Zoned {
+    let s = std::env::var("VP_TEST_CLOCK")
+        .unwrap_or_else(|_| "2026-12-01T10:00:00[Europe/Berlin]".to_string());
+    s.parse::<jiff::Zoned>()
+        .unwrap_or_else(|e| panic!("VP_TEST_CLOCK={s}: not a civil time with a zone ({e})"))
+}
+
+/// The daemon's environment for a clock at `at` (milliseconds since the
+/// epoch) from now on: the test-only clock offset, a fail point that only
+/// builds with `--features failpoints` compile in.
+pub fn clock_at(at: i64) -> (&'static str, String) {
+    let real = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64;
+    (
+        "FAILPOINTS",
+        format!("clock-offset-ms=return({})", at - real),
+    )
+}
+
+/// Whether this build can set the daemon's clock (see [`clock_at`]).
+pub const CAN_SET_CLOCK: bool = cfg!(feature = "failpoints");
