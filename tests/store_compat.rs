@@ -265,7 +265,7 @@ fn this_release_has_golden_store_files() {
 
 fn write_golden_store(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
-    let mut s = RedbStore::open(&dir).unwrap();
+    let mut s = RedbStore::open(dir).unwrap();
     for (uuid, originals) in baselines() {
         s.record_baseline(uuid, &originals).unwrap();
     }
@@ -284,7 +284,7 @@ fn write_golden_store(dir: &Path) {
     drop(s);
     let mut h = History::default();
     h.import(&history_points(), HISTORY_T0 + 86_400_000, 14 * 86_400_000);
-    let db = HistoryDb::open(&dir).unwrap();
+    let db = HistoryDb::open(dir).unwrap();
     db.save(&h.take_changes()).unwrap();
 }
 
