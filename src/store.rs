@@ -734,11 +734,6 @@ impl HistoryDb {
         tx.commit().map_err(io)
     }
 
-    /// Reclaims the space of deleted chunks (after a compaction).
-    pub fn compact_file(&mut self) -> Result<()> {
-        self.db.compact().map_err(io).map(|_| ())
-    }
-
     /// The file's size in bytes.
     pub fn size_bytes(&self) -> u64 {
         std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)

@@ -259,8 +259,21 @@ fn strangers_stay_out_and_bad_packets_change_nothing() {
     let other_key = start("out", "c", pc, pa, [1u8; 32], "prod");
     let other_cluster = start("out", "d", pd, pa, key, "staging");
     wait_until("a and b", 60, &a.d, || alive_count(&a.d) == 2);
-    // long enough for the strangers to have tried many times
-    std::thread::sleep(Duration::from_secs(3));
+    let metric = |reason: &str| -> u64 {
+        let (_, m) = common::http(&a.d.socket, "GET /metrics HTTP/1.1\r\n\r\n");
+        m.lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "virt_persona_gossip_packets_dropped_total{{reason=\"{reason}\"}}"
+                ))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    // the strangers seed to a: each of their tries is a packet a cannot open
+    wait_until("the strangers' tries refused at a", 60, &a.d, || {
+        metric("unauthenticated") >= 10
+    });
     for n in [&a, &b] {
         let names: Vec<String> = states(&n.d).into_iter().map(|x| x.0).collect();
         assert_eq!(names, ["a", "b"], "{}", n.d.log());
@@ -299,17 +312,6 @@ fn strangers_stay_out_and_bad_packets_change_nothing() {
     ] {
         s.send_to(p, &to).unwrap();
     }
-    let metric = |reason: &str| -> u64 {
-        let (_, m) = common::http(&a.d.socket, "GET /metrics HTTP/1.1\r\n\r\n");
-        m.lines()
-            .find(|l| {
-                l.starts_with(&format!(
-                    "virt_persona_gossip_packets_dropped_total{{reason=\"{reason}\"}}"
-                ))
-            })
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0)
-    };
     wait_until("every bad packet counted", 10, &a.d, || {
         metric("unauthenticated") >= 1
             && metric("replayed") >= 1
@@ -387,7 +389,9 @@ fn a_manual_activation_follows_the_domain_to_the_next_host() {
                     .any(|d| d["name"] == "web-1" && d["manual"]["persona"] == "boost")
         })
     });
-    std::thread::sleep(Duration::from_secs(2));
+    // three of b's ticks (each one an exchange) with the activation known
+    let t = b.d.ticks();
+    b.d.wait_until_ticks(t + 3);
     assert_eq!(b.d.persona("web-1"), None);
     // a goes away: b continues it, with the same end
     a.d.kill9();
@@ -547,19 +551,30 @@ fn a_partition_between_network_namespaces_heals_and_both_sides_converge() {
     wait_until("right's signal on its side", 10, &nodes[2], || {
         has_signal(&nodes[2], "right.rps", 2.0)
     });
-    for d in &nodes[2..] {
-        assert!(
-            !has_signal(d, "left.rps", 1.0),
-            "the cut holds: {}",
-            d.log()
-        );
-    }
-    for d in &nodes[..2] {
-        assert!(
-            !has_signal(d, "right.rps", 2.0),
-            "the cut holds: {}",
-            d.log()
-        );
+    // the cut holds while each host receives ten more datagrams (its own
+    // side's gossip goes on): a signal that crossed would be there by then
+    let received = |d: &Daemon| -> u64 {
+        let (_, m) = common::http(&d.socket, "GET /metrics HTTP/1.1\r\n\r\n");
+        m.lines()
+            .find(|l| l.starts_with("virt_persona_gossip_packets_total{state=\"received\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let from: Vec<u64> = nodes.iter().map(received).collect();
+    for (i, d) in nodes.iter().enumerate() {
+        let (other, value) = if i < 2 {
+            ("right.rps", 2.0)
+        } else {
+            ("left.rps", 1.0)
+        };
+        wait_until("ten more datagrams, the cut holding", 60, d, || {
+            assert!(
+                !has_signal(d, other, value),
+                "the cut holds: {other} crossed\n{}",
+                d.log()
+            );
+            received(d) >= from[i] + 10
+        });
     }
 
     let t = Instant::now();

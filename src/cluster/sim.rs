@@ -429,7 +429,7 @@ mod tests {
             (0..s.len()).all(|i| domains_known(s, i) == n * 3)
         })
         .expect("converges");
-        let mut within_a_second = 0;
+        let mut slowest = 0;
         let rounds = 20;
         for round in 0..rounds {
             let who = (round * 7) % n;
@@ -449,14 +449,14 @@ mod tests {
                     (0..s.len()).all(|i| has(s, i))
                 })
                 .unwrap_or_else(|| panic!("round {round}: not everywhere after 10 s"));
-            if t - start < 1_000 {
-                within_a_second += 1;
-            }
+            slowest = slowest.max(t - start);
+            assert!(
+                t - start < 1_000,
+                "round {round}: everywhere after {} ms, not within a second",
+                t - start
+            );
         }
-        assert!(
-            within_a_second * 10 >= rounds * 9,
-            "only {within_a_second} of {rounds} changes were everywhere within a second"
-        );
+        eprintln!("the slowest of {rounds} changes was everywhere after {slowest} ms");
         sim.crash(5);
         sim.run_until_true(Duration::from_millis(100), sim.now + 60_000, |s| {
             (0..s.len())
