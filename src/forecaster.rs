@@ -240,6 +240,9 @@ pub fn spawn(cfg: WorkerConfig) -> Result<WorkerHandles, StoreError> {
     let handle = std::thread::Builder::new()
         .name("forecast".into())
         .spawn(move || loop {
+            // test builds only: FAILPOINTS=forecast-worker-panic=1*panic(..)
+            // stands in for a bug in a fit or in the history code
+            fail::fail_point!("forecast-worker-panic");
             let wait = w.step();
             match rx.recv_timeout(wait) {
                 Ok(msg) => {
@@ -267,6 +270,111 @@ pub fn spawn(cfg: WorkerConfig) -> Result<WorkerHandles, StoreError> {
         })
         .map_err(|e| StoreError::Io(format!("starting the forecast thread: {e}")))?;
     Ok((tx, news_rx, handle))
+}
+
+/// The worker as the control loop holds it: a thread that ends or panics is
+/// noticed (its news channel closes), joined, said, and started again after
+/// a backoff ([`crate::supervise::Restarts`]) from its history file; while it
+/// is down, samples are dropped (and counted by the caller) and imports are
+/// refused, and the loop never waits on it.
+pub struct Supervised {
+    make: Box<dyn Fn() -> WorkerConfig + Send>,
+    tx: Sender<ToWorker>,
+    news: Receiver<FitNews>,
+    handle: Option<std::thread::JoinHandle<()>>,
+    /// What the worker was last told it must fit (sent again after a restart).
+    wanted: BTreeSet<SeriesKey>,
+    restarts: crate::supervise::Restarts,
+}
+
+impl Supervised {
+    pub fn start(
+        make: Box<dyn Fn() -> WorkerConfig + Send>,
+        now: Millis,
+    ) -> Result<Supervised, StoreError> {
+        let (tx, news, handle) = spawn(make())?;
+        Ok(Supervised {
+            make,
+            tx,
+            news,
+            handle: Some(handle),
+            wanted: BTreeSet::new(),
+            restarts: crate::supervise::Restarts::new("forecast", now),
+        })
+    }
+
+    /// Its news, for the loop's `select!` (a channel that never fires while it is down).
+    pub fn news(&self) -> Receiver<FitNews> {
+        self.news.clone()
+    }
+
+    /// One tick's values and the series wanted now; false when the values
+    /// could not be handed over (worker busy or down).
+    pub fn feed(
+        &mut self,
+        values: Vec<(SeriesKey, Millis, f64)>,
+        want: BTreeSet<SeriesKey>,
+    ) -> bool {
+        let delivered = values.is_empty() || self.tx.try_send(ToWorker::Samples(values)).is_ok();
+        if want != self.wanted && self.tx.try_send(ToWorker::Want(want.clone())).is_ok() {
+            self.wanted = want;
+        }
+        delivered
+    }
+
+    /// Hands an import over; `Err` gives it back with whether the worker is
+    /// down (rather than busy).
+    pub fn import(&self, msg: ToWorker) -> Result<(), (ToWorker, bool)> {
+        self.tx.try_send(msg).map_err(|e| {
+            let down = e.is_disconnected() || self.restarts.is_down();
+            (e.into_inner(), down)
+        })
+    }
+
+    /// Its news channel closed: the thread ended. Joined, and why, for the log.
+    pub fn ended(&mut self, now: Millis) -> String {
+        let why = match self.handle.take().map(|h| h.join()) {
+            Some(Err(p)) => format!("panicked: {}", crate::supervise::panic_message(&*p)),
+            _ => "ended".to_string(),
+        };
+        self.news = crossbeam_channel::never();
+        self.restarts.failed(why.clone(), now);
+        why
+    }
+
+    /// Starts it again when its backoff is over: `Some` when it tried.
+    pub fn restart_if_due(&mut self, now: Millis) -> Option<Result<(), StoreError>> {
+        if !self.restarts.due(now) {
+            return None;
+        }
+        Some(match spawn((self.make)()) {
+            Ok((tx, news, handle)) => {
+                self.tx = tx;
+                self.news = news;
+                self.handle = Some(handle);
+                // told again what to fit
+                self.wanted = BTreeSet::new();
+                self.restarts.restarted(now);
+                Ok(())
+            }
+            Err(e) => {
+                self.restarts.restart_failed(e.to_string(), now);
+                Err(e)
+            }
+        })
+    }
+
+    pub fn status(&self) -> &crate::supervise::HelperStatus {
+        self.restarts.status()
+    }
+
+    /// Writes the open minute and ends the thread.
+    pub fn stop(mut self) {
+        let _ = self.tx.send(ToWorker::Stop);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ pub mod planner;
 pub mod reconciler;
 pub mod rules;
 pub mod store;
+pub mod supervise;
 pub mod systemd;
 pub mod units;
 pub mod watch;

@@ -220,6 +220,8 @@ pub struct Reconciler<H: Hypervisor + ?Sized, S: StateStore> {
     dry_run: bool,
     /// The last tick failed on the state store.
     store_failing: Option<String>,
+    /// The daemon's helpers (forecast worker, gossip), as its loop last saw them.
+    helpers: Vec<crate::supervise::HelperStatus>,
     /// Fitted forecasts, as the forecast worker hands them over.
     forecasts: Forecasts,
     /// `forecast_mode = "observe"` for the whole daemon.
@@ -304,6 +306,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             observe: None,
             dry_run: false,
             store_failing: None,
+            helpers: Vec::new(),
             forecasts: Forecasts::default(),
             forecast_observe: false,
             history_t: Millis::MIN,
@@ -826,6 +829,15 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             e.last_verify = 0;
         }
         info!("acting again: the next tick applies what was only observed");
+    }
+
+    /// The helpers' state, for `/healthz` (set by the daemon's loop).
+    pub fn set_helpers(&mut self, helpers: Vec<crate::supervise::HelperStatus>) {
+        self.helpers = helpers;
+    }
+
+    pub fn helpers(&self) -> &[crate::supervise::HelperStatus] {
+        &self.helpers
     }
 
     /// What makes the daemon unhealthy right now: the state store failing, or

@@ -355,6 +355,7 @@ impl RedbStore {
             message: e.to_string(),
         };
         std::fs::create_dir_all(dir).map_err(|e| open_err(&e))?;
+        let existed = path.exists();
         // redb's page cache defaults to 1 GiB and grows with the file (events,
         // history): the daemon's memory must not, so it is capped
         let db = redb::Builder::new()
@@ -373,7 +374,7 @@ impl RedbStore {
         // create the tables so readers never see them missing
         let tx = db.begin_write().map_err(|e| open_err(&e))?;
         let found = check_format(&tx, &path, STATE_FORMAT)?;
-        if found != STATE_FORMAT {
+        if existed && found != STATE_FORMAT {
             tracing::info!(file = %path.display(), from = found, to = STATE_FORMAT, "state file format recorded (records are read as they are)");
         }
         {

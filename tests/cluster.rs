@@ -50,6 +50,21 @@ fn launch_every(
     cluster: &str,
     interval: &str,
 ) -> Daemon {
+    launch_env(dir, name, port, seed, key, cluster, interval, &[])
+}
+
+/// As [`launch_every`], with more of the daemon's environment.
+#[allow(clippy::too_many_arguments)]
+fn launch_env(
+    dir: &Path,
+    name: &str,
+    port: u16,
+    seed: u16,
+    key: [u8; 32],
+    cluster: &str,
+    interval: &str,
+    env: &[(&str, String)],
+) -> Daemon {
     let key_file = write_key(dir, key);
     let listen = format!("127.0.0.1:{port}");
     let seed = format!("127.0.0.1:{seed}");
@@ -70,7 +85,7 @@ fn launch_every(
             "--gossip-cluster",
             cluster,
         ],
-        &[],
+        env,
     )
 }
 
@@ -652,4 +667,63 @@ fn a_key_rotates_in_three_reloads_without_a_restart() {
         states(&old_only.d)
     );
     drop(new_only);
+}
+
+/// The gossip task panics (a fail point, at its first turn): the host says
+/// so in /healthz and the log, keeps controlling its domains, and starts the
+/// task again on the same port after the backoff; the cluster forms and a
+/// cluster signal crosses both ways.
+#[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "panics the gossip task through a fail point: needs --features failpoints"
+)]
+fn a_gossip_task_that_panics_is_started_again_and_the_host_rejoins() {
+    let key = [5u8; 32];
+    let (pa, pb) = (free_port(), free_port());
+    let dir = common::test_dir("cluster-panic", "a");
+    std::fs::write(dir.join("personas/boost.toml"), BOOST).unwrap();
+    let a = launch_env(
+        &dir,
+        "a",
+        pa,
+        pb,
+        key,
+        "test",
+        "1s",
+        &[(
+            "FAILPOINTS",
+            "gossip-task-panic=1*panic(boom in gossip)".to_string(),
+        )],
+    );
+    let b = start("panic", "b", pb, pa, key, "test");
+    let gossip = |d: &Daemon| -> Value {
+        let h = d.get("/healthz");
+        h["helpers"]
+            .as_array()
+            .and_then(|v| v.iter().find(|x| x["name"] == "gossip").cloned())
+            .unwrap_or_else(|| panic!("no gossip helper: {h}"))
+    };
+    wait_until("a's gossip task started again", 60, &a, || {
+        let g = gossip(&a);
+        g["restarts"] == 1 && g["state"] == "running"
+    });
+    let g = gossip(&a);
+    assert!(
+        g["last_failure"]
+            .as_str()
+            .is_some_and(|f| f.contains("panicked: boom in gossip")),
+        "{g}"
+    );
+    assert!(a.log().contains("the gossip task stopped"), "{}", a.log());
+    for d in [&a, &b.d] {
+        wait_until("a and b", 60, d, || alive_count(d) == 2);
+    }
+    put_signal(&a, "from.a", 1.0, "10m");
+    put_signal(&b.d, "from.b", 2.0, "10m");
+    wait_until("a's signal at b", 30, &b.d, || {
+        has_signal(&b.d, "from.a", 1.0)
+    });
+    wait_until("b's signal at a", 30, &a, || has_signal(&a, "from.b", 2.0));
+    assert_eq!(gossip(&b.d)["restarts"], 0);
 }

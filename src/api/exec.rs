@@ -321,13 +321,16 @@ pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
                 status: 503,
                 message: problem,
             },
+            // a helper down (being restarted) degrades the daemon, which goes
+            // on controlling domains: still 200, and said
             None => Reply::Ok(json!({
-                "status": "ok",
+                "status": if rec.helpers().iter().any(|h| h.state != "running") { "degraded" } else { "ok" },
                 "libvirt": "connected",
                 "uri": hv.uri(),
                 "version": crate::VERSION,
                 "ticks": rec.ticks(),
                 "dry_run": rec.dry_run(),
+                "helpers": rec.helpers(),
             })),
         },
         Command::ListDomains => Reply::Ok(Value::Array(

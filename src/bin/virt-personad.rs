@@ -124,9 +124,44 @@ struct Gossip {
     shared: Arc<cluster::node::Shared>,
     addr: std::net::SocketAddr,
     exchange: cluster::exchange::Exchange,
+    /// What it was started with (the key ring as last reloaded), to start it again.
+    cfg: cluster::node::NodeConfig,
+    /// Says why once the node's task has ended.
+    ended: crossbeam_channel::Receiver<String>,
+    restarts: virt_persona::supervise::Restarts,
 }
 
 impl Gossip {
+    /// The node's task ended (`why`): it is started again after a backoff.
+    fn ended(&mut self, why: String, now: i64) {
+        self.ended = crossbeam_channel::never();
+        self.restarts.failed(why.clone(), now);
+        tracing::error!(%why, retry_at = ?self.restarts.status().restart_at.map(virt_persona::api::rfc3339), "the gossip task stopped; this host is out of the cluster until it is started again, domains are still controlled");
+    }
+
+    /// Starts the node again once its backoff is over, on the same address
+    /// and view, as a new incarnation (the others see it come back).
+    fn restart_if_due(&mut self, rt: &tokio::runtime::Handle, now: i64) {
+        if !self.restarts.due(now) {
+            return;
+        }
+        match cluster::node::start(rt, self.cfg.clone(), self.shared.clone()) {
+            Ok(n) => {
+                self.tx = n.tx;
+                self.addr = n.addr;
+                self.ended = n.ended;
+                self.restarts.restarted(now);
+                // everything this host publishes goes out again
+                self.exchange = Default::default();
+                warn!(restarts = self.restarts.status().restarts, addr = %n.addr, "gossip task started again");
+            }
+            Err(e) => {
+                self.restarts.restart_failed(e.to_string(), now);
+                tracing::error!(error = %e, "the gossip task cannot be started again; trying later");
+            }
+        }
+    }
+
     /// A cluster signal this host set (from the API's reply).
     fn set_local_signal(&mut self, v: &serde_json::Value) {
         let (Some(name), Some(value), Some(expires)) = (
@@ -197,7 +232,7 @@ impl Gossip {
 /// host's domains), then written by the forecast worker, which answers.
 fn import_history(
     rec: &Rec,
-    worker: &crossbeam_channel::Sender<ToWorker>,
+    worker: &virt_persona::forecaster::Supervised,
     csv: &str,
     reply: tokio::sync::oneshot::Sender<Reply>,
 ) {
@@ -235,17 +270,21 @@ fn import_history(
         reply: answer,
     };
     let sent = if worker_busy_for_tests() {
-        Err(crossbeam_channel::TrySendError::Full(msg))
+        Err((msg, false))
     } else {
-        worker.try_send(msg)
+        worker.import(msg)
     };
-    if sent.is_err() {
+    if let Err((_, down)) = sent {
         // nothing was written: the client may simply send it again
         if let Some(tx) = reply.lock().ok().and_then(|mut t| t.take()) {
             let _ = tx.send(Reply::Err {
                 status: 503,
-                message: "the forecast worker is busy; nothing was imported, try again in a moment"
-                    .into(),
+                message: if down {
+                    "the forecast worker is being started again; nothing was imported, try again in a moment"
+                } else {
+                    "the forecast worker is busy; nothing was imported, try again in a moment"
+                }
+                .into(),
             });
         }
     }
@@ -376,25 +415,24 @@ fn run(
         info!("forecast observe mode: forecasts are evaluated and shown, and never activate a persona");
     }
 
-    // history and forecast fits live on their own thread
-    let (worker_tx, fit_news, worker) = virt_persona::forecaster::spawn(WorkerConfig {
-        state_dir: cfg.state_dir.clone(),
-        retention: cfg.history_retention.as_std().as_millis() as i64,
-        clock: Box::new(now_ms),
-        refit_every: 3_600_000,
-    })
-    .context("starting the forecast worker")?;
-    let mut wanted: std::collections::BTreeSet<virt_persona::history::SeriesKey> =
-        Default::default();
-    // each tick's values to history, and the series to fit when they change
-    let mut feed = |rec: &mut Rec| {
-        let values = rec.history_values();
-        if !values.is_empty() && worker_tx.try_send(ToWorker::Samples(values)).is_err() {
-            metrics.history_dropped();
+    // history and forecast fits live on their own thread, started again
+    // (after a backoff) if it ever ends or panics
+    let worker_cfg = {
+        let state_dir = cfg.state_dir.clone();
+        let retention = cfg.history_retention.as_std().as_millis() as i64;
+        move || WorkerConfig {
+            state_dir: state_dir.clone(),
+            retention,
+            clock: Box::new(now_ms),
+            refit_every: 3_600_000,
         }
-        let want = rec.forecast_series();
-        if want != wanted && worker_tx.try_send(ToWorker::Want(want.clone())).is_ok() {
-            wanted = want;
+    };
+    let mut worker = virt_persona::forecaster::Supervised::start(Box::new(worker_cfg), now_ms())
+        .context("starting the forecast worker")?;
+    // each tick's values to history, and the series to fit when they change
+    let feed = |rec: &mut Rec, worker: &mut virt_persona::forecaster::Supervised| {
+        if !worker.feed(rec.history_values(), rec.forecast_series()) {
+            metrics.history_dropped();
         }
     };
 
@@ -440,25 +478,25 @@ fn run(
                 .collect::<anyhow::Result<Vec<_>>>()?;
             let shared = Arc::new(cluster::node::Shared::default());
             shared.lock().wake = Some(wake_tx);
-            let (tx, addr) = cluster::node::start(
-                rt.handle(),
-                cluster::node::NodeConfig {
-                    node: cfg.node_name.clone(),
-                    listen,
-                    seeds,
-                    ring,
-                    cluster: cfg.gossip_cluster.clone(),
-                    clock: now_ms,
-                },
-                shared.clone(),
-            )
-            .with_context(|| format!("gossip cannot listen on {listen}"))?;
+            let node_cfg = cluster::node::NodeConfig {
+                node: cfg.node_name.clone(),
+                listen,
+                seeds,
+                ring,
+                cluster: cfg.gossip_cluster.clone(),
+                clock: now_ms,
+            };
+            let n = cluster::node::start(rt.handle(), node_cfg.clone(), shared.clone())
+                .with_context(|| format!("gossip cannot listen on {listen}"))?;
             rec.set_cluster_enabled(true);
             Some(Gossip {
-                tx,
+                tx: n.tx,
                 shared,
-                addr,
+                addr: n.addr,
                 exchange: Default::default(),
+                cfg: node_cfg,
+                ended: n.ended,
+                restarts: virt_persona::supervise::Restarts::new("gossip", now_ms()),
             })
         }
     };
@@ -523,16 +561,23 @@ fn run(
         None => crossbeam_channel::never(),
     };
     log_tick(run_tick(&mut rec));
-    feed(&mut rec);
+    feed(&mut rec, &mut worker);
     if let Some(g) = gossip.as_mut() {
         g.exchange(&mut rec, &catalog, &cfg.node_name, started, now_ms());
     }
     loop {
         let statuses = rec.statuses();
+        let down: Vec<&str> = rec
+            .helpers()
+            .iter()
+            .filter(|h| h.state != "running")
+            .map(|h| h.name)
+            .collect();
         let problem = last_error
             .borrow()
             .as_ref()
-            .map(|e| format!("last tick failed: {e}"));
+            .map(|e| format!("last tick failed: {e}"))
+            .or_else(|| (!down.is_empty()).then(|| format!("restarting: {}", down.join(", "))));
         let line = status_line(
             statuses.iter().filter(|d| d.state != "shut off").count(),
             statuses
@@ -563,10 +608,35 @@ fn run(
                 shared.publish_event(&event_json(e));
             }
         }
+        // a helper that ended is started again once its backoff is over
+        if let Some(r) = worker.restart_if_due(now_ms()) {
+            match r {
+                Ok(()) => warn!(
+                    restarts = worker.status().restarts,
+                    "forecast worker started again"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "the forecast worker cannot be started again; trying later")
+                }
+            }
+        }
+        if let Some(g) = gossip.as_mut() {
+            g.restart_if_due(rt.handle(), now_ms());
+        }
+        rec.set_helpers(
+            std::iter::once(worker.status().clone())
+                .chain(gossip.as_ref().map(|g| g.restarts.status().clone()))
+                .collect(),
+        );
+        let fit_news = worker.news();
+        let gossip_ended = gossip
+            .as_ref()
+            .map(|g| g.ended.clone())
+            .unwrap_or_else(crossbeam_channel::never);
         select! {
             recv(ticker) -> _ => {
                 log_tick(run_tick(&mut rec));
-                feed(&mut rec);
+                feed(&mut rec, &mut worker);
                 if let Some(g) = gossip.as_mut() {
                     g.exchange(&mut rec, &catalog, &cfg.node_name, started, now_ms());
                 }
@@ -576,11 +646,19 @@ fn run(
                     g.take(&mut rec, &cfg.node_name, now_ms());
                 }
             }
-            recv(fit_news) -> news => {
-                if let Ok(n) = news {
-                    rec.set_forecast(n.key, n.state);
+            recv(gossip_ended) -> why => {
+                if let Some(g) = gossip.as_mut() {
+                    g.ended(why.unwrap_or_else(|_| "ended".into()), now_ms());
                 }
             }
+            recv(fit_news) -> news => match news {
+                Ok(n) => rec.set_forecast(n.key, n.state),
+                // its thread ended: the loop goes on, the worker comes back
+                Err(_) => {
+                    let why = worker.ended(now_ms());
+                    tracing::error!(%why, retry_at = ?worker.status().restart_at.map(virt_persona::api::rfc3339), "the forecast worker stopped; forecasts are frozen until it is started again, domains are still controlled");
+                }
+            },
             recv(watchdog) -> _ => notifier.watchdog(),
             recv(events) -> ev => match ev {
                 Ok(HypervisorEvent::Lifecycle { name, kind, .. }) => {
@@ -610,7 +688,7 @@ fn run(
             recv(cmd_rx) -> env => {
                 if let Ok(env) = env {
                     if let Command::ImportHistory { csv } = &env.command {
-                        import_history(&rec, &worker_tx, csv, env.reply);
+                        import_history(&rec, &worker, csv, env.reply);
                         continue;
                     }
                     if let (Command::Cluster, Some(g)) = (&env.command, gossip.as_ref()) {
@@ -671,10 +749,12 @@ fn run(
                         Err(e) => warn!(error = %e, "config file not reloaded; the settings in force are kept"),
                     }
                     // a key rotates without a restart: the key file is read again
-                    if let (Some(g), Some(path)) = (gossip.as_ref(), cfg.gossip_key_file.as_ref()) {
+                    if let (Some(g), Some(path)) = (gossip.as_mut(), cfg.gossip_key_file.as_ref()) {
                         match virt_persona::config::read_key_file(path) {
                             Ok(ring) => {
                                 info!(keys = ring.len(), ids = %ring.ids().join(","), "gossip key file reloaded");
+                                // a restarted node starts with the keys in force
+                                g.cfg.ring = ring.clone();
                                 let _ = g.tx.try_send(cluster::node::ToNode::Keys(ring));
                             }
                             Err(e) => warn!(error = %e, "gossip key file not reloaded; the keys in force are kept"),
@@ -717,8 +797,7 @@ fn run(
                         std::thread::sleep(StdDuration::from_millis(100));
                     }
                     // the open minute of history is written before the thread ends
-                    let _ = worker_tx.send(ToWorker::Stop);
-                    let _ = worker.join();
+                    worker.stop();
                     rt.shutdown_timeout(StdDuration::from_millis(500));
                     return Ok(());
                 }

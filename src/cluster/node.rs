@@ -138,6 +138,7 @@ pub enum ToNode {
     Stop,
 }
 
+#[derive(Clone)]
 pub struct NodeConfig {
     pub node: String,
     pub listen: SocketAddr,
@@ -153,11 +154,20 @@ enum Input {
 }
 
 /// Binds the socket and starts the node on `rt`. Returns the channel to it.
+/// A started gossip node: where to send it commands, the address it is
+/// bound to, and a channel that says why once its task has ended (it
+/// returned, or panicked), for the control loop to start it again.
+pub struct Started {
+    pub tx: mpsc::Sender<ToNode>,
+    pub addr: SocketAddr,
+    pub ended: crossbeam_channel::Receiver<String>,
+}
+
 pub fn start(
     rt: &tokio::runtime::Handle,
     cfg: NodeConfig,
     shared: Arc<Shared>,
-) -> std::io::Result<(mpsc::Sender<ToNode>, SocketAddr)> {
+) -> std::io::Result<Started> {
     let std_socket = std::net::UdpSocket::bind(cfg.listen)?;
     std_socket.set_nonblocking(true)?;
     let addr = std_socket.local_addr()?;
@@ -171,8 +181,29 @@ pub fn start(
         i.me = cfg.node.clone();
         i.my_addr = addr.to_string();
     }
-    rt.spawn(run(cfg, addr, socket, shared, rx));
-    Ok((tx, addr))
+    let task = rt.spawn(run(cfg, addr, socket, shared, rx));
+    let (ended_tx, ended) = crossbeam_channel::bounded(1);
+    rt.spawn(async move {
+        let why = match task.await {
+            Ok(()) => "ended".to_string(),
+            Err(e) if e.is_panic() => format!(
+                "panicked: {}",
+                crate::supervise::panic_message(&*e.into_panic())
+            ),
+            Err(e) => format!("cancelled: {e}"),
+        };
+        let _ = ended_tx.send(why);
+    });
+    Ok(Started { tx, addr, ended })
+}
+
+/// Aborts a task when dropped: the receiving half ends with the node's task
+/// (however that ends), so its socket is free for a restart.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl std::ops::Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn member_state(s: foca::State) -> &'static str {
@@ -211,10 +242,10 @@ async fn run(
     let (in_tx, mut in_rx) = mpsc::channel::<Input>(1024);
 
     // the receiving half: datagrams in, as bytes
-    {
+    let _receiving = {
         let socket = socket.clone();
         let in_tx = in_tx.clone();
-        tokio::spawn(async move {
+        AbortOnDrop(tokio::spawn(async move {
             let mut buf = vec![0u8; 65_536];
             loop {
                 match socket.recv_from(&mut buf).await {
@@ -233,14 +264,16 @@ async fn run(
                     }
                 }
             }
-        });
-    }
+        }))
+    };
     let mut rates = Rates::default();
     let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!(%addr, node = %cfg.node, seeds = cfg.seeds.len(), "gossip listening");
     flush(&mut driver, &socket, &mut sealer, &shared, &in_tx, now()).await;
     loop {
+        // test builds only: FAILPOINTS=gossip-task-panic=1*panic(..)
+        fail::fail_point!("gossip-task-panic");
         tokio::select! {
             msg = rx.recv() => match msg {
                 Some(ToNode::Local(local)) => driver.local(now(), local),

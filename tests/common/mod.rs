@@ -445,6 +445,20 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+    /// CPU time the daemon's process has used (user + system), from /proc.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
+            .expect("the daemon's /proc stat");
+        // after the command name in parentheses: utime and stime are fields 14 and 15
+        let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+        let f: Vec<u64> = rest
+            .split_whitespace()
+            .map(|x| x.parse().unwrap_or(0))
+            .collect();
+        let ticks = f[11] + f[12];
+        let hz = clk_tck();
+        Duration::from_secs_f64(ticks as f64 / hz as f64)
+    }
     pub fn persona(&self, name: &str) -> Option<String> {
         let v = virt_persona::api::client::request(
             &self.socket,
@@ -701,3 +715,17 @@ pub fn clock_at(at: i64) -> (&'static str, String) {
 
 /// Whether this build can set the daemon's clock (see [`clock_at`]).
 pub const CAN_SET_CLOCK: bool = cfg!(feature = "failpoints");
+
+/// The unit of /proc's CPU times (`getconf CLK_TCK`; 100 on Linux).
+fn clk_tck() -> u64 {
+    static HZ: OnceLock<u64> = OnceLock::new();
+    *HZ.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(100)
+    })
+}
