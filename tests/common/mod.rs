@@ -372,12 +372,25 @@ impl Daemon {
         flags: &[&str],
         env: &[(&str, String)],
     ) -> Daemon {
-        let socket = dir.join("api.sock");
-        let log = std::fs::File::create(dir.join("daemon.log")).expect("log file");
         // VP_DAEMON_BIN: another build of the daemon (benchmarks compare two)
         let bin = std::env::var_os("VP_DAEMON_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_virt-personad")));
+        Self::start_bin(&bin, wrapper, dir, uri, flags, env)
+    }
+
+    /// As [`Daemon::start_wrapped`], with the daemon binary `bin` (another
+    /// release's, for the upgrade tests).
+    pub fn start_bin(
+        bin: &Path,
+        wrapper: &[&str],
+        dir: &Path,
+        uri: &str,
+        flags: &[&str],
+        env: &[(&str, String)],
+    ) -> Daemon {
+        let socket = dir.join("api.sock");
+        let log = std::fs::File::create(dir.join("daemon.log")).expect("log file");
         let mut cmd = match wrapper.split_first() {
             Some((w, rest)) => {
                 let mut c = Command::new(w);
