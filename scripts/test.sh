@@ -16,6 +16,10 @@ if ! command -v cargo-deb >/dev/null 2>&1; then
 fi
 
 export CARGO_TERM_COLOR=never
+# the previous release, for tests/upgrade.rs: built once per machine (cached
+# under /var/tmp/virt-persona-releases; about 4 minutes the first time)
+echo "== the previous release (tests/upgrade/previous)"
+bash scripts/previous-release.sh
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
