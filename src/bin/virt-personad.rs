@@ -151,8 +151,8 @@ impl Gossip {
                 self.addr = n.addr;
                 self.ended = n.ended;
                 self.restarts.restarted(now);
-                // everything this host publishes goes out again
-                self.exchange = Default::default();
+                // the exchange (this host's cluster signals, the activations
+                // it continued) is kept: the next publish sends it all to the new node
                 warn!(restarts = self.restarts.status().restarts, addr = %n.addr, "gossip task started again");
             }
             Err(e) => {
