@@ -51,6 +51,11 @@ struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HelperLabel {
+    helper: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: String,
 }
@@ -84,6 +89,8 @@ pub struct Metrics {
     gossip_dropped: Family<ReasonLabel, Counter>,
     gossip_backlog: Family<FitLabel, Gauge>,
     gossip_digest_differs: Gauge,
+    helper_up: Family<HelperLabel, Gauge>,
+    helper_restarts: Family<HelperLabel, Gauge>,
 }
 
 impl Default for Metrics {
@@ -243,7 +250,21 @@ impl Metrics {
             "Hosts whose persona-set digest differs from the majority's",
             gossip_digest_differs.clone(),
         );
+        let helper_up = Family::default();
+        registry.register(
+            "helper_up",
+            "1 while a helper of the control loop (helper=forecast|gossip) runs, 0 while it is being started again",
+            helper_up.clone(),
+        );
+        let helper_restarts = Family::default();
+        registry.register(
+            "helper_restarts",
+            "Times a helper was started again after it ended or panicked, since the daemon started",
+            helper_restarts.clone(),
+        );
         Metrics {
+            helper_up,
+            helper_restarts,
             gossip_members,
             gossip_packets,
             gossip_bytes,
@@ -271,6 +292,21 @@ impl Metrics {
             signals,
             libvirt_up,
             dry_run,
+        }
+    }
+
+    /// The helpers' state (`/healthz` lists the same).
+    pub fn helpers(&self, helpers: &[crate::supervise::HelperStatus]) {
+        for h in helpers {
+            let l = HelperLabel {
+                helper: h.name.to_string(),
+            };
+            self.helper_up
+                .get_or_create(&l)
+                .set((h.state == "running") as i64);
+            self.helper_restarts
+                .get_or_create(&l)
+                .set(h.restarts as i64);
         }
     }
 

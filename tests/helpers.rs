@@ -85,6 +85,13 @@ fn a_forecast_worker_that_panics_is_restarted_and_the_loop_goes_on_without_spinn
         (h["state"] == "running" && h["restarts"] == 1).then_some(h)
     });
     assert_eq!(d.get("/healthz")["status"], "ok", "{st}");
+    let (_, m) = common::http(&d.socket, "GET /metrics HTTP/1.1\r\n\r\n");
+    for line in [
+        "virt_persona_helper_up{helper=\"forecast\"} 1",
+        "virt_persona_helper_restarts{helper=\"forecast\"} 1",
+    ] {
+        assert!(m.lines().any(|l| l == line), "{line} in\n{m}");
+    }
     let log = d.log();
     assert!(
         log.contains("the forecast worker stopped")

@@ -704,6 +704,7 @@ fn run(
                             if let Some(g) = gossip.as_ref() {
                                 metrics.gossip(&g.shared.lock());
                             }
+                            metrics.helpers(rec.helpers());
                             metrics.state(&rec.statuses(), catalog.personas().len(), catalog.errors().len(), signals, hv.is_connected());
                             Reply::Text(metrics.render())
                         }
