@@ -31,23 +31,15 @@ pub enum ConfigError {
     Token { path: PathBuf, message: String },
 }
 
-/// Reads the TCP API's bearer token. The file must be readable by its owner
-/// only (the token is a password), and the token at least 16 characters.
+/// Reads the TCP API's bearer token. The file must be a regular file (not a
+/// link) owned by root or the daemon's user and readable by its owner only
+/// (the token is a password), and the token at least 16 characters.
 pub fn read_token_file(path: &Path) -> Result<String, ConfigError> {
-    use std::os::unix::fs::PermissionsExt;
     let err = |message: String| ConfigError::Token {
         path: path.to_path_buf(),
         message,
     };
-    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(err(format!(
-            "mode {mode:04o} lets other users read it: chmod 600 {}",
-            path.display()
-        )));
-    }
-    let token = std::fs::read_to_string(path)
+    let token = crate::files::read_secret(path)
         .map_err(|e| err(e.to_string()))?
         .trim()
         .to_string();
@@ -57,23 +49,15 @@ pub fn read_token_file(path: &Path) -> Result<String, ConfigError> {
     Ok(token)
 }
 
-/// Reads the gossip key file: mode 0600 (or stricter), one key per line
+/// Reads the gossip key file: a regular file owned by root or the daemon's
+/// user, mode 0600 (or stricter), one key per line
 /// (see [`crate::cluster::seal::KeyRing::parse`]).
 pub fn read_key_file(path: &Path) -> Result<crate::cluster::seal::KeyRing, ConfigError> {
-    use std::os::unix::fs::PermissionsExt;
     let err = |message: String| ConfigError::Invalid {
         key: "gossip.key_file",
         message: format!("{}: {message}", path.display()),
     };
-    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(err(format!(
-            "mode {mode:04o} lets other users read the cluster key: chmod 600 {}",
-            path.display()
-        )));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let text = crate::files::read_secret(path).map_err(|e| err(e.to_string()))?;
     crate::cluster::seal::KeyRing::parse(&text).map_err(|e| err(e.to_string()))
 }
 

@@ -8,6 +8,7 @@ pub mod api;
 pub mod cluster;
 pub mod collector;
 pub mod config;
+pub mod files;
 pub mod forecast;
 pub mod forecaster;
 pub mod history;

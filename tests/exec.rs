@@ -124,8 +124,26 @@ fn personas_put_through_the_api_are_files_and_files_are_the_truth() {
         (400, true),
         "{msg}"
     );
+    // over the persona-file limit: 413 naming it, nothing written
+    let huge = format!("{WEB}{}", "# padding\n".repeat(30_000));
+    let (status, msg) = w.err(put("web", &huge));
+    assert_eq!(status, 413, "{msg}");
+    assert!(msg.contains("256 KiB limit"), "{msg}");
+    assert!(!w.dir.join("web.toml").exists());
+    // a link planted where the file goes is replaced, never written through
+    let victim = w
+        .dir
+        .join("..")
+        .join(format!("victim-{}", std::process::id()));
+    std::fs::write(&victim, "untouched").unwrap();
+    std::os::unix::fs::symlink(&victim, w.dir.join("web.toml")).unwrap();
     // valid: written as <id>.toml, loaded, worn at the next tick
     let v = w.ok(put("web", WEB));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "untouched");
+    assert!(std::fs::symlink_metadata(w.dir.join("web.toml"))
+        .unwrap()
+        .is_file());
+    let _ = std::fs::remove_file(&victim);
     assert_eq!(v["status"], "ok");
     assert_eq!(
         std::fs::read_to_string(w.dir.join("web.toml")).unwrap(),

@@ -262,6 +262,51 @@ fn a_new_file_that_fails_puts_nothing_in_force() {
         .any(|e| e.to_string().contains("not UTF-8")));
 }
 
+/// A link in the personas directory is refused by name and never read
+/// through (the root-only file it points at is not quoted in any error);
+/// a file over 256 KiB is refused with the limit named; a good file beside
+/// them loads, and the link's last good version (none) stays out.
+#[test]
+fn links_and_oversized_files_are_refused_by_name_and_never_read() {
+    let d = tempfile::tempdir().unwrap();
+    let secret = d.path().join("elsewhere");
+    std::fs::write(&secret, "root_only_secret_key = 1\n").unwrap();
+    std::os::unix::fs::symlink(&secret, d.path().join("link.toml")).unwrap();
+    let mut big = String::from("id = \"big\"\n");
+    big.push_str(&"# padding\n".repeat(30_000));
+    write(d.path(), "big.toml", &big);
+    write(
+        d.path(),
+        "good.toml",
+        "id = \"good\"\n[tuning]\ncpu_shares = 512\n",
+    );
+    let mut cat = Catalog::new(d.path());
+    let r = cat.reload().unwrap();
+    let ids: Vec<String> = cat.personas().iter().map(|p| p.id.clone()).collect();
+    assert_eq!(ids, ["good"]);
+    assert_eq!(r.failed.len(), 2, "{r:?}");
+    let errors: Vec<String> = cat.errors().iter().map(|e| e.to_string()).collect();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("link.toml") && e.contains("a symbolic link: refused")),
+        "{errors:?}"
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("big.toml") && e.contains("larger than the 256 KiB limit")),
+        "{errors:?}"
+    );
+    assert!(
+        !errors.iter().any(|e| e.contains("root_only_secret_key")),
+        "{errors:?}"
+    );
+    // unchanged on the next reload: not reported again
+    let r = cat.reload().unwrap();
+    assert!(r.failed.is_empty() && r.loaded.is_empty(), "{r:?}");
+}
+
 /// Edits files while the watcher runs: each change is in force within 2 s, a
 /// file written in two steps never removes the working version, and a rename
 /// into place (as editors and config management do it) is seen.

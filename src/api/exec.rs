@@ -257,21 +257,7 @@ fn persona_json(catalog: &Catalog, id: &str) -> Option<Value> {
     }))
 }
 
-/// Writes a file atomically: a temporary file in the same directory, synced,
-/// then renamed over the target, so the watcher never reads half of it.
-pub fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("persona.toml");
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
+pub use crate::files::write_atomically;
 
 /// Reloads the personas directory and logs what changed (always on SIGHUP).
 pub fn reload(catalog: &mut Catalog, why: &str) {
@@ -498,6 +484,16 @@ fn put_persona<H: Hypervisor + ?Sized, S: StateStore>(
         .file_of(id)
         .map(|f| f.path.clone())
         .unwrap_or_else(|| catalog.dir().join(format!("{id}.toml")));
+    if toml.len() as u64 > crate::files::MAX_PERSONA_BYTES {
+        return Reply::Err {
+            status: 413,
+            message: format!(
+                "the persona is {} bytes, larger than the {} KiB limit for a persona file",
+                toml.len(),
+                crate::files::MAX_PERSONA_BYTES >> 10
+            ),
+        };
+    }
     match parse_persona(toml, &target) {
         Err(errs) => Reply::bad(
             errs.iter()

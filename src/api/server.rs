@@ -411,6 +411,15 @@ pub fn token_matches(given: &[u8], token: &[u8]) -> bool {
     bool::from(same)
 }
 
+/// The credentials of an `Authorization: Bearer <token>` value; the scheme
+/// is case-insensitive (RFC 7235 §2.1), spaces before the token are skipped.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim_start_matches(' '))
+}
+
 /// Lets a request through only with `Authorization: Bearer <token>`. Runs
 /// before any handler, so a refused request never has its body read.
 async fn require_token(State(token): State<Arc<String>>, req: Request, next: Next) -> Response {
@@ -418,7 +427,7 @@ async fn require_token(State(token): State<Arc<String>>, req: Request, next: Nex
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer)
         .unwrap_or("");
     if !token_matches(given.as_bytes(), token.as_bytes()) {
         return ApiError(
@@ -928,5 +937,16 @@ mod tests {
         )
         .await;
         assert_eq!(st, 200);
+        // the scheme in any case (RFC 7235), the token exactly
+        for (value, want) in [
+            ("bearer s3cret-token", 200),
+            ("BEARER  s3cret-token", 200),
+            ("Bearer S3CRET-TOKEN", 401),
+            ("Basic s3cret-token", 401),
+            ("Bearers3cret-token", 401),
+        ] {
+            let (st, _) = call(&app, "GET", "/healthz", &[("authorization", value)], "").await;
+            assert_eq!(st, want, "{value}");
+        }
     }
 }

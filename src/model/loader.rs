@@ -41,6 +41,8 @@ pub struct FileState {
     parse_errors: Vec<FileError>,
     /// Content last parsed, to skip unchanged files.
     content: Option<Vec<u8>>,
+    /// Why the file is not read at all (a link, over the size limit).
+    refused: Option<String>,
 }
 
 impl FileState {
@@ -103,7 +105,9 @@ impl Catalog {
         for entry in std::fs::read_dir(&self.dir)? {
             let Ok(entry) = entry else { continue };
             let path = entry.path();
-            if is_persona_file(&path) && path.is_file() {
+            // a link is listed (and refused when read), a directory is not
+            let kind = entry.file_type();
+            if is_persona_file(&path) && kind.is_ok_and(|k| k.is_file() || k.is_symlink()) {
                 present.push(path);
             }
         }
@@ -124,14 +128,6 @@ impl Catalog {
         }
         let mut changed_paths: Vec<PathBuf> = Vec::new();
         for path in &present {
-            let content = match std::fs::read(path) {
-                Ok(c) => c,
-                Err(e) => {
-                    // vanished between listing and reading: the next reload retires it
-                    warn!(file = %path.display(), error = %e, "cannot read persona file");
-                    continue;
-                }
-            };
             let st = self.files.entry(path.clone()).or_insert_with(|| FileState {
                 path: path.clone(),
                 persona: None,
@@ -140,7 +136,37 @@ impl Catalog {
                 parsed: None,
                 parse_errors: Vec::new(),
                 content: None,
+                refused: None,
             });
+            let content = match crate::files::read_persona(path) {
+                Ok(c) => c,
+                Err(crate::files::ReadError::Io(e)) => {
+                    // vanished between listing and reading: the next reload retires it
+                    warn!(file = %path.display(), error = %e, "cannot read persona file");
+                    continue;
+                }
+                // a link, a huge file: refused by name, never read (so no
+                // error ever quotes what a link pointed at)
+                Err(why) => {
+                    let why = why.to_string();
+                    if st.refused.as_deref() == Some(why.as_str()) {
+                        report.unchanged += 1;
+                        continue;
+                    }
+                    st.refused = Some(why.clone());
+                    st.content = None;
+                    st.parsed = None;
+                    st.parse_errors = vec![FileError {
+                        file: path.clone(),
+                        line: 0,
+                        col: 0,
+                        rule: Rule::Syntax(format!("not read: {why}")),
+                    }];
+                    changed_paths.push(path.clone());
+                    continue;
+                }
+            };
+            st.refused = None;
             if st.content.as_deref() == Some(content.as_slice()) {
                 report.unchanged += 1;
                 continue;
