@@ -94,6 +94,7 @@ struct GossipSection {
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     personas_dir: Option<PathBuf>,
+    personas_follow_links: Option<bool>,
     state_dir: Option<PathBuf>,
     connect: Option<String>,
     interval: Option<String>,
@@ -115,6 +116,7 @@ pub struct FileConfig {
 #[derive(Debug, Default, Clone)]
 pub struct Overrides {
     pub personas_dir: Option<PathBuf>,
+    pub personas_follow_links: bool,
     pub state_dir: Option<PathBuf>,
     pub socket: Option<PathBuf>,
     pub connect: Option<String>,
@@ -138,6 +140,9 @@ pub struct Overrides {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub personas_dir: PathBuf,
+    /// Persona files that are symbolic links are read through them (off by
+    /// default: root then reads wherever a link points).
+    pub personas_follow_links: bool,
     pub state_dir: PathBuf,
     pub socket: PathBuf,
     pub connect: String,
@@ -177,6 +182,10 @@ impl Config {
             }
         };
         check("personas_dir", self.personas_dir != new.personas_dir);
+        check(
+            "personas_follow_links",
+            self.personas_follow_links != new.personas_follow_links,
+        );
         check("state_dir", self.state_dir != new.state_dir);
         check("api.socket", self.socket != new.socket);
         check("connect", self.connect != new.connect);
@@ -316,6 +325,8 @@ impl Config {
         let cfg = Config {
             history_retention,
             forecast_observe,
+            personas_follow_links: o.personas_follow_links
+                || file.personas_follow_links.unwrap_or(false),
             personas_dir: o
                 .personas_dir
                 .or(file.personas_dir)

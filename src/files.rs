@@ -36,10 +36,15 @@ pub enum ReadError {
 
 /// Opens `path` without following a link in its last component and checks
 /// it is a regular file of at most `limit` bytes.
-fn open_regular(path: &Path, limit: u64) -> Result<(std::fs::File, std::fs::Metadata), ReadError> {
+fn open_regular(
+    path: &Path,
+    limit: u64,
+    follow_links: bool,
+) -> Result<(std::fs::File, std::fs::Metadata), ReadError> {
+    let nofollow = if follow_links { 0 } else { libc::O_NOFOLLOW };
     let f = std::fs::OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .custom_flags(nofollow | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path)
         .map_err(|e| match e.raw_os_error() {
             Some(libc::ELOOP) => ReadError::Symlink,
@@ -74,16 +79,17 @@ fn read_bounded(f: std::fs::File, limit: u64) -> Result<Vec<u8>, ReadError> {
     Ok(buf)
 }
 
-/// A persona file: a regular file (not a link) of at most [`MAX_PERSONA_BYTES`].
-pub fn read_persona(path: &Path) -> Result<Vec<u8>, ReadError> {
-    let (f, _) = open_regular(path, MAX_PERSONA_BYTES)?;
+/// A persona file: a regular file of at most [`MAX_PERSONA_BYTES`], not a
+/// link unless `follow_links` (the admin's opt-in).
+pub fn read_persona(path: &Path, follow_links: bool) -> Result<Vec<u8>, ReadError> {
+    let (f, _) = open_regular(path, MAX_PERSONA_BYTES, follow_links)?;
     read_bounded(f, MAX_PERSONA_BYTES)
 }
 
 /// A secret: a regular file (not a link), owned by root or by this process's
 /// user, readable by its owner only.
 pub fn read_secret(path: &Path) -> Result<String, ReadError> {
-    let (f, meta) = open_regular(path, MAX_SECRET_BYTES)?;
+    let (f, meta) = open_regular(path, MAX_SECRET_BYTES, false)?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(ReadError::Readable { mode });
@@ -139,24 +145,31 @@ mod tests {
         std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
         let link = d.path().join("p.toml");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        assert!(matches!(read_persona(&link), Err(ReadError::Symlink)));
+        assert!(matches!(
+            read_persona(&link, false),
+            Err(ReadError::Symlink)
+        ));
+        assert_eq!(read_persona(&link, true).unwrap(), b"root only");
         assert!(matches!(read_secret(&link), Err(ReadError::Symlink)));
         assert_eq!(read_secret(&target).unwrap(), "root only");
 
         let big = d.path().join("big.toml");
         std::fs::write(&big, vec![b'#'; MAX_PERSONA_BYTES as usize + 1]).unwrap();
-        let e = read_persona(&big).unwrap_err();
+        let e = read_persona(&big, true).unwrap_err();
         assert!(
             e.to_string().contains("larger than the 256 KiB limit"),
             "{e}"
         );
         std::fs::write(&big, vec![b'#'; MAX_PERSONA_BYTES as usize]).unwrap();
         assert_eq!(
-            read_persona(&big).unwrap().len(),
+            read_persona(&big, false).unwrap().len(),
             MAX_PERSONA_BYTES as usize
         );
 
-        assert!(matches!(read_persona(d.path()), Err(ReadError::NotRegular)));
+        assert!(matches!(
+            read_persona(d.path(), true),
+            Err(ReadError::NotRegular)
+        ));
         std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640)).unwrap();
         let e = read_secret(&target).unwrap_err();
         assert!(e.to_string().contains("mode 0640"), "{e}");

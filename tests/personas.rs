@@ -305,6 +305,12 @@ fn links_and_oversized_files_are_refused_by_name_and_never_read() {
     // unchanged on the next reload: not reported again
     let r = cat.reload().unwrap();
     assert!(r.failed.is_empty() && r.loaded.is_empty(), "{r:?}");
+    // the admin opts in (personas_follow_links): a link to a persona loads
+    std::fs::write(&secret, "id = \"linked\"\n[tuning]\ncpu_shares = 700\n").unwrap();
+    cat.follow_links(true);
+    cat.reload().unwrap();
+    let ids: Vec<String> = cat.personas().iter().map(|p| p.id.clone()).collect();
+    assert_eq!(ids, ["good", "linked"]);
 }
 
 /// Edits files while the watcher runs: each change is in force within 2 s, a

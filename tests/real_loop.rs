@@ -462,7 +462,8 @@ fn drift_behind_the_daemons_back_is_repaired_at_the_verify_interval() {
 /// SIGHUP re-reads the personas and the new values reach a real guest. The
 /// persona file is a symlink to a file outside the watched directory (as when
 /// an admin links in files from a config repository), so only SIGHUP can tell
-/// the daemon that its content changed.
+/// the daemon that its content changed. Links are read only when the admin
+/// opts in (`--personas-follow-links`): the daemon is root.
 #[test]
 fn sighup_reloads_the_personas_and_the_new_values_are_applied() {
     let g = Guest::boot("sighup", 1);
@@ -471,7 +472,12 @@ fn sighup_reloads_the_personas_and_the_new_values_are_applied() {
     let target = dir.join("outside/always.toml");
     std::fs::write(&target, always_persona(&g.name, 1111)).unwrap();
     std::os::unix::fs::symlink(&target, dir.join("personas/always.toml")).unwrap();
-    let d = Daemon::start(&dir);
+    let d = Daemon::start_args(
+        &dir,
+        common::REAL_URI,
+        &["--interval", "1s", "--personas-follow-links"],
+        &[],
+    );
     let hv = common::real();
     let shares = || hv.tuning(&g.name, ReadScope::Current).unwrap().cpu_shares;
     wait_for("the first version", 60, || shares() == Some(1111));

@@ -48,6 +48,10 @@ struct Args {
     /// Directory of persona files [default: /etc/virt-persona/personas.d].
     #[arg(long, value_name = "DIR")]
     personas: Option<PathBuf>,
+    /// Read persona files that are symbolic links through them (off: a link is
+    /// refused by name, since the daemon runs as root).
+    #[arg(long = "personas-follow-links")]
+    personas_follow_links: bool,
     /// Durable state directory [default: /var/lib/virt-persona].
     #[arg(long = "state-dir", value_name = "DIR")]
     state_dir: Option<PathBuf>,
@@ -309,6 +313,7 @@ fn config_path(args: &Args) -> (PathBuf, bool) {
 fn overrides(args: Args) -> Overrides {
     Overrides {
         personas_dir: args.personas,
+        personas_follow_links: args.personas_follow_links,
         state_dir: args.state_dir,
         socket: args.socket,
         connect: args.connect,
@@ -389,6 +394,7 @@ fn run(
         )
     })?;
     let mut catalog = Catalog::new(&cfg.personas_dir);
+    catalog.follow_links(cfg.personas_follow_links);
     reload(&mut catalog, "start");
     let (_watcher, persona_changes) = virt_persona::watch::watch(&cfg.personas_dir)
         .with_context(|| format!("watching {}", cfg.personas_dir.display()))?;

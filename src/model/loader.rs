@@ -83,6 +83,8 @@ pub struct PersonaEntry {
 pub struct Catalog {
     dir: PathBuf,
     files: BTreeMap<PathBuf, FileState>,
+    /// Files that are links are read through them (the admin opted in).
+    follow_links: bool,
 }
 
 impl Catalog {
@@ -90,7 +92,14 @@ impl Catalog {
         Catalog {
             dir: dir.into(),
             files: BTreeMap::new(),
+            follow_links: false,
         }
+    }
+
+    /// Reads persona files that are symbolic links through them
+    /// (`personas_follow_links`); off, a link is refused by name.
+    pub fn follow_links(&mut self, on: bool) {
+        self.follow_links = on;
     }
 
     pub fn dir(&self) -> &Path {
@@ -138,7 +147,7 @@ impl Catalog {
                 content: None,
                 refused: None,
             });
-            let content = match crate::files::read_persona(path) {
+            let content = match crate::files::read_persona(path, self.follow_links) {
                 Ok(c) => c,
                 Err(crate::files::ReadError::Io(e)) => {
                     // vanished between listing and reading: the next reload retires it
