@@ -301,9 +301,7 @@ impl Metrics {
             let l = HelperLabel {
                 helper: h.name.to_string(),
             };
-            self.helper_up
-                .get_or_create(&l)
-                .set((h.state == "running") as i64);
+            self.helper_up.get_or_create(&l).set(!h.is_down() as i64);
             self.helper_restarts
                 .get_or_create(&l)
                 .set(h.restarts as i64);

@@ -13,12 +13,20 @@ const MAX_DELAY_MS: Millis = 300_000;
 /// A helper that ran this long before it failed starts its backoff again.
 const HEALTHY_MS: Millis = 600_000;
 
+/// Whether a helper runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HelperState {
+    Running,
+    /// Down; started again at `restart_at`.
+    Restarting,
+}
+
 /// One helper, as `/healthz` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HelperStatus {
     pub name: &'static str,
-    /// "running", or "restarting" (down, started again at `restart_at`).
-    pub state: &'static str,
+    pub state: HelperState,
     /// Times it was started again after a failure.
     pub restarts: u64,
     /// Why it last ended, if it did.
@@ -27,6 +35,12 @@ pub struct HelperStatus {
     pub last_failure_at: Option<Millis>,
     /// When it is started again (while restarting).
     pub restart_at: Option<Millis>,
+}
+
+impl HelperStatus {
+    pub fn is_down(&self) -> bool {
+        self.state != HelperState::Running
+    }
 }
 
 /// The restart bookkeeping of one helper.
@@ -43,7 +57,7 @@ impl Restarts {
         Restarts {
             status: HelperStatus {
                 name,
-                state: "running",
+                state: HelperState::Running,
                 restarts: 0,
                 last_failure: None,
                 last_failure_at: None,
@@ -59,7 +73,7 @@ impl Restarts {
         if now - self.started_at >= HEALTHY_MS {
             self.delay_ms = FIRST_DELAY_MS;
         }
-        self.status.state = "restarting";
+        self.status.state = HelperState::Restarting;
         self.status.last_failure = Some(why);
         self.status.last_failure_at = Some(now);
         self.status.restart_at = Some(now + self.delay_ms);
@@ -72,12 +86,12 @@ impl Restarts {
     }
 
     pub fn is_down(&self) -> bool {
-        self.status.state != "running"
+        self.status.is_down()
     }
 
     /// Started again at `now`.
     pub fn restarted(&mut self, now: Millis) {
-        self.status.state = "running";
+        self.status.state = HelperState::Running;
         self.status.restarts += 1;
         self.status.restart_at = None;
         self.started_at = now;
@@ -119,7 +133,10 @@ mod tests {
         assert_eq!(r.status().restart_at, Some(1_100));
         assert!(!r.due(1_099) && r.due(1_100));
         r.restarted(1_100);
-        assert_eq!((r.status().state, r.status().restarts), ("running", 1));
+        assert_eq!(
+            (r.status().state, r.status().restarts),
+            (HelperState::Running, 1)
+        );
         assert_eq!(r.status().last_failure.as_deref(), Some("panicked: boom"));
         // failing again at once: 2 s, then 4 s ...
         r.failed("again".into(), 1_200);

@@ -37,23 +37,10 @@ struct Node {
 
 /// The daemon of one host, in `dir`, gossiping on `port` with `seed`.
 fn launch(dir: &Path, name: &str, port: u16, seed: u16, key: [u8; 32], cluster: &str) -> Daemon {
-    launch_every(dir, name, port, seed, key, cluster, "1s")
+    launch_env(dir, name, port, seed, key, cluster, "1s", &[])
 }
 
-/// As [`launch`], with the control loop's interval.
-fn launch_every(
-    dir: &Path,
-    name: &str,
-    port: u16,
-    seed: u16,
-    key: [u8; 32],
-    cluster: &str,
-    interval: &str,
-) -> Daemon {
-    launch_env(dir, name, port, seed, key, cluster, interval, &[])
-}
-
-/// As [`launch_every`], with more of the daemon's environment.
+/// As [`launch`], with the control loop's interval and more of the daemon's environment.
 #[allow(clippy::too_many_arguments)]
 fn launch_env(
     dir: &Path,
@@ -99,7 +86,7 @@ fn start(test: &str, name: &str, port: u16, seed: u16, key: [u8; 32], cluster: &
 /// Kills a host and starts it again on the same port and state.
 fn restart(n: &mut Node, name: &str, seed: u16, key: [u8; 32]) {
     n.d.kill9();
-    n.d = launch_every(&n.dir, name, n.port, seed, key, "test", SLOW);
+    n.d = launch_env(&n.dir, name, n.port, seed, key, "test", SLOW, &[]);
 }
 
 /// The five-daemon test's control-loop interval: far above the 2 s a cluster
@@ -178,7 +165,7 @@ fn five_daemons_converge_share_signals_and_see_a_death_and_a_return() {
             let name = format!("host-{i}");
             let dir = common::test_dir("cluster-five", &name);
             std::fs::write(dir.join("personas/boost.toml"), BOOST).unwrap();
-            let d = launch_every(&dir, &name, *p, ports[0], key, "test", SLOW);
+            let d = launch_env(&dir, &name, *p, ports[0], key, "test", SLOW, &[]);
             Node { d, port: *p, dir }
         })
         .collect();

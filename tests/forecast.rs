@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use common::Daemon;
 use serde_json::Value;
@@ -84,20 +83,20 @@ fn import(d: &Daemon, body: &str) -> Result<Value, client::ClientError> {
     )
 }
 
-/// Waits (generously: a busy machine) until `f` gives a value.
-fn wait_for<T>(what: &str, d: &Daemon, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
+use common::wait_some as wait_for;
+
+/// What the forecast route says of web-1's cpu while it cannot forecast:
+/// its 409 message once the worker has looked at the series.
+fn too_little_history(d: &Daemon) -> String {
+    wait_for("web-1's forecast state", d, 60, || {
+        match client::request(&d.socket, "GET", "/v1/forecast/web-1/cpu", None) {
+            Err(client::ClientError::Api {
+                status: 409,
+                message,
+            }) if message.contains("too little history") => Some(message),
+            _ => None,
         }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {secs} s\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    })
 }
 
 fn ms(v: &Value) -> i64 {
@@ -323,15 +322,7 @@ fn imports_at_scale_survive_kill9_and_bad_csvs_are_refused_whole() {
         }
         other => panic!("expected a 400: {other:?}"),
     }
-    let f = wait_for("web-1's forecast state", &d, 60, || {
-        match client::request(&d.socket, "GET", "/v1/forecast/web-1/cpu", None) {
-            Err(client::ClientError::Api {
-                status: 409,
-                message,
-            }) if message.contains("too little history") => Some(message),
-            _ => None,
-        }
-    });
+    let f = too_little_history(&d);
     assert!(
         f.contains("0.0 h recorded"),
         "nothing of the refused file was kept: {f}"
@@ -391,15 +382,7 @@ fn an_import_while_the_worker_is_busy_is_503_and_imports_nothing() {
     let h = d.get("/healthz");
     assert!(h.is_object(), "{h}");
     // nothing of it is in the history
-    let f = wait_for("web-1's forecast state", &d, 60, || {
-        match client::request(&d.socket, "GET", "/v1/forecast/web-1/cpu", None) {
-            Err(client::ClientError::Api {
-                status: 409,
-                message,
-            }) if message.contains("too little history") => Some(message),
-            _ => None,
-        }
-    });
+    let f = too_little_history(&d);
     assert!(f.contains("0.0 h recorded"), "nothing imported: {f}");
     // the fail point is spent: the same file is taken, and it shows
     let r = import(&d, &body).expect("the import once the worker takes it");

@@ -7,27 +7,12 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use common::Daemon;
+use common::{wait_some as wait_for, Daemon};
 use virt_persona::api::client;
 
 const SIG: &str = "id = \"sig\"\n[match]\nnames = [\"web-1\"]\n[[activation.when]]\nsignal = \"go\"\nabove = 0\n[tuning]\nblkio_weight = 800\n";
-
-fn wait_for<T>(what: &str, d: &Daemon, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {secs} s\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn helper(d: &Daemon, name: &str) -> serde_json::Value {
     let h = d.get("/healthz");

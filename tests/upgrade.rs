@@ -15,9 +15,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
-use common::{Daemon, Guest};
+use common::{run_ok as run, Daemon, Guest};
 use virt_persona::hypervisor::{Hypervisor, ReadScope};
 
 fn root() -> &'static Path {
@@ -51,27 +50,8 @@ fn previous() -> PathBuf {
     tree
 }
 
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
-    text
-}
-
 fn wait_for(what: &str, d: &Daemon, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: not within {secs} s\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    common::wait_some(what, d, secs, || f().then_some(()))
 }
 
 fn persona(guest: &str) -> String {

@@ -257,8 +257,6 @@ fn persona_json(catalog: &Catalog, id: &str) -> Option<Value> {
     }))
 }
 
-pub use crate::files::write_atomically;
-
 /// Reloads the personas directory and logs what changed (always on SIGHUP).
 pub fn reload(catalog: &mut Catalog, why: &str) {
     match catalog.reload() {
@@ -310,7 +308,7 @@ pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
             // a helper down (being restarted) degrades the daemon, which goes
             // on controlling domains: still 200, and said
             None => Reply::Ok(json!({
-                "status": if rec.helpers().iter().any(|h| h.state != "running") { "degraded" } else { "ok" },
+                "status": if rec.helpers().iter().any(|h| h.is_down()) { "degraded" } else { "ok" },
                 "libvirt": "connected",
                 "uri": hv.uri(),
                 "version": crate::VERSION,
@@ -506,7 +504,7 @@ fn put_persona<H: Hypervisor + ?Sized, S: StateStore>(
             p.id
         )),
         Ok(_) => {
-            if let Err(e) = write_atomically(&target, toml) {
+            if let Err(e) = crate::files::write_atomically(&target, toml) {
                 return server_error(format!("writing {}: {e}", target.display()));
             }
             reload(catalog, "API");

@@ -576,7 +576,7 @@ fn run(
         let down: Vec<&str> = rec
             .helpers()
             .iter()
-            .filter(|h| h.state != "running")
+            .filter(|h| h.is_down())
             .map(|h| h.name)
             .collect();
         let problem = last_error

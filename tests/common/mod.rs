@@ -726,8 +726,34 @@ pub fn clock_at(at: i64) -> (&'static str, String) {
     )
 }
 
-/// Whether this build can set the daemon's clock (see [`clock_at`]).
-pub const CAN_SET_CLOCK: bool = cfg!(feature = "failpoints");
+/// Waits (generously: a busy machine) until `f` gives a value; the daemon's
+/// log is in the message when it does not.
+pub fn wait_some<T>(what: &str, d: &Daemon, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {secs} s\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Runs a command that must succeed; its output (stdout and stderr).
+pub fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
 
 /// The unit of /proc's CPU times (`getconf CLK_TCK`; 100 on Linux).
 fn clk_tck() -> u64 {
