@@ -124,45 +124,30 @@ fn resolve(s: &str) -> anyhow::Result<std::net::SocketAddr> {
 /// The loop's side of gossip: the channel to the node, the merged view, and
 /// [`cluster::exchange::Exchange`] (what to publish and take, pure).
 struct Gossip {
-    tx: tokio::sync::mpsc::Sender<cluster::node::ToNode>,
+    node: cluster::node::Supervised,
     shared: Arc<cluster::node::Shared>,
-    addr: std::net::SocketAddr,
     exchange: cluster::exchange::Exchange,
-    /// What it was started with (the key ring as last reloaded), to start it again.
-    cfg: cluster::node::NodeConfig,
-    /// Says why once the node's task has ended.
-    ended: crossbeam_channel::Receiver<String>,
-    restarts: virt_persona::supervise::Restarts,
 }
 
 impl Gossip {
     /// The node's task ended (`why`): it is started again after a backoff.
     fn ended(&mut self, why: String, now: i64) {
-        self.ended = crossbeam_channel::never();
-        self.restarts.failed(why.clone(), now);
-        tracing::error!(%why, retry_at = ?self.restarts.status().restart_at.map(virt_persona::api::rfc3339), "the gossip task stopped; this host is out of the cluster until it is started again, domains are still controlled");
+        self.node.failed(why.clone(), now);
+        tracing::error!(%why, retry_at = ?self.node.status().restart_at.map(virt_persona::api::rfc3339), "the gossip task stopped; this host is out of the cluster until it is started again, domains are still controlled");
     }
 
-    /// Starts the node again once its backoff is over, on the same address
-    /// and view, as a new incarnation (the others see it come back).
+    /// Starts the node again once its backoff is over. The exchange (this
+    /// host's cluster signals, the activations it continued) is kept: the
+    /// next publish sends it all to the new node.
     fn restart_if_due(&mut self, rt: &tokio::runtime::Handle, now: i64) {
-        if !self.restarts.due(now) {
-            return;
-        }
-        match cluster::node::start(rt, self.cfg.clone(), self.shared.clone()) {
-            Ok(n) => {
-                self.tx = n.tx;
-                self.addr = n.addr;
-                self.ended = n.ended;
-                self.restarts.restarted(now);
-                // the exchange (this host's cluster signals, the activations
-                // it continued) is kept: the next publish sends it all to the new node
-                warn!(restarts = self.restarts.status().restarts, addr = %n.addr, "gossip task started again");
+        match self.node.restart_if_due(rt, now) {
+            Some(Ok(())) => {
+                warn!(restarts = self.node.status().restarts, addr = %self.node.addr(), "gossip task started again")
             }
-            Err(e) => {
-                self.restarts.restart_failed(e.to_string(), now);
-                tracing::error!(error = %e, "the gossip task cannot be started again; trying later");
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "the gossip task cannot be started again; trying later")
             }
+            None => {}
         }
     }
 
@@ -197,14 +182,14 @@ impl Gossip {
     fn publish(&mut self, rec: &Rec, catalog: &Catalog, started: i64, now: i64) {
         let personas = catalog.personas();
         let summary = cluster::state::Summary {
-            addr: self.addr.to_string(),
+            addr: self.node.addr().to_string(),
             up_since: started,
             digest: cluster::state::digest(&personas),
             daemon_version: env!("CARGO_PKG_VERSION").to_string(),
             personas: personas.len() as u32,
         };
         let local = self.exchange.local(summary, &rec.statuses(), now);
-        let _ = self.tx.try_send(cluster::node::ToNode::Local(local));
+        self.node.send(cluster::node::ToNode::Local(local));
     }
 
     /// What the other hosts say: their cluster signals and the manual
@@ -492,17 +477,14 @@ fn run(
                 cluster: cfg.gossip_cluster.clone(),
                 clock: now_ms,
             };
-            let n = cluster::node::start(rt.handle(), node_cfg.clone(), shared.clone())
-                .with_context(|| format!("gossip cannot listen on {listen}"))?;
+            let node =
+                cluster::node::Supervised::start(rt.handle(), node_cfg, shared.clone(), now_ms())
+                    .with_context(|| format!("gossip cannot listen on {listen}"))?;
             rec.set_cluster_enabled(true);
             Some(Gossip {
-                tx: n.tx,
+                node,
                 shared,
-                addr: n.addr,
                 exchange: Default::default(),
-                cfg: node_cfg,
-                ended: n.ended,
-                restarts: virt_persona::supervise::Restarts::new("gossip", now_ms()),
             })
         }
     };
@@ -631,13 +613,13 @@ fn run(
         }
         rec.set_helpers(
             std::iter::once(worker.status().clone())
-                .chain(gossip.as_ref().map(|g| g.restarts.status().clone()))
+                .chain(gossip.as_ref().map(|g| g.node.status().clone()))
                 .collect(),
         );
         let fit_news = worker.news();
         let gossip_ended = gossip
             .as_ref()
-            .map(|g| g.ended.clone())
+            .map(|g| g.node.ended())
             .unwrap_or_else(crossbeam_channel::never);
         select! {
             recv(ticker) -> _ => {
@@ -761,8 +743,7 @@ fn run(
                             Ok(ring) => {
                                 info!(keys = ring.len(), ids = %ring.ids().join(","), "gossip key file reloaded");
                                 // a restarted node starts with the keys in force
-                                g.cfg.ring = ring.clone();
-                                let _ = g.tx.try_send(cluster::node::ToNode::Keys(ring));
+                                g.node.set_keys(ring);
                             }
                             Err(e) => warn!(error = %e, "gossip key file not reloaded; the keys in force are kept"),
                         }
@@ -800,7 +781,7 @@ fn run(
                     drop(cmd_rx);
                     // leave the cluster politely: the others see it gone at once
                     if let Some(g) = gossip.as_ref() {
-                        let _ = g.tx.try_send(cluster::node::ToNode::Stop);
+                        g.node.send(cluster::node::ToNode::Stop);
                         std::thread::sleep(StdDuration::from_millis(100));
                     }
                     // the open minute of history is written before the thread ends

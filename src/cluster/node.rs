@@ -197,6 +197,88 @@ pub fn start(
     Ok(Started { tx, addr, ended })
 }
 
+/// The node as the control loop holds it: when its task ends or panics it
+/// is said ([`Supervised::ended`] gives why) and started again after a
+/// backoff ([`crate::supervise::Restarts`]) on the same address and view, as
+/// a new incarnation, with the keys in force.
+pub struct Supervised {
+    cfg: NodeConfig,
+    shared: Arc<Shared>,
+    node: Started,
+    restarts: crate::supervise::Restarts,
+}
+
+impl Supervised {
+    pub fn start(
+        rt: &tokio::runtime::Handle,
+        cfg: NodeConfig,
+        shared: Arc<Shared>,
+        now: Millis,
+    ) -> std::io::Result<Supervised> {
+        let node = start(rt, cfg.clone(), shared.clone())?;
+        Ok(Supervised {
+            cfg,
+            shared,
+            node,
+            restarts: crate::supervise::Restarts::new("gossip", now),
+        })
+    }
+
+    /// The address the node is bound to.
+    pub fn addr(&self) -> SocketAddr {
+        self.node.addr
+    }
+
+    /// A command to the node (dropped while it is down or its queue is full:
+    /// the loop sends its whole state again every tick).
+    pub fn send(&self, msg: ToNode) {
+        let _ = self.node.tx.try_send(msg);
+    }
+
+    /// New keys: to the running node, and to any later start.
+    pub fn set_keys(&mut self, ring: KeyRing) {
+        self.cfg.ring = ring.clone();
+        self.send(ToNode::Keys(ring));
+    }
+
+    /// Says why once the node's task has ended, for the loop's `select!`.
+    pub fn ended(&self) -> crossbeam_channel::Receiver<String> {
+        self.node.ended.clone()
+    }
+
+    /// Its task ended (`why`) at `now`.
+    pub fn failed(&mut self, why: String, now: Millis) {
+        self.node.ended = crossbeam_channel::never();
+        self.restarts.failed(why, now);
+    }
+
+    /// Starts it again when its backoff is over: `Some` when it tried.
+    pub fn restart_if_due(
+        &mut self,
+        rt: &tokio::runtime::Handle,
+        now: Millis,
+    ) -> Option<std::io::Result<()>> {
+        if !self.restarts.due(now) {
+            return None;
+        }
+        Some(match start(rt, self.cfg.clone(), self.shared.clone()) {
+            Ok(node) => {
+                self.node = node;
+                self.restarts.restarted(now);
+                Ok(())
+            }
+            Err(e) => {
+                self.restarts.restart_failed(e.to_string(), now);
+                Err(e)
+            }
+        })
+    }
+
+    pub fn status(&self) -> &crate::supervise::HelperStatus {
+        self.restarts.status()
+    }
+}
+
 /// Aborts a task when dropped: the receiving half ends with the node's task
 /// (however that ends), so its socket is free for a restart.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
