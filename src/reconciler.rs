@@ -507,15 +507,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         if already && entry.rules.worn.as_ref().is_some_and(|w| w.0 == persona) {
             let name = entry.info.name.clone();
             info!(domain = %name, %persona, ?until, "manual activation of the persona already worn");
-            self.record(Event {
-                time: now,
-                domain: name,
-                from: Some(persona.to_string()),
-                to: Some(persona.to_string()),
-                reason: "manual".into(),
-                result: "ok".into(),
-                ..Default::default()
-            })?;
+            self.record_kept(name, persona, "manual".into(), "ok", now)?;
         }
         Ok(())
     }
@@ -539,21 +531,14 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         // the criteria keep the same persona on: no transition, but the end
         // of the manual activation is in the history
         let entry = self.domains.get(&uuid).expect("found above");
-        let worn = entry.rules.worn.as_ref().map(|w| w.0.clone());
-        if let Some(o) = ended.filter(|o| worn.as_deref() == Some(o.persona.as_str())) {
+        let worn = entry.rules.worn.as_ref().map(|w| w.0.as_str());
+        if let Some(o) = ended.filter(|o| worn == Some(o.persona.as_str())) {
             let name = entry.info.name.clone();
-            self.record(Event {
-                time: now,
-                domain: name,
-                from: worn.clone(),
-                to: worn,
-                reason: format!(
-                    "manual activation reverted; its criteria keep '{}' on",
-                    o.persona
-                ),
-                result: "override_ended".into(),
-                ..Default::default()
-            })?;
+            let why = format!(
+                "manual activation reverted; its criteria keep '{}' on",
+                o.persona
+            );
+            self.record_kept(name, &o.persona, why, "override_ended", now)?;
         }
         Ok(())
     }
@@ -831,6 +816,27 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         info!("acting again: the next tick applies what was only observed");
     }
 
+    /// An event about the manual activation of `persona` on a domain that
+    /// wears it before and after (no transition, no change).
+    fn record_kept(
+        &mut self,
+        domain: String,
+        persona: &str,
+        reason: String,
+        result: &str,
+        now: Millis,
+    ) -> Result<(), TickError> {
+        self.record(Event {
+            time: now,
+            domain,
+            from: Some(persona.to_string()),
+            to: Some(persona.to_string()),
+            reason,
+            result: result.into(),
+            ..Default::default()
+        })
+    }
+
     /// The helpers' state, for `/healthz` (set by the daemon's loop).
     pub fn set_helpers(&mut self, helpers: Vec<crate::supervise::HelperStatus>) {
         self.helpers = helpers;
@@ -997,18 +1003,11 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             self.store.set_override(uuid, None)?;
             info!(domain = %name, persona = %o.persona, kept, "manual activation expired");
             if kept {
-                self.record(Event {
-                    time: now,
-                    domain: name,
-                    from: from.clone(),
-                    to: to.clone(),
-                    reason: format!(
-                        "manual activation expired; its criteria keep '{}' on",
-                        o.persona
-                    ),
-                    result: "override_ended".into(),
-                    ..Default::default()
-                })?;
+                let why = format!(
+                    "manual activation expired; its criteria keep '{}' on",
+                    o.persona
+                );
+                self.record_kept(name, &o.persona, why, "override_ended", now)?;
             }
         }
         let baseline = self.baseline_of(uuid, now)?;
