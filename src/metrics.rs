@@ -56,6 +56,22 @@ struct HelperLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnLabel {
+    listener: String,
+    pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabel {
+    listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabel {
+    limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabel {
     result: String,
 }
@@ -91,6 +107,18 @@ pub struct Metrics {
     gossip_digest_differs: Gauge,
     helper_up: Family<HelperLabel, Gauge>,
     helper_restarts: Family<HelperLabel, Gauge>,
+    api_connections: Family<ConnLabel, Gauge>,
+    api_closed: Family<ListenerLabel, Counter>,
+    limit_used: Family<LimitLabel, Gauge>,
+    limit_max: Family<LimitLabel, Gauge>,
+}
+
+/// One bounded thing the daemon keeps: its name (`limit` label), how many
+/// there are, and the cap.
+pub struct Usage {
+    pub limit: &'static str,
+    pub used: u64,
+    pub max: u64,
 }
 
 impl Default for Metrics {
@@ -277,6 +305,42 @@ impl Metrics {
             forecast_history_days,
             forecast_series,
             history_dropped,
+            api_connections: {
+                let f = Family::<ConnLabel, Gauge>::default();
+                registry.register(
+                    "api_connections",
+                    "API connections open now, by listener and pool (pending: not yet admitted by a request; admitted)",
+                    f.clone(),
+                );
+                f
+            },
+            api_closed: {
+                let f = Family::<ListenerLabel, Counter>::default();
+                registry.register(
+                    "api_pending_closed_for_room",
+                    "Pending API connections closed to make room for newer ones (a flood of connections that send nothing)",
+                    f.clone(),
+                );
+                f
+            },
+            limit_used: {
+                let f = Family::<LimitLabel, Gauge>::default();
+                registry.register(
+                    "limit_used",
+                    "How much of a bounded resource is in use (compare with virt_persona_limit)",
+                    f.clone(),
+                );
+                f
+            },
+            limit_max: {
+                let f = Family::<LimitLabel, Gauge>::default();
+                registry.register(
+                    "limit",
+                    "The cap of a bounded resource (the config setting of the same name)",
+                    f.clone(),
+                );
+                f
+            },
             registry,
             domains,
             skipped,
@@ -305,6 +369,39 @@ impl Metrics {
             self.helper_restarts
                 .get_or_create(&l)
                 .set(h.restarts as i64);
+        }
+    }
+
+    /// The API's connections: (listener, pending, admitted, pending ones
+    /// closed for room so far).
+    pub fn api(&self, listeners: &[(&str, usize, usize, u64)]) {
+        for (name, pending, admitted, closed) in listeners {
+            for (pool, n) in [("pending", pending), ("admitted", admitted)] {
+                self.api_connections
+                    .get_or_create(&ConnLabel {
+                        listener: name.to_string(),
+                        pool: pool.into(),
+                    })
+                    .set(*n as i64);
+            }
+            let c = self.api_closed.get_or_create(&ListenerLabel {
+                listener: name.to_string(),
+            });
+            let seen = c.get();
+            if *closed > seen {
+                c.inc_by(closed - seen);
+            }
+        }
+    }
+
+    /// Bounded resources against their caps.
+    pub fn limits(&self, usage: &[Usage]) {
+        for u in usage {
+            let l = LimitLabel {
+                limit: u.limit.into(),
+            };
+            self.limit_used.get_or_create(&l).set(u.used as i64);
+            self.limit_max.get_or_create(&l).set(u.max as i64);
         }
     }
 

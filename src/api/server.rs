@@ -30,14 +30,17 @@ use crossbeam_channel::{Sender, TrySendError};
 use futures_util::Stream;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, watch, Semaphore};
 use tracing::{debug, warn};
 
 use super::command::{Command, Envelope, Reply};
 
+pub mod admit;
 pub mod decode;
+pub mod errors;
+
+use admit::{Conn, Pools, Refused, Source};
 
 pub use decode::{DEFAULT_EVENTS_PER_REQUEST, MAX_BODY, MAX_EVENTS_PER_REQUEST};
 
@@ -48,8 +51,16 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest a request may take (body read and the loop's answer).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Connections served at once per listener; more are closed at once.
+/// Admitted connections served at once per listener (new connections wait in
+/// a pending pool of their own until a request is admitted: [`admit`]).
 pub const MAX_CONNECTIONS: usize = 2048;
+/// Event streams open at once on the unix socket.
+pub const MAX_EVENT_STREAMS: usize = 64;
+/// Event streams open at once on TCP, where every stream carries the one
+/// bearer token: the token's limit.
+pub const MAX_EVENT_STREAMS_PER_TOKEN: usize = 32;
+/// Connections the kernel queues for the accept loop.
+const LISTEN_BACKLOG: i32 = 1024;
 /// How often an idle event stream gets a comment (and a vanished client is noticed).
 const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
 /// Events an event-stream client may be behind before it is dropped.
@@ -112,6 +123,9 @@ impl Shared {
 struct AppState {
     tx: Sender<Envelope>,
     shared: Arc<Shared>,
+    /// One permit per open event stream.
+    streams: Arc<Semaphore>,
+    streams_max: usize,
 }
 
 /// An error answer: `{"error": message}` with its status.
@@ -313,18 +327,34 @@ async fn import_history(State(s): State<AppState>, headers: HeaderMap, body: Byt
 /// Server-sent events: each transition as it is recorded. A client more than
 /// [`EVENT_BACKLOG`] events behind gets a last `dropped` event and is
 /// disconnected; the stream ends when the daemon stops.
-async fn events(
-    State(s): State<AppState>,
+async fn events(State(s): State<AppState>) -> Response {
+    let Ok(permit) = s.streams.clone().try_acquire_owned() else {
+        return ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{} event streams are open on this listener, its limit; close one or read /v1/events/recent",
+                s.streams_max
+            ),
+        )
+        .into_response();
+    };
+    event_stream(&s, permit).into_response()
+}
+
+fn event_stream(
+    s: &AppState,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
     let rx = s.shared.events.subscribe();
     let stop = s.shared.stopping.subscribe();
-    let stream = futures_util::stream::unfold(Some((rx, stop)), |state| async move {
-        let (mut rx, mut stop) = state?;
+    // the permit lives as long as the stream
+    let stream = futures_util::stream::unfold(Some((rx, stop, permit)), |state| async move {
+        let (mut rx, mut stop, permit) = state?;
         // events already sent go out before the stream ends for a stop
         tokio::select! {
             biased;
             r = rx.recv() => match r {
-                Ok(data) => Some((Ok(SseEvent::default().event("transition").data(&*data)), Some((rx, stop)))),
+                Ok(data) => Some((Ok(SseEvent::default().event("transition").data(&*data)), Some((rx, stop, permit)))),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     let msg = json!({ "error": format!(
                         "this client fell {n} events behind and is disconnected; reconnect, and read /v1/events/recent for what it missed"
@@ -420,21 +450,43 @@ fn bearer(value: &str) -> Option<&str> {
         .then(|| rest.trim_start_matches(' '))
 }
 
-/// Lets a request through only with `Authorization: Bearer <token>`. Runs
-/// before any handler, so a refused request never has its body read.
-async fn require_token(State(token): State<Arc<String>>, req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer)
-        .unwrap_or("");
-    if !token_matches(given.as_bytes(), token.as_bytes()) {
-        return ApiError(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token".into(),
-        )
-        .into_response();
+/// Admits a request's connection to the main pool ([`admit`]): on TCP only
+/// with `Authorization: Bearer <token>`, on the unix socket always. Runs
+/// before any handler, so a refused request never has its body read. A
+/// request served without a connection of ours (unit tests) is only checked.
+async fn admission(State(token): State<Option<Arc<String>>>, req: Request, next: Next) -> Response {
+    if let Some(token) = &token {
+        let given = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer)
+            .unwrap_or("");
+        if !token_matches(given.as_bytes(), token.as_bytes()) {
+            return ApiError(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token".into(),
+            )
+            .into_response();
+        }
+    }
+    if let Some(conn) = req.extensions().get::<Arc<Conn>>() {
+        let refused = match conn.admit() {
+            Ok(()) => None,
+            Err(Refused::Full(n)) => Some(format!(
+                "the API serves {n} connections on this listener, its limit; try again"
+            )),
+            Err(Refused::Closed) => Some(
+                "this connection waited too long for its first request and is closed; connect again"
+                    .to_string(),
+            ),
+        };
+        if let Some(message) = refused {
+            let mut res = ApiError(StatusCode::SERVICE_UNAVAILABLE, message).into_response();
+            res.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return res;
+        }
     }
     next.run(req).await
 }
@@ -442,6 +494,11 @@ async fn require_token(State(token): State<Arc<String>>, req: Request, next: Nex
 /// Every route of the API (SPEC §8) with its limits. `token`: every request
 /// must carry it (the TCP listener).
 pub fn router(tx: Sender<Envelope>, shared: Arc<Shared>, token: Option<String>) -> Router {
+    let streams = if token.is_some() {
+        MAX_EVENT_STREAMS_PER_TOKEN
+    } else {
+        MAX_EVENT_STREAMS
+    };
     let app = Router::new()
         .route("/healthz", get(health))
         .route("/metrics", get(metrics))
@@ -470,7 +527,12 @@ pub fn router(tx: Sender<Envelope>, shared: Arc<Shared>, token: Option<String>) 
         )
         .fallback(not_found)
         .method_not_allowed_fallback(not_allowed)
-        .with_state(AppState { tx, shared })
+        .with_state(AppState {
+            tx,
+            shared,
+            streams: Arc::new(Semaphore::new(streams)),
+            streams_max: streams,
+        })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             BODY_TIMEOUT,
@@ -479,11 +541,11 @@ pub fn router(tx: Sender<Envelope>, shared: Arc<Shared>, token: Option<String>) 
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ));
-    let app = match token {
-        Some(t) => app.layer(middleware::from_fn_with_state(Arc::new(t), require_token)),
-        None => app,
-    };
-    app.layer(middleware::map_response(json_errors))
+    app.layer(middleware::from_fn_with_state(
+        token.map(Arc::new),
+        admission,
+    ))
+    .layer(middleware::map_response(json_errors))
 }
 
 /// Raises this process's soft limit of open files to its hard limit (systemd
@@ -527,6 +589,8 @@ pub struct Api {
     socket: PathBuf,
     /// The TCP address actually bound (with port 0, the one chosen).
     pub tcp_addr: Option<SocketAddr>,
+    /// Each listener's connection pools, by name (`/metrics`).
+    listeners: Vec<(&'static str, Arc<Pools>)>,
 }
 
 /// Binds the unix socket mode 0660 from the start. A stale socket from a
@@ -561,6 +625,11 @@ fn bind_unix(path: &Path) -> Result<std::os::unix::net::UnixListener, ServeError
     let bound = std::os::unix::net::UnixListener::bind(path);
     nix::sys::stat::umask(old);
     let listener = bound.map_err(bind_err)?;
+    nix::sys::socket::listen(
+        &listener,
+        nix::sys::socket::Backlog::new(LISTEN_BACKLOG).map_err(|e| bind_err(e.into()))?,
+    )
+    .map_err(|e| bind_err(e.into()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
     listener.set_nonblocking(true).map_err(bind_err)?;
     Ok(listener)
@@ -569,35 +638,44 @@ fn bind_unix(path: &Path) -> Result<std::os::unix::net::UnixListener, ServeError
 /// A listener the accept loop serves (unix socket or TCP).
 trait Accept: Send + 'static {
     type Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
-    fn accept(&self) -> impl std::future::Future<Output = std::io::Result<Self::Io>> + Send;
+    /// A connection and where it comes from (what the per-source cap counts).
+    fn accept(
+        &self,
+    ) -> impl std::future::Future<Output = std::io::Result<(Self::Io, Source)>> + Send;
 }
 
 impl Accept for tokio::net::UnixListener {
     type Io = tokio::net::UnixStream;
-    async fn accept(&self) -> std::io::Result<Self::Io> {
-        tokio::net::UnixListener::accept(self).await.map(|(s, _)| s)
+    async fn accept(&self) -> std::io::Result<(Self::Io, Source)> {
+        let (s, _) = tokio::net::UnixListener::accept(self).await?;
+        let source = s
+            .peer_cred()
+            .map(|c| Source::Uid(c.uid()))
+            .unwrap_or(Source::Unknown);
+        Ok((s, source))
     }
 }
 
 impl Accept for tokio::net::TcpListener {
     type Io = tokio::net::TcpStream;
-    async fn accept(&self) -> std::io::Result<Self::Io> {
-        let (s, _) = tokio::net::TcpListener::accept(self).await?;
+    async fn accept(&self) -> std::io::Result<(Self::Io, Source)> {
+        let (s, peer) = tokio::net::TcpListener::accept(self).await?;
         let _ = s.set_nodelay(true);
-        Ok(s)
+        Ok((s, Source::Ip(peer.ip())))
     }
 }
 
 /// Serves connections until told to stop, then lets open requests finish
-/// (up to `drain`).
+/// (up to `drain`). Every connection starts pending ([`admit`]) and is closed
+/// unless a request of it is admitted within [`admit::PENDING_DEADLINE`].
 async fn accept_loop<L: Accept>(
     listener: L,
     app: Router,
+    pools: Arc<Pools>,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
 ) {
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -607,8 +685,8 @@ async fn accept_loop<L: Accept>(
         tokio::select! {
             _ = stop.changed() => break,
             conn = listener.accept() => {
-                let io = match conn {
-                    Ok(io) => io,
+                let (io, source) = match conn {
+                    Ok(c) => c,
                     Err(e) => {
                         // out of file descriptors, most likely: let some close
                         debug!(error = %e, "accepting an API connection failed");
@@ -616,16 +694,35 @@ async fn accept_loop<L: Accept>(
                         continue;
                     }
                 };
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
-                    debug!("too many API connections: one refused");
-                    continue;
+                let ctl = pools.accept(source);
+                let service = {
+                    let app = app.clone();
+                    let ctl = ctl.clone();
+                    hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(ctl.clone());
+                        let mut app = app.clone();
+                        async move {
+                            use tower::Service;
+                            app.call(req.map(axum::body::Body::new)).await
+                        }
+                    })
                 };
-                let service = TowerToHyperService::new(app.clone());
-                let conn = graceful.watch(builder.serve_connection(TokioIo::new(io), service));
+                let conn = graceful.watch(builder.serve_connection(errors::JsonErrors::new(TokioIo::new(io)), service));
                 tokio::spawn(async move {
+                    let mut conn = std::pin::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => return,
+                        admitted = ctl.admitted_in_time() => if !admitted {
+                            // dropped: the connection is closed
+                            return;
+                        },
+                    }
                     let _ = conn.await;
-                    drop(slot);
                 });
+                // the new connection reads what it was sent before the next
+                // accept: a request already there is admitted before a flood
+                // behind it in the accept queue can push it out
+                tokio::task::yield_now().await;
             }
         }
     }
@@ -657,6 +754,7 @@ impl Api {
             source,
         })?;
         let mut tasks = Vec::new();
+        let mut listeners = Vec::new();
         let mut tcp_addr = None;
         if let Some((addr, token)) = &cfg.tcp {
             let bind_err = |source| ServeError::Bind {
@@ -664,20 +762,32 @@ impl Api {
                 source,
             };
             let l = std::net::TcpListener::bind(addr).map_err(bind_err)?;
+            // a long accept queue: a flood of connects must not make the
+            // kernel drop the admin's SYN (a 1 s retransmit)
+            nix::sys::socket::listen(
+                &l,
+                nix::sys::socket::Backlog::new(LISTEN_BACKLOG).map_err(|e| bind_err(e.into()))?,
+            )
+            .map_err(|e| bind_err(e.into()))?;
             l.set_nonblocking(true).map_err(bind_err)?;
             tcp_addr = l.local_addr().ok();
             let l = tokio::net::TcpListener::from_std(l).map_err(bind_err)?;
             let app = router(tx.clone(), shared.clone(), Some(token.clone()));
-            tasks.push(rt.spawn(accept_loop(l, app, stop_rx.clone(), drain)));
+            let pools = Pools::new(MAX_CONNECTIONS);
+            tasks.push(rt.spawn(accept_loop(l, app, pools.clone(), stop_rx.clone(), drain)));
+            listeners.push(("tcp", pools));
         }
         let app = router(tx, shared.clone(), None);
-        tasks.push(rt.spawn(accept_loop(unix, app, stop_rx, drain)));
+        let pools = Pools::new(MAX_CONNECTIONS);
+        tasks.push(rt.spawn(accept_loop(unix, app, pools.clone(), stop_rx, drain)));
+        listeners.push(("unix", pools));
         Ok(Api {
             stop,
             shared,
             tasks,
             socket: cfg.socket.clone(),
             tcp_addr,
+            listeners,
         })
     }
 
@@ -686,6 +796,15 @@ impl Api {
         let _ = self.stop.send(true);
         let _ = self.shared.stopping.send(true);
         let _ = std::fs::remove_file(&self.socket);
+    }
+
+    /// Each listener's (name, pending, admitted connections, pending ones
+    /// closed for room so far).
+    pub fn connections(&self) -> Vec<(&'static str, usize, usize, u64)> {
+        self.listeners
+            .iter()
+            .map(|(n, p)| (*n, p.pending(), p.admitted(), p.closed_for_room()))
+            .collect()
     }
 
     /// Whether every listener is done (its open requests drained).

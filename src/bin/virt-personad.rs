@@ -693,6 +693,7 @@ fn run(
                                 metrics.gossip(&g.shared.lock());
                             }
                             metrics.helpers(rec.helpers());
+                            metrics.api(&api.connections());
                             metrics.state(&rec.statuses(), catalog.personas().len(), catalog.errors().len(), signals, hv.is_connected());
                             Reply::Text(metrics.render())
                         }

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use virt_persona::hypervisor::libvirt::LibvirtHypervisor;
 use virt_persona::hypervisor::{DomainInfo, Hypervisor};
 
+pub mod hostile;
+
 pub const REAL_URI: &str = "qemu:///system";
 
 /// At most this many guests boot and run at once in one test binary: two cores.

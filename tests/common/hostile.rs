@@ -1,0 +1,161 @@
+//! Hostile clients for the tests and benchmarks: a flood of connections that
+//! send nothing or half a request, held open and reopened as the daemon
+//! closes them, from one thread (one process, one source address).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Where a flood goes.
+#[derive(Clone)]
+pub enum Target {
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn open(t: &Target) -> Option<Stream> {
+        let s = match t {
+            Target::Tcp(a) => {
+                let addr = a.parse().ok()?;
+                Stream::Tcp(TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?)
+            }
+            Target::Unix(p) => Stream::Unix(UnixStream::connect(p).ok()?),
+        };
+        match &s {
+            Stream::Tcp(c) => c.set_nonblocking(true).ok()?,
+            Stream::Unix(c) => c.set_nonblocking(true).ok()?,
+        }
+        Some(s)
+    }
+    fn write(&mut self, b: &[u8]) {
+        let _ = match self {
+            Stream::Tcp(c) => c.write(b),
+            Stream::Unix(c) => c.write(b),
+        };
+    }
+    /// Still open (the daemon has not closed it)?
+    fn open_still(&mut self) -> bool {
+        let mut buf = [0u8; 512];
+        let r = match self {
+            Stream::Tcp(c) => c.read(&mut buf),
+            Stream::Unix(c) => c.read(&mut buf),
+        };
+        match r {
+            Ok(0) => false,
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+        }
+    }
+}
+
+/// Raises this process's open-files limit to its hard limit (a flood holds
+/// thousands of sockets).
+pub fn raise_open_files() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
+/// A running flood: `n` connections held, every other one with half a
+/// request line sent, each reopened when the daemon closes it.
+pub struct Flood {
+    stop: Arc<AtomicBool>,
+    held: Arc<AtomicUsize>,
+    opened: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Flood {
+    pub fn start(target: Target, n: usize) -> Flood {
+        raise_open_files();
+        let stop = Arc::new(AtomicBool::new(false));
+        let held = Arc::new(AtomicUsize::new(0));
+        let opened = Arc::new(AtomicU64::new(0));
+        let (s, h, o) = (stop.clone(), held.clone(), opened.clone());
+        let thread = std::thread::spawn(move || {
+            let mut conns: Vec<Option<Stream>> = (0..n).map(|_| None).collect();
+            while !s.load(Ordering::Relaxed) {
+                for (i, slot) in conns.iter_mut().enumerate() {
+                    if s.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    if !slot.as_mut().is_some_and(Stream::open_still) {
+                        *slot = Stream::open(&target).map(|mut c| {
+                            o.fetch_add(1, Ordering::Relaxed);
+                            if i % 2 == 1 {
+                                c.write(b"GET /v1/domains HTTP/1.1\r\nHost: x\r\nAuthoriz");
+                            }
+                            c
+                        });
+                    }
+                }
+                h.store(
+                    conns.iter().filter(|c| c.is_some()).count(),
+                    Ordering::Relaxed,
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        Flood {
+            stop,
+            held,
+            opened,
+            thread: Some(thread),
+        }
+    }
+
+    /// Connections open now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Connections opened so far (the first `n` and every reopening).
+    pub fn opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `n` connections are held (up to 60 s).
+    pub fn wait_held(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.held() < n {
+            assert!(
+                Instant::now() < deadline,
+                "the flood holds only {} of {n} connections",
+                self.held()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The `q` quantile (0..=1) of some durations.
+pub fn quantile(d: &mut [Duration], q: f64) -> Duration {
+    d.sort();
+    if d.is_empty() {
+        return Duration::ZERO;
+    }
+    d[((d.len() - 1) as f64 * q).round() as usize]
+}
