@@ -92,15 +92,12 @@ fn store_size(dir: &std::path::Path) {
         let uuid = format!("00000000-0000-4000-8000-{d:012}");
         for m in metrics {
             let key = SeriesKey::new(&uuid, m);
-            let pts: Vec<(SeriesKey, i64, f64)> = (0..14 * 1440)
-                .map(|i| {
-                    (
-                        key.clone(),
-                        now - 14 * DAY_MS + i * MINUTE_MS + 1,
-                        (i % 97) as f64,
-                    )
-                })
-                .collect();
+            let pts = virt_persona::history::ImportBatch {
+                series: vec![key],
+                points: (0..14 * 1440)
+                    .map(|i| (0, now - 14 * DAY_MS + i * MINUTE_MS + 1, (i % 97) as f64))
+                    .collect(),
+            };
             h.import(&pts, now, 14 * DAY_MS + MINUTE_MS);
         }
     }
@@ -282,6 +279,8 @@ fn tick_with_refit(dir: &std::path::Path) {
                 .unwrap_or(0)
         }),
         refit_every: 0,
+        max_series: 10_000,
+        series: Default::default(),
     })
     .expect("worker");
     let mut want = std::collections::BTreeSet::new();
@@ -289,15 +288,18 @@ fn tick_with_refit(dir: &std::path::Path) {
         let s = series(d);
         let key = SeriesKey::new(&format!("00000000-0000-4000-9000-{d:012}"), Metric::Cpu);
         let start = now - 14 * DAY_MS;
-        let pts: Vec<(SeriesKey, i64, f64)> = s
-            .values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (key.clone(), start + i as i64 * STEP_MS, *v))
-            .collect();
+        let batch = virt_persona::history::ImportBatch {
+            series: vec![key.clone()],
+            points: s
+                .values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (0, start + i as i64 * STEP_MS, *v))
+                .collect(),
+        };
         let (rtx, rrx) = std::sync::mpsc::channel();
         tx.send(ToWorker::Import {
-            points: pts,
+            batch,
             reply: Box::new(move |r| {
                 let _ = rtx.send(r);
             }),

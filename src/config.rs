@@ -89,6 +89,99 @@ struct GossipSection {
     cluster: Option<String>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsSection {
+    history_series: Option<u64>,
+    import_series: Option<u64>,
+    import_rows: Option<u64>,
+    import_foreign_domains: Option<u64>,
+    signals: Option<u64>,
+    signal_ttl: Option<String>,
+}
+
+/// What the daemon keeps at most (`[limits]`): what a client may make it
+/// hold. Each is refused with the setting's name when passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Series in the history after an import (the host's own domains are
+    /// always recorded).
+    pub history_series: usize,
+    pub import: crate::history::ImportLimits,
+    /// Signals set at once (host and cluster).
+    pub signals: usize,
+    /// The longest TTL a signal may be given, in milliseconds.
+    pub signal_ttl_ms: i64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            history_series: 10_000,
+            import: Default::default(),
+            signals: 1_000,
+            signal_ttl_ms: 30 * 86_400_000,
+        }
+    }
+}
+
+impl LimitsSection {
+    fn resolve(&self) -> Result<Limits, ConfigError> {
+        let d = Limits::default();
+        let count = |key: &'static str, v: Option<u64>, default: usize, max: u64| match v {
+            None => Ok(default),
+            Some(n) if (1..=max).contains(&n) => Ok(n as usize),
+            Some(n) => Err(ConfigError::Invalid {
+                key,
+                message: format!("{n} is out of range: expected 1 to {max}"),
+            }),
+        };
+        let signal_ttl_ms = match self.signal_ttl.as_deref() {
+            None => d.signal_ttl_ms,
+            Some(s) => {
+                let t = duration("limits.signal_ttl", s)?;
+                if t.as_std() > std::time::Duration::from_secs(366 * 86_400) {
+                    return Err(ConfigError::Invalid {
+                        key: "limits.signal_ttl",
+                        message: format!("{t} is out of range: expected at most 366d"),
+                    });
+                }
+                t.as_std().as_millis() as i64
+            }
+        };
+        Ok(Limits {
+            history_series: count(
+                "limits.history_series",
+                self.history_series,
+                d.history_series,
+                1_000_000,
+            )?,
+            import: crate::history::ImportLimits {
+                series: count(
+                    "limits.import_series",
+                    self.import_series,
+                    d.import.series,
+                    1_000_000,
+                )?,
+                rows: count(
+                    "limits.import_rows",
+                    self.import_rows,
+                    d.import.rows,
+                    100_000_000,
+                )?,
+                foreign_domains: count(
+                    "limits.import_foreign_domains",
+                    self.import_foreign_domains,
+                    d.import.foreign_domains,
+                    100_000,
+                )?,
+            },
+            signals: count("limits.signals", self.signals, d.signals, 1_000_000)?,
+            signal_ttl_ms,
+        })
+    }
+}
+
 /// The config file as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -110,6 +203,8 @@ pub struct FileConfig {
     api: ApiSection,
     #[serde(default)]
     gossip: GossipSection,
+    #[serde(default)]
+    limits: LimitsSection,
 }
 
 /// Values given on the command line; `None` = not given.
@@ -168,6 +263,7 @@ pub struct Config {
     pub gossip_cluster: String,
     pub api_listen: Option<String>,
     pub api_token_file: Option<PathBuf>,
+    pub limits: Limits,
 }
 
 impl Config {
@@ -213,6 +309,7 @@ impl Config {
             "api.listen / api.token_file",
             self.api_listen != new.api_listen || self.api_token_file != new.api_token_file,
         );
+        check("limits", self.limits != new.limits);
         out
     }
 }
@@ -372,6 +469,7 @@ impl Config {
                 .unwrap_or_else(|| "virt-persona".into()),
             api_listen: o.api_listen.or(file.api.listen),
             api_token_file: o.api_token_file.or(file.api.token_file),
+            limits: file.limits.resolve()?,
         };
         if cfg.gossip_listen.is_some() && cfg.gossip_key_file.is_none() {
             return Err(ConfigError::Invalid {

@@ -31,8 +31,8 @@ pub enum ToWorker {
     Want(BTreeSet<SeriesKey>),
     /// Imported history, already checked: applied whole, then the reply.
     Import {
-        points: Vec<(SeriesKey, Millis, f64)>,
-        reply: Box<dyn FnOnce(Result<ImportReport, String>) + Send>,
+        batch: crate::history::ImportBatch,
+        reply: Box<dyn FnOnce(Result<ImportReport, ImportRefused>) + Send>,
     },
     /// Writes what is open and ends the thread.
     Stop,
@@ -48,6 +48,13 @@ pub struct ImportReport {
     pub series: usize,
 }
 
+/// Why the worker did not import: an HTTP status and the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportRefused {
+    pub status: u16,
+    pub message: String,
+}
+
 /// A series' forecast state changed (`None`: no longer wanted).
 #[derive(Debug, Clone)]
 pub struct FitNews {
@@ -61,6 +68,11 @@ pub struct WorkerConfig {
     /// Milliseconds since the epoch.
     pub clock: crate::reconciler::Clock,
     pub refit_every: Millis,
+    /// The most series the history holds after an import (the host's own
+    /// domains are always recorded).
+    pub max_series: usize,
+    /// Series in the history now, for `/metrics` (updated as it changes).
+    pub series: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The worker's state; [`Worker::step`] is driven by its thread (and by tests).
@@ -102,6 +114,10 @@ impl Worker {
     }
 
     fn save(&mut self) {
+        self.cfg.series.store(
+            self.history.series_count(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let changes = self.history.take_changes();
         if let Err(e) = self.db.save(&changes) {
             // kept in memory; the next save writes the whole chunks again
@@ -129,16 +145,31 @@ impl Worker {
                 }
                 self.wanted = set;
             }
-            ToWorker::Import { points, reply } => {
-                let rows = points.len();
-                let series: BTreeSet<&SeriesKey> = points.iter().map(|p| &p.0).collect();
-                let n_series = series.len();
-                let touched: Vec<SeriesKey> = series.into_iter().cloned().collect();
-                let kept = self.history.import(&points, now, self.cfg.retention);
+            ToWorker::Import { batch, reply } => {
+                let rows = batch.rows();
+                let n_series = batch.series.len();
+                let new = batch.series.iter().filter(|k| !self.history.has(k)).count();
+                let held = self.history.series_count();
+                if held + new > self.cfg.max_series {
+                    reply(Err(ImportRefused {
+                        status: 413,
+                        message: format!(
+                            "the history holds {held} series and the import adds {new}: more than {}, the limit (limits.history_series); nothing was imported",
+                            self.cfg.max_series
+                        ),
+                    }));
+                    return true;
+                }
+                let kept = self.history.import(&batch, now, self.cfg.retention);
+                drop(batch.points);
+                self.cfg.series.store(
+                    self.history.series_count(),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 let changes = self.history.take_changes();
                 match self.db.save(&changes) {
                     Ok(()) => {
-                        for k in touched {
+                        for k in batch.series {
                             self.fitted.remove(&k);
                         }
                         info!(rows, kept, series = n_series, "history imported");
@@ -151,9 +182,12 @@ impl Worker {
                     Err(e) => {
                         // in memory it is there; on disk it is not: say so
                         warn!(error = %e, "imported history not written");
-                        reply(Err(format!(
-                            "the history file could not be written ({e}); the import is kept in memory until the next restart"
-                        )));
+                        reply(Err(ImportRefused {
+                            status: 500,
+                            message: format!(
+                                "the history file could not be written ({e}); the import is kept in memory until the next restart"
+                            ),
+                        }));
                     }
                 }
             }
@@ -391,6 +425,8 @@ mod tests {
             clock: Box::new(move || now.load(Ordering::SeqCst)),
             // the daemon refits hourly; days of ticks here need fewer fits
             refit_every: 6 * 3_600_000,
+            max_series: 10_000,
+            series: Default::default(),
         }
     }
 
@@ -479,15 +515,18 @@ mod tests {
         ));
         let s =
             crate::forecast::tests::web_cpu(now - 14 * 86_400_000, 14 * crate::forecast::DAY, 5);
-        let points: Vec<_> = s
-            .values
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (key.clone(), s.start + i as Millis * STEP_MS, *v))
-            .collect();
+        let batch = crate::history::ImportBatch {
+            series: vec![key.clone()],
+            points: s
+                .values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (0, s.start + i as Millis * STEP_MS, *v))
+                .collect(),
+        };
         let (rtx, rrx) = std::sync::mpsc::channel();
         w.handle(ToWorker::Import {
-            points,
+            batch,
             reply: Box::new(move |r| {
                 let _ = rtx.send(r);
             }),
@@ -502,5 +541,62 @@ mod tests {
             Some(FitState::Ready(f)) => assert!(f.accuracy.is_some()),
             other => panic!("{other:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+    use crate::history::ImportBatch;
+    use crate::model::persona::Metric;
+
+    /// An import that would take the history over `limits.history_series`
+    /// is refused whole (413, the limit named); series it already holds do
+    /// not count again.
+    #[test]
+    fn an_import_over_the_series_limit_is_refused_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let now: Millis = 1_793_577_600_000;
+        let gauge = Arc::<std::sync::atomic::AtomicUsize>::default();
+        let cfg = WorkerConfig {
+            state_dir: dir.path().to_path_buf(),
+            retention: 14 * 86_400_000,
+            clock: Box::new(move || now),
+            refit_every: 3_600_000,
+            max_series: 2,
+            series: gauge.clone(),
+        };
+        let (tx, _rx) = crossbeam_channel::unbounded();
+        let mut w = Worker::open(cfg, tx).unwrap();
+        let import = |w: &mut Worker, names: &[&str]| {
+            let batch = ImportBatch {
+                series: names
+                    .iter()
+                    .map(|n| SeriesKey::new(n, Metric::Cpu))
+                    .collect(),
+                points: (0..names.len() as u32)
+                    .map(|i| (i, now - 600_000, 5.0))
+                    .collect(),
+            };
+            let (rtx, rrx) = std::sync::mpsc::channel();
+            w.handle(ToWorker::Import {
+                batch,
+                reply: Box::new(move |r| {
+                    let _ = rtx.send(r);
+                }),
+            });
+            rrx.recv().unwrap()
+        };
+        assert_eq!(import(&mut w, &["a", "b"]).unwrap().series, 2);
+        assert_eq!(gauge.load(std::sync::atomic::Ordering::Relaxed), 2);
+        assert!(import(&mut w, &["a"]).is_ok(), "a series held already");
+        let e = import(&mut w, &["a", "c"]).unwrap_err();
+        assert_eq!(e.status, 413);
+        assert!(
+            e.message.starts_with("the history holds 2 series and the import adds 1: more than 2, the limit (limits.history_series)"),
+            "{}",
+            e.message
+        );
+        assert_eq!(w.history.series_count(), 2, "nothing of it was kept");
     }
 }

@@ -159,6 +159,11 @@ impl History {
         self.series.len()
     }
 
+    /// Whether the series has anything.
+    pub fn has(&self, key: &SeriesKey) -> bool {
+        self.series.contains_key(key)
+    }
+
     pub fn keys(&self) -> impl Iterator<Item = &SeriesKey> {
         self.series.keys()
     }
@@ -228,34 +233,49 @@ impl History {
     /// Imported points (any spacing): averaged per slot, into minute slots
     /// within the last two days and 5-minute slots before, replacing what
     /// was there. Points older than the retention are skipped; returns how
-    /// many were kept.
-    pub fn import(
-        &mut self,
-        points: &[(SeriesKey, Millis, f64)],
-        now: Millis,
-        retention: Millis,
-    ) -> usize {
-        let mut acc: BTreeMap<(SeriesKey, Res, Millis), (f64, u32)> = BTreeMap::new();
-        for (k, t, v) in points {
-            if *t < now - retention || *t > now || !v.is_finite() {
+    /// many were kept. The batch's points are sorted by series and time, so
+    /// a slot's points are consecutive: nothing but the history grows.
+    pub fn import(&mut self, batch: &ImportBatch, now: Millis, retention: Millis) -> usize {
+        let fine_from = floor(now - FINE_MS, HOUR_MS);
+        let mut kept = 0;
+        let mut open: Option<(u32, Res, Millis, f64, u32)> = None;
+        for &(s, t, v) in &batch.points {
+            if t < now - retention || t > now || !v.is_finite() {
                 continue;
             }
-            let res = if *t >= floor(now - FINE_MS, HOUR_MS) {
+            kept += 1;
+            let res = if t >= fine_from {
                 Res::Minute
             } else {
                 Res::Five
             };
-            let e = acc
-                .entry((k.clone(), res, floor(*t, res.slot_ms())))
-                .or_default();
-            e.0 += v;
-            e.1 += 1;
+            let slot = floor(t, res.slot_ms());
+            match &mut open {
+                Some((os, ores, ot, sum, n)) if *os == s && *ores == res && *ot == slot => {
+                    *sum += v;
+                    *n += 1;
+                }
+                _ => {
+                    if let Some((os, ores, ot, sum, n)) = open.replace((s, res, slot, v, 1)) {
+                        self.set_slot(
+                            &batch.series[os as usize],
+                            ores,
+                            ot,
+                            (sum / n as f64) as f32,
+                        );
+                    }
+                }
+            }
         }
-        let n = acc.values().map(|(_, c)| *c as usize).sum();
-        for ((k, res, t), (sum, count)) in acc {
-            self.set_slot(&k, res, t, (sum / count as f64) as f32);
+        if let Some((os, ores, ot, sum, n)) = open {
+            self.set_slot(
+                &batch.series[os as usize],
+                ores,
+                ot,
+                (sum / n as f64) as f32,
+            );
         }
-        n
+        kept
     }
 
     /// Folds minute chunks that ended two days before `now` into 5-minute
@@ -447,7 +467,79 @@ impl History {
 }
 
 /// The most bad lines an import error lists (the count covers all).
-pub const MAX_LISTED_ERRORS: usize = 50;
+pub const MAX_LISTED_ERRORS: usize = 100;
+
+/// An import's points, checked: each series once, and every point as (its
+/// series' index, time, value), sorted by series and time.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ImportBatch {
+    pub series: Vec<SeriesKey>,
+    pub points: Vec<(u32, Millis, f64)>,
+}
+
+impl ImportBatch {
+    pub fn rows(&self) -> usize {
+        self.points.len()
+    }
+}
+
+/// What one import may hold (the daemon's `[limits]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImportLimits {
+    /// Points (CSV rows).
+    pub rows: usize,
+    /// Distinct series.
+    pub series: usize,
+    /// Distinct domains (UUIDs) not on this host.
+    pub foreign_domains: usize,
+}
+
+impl Default for ImportLimits {
+    fn default() -> Self {
+        ImportLimits {
+            rows: 2_000_000,
+            series: 2_000,
+            foreign_domains: 100,
+        }
+    }
+}
+
+/// A domain of an import, as this host knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolved {
+    /// A domain here: its UUID.
+    Here(String),
+    /// A UUID of no domain here (history for one migrating in).
+    Elsewhere(String),
+}
+
+/// Why an import is refused: its bad lines (the first
+/// [`MAX_LISTED_ERRORS`] and how many there are), or a limit it is over
+/// (reading stopped there).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportError {
+    Bad { listed: Vec<String>, total: usize },
+    Limit(String),
+}
+
+impl std::fmt::Display for ImportError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImportError::Bad { listed, total } => {
+                write!(
+                    f,
+                    "{total} bad line(s); nothing was imported:\n{}",
+                    listed.join("\n")
+                )?;
+                if *total > listed.len() {
+                    write!(f, "\n… and {} more", total - listed.len())?;
+                }
+                Ok(())
+            }
+            ImportError::Limit(m) => write!(f, "{m}; nothing was imported"),
+        }
+    }
+}
 
 /// A time in an import: RFC 3339, or Unix seconds (fractions allowed).
 fn import_time(s: &str) -> Option<Millis> {
@@ -462,70 +554,113 @@ fn import_time(s: &str) -> Option<Millis> {
         .map(|t| t.as_millisecond())
 }
 
+/// Shortens what a bad line quotes (a 1 MB field is not echoed back).
+fn quoted(s: &str) -> String {
+    const MAX: usize = 64;
+    if s.len() <= MAX {
+        return s.to_string();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
 /// Reads an import CSV: a header `timestamp,domain,metric,value`, then one
 /// point per line. `domain` is a name or UUID that `resolve` turns into the
 /// UUID (`None`: unknown); host metrics take an empty domain or `host`.
-/// Every bad line is reported with its number; any bad line refuses the whole
-/// file.
+/// Every bad line is counted (the first [`MAX_LISTED_ERRORS`] named with
+/// their numbers); any bad line refuses the whole file. Reading stops at the
+/// first limit passed. Memory: the batch, 24 bytes a point, and the series.
 pub fn parse_csv(
     text: &str,
-    resolve: impl Fn(&str) -> Option<String>,
-) -> Result<Vec<(SeriesKey, Millis, f64)>, Vec<String>> {
-    let mut errors = Vec::new();
-    let mut out = Vec::new();
+    resolve: impl Fn(&str) -> Option<Resolved>,
+    limits: &ImportLimits,
+) -> Result<ImportBatch, ImportError> {
+    let mut listed = Vec::new();
+    let mut total = 0usize;
+    let mut batch = ImportBatch::default();
+    let mut index: HashMap<SeriesKey, u32> = HashMap::new();
+    let mut foreign: HashMap<String, ()> = HashMap::new();
     let mut lines = text.lines().enumerate();
     let header = lines.find(|(_, l)| !l.trim().is_empty());
     match header {
         Some((_, h)) => {
             let cols: Vec<String> = h
                 .trim_start_matches('\u{feff}')
-                .split(',')
+                .splitn(5, ',')
                 .map(|c| c.trim().to_ascii_lowercase())
                 .collect();
             if cols != ["timestamp", "domain", "metric", "value"] {
-                return Err(vec![format!(
-                    "line 1: the header must be 'timestamp,domain,metric,value', found '{}'",
-                    h.trim()
-                )]);
+                return Err(ImportError::Bad {
+                    listed: vec![format!(
+                        "line 1: the header must be 'timestamp,domain,metric,value', found '{}'",
+                        quoted(h.trim())
+                    )],
+                    total: 1,
+                });
             }
         }
-        None => {
-            return Err(vec![
+        None => return Err(ImportError::Bad {
+            listed: vec![
                 "the CSV is empty: expected the header 'timestamp,domain,metric,value' and points"
                     .into(),
-            ])
-        }
+            ],
+            total: 1,
+        }),
     }
-    let mut resolved: HashMap<String, Option<String>> = HashMap::new();
+    // only what resolved is remembered: a million bad names cost nothing
+    let mut resolved: HashMap<String, String> = HashMap::new();
+    let mut rows = 0usize;
     for (i, line) in lines {
         let n = i + 1;
         if line.trim().is_empty() {
             continue;
         }
-        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        rows += 1;
+        if rows > limits.rows {
+            return Err(ImportError::Limit(format!(
+                "the import has more than {} rows, the limit (limits.import_rows)",
+                limits.rows
+            )));
+        }
+        let mut bad = |what: String| {
+            total += 1;
+            if listed.len() < MAX_LISTED_ERRORS {
+                listed.push(format!("line {n}: {what}"));
+            }
+        };
+        let f: Vec<&str> = line.splitn(5, ',').map(str::trim).collect();
         if f.len() != 4 {
-            errors.push(format!(
-                "line {n}: expected 4 fields (timestamp,domain,metric,value), found {}",
-                f.len()
+            bad(format!(
+                "expected 4 fields (timestamp,domain,metric,value), found {}",
+                if f.len() == 5 {
+                    "more".to_string()
+                } else {
+                    f.len().to_string()
+                }
             ));
             continue;
         }
-        let mut bad = |what: String| errors.push(format!("line {n}: {what}"));
         let Some(t) = import_time(f[0]) else {
             bad(format!(
                 "timestamp '{}' is not RFC 3339 or Unix seconds",
-                f[0]
+                quoted(f[0])
             ));
             continue;
         };
         let Some(metric) = Metric::from_name(f[2]) else {
-            bad(format!("unknown metric '{}'", f[2]));
+            bad(format!("unknown metric '{}'", quoted(f[2])));
             continue;
         };
         let value = match f[3].parse::<f64>() {
             Ok(v) if v.is_finite() && v >= 0.0 => v,
             _ => {
-                bad(format!("value '{}' is not a number of at least 0", f[3]));
+                bad(format!(
+                    "value '{}' is not a number of at least 0",
+                    quoted(f[3])
+                ));
                 continue;
             }
         };
@@ -533,7 +668,7 @@ pub fn parse_csv(
             if !(f[1].is_empty() || f[1] == HOST) {
                 bad(format!(
                     "{metric} is a host metric: leave the domain empty (found '{}')",
-                    f[1]
+                    quoted(f[1])
                 ));
                 continue;
             }
@@ -545,28 +680,62 @@ pub fn parse_csv(
                 ));
                 continue;
             }
-            let uuid = resolved
-                .entry(f[1].to_string())
-                .or_insert_with(|| resolve(f[1]))
-                .clone();
-            match uuid {
-                Some(u) => u,
-                None => {
-                    bad(format!(
-                        "no domain named '{}' on this host (give its name or UUID)",
-                        f[1]
-                    ));
-                    continue;
+            if let Some(u) = resolved.get(f[1]) {
+                u.clone()
+            } else {
+                match resolve(f[1]) {
+                    Some(Resolved::Here(u)) => {
+                        resolved.insert(f[1].to_string(), u.clone());
+                        u
+                    }
+                    Some(Resolved::Elsewhere(u)) => {
+                        if !foreign.contains_key(&u) {
+                            if foreign.len() >= limits.foreign_domains {
+                                return Err(ImportError::Limit(format!(
+                                    "line {n}: the import names more than {} domains not on this host, the limit (limits.import_foreign_domains)",
+                                    limits.foreign_domains
+                                )));
+                            }
+                            foreign.insert(u.clone(), ());
+                        }
+                        resolved.insert(f[1].to_string(), u.clone());
+                        u
+                    }
+                    None => {
+                        bad(format!(
+                            "no domain named '{}' on this host (give its name or UUID)",
+                            quoted(f[1])
+                        ));
+                        continue;
+                    }
                 }
             }
         };
-        out.push((SeriesKey { domain, metric }, t, value));
+        let key = SeriesKey { domain, metric };
+        let idx = match index.get(&key) {
+            Some(i) => *i,
+            None => {
+                if batch.series.len() >= limits.series {
+                    return Err(ImportError::Limit(format!(
+                        "line {n}: the import holds more than {} series, the limit (limits.import_series)",
+                        limits.series
+                    )));
+                }
+                let i = batch.series.len() as u32;
+                batch.series.push(key.clone());
+                index.insert(key, i);
+                i
+            }
+        };
+        if total == 0 {
+            batch.points.push((idx, t, value));
+        }
     }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(errors)
+    if total > 0 {
+        return Err(ImportError::Bad { listed, total });
     }
+    batch.points.sort_unstable_by_key(|p| (p.0, p.1));
+    Ok(batch)
 }
 
 #[cfg(test)]
@@ -642,17 +811,34 @@ mod tests {
         assert!(!c.delete.is_empty());
     }
 
+    /// A batch from `(key, t, v)` points, as parse_csv makes it.
+    fn batch(points: &[(SeriesKey, Millis, f64)]) -> ImportBatch {
+        let mut b = ImportBatch::default();
+        for (k, t, v) in points {
+            let i = match b.series.iter().position(|s| s == k) {
+                Some(i) => i,
+                None => {
+                    b.series.push(k.clone());
+                    b.series.len() - 1
+                }
+            };
+            b.points.push((i as u32, *t, *v));
+        }
+        b.points.sort_unstable_by_key(|p| (p.0, p.1));
+        b
+    }
+
     #[test]
     fn import_averages_per_slot_and_reloads_from_chunks() {
         let mut h = History::default();
         let k = cpu("a");
         let now = T0 + 10 * DAY_MS;
-        let pts = vec![
-            (k.clone(), T0 + 60_000, 10.0),
-            (k.clone(), T0 + 120_000, 30.0), // same 5-minute slot
+        let pts = batch(&[
+            (k.clone(), T0 + 120_000, 30.0), // same 5-minute slot, given first
             (k.clone(), now - 90_000, 7.0),  // minute slot
+            (k.clone(), T0 + 60_000, 10.0),
             (k.clone(), now - 20 * DAY_MS, 99.0), // past the retention
-        ];
+        ]);
         assert_eq!(h.import(&pts, now, 14 * DAY_MS), 3);
         let c = h.take_changes();
         let reloaded = History::from_chunks(c.put);
@@ -662,21 +848,38 @@ mod tests {
         assert_eq!(reloaded.span(&k), Some((T0, now - 60_000)));
     }
 
+    fn resolve(d: &str) -> Option<Resolved> {
+        match d {
+            "web-1" | "u-1" => Some(Resolved::Here("u-1".to_string())),
+            d if d.starts_with("f-") => Some(Resolved::Elsewhere(d.to_string())),
+            _ => None,
+        }
+    }
+
+    fn bad_lines(e: ImportError) -> (Vec<String>, usize) {
+        match e {
+            ImportError::Bad { listed, total } => (listed, total),
+            other => panic!("not bad lines: {other:?}"),
+        }
+    }
+
     #[test]
     fn csv_import_reports_every_bad_line_and_accepts_both_time_forms() {
-        let resolve = |d: &str| match d {
-            "web-1" | "u-1" => Some("u-1".to_string()),
-            _ => None,
-        };
+        let limits = ImportLimits::default();
         let good = "timestamp,domain,metric,value\n2026-11-02T09:00:00Z,web-1,cpu,91.5\n1793577600,u-1,cpu,20\n1793577600,,host_cpu,33\n\n";
-        let pts = parse_csv(good, resolve).expect("valid");
-        assert_eq!(pts.len(), 3);
-        assert_eq!(pts[0].0, cpu("u-1"));
-        assert_eq!(pts[0].1, T0 + 9 * HOUR_MS);
-        assert_eq!(pts[1].1, T0);
-        assert_eq!(pts[2].0, SeriesKey::new(HOST, Metric::HostCpu));
+        let b = parse_csv(good, resolve, &limits).expect("valid");
+        assert_eq!(b.rows(), 3);
+        assert_eq!(
+            b.series,
+            [cpu("u-1"), SeriesKey::new(HOST, Metric::HostCpu)]
+        );
+        // sorted by series, then time
+        assert_eq!(b.points[0], (0, T0, 20.0));
+        assert_eq!(b.points[1], (0, T0 + 9 * HOUR_MS, 91.5));
+        assert_eq!(b.points[2], (1, T0, 33.0));
         let bad = "timestamp,domain,metric,value\nyesterday,web-1,cpu,1\n1793577600,db-9,cpu,1\n1793577600,web-1,cpu,-4\n1793577600,web-1,nope,1\n1793577600,web-1,host_cpu,1\n1,2,3\n1793577600,web-1,cpu,5\n";
-        let errs = parse_csv(bad, resolve).expect_err("refused");
+        let (errs, total) = bad_lines(parse_csv(bad, resolve, &limits).expect_err("refused"));
+        assert_eq!(total, 6);
         let lines: Vec<&str> = errs.iter().map(|e| e.split(':').next().unwrap()).collect();
         assert_eq!(
             lines,
@@ -684,7 +887,63 @@ mod tests {
             "{errs:?}"
         );
         assert!(errs[1].contains("db-9"), "{}", errs[1]);
-        assert!(parse_csv("time,value\n", resolve).unwrap_err()[0].contains("header"));
-        assert!(parse_csv("", resolve).is_err());
+        assert!(
+            bad_lines(parse_csv("time,value\n", resolve, &limits).unwrap_err()).0[0]
+                .contains("header")
+        );
+        assert!(parse_csv("", resolve, &limits).is_err());
+    }
+
+    #[test]
+    fn csv_import_stops_at_its_limits_and_lists_only_the_first_bad_lines() {
+        let limits = ImportLimits {
+            rows: 10,
+            series: 2,
+            foreign_domains: 1,
+        };
+        let head = "timestamp,domain,metric,value\n";
+        let rows = |n: usize| head.to_string() + &"1793577600,web-1,cpu,1\n".repeat(n);
+        assert!(parse_csv(&rows(10), resolve, &limits).is_ok());
+        let e = parse_csv(&rows(11), resolve, &limits).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the import has more than 10 rows, the limit (limits.import_rows); nothing was imported"
+        );
+        let series = format!("{head}1,web-1,cpu,1\n1,web-1,disk_iops,1\n1,web-1,disk_bytes,1\n");
+        let e = parse_csv(&series, resolve, &limits)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("line 4: the import holds more than 2 series"),
+            "{e}"
+        );
+        let foreign = format!("{head}1,f-1,cpu,1\n1,f-1,cpu,2\n1,f-2,cpu,1\n");
+        let e = parse_csv(&foreign, resolve, &limits)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 4: the import names more than 1 domains not on this host"),
+            "{e}"
+        );
+        // a flood of bad lines: the first 100 named, the rest counted
+        let many = ImportLimits::default();
+        let text = format!(
+            "{head}{}",
+            format!("x,{},cpu,1\n", "y".repeat(200)).repeat(5000)
+        );
+        let e = parse_csv(&text, resolve, &many).unwrap_err();
+        let msg = e.to_string();
+        let (listed, total) = bad_lines(e);
+        assert_eq!((listed.len(), total), (MAX_LISTED_ERRORS, 5000));
+        assert!(
+            msg.ends_with("… and 4900 more"),
+            "{}",
+            &msg[msg.len() - 40..]
+        );
+        assert!(
+            listed[0].len() < 120,
+            "a long field is shortened: {}",
+            listed[0]
+        );
     }
 }

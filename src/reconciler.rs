@@ -218,6 +218,8 @@ pub struct Reconciler<H: Hypervisor + ?Sized, S: StateStore> {
     observe: Option<String>,
     /// Observe only by choice (`--dry-run`).
     dry_run: bool,
+    /// What clients may make the daemon hold (`[limits]`).
+    limits: crate::config::Limits,
     /// The last tick failed on the state store.
     store_failing: Option<String>,
     /// The daemon's helpers (forecast worker, gossip), as its loop last saw them.
@@ -305,6 +307,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             ticks: 0,
             observe: None,
             dry_run: false,
+            limits: Default::default(),
             store_failing: None,
             helpers: Vec::new(),
             forecasts: Forecasts::default(),
@@ -544,6 +547,28 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
     }
 
     /// Sets an external signal; one value per (name, domain).
+    pub fn set_limits(&mut self, limits: crate::config::Limits) {
+        self.limits = limits;
+    }
+
+    pub fn limits(&self) -> &crate::config::Limits {
+        &self.limits
+    }
+
+    /// Signals set now (each name and domain once).
+    pub fn signal_count(&mut self, now: Millis) -> usize {
+        self.prune_signals(now);
+        self.signals.0.values().map(Vec::len).sum()
+    }
+
+    /// Whether a signal of this name and domain is set now.
+    pub fn has_signal(&self, name: &str, domain: Option<&str>) -> bool {
+        self.signals
+            .0
+            .get(name)
+            .is_some_and(|v| v.iter().any(|s| s.domain.as_deref() == domain))
+    }
+
     pub fn set_signal(&mut self, name: &str, signal: crate::rules::Signal) {
         let list = self.signals.0.entry(name.to_string()).or_default();
         list.retain(|s| s.domain != signal.domain);

@@ -1008,9 +1008,12 @@ mod tests {
         let k = SeriesKey::new("u-1", crate::model::persona::Metric::Cpu);
         let now = 1_793_577_600_000 + 5 * DAY_MS;
         let mut h = History::default();
-        let pts: Vec<_> = (0..5 * 24 * 60)
-            .map(|i| (k.clone(), now - 5 * DAY_MS + i * MINUTE_MS, i as f64))
-            .collect();
+        let pts = crate::history::ImportBatch {
+            series: vec![k.clone()],
+            points: (0..5 * 24 * 60)
+                .map(|i| (0, now - 5 * DAY_MS + i * MINUTE_MS, i as f64))
+                .collect(),
+        };
         h.import(&pts, now, 14 * DAY_MS);
         let db = HistoryDb::open(dir.path()).unwrap();
         db.save(&h.take_changes()).unwrap();

@@ -234,3 +234,184 @@ fn requests_hyper_refuses_get_json_errors() {
     }
     let _ = Path::new("");
 }
+
+/// POSTs a CSV to the import route on the unix socket: (status, body).
+fn import(d: &Daemon, csv: &str) -> (u16, Value) {
+    let (st, body) = common::http(
+        &d.socket,
+        &format!(
+            "POST /v1/history/import HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\nContent-Length: {}\r\n\r\n{csv}",
+            csv.len()
+        ),
+    );
+    (st, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// A UUID from a number (not a domain of this host).
+fn uuid(n: u64) -> String {
+    format!("{:08x}-0000-4000-8000-{:012x}", n >> 16, n)
+}
+
+/// Dir size in bytes (the daemon's state).
+fn dir_bytes(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// An import naming a flood of UUIDs stops at the limits, one of 32 MB of
+/// bad rows lists the first 100; neither grows the daemon or its history,
+/// and `/healthz` answers while they are read (off the loop's thread).
+#[test]
+fn imports_stop_at_their_limits() {
+    let (d, _) = daemon("imports", &[]);
+    let rss0 = rss_mib(&d);
+    let now = 1_800_000_000u64;
+    // 300,000 rows, every one a new domain not on this host
+    let mut csv = String::from("timestamp,domain,metric,value\n");
+    for i in 0..300_000u64 {
+        csv.push_str(&format!("{},{},cpu,1\n", now - i, uuid(i)));
+    }
+    let (st, v) = import(&d, &csv);
+    assert_eq!(st, 413, "{v}");
+    let e = v["error"].as_str().unwrap();
+    assert!(
+        e.contains("more than 100 domains not on this host, the limit (limits.import_foreign_domains); nothing was imported"),
+        "{e}"
+    );
+    // ~32 MB of bad rows while the admin asks /healthz
+    let bad = format!(
+        "timestamp,domain,metric,value\n{}",
+        "yesterday,nobody,cpu,x\n".repeat(32 << 20 >> 5)
+    );
+    assert!(bad.len() > 20 << 20);
+    let sock = d.socket.clone();
+    let asker = std::thread::spawn(move || {
+        let mut worst = Duration::ZERO;
+        for _ in 0..40 {
+            let t = Instant::now();
+            let (st, _) = common::http(&sock, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert_eq!(st, 200);
+            worst = worst.max(t.elapsed());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        worst
+    });
+    let (st, v) = import(&d, &bad);
+    let worst = asker.join().unwrap();
+    assert_eq!(st, 400, "{v}");
+    let e = v["error"].as_str().unwrap();
+    let lines: Vec<&str> = e.lines().collect();
+    assert!(
+        lines[0].ends_with("bad line(s); nothing was imported:"),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(lines.len(), 1 + 100 + 1, "100 named, then a count");
+    assert!(
+        lines[101].starts_with("… and ") && lines[101].ends_with(" more"),
+        "{}",
+        lines[101]
+    );
+    let rss = rss_mib(&d);
+    eprintln!("RSS {rss0:.0} -> {rss:.0} MiB; /healthz at worst {worst:?} during the import");
+    assert!(
+        worst < Duration::from_secs(2),
+        "the loop was held: {worst:?}"
+    );
+    // the body is ~1x, the parsed points 0.35x; no error line per row
+    assert!(
+        rss < rss0 + 3.0 * (bad.len() >> 20) as f64,
+        "RSS {rss0:.0} -> {rss:.0} MiB"
+    );
+    assert!(
+        dir_bytes(&d.dir.join("state")) < 8 << 20,
+        "nothing was written"
+    );
+    let (_, text) = common::http(&d.socket, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(
+        text.contains("virt_persona_limit{limit=\"history_series\"} 10000"),
+        "{text}"
+    );
+    assert!(
+        text.contains("virt_persona_limit_used{limit=\"history_series\"} 0"),
+        "{text}"
+    );
+}
+
+/// Signals: a name over 128 bytes, a TTL over the limit and one signal more
+/// than `limits.signals` are refused, naming the limit.
+#[test]
+fn signals_are_bounded() {
+    let dir = common::test_dir("hostile", "signals");
+    std::fs::write(
+        dir.join("config.toml"),
+        "[limits]\nsignals = 5\nsignal_ttl = \"1d\"\n",
+    )
+    .unwrap();
+    let d = Daemon::start_args(
+        &dir,
+        &common::test_host_uri(),
+        &[
+            "--interval",
+            "1s",
+            "--config",
+            dir.join("config.toml").to_str().unwrap(),
+        ],
+        &[],
+    );
+    let put = |name: &str, body: &str| {
+        let (st, b) = common::http(
+            &d.socket,
+            &format!(
+                "PUT /v1/signals/{name} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        );
+        (st, serde_json::from_str::<Value>(&b).unwrap_or(Value::Null))
+    };
+    let (st, v) = put(&"a".repeat(129), r#"{"value": 1}"#);
+    assert_eq!(st, 400);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("over the limit of 128"),
+        "{v}"
+    );
+    let (st, v) = put("x", r#"{"value": 1, "ttl": "36500d"}"#);
+    assert_eq!(st, 400);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("longer than the limit of 1d (limits.signal_ttl)"),
+        "{v}"
+    );
+    for i in 0..5 {
+        assert_eq!(put(&format!("s{i}"), r#"{"value": 1, "ttl": "1h"}"#).0, 200);
+    }
+    let (st, v) = put("s5", r#"{"value": 1}"#);
+    assert_eq!(st, 400);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("5 signals are set, the limit (limits.signals)"),
+        "{v}"
+    );
+    assert_eq!(
+        put("s0", r#"{"value": 2}"#).0,
+        200,
+        "one set already may change"
+    );
+    let (_, text) = common::http(&d.socket, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(
+        text.contains("virt_persona_limit_used{limit=\"signals\"} 5"),
+        "{text}"
+    );
+}

@@ -233,11 +233,13 @@ fn events() -> Vec<Event> {
 
 /// One day of one series, the minute means a daemon records.
 const HISTORY_T0: i64 = 1_793_577_600_000;
-fn history_points() -> Vec<(SeriesKey, i64, f64)> {
-    let key = SeriesKey::new(WEB1, Metric::Cpu);
-    (0..1440)
-        .map(|i| (key.clone(), HISTORY_T0 + i * 60_000, (i % 100) as f64))
-        .collect()
+fn history_points() -> virt_persona::history::ImportBatch {
+    virt_persona::history::ImportBatch {
+        series: vec![SeriesKey::new(WEB1, Metric::Cpu)],
+        points: (0..1440)
+            .map(|i| (0, HISTORY_T0 + i * 60_000, (i % 100) as f64))
+            .collect(),
+    }
 }
 
 /// Every release keeps its golden files: this release's are written once

@@ -6,22 +6,36 @@
 
 use libfuzzer_sys::fuzz_target;
 use virt_persona::api::server::decode;
-use virt_persona::history::{parse_csv, History};
+use virt_persona::history::{parse_csv, History, ImportError, ImportLimits, Resolved};
 
 fuzz_target!(|data: &[u8]| {
-    let _ = decode::import("text/csv", data);
+    let limits = ImportLimits {
+        rows: 1000,
+        series: 8,
+        foreign_domains: 2,
+    };
+    let _ = decode::import(data, &Default::default(), &limits);
     let text = String::from_utf8_lossy(data);
-    match parse_csv(&text, |d| (d.len() < 40).then(|| d.to_string())) {
-        Ok(points) => {
-            assert!(points.iter().all(|(_, _, v)| v.is_finite() && *v >= 0.0));
+    let resolve = |d: &str| match d.len() {
+        0..=8 => Some(Resolved::Here(d.to_string())),
+        9..=39 => Some(Resolved::Elsewhere(d.to_string())),
+        _ => None,
+    };
+    match parse_csv(&text, resolve, &limits) {
+        Ok(batch) => {
+            assert!(batch.points.iter().all(|(s, _, v)| v.is_finite()
+                && *v >= 0.0
+                && (*s as usize) < batch.series.len()));
+            assert!(batch.rows() <= limits.rows && batch.series.len() <= limits.series);
             let mut h = History::default();
-            h.import(&points, 1_800_000_000_000, 14 * 86_400_000);
+            h.import(&batch, 1_800_000_000_000, 14 * 86_400_000);
             h.compact(1_800_000_000_000, 14 * 86_400_000);
             let _ = h.take_changes();
         }
-        Err(errors) => {
-            assert!(!errors.is_empty());
-            assert!(errors.iter().all(|e| e.starts_with("line ") || e.starts_with("the CSV")));
+        Err(ImportError::Bad { listed, total }) => {
+            assert!(!listed.is_empty() && listed.len() <= total);
+            assert!(listed.iter().all(|e| e.starts_with("line ") || e.starts_with("the CSV")));
         }
+        Err(ImportError::Limit(m)) => assert!(m.contains("limits.")),
     }
 });

@@ -70,10 +70,11 @@ pub enum Command {
         metric: String,
         horizon_ms: i64,
     },
-    /// Seed history from a CSV (`timestamp,domain,metric,value`). Answered
-    /// by the daemon's loop and its forecast worker, not by `exec`.
+    /// Seed history from a CSV (`timestamp,domain,metric,value`), read and
+    /// checked off the loop's thread. Answered by the daemon's loop and its
+    /// forecast worker, not by `exec`.
     ImportHistory {
-        csv: String,
+        batch: crate::history::ImportBatch,
     },
     /// Every host of the cluster (answered by the loop with the gossip view).
     Cluster,

@@ -71,7 +71,7 @@ pub fn domains_body<H: Hypervisor + ?Sized, S: StateStore>(rec: &Reconciler<H, S
 }
 
 /// Whether a string is a UUID (36 characters, hex and dashes in place).
-fn is_uuid(s: &str) -> bool {
+pub fn is_uuid(s: &str) -> bool {
     s.len() == 36
         && s.char_indices().all(|(i, c)| match i {
             8 | 13 | 18 | 23 => c == '-',
@@ -79,32 +79,20 @@ fn is_uuid(s: &str) -> bool {
         })
 }
 
-/// An import's points, checked whole: every bad line is named, and none is
-/// imported unless all are good. A domain is a name this host knows, or a
-/// UUID (also of a domain not here yet: history for one migrating in).
-pub fn import_points<H: Hypervisor + ?Sized, S: StateStore>(
+/// Every way a client names a domain of this host (name, id, UUID) to its
+/// UUID: what an import, read off the loop's thread, resolves against.
+pub fn domain_names<H: Hypervisor + ?Sized, S: StateStore>(
     rec: &Reconciler<H, S>,
-    csv: &str,
-) -> Result<Vec<(crate::history::SeriesKey, Millis, f64)>, Reply> {
-    crate::history::parse_csv(csv, |d| {
-        rec.entry(d)
-            .map(|e| e.info.uuid.clone())
-            .or_else(|| is_uuid(d).then(|| d.to_ascii_lowercase()))
-    })
-    .map_err(|errors| {
-        let n = errors.len();
-        let mut listed: Vec<String> = errors
-            .into_iter()
-            .take(crate::history::MAX_LISTED_ERRORS)
-            .collect();
-        if n > listed.len() {
-            listed.push(format!("… and {} more", n - listed.len()));
+) -> std::collections::HashMap<String, String> {
+    let mut names = std::collections::HashMap::new();
+    for s in rec.statuses() {
+        if let Some(id) = s.id {
+            names.insert(id.to_string(), s.uuid.clone());
         }
-        Reply::bad(format!(
-            "{n} bad line(s); nothing was imported:\n{}",
-            listed.join("\n")
-        ))
-    })
+        names.insert(s.name.clone(), s.uuid.clone());
+        names.insert(s.uuid.clone(), s.uuid);
+    }
+    names
 }
 
 /// `GET /v1/forecast/{domain}/{metric}`: the forecast from now to the
@@ -450,6 +438,20 @@ pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
                 },
                 None => None,
             };
+            let limits = *rec.limits();
+            if ttl_ms > limits.signal_ttl_ms {
+                return Reply::bad(format!(
+                    "ttl: {} is longer than the limit of {} (limits.signal_ttl)",
+                    crate::units::Duration(std::time::Duration::from_millis(ttl_ms as u64)),
+                    crate::units::Duration(std::time::Duration::from_millis(limits.signal_ttl_ms as u64))
+                ));
+            }
+            if !rec.has_signal(&name, domain.as_deref()) && rec.signal_count(now) >= limits.signals {
+                return Reply::bad(format!(
+                    "{} signals are set, the limit (limits.signals); set one again when another expires, or raise the limit",
+                    limits.signals
+                ));
+            }
             let s = Signal {
                 value,
                 expires: now + ttl_ms,

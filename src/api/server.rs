@@ -85,21 +85,39 @@ pub enum ServeError {
 /// stops (event streams end).
 pub struct Shared {
     domains: std::sync::RwLock<Option<Arc<String>>>,
+    /// Every name, id and UUID of a domain here, to its UUID (imports).
+    names: std::sync::RwLock<Arc<std::collections::HashMap<String, String>>>,
     events: broadcast::Sender<Arc<str>>,
     stopping: watch::Sender<bool>,
+    import_limits: crate::history::ImportLimits,
+    /// One import is read at a time (its body is in memory while it is).
+    imports: Arc<Semaphore>,
 }
 
 impl Default for Shared {
     fn default() -> Self {
-        Shared {
-            domains: Default::default(),
-            events: broadcast::channel(EVENT_BACKLOG).0,
-            stopping: watch::channel(false).0,
-        }
+        Self::new(Default::default())
     }
 }
 
 impl Shared {
+    pub fn new(import_limits: crate::history::ImportLimits) -> Self {
+        Shared {
+            domains: Default::default(),
+            names: Default::default(),
+            events: broadcast::channel(EVENT_BACKLOG).0,
+            stopping: watch::channel(false).0,
+            import_limits,
+            imports: Arc::new(Semaphore::new(1)),
+        }
+    }
+    /// What imports resolve domains against: name, id and UUID to UUID.
+    pub fn publish_names(&self, names: std::collections::HashMap<String, String>) {
+        *self.names.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(names);
+    }
+    fn names(&self) -> Arc<std::collections::HashMap<String, String>> {
+        self.names.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
     pub fn publish_domains(&self, body: String) {
         *self.domains.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(body));
     }
@@ -317,10 +335,59 @@ async fn forecast(
     }
 }
 
-async fn import_history(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    match decode::import(content_type(&headers), &body) {
-        Ok(cmd) => ask(&s, cmd).await,
-        Err(e) => ApiError::from(e).into_response(),
+/// `POST /v1/history/import`: one at a time (another gets 503 before its
+/// body is read), the body up to [`decode::MAX_IMPORT_BODY`], read and
+/// checked on a blocking thread, never the loop's; the loop then hands the
+/// checked points to the forecast worker.
+async fn import_history(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    if let Err(e) = decode::import_type(content_type(&headers)) {
+        return ApiError::from(e).into_response();
+    }
+    let Ok(_one) = s.shared.imports.clone().try_acquire_owned() else {
+        return ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "another history import is being read; nothing was imported, send it again when that one is answered".into(),
+        )
+        .into_response();
+    };
+    let bytes = match axum::body::to_bytes(body, decode::MAX_IMPORT_BODY).await {
+        Ok(b) => b,
+        Err(e) => {
+            use std::error::Error;
+            let mut cause: Option<&(dyn Error + 'static)> = e.source();
+            let mut too_large = false;
+            while let Some(c) = cause {
+                too_large |= c.is::<http_body_util::LengthLimitError>();
+                cause = c.source();
+            }
+            return if too_large {
+                ApiError(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "the import is over the limit of {} MiB; split it",
+                        decode::MAX_IMPORT_BODY >> 20
+                    ),
+                )
+            } else {
+                ApiError(StatusCode::BAD_REQUEST, format!("reading the body: {e}"))
+            }
+            .into_response();
+        }
+    };
+    let names = s.shared.names();
+    let limits = s.shared.import_limits;
+    match tokio::task::spawn_blocking(move || decode::import(&bytes, &names, &limits)).await {
+        Ok(Ok(cmd)) => ask(&s, cmd).await,
+        Ok(Err(e)) => ApiError::from(e).into_response(),
+        Err(e) => ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reading the import failed: {e}"),
+        )
+        .into_response(),
     }
 }
 
@@ -521,10 +588,7 @@ pub fn router(tx: Sender<Envelope>, shared: Arc<Shared>, token: Option<String>) 
         .route("/v1/events/recent", get(recent))
         .route("/v1/forecast/{domain}/{metric}", get(forecast))
         .route("/v1/cluster", get(cluster))
-        .route(
-            "/v1/history/import",
-            post(import_history).layer(DefaultBodyLimit::max(decode::MAX_IMPORT_BODY)),
-        )
+        .route("/v1/history/import", post(import_history))
         .fallback(not_found)
         .method_not_allowed_fallback(not_allowed)
         .with_state(AppState {
@@ -568,6 +632,7 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, ServeError> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("api")
+        .max_blocking_threads(4)
         .enable_io()
         .enable_time()
         .build()

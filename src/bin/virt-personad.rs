@@ -217,26 +217,21 @@ impl Gossip {
     }
 }
 
-/// `POST /v1/history/import`: checked whole here (names resolved against this
-/// host's domains), then written by the forecast worker, which answers.
+/// `POST /v1/history/import`: read and checked by the API (off this
+/// thread), written by the forecast worker, which answers.
 fn import_history(
-    rec: &Rec,
     worker: &virt_persona::forecaster::Supervised,
-    csv: &str,
+    batch: virt_persona::history::ImportBatch,
     reply: tokio::sync::oneshot::Sender<Reply>,
 ) {
-    let points = match exec::import_points(rec, csv) {
-        Ok(p) => p,
-        Err(r) => {
-            let _ = reply.send(r);
-            return;
-        }
-    };
     // the reply goes out once: from the worker, or here when it is busy
     let reply = Arc::new(std::sync::Mutex::new(Some(reply)));
     let answer_to = reply.clone();
     let answer = Box::new(
-        move |r: Result<virt_persona::forecaster::ImportReport, String>| {
+        move |r: Result<
+            virt_persona::forecaster::ImportReport,
+            virt_persona::forecaster::ImportRefused,
+        >| {
             let Some(tx) = answer_to.lock().ok().and_then(|mut t| t.take()) else {
                 return;
             };
@@ -247,15 +242,15 @@ fn import_history(
                     "skipped_outside_retention": report.rows - report.kept,
                     "series": report.series,
                 })),
-                Err(message) => Reply::Err {
-                    status: 500,
-                    message,
+                Err(e) => Reply::Err {
+                    status: e.status,
+                    message: e.message,
                 },
             });
         },
     );
     let msg = ToWorker::Import {
-        points,
+        batch,
         reply: answer,
     };
     let sent = if worker_busy_for_tests() {
@@ -400,6 +395,7 @@ fn run(
         warn!("dry run: deciding and recording only; no domain will be changed (switch off: dry_run = false in the config file, then reload)");
     }
     rec.set_dry_run(cfg.dry_run);
+    rec.set_limits(cfg.limits);
     metrics.dry_run(cfg.dry_run);
     rec.set_forecast_observe(cfg.forecast_observe);
     if cfg.forecast_observe {
@@ -408,14 +404,19 @@ fn run(
 
     // history and forecast fits live on their own thread, started again
     // (after a backoff) if it ever ends or panics
+    let history_series = Arc::<std::sync::atomic::AtomicUsize>::default();
     let worker_cfg = {
         let state_dir = cfg.state_dir.clone();
         let retention = cfg.history_retention.as_std().as_millis() as i64;
+        let max_series = cfg.limits.history_series;
+        let series = history_series.clone();
         move || WorkerConfig {
             state_dir: state_dir.clone(),
             retention,
             clock: Box::new(now_ms),
             refit_every: 3_600_000,
+            max_series,
+            series: series.clone(),
         }
     };
     let mut worker = virt_persona::forecaster::Supervised::start(Box::new(worker_cfg), now_ms())
@@ -428,7 +429,7 @@ fn run(
     };
 
     let (cmd_tx, cmd_rx) = crossbeam_channel::bounded::<Envelope>(server::COMMAND_QUEUE);
-    let shared = Arc::new(server::Shared::default());
+    let shared = Arc::new(server::Shared::new(cfg.limits.import));
     let tcp = match &cfg.api_listen {
         Some(addr) => {
             let path = cfg.api_token_file.as_ref().context("api.token_file")?;
@@ -586,6 +587,7 @@ fn run(
         }
         // what GET /v1/domains answers, without asking the loop each time
         shared.publish_domains(domains_body(&rec));
+        shared.publish_names(exec::domain_names(&rec));
         // new events go to the metrics and to every event-stream subscriber
         let recorded = rec.take_events();
         if !recorded.is_empty() {
@@ -675,10 +677,13 @@ fn run(
             }
             recv(cmd_rx) -> env => {
                 if let Ok(env) = env {
-                    if let Command::ImportHistory { csv } = &env.command {
-                        import_history(&rec, &worker, csv, env.reply);
-                        continue;
-                    }
+                    let env = match env.command {
+                        Command::ImportHistory { batch } => {
+                            import_history(&worker, batch, env.reply);
+                            continue;
+                        }
+                        command => Envelope { command, reply: env.reply },
+                    };
                     if let (Command::Cluster, Some(g)) = (&env.command, gossip.as_ref()) {
                         let view = virt_persona::cluster::view(&g.shared.lock(), now_ms());
                         let _ = env.reply.send(Reply::Ok(view));
@@ -694,6 +699,23 @@ fn run(
                             }
                             metrics.helpers(rec.helpers());
                             metrics.api(&api.connections());
+                            metrics.limits(&[
+                                virt_persona::metrics::Usage {
+                                    limit: "history_series",
+                                    used: history_series.load(std::sync::atomic::Ordering::Relaxed) as u64,
+                                    max: cfg.limits.history_series as u64,
+                                },
+                                virt_persona::metrics::Usage {
+                                    limit: "signals",
+                                    used: rec.signal_count(now_ms()) as u64,
+                                    max: cfg.limits.signals as u64,
+                                },
+                                virt_persona::metrics::Usage {
+                                    limit: "event_streams",
+                                    used: shared.event_clients() as u64,
+                                    max: (server::MAX_EVENT_STREAMS + if api.tcp_addr.is_some() { server::MAX_EVENT_STREAMS_PER_TOKEN } else { 0 }) as u64,
+                                },
+                            ]);
                             metrics.state(&rec.statuses(), catalog.personas().len(), catalog.errors().len(), signals, hv.is_connected());
                             Reply::Text(metrics.render())
                         }
@@ -706,6 +728,7 @@ fn run(
                     }
                     // a client that changed something and lists next sees its change
                     shared.publish_domains(domains_body(&rec));
+                    shared.publish_names(exec::domain_names(&rec));
                     let _ = env.reply.send(reply);
                 }
             }

@@ -19,6 +19,9 @@ pub const MAX_HORIZON_MS: i64 = 86_400_000;
 /// The horizon when none is asked for.
 pub const DEFAULT_HORIZON_MS: i64 = 6 * 3_600_000;
 
+/// The longest signal name.
+pub const MAX_SIGNAL_NAME: usize = 128;
+
 /// An HTTP status and the message of the JSON error.
 pub type HttpError = (u16, String);
 
@@ -148,6 +151,15 @@ pub fn activate(name: String, content_type: &str, body: &[u8]) -> Result<Command
 /// `PUT /v1/signals/{name} {value, ttl?, domain?, scope?}`
 pub fn signal(name: String, content_type: &str, body: &[u8]) -> Result<Command, HttpError> {
     let b: SignalBody = json_body(content_type, body)?;
+    if name.len() > MAX_SIGNAL_NAME {
+        return Err((
+            400,
+            format!(
+                "the signal name is {} bytes long, over the limit of {MAX_SIGNAL_NAME}",
+                name.len()
+            ),
+        ));
+    }
     if !crate::model::validate::valid_name(&name) {
         return Err((
             400,
@@ -204,8 +216,8 @@ pub fn forecast(name: String, metric: String, horizon: Option<&str>) -> Result<C
     })
 }
 
-/// `POST /v1/history/import`: a CSV body (text/csv, text/plain or no type).
-pub fn import(content_type: &str, body: &[u8]) -> Result<Command, HttpError> {
+/// `POST /v1/history/import`: the body's type (text/csv, text/plain or none).
+pub fn import_type(content_type: &str) -> Result<(), HttpError> {
     let ct = media_type(content_type);
     if !matches!(
         ct.as_str(),
@@ -216,15 +228,39 @@ pub fn import(content_type: &str, body: &[u8]) -> Result<Command, HttpError> {
             format!("expected Content-Type: text/csv, found '{ct}'"),
         ));
     }
+    Ok(())
+}
+
+/// `POST /v1/history/import`: the CSV read and checked whole against this
+/// host's domains (`names`: name, id or UUID to UUID; any other UUID is a
+/// domain not here) and the limits. Run off the loop's thread.
+pub fn import(
+    body: &[u8],
+    names: &std::collections::HashMap<String, String>,
+    limits: &crate::history::ImportLimits,
+) -> Result<Command, HttpError> {
+    use crate::history::{ImportError, Resolved};
     let csv = std::str::from_utf8(body).map_err(|e| {
         (
             400,
             format!("the CSV is not UTF-8 (byte {})", e.valid_up_to()),
         )
     })?;
-    Ok(Command::ImportHistory {
-        csv: csv.to_string(),
-    })
+    let resolve = |d: &str| match names.get(d) {
+        Some(u) => Some(Resolved::Here(u.clone())),
+        None => crate::api::exec::is_uuid(d).then(|| {
+            let u = d.to_ascii_lowercase();
+            match names.get(&u) {
+                Some(u) => Resolved::Here(u.clone()),
+                None => Resolved::Elsewhere(u),
+            }
+        }),
+    };
+    match crate::history::parse_csv(csv, resolve, limits) {
+        Ok(batch) => Ok(Command::ImportHistory { batch }),
+        Err(e @ ImportError::Limit(_)) => Err((413, e.to_string())),
+        Err(e) => Err((400, e.to_string())),
+    }
 }
 
 #[cfg(test)]
