@@ -602,13 +602,15 @@ pub fn parse_csv(
                 });
             }
         }
-        None => return Err(ImportError::Bad {
-            listed: vec![
+        None => {
+            return Err(ImportError::Bad {
+                listed: vec![
                 "the CSV is empty: expected the header 'timestamp,domain,metric,value' and points"
                     .into(),
             ],
-            total: 1,
-        }),
+                total: 1,
+            })
+        }
     }
     // only what resolved is remembered: a million bad names cost nothing
     let mut resolved: HashMap<String, String> = HashMap::new();

@@ -111,6 +111,7 @@ fn personas_put_through_the_api_are_files_and_files_are_the_truth() {
     let put = |id: &str, toml: &str| Command::PutPersona {
         id: id.into(),
         toml: toml.into(),
+        parsed: None,
     };
     // invalid: 400 with line and column, nothing written
     let (status, msg) = w.err(put("web", "id = \"web\"\npriority = \"high\"\n"));

@@ -48,6 +48,9 @@ pub enum Command {
     PutPersona {
         id: String,
         toml: String,
+        /// The persona parsed from `toml` (off the loop's thread); `None`:
+        /// the loop parses it.
+        parsed: Option<std::sync::Arc<crate::model::persona::Persona>>,
     },
     DeletePersona {
         id: String,

@@ -8,7 +8,9 @@
 //! disk. The two commands that need the daemon's own state (metrics and the
 //! event stream) are answered by the daemon's loop, not here.
 
+use crate::model::persona::Persona;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde_json::{json, Value};
 use tracing::{info, warn};
@@ -396,17 +398,8 @@ pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
             Some(v) => Reply::Ok(v),
             None => Reply::not_found(format!("persona '{id}' not found")),
         },
-        Command::ValidatePersona { toml } => {
-            let errors: Vec<Value> = match parse_persona(&toml, Path::new("request")) {
-                Ok(_) => vec![],
-                Err(errs) => errs
-                    .iter()
-                    .map(|e| json!({"line": e.line, "col": e.col, "message": e.rule.to_string()}))
-                    .collect(),
-            };
-            Reply::Ok(json!({"ok": errors.is_empty(), "errors": errors}))
-        }
-        Command::PutPersona { id, toml } => put_persona(rec, catalog, &id, &toml),
+        Command::ValidatePersona { toml } => validation(&toml),
+        Command::PutPersona { id, toml, parsed } => put_persona(rec, catalog, &id, &toml, parsed),
         Command::DeletePersona { id } => match catalog.file_of(&id).map(|f| f.path.clone()) {
             None => Reply::not_found(format!("persona '{id}' not found")),
             Some(path) => {
@@ -472,53 +465,82 @@ pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
     }
 }
 
-/// Creates or replaces a persona: validated first, then written over its own
-/// file (or `<id>.toml`), then loaded from disk like a hand edit.
-fn put_persona<H: Hypervisor + ?Sized, S: StateStore>(
-    rec: &mut Reconciler<H, S>,
-    catalog: &mut Catalog,
-    id: &str,
-    toml: &str,
-) -> Reply {
-    let target = catalog
-        .file_of(id)
-        .map(|f| f.path.clone())
-        .unwrap_or_else(|| catalog.dir().join(format!("{id}.toml")));
+/// `POST /v1/personas/validate`: every error of the persona, or none.
+/// Pure: the API runs it off the loop's thread.
+pub fn validation(toml: &str) -> Reply {
+    let errors: Vec<Value> = match parse_persona(toml, Path::new("request")) {
+        Ok(_) => vec![],
+        Err(errs) => errs
+            .iter()
+            .map(|e| json!({"line": e.line, "col": e.col, "message": e.rule.to_string()}))
+            .collect(),
+    };
+    Reply::Ok(json!({"ok": errors.is_empty(), "errors": errors}))
+}
+
+/// A persona sent for `PUT /v1/personas/{id}`, checked: its size, every
+/// rule, and that its id is the route's. Pure: the API runs it off the
+/// loop's thread and hands the loop the parsed persona.
+pub fn check_persona(id: &str, toml: &str) -> Result<Arc<Persona>, Reply> {
     if toml.len() as u64 > crate::files::MAX_PERSONA_BYTES {
-        return Reply::Err {
+        return Err(Reply::Err {
             status: 413,
             message: format!(
                 "the persona is {} bytes, larger than the {} KiB limit for a persona file",
                 toml.len(),
                 crate::files::MAX_PERSONA_BYTES >> 10
             ),
-        };
+        });
     }
-    match parse_persona(toml, &target) {
-        Err(errs) => Reply::bad(
+    match parse_persona(toml, Path::new("request")) {
+        Err(errs) => Err(Reply::bad(
             errs.iter()
                 .map(|e| format!("{}:{}: {}", e.line, e.col, e.rule))
                 .collect::<Vec<_>>()
                 .join("; "),
-        ),
-        Ok(p) if p.id != id => Reply::bad(format!(
+        )),
+        Ok(p) if p.id != id => Err(Reply::bad(format!(
             "the body's id '{}' does not match the route's '{id}'",
             p.id
+        ))),
+        Ok(p) => Ok(Arc::new(p)),
+    }
+}
+
+/// Creates or replaces a persona: checked first (off the loop's thread when
+/// `parsed` comes with it), then written over its own file (or
+/// `<id>.toml`), then loaded from disk like a hand edit — with the parse
+/// already done, so the loop never validates a request's persona.
+fn put_persona<H: Hypervisor + ?Sized, S: StateStore>(
+    rec: &mut Reconciler<H, S>,
+    catalog: &mut Catalog,
+    id: &str,
+    toml: &str,
+    parsed: Option<Arc<Persona>>,
+) -> Reply {
+    let target = catalog
+        .file_of(id)
+        .map(|f| f.path.clone())
+        .unwrap_or_else(|| catalog.dir().join(format!("{id}.toml")));
+    let parsed = match parsed {
+        Some(p) => p,
+        None => match check_persona(id, toml) {
+            Ok(p) => p,
+            Err(r) => return r,
+        },
+    };
+    catalog.prepare(&target, toml.as_bytes(), parsed);
+    if let Err(e) = crate::files::write_atomically(&target, toml) {
+        return server_error(format!("writing {}: {e}", target.display()));
+    }
+    reload(catalog, "API");
+    rec.set_personas(catalog.personas());
+    match persona_json(catalog, id) {
+        Some(v) if v["status"] == "ok" => Reply::Ok(v),
+        Some(v) => Reply::conflict(v["error"].as_str().unwrap_or("not loaded").to_string()),
+        None => Reply::conflict(format!(
+            "persona '{id}' was written to {} but is not in force",
+            target.display()
         )),
-        Ok(_) => {
-            if let Err(e) = crate::files::write_atomically(&target, toml) {
-                return server_error(format!("writing {}: {e}", target.display()));
-            }
-            reload(catalog, "API");
-            rec.set_personas(catalog.personas());
-            match persona_json(catalog, id) {
-                Some(v) if v["status"] == "ok" => Reply::Ok(v),
-                Some(v) => Reply::conflict(v["error"].as_str().unwrap_or("not loaded").to_string()),
-                None => Reply::conflict(format!(
-                    "persona '{id}' was written to {} but is not in force",
-                    target.display()
-                )),
-            }
-        }
     }
 }

@@ -85,6 +85,10 @@ pub struct Catalog {
     files: BTreeMap<PathBuf, FileState>,
     /// Files that are links are read through them (the admin opted in).
     follow_links: bool,
+    /// Personas parsed elsewhere (a request's, off the loop's thread), by
+    /// the path they are written to and their exact content: a reload that
+    /// reads those bytes there takes the persona instead of parsing again.
+    prepared: BTreeMap<PathBuf, (Vec<u8>, Arc<Persona>)>,
 }
 
 impl Catalog {
@@ -93,7 +97,15 @@ impl Catalog {
             dir: dir.into(),
             files: BTreeMap::new(),
             follow_links: false,
+            prepared: BTreeMap::new(),
         }
+    }
+
+    /// `persona` is what `content` parses to: the next reload that reads
+    /// exactly these bytes at `path` uses it (any other content is parsed).
+    pub fn prepare(&mut self, path: &Path, content: &[u8], persona: Arc<Persona>) {
+        self.prepared
+            .insert(path.to_path_buf(), (content.to_vec(), persona));
     }
 
     /// Reads persona files that are symbolic links through them
@@ -181,9 +193,15 @@ impl Catalog {
                 continue;
             }
             changed_paths.push(path.clone());
-            let parsed = match std::str::from_utf8(&content) {
-                Ok(text) => parse_persona(text, path),
-                Err(e) => Err(vec![FileError {
+            let prepared = self
+                .prepared
+                .remove(path)
+                .filter(|(c, _)| *c == content)
+                .map(|(_, p)| p);
+            let parsed = match (prepared, std::str::from_utf8(&content)) {
+                (Some(p), Ok(_)) => Ok(p),
+                (None, Ok(text)) => parse_persona(text, path).map(Arc::new),
+                (_, Err(e)) => Err(vec![FileError {
                     file: path.clone(),
                     line: 1,
                     col: 1,
@@ -197,7 +215,7 @@ impl Catalog {
             st.content = Some(content);
             match parsed {
                 Ok(p) => {
-                    st.parsed = Some((Arc::new(p), text));
+                    st.parsed = Some((p, text));
                     st.parse_errors.clear();
                 }
                 Err(errs) => {
@@ -206,6 +224,7 @@ impl Catalog {
                 }
             }
         }
+        self.prepared.clear();
         if !changed_paths.is_empty() || !report.removed.is_empty() {
             self.settle();
         }

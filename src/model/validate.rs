@@ -98,7 +98,32 @@ pub enum Rule {
     UnknownRequired(String, String),
     #[error("required: '{0}' is not set in [tuning]: a persona can only require knobs it sets")]
     RequiredNotSet(String),
+    #[error("{key}: {count} entries, more than the limit of {max}")]
+    TooMany {
+        key: &'static str,
+        count: usize,
+        max: usize,
+    },
+    #[error("{key}: a pattern of {len} bytes, longer than the limit of {max}")]
+    TooLong {
+        key: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("… and {0} more errors (the first {MAX_FILE_ERRORS} are listed)")]
+    MoreErrors(usize),
 }
+
+/// The longest list a persona may have (`match.names`, `activation.when`,
+/// `[[tuning.interface]]` …): a worst-case file validates in well under
+/// a second and is matched quickly every tick.
+pub const MAX_LIST: usize = 1_000;
+/// `vcpu_pin` entries (libvirt's largest guests have 4,096 vCPUs).
+pub const MAX_VCPU_PIN: usize = 4_096;
+/// The longest `match.names` glob.
+pub const MAX_GLOB: usize = 256;
+/// Errors listed for one file; the rest are counted.
+pub const MAX_FILE_ERRORS: usize = 100;
 
 /// The longest `over` or `for` a condition may have: every sample of the
 /// window is kept in memory per domain (720 samples at the 5 s default).
@@ -255,10 +280,16 @@ struct Ctx<'a> {
     file: &'a Path,
     text: &'a str,
     errors: Vec<FileError>,
+    /// Every error, also those not listed.
+    count: usize,
 }
 
 impl Ctx<'_> {
     fn err(&mut self, at: usize, rule: Rule) {
+        self.count += 1;
+        if self.errors.len() >= MAX_FILE_ERRORS {
+            return;
+        }
         let (line, col) = line_col(self.text, at);
         self.errors.push(FileError {
             file: self.file.to_path_buf(),
@@ -267,6 +298,28 @@ impl Ctx<'_> {
             rule,
         });
     }
+    /// The errors, in file order, and how many more there are.
+    fn finish(mut self) -> Vec<FileError> {
+        self.errors.sort_by_key(|e| (e.line, e.col));
+        if self.count > self.errors.len() {
+            let more = self.count - self.errors.len();
+            self.errors.push(FileError {
+                file: self.file.to_path_buf(),
+                line: 0,
+                col: 0,
+                rule: Rule::MoreErrors(more),
+            });
+        }
+        self.errors
+    }
+
+    /// A list over its limit is an error (its entries are not checked).
+    fn too_many(&mut self, key: &'static str, count: usize, max: usize) {
+        if count > max {
+            self.err(0, Rule::TooMany { key, count, max });
+        }
+    }
+
     fn unit<T>(
         &mut self,
         key: &str,
@@ -496,6 +549,7 @@ pub fn parse_persona(text: &str, file: &Path) -> Result<Persona, Vec<FileError>>
         file,
         text,
         errors: Vec::new(),
+        count: 0,
     };
     let raw: RawPersona = match toml::from_str(text) {
         Ok(r) => r,
@@ -510,9 +564,36 @@ pub fn parse_persona(text: &str, file: &Path) -> Result<Persona, Vec<FileError>>
                 .collect::<Vec<_>>()
                 .join("; ");
             cx.err(at, Rule::Syntax(msg));
-            return Err(cx.errors);
+            return Err(cx.finish());
         }
     };
+    // lists over their limits: said at once, their entries never looked at
+    if let Some(m) = &raw.matcher {
+        cx.too_many("match.names", m.names.len(), MAX_LIST);
+        cx.too_many("match.tags", m.tags.len(), MAX_LIST);
+    }
+    if let Some(a) = &raw.activation {
+        cx.too_many("activation.schedule", a.schedule.len(), MAX_LIST);
+        cx.too_many("activation.when", a.when.len(), MAX_LIST);
+    }
+    if let Some(t) = &raw.tuning {
+        cx.too_many(
+            "tuning.vcpu_pin",
+            t.vcpu_pin.as_ref().map_or(0, |m| m.len()),
+            MAX_VCPU_PIN,
+        );
+        cx.too_many("tuning.blkio_device", t.blkio_device.len(), MAX_LIST);
+        cx.too_many("tuning.interface", t.interface.len(), MAX_LIST);
+        cx.too_many("tuning.required", t.required.len(), MAX_LIST);
+    }
+    cx.too_many(
+        "thresholds",
+        raw.thresholds.as_ref().map_or(0, |t| t.len()),
+        MAX_LIST,
+    );
+    if cx.count > 0 {
+        return Err(cx.finish());
+    }
     let id = raw.id.get_ref().clone();
     if !valid_id(&id) {
         cx.err(raw.id.span().start, Rule::BadId(id.clone()));
@@ -522,7 +603,22 @@ pub fn parse_persona(text: &str, file: &Path) -> Result<Persona, Vec<FileError>>
     let mut matcher = Match::default();
     if let Some(m) = &raw.matcher {
         for n in &m.names {
-            match Globs::new(std::slice::from_ref(n.get_ref())) {
+            if n.get_ref().len() > MAX_GLOB {
+                cx.err(
+                    n.span().start,
+                    Rule::TooLong {
+                        key: "match.names",
+                        len: n.get_ref().len(),
+                        max: MAX_GLOB,
+                    },
+                );
+                continue;
+            }
+            // parsed here, compiled once for all below
+            match globset::GlobBuilder::new(n.get_ref())
+                .literal_separator(false)
+                .build()
+            {
                 Ok(_) => matcher.names.push(n.get_ref().clone()),
                 Err(e) => cx.err(
                     n.span().start,
@@ -578,9 +674,8 @@ pub fn parse_persona(text: &str, file: &Path) -> Result<Persona, Vec<FileError>>
             ForecastMode::Act
         }),
     };
-    if !cx.errors.is_empty() {
-        cx.errors.sort_by_key(|e| (e.line, e.col));
-        return Err(cx.errors);
+    if cx.count > 0 {
+        return Err(cx.finish());
     }
     Ok(Persona {
         name: raw
@@ -649,7 +744,7 @@ fn threshold_value(
 }
 
 fn activation(cx: &mut Ctx<'_>, a: &RawActivation) -> Option<Activation> {
-    let before = cx.errors.len();
+    let before = cx.count;
     let mode = match a.mode.as_ref() {
         None => Mode::All,
         Some(m) => match m.get_ref().as_str() {
@@ -722,7 +817,7 @@ fn activation(cx: &mut Ctx<'_>, a: &RawActivation) -> Option<Activation> {
             when.push(cond);
         }
     }
-    if cx.errors.len() > before {
+    if cx.count > before {
         return None;
     }
     Some(Activation {
@@ -739,7 +834,7 @@ fn activation(cx: &mut Ctx<'_>, a: &RawActivation) -> Option<Activation> {
 fn condition(cx: &mut Ctx<'_>, c: &Spanned<RawWhen>) -> Option<Condition> {
     let at = c.span().start;
     let r = c.get_ref();
-    let before = cx.errors.len();
+    let before = cx.count;
     let mut present = Vec::new();
     if r.metric.is_some() {
         present.push("metric");
@@ -858,7 +953,7 @@ fn condition(cx: &mut Ctx<'_>, c: &Spanned<RawWhen>) -> Option<Condition> {
             }
         }
     }
-    if cx.errors.len() > before {
+    if cx.count > before {
         return None;
     }
     Some(Condition {
@@ -1186,5 +1281,45 @@ pub fn load_file(path: &Path) -> Result<Persona, Vec<FileError>> {
             col: 0,
             rule: Rule::Syntax(format!("cannot read: {e}")),
         }]),
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    fn names(n: usize, len: usize) -> String {
+        let glob = |i: usize| format!("{:a<len$}", format!("w{i}-*"), len = len);
+        let list: Vec<String> = (0..n).map(|i| format!("\"{}\"", glob(i))).collect();
+        format!("id = \"x\"\n[match]\nnames = [{}]\n", list.join(","))
+    }
+
+    #[test]
+    fn lists_over_their_limits_are_refused_before_their_entries_are_read() {
+        let e = parse_persona(&names(MAX_LIST + 1, 8), Path::new("p.toml")).unwrap_err();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(
+            e[0].rule.to_string(),
+            "match.names: 1001 entries, more than the limit of 1000"
+        );
+        assert!(parse_persona(&names(MAX_LIST, 8), Path::new("p.toml")).is_ok());
+        let e = parse_persona(&names(1, MAX_GLOB + 1), Path::new("p.toml")).unwrap_err();
+        assert_eq!(
+            e[0].rule.to_string(),
+            "match.names: a pattern of 257 bytes, longer than the limit of 256"
+        );
+    }
+
+    #[test]
+    fn a_file_of_many_errors_lists_the_first_hundred_and_counts_the_rest() {
+        let bad: Vec<String> = (0..500).map(|i| format!("\"BAD TAG {i}\"")).collect();
+        let text = format!("id = \"x\"\n[match]\ntags = [{}]\n", bad.join(",\n"));
+        let e = parse_persona(&text, Path::new("p.toml")).unwrap_err();
+        assert_eq!(e.len(), MAX_FILE_ERRORS + 1);
+        assert_eq!(
+            e.last().unwrap().rule.to_string(),
+            "… and 400 more errors (the first 100 are listed)"
+        );
+        assert_eq!((e[0].line, e[99].line), (3, 102), "in file order: {}", e[0]);
     }
 }
