@@ -500,3 +500,81 @@ fn the_worst_valid_persona_does_not_hold_the_loop() {
     );
     assert!(!d.dir.join("personas/over.toml").exists());
 }
+
+/// What the daemon passes on from files and domains reaches the admin's
+/// terminal escaped: a persona named with terminal escape sequences and a
+/// bidi override shows them as `\x1b`, `\u{202e}`, in tables, in details
+/// and in errors, and `--json` stays the same JSON.
+#[test]
+fn the_cli_never_prints_control_characters() {
+    let (d, _) = daemon("cli-escapes", &[]);
+    std::fs::write(
+        d.dir.join("personas/evil.toml"),
+        "id = \"evil\"\nname = \"x\\u001b]0;pwned\\u0007\\u001b[2J\\u009b31m\\u202eyo\"\ndescription = \"\\u001b[31mred\"\n[tuning]\ncpu_shares = 512\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.dir.join("personas/broken.toml"),
+        "id = \"bro\\u001b[2Jken\"\n",
+    )
+    .unwrap();
+    d.signal("SIGHUP");
+    common::wait_some("evil loaded", &d, 30, || {
+        d.get("/v1/personas")
+            .as_array()?
+            .iter()
+            .any(|p| p["id"] == "evil")
+            .then_some(())
+    });
+    let run = |args: &[&str]| {
+        let out = common::cli()
+            .arg("--socket")
+            .arg(&d.socket)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let bad = |c: char| c.is_control() && c != '\n' && c != '\t' || c == '\u{202e}';
+    for args in [
+        &["persona-list"][..],
+        &["persona-dump", "evil"],
+        &["persona-status", "nope\u{1b}[2J"],
+    ] {
+        let (out, err) = run(args);
+        assert!(
+            !out.chars().any(bad) && !err.chars().any(bad),
+            "{args:?}: {out:?} {err:?}"
+        );
+        match args[0] {
+            "persona-list" => {
+                assert!(
+                    out.contains("x\\x1b]0;pwned\\x07\\x1b[2J\\x9b31m\\u{202e}yo"),
+                    "{out}"
+                );
+                assert!(
+                    out.contains("bro\\x1b[2Jken"),
+                    "the broken file's error: {out}"
+                );
+            }
+            "persona-status" => assert!(err.contains("nope\\x1b[2J"), "{err}"),
+            _ => {}
+        }
+    }
+    let (out, _) = run(&["--json", "persona-list"]);
+    assert!(!out.chars().any(bad), "{out:?}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let evil = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "evil")
+        .unwrap();
+    assert_eq!(
+        evil["name"], "x\u{1b}]0;pwned\u{7}\u{1b}[2J\u{9b}31m\u{202e}yo",
+        "the same data"
+    );
+}

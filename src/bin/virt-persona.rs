@@ -8,7 +8,31 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 
 use anyhow::Context as _;
-use virt_persona::api::client;
+use virt_persona::api::{client, printable};
+
+// Everything this CLI prints goes through `printable`: names, messages and
+// files come from the daemon, libvirt and other users, and a control
+// character in them is shown as an escape, never sent to the terminal.
+macro_rules! println {
+    () => { std::println!() };
+    ($($t:tt)*) => { std::println!("{}", printable(&format!($($t)*))) };
+}
+macro_rules! print {
+    ($($t:tt)*) => { std::print!("{}", printable(&format!($($t)*))) };
+}
+macro_rules! eprintln {
+    () => { std::eprintln!() };
+    ($($t:tt)*) => { std::eprintln!("{}", printable(&format!($($t)*))) };
+}
+
+/// JSON for --json, with what serde_json leaves raw escaped (same JSON).
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    std::println!(
+        "{}",
+        virt_persona::api::printable_json(&serde_json::to_string_pretty(v)?)
+    );
+    Ok(())
+}
 use virt_persona::hypervisor::libvirt::LibvirtHypervisor;
 use virt_persona::hypervisor::Hypervisor;
 use virt_persona::model::validate::{load_file, valid_name, FileError, Rule};
@@ -357,7 +381,7 @@ fn validate(files: &[PathBuf], as_json: bool) -> ExitCode {
                 }),
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+        let _ = print_json(&out);
     } else {
         for (f, r) in &results {
             match r {
@@ -439,7 +463,7 @@ fn tag_list(cli: &Cli, domain: Option<&str>) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|d| json!({"name": d.name, "tags": d.tags}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        print_json(&v)?;
     } else {
         let rows: Vec<Vec<String>> = doms
             .iter()
@@ -470,7 +494,7 @@ fn post(cli: &Cli, path: &str, body: &serde_json::Value) -> anyhow::Result<serde
 /// Prints JSON with --json, or runs the human printer.
 fn print_or(cli: &Cli, v: &serde_json::Value, human: impl FnOnce()) -> anyhow::Result<ExitCode> {
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(v)?);
+        print_json(v)?;
     } else {
         human();
     }
@@ -524,7 +548,7 @@ fn persona_status(cli: &Cli, domain: Option<&str>) -> anyhow::Result<ExitCode> {
             .unwrap_or_default(),
     };
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&doms)?);
+        print_json(&doms)?;
         return Ok(ExitCode::SUCCESS);
     }
     for (i, d) in doms.iter().enumerate() {
@@ -769,7 +793,7 @@ fn records(
                     .into()
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        print_json(&out)?;
     } else {
         let headers: Vec<&str> = columns.iter().map(|(h, _)| *h).collect();
         let rows: Vec<Vec<String>> = items
@@ -920,7 +944,7 @@ fn history(
     let v = get(cli, &path)?;
     let items = v.as_array().cloned().unwrap_or_default();
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        print_json(&v)?;
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<Vec<String>> = items
@@ -953,6 +977,12 @@ fn history(
 
 /// A table shaped like virsh's: header, dashed rule, left-aligned columns.
 fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    // escaped first: the columns line up on what is shown
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| printable(c).into_owned()).collect())
+        .collect();
+    let rows = &rows;
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
