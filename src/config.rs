@@ -77,6 +77,8 @@ struct ApiSection {
     socket: Option<PathBuf>,
     listen: Option<String>,
     token_file: Option<PathBuf>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -229,6 +231,8 @@ pub struct Overrides {
     pub gossip_cluster: Option<String>,
     pub api_listen: Option<String>,
     pub api_token_file: Option<PathBuf>,
+    pub api_tls_cert: Option<PathBuf>,
+    pub api_tls_key: Option<PathBuf>,
 }
 
 /// The effective configuration.
@@ -263,6 +267,8 @@ pub struct Config {
     pub gossip_cluster: String,
     pub api_listen: Option<String>,
     pub api_token_file: Option<PathBuf>,
+    /// TLS for the TCP API: a PEM certificate chain and its key.
+    pub api_tls: Option<(PathBuf, PathBuf)>,
     pub limits: Limits,
 }
 
@@ -306,8 +312,10 @@ impl Config {
                 || self.gossip_cluster != new.gossip_cluster,
         );
         check(
-            "api.listen / api.token_file",
-            self.api_listen != new.api_listen || self.api_token_file != new.api_token_file,
+            "api.listen / api.token_file / api.tls_*",
+            self.api_listen != new.api_listen
+                || self.api_token_file != new.api_token_file
+                || self.api_tls != new.api_tls,
         );
         check("limits", self.limits != new.limits);
         out
@@ -469,8 +477,37 @@ impl Config {
                 .unwrap_or_else(|| "virt-persona".into()),
             api_listen: o.api_listen.or(file.api.listen),
             api_token_file: o.api_token_file.or(file.api.token_file),
+            api_tls: match (
+                o.api_tls_cert.or(file.api.tls_cert),
+                o.api_tls_key.or(file.api.tls_key),
+            ) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                (Some(_), None) => {
+                    return Err(ConfigError::Invalid {
+                        key: "api.tls_key",
+                        message: "api.tls_cert is set: give its private key too (--api-tls-key)"
+                            .into(),
+                    })
+                }
+                (None, Some(_)) => {
+                    return Err(ConfigError::Invalid {
+                        key: "api.tls_cert",
+                        message:
+                            "api.tls_key is set: give its certificate chain too (--api-tls-cert)"
+                                .into(),
+                    })
+                }
+            },
             limits: file.limits.resolve()?,
         };
+        if cfg.api_tls.is_some() && cfg.api_listen.is_none() {
+            return Err(ConfigError::Invalid {
+                key: "api.tls_cert",
+                message: "TLS is for the TCP API, which is off: set api.listen (--api-listen) too"
+                    .into(),
+            });
+        }
         if cfg.gossip_listen.is_some() && cfg.gossip_key_file.is_none() {
             return Err(ConfigError::Invalid {
                 key: "gossip.key_file",

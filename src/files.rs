@@ -89,7 +89,24 @@ pub fn read_persona(path: &Path, follow_links: bool) -> Result<Vec<u8>, ReadErro
 /// A secret: a regular file (not a link), owned by root or by this process's
 /// user, readable by its owner only.
 pub fn read_secret(path: &Path) -> Result<String, ReadError> {
-    let (f, meta) = open_regular(path, MAX_SECRET_BYTES, false)?;
+    secret(path, false)
+}
+
+/// A secret the admin names by a path that may be a link (certbot's
+/// `live/*/privkey.pem`): the file it ends at is checked the same way.
+pub fn read_secret_through_links(path: &Path) -> Result<String, ReadError> {
+    secret(path, true)
+}
+
+/// A public file of at most `limit` bytes (a certificate chain), read
+/// through links.
+pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+    let (f, _) = open_regular(path, limit, true)?;
+    read_bounded(f, limit)
+}
+
+fn secret(path: &Path, follow_links: bool) -> Result<String, ReadError> {
+    let (f, meta) = open_regular(path, MAX_SECRET_BYTES, follow_links)?;
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
         return Err(ReadError::Readable { mode });

@@ -578,3 +578,159 @@ fn the_cli_never_prints_control_characters() {
         "the same data"
     );
 }
+
+/// A self-signed certificate for `localhost` and 127.0.0.1, written as
+/// PEM files (the key mode 0600); returns (cert path, key path, cert DER).
+fn certificate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert, key) = (dir.join("api.crt"), dir.join("api.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    (cert, key, ck.cert.der().to_vec())
+}
+
+/// One request over TLS, trusting only `ca`: (status, body).
+fn tls_request(addr: &str, ca: &[u8], request: &str) -> std::io::Result<(u16, String)> {
+    use tokio_rustls::rustls;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from(ca.to_vec()))
+        .unwrap();
+    let cfg = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(cfg), name).unwrap();
+    let sock = TcpStream::connect(addr)?;
+    sock.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    tls.write_all(request.as_bytes())?;
+    let mut out = Vec::new();
+    // the server may close without close_notify after Connection: close
+    let _ = tls.read_to_end(&mut out);
+    let out = String::from_utf8_lossy(&out).into_owned();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((
+        status,
+        out.split_once("\r\n\r\n")
+            .map(|x| x.1.to_string())
+            .unwrap_or_default(),
+    ))
+}
+
+/// The TCP API with TLS: answers over TLS with the token, refuses plain
+/// HTTP, and a half-done handshake is closed like any pending connection.
+/// Without TLS beyond loopback the daemon warns at start.
+#[test]
+fn tls_on_the_tcp_api() {
+    let dir = common::test_dir("hostile", "tls");
+    let (cert, key, der) = certificate(&dir);
+    let tf = dir.join("token");
+    std::fs::write(&tf, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&tf, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let d = Daemon::start_args(
+        &dir,
+        &common::test_host_uri(),
+        &[
+            "--interval",
+            "1s",
+            "--api-listen",
+            &addr,
+            "--api-token-file",
+            tf.to_str().unwrap(),
+            "--api-tls-cert",
+            cert.to_str().unwrap(),
+            "--api-tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    common::wait_some("TLS listening", &d, 30, || {
+        d.log().contains("TCP API listening with TLS").then_some(())
+    });
+    let ok = format!("GET /healthz HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n");
+    let (st, body) = tls_request(&addr, &der, &ok).unwrap();
+    assert_eq!(st, 200, "{body}");
+    let (st, _) = tls_request(
+        &addr,
+        &der,
+        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(st, 401, "the token is still needed");
+    assert_eq!(healthz_tcp(&addr), 0, "plain HTTP gets no answer");
+    // a handshake that never finishes: closed within the pending deadline
+    let mut half = TcpStream::connect(&addr).unwrap();
+    half.write_all(&[0x16, 0x03, 0x01, 0x00]).unwrap();
+    half.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = half.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "closed");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    drop(d);
+
+    // a key others may read is refused, naming the fix
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_virt-personad"))
+        .args([
+            "-c",
+            &common::test_host_uri(),
+            "--api-listen",
+            &addr,
+            "--api-token-file",
+        ])
+        .arg(&tf)
+        .arg("--api-tls-cert")
+        .arg(&cert)
+        .arg("--api-tls-key")
+        .arg(&key)
+        .arg("--personas")
+        .arg(dir.join("personas"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--socket")
+        .arg(dir.join("refused.sock"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("TLS key") && err.contains("chmod 600"),
+        "{err}"
+    );
+
+    // plain TCP on every address: said at start
+    let wide = format!("0.0.0.0:{}", free_port());
+    let dir2 = common::test_dir("hostile", "tls-warning");
+    std::fs::copy(&tf, dir2.join("token")).unwrap();
+    let d = Daemon::start_args(
+        &dir2,
+        &common::test_host_uri(),
+        &[
+            "--interval",
+            "1s",
+            "--api-listen",
+            &wide,
+            "--api-token-file",
+            dir2.join("token").to_str().unwrap(),
+        ],
+        &[],
+    );
+    common::wait_some("the warning", &d, 30, || {
+        d.log()
+            .contains("TCP API listening beyond loopback without TLS")
+            .then_some(())
+    });
+}

@@ -39,6 +39,7 @@ use super::command::{Command, Envelope, Reply};
 pub mod admit;
 pub mod decode;
 pub mod errors;
+pub mod tls;
 
 use admit::{Conn, Pools, Refused, Source};
 
@@ -683,6 +684,8 @@ pub struct ApiConfig {
     pub socket: PathBuf,
     /// `host:port` and the bearer token every TCP request must carry.
     pub tcp: Option<(String, String)>,
+    /// TLS on the TCP listener (see [`tls::server_config`]).
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
 /// The running API. [`Api::stop`] stops accepting and drains open requests.
@@ -769,13 +772,19 @@ impl Accept for tokio::net::TcpListener {
     }
 }
 
+/// A connection's I/O, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+
 /// Serves connections until told to stop, then lets open requests finish
 /// (up to `drain`). Every connection starts pending ([`admit`]) and is closed
-/// unless a request of it is admitted within [`admit::PENDING_DEADLINE`].
+/// unless a request of it is admitted within [`admit::PENDING_DEADLINE`]
+/// (its TLS handshake included, when `tls`).
 async fn accept_loop<L: Accept>(
     listener: L,
     app: Router,
     pools: Arc<Pools>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
 ) {
@@ -811,8 +820,25 @@ async fn accept_loop<L: Accept>(
                         }
                     })
                 };
-                let conn = graceful.watch(builder.serve_connection(errors::JsonErrors::new(TokioIo::new(io)), service));
+                let watcher = graceful.watcher();
+                let builder = builder.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
+                    let io: Box<dyn Io> = match tls {
+                        None => Box::new(io),
+                        Some(acceptor) => tokio::select! {
+                            r = acceptor.accept(io) => match r {
+                                Ok(s) => Box::new(s),
+                                Err(e) => {
+                                    debug!(error = %e, "TLS handshake failed");
+                                    return;
+                                }
+                            },
+                            // too slow, or made room for: closed
+                            _ = ctl.admitted_in_time() => return,
+                        },
+                    };
+                    let conn = watcher.watch(builder.serve_connection(errors::JsonErrors::new(TokioIo::new(io)), service));
                     let mut conn = std::pin::pin!(conn);
                     tokio::select! {
                         _ = conn.as_mut() => return,
@@ -878,12 +904,20 @@ impl Api {
             let l = tokio::net::TcpListener::from_std(l).map_err(bind_err)?;
             let app = router(tx.clone(), shared.clone(), Some(token.clone()));
             let pools = Pools::new(MAX_CONNECTIONS);
-            tasks.push(rt.spawn(accept_loop(l, app, pools.clone(), stop_rx.clone(), drain)));
+            let tls = cfg.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+            tasks.push(rt.spawn(accept_loop(
+                l,
+                app,
+                pools.clone(),
+                tls,
+                stop_rx.clone(),
+                drain,
+            )));
             listeners.push(("tcp", pools));
         }
         let app = router(tx, shared.clone(), None);
         let pools = Pools::new(MAX_CONNECTIONS);
-        tasks.push(rt.spawn(accept_loop(unix, app, pools.clone(), stop_rx, drain)));
+        tasks.push(rt.spawn(accept_loop(unix, app, pools.clone(), None, stop_rx, drain)));
         listeners.push(("unix", pools));
         Ok(Api {
             stop,

@@ -110,6 +110,12 @@ struct Args {
     /// Bearer token file for the TCP API.
     #[arg(long = "api-token-file", value_name = "FILE")]
     api_token_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM) for the TCP API; with --api-tls-key.
+    #[arg(long = "api-tls-cert", value_name = "FILE", requires = "api_tls_key")]
+    api_tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM; owned by root, mode 0600).
+    #[arg(long = "api-tls-key", value_name = "FILE", requires = "api_tls_cert")]
+    api_tls_key: Option<PathBuf>,
 }
 
 /// An address of the gossip flags: `IP:PORT` or `HOST:PORT`.
@@ -311,6 +317,8 @@ fn overrides(args: Args) -> Overrides {
         gossip_cluster: args.gossip_cluster,
         api_listen: args.api_listen,
         api_token_file: args.api_token_file,
+        api_tls_cert: args.api_tls_cert,
+        api_tls_key: args.api_tls_key,
     }
 }
 
@@ -445,12 +453,22 @@ fn run(
         &server::ApiConfig {
             socket: cfg.socket.clone(),
             tcp,
+            tls: match &cfg.api_tls {
+                Some((cert, key)) => Some(server::tls::server_config(cert, key)?),
+                None => None,
+            },
         },
         cmd_tx,
         shared.clone(),
     )?;
     if let Some(addr) = api.tcp_addr {
-        info!(%addr, "TCP API listening (bearer token required)");
+        match (&cfg.api_tls, addr.ip().is_loopback()) {
+            (Some(_), _) => info!(%addr, "TCP API listening with TLS (bearer token required)"),
+            (None, true) => info!(%addr, "TCP API listening (bearer token required)"),
+            (None, false) => {
+                warn!(%addr, "TCP API listening beyond loopback without TLS: the bearer token and every answer cross the network in clear text; give it a certificate (api.tls_cert, api.tls_key) or listen on 127.0.0.1")
+            }
+        }
     }
 
     // gossip: one task on the same runtime; the loop feeds it and reads its view

@@ -42,6 +42,8 @@ const CLOSED: u8 = 2;
 /// One connection's standing, shared by its task and its requests.
 pub struct Conn {
     id: u64,
+    /// When it was accepted: the deadline counts from here.
+    born: tokio::time::Instant,
     source: Source,
     state: AtomicU8,
     /// Wakes the connection's task: admitted, or closed to make room.
@@ -84,9 +86,10 @@ impl Conn {
     }
 
     /// Waits until the connection is admitted (true) or is to be closed:
-    /// made room for, or not admitted within [`PENDING_DEADLINE`] (false).
+    /// made room for, or not admitted within [`PENDING_DEADLINE`] of its
+    /// accept (false). The TLS handshake counts in that time.
     pub async fn admitted_in_time(&self) -> bool {
-        let deadline = tokio::time::Instant::now() + self.pools.deadline;
+        let deadline = self.born + self.pools.deadline;
         loop {
             match self.state.load(Ordering::Acquire) {
                 ADMITTED => return true,
@@ -218,6 +221,7 @@ impl Pools {
         p.next_id += 1;
         let conn = Arc::new(Conn {
             id: p.next_id,
+            born: tokio::time::Instant::now(),
             source: source.clone(),
             state: AtomicU8::new(PENDING),
             changed: Notify::new(),
