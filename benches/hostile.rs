@@ -44,7 +44,10 @@ fn healthz_tcp(addr: &str) -> u16 {
     let _ = c.write_all(format!("GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n").as_bytes());
     let mut out = String::new();
     let _ = c.read_to_string(&mut out);
-    out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 fn report(what: &str, mut lat: Vec<Duration>, failed: usize) {
@@ -81,7 +84,8 @@ fn main() {
     let dir = common::test_dir("bench", "hostile");
     let tf = dir.join("token");
     std::fs::write(&tf, format!("{TOKEN}\n")).expect("token");
-    std::fs::set_permissions(&tf, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("mode");
+    std::fs::set_permissions(&tf, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("mode");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -90,23 +94,43 @@ fn main() {
     let d = common::Daemon::start_args(
         &dir,
         &common::test_host_uri(),
-        &["--interval", "1s", "--api-listen", &addr, "--api-token-file", tf.to_str().unwrap_or("")],
+        &[
+            "--interval",
+            "1s",
+            "--api-listen",
+            &addr,
+            "--api-token-file",
+            tf.to_str().unwrap_or(""),
+        ],
         &[],
     );
     let pid = d.child.id();
-    common::wait_some("the daemon answers", &d, 60, || (healthz_tcp(&addr) == 200).then_some(()));
+    common::wait_some("the daemon answers", &d, 60, || {
+        (healthz_tcp(&addr) == 200).then_some(())
+    });
     let sock = d.socket.clone();
     let unix = || common::http(&sock, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").0;
 
     let (lat, failed) = asking(asks, || healthz_tcp(&addr));
     report("TCP, no flood", lat, failed);
-    for (name, target) in [("TCP", Target::Tcp(addr.clone())), ("unix socket", Target::Unix(sock.clone()))] {
+    for (name, target) in [
+        ("TCP", Target::Tcp(addr.clone())),
+        ("unix socket", Target::Unix(sock.clone())),
+    ] {
         let flood = Flood::start(target, flood_n);
         flood.wait_held(flood_n);
-        let (lat, failed) = if name == "TCP" { asking(asks, || healthz_tcp(&addr)) } else { asking(asks, unix) };
+        let (lat, failed) = if name == "TCP" {
+            asking(asks, || healthz_tcp(&addr))
+        } else {
+            asking(asks, unix)
+        };
         let opened = flood.opened();
         drop(flood);
-        report(&format!("{name}, {flood_n} silent/half-sent connections held ({opened} opened)"), lat, failed);
+        report(
+            &format!("{name}, {flood_n} silent/half-sent connections held ({opened} opened)"),
+            lat,
+            failed,
+        );
         println!("  daemon RSS meanwhile: {:.1} MiB", rss(pid).0);
     }
 
@@ -115,14 +139,29 @@ fn main() {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let metrics = ["cpu", "disk_iops", "disk_bps", "net_bps", "net_rx_pps", "net_tx_pps", "disk_read_bps", "disk_write_bps", "net_rx_bps", "net_tx_bps"];
+    let metrics = [
+        "cpu",
+        "disk_iops",
+        "disk_bps",
+        "net_bps",
+        "net_rx_pps",
+        "net_tx_pps",
+        "disk_read_bps",
+        "disk_write_bps",
+        "net_rx_bps",
+        "net_tx_bps",
+    ];
     let mut csv = String::from("timestamp,domain,metric,value\n");
     let mut i = 0u64;
     while csv.len() < (64 << 20) - 100 {
         let dom = i % 100;
         let m = metrics[(i / 100 % 10) as usize];
         let t = now - 60 - (i / 1000) * 300;
-        csv.push_str(&format!("{t},{:08x}-0000-4000-8000-{dom:012x},{m},{}.5\n", dom, i % 97));
+        csv.push_str(&format!(
+            "{t},{:08x}-0000-4000-8000-{dom:012x},{m},{}.5\n",
+            dom,
+            i % 97
+        ));
         i += 1;
     }
     let (before, _) = rss(pid);
@@ -162,7 +201,10 @@ fn main() {
         g
     };
     let list: Vec<String> = (0..1000).map(|i| format!("\"{}\"", glob(i))).collect();
-    let toml = format!("id = \"worst\"\n[match]\nnames = [{}]\n[tuning]\ncpu_shares = 512\n", list.join(","));
+    let toml = format!(
+        "id = \"worst\"\n[match]\nnames = [{}]\n[tuning]\ncpu_shares = 512\n",
+        list.join(",")
+    );
     let req = format!(
         "PUT /v1/personas/worst HTTP/1.1\r\nHost: x\r\nContent-Type: application/toml\r\nContent-Length: {}\r\n\r\n{toml}",
         toml.len()

@@ -734,3 +734,44 @@ fn tls_on_the_tcp_api() {
             .then_some(())
     });
 }
+
+/// Links planted in the personas directory — at the persona's own name and
+/// at the temporary names an older release used — are never written
+/// through: a PUT replaces the link, and the files outside keep their bytes.
+#[test]
+fn nothing_is_written_through_a_planted_link() {
+    let (d, _) = daemon("planted-links", &[]);
+    let outside = d.dir.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let precious = outside.join("precious");
+    let other = outside.join("other");
+    std::fs::write(&precious, "root's file\n").unwrap();
+    std::fs::write(&other, "another\n").unwrap();
+    let personas = d.dir.join("personas");
+    std::os::unix::fs::symlink(&precious, personas.join("evil.toml")).unwrap();
+    std::os::unix::fs::symlink(
+        &other,
+        personas.join(format!(".evil.toml.tmp-{}", d.child.id())),
+    )
+    .unwrap();
+    d.signal("SIGHUP");
+    let (st, v) = put_persona(&d, "evil", "id = \"evil\"\n[tuning]\ncpu_shares = 512\n");
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "root's file\n");
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), "another\n");
+    let meta = std::fs::symlink_metadata(personas.join("evil.toml")).unwrap();
+    assert!(
+        meta.file_type().is_file(),
+        "the link was replaced by the file"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(&personas)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp") && !n.ends_with(&format!("tmp-{}", d.child.id())))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "no temporary file left: {leftovers:?}"
+    );
+}
