@@ -8,6 +8,7 @@
 //!   metrics, ~1M rows), and `/healthz` while it is read;
 //! - `/healthz` while the worst valid persona (1,000 globs, ~250 KiB) is
 //!   put and validated.
+//!
 //! Targets: p99 ≤ 100 ms under the flood; RSS bounded by the caps.
 //!
 //! Run: cargo bench --bench hostile        (VP_FLOOD=2048, VP_ASKS=300)
@@ -19,7 +20,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::hostile::{quantile, Flood, Target};
+use common::hostile::{healthz_while, quantile, send, worst_persona, Flood, Target};
 
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
@@ -165,23 +166,13 @@ fn main() {
         i += 1;
     }
     let (before, _) = rss(pid);
-    let body = format!(
-        "POST /v1/history/import HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\nContent-Length: {}\r\n\r\n{csv}",
-        csv.len()
-    );
-    let sock2 = sock.clone();
-    let t = Instant::now();
-    let importer = std::thread::spawn(move || common::http(&sock2, &body));
-    let mut lat = Vec::new();
-    while !importer.is_finished() {
+    let (((st, answer), took), lat) = healthz_while(&sock, || {
         let t = Instant::now();
-        if unix() == 200 {
-            lat.push(t.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let (st, answer) = importer.join().expect("import");
-    let took = t.elapsed();
+        (
+            send(&sock, "POST", "/v1/history/import", "text/csv", &csv),
+            t.elapsed(),
+        )
+    });
     let (after, peak) = rss(pid);
     println!(
         "worst allowed import: {:.1} MiB CSV, {i} rows, 1,000 series: HTTP {st} in {:.1} s ({})",
@@ -193,38 +184,22 @@ fn main() {
     report("  during the import", lat, 0);
 
     // the worst valid persona
-    let glob = |i: usize| {
-        let mut g = format!("w{i}-");
-        while g.len() < 240 {
-            g.push_str("*?[a-z]");
-        }
-        g
-    };
-    let list: Vec<String> = (0..1000).map(|i| format!("\"{}\"", glob(i))).collect();
-    let toml = format!(
-        "id = \"worst\"\n[match]\nnames = [{}]\n[tuning]\ncpu_shares = 512\n",
-        list.join(",")
-    );
-    let req = format!(
-        "PUT /v1/personas/worst HTTP/1.1\r\nHost: x\r\nContent-Type: application/toml\r\nContent-Length: {}\r\n\r\n{toml}",
-        toml.len()
-    );
-    let sock3 = sock.clone();
-    let t = Instant::now();
-    let putter = std::thread::spawn(move || common::http(&sock3, &req).0);
-    let mut lat = Vec::new();
-    while !putter.is_finished() {
+    let toml = worst_persona("worst");
+    let ((st, took), lat) = healthz_while(&sock, || {
         let t = Instant::now();
-        if unix() == 200 {
-            lat.push(t.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let st = putter.join().expect("put");
+        let (st, _) = send(
+            &sock,
+            "PUT",
+            "/v1/personas/worst",
+            "application/toml",
+            &toml,
+        );
+        (st, t.elapsed())
+    });
     println!(
         "worst valid persona ({} KiB, 1,000 globs): HTTP {st} in {:.0} ms",
         toml.len() >> 10,
-        t.elapsed().as_secs_f64() * 1e3
+        took.as_secs_f64() * 1e3
     );
     report("  while it is validated", lat, 0);
 }

@@ -12,7 +12,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::hostile::{quantile, Flood, Target};
+use common::hostile::{healthz_while, quantile, send, worst_persona, Flood, Target};
 use common::Daemon;
 use serde_json::Value;
 
@@ -237,13 +237,7 @@ fn requests_hyper_refuses_get_json_errors() {
 
 /// POSTs a CSV to the import route on the unix socket: (status, body).
 fn import(d: &Daemon, csv: &str) -> (u16, Value) {
-    let (st, body) = common::http(
-        &d.socket,
-        &format!(
-            "POST /v1/history/import HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\nContent-Length: {}\r\n\r\n{csv}",
-            csv.len()
-        ),
-    );
+    let (st, body) = send(&d.socket, "POST", "/v1/history/import", "text/csv", csv);
     (st, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
@@ -289,20 +283,8 @@ fn imports_stop_at_their_limits() {
         "yesterday,nobody,cpu,x\n".repeat(32 << 20 >> 5)
     );
     assert!(bad.len() > 20 << 20);
-    let sock = d.socket.clone();
-    let asker = std::thread::spawn(move || {
-        let mut worst = Duration::ZERO;
-        for _ in 0..40 {
-            let t = Instant::now();
-            let (st, _) = common::http(&sock, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-            assert_eq!(st, 200);
-            worst = worst.max(t.elapsed());
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        worst
-    });
-    let (st, v) = import(&d, &bad);
-    let worst = asker.join().unwrap();
+    let ((st, v), mut lat) = healthz_while(&d.socket, || import(&d, &bad));
+    let worst = quantile(&mut lat, 1.0);
     assert_eq!(st, 400, "{v}");
     let e = v["error"].as_str().unwrap();
     let lines: Vec<&str> = e.lines().collect();
@@ -418,12 +400,12 @@ fn signals_are_bounded() {
 
 /// PUTs a persona on the unix socket: (status, body).
 fn put_persona(d: &Daemon, id: &str, toml: &str) -> (u16, Value) {
-    let (st, body) = common::http(
+    let (st, body) = send(
         &d.socket,
-        &format!(
-            "PUT /v1/personas/{id} HTTP/1.1\r\nHost: x\r\nContent-Type: application/toml\r\nContent-Length: {}\r\n\r\n{toml}",
-            toml.len()
-        ),
+        "PUT",
+        &format!("/v1/personas/{id}"),
+        "application/toml",
+        toml,
     );
     (st, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
@@ -435,44 +417,16 @@ fn put_persona(d: &Daemon, id: &str, toml: &str) -> (u16, Value) {
 #[test]
 fn the_worst_valid_persona_does_not_hold_the_loop() {
     let (d, _) = daemon("worst-persona", &[]);
-    let glob = |i: usize| {
-        let mut g = format!("w{i}-");
-        while g.len() < 240 {
-            g.push_str("*?[a-z]");
-        }
-        g
-    };
-    let list: Vec<String> = (0..1000).map(|i| format!("\"{}\"", glob(i))).collect();
-    let toml = format!(
-        "id = \"worst\"\n[match]\nnames = [{}]\n[tuning]\ncpu_shares = 512\n",
-        list.join(",")
-    );
+    let toml = worst_persona("worst");
     assert!(
         toml.len() < 256 << 10 && toml.len() > 240 << 10,
         "{}",
         toml.len()
     );
-    let sock = d.socket.clone();
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stop = done.clone();
-    let asker = std::thread::spawn(move || {
-        let mut lat = Vec::new();
-        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-            let t = Instant::now();
-            let (st, _) = common::http(&sock, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
-            assert_eq!(st, 200);
-            lat.push(t.elapsed());
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        lat
+    let (((st, v), took), mut lat) = healthz_while(&d.socket, || {
+        let t = Instant::now();
+        (put_persona(&d, "worst", &toml), t.elapsed())
     });
-    std::thread::sleep(Duration::from_millis(100));
-    let t = Instant::now();
-    let (st, v) = put_persona(&d, "worst", &toml);
-    let took = t.elapsed();
-    std::thread::sleep(Duration::from_millis(100));
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    let mut lat = asker.join().unwrap();
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["status"], "ok", "{v}");
     let worst = quantile(&mut lat, 1.0);

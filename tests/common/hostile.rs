@@ -159,3 +159,63 @@ pub fn quantile(d: &mut [Duration], q: f64) -> Duration {
     }
     d[((d.len() - 1) as f64 * q).round() as usize]
 }
+
+/// One request with a body on the unix socket: (status, body).
+pub fn send(
+    sock: &std::path::Path,
+    method: &str,
+    path: &str,
+    ctype: &str,
+    body: &str,
+) -> (u16, String) {
+    super::http(
+        sock,
+        &format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+/// Runs `work` while another thread asks `GET /healthz` on the unix socket
+/// every 5 ms (each must answer 200); what `work` returned, and the
+/// latencies seen meanwhile.
+pub fn healthz_while<T>(sock: &std::path::Path, work: impl FnOnce() -> T) -> (T, Vec<Duration>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (s, sock) = (stop.clone(), sock.to_path_buf());
+    let asker = std::thread::spawn(move || {
+        let mut lat = Vec::new();
+        while !s.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            let (st, _) = super::http(&sock, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+            assert_eq!(st, 200, "/healthz");
+            lat.push(t.elapsed());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        lat
+    });
+    // a first answer before the work starts: the asker is running
+    std::thread::sleep(Duration::from_millis(50));
+    let out = work();
+    std::thread::sleep(Duration::from_millis(50));
+    stop.store(true, Ordering::Relaxed);
+    let lat = asker.join().expect("the /healthz asker");
+    (out, lat)
+}
+
+/// The worst persona a client may send: 1,000 `match.names` globs of the
+/// costliest kind, just under the 256 KiB file limit.
+pub fn worst_persona(id: &str) -> String {
+    let glob = |i: usize| {
+        let mut g = format!("w{i}-");
+        while g.len() < 240 {
+            g.push_str("*?[a-z]");
+        }
+        g
+    };
+    let list: Vec<String> = (0..1000).map(|i| format!("\"{}\"", glob(i))).collect();
+    format!(
+        "id = \"{id}\"\n[match]\nnames = [{}]\n[tuning]\ncpu_shares = 512\n",
+        list.join(",")
+    )
+}
