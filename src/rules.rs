@@ -111,8 +111,8 @@ pub enum Note {
     ForecastStale,
     /// The model did not fit (the forecast API says why).
     ForecastFailed,
-    /// The forecast crosses the threshold at `at`; the condition holds from
-    /// `acts_from` (`horizon + lead` before).
+    /// The forecast crosses the threshold at `at` (within `horizon`); the
+    /// condition holds from `acts_from` (`lead` before).
     Predicted {
         at: Millis,
         acts_from: Millis,
@@ -353,20 +353,21 @@ fn metric_value(c: &Condition, m: Metric, inp: &Inputs<'_>) -> (Option<f64>, Opt
     }
 }
 
-/// A forecast condition: the extreme forecast over `[now, now + horizon +
-/// lead]`, whether the forecast crosses the threshold in it, and whether the
-/// live value crosses it now. So the condition holds from `horizon + lead`
-/// before a predicted crossing: `horizon` is how far ahead the forecast is
-/// read, `lead` moves that window earlier still (AWS's scheduling buffer).
-/// A prediction alone never ends a persona early: while the live value
-/// crosses, the condition holds whatever the forecast says.
-fn forecast_value(c: &Condition, m: Metric, inp: &Inputs<'_>) -> ForecastEval {
+/// A forecast condition: the extreme forecast over `[now, now + horizon]`
+/// (or `lead`, when that is longer), the first crossing of the threshold
+/// predicted in it, and whether the live value crosses now. The prediction
+/// holds from `lead` before that crossing (`horizon` is how far ahead the
+/// forecast is read). The live value alone
+/// never puts a persona on; it keeps one that is `worn` on while it crosses,
+/// so a prediction never ends a persona early. No forecast (under two days
+/// of history, a failed or stale fit): only that keeping.
+fn forecast_value(c: &Condition, m: Metric, inp: &Inputs<'_>, worn: bool) -> ForecastEval {
     let live_c = Condition {
         over: None,
         ..c.clone()
     };
     let (live, live_note) = metric_value(&live_c, m, inp);
-    let live_holds = live.is_some_and(|v| c.comparison.holds(v));
+    let keeps = worn && live.is_some_and(|v| c.comparison.holds(v));
     let key = if m.is_host() {
         crate::history::HOST
     } else {
@@ -378,12 +379,12 @@ fn forecast_value(c: &Condition, m: Metric, inp: &Inputs<'_>) -> ForecastEval {
     let (horizon, lead) = (ms(c.horizon), ms(c.lead));
     let none = |note: Note| ForecastEval {
         value: live,
-        note: Some(if live_holds {
+        note: Some(if keeps {
             live_note.unwrap_or(note)
         } else {
             note
         }),
-        live: live_holds,
+        live: keeps,
         predicted: false,
     };
     match inp.forecasts.get(key, m) {
@@ -396,7 +397,8 @@ fn forecast_value(c: &Condition, m: Metric, inp: &Inputs<'_>) -> ForecastEval {
         Some(FitState::Ready(fit)) if fit.is_stale(inp.now) => none(Note::ForecastStale),
         Some(FitState::Ready(fit)) => {
             let above = matches!(c.comparison, Comparison::Above(_));
-            match fit.outlook(inp.now, inp.now + lead + horizon, c.bound, above, |v| {
+            // read as far as `horizon`, and at least as far as `lead`
+            match fit.outlook(inp.now, inp.now + horizon.max(lead), c.bound, above, |v| {
                 c.comparison.holds(v)
             }) {
                 None => none(Note::ForecastStale),
@@ -404,10 +406,10 @@ fn forecast_value(c: &Condition, m: Metric, inp: &Inputs<'_>) -> ForecastEval {
                     value: Some(o.extreme),
                     note: o.crossing.map(|at| Note::Predicted {
                         at,
-                        acts_from: at - lead - horizon,
+                        acts_from: at - lead,
                     }),
-                    live: live_holds,
-                    predicted: o.crossing.is_some(),
+                    live: keeps,
+                    predicted: o.crossing.is_some_and(|at| at - lead <= inp.now),
                 },
             }
         }
@@ -476,7 +478,8 @@ fn evaluate(p: &Persona, a: &Activation, inp: &Inputs<'_>, st: &mut RuleState) -
                 None => (None, Some(Note::SignalAbsent), None),
             },
             Source::Forecast(m) => {
-                let f = forecast_value(c, *m, inp);
+                let worn = st.worn.as_ref().is_some_and(|(id, _)| *id == p.id);
+                let f = forecast_value(c, *m, inp, worn);
                 (f.value, f.note, Some((f.live, f.predicted)))
             }
         };
@@ -485,12 +488,15 @@ fn evaluate(p: &Persona, a: &Activation, inp: &Inputs<'_>, st: &mut RuleState) -
         };
         let raw = match forecast {
             None => value.is_some_and(|v| c.comparison.holds(v)),
-            Some((live, predicted)) => {
-                if observe && predicted && !live {
+            // observe: a forecast condition never holds, it only says when
+            // it would have
+            Some((_, predicted)) if observe => {
+                if predicted {
                     predicted_only.push(i);
                 }
-                live || (predicted && !observe)
+                false
             }
+            Some((live, predicted)) => live || predicted,
         };
         // only conditions with `for` need to remember since when they hold
         let result = match c.for_ {
@@ -1050,7 +1056,7 @@ mod tests {
 
     /// Two weeks of a web server's mornings, then day 15 minute by minute
     /// through an injected clock: the forecast persona is on by 09:00 − lead,
-    /// not earlier than horizon + lead before; when the forecast says the rush
+    /// not earlier than lead (and a step) before; when the forecast says the rush
     /// is over but the live load is still high it stays on, and it is released
     /// by the cooldown once neither holds. In observe mode the same forecast
     /// only says "would have activated".
@@ -1121,8 +1127,8 @@ mod tests {
             (nine - on) / minute
         );
         assert!(
-            on >= nine - 15 * minute - STEP_MS,
-            "not earlier than horizon + lead (and a step) before: {} min",
+            on >= nine - 5 * minute - STEP_MS,
+            "not earlier than lead (and a step) before: {} min",
             (nine - on) / minute
         );
         let off = off_at.expect("released");
@@ -1208,5 +1214,69 @@ mod tests {
             "{note}"
         );
         assert!(note.contains("enough at 2026-11-17T00:00:00Z"), "{note}");
+    }
+
+    /// The live value alone never puts a forecast persona on: not with too
+    /// little history, not without a forecast yet, and in observe mode not
+    /// even with a forecast that crosses and live load above the threshold.
+    #[test]
+    fn a_forecast_condition_never_acts_on_the_live_value_alone_and_observe_never_acts() {
+        use crate::forecast::tests::{web_cpu, MONDAY};
+        use crate::forecast::{fit, FitState, Forecasts, DAY};
+        let text = |mode: &str| {
+            format!("id = \"rush\"\n{mode}[[activation.when]]\nforecast = \"cpu\"\nhorizon = \"10m\"\nlead = \"5m\"\nabove = 70\n")
+        };
+        let day15 = MONDAY + 14 * 86_400_000;
+        let hot = |t: Millis| cpu_samples(&[(t, 95.0)]);
+        let key = crate::history::SeriesKey::new("u-web", Metric::Cpu);
+        let ask = |fc: &Forecasts, persona_text: &str, t: Millis| {
+            let mut w = World::new(vec![persona(persona_text)]);
+            w.domain.uuid = "u-web".into();
+            let s = hot(t);
+            let inp = Inputs {
+                domain: &w.domain,
+                samples: Some(&s),
+                host: &w.host,
+                signals: &w.signals,
+                now: t,
+                refused: &Default::default(),
+                never_measured: 0,
+                forecasts: fc,
+                forecast_observe: false,
+            };
+            let d = decide(&candidates(&w.personas, &w.domain), &inp, &mut w.st);
+            (d.persona, d.candidates[0].to_json())
+        };
+        // too little history, live load at 95 %: false
+        let mut short = Forecasts::default();
+        short.set(key.clone(), FitState::Waiting { have_ms: 3_600_000 });
+        let (worn, j) = ask(&short, &text(""), day15);
+        assert_eq!(worn, None, "{j}");
+        assert_eq!(j["conditions"][0]["result"], false, "{j}");
+        // no forecast reported yet: not worn either
+        let (worn, _) = ask(&Forecasts::default(), &text(""), day15);
+        assert_eq!(worn, None);
+        // a forecast that crosses at 09:00, live at 95 %, in observe mode:
+        // nothing, only "would have activated"
+        let f = fit(&web_cpu(MONDAY, 14 * DAY, 11), day15 + 8 * 3_600_000).expect("fits");
+        let mut fc = Forecasts::default();
+        fc.set(key, FitState::Ready(Arc::new(f)));
+        let at = day15 + 9 * 3_600_000 - 2 * 60_000;
+        let (worn, j) = ask(&fc, &text("forecast_mode = \"observe\"\n"), at);
+        assert_eq!(worn, None, "observe applies nothing: {j}");
+        assert!(
+            j["would_activate"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("would have activated at"),
+            "{j}"
+        );
+        // the same in act mode: worn, by the prediction
+        let (worn, _) = ask(&fc, &text(""), at);
+        assert_eq!(worn.as_deref(), Some("rush"));
+        // live at 95 % at 03:00 with a quiet forecast: not worn (the live
+        // value alone never activates)
+        let (worn, j) = ask(&fc, &text(""), day15 + 3 * 3_600_000);
+        assert_eq!(worn, None, "{j}");
     }
 }
