@@ -111,12 +111,85 @@ pub struct Fit {
     pub history_end: Millis,
     /// Season lengths used, in steps (96 = a day, 672 = a week).
     pub seasons: Vec<usize>,
+    /// The forecaster that won the backtest (see [`Model`]).
+    pub model: Model,
+    /// How the candidates did in the rolling-origin backtest.
+    pub backtest: Option<Backtest>,
     /// From `history_end` on, one per step.
     pub points: Vec<Point>,
     pub accuracy: Option<Accuracy>,
     /// The last day of the history it saw, one mean per step (`NaN` = none),
     /// for charts.
     pub recent: Vec<(Millis, f64)>,
+}
+
+/// The forecasters a series' backtest chooses among. The simple ones are
+/// what an admin would write by hand; the model is what statistics offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Model {
+    /// The same step yesterday.
+    NaiveDay,
+    /// The same step a week ago (two weeks of history).
+    NaiveWeek,
+    /// The median of the same step over the last `n` days.
+    DayMedian(usize),
+    /// The median of the same step on the same weekday over the last `n`
+    /// weeks.
+    WeekMedian(usize),
+    /// MSTL (daily, and weekly once two weeks exist) with an AutoETS trend
+    /// (augurs).
+    Mstl,
+}
+
+impl Model {
+    pub fn name(&self) -> String {
+        match self {
+            Model::NaiveDay => "same time yesterday".into(),
+            Model::NaiveWeek => "same time last week".into(),
+            Model::DayMedian(n) => format!("median of the same time over {n} days"),
+            Model::WeekMedian(n) => format!("median of the same weekday and time over {n} weeks"),
+            Model::Mstl => "MSTL + ETS (augurs)".into(),
+        }
+    }
+    /// The history it needs, in steps, besides the steps it forecasts.
+    fn needs(&self) -> usize {
+        match self {
+            Model::NaiveDay => DAY,
+            Model::NaiveWeek => WEEK,
+            Model::DayMedian(n) => n * DAY,
+            Model::WeekMedian(n) => n * WEEK,
+            Model::Mstl => 2 * DAY,
+        }
+    }
+    /// Every candidate a history of `len` steps supports.
+    fn candidates(len: usize) -> Vec<Model> {
+        [
+            Model::NaiveDay,
+            Model::NaiveWeek,
+            Model::DayMedian(3),
+            Model::DayMedian(7),
+            Model::DayMedian(14),
+            Model::WeekMedian(2),
+            Model::Mstl,
+        ]
+        .into_iter()
+        .filter(|m| m.needs() <= len)
+        .collect()
+    }
+}
+
+/// How a series' forecasters did, backtested from several origins over its
+/// last days (each forecast a day ahead from the history before it).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Backtest {
+    /// The origins used (days before the end of the history).
+    pub origins: usize,
+    /// Mean absolute error of the chosen model relative to "same time
+    /// yesterday" over the same origins (< 1: better).
+    pub rel_mae: Option<f64>,
+    /// Every candidate's mean absolute error.
+    pub candidates: Vec<(Model, f64)>,
 }
 
 /// What the control loop knows of one series' forecast.
@@ -223,30 +296,107 @@ fn model(values: &[f64], ahead: usize) -> Result<augurs::Forecast, FitError> {
     let fitted = MSTLModel::new(periods, trend)
         .fit(values)
         .map_err(|e| FitError::Model(e.to_string()))?;
+    // the point forecast only: the bands come from the backtest
     fitted
-        .predict(ahead, LEVEL)
+        .predict(ahead, None)
         .map_err(|e| FitError::Model(e.to_string()))
 }
 
-fn points(f: &augurs::Forecast, start: Millis) -> Vec<Point> {
-    f.point
-        .iter()
-        .enumerate()
-        .map(|(i, &value)| {
-            let (lower, upper) = f
-                .intervals
-                .as_ref()
-                .and_then(|iv| Some((*iv.lower.get(i)?, *iv.upper.get(i)?)))
-                .unwrap_or((value, value));
-            // every metric is a rate, a share or a size: never below zero
-            Point {
-                t: start + i as Millis * STEP_MS,
-                value: value.max(0.0),
-                lower: lower.max(0.0),
-                upper: upper.max(0.0),
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The point forecast of `m` for `ahead` steps after `values` (gap-filled).
+fn predict(m: Model, values: &[f64], ahead: usize) -> Result<Vec<f64>, FitError> {
+    let n = values.len();
+    let profile = |period: usize, k: usize| -> Vec<f64> {
+        (0..ahead)
+            .map(|h| {
+                let mut same: Vec<f64> = (1..=k)
+                    .filter_map(|j| (n + h % period).checked_sub(j * period))
+                    .filter(|&i| i < n)
+                    .map(|i| values[i])
+                    .collect();
+                if same.is_empty() {
+                    values[n - 1]
+                } else {
+                    median(&mut same)
+                }
+            })
+            .collect()
+    };
+    Ok(match m {
+        Model::NaiveDay => profile(DAY, 1),
+        Model::NaiveWeek => profile(WEEK, 1),
+        Model::DayMedian(k) => profile(DAY, k),
+        Model::WeekMedian(k) => profile(WEEK, k),
+        Model::Mstl => model(values, ahead)?.point,
+    })
+}
+
+/// The lower and upper quantiles of residuals (actual − forecast) at the
+/// band's level: split-conformal, the finite-sample corrected rank.
+fn band(residuals: &mut [f64]) -> Option<(f64, f64)> {
+    let m = residuals.len();
+    if m < 8 {
+        return None;
+    }
+    residuals.sort_by(f64::total_cmp);
+    let tail = (1.0 - LEVEL) / 2.0;
+    let hi = (((m + 1) as f64 * (1.0 - tail)).ceil() as usize).clamp(1, m) - 1;
+    let lo = (((m + 1) as f64 * tail).floor() as usize).clamp(1, m) - 1;
+    Some((residuals[lo], residuals[hi]))
+}
+
+/// Steps of one block of horizons sharing a band (4 hours).
+const BAND_BLOCK: usize = 16;
+/// Origins the selection backtests from (days before the end).
+const SELECT_ORIGINS: usize = 2;
+/// Origins the bands of a simple model are calibrated on.
+const BAND_ORIGINS: usize = 7;
+
+/// Residuals per horizon block of `m` forecast from `origins` (days before
+/// the end of `raw`), compared with `raw` (gaps stay gaps); the absolute
+/// errors; and how many origins were used.
+fn backtest(
+    m: Model,
+    raw: &[f64],
+    origins: std::ops::RangeInclusive<usize>,
+) -> Result<(Vec<Vec<f64>>, Vec<f64>, usize), FitError> {
+    let n = raw.len();
+    let mut blocks = vec![Vec::new(); DAY.div_ceil(BAND_BLOCK)];
+    let (mut abs, mut used) = (Vec::new(), 0);
+    for d in origins {
+        let Some(cut) = n.checked_sub(d * DAY) else {
+            break;
+        };
+        if cut < m.needs() {
+            break;
+        }
+        // the history before the origin, filled on its own: never from
+        // the day it forecasts
+        let before = fill(&raw[..cut]);
+        let f = predict(m, &before, DAY)?;
+        used += 1;
+        for h in 0..DAY {
+            let a = raw[cut + h];
+            if a.is_finite() {
+                blocks[h / BAND_BLOCK].push(a - f[h]);
+                abs.push((a - f[h]).abs());
             }
-        })
-        .collect()
+        }
+    }
+    Ok((blocks, abs, used))
+}
+
+fn mean(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
 
 /// Mean absolute percentage error over the steps whose actual value is above
@@ -276,8 +426,15 @@ pub fn accuracy(actual: &[f64], forecast: &[Point]) -> Option<(f64, f64)> {
     (n > 0 && m > 0).then(|| (100.0 * ape / n as f64, 100.0 * inside as f64 / m as f64))
 }
 
-/// Fits a series and forecasts [`AHEAD_STEPS`] from the end of its history;
-/// with at least three days, also the accuracy of the forecast for its last day.
+/// Fits a series and forecasts [`AHEAD_STEPS`] from the end of its history.
+///
+/// Every candidate [`Model`] the history supports forecasts each of the last
+/// [`SELECT_ORIGINS`] days from the history before it; the one with the
+/// smallest mean absolute error forecasts ahead. Its 95 % band comes from
+/// its own backtest residuals per 4-hour block of horizons (split-conformal
+/// quantiles, over up to [`BAND_ORIGINS`] days for the simple models), not
+/// from any model's assumptions. The accuracy shown is the last day's,
+/// with the band calibrated on the days before it only.
 pub fn fit(series: &Series, now: Millis) -> Result<Fit, FitError> {
     let s = series.trimmed();
     let have_ms = s.values.len() as Millis * STEP_MS;
@@ -287,14 +444,49 @@ pub fn fit(series: &Series, now: Millis) -> Result<Fit, FitError> {
             need_ms: MIN_HISTORY_MS,
         });
     }
-    let values = fill(&s.values);
+    let raw = &s.values;
+    let values = fill(raw);
     let end = s.start + have_ms;
-    let f = model(&values, AHEAD_STEPS)?;
-    let accuracy = if values.len() >= 3 * DAY {
-        let cut = values.len() - DAY;
+    // the choice: who forecast the last days best
+    let mut scores = Vec::new();
+    let mut naive = None;
+    for m in Model::candidates(values.len() - DAY) {
+        match backtest(m, raw, 1..=SELECT_ORIGINS) {
+            Ok((_, abs, used)) if used > 0 => {
+                if let Some(e) = mean(&abs) {
+                    if m == Model::NaiveDay {
+                        naive = Some(e);
+                    }
+                    scores.push((m, e));
+                }
+            }
+            // a model that cannot fit is not a candidate
+            _ => {}
+        }
+    }
+    let chosen = scores
+        .iter()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(m, _)| *m)
+        .unwrap_or(Model::NaiveDay);
+    let best = scores.iter().find(|(m, _)| *m == chosen).map(|s| s.1);
+    // its bands, from more days where that is cheap
+    let band_days = if chosen == Model::Mstl {
+        SELECT_ORIGINS
+    } else {
+        BAND_ORIGINS
+    };
+    let (mut blocks, _, used) = backtest(chosen, raw, 1..=band_days)?;
+    let bands: Vec<Option<(f64, f64)>> = blocks.iter_mut().map(|b| band(b)).collect();
+    // the last day, scored with bands from the days before it only
+    let accuracy = if used >= 2 {
+        let (mut older, _, _) = backtest(chosen, raw, 2..=band_days)?;
+        let older: Vec<Option<(f64, f64)>> = older.iter_mut().map(|b| band(b)).collect();
+        let cut = raw.len() - DAY;
         let day_start = s.start + cut as Millis * STEP_MS;
-        let back = model(&values[..cut], DAY)?;
-        accuracy(&s.values[cut..], &points(&back, day_start)).map(|(mape, coverage)| Accuracy {
+        let f = predict(chosen, &fill(&raw[..cut]), DAY)?;
+        let pts = to_points(&f, &older, day_start);
+        accuracy(&raw[cut..], &pts).map(|(mape, coverage)| Accuracy {
             mape,
             coverage,
             day_start,
@@ -302,12 +494,19 @@ pub fn fit(series: &Series, now: Millis) -> Result<Fit, FitError> {
     } else {
         None
     };
+    let ahead = predict(chosen, &values, AHEAD_STEPS)?;
     Ok(Fit {
         fitted_at: now,
         history_start: s.start,
         history_end: end,
         seasons: seasons_for(values.len()),
-        points: points(&f, end),
+        model: chosen,
+        backtest: Some(Backtest {
+            origins: SELECT_ORIGINS.min(values.len() / DAY - 1),
+            rel_mae: best.zip(naive).and_then(|(b, n)| (n > 0.0).then(|| b / n)),
+            candidates: scores,
+        }),
+        points: to_points(&ahead, &bands, end),
         accuracy,
         recent: s
             .values
@@ -317,6 +516,30 @@ pub fn fit(series: &Series, now: Millis) -> Result<Fit, FitError> {
             .map(|(i, v)| (s.start + i as Millis * STEP_MS, *v))
             .collect(),
     })
+}
+
+/// Forecast points with their bands (a horizon block without enough
+/// residuals has none: its band is the point). Never below zero: every
+/// metric is a rate, a share or a size. A value that is not finite is
+/// never turned into a number.
+fn to_points(f: &[f64], bands: &[Option<(f64, f64)>], start: Millis) -> Vec<Point> {
+    f.iter()
+        .enumerate()
+        .filter(|(_, v)| v.is_finite())
+        .map(|(i, &value)| {
+            let (lo, hi) = bands
+                .get((i % DAY) / BAND_BLOCK)
+                .copied()
+                .flatten()
+                .unwrap_or((0.0, 0.0));
+            Point {
+                t: start + i as Millis * STEP_MS,
+                value: value.max(0.0),
+                lower: (value + lo).max(0.0),
+                upper: (value + hi).max(0.0),
+            }
+        })
+        .collect()
 }
 
 /// Which side of a threshold a forecast condition looks at.

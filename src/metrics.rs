@@ -41,6 +41,13 @@ struct SeriesLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabel {
+    domain: String,
+    metric: String,
+    model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FitLabel {
     state: String,
 }
@@ -107,6 +114,8 @@ pub struct Metrics {
     gossip_digest_differs: Gauge,
     helper_up: Family<HelperLabel, Gauge>,
     helper_restarts: Family<HelperLabel, Gauge>,
+    forecast_model: Family<ModelLabel, Gauge>,
+    forecast_rel_mae: Family<SeriesLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     api_connections: Family<ConnLabel, Gauge>,
     api_closed: Family<ListenerLabel, Counter>,
     limit_used: Family<LimitLabel, Gauge>,
@@ -305,6 +314,24 @@ impl Metrics {
             forecast_history_days,
             forecast_series,
             history_dropped,
+            forecast_model: {
+                let f = Family::<ModelLabel, Gauge>::default();
+                registry.register(
+                    "forecast_model",
+                    "The forecaster each series' backtest chose (1 for the model in force)",
+                    f.clone(),
+                );
+                f
+            },
+            forecast_rel_mae: {
+                let f = Family::<SeriesLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+                registry.register(
+                    "forecast_rel_mae",
+                    "The chosen forecaster's backtest error relative to same-time-yesterday (below 1 is better)",
+                    f.clone(),
+                );
+                f
+            },
             api_connections: {
                 let f = Family::<ConnLabel, Gauge>::default();
                 registry.register(
@@ -554,6 +581,8 @@ impl Metrics {
     ) {
         use crate::forecast::FitState;
         self.forecast_mape.clear();
+        self.forecast_model.clear();
+        self.forecast_rel_mae.clear();
         self.forecast_coverage.clear();
         self.forecast_history_days.clear();
         self.forecast_series.clear();
@@ -578,6 +607,16 @@ impl Metrics {
             self.forecast_history_days
                 .get_or_create(&label)
                 .set((fit.history_end - fit.history_start) as f64 / 86_400_000.0);
+            self.forecast_model
+                .get_or_create(&ModelLabel {
+                    domain: label.domain.clone(),
+                    metric: label.metric.clone(),
+                    model: fit.model.name(),
+                })
+                .set(1);
+            if let Some(r) = fit.backtest.as_ref().and_then(|b| b.rel_mae) {
+                self.forecast_rel_mae.get_or_create(&label).set(r);
+            }
             if let Some(a) = fit.accuracy {
                 self.forecast_mape.get_or_create(&label).set(a.mape);
                 self.forecast_coverage.get_or_create(&label).set(a.coverage);

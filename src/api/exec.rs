@@ -190,11 +190,19 @@ fn forecast<H: Hypervisor + ?Sized, S: StateStore>(
                 "seasons": fit.seasons.iter().map(|s| if *s == crate::forecast::DAY { "daily" } else { "weekly" }).collect::<Vec<_>>(),
                 "step": "15m",
                 "stale": fit.is_stale(now),
+                "model": fit.model.name(),
+                "model_id": fit.model,
+                "backtest": fit.backtest.as_ref().map(|b| json!({
+                    "origins": b.origins,
+                    "rel_mae": b.rel_mae,
+                    "candidates": b.candidates.iter().map(|(m, e)| json!({"model": m.name(), "mae": e})).collect::<Vec<_>>(),
+                    "about": "every candidate forecast each of the last days from the history before it; the smallest mean absolute error won. rel_mae: the winner's error relative to \"same time yesterday\" (below 1 is better)",
+                })),
                 "accuracy": fit.accuracy.map(|a| json!({
                     "mape": a.mape,
                     "coverage": a.coverage,
                     "day": rfc3339(a.day_start),
-                    "about": "the forecast of the last day of history made from the days before it, against what happened: MAPE of the point forecast, and the share of actual values inside the 95 % interval",
+                    "about": "the forecast of the last day of history made from the days before it, against what happened: MAPE of the point forecast, and the share of actual values inside the 95 % band (calibrated on the days before it only)",
                 })),
             });
             head(&mut v);

@@ -1169,6 +1169,16 @@ fn print_forecast(v: &serde_json::Value) {
             )
         }
     );
+    if let Some(m) = v["model"].as_str() {
+        match v["backtest"]["rel_mae"].as_f64() {
+            Some(r) => println!(
+                "Model: {m} (chosen by backtest over the last {} days; error {:.2}× that of \"same time yesterday\")",
+                v["backtest"]["origins"],
+                r
+            ),
+            None => println!("Model: {m} (chosen by backtest)"),
+        }
+    }
     match v["accuracy"].as_object() {
         Some(a) => println!(
             "Accuracy of the forecast for {}: MAPE {:.1} %, {:.0} % of actual values inside the interval",

@@ -1,0 +1,263 @@
+//! Forecast quality on real traces: the Numenta Anomaly Benchmark's
+//! development set (`benches/data/nab-dev/`, MIT, its licence beside it;
+//! `VP_TRACES=DIR` scores another folder of `timestamp,value` CSVs),
+//! replayed through the daemon's own code path: the CSV import
+//! (`history::parse_csv`), the history store's resampling
+//! (`History::import`, `History::series`) and the fit (`forecast::fit`).
+//!
+//! Protocol: for each trace and cut (a 14-day trace: its last day; longer
+//! ones: a cut every 15 days), the 14 days before the cut are the history,
+//! the next 24 h the truth, compared in 15-minute means. Per cut: MAE
+//! relative to "same time yesterday" (relMAE; < 1 is better), the share of
+//! actual values inside the 95 % band, the band's mean width over the mean
+//! actual value, and peaks — the first 15-minute mean of the day above the
+//! history's 90th percentile: seen ahead when the forecast crosses at or
+//! before it; on a day without one, a forecast crossing is a false alarm.
+//! The same is printed for the baselines (same time last week, the mean of
+//! the same slot over the last 7 days). Nothing is tuned per trace.
+//!
+//! Run: cargo bench --bench forecast_real
+
+use std::path::{Path, PathBuf};
+
+use virt_persona::forecast::{fit, STEP_MS};
+use virt_persona::history::{parse_csv, History, ImportLimits, Resolved, SeriesKey};
+use virt_persona::model::persona::Metric;
+
+const DAY_MS: i64 = 86_400_000;
+const UUID: &str = "00000000-0000-4000-8000-000000000001";
+
+/// (time ms, value) of a NAB CSV (`2014-02-14 14:30:00,1.732`, UTC).
+fn read_trace(p: &Path) -> Vec<(i64, f64)> {
+    let text = std::fs::read_to_string(p).unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let (t, v) = l.split_once(',')?;
+            let ts: jiff::Timestamp = format!("{}Z", t.trim().replace(' ', "T")).parse().ok()?;
+            Some((ts.as_millisecond(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// 15-minute means over `[from, from + steps·15 min)`, NaN where empty.
+fn means(points: &[(i64, f64)], from: i64, steps: usize) -> Vec<f64> {
+    let mut sum = vec![(0.0, 0u32); steps];
+    for &(t, v) in points {
+        if t >= from && t < from + steps as i64 * STEP_MS && v.is_finite() {
+            let i = ((t - from) / STEP_MS) as usize;
+            sum[i].0 += v;
+            sum[i].1 += 1;
+        }
+    }
+    sum.iter()
+        .map(|&(s, n)| if n > 0 { s / n as f64 } else { f64::NAN })
+        .collect()
+}
+
+#[derive(Default, Clone, Copy)]
+struct Score {
+    rel_mae: f64,
+    coverage: f64,
+    width: f64,
+    /// Some(seen ahead) on a peak day, None on a quiet one.
+    peak: Option<bool>,
+    false_alarm: bool,
+}
+
+fn mae(f: &[f64], truth: &[f64]) -> f64 {
+    let (mut s, mut n) = (0.0, 0);
+    for (a, b) in f.iter().zip(truth) {
+        if a.is_finite() && b.is_finite() {
+            s += (a - b).abs();
+            n += 1;
+        }
+    }
+    if n > 0 {
+        s / n as f64
+    } else {
+        f64::NAN
+    }
+}
+
+fn first_above(v: &[f64], x: f64) -> Option<usize> {
+    v.iter().position(|y| y.is_finite() && *y > x)
+}
+
+fn score(f: &[f64], band: Option<(&[f64], &[f64])>, truth: &[f64], naive_mae: f64, p90: f64) -> Score {
+    let (mut inside, mut n, mut width) = (0, 0, 0.0);
+    if let Some((lo, hi)) = band {
+        for i in 0..truth.len().min(lo.len()) {
+            if truth[i].is_finite() {
+                n += 1;
+                width += hi[i] - lo[i];
+                if truth[i] >= lo[i] && truth[i] <= hi[i] {
+                    inside += 1;
+                }
+            }
+        }
+    }
+    let mean_truth = {
+        let v: Vec<f64> = truth.iter().copied().filter(|x| x.is_finite()).collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    };
+    let tc = first_above(truth, p90);
+    let fc = first_above(f, p90);
+    Score {
+        rel_mae: mae(f, truth) / naive_mae,
+        coverage: if n > 0 { inside as f64 / n as f64 } else { f64::NAN },
+        width: if n > 0 { width / n as f64 / mean_truth } else { f64::NAN },
+        peak: tc.map(|t| fc.is_some_and(|c| c <= t)),
+        false_alarm: tc.is_none() && fc.is_some(),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn summary(name: &str, s: &[Score]) {
+    let peaks: Vec<bool> = s.iter().filter_map(|x| x.peak).collect();
+    let quiet = s.iter().filter(|x| x.peak.is_none()).count();
+    let alarms = s.iter().filter(|x| x.false_alarm).count();
+    println!(
+        "{name:<28} relMAE median {:.2}, better than same-time-yesterday on {}/{}; coverage median {:.0} %; width median {:.2}x; peaks seen ahead {}/{}; false alarms {}/{} quiet days",
+        median(s.iter().map(|x| x.rel_mae).collect()),
+        s.iter().filter(|x| x.rel_mae < 1.0).count(),
+        s.len(),
+        100.0 * median(s.iter().map(|x| x.coverage).collect()),
+        median(s.iter().map(|x| x.width).collect()),
+        peaks.iter().filter(|x| **x).count(),
+        peaks.len(),
+        alarms,
+        quiet
+    );
+}
+
+fn main() {
+    let dir = std::env::var_os("VP_TRACES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/data/nab-dev"));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|r| r.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "csv")).collect())
+        .unwrap_or_default();
+    files.sort();
+    let (mut ours, mut week, mut slot) = (Vec::new(), Vec::new(), Vec::new());
+    let mut models = std::collections::BTreeMap::<String, usize>::new();
+    let cpu0 = cpu_seconds();
+    for f in &files {
+        let trace = read_trace(f);
+        let (Some(first), Some(last)) = (trace.first(), trace.last()) else {
+            continue;
+        };
+        let name = f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let span = last.0 - first.0;
+        let mut cuts = Vec::new();
+        if span < 15 * DAY_MS {
+            cuts.push((last.0 - DAY_MS + 1).div_euclid(STEP_MS) * STEP_MS);
+        } else {
+            let mut c = (first.0 + 14 * DAY_MS).div_euclid(STEP_MS) * STEP_MS;
+            while c + DAY_MS <= last.0 + STEP_MS {
+                cuts.push(c);
+                c += 15 * DAY_MS;
+            }
+        }
+        for cut in cuts {
+            let from = cut - 14 * DAY_MS;
+            // the daemon's import: a CSV of the 14 days before the cut
+            let mut csv = String::from("timestamp,domain,metric,value\n");
+            for &(t, v) in trace.iter().filter(|p| p.0 >= from && p.0 < cut) {
+                csv.push_str(&format!("{},{UUID},cpu,{v}\n", t as f64 / 1000.0));
+            }
+            let batch = match parse_csv(&csv, |d| Some(Resolved::Here(d.to_string())), &ImportLimits::default()) {
+                Ok(b) => b,
+                Err(e) => {
+                    println!("{name}: import refused: {e}");
+                    continue;
+                }
+            };
+            let mut h = History::default();
+            h.import(&batch, cut, 15 * DAY_MS);
+            let key = SeriesKey::new(UUID, Metric::Cpu);
+            let series = h.series(&key, STEP_MS, cut);
+            let fitted = match fit(&series, cut) {
+                Ok(x) => x,
+                Err(e) => {
+                    println!("{name} @ {}: no forecast: {e}", virt_persona::api::rfc3339(cut));
+                    continue;
+                }
+            };
+            *models.entry(fitted.model.name()).or_default() += 1;
+            let truth = means(&trace, cut, 96);
+            let hist = means(&trace, from, 14 * 96);
+            let p90 = {
+                let mut v: Vec<f64> = hist.iter().copied().filter(|x| x.is_finite()).collect();
+                v.sort_by(f64::total_cmp);
+                v.get(v.len() * 9 / 10).copied().unwrap_or(f64::NAN)
+            };
+            let at = |d: i64, i: usize| hist.get((hist.len() as i64 - d * 96 + i as i64) as usize).copied().unwrap_or(f64::NAN);
+            let naive: Vec<f64> = (0..96).map(|i| at(1, i)).collect();
+            let last_week: Vec<f64> = (0..96).map(|i| at(7, i)).collect();
+            let slot_mean: Vec<f64> = (0..96)
+                .map(|i| {
+                    let v: Vec<f64> = (1..=7).map(|d| at(d, i)).filter(|x| x.is_finite()).collect();
+                    v.iter().sum::<f64>() / v.len().max(1) as f64
+                })
+                .collect();
+            let naive_mae = mae(&naive, &truth);
+            // the fit's points from the cut on, by time
+            let pick = |g: fn(&virt_persona::forecast::Point) -> f64| -> Vec<f64> {
+                (0..96)
+                    .map(|i| {
+                        let t = cut + i as i64 * STEP_MS;
+                        fitted.points.iter().find(|p| p.t == t).map(g).unwrap_or(f64::NAN)
+                    })
+                    .collect()
+            };
+            let (pv, lo, hi) = (pick(|p| p.value), pick(|p| p.lower), pick(|p| p.upper));
+            let s = score(&pv, Some((&lo, &hi)), &truth, naive_mae, p90);
+            println!(
+                "{name:<32} {} relMAE {:.2} (last week {:.2}, 7-day slot mean {:.2}) coverage {:>3.0} % width {:.2}x peak {} model: {}",
+                virt_persona::api::rfc3339(cut),
+                s.rel_mae,
+                mae(&last_week, &truth) / naive_mae,
+                mae(&slot_mean, &truth) / naive_mae,
+                100.0 * s.coverage,
+                s.width,
+                match (s.peak, s.false_alarm) {
+                    (Some(true), _) => "seen ahead",
+                    (Some(false), _) => "missed",
+                    (None, true) => "false alarm",
+                    (None, false) => "quiet",
+                },
+                fitted.model.name()
+            );
+            ours.push(s);
+            week.push(score(&last_week, None, &truth, naive_mae, p90));
+            slot.push(score(&slot_mean, None, &truth, naive_mae, p90));
+        }
+    }
+    println!();
+    summary("virt-persona forecast", &ours);
+    summary("same time last week", &week);
+    summary("7-day slot mean", &slot);
+    let naive: Vec<Score> = ours.iter().map(|_| Score { rel_mae: 1.0, ..Default::default() }).collect();
+    let _ = naive;
+    println!("models chosen: {models:?}");
+    println!("CPU for {} fits: {:.1} s", ours.len(), cpu_seconds() - cpu0);
+}
+
+/// This process's CPU time so far, in seconds.
+fn cpu_seconds() -> f64 {
+    let s = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = s.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let tick = 100.0;
+    let get = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    (get(11) + get(12)) / tick
+}
