@@ -84,7 +84,13 @@ fn first_above(v: &[f64], x: f64) -> Option<usize> {
     v.iter().position(|y| y.is_finite() && *y > x)
 }
 
-fn score(f: &[f64], band: Option<(&[f64], &[f64])>, truth: &[f64], naive_mae: f64, p90: f64) -> Score {
+fn score(
+    f: &[f64],
+    band: Option<(&[f64], &[f64])>,
+    truth: &[f64],
+    naive_mae: f64,
+    p90: f64,
+) -> Score {
     let (mut inside, mut n, mut width) = (0, 0, 0.0);
     if let Some((lo, hi)) = band {
         for i in 0..truth.len().min(lo.len()) {
@@ -105,8 +111,16 @@ fn score(f: &[f64], band: Option<(&[f64], &[f64])>, truth: &[f64], naive_mae: f6
     let fc = first_above(f, p90);
     Score {
         rel_mae: mae(f, truth) / naive_mae,
-        coverage: if n > 0 { inside as f64 / n as f64 } else { f64::NAN },
-        width: if n > 0 { width / n as f64 / mean_truth } else { f64::NAN },
+        coverage: if n > 0 {
+            inside as f64 / n as f64
+        } else {
+            f64::NAN
+        },
+        width: if n > 0 {
+            width / n as f64 / mean_truth
+        } else {
+            f64::NAN
+        },
         peak: tc.map(|t| fc.is_some_and(|c| c <= t)),
         false_alarm: tc.is_none() && fc.is_some(),
     }
@@ -144,7 +158,12 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/data/nab-dev"));
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map(|r| r.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "csv")).collect())
+        .map(|r| {
+            r.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "csv"))
+                .collect()
+        })
         .unwrap_or_default();
     files.sort();
     let (mut ours, mut week, mut slot) = (Vec::new(), Vec::new(), Vec::new());
@@ -155,7 +174,10 @@ fn main() {
         let (Some(first), Some(last)) = (trace.first(), trace.last()) else {
             continue;
         };
-        let name = f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = f
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let span = last.0 - first.0;
         let mut cuts = Vec::new();
         if span < 15 * DAY_MS {
@@ -174,7 +196,11 @@ fn main() {
             for &(t, v) in trace.iter().filter(|p| p.0 >= from && p.0 < cut) {
                 csv.push_str(&format!("{},{UUID},cpu,{v}\n", t as f64 / 1000.0));
             }
-            let batch = match parse_csv(&csv, |d| Some(Resolved::Here(d.to_string())), &ImportLimits::default()) {
+            let batch = match parse_csv(
+                &csv,
+                |d| Some(Resolved::Here(d.to_string())),
+                &ImportLimits::default(),
+            ) {
                 Ok(b) => b,
                 Err(e) => {
                     println!("{name}: import refused: {e}");
@@ -188,7 +214,10 @@ fn main() {
             let fitted = match fit(&series, cut) {
                 Ok(x) => x,
                 Err(e) => {
-                    println!("{name} @ {}: no forecast: {e}", virt_persona::api::rfc3339(cut));
+                    println!(
+                        "{name} @ {}: no forecast: {e}",
+                        virt_persona::api::rfc3339(cut)
+                    );
                     continue;
                 }
             };
@@ -200,12 +229,19 @@ fn main() {
                 v.sort_by(f64::total_cmp);
                 v.get(v.len() * 9 / 10).copied().unwrap_or(f64::NAN)
             };
-            let at = |d: i64, i: usize| hist.get((hist.len() as i64 - d * 96 + i as i64) as usize).copied().unwrap_or(f64::NAN);
+            let at = |d: i64, i: usize| {
+                hist.get((hist.len() as i64 - d * 96 + i as i64) as usize)
+                    .copied()
+                    .unwrap_or(f64::NAN)
+            };
             let naive: Vec<f64> = (0..96).map(|i| at(1, i)).collect();
             let last_week: Vec<f64> = (0..96).map(|i| at(7, i)).collect();
             let slot_mean: Vec<f64> = (0..96)
                 .map(|i| {
-                    let v: Vec<f64> = (1..=7).map(|d| at(d, i)).filter(|x| x.is_finite()).collect();
+                    let v: Vec<f64> = (1..=7)
+                        .map(|d| at(d, i))
+                        .filter(|x| x.is_finite())
+                        .collect();
                     v.iter().sum::<f64>() / v.len().max(1) as f64
                 })
                 .collect();
@@ -215,7 +251,12 @@ fn main() {
                 (0..96)
                     .map(|i| {
                         let t = cut + i as i64 * STEP_MS;
-                        fitted.points.iter().find(|p| p.t == t).map(g).unwrap_or(f64::NAN)
+                        fitted
+                            .points
+                            .iter()
+                            .find(|p| p.t == t)
+                            .map(g)
+                            .unwrap_or(f64::NAN)
                     })
                     .collect()
             };
@@ -246,7 +287,13 @@ fn main() {
     summary("virt-persona forecast", &ours);
     summary("same time last week", &week);
     summary("7-day slot mean", &slot);
-    let naive: Vec<Score> = ours.iter().map(|_| Score { rel_mae: 1.0, ..Default::default() }).collect();
+    let naive: Vec<Score> = ours
+        .iter()
+        .map(|_| Score {
+            rel_mae: 1.0,
+            ..Default::default()
+        })
+        .collect();
     let _ = naive;
     println!("models chosen: {models:?}");
     println!("CPU for {} fits: {:.1} s", ours.len(), cpu_seconds() - cpu0);

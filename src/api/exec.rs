@@ -195,8 +195,9 @@ fn forecast<H: Hypervisor + ?Sized, S: StateStore>(
                 "backtest": fit.backtest.as_ref().map(|b| json!({
                     "origins": b.origins,
                     "rel_mae": b.rel_mae,
-                    "candidates": b.candidates.iter().map(|(m, e)| json!({"model": m.name(), "mae": e})).collect::<Vec<_>>(),
-                    "about": "every candidate forecast each of the last days from the history before it; the smallest mean absolute error won. rel_mae: the winner's error relative to \"same time yesterday\" (below 1 is better)",
+                    "candidates": b.candidates.iter().map(|(m, e)| json!({"model": m.name(), "rel_mae": e})).collect::<Vec<_>>(),
+                    "blend": b.blend.iter().map(|(m, w)| json!({"model": m.name(), "weight": w})).collect::<Vec<_>>(),
+                    "about": "every candidate forecast each of the last days from the history before it; the three with the smallest errors (relative to \"same time yesterday\" on the same days) are blended, weighted by the inverse square of those errors. rel_mae: the blend's error relative to \"same time yesterday\" (below 1 is better)",
                 })),
                 "accuracy": fit.accuracy.map(|a| json!({
                     "mape": a.mape,

@@ -1169,14 +1169,23 @@ fn print_forecast(v: &serde_json::Value) {
             )
         }
     );
-    if let Some(m) = v["model"].as_str() {
-        match v["backtest"]["rel_mae"].as_f64() {
-            Some(r) => println!(
-                "Model: {m} (chosen by backtest over the last {} days; error {:.2}× that of \"same time yesterday\")",
-                v["backtest"]["origins"],
-                r
-            ),
-            None => println!("Model: {m} (chosen by backtest)"),
+    if let Some(blend) = v["backtest"]["blend"].as_array() {
+        let parts: Vec<String> = blend
+            .iter()
+            .map(|b| {
+                format!(
+                    "{} {:.0} %",
+                    b["model"].as_str().unwrap_or("?"),
+                    100.0 * b["weight"].as_f64().unwrap_or(0.0)
+                )
+            })
+            .collect();
+        println!("Model: {} (chosen by backtest)", parts.join(", "));
+        if let Some(r) = v["backtest"]["rel_mae"].as_f64() {
+            println!(
+                "Backtest over the last {} days: error {:.2}× that of \"same time yesterday\"",
+                v["backtest"]["origins"], r
+            );
         }
     }
     match v["accuracy"].as_object() {
