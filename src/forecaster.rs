@@ -46,6 +46,8 @@ pub struct ImportReport {
     /// Rows kept (the others were older than the retention or in the future).
     pub kept: usize,
     pub series: usize,
+    /// Forecasts of these series fitted again before the answer.
+    pub refitted: usize,
 }
 
 /// Why the worker did not import: an HTTP status and the message.
@@ -169,14 +171,23 @@ impl Worker {
                 let changes = self.history.take_changes();
                 match self.db.save(&changes) {
                     Ok(()) => {
+                        // the forecasts that use them are fitted again now,
+                        // and their news sent, before the answer: a forecast
+                        // asked for right after it is the new one
+                        let mut refitted = 0;
                         for k in batch.series {
                             self.fitted.remove(&k);
+                            if self.wanted.contains(&k) {
+                                self.fit_one(&k, now);
+                                refitted += 1;
+                            }
                         }
-                        info!(rows, kept, series = n_series, "history imported");
+                        info!(rows, kept, series = n_series, refitted, "history imported");
                         reply(Ok(ImportReport {
                             rows,
                             kept,
                             series: n_series,
+                            refitted,
                         }));
                     }
                     Err(e) => {

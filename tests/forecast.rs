@@ -165,12 +165,28 @@ fn the_persona_is_on_before_the_rush_and_observe_mode_only_says_so() {
     // two weeks up to the daemon's now
     let r = import(&d, &csv(&["web-1", "web-2"], start - start % STEP, 1)).expect("import");
     assert_eq!(r["series"], 2, "{r}");
+    assert_eq!(
+        r["refitted"], 2,
+        "both forecasts fitted before the answer: {r}"
+    );
     assert!(r["imported"].as_u64().unwrap() >= 2 * 4030, "{r}");
 
-    // fitted on the worker: the forecast is there, with its accuracy
-    let f = wait_for("the forecast of web-1", &d, 120, || {
-        client::request(&d.socket, "GET", "/v1/forecast/web-1/cpu?horizon=2h", None).ok()
-    });
+    // fitted on the worker before the import answered: the forecast is
+    // there at once, with its accuracy and the model its backtest chose
+    let f = client::request(&d.socket, "GET", "/v1/forecast/web-1/cpu?horizon=2h", None)
+        .expect("the forecast, right after the import");
+    assert!(
+        f["model"].is_string() && f["backtest"]["blend"].is_array(),
+        "{f}"
+    );
+    let note = d.get("/v1/domains/web-1/explain")["candidates"][0]["conditions"][0]["note"].clone();
+    assert!(
+        !note
+            .as_str()
+            .unwrap_or("")
+            .starts_with("too little history"),
+        "explain knows of the import too: {note}"
+    );
     assert_eq!(f["domain"], "web-1");
     assert_eq!(f["thresholds"][0]["above"], 70.0, "{f}");
     assert_eq!(f["seasons"], serde_json::json!(["daily", "weekly"]), "{f}");

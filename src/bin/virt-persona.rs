@@ -1025,13 +1025,18 @@ fn history_import(cli: &Cli, file: &std::path::Path) -> anyhow::Result<ExitCode>
         client::request_with_type(&cli.socket, "POST", "/v1/history/import", &body, "text/csv")?;
     print_or(cli, &v, || {
         println!(
-            "Imported {} point(s) into {} series{}; forecasts using them are refitted now",
+            "Imported {} point(s) into {} series{}; {}",
             text(&v["imported"]),
             text(&v["series"]),
             match v["skipped_outside_retention"].as_u64() {
                 Some(n) if n > 0 =>
                     format!(" ({n} outside the history retention or in the future skipped)"),
                 _ => String::new(),
+            },
+            match v["refitted"].as_u64() {
+                Some(0) | None => "no forecast condition uses them yet".to_string(),
+                Some(1) => "1 forecast fitted again from them".to_string(),
+                Some(n) => format!("{n} forecasts fitted again from them"),
             }
         )
     })

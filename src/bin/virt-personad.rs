@@ -247,6 +247,7 @@ fn import_history(
                     "rows": report.rows,
                     "skipped_outside_retention": report.rows - report.kept,
                     "series": report.series,
+                    "refitted": report.refitted,
                 })),
                 Err(e) => Reply::Err {
                     status: e.status,
@@ -572,6 +573,8 @@ fn run(
     if let Some(g) = gossip.as_mut() {
         g.exchange(&mut rec, &catalog, &cfg.node_name, started, now_ms());
     }
+    // fits that arrived since the last tick: a request decides on them first
+    let mut fresh_fits = false;
     loop {
         let statuses = rec.statuses();
         let down: Vec<&str> = rec
@@ -643,6 +646,7 @@ fn run(
             .unwrap_or_else(crossbeam_channel::never);
         select! {
             recv(ticker) -> _ => {
+                fresh_fits = false;
                 log_tick(run_tick(&mut rec));
                 feed(&mut rec, &mut worker);
                 if let Some(g) = gossip.as_mut() {
@@ -660,7 +664,10 @@ fn run(
                 }
             }
             recv(fit_news) -> news => match news {
-                Ok(n) => rec.set_forecast(n.key, n.state),
+                Ok(n) => {
+                    rec.set_forecast(n.key, n.state);
+                    fresh_fits = true;
+                }
                 // its thread ended: the loop goes on, the worker comes back
                 Err(_) => {
                     let why = worker.ended(now_ms());
@@ -694,6 +701,16 @@ fn run(
                 rec.set_personas(catalog.personas());
             }
             recv(cmd_rx) -> env => {
+                // fits reported before this request was sent are in force
+                // for it (an import answers after its series' refit), and
+                // decided on: explain and list show what they say
+                while let Ok(n) = fit_news.try_recv() {
+                    rec.set_forecast(n.key, n.state);
+                    fresh_fits = true;
+                }
+                if std::mem::take(&mut fresh_fits) {
+                    log_tick(run_tick(&mut rec));
+                }
                 if let Ok(env) = env {
                     let env = match env.command {
                         Command::ImportHistory { batch } => {
