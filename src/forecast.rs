@@ -499,11 +499,12 @@ pub fn fit(series: &Series, now: Millis) -> Result<Fit, FitError> {
             .map(|((m, _), w)| (*m, w / total))
             .collect()
     };
-    if weights.is_empty() {
-        return Err(FitError::Model(
-            "no forecaster could forecast this history".into(),
-        ));
-    }
+    // too short for a backtest (two to three days): yesterday, without a band
+    let weights = if weights.is_empty() {
+        vec![(Model::NaiveDay, 1.0)]
+    } else {
+        weights
+    };
     let blend_at = |d: usize| -> Option<Vec<f64>> {
         let mut out = vec![0.0; DAY];
         for (m, w) in &weights {
@@ -757,6 +758,19 @@ pub(crate) mod tests {
                 .all(|p| p.lower <= p.value && p.value <= p.upper),
             "the point inside its band"
         );
+    }
+
+    /// Two days and a half: too short to backtest, yet a forecast (same
+    /// time yesterday, no band), never a failed fit.
+    #[test]
+    fn a_history_too_short_to_backtest_still_forecasts() {
+        let f = fit(&web_cpu(MONDAY, 2 * DAY + DAY / 2, 3), MONDAY).expect("a forecast");
+        assert_eq!(f.model, Model::NaiveDay);
+        assert_eq!(f.points.len(), AHEAD_STEPS);
+        assert!(f
+            .points
+            .iter()
+            .all(|p| p.lower == p.value && p.upper == p.value));
     }
 
     #[test]
