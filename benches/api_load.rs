@@ -76,18 +76,10 @@ fn read_response(s: &mut UnixStream) -> bool {
     }
 }
 
-/// Lets this process hold more than 1,024 connections.
-fn raise_open_files() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    }
-}
-
 /// Hostile clients held open while a normal client asks; prints its latency
 /// and failures and the daemon's memory.
 fn hostile(sock: &Path, pid: u32, idle: usize, slow: usize) {
-    raise_open_files();
+    virt_persona::api::server::raise_open_files_limit();
     let before = memory_mib(pid);
     let mut idle_conns = Vec::new();
     let mut idle_refused = 0;

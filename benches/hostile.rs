@@ -16,39 +16,18 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::hostile::{healthz_while, quantile, send, worst_persona, Flood, Target};
 
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
-/// (VmRSS, VmHWM) of a process in MiB.
 fn rss(pid: u32) -> (f64, f64) {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        s.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-            .unwrap_or(0.0)
-            / 1024.0
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    common::hostile::rss_mib(pid)
 }
 
 fn healthz_tcp(addr: &str) -> u16 {
-    let Ok(mut c) = TcpStream::connect(addr) else {
-        return 0;
-    };
-    let _ = c.set_read_timeout(Some(Duration::from_secs(20)));
-    let _ = c.write_all(format!("GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n").as_bytes());
-    let mut out = String::new();
-    let _ = c.read_to_string(&mut out);
-    out.split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+    common::hostile::healthz_tcp(addr, TOKEN)
 }
 
 fn report(what: &str, mut lat: Vec<Duration>, failed: usize) {
@@ -91,11 +70,7 @@ fn main() {
     std::fs::write(&tf, format!("{TOKEN}\n")).expect("token");
     std::fs::set_permissions(&tf, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .expect("mode");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port");
-    let addr = format!("127.0.0.1:{port}");
+    let addr = format!("127.0.0.1:{}", common::hostile::free_port());
     let d = common::Daemon::start_args(
         &dir,
         &common::test_host_uri(),

@@ -410,22 +410,17 @@ fn tcp_needs_the_bearer_token() {
     let addr = format!("127.0.0.1:{port}");
     let tf = dir.join("token");
     // a token other users can read is refused, with the fix in the message
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_virt-personad"))
-        .args(["-c", &host_uri(), "--api-listen", &addr, "--api-token-file"])
-        .arg(&tf)
-        .arg("--personas")
-        .arg(dir.join("personas"))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--socket")
-        .arg(dir.join("refused.sock"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success() && err.contains("lets other users read it: chmod 600"),
-        "{err}"
+    let err = common::daemon_refused(
+        &dir,
+        &host_uri(),
+        &[
+            "--api-listen".as_ref(),
+            addr.as_ref(),
+            "--api-token-file".as_ref(),
+            tf.as_os_str(),
+        ],
     );
+    assert!(err.contains("lets other users read it: chmod 600"), "{err}");
     std::fs::set_permissions(&tf, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let _d = Daemon::start_args(
         &dir,

@@ -12,26 +12,26 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::hostile::{healthz_while, quantile, send, worst_persona, Flood, Target};
+use common::hostile::{
+    free_port, healthz_while, quantile, send, tcp, worst_persona, Flood, Target,
+};
 use common::Daemon;
 use serde_json::Value;
 
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// The bearer token in `dir/token`, mode 0600.
+fn token_file(dir: &Path) -> std::path::PathBuf {
+    let tf = dir.join("token");
+    std::fs::write(&tf, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&tf, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    tf
 }
 
 /// A daemon on the test driver with the TCP API on 127.0.0.1.
 fn daemon(name: &str, flags: &[&str]) -> (Daemon, String) {
     let dir = common::test_dir("hostile", name);
-    let tf = dir.join("token");
-    std::fs::write(&tf, format!("{TOKEN}\n")).unwrap();
-    std::fs::set_permissions(&tf, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let tf = token_file(&dir);
     let addr = format!("127.0.0.1:{}", free_port());
     let mut args = vec![
         "--interval",
@@ -46,41 +46,13 @@ fn daemon(name: &str, flags: &[&str]) -> (Daemon, String) {
     (d, addr)
 }
 
-/// One request on a new TCP connection: (status, body).
-fn tcp(addr: &str, request: &str) -> (u16, String) {
-    let mut c = TcpStream::connect(addr).expect("connect");
-    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let _ = c.write_all(request.as_bytes());
-    let mut out = String::new();
-    let _ = c.read_to_string(&mut out);
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|x| x.1.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
 fn healthz_tcp(addr: &str) -> u16 {
-    tcp(
-        addr,
-        &format!("GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"),
-    )
-    .0
+    common::hostile::healthz_tcp(addr, TOKEN)
 }
 
 /// The daemon's resident memory in MiB.
 fn rss_mib(d: &Daemon) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{}/status", d.child.id())).unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
+    common::hostile::rss_mib(d.child.id()).0
 }
 
 /// A metric's value from /metrics on the socket (with its labels as written).
@@ -589,9 +561,7 @@ fn tls_request(addr: &str, ca: &[u8], request: &str) -> std::io::Result<(u16, St
 fn tls_on_the_tcp_api() {
     let dir = common::test_dir("hostile", "tls");
     let (cert, key, der) = certificate(&dir);
-    let tf = dir.join("token");
-    std::fs::write(&tf, format!("{TOKEN}\n")).unwrap();
-    std::fs::set_permissions(&tf, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let tf = token_file(&dir);
     let addr = format!("127.0.0.1:{}", free_port());
     let d = Daemon::start_args(
         &dir,
@@ -638,30 +608,22 @@ fn tls_on_the_tcp_api() {
 
     // a key others may read is refused, naming the fix
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_virt-personad"))
-        .args([
-            "-c",
-            &common::test_host_uri(),
-            "--api-listen",
-            &addr,
-            "--api-token-file",
-        ])
-        .arg(&tf)
-        .arg("--api-tls-cert")
-        .arg(&cert)
-        .arg("--api-tls-key")
-        .arg(&key)
-        .arg("--personas")
-        .arg(dir.join("personas"))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--socket")
-        .arg(dir.join("refused.sock"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = common::daemon_refused(
+        &dir,
+        &common::test_host_uri(),
+        &[
+            "--api-listen".as_ref(),
+            addr.as_ref(),
+            "--api-token-file".as_ref(),
+            tf.as_os_str(),
+            "--api-tls-cert".as_ref(),
+            cert.as_os_str(),
+            "--api-tls-key".as_ref(),
+            key.as_os_str(),
+        ],
+    );
     assert!(
-        !out.status.success() && err.contains("TLS key") && err.contains("chmod 600"),
+        err.contains("TLS key") && err.contains("chmod 600"),
         "{err}"
     );
 

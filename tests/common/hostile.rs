@@ -59,15 +59,56 @@ impl Stream {
     }
 }
 
-/// Raises this process's open-files limit to its hard limit (a flood holds
-/// thousands of sockets).
-pub fn raise_open_files() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard {
-            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-        }
-    }
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// One request on a new TCP connection: (status, body); (0, "") when the
+/// connection fails or is closed without an answer.
+pub fn tcp(addr: &str, request: &str) -> (u16, String) {
+    let Ok(mut c) = TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    let _ = c.set_read_timeout(Some(Duration::from_secs(20)));
+    let _ = c.write_all(request.as_bytes());
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// `GET /healthz` on a new TCP connection with the bearer `token`: its status.
+pub fn healthz_tcp(addr: &str, token: &str) -> u16 {
+    tcp(
+        addr,
+        &format!("GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"),
+    )
+    .0
+}
+
+/// (VmRSS, VmHWM) of a process, in MiB.
+pub fn rss_mib(pid: u32) -> (f64, f64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        s.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+            / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }
 
 /// A running flood: `n` connections held, every other one with half a
@@ -81,7 +122,7 @@ pub struct Flood {
 
 impl Flood {
     pub fn start(target: Target, n: usize) -> Flood {
-        raise_open_files();
+        virt_persona::api::server::raise_open_files_limit();
         let stop = Arc::new(AtomicBool::new(false));
         let held = Arc::new(AtomicUsize::new(0));
         let opened = Arc::new(AtomicU64::new(0));

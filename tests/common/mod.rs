@@ -520,6 +520,24 @@ impl Drop for Daemon {
     }
 }
 
+/// Starts the daemon with `flags` on `uri` and `dir`'s personas and state
+/// (and a socket of its own), expecting it to refuse to start: its stderr.
+pub fn daemon_refused(dir: &Path, uri: &str, flags: &[&std::ffi::OsStr]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_virt-personad"))
+        .args(["-c", uri])
+        .args(flags)
+        .arg("--personas")
+        .arg(dir.join("personas"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--socket")
+        .arg(dir.join("refused.sock"))
+        .output()
+        .expect("run virt-personad");
+    assert!(!out.status.success(), "the daemon started: {out:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// One raw HTTP request over the daemon's unix socket: (status, body). The
 /// connection is closed after the answer (`Connection: close` is added to a
 /// request that does not say).
