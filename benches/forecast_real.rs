@@ -153,6 +153,67 @@ fn summary(name: &str, s: &[Score]) {
     );
 }
 
+/// The coarser export steps the history is also imported at: 30 and 60
+/// minutes (NYC taxi data is 30-minute).
+/// (`None`: the trace's own steps, for comparison.)
+const COARSER: [Option<i64>; 3] = [None, Some(30 * 60_000), Some(60 * 60_000)];
+
+/// The daemon's path for one cut: a CSV of the 14 days before it (the
+/// trace's own points, or their means over `every` ms stamped at each
+/// interval's start, as exporters write them), imported, resampled by the
+/// history store and fitted.
+fn forecast_of(
+    trace: &[(i64, f64)],
+    from: i64,
+    cut: i64,
+    every: Option<i64>,
+    name: &str,
+) -> Option<virt_persona::forecast::Fit> {
+    let inside = trace.iter().filter(|p| p.0 >= from && p.0 < cut);
+    let points: Vec<(i64, f64)> = match every {
+        None => inside.copied().collect(),
+        Some(e) => {
+            let mut acc = std::collections::BTreeMap::<i64, (f64, u32)>::new();
+            for &(t, v) in inside {
+                let a = acc.entry(t.div_euclid(e) * e).or_default();
+                a.0 += v;
+                a.1 += 1;
+            }
+            acc.into_iter()
+                .map(|(t, (s, n))| (t, s / n as f64))
+                .collect()
+        }
+    };
+    let mut csv = String::from("timestamp,domain,metric,value\n");
+    for (t, v) in points {
+        csv.push_str(&format!("{},{UUID},cpu,{v}\n", t as f64 / 1000.0));
+    }
+    let batch = match parse_csv(
+        &csv,
+        |d| Some(Resolved::Here(d.to_string())),
+        &ImportLimits::default(),
+    ) {
+        Ok(b) => b,
+        Err(e) => {
+            println!("{name}: import refused: {e}");
+            return None;
+        }
+    };
+    let mut h = History::default();
+    h.import(&batch, cut, 15 * DAY_MS);
+    let series = h.series(&SeriesKey::new(UUID, Metric::Cpu), STEP_MS, cut);
+    match fit(&series, cut) {
+        Ok(x) => Some(x),
+        Err(e) => {
+            println!(
+                "{name} @ {}: no forecast: {e}",
+                virt_persona::api::rfc3339(cut)
+            );
+            None
+        }
+    }
+}
+
 fn main() {
     let dir = std::env::var_os("VP_TRACES")
         .map(PathBuf::from)
@@ -174,8 +235,10 @@ fn main() {
                 || f.to_string_lossy().contains("occupancy")
         });
     }
-    let (mut ours, mut week, mut slot) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ours, mut yesterday, mut week, mut slot) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut models = std::collections::BTreeMap::<String, usize>::new();
+    let mut coarse_bias: Vec<Vec<f64>> = vec![Vec::new(); COARSER.len()];
     let cpu0 = cpu_seconds();
     for f in &files {
         let trace = read_trace(f);
@@ -199,38 +262,25 @@ fn main() {
         }
         for cut in cuts {
             let from = cut - 14 * DAY_MS;
-            // the daemon's import: a CSV of the 14 days before the cut
-            let mut csv = String::from("timestamp,domain,metric,value\n");
-            for &(t, v) in trace.iter().filter(|p| p.0 >= from && p.0 < cut) {
-                csv.push_str(&format!("{},{UUID},cpu,{v}\n", t as f64 / 1000.0));
-            }
-            let batch = match parse_csv(
-                &csv,
-                |d| Some(Resolved::Here(d.to_string())),
-                &ImportLimits::default(),
-            ) {
-                Ok(b) => b,
-                Err(e) => {
-                    println!("{name}: import refused: {e}");
-                    continue;
-                }
+            let Some(fitted) = forecast_of(&trace, from, cut, None, &name) else {
+                continue;
             };
-            let mut h = History::default();
-            h.import(&batch, cut, 15 * DAY_MS);
-            let key = SeriesKey::new(UUID, Metric::Cpu);
-            let series = h.series(&key, STEP_MS, cut);
-            let fitted = match fit(&series, cut) {
-                Ok(x) => x,
-                Err(e) => {
-                    println!(
-                        "{name} @ {}: no forecast: {e}",
-                        virt_persona::api::rfc3339(cut)
-                    );
-                    continue;
-                }
-            };
-            *models.entry(fitted.model.name()).or_default() += 1;
+            // the same history exported at coarser steps: the forecast's
+            // level must not move (the bias is the mean forecast over the
+            // mean truth, minus one)
             let truth = means(&trace, cut, 96);
+            for (k, every) in COARSER.iter().enumerate() {
+                let again = every.map(|e| forecast_of(&trace, from, cut, Some(e), &name));
+                if let Some(f) = again.unwrap_or_else(|| Some(fitted.clone())) {
+                    let mean = |v: &mut dyn Iterator<Item = f64>| {
+                        let v: Vec<f64> = v.filter(|x| x.is_finite()).collect();
+                        v.iter().sum::<f64>() / v.len().max(1) as f64
+                    };
+                    let fc = mean(&mut f.points.iter().take(96).map(|p| p.value));
+                    coarse_bias[k].push(fc / mean(&mut truth.iter().copied()) - 1.0);
+                }
+            }
+            *models.entry(fitted.model.name()).or_default() += 1;
             let hist = means(&trace, from, 14 * 96);
             let p90 = {
                 let mut v: Vec<f64> = hist.iter().copied().filter(|x| x.is_finite()).collect();
@@ -287,22 +337,26 @@ fn main() {
                 fitted.model.name()
             );
             ours.push(s);
+            yesterday.push(score(&naive, None, &truth, naive_mae, p90));
             week.push(score(&last_week, None, &truth, naive_mae, p90));
             slot.push(score(&slot_mean, None, &truth, naive_mae, p90));
         }
     }
     println!();
     summary("virt-persona forecast", &ours);
+    summary("same time yesterday", &yesterday);
     summary("same time last week", &week);
     summary("7-day slot mean", &slot);
-    let naive: Vec<Score> = ours
-        .iter()
-        .map(|_| Score {
-            rel_mae: 1.0,
-            ..Default::default()
-        })
-        .collect();
-    let _ = naive;
+    for (every, b) in COARSER.iter().zip(&coarse_bias) {
+        let abs: Vec<f64> = b.iter().map(|x| x.abs()).collect();
+        println!(
+            "exported {}: mean forecast vs mean truth, median |bias| {:.1} % (median bias {:+.1} %) over {} cuts",
+            every.map_or("at the trace's own steps".to_string(), |e| format!("every {} min", e / 60_000)),
+            100.0 * median(abs),
+            100.0 * median(b.clone()),
+            b.len()
+        );
+    }
     println!("models chosen: {models:?}");
     println!("CPU for {} fits: {:.1} s", ours.len(), cpu_seconds() - cpu0);
 }
