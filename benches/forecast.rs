@@ -283,7 +283,7 @@ fn tick_with_refit(dir: &std::path::Path) {
         series: Default::default(),
     })
     .expect("worker");
-    let mut want = std::collections::BTreeSet::new();
+    let mut want = virt_persona::forecaster::Wanted::new();
     for d in 0..10 * scale() as u64 {
         let s = series(d);
         let key = SeriesKey::new(&format!("00000000-0000-4000-9000-{d:012}"), Metric::Cpu);
@@ -306,7 +306,7 @@ fn tick_with_refit(dir: &std::path::Path) {
         })
         .expect("import");
         rrx.recv().expect("reply").expect("imported");
-        want.insert(key);
+        want.insert(key, jiff::tz::TimeZone::UTC);
     }
     let uri = test_host(dir);
     std::fs::create_dir_all(dir.join("s1")).expect("dir");

@@ -106,6 +106,8 @@ pub struct Accuracy {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Fit {
     pub fitted_at: Millis,
+    /// The zone whose wall clock the daily season follows.
+    pub timezone: String,
     /// The history the model saw: first and end (exclusive) of its steps.
     pub history_start: Millis,
     pub history_end: Millis,
@@ -454,6 +456,145 @@ pub fn accuracy(actual: &[f64], forecast: &[Point]) -> Option<(f64, f64)> {
 /// The accuracy shown is the last day's, with the band calibrated on the
 /// days before it only.
 pub fn fit(series: &Series, now: Millis) -> Result<Fit, FitError> {
+    fit_in(series, now, &jiff::tz::TimeZone::UTC)
+}
+
+/// Wall-clock milliseconds of `t` in `zone`: the instant plus its offset, so
+/// that a day of them is always 24 hours of 15-minute steps.
+fn civil_ms(zone: &jiff::tz::TimeZone, t: Millis) -> Millis {
+    match jiff::Timestamp::from_millisecond(t) {
+        Ok(ts) => t + zone.to_offset(ts).seconds() as Millis * 1000,
+        Err(_) => t,
+    }
+}
+
+/// [`fit`] with the seasons in `zone`'s local time (the persona's
+/// `timezone`, else the host's): the history is laid out on the wall
+/// clock's 15-minute steps, so a rush at 09:00 stays at 09:00 across a DST
+/// change — the hour a spring night skips has no value (filled like any
+/// gap), the hour an autumn night repeats is the mean of both — fitted
+/// there, and the forecast mapped back to instants (the repeated hour gets
+/// the same forecast twice). The points, history bounds and chart stay in
+/// UTC instants.
+pub fn fit_in(series: &Series, now: Millis, zone: &jiff::tz::TimeZone) -> Result<Fit, FitError> {
+    let s = series.trimmed();
+    let zone_name = zone_name(zone, now);
+    let fixed = s.values.is_empty() || {
+        let a = civil_ms(zone, s.start) - s.start;
+        let end = s.start + (s.values.len() as Millis + AHEAD_STEPS as Millis) * STEP_MS;
+        a % STEP_MS == 0 && civil_ms(zone, end) - end == a && no_transition(zone, s.start, end)
+    };
+    if fixed {
+        // one offset over the whole span (UTC, or no DST change in it):
+        // the wall clock is the instants shifted, nothing to lay out
+        let shift = s
+            .values
+            .first()
+            .map_or(0, |_| civil_ms(zone, s.start) - s.start);
+        let shifted = Series {
+            start: s.start + shift,
+            values: s.values.clone(),
+        };
+        let mut f = fit_civil(&shifted, now, AHEAD_STEPS)?;
+        f.history_start -= shift;
+        f.history_end -= shift;
+        for p in &mut f.points {
+            p.t -= shift;
+        }
+        for r in &mut f.recent {
+            r.0 -= shift;
+        }
+        if let Some(a) = &mut f.accuracy {
+            a.day_start -= shift;
+        }
+        f.timezone = zone_name;
+        return Ok(f);
+    }
+    // the wall clock's steps from the first one to the end's
+    let first = civil_ms(zone, s.start).div_euclid(STEP_MS) * STEP_MS;
+    let end = s.start + s.values.len() as Millis * STEP_MS;
+    let civil_end = civil_ms(zone, end).div_euclid(STEP_MS) * STEP_MS;
+    let n = ((civil_end - first) / STEP_MS).max(0) as usize;
+    let mut acc = vec![(0.0, 0u32); n];
+    for (i, v) in s.values.iter().enumerate() {
+        let t = s.start + i as Millis * STEP_MS;
+        let k = (civil_ms(zone, t).div_euclid(STEP_MS) * STEP_MS - first) / STEP_MS;
+        if v.is_finite() && (0..n as Millis).contains(&k) {
+            acc[k as usize].0 += v;
+            acc[k as usize].1 += 1;
+        }
+    }
+    let local = Series {
+        start: first,
+        values: acc
+            .iter()
+            .map(|&(sum, c)| if c > 0 { sum / c as f64 } else { f64::NAN })
+            .collect(),
+    };
+    // an hour more: after a spring night the day ahead reaches an hour
+    // further on the wall clock
+    let mut f = fit_civil(&local, now, AHEAD_STEPS + 4)?;
+    // each instant ahead takes the forecast of its wall-clock step
+    let by_civil: HashMap<Millis, Point> = f.points.iter().map(|p| (p.t, *p)).collect();
+    f.points = (0..AHEAD_STEPS as Millis)
+        .filter_map(|i| {
+            let t = end + i * STEP_MS;
+            let c = civil_ms(zone, t).div_euclid(STEP_MS) * STEP_MS;
+            by_civil.get(&c).map(|p| Point { t, ..*p })
+        })
+        .collect();
+    f.history_start = s.start;
+    f.history_end = end;
+    f.recent = s
+        .values
+        .iter()
+        .enumerate()
+        .skip(s.values.len().saturating_sub(DAY))
+        .map(|(i, v)| (s.start + i as Millis * STEP_MS, *v))
+        .collect();
+    if let Some(a) = &mut f.accuracy {
+        a.day_start = instant_of(zone, a.day_start);
+    }
+    f.timezone = zone_name;
+    Ok(f)
+}
+
+/// Whether `zone`'s offset is the same from `from` to `to`.
+fn no_transition(zone: &jiff::tz::TimeZone, from: Millis, to: Millis) -> bool {
+    let (Ok(a), Ok(b)) = (
+        jiff::Timestamp::from_millisecond(from),
+        jiff::Timestamp::from_millisecond(to),
+    ) else {
+        return true;
+    };
+    zone.following(a)
+        .take_while(|t| t.timestamp() <= b)
+        .next()
+        .is_none()
+}
+
+/// The instant of a wall-clock time (the earlier one when it is repeated).
+fn instant_of(zone: &jiff::tz::TimeZone, civil: Millis) -> Millis {
+    let Ok(ts) = jiff::Timestamp::from_millisecond(civil) else {
+        return civil;
+    };
+    let dt = jiff::tz::Offset::UTC.to_datetime(ts);
+    zone.to_ambiguous_timestamp(dt)
+        .compatible()
+        .map_or(civil, |t| t.as_millisecond())
+}
+
+/// How a zone is named to an admin: its IANA name, else its offset now.
+pub fn zone_name(zone: &jiff::tz::TimeZone, at: Millis) -> String {
+    match (zone.iana_name(), jiff::Timestamp::from_millisecond(at)) {
+        (Some(n), _) => n.to_string(),
+        (None, Ok(ts)) => zone.to_offset(ts).to_string(),
+        (None, Err(_)) => "UTC".to_string(),
+    }
+}
+
+/// [`fit_in`]'s work on a series already on the wall clock's steps.
+fn fit_civil(series: &Series, now: Millis, ahead_steps: usize) -> Result<Fit, FitError> {
     let s = series.trimmed();
     let have_ms = s.values.len() as Millis * STEP_MS;
     if s.values.len() < 2 * DAY {
@@ -598,14 +739,15 @@ pub fn fit(series: &Series, now: Millis) -> Result<Fit, FitError> {
             .zip(mean(&base))
             .and_then(|(e, b)| (b > 0.0).then(|| e / b))
     };
-    let mut ahead = vec![0.0; AHEAD_STEPS];
+    let mut ahead = vec![0.0; ahead_steps];
     for (m, w) in &weights {
-        for (o, v) in ahead.iter_mut().zip(predict(*m, &values, AHEAD_STEPS)?) {
+        for (o, v) in ahead.iter_mut().zip(predict(*m, &values, ahead_steps)?) {
             *o += w * v;
         }
     }
     Ok(Fit {
         fitted_at: now,
+        timezone: "UTC".into(),
         history_start: s.start,
         history_end: end,
         seasons: seasons_for(values.len()),
@@ -638,7 +780,7 @@ fn to_points(f: &[f64], bands: &[Option<(f64, f64)>], start: Millis) -> Vec<Poin
         .filter(|(_, v)| v.is_finite())
         .map(|(i, &value)| {
             let (lo, hi) = bands
-                .get((i % DAY) / BAND_BLOCK)
+                .get(i.min(DAY - 1) / BAND_BLOCK)
                 .copied()
                 .flatten()
                 .unwrap_or((0.0, 0.0));
@@ -816,6 +958,90 @@ pub(crate) mod tests {
             .points
             .iter()
             .all(|p| p.lower == p.value && p.upper == p.value));
+    }
+
+    /// A rush from 09:00 to 11:00 on the wall clock of `zone`, ±3 noise.
+    fn local_rush(zone: &jiff::tz::TimeZone, start: Millis, steps: usize, seed: u64) -> Series {
+        let mut rng = Lcg(seed);
+        let values = (0..steps)
+            .map(|i| {
+                let t = start + i as Millis * STEP_MS;
+                let minute = civil_ms(zone, t).rem_euclid(86_400_000) / 60_000;
+                let peak = (9 * 60..11 * 60).contains(&minute);
+                (if peak { 90.0 } else { 20.0 }) + 3.0 * rng.next()
+            })
+            .collect();
+        Series { start, values }
+    }
+
+    fn utc_ms(s: &str) -> Millis {
+        s.parse::<jiff::Timestamp>()
+            .expect("a time")
+            .as_millisecond()
+    }
+
+    /// Berlin's 09:00 rush stays at 09:00 across both DST changes: with the
+    /// change inside the history (two weeks of winter time, then a summer
+    /// day forecast; the same in autumn) and inside the day forecast; in UTC
+    /// the same history would put the rush an hour off.
+    #[test]
+    fn the_daily_season_follows_the_local_wall_clock_across_dst() {
+        let berlin = jiff::tz::TimeZone::get("Europe/Berlin").expect("tzdata");
+        let cases = [
+            // spring: 2026-03-29 02:00 CET becomes 03:00 CEST
+            (
+                "2026-03-16T00:00:00Z",
+                "2026-03-30T00:00:00Z",
+                "2026-03-30T07:00:00Z",
+            ),
+            (
+                "2026-03-14T23:00:00Z",
+                "2026-03-28T23:00:00Z",
+                "2026-03-29T07:00:00Z",
+            ),
+            // autumn: 2026-10-25 03:00 CEST becomes 02:00 CET
+            (
+                "2026-10-12T00:00:00Z",
+                "2026-10-26T00:00:00Z",
+                "2026-10-26T08:00:00Z",
+            ),
+            (
+                "2026-10-10T22:00:00Z",
+                "2026-10-24T22:00:00Z",
+                "2026-10-25T08:00:00Z",
+            ),
+        ];
+        for (from, to, nine) in cases {
+            let (from, now, nine) = (utc_ms(from), utc_ms(to), utc_ms(nine));
+            let steps = ((now - from) / STEP_MS) as usize;
+            let hist = local_rush(&berlin, from, steps, 4);
+            let f = fit_in(&hist, now, &berlin).expect("fits");
+            assert_eq!(f.timezone, "Europe/Berlin");
+            assert_eq!(f.points.len(), AHEAD_STEPS, "a point per instant");
+            assert_eq!(f.points[0].t, now);
+            let o = f
+                .outlook(now, now + 86_400_000, Bound::Value, true, |v| v > 55.0)
+                .expect("in range");
+            assert_eq!(
+                o.crossing,
+                Some(nine),
+                "from {}: the rush at 09:00 Berlin",
+                crate::api::rfc3339(from)
+            );
+            // and it ends at 11:00 on the wall clock too
+            let after = f
+                .points
+                .iter()
+                .find(|p| p.t == nine + 2 * 3_600_000)
+                .expect("11:00");
+            assert!(after.value < 55.0, "over at 11:00: {after:?}");
+            // the same history read in UTC forecasts the rush an hour off
+            let utc = fit(&hist, now).expect("fits");
+            let u = utc
+                .outlook(now, now + 86_400_000, Bound::Value, true, |v| v > 55.0)
+                .expect("in range");
+            assert_ne!(u.crossing, Some(nine), "UTC cannot place it");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! new [`FitState`] back. Bad news is sent as a state, never a panic: a fit
 //! that fails is `Failed` with the reason.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
@@ -19,7 +19,7 @@ use serde::Serialize;
 use tracing::{debug, info, warn};
 
 use crate::collector::Millis;
-use crate::forecast::{fit, FitError, FitState, STEP_MS};
+use crate::forecast::{fit_in, FitError, FitState, STEP_MS};
 use crate::history::{History, SeriesKey, HOUR_MS, MINUTE_MS};
 use crate::store::{HistoryDb, StoreError};
 
@@ -27,8 +27,9 @@ use crate::store::{HistoryDb, StoreError};
 pub enum ToWorker {
     /// One tick's values of the metrics forecast conditions name.
     Samples(Vec<(SeriesKey, Millis, f64)>),
-    /// The series forecast conditions use now.
-    Want(BTreeSet<SeriesKey>),
+    /// The series forecast conditions use now, each with the zone its daily
+    /// season follows.
+    Want(Wanted),
     /// Imported history, already checked: applied whole, then the reply.
     Import {
         batch: crate::history::ImportBatch,
@@ -37,6 +38,10 @@ pub enum ToWorker {
     /// Writes what is open and ends the thread.
     Stop,
 }
+
+/// Series to fit and the zone of each one's daily season (the first
+/// persona by priority naming it decides).
+pub type Wanted = BTreeMap<SeriesKey, jiff::tz::TimeZone>;
 
 /// What an import did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -82,7 +87,7 @@ pub struct Worker {
     cfg: WorkerConfig,
     db: HistoryDb,
     history: History,
-    wanted: BTreeSet<SeriesKey>,
+    wanted: Wanted,
     /// When each wanted series was last fitted (absent: due now).
     fitted: BTreeMap<SeriesKey, Millis>,
     news: Sender<FitNews>,
@@ -107,7 +112,7 @@ impl Worker {
             cfg,
             db,
             history,
-            wanted: BTreeSet::new(),
+            wanted: Wanted::new(),
             fitted: BTreeMap::new(),
             news,
             next_save: now + MINUTE_MS,
@@ -138,12 +143,21 @@ impl Worker {
                 }
             }
             ToWorker::Want(set) => {
-                for gone in self.wanted.difference(&set) {
-                    self.fitted.remove(gone);
-                    let _ = self.news.send(FitNews {
-                        key: gone.clone(),
-                        state: None,
-                    });
+                for (k, zone) in &self.wanted {
+                    match set.get(k) {
+                        None => {
+                            self.fitted.remove(k);
+                            let _ = self.news.send(FitNews {
+                                key: k.clone(),
+                                state: None,
+                            });
+                        }
+                        // another zone: fitted again now
+                        Some(z) if z != zone => {
+                            self.fitted.remove(k);
+                        }
+                        Some(_) => {}
+                    }
                 }
                 self.wanted = set;
             }
@@ -177,7 +191,7 @@ impl Worker {
                         let mut refitted = 0;
                         for k in batch.series {
                             self.fitted.remove(&k);
-                            if self.wanted.contains(&k) {
+                            if self.wanted.contains_key(&k) {
                                 self.fit_one(&k, now);
                                 refitted += 1;
                             }
@@ -227,7 +241,7 @@ impl Worker {
         }
         let due = self
             .wanted
-            .iter()
+            .keys()
             .find(|k| {
                 self.fitted
                     .get(*k)
@@ -248,7 +262,12 @@ impl Worker {
     fn fit_one(&mut self, key: &SeriesKey, now: Millis) {
         let t = std::time::Instant::now();
         let series = self.history.series(key, STEP_MS, now);
-        let state = match fit(&series, now) {
+        let zone = self
+            .wanted
+            .get(key)
+            .cloned()
+            .unwrap_or(jiff::tz::TimeZone::UTC);
+        let state = match fit_in(&series, now, &zone) {
             Ok(f) => FitState::Ready(Arc::new(f)),
             Err(FitError::TooLittleHistory { have_ms, .. }) => FitState::Waiting { have_ms },
             Err(e) => {
@@ -328,7 +347,7 @@ pub struct Supervised {
     news: Receiver<FitNews>,
     handle: Option<std::thread::JoinHandle<()>>,
     /// What the worker was last told it must fit (sent again after a restart).
-    wanted: BTreeSet<SeriesKey>,
+    wanted: Wanted,
     restarts: crate::supervise::Restarts,
 }
 
@@ -343,7 +362,7 @@ impl Supervised {
             tx,
             news,
             handle: Some(handle),
-            wanted: BTreeSet::new(),
+            wanted: Wanted::new(),
             restarts: crate::supervise::Restarts::new("forecast", now),
         })
     }
@@ -355,11 +374,7 @@ impl Supervised {
 
     /// One tick's values and the series wanted now; false when the values
     /// could not be handed over (worker busy or down).
-    pub fn feed(
-        &mut self,
-        values: Vec<(SeriesKey, Millis, f64)>,
-        want: BTreeSet<SeriesKey>,
-    ) -> bool {
+    pub fn feed(&mut self, values: Vec<(SeriesKey, Millis, f64)>, want: Wanted) -> bool {
         let delivered = values.is_empty() || self.tx.try_send(ToWorker::Samples(values)).is_ok();
         if want != self.wanted && self.tx.try_send(ToWorker::Want(want.clone())).is_ok() {
             self.wanted = want;
@@ -398,7 +413,7 @@ impl Supervised {
                 self.news = news;
                 self.handle = Some(handle);
                 // told again what to fit
-                self.wanted = BTreeSet::new();
+                self.wanted = Wanted::new();
                 self.restarts.restarted(now);
                 Ok(())
             }
@@ -452,7 +467,9 @@ mod tests {
         let (tx, rx) = crossbeam_channel::unbounded();
         let clock = Arc::new(AtomicI64::new(t0));
         let mut w = Worker::open(config(dir.path(), &clock), tx.clone()).unwrap();
-        w.handle(ToWorker::Want([key.clone()].into()));
+        w.handle(ToWorker::Want(
+            [(key.clone(), jiff::tz::TimeZone::UTC)].into(),
+        ));
         let tick = |w: &mut Worker, t: Millis| {
             clock.store(t, Ordering::SeqCst);
             let v = if (t / 60_000) % 1440 >= 540 && (t / 60_000) % 1440 < 660 {
@@ -476,7 +493,9 @@ mod tests {
             day1,
             "what was recorded before the restart is there after it"
         );
-        w.handle(ToWorker::Want([key.clone()].into()));
+        w.handle(ToWorker::Want(
+            [(key.clone(), jiff::tz::TimeZone::UTC)].into(),
+        ));
         // day 2 missing (the host was down), days 3 and 4 recorded
         for i in 0..2 * 2880 {
             tick(&mut w, t0 + 2 * 86_400_000 + i * 30_000);
@@ -518,7 +537,9 @@ mod tests {
         let clock = Arc::new(AtomicI64::new(now));
         let (tx, rx) = crossbeam_channel::unbounded();
         let mut w = Worker::open(config(dir.path(), &clock), tx).unwrap();
-        w.handle(ToWorker::Want([key.clone()].into()));
+        w.handle(ToWorker::Want(
+            [(key.clone(), jiff::tz::TimeZone::UTC)].into(),
+        ));
         w.step();
         assert!(matches!(
             rx.try_recv().unwrap().state,

@@ -394,18 +394,24 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
 
     /// The series to fit: a forecast condition of a persona that may be worn
     /// by the domain (`[match]`) names the metric.
-    pub fn forecast_series(&self) -> std::collections::BTreeSet<SeriesKey> {
-        let mut out = std::collections::BTreeSet::new();
+    /// The series forecast conditions use, each with the zone of the first
+    /// persona (by priority) naming it: its daily season follows that wall
+    /// clock.
+    pub fn forecast_series(&self) -> crate::forecaster::Wanted {
+        let mut out = crate::forecaster::Wanted::new();
         for e in self.domains.values() {
             for p in &e.candidates {
-                for c in p.activation.iter().flat_map(|a| a.when.iter()) {
-                    if let crate::model::persona::Source::Forecast(m) = c.source {
-                        let d = if m.is_host() {
-                            HOST
-                        } else {
-                            e.info.uuid.as_str()
-                        };
-                        out.insert(SeriesKey::new(d, m));
+                if let Some(a) = &p.activation {
+                    for c in &a.when {
+                        if let crate::model::persona::Source::Forecast(m) = c.source {
+                            let d = if m.is_host() {
+                                HOST
+                            } else {
+                                e.info.uuid.as_str()
+                            };
+                            out.entry(SeriesKey::new(d, m))
+                                .or_insert_with(|| a.zone.clone());
+                        }
                     }
                 }
             }

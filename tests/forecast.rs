@@ -47,7 +47,8 @@ impl Lcg {
 }
 
 /// A web server's CPU at `t`: 90 % from 09:00 to 11:00 UTC on weekdays, 50 %
-/// then at weekends, 20 % otherwise.
+/// then at weekends, 20 % otherwise (the personas' days are UTC days, so the
+/// host's zone and its DST changes do not move the rush).
 fn web_cpu(t: i64) -> f64 {
     let day = (t - monday()).div_euclid(DAY).rem_euclid(7);
     let minute = t.rem_euclid(DAY) / 60_000;
@@ -106,10 +107,10 @@ fn ms(v: &Value) -> i64 {
         .unwrap_or_else(|| panic!("not a time: {v}"))
 }
 
-const RUSH: &str = "id = \"web-rush\"\npriority = 50\n[match]\nnames = [\"web-1\"]\n[activation]\ncooldown = \"10m\"\n[[activation.when]]\nforecast = \"cpu\"\nhorizon = \"1m\"\nlead = \"5m\"\nabove = 70\n[tuning]\nblkio_weight = 800\n";
+const RUSH: &str = "id = \"web-rush\"\npriority = 50\n[match]\nnames = [\"web-1\"]\n[activation]\ncooldown = \"10m\"\ntimezone = \"UTC\"\n[[activation.when]]\nforecast = \"cpu\"\nhorizon = \"1m\"\nlead = \"5m\"\nabove = 70\n[tuning]\nblkio_weight = 800\n";
 
 fn watch(mode: &str) -> String {
-    format!("id = \"web-watch\"\npriority = 40\n{mode}[match]\nnames = [\"web-2\"]\n[[activation.when]]\nforecast = \"cpu\"\nhorizon = \"1m\"\nlead = \"5m\"\nabove = 70\n[tuning]\nblkio_weight = 700\n")
+    format!("id = \"web-watch\"\npriority = 40\n{mode}[match]\nnames = [\"web-2\"]\n[activation]\ntimezone = \"UTC\"\n[[activation.when]]\nforecast = \"cpu\"\nhorizon = \"1m\"\nlead = \"5m\"\nabove = 70\n[tuning]\nblkio_weight = 700\n")
 }
 
 /// The daemon sees two weeks of web-1's and web-2's mornings (imported), its

@@ -187,6 +187,7 @@ fn forecast<H: Hypervisor + ?Sized, S: StateStore>(
                 "history_start": rfc3339(fit.history_start),
                 "history_end": rfc3339(fit.history_end),
                 "history_days": (fit.history_end - fit.history_start) as f64 / 86_400_000.0,
+                "timezone": fit.timezone,
                 "seasons": fit.seasons.iter().map(|s| if *s == crate::forecast::DAY { "daily" } else { "weekly" }).collect::<Vec<_>>(),
                 "step": "15m",
                 "stale": fit.is_stale(now),
@@ -197,7 +198,7 @@ fn forecast<H: Hypervisor + ?Sized, S: StateStore>(
                     "rel_mae": b.rel_mae,
                     "candidates": b.candidates.iter().map(|(m, e)| json!({"model": m.name(), "rel_mae": e})).collect::<Vec<_>>(),
                     "blend": b.blend.iter().map(|(m, w)| json!({"model": m.name(), "weight": w})).collect::<Vec<_>>(),
-                    "about": "every candidate forecast each of the last days from the history before it; the three with the smallest errors (relative to \"same time yesterday\" on the same days) are blended, weighted by the inverse square of those errors. rel_mae: the blend's error relative to \"same time yesterday\" (below 1 is better)",
+                    "about": "every candidate forecast each of the last days from the history before it; the five with the smallest errors (relative to \"same time yesterday\" on the same days, each day weighing half the day after it) are blended, weighted by the inverse square of those errors. rel_mae: the blend's error relative to \"same time yesterday\" (below 1 is better)",
                 })),
                 "accuracy": fit.accuracy.map(|a| json!({
                     "mape": a.mape,

@@ -1111,7 +1111,7 @@ fn print_forecast(v: &serde_json::Value) {
     let xmin = history.first().map(|p| p.0).unwrap_or(-1.0).min(-1.0);
     let xmax = value.last().map(|p| p.0).unwrap_or(1.0).max(1.0);
     println!(
-        "{} {} — forecast {} ahead, fitted {} on {:.1} days of history ({})",
+        "{} {} — forecast {} ahead, fitted {} on {:.1} days of history ({}{})",
         text(&v["domain"]),
         text(&v["metric"]),
         text(&v["horizon"]),
@@ -1120,6 +1120,10 @@ fn print_forecast(v: &serde_json::Value) {
         v["seasons"]
             .as_array()
             .map(|s| s.iter().map(text).collect::<Vec<_>>().join(" + ") + " season")
+            .unwrap_or_default(),
+        v["timezone"]
+            .as_str()
+            .map(|z| format!(", days on the {z} clock"))
             .unwrap_or_default()
     );
     let now_line = [(0.0, ymin), (0.0, ymax)];
