@@ -306,7 +306,7 @@ fn tick_with_refit(dir: &std::path::Path) {
         })
         .expect("import");
         rrx.recv().expect("reply").expect("imported");
-        want.insert(key, jiff::tz::TimeZone::UTC);
+        want.insert(key, virt_persona::forecaster::Want::utc());
     }
     let uri = test_host(dir);
     std::fs::create_dir_all(dir.join("s1")).expect("dir");

@@ -120,6 +120,9 @@ pub struct Fit {
     /// From `history_end` on, one per step.
     pub points: Vec<Point>,
     pub accuracy: Option<Accuracy>,
+    /// How the forecasts this host issued for the series did over the last
+    /// days (set by the worker; see [`crate::issued`]).
+    pub record: Option<crate::issued::Record>,
     /// The last day of the history it saw, one mean per step (`NaN` = none),
     /// for charts.
     pub recent: Vec<(Millis, f64)>,
@@ -760,6 +763,7 @@ fn fit_civil(series: &Series, now: Millis, ahead_steps: usize) -> Result<Fit, Fi
         }),
         points: to_points(&ahead, &bands, end),
         accuracy,
+        record: None,
         recent: s
             .values
             .iter()

@@ -39,9 +39,28 @@ pub enum ToWorker {
     Stop,
 }
 
-/// Series to fit and the zone of each one's daily season (the first
-/// persona by priority naming it decides).
-pub type Wanted = BTreeMap<SeriesKey, jiff::tz::TimeZone>;
+/// Series to fit, and how (the first persona by priority naming one decides).
+pub type Wanted = BTreeMap<SeriesKey, Want>;
+
+/// How one series is fitted and judged.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Want {
+    /// The zone whose wall clock its daily season follows.
+    pub zone: jiff::tz::TimeZone,
+    /// The first `above` threshold a forecast condition on it has: its
+    /// record's peaks cross it (the history's 90th percentile without one).
+    pub peak_at: Option<f64>,
+}
+
+impl Want {
+    /// In UTC, peaks at the history's 90th percentile.
+    pub fn utc() -> Want {
+        Want {
+            zone: jiff::tz::TimeZone::UTC,
+            peak_at: None,
+        }
+    }
+}
 
 /// What an import did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -88,6 +107,8 @@ pub struct Worker {
     db: HistoryDb,
     history: History,
     wanted: Wanted,
+    /// Each series' forecasts as issued (see [`crate::issued`]).
+    issued: BTreeMap<SeriesKey, Vec<crate::issued::Issued>>,
     /// When each wanted series was last fitted (absent: due now).
     fitted: BTreeMap<SeriesKey, Millis>,
     news: Sender<FitNews>,
@@ -108,11 +129,13 @@ impl Worker {
             "history loaded"
         );
         let now = (cfg.clock)();
+        let issued = db.load_issued()?.into_iter().collect();
         Ok(Worker {
             cfg,
             db,
             history,
             wanted: Wanted::new(),
+            issued,
             fitted: BTreeMap::new(),
             news,
             next_save: now + MINUTE_MS,
@@ -152,7 +175,7 @@ impl Worker {
                                 state: None,
                             });
                         }
-                        // another zone: fitted again now
+                        // another zone or threshold: fitted again now
                         Some(z) if z != zone => {
                             self.fitted.remove(k);
                         }
@@ -237,6 +260,7 @@ impl Worker {
         if now >= self.next_compact {
             self.history.compact(now, self.cfg.retention);
             self.save();
+            self.forget_old_issued(now);
             self.next_compact = now + HOUR_MS;
         }
         let due = self
@@ -262,13 +286,20 @@ impl Worker {
     fn fit_one(&mut self, key: &SeriesKey, now: Millis) {
         let t = std::time::Instant::now();
         let series = self.history.series(key, STEP_MS, now);
-        let zone = self
-            .wanted
-            .get(key)
-            .cloned()
-            .unwrap_or(jiff::tz::TimeZone::UTC);
-        let state = match fit_in(&series, now, &zone) {
-            Ok(f) => FitState::Ready(Arc::new(f)),
+        let want = self.wanted.get(key).cloned().unwrap_or_else(Want::utc);
+        let state = match fit_in(&series, now, &want.zone) {
+            Ok(mut f) => {
+                // kept once a day as issued, and judged by what followed
+                let log = self.issued.entry(key.clone()).or_default();
+                let peak_at = want.peak_at.or_else(|| crate::issued::p90(&series));
+                if crate::issued::issue(log, &f, peak_at) {
+                    if let Err(e) = self.db.save_issued(key, log) {
+                        warn!(series = %key.to_key(), error = %e, "issued forecast not written");
+                    }
+                }
+                f.record = crate::issued::score(log, &series, now);
+                FitState::Ready(Arc::new(f))
+            }
             Err(FitError::TooLittleHistory { have_ms, .. }) => FitState::Waiting { have_ms },
             Err(e) => {
                 warn!(series = %key.to_key(), error = %e, "forecast did not fit");
@@ -281,6 +312,24 @@ impl Worker {
             key: key.clone(),
             state: Some(state),
         });
+    }
+
+    /// Drops the issued forecasts of series not fitted for longer than
+    /// they are kept.
+    fn forget_old_issued(&mut self, now: Millis) {
+        let keep = crate::issued::KEEP as Millis * crate::issued::EVERY_MS;
+        let old: Vec<SeriesKey> = self
+            .issued
+            .iter()
+            .filter(|(_, log)| log.last().is_none_or(|l| now - l.issued_at > keep))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in old {
+            self.issued.remove(&k);
+            if let Err(e) = self.db.save_issued(&k, &[]) {
+                warn!(series = %k.to_key(), error = %e, "old issued forecasts not removed");
+            }
+        }
     }
 
     pub fn history(&self) -> &History {
@@ -467,9 +516,7 @@ mod tests {
         let (tx, rx) = crossbeam_channel::unbounded();
         let clock = Arc::new(AtomicI64::new(t0));
         let mut w = Worker::open(config(dir.path(), &clock), tx.clone()).unwrap();
-        w.handle(ToWorker::Want(
-            [(key.clone(), jiff::tz::TimeZone::UTC)].into(),
-        ));
+        w.handle(ToWorker::Want([(key.clone(), Want::utc())].into()));
         let tick = |w: &mut Worker, t: Millis| {
             clock.store(t, Ordering::SeqCst);
             let v = if (t / 60_000) % 1440 >= 540 && (t / 60_000) % 1440 < 660 {
@@ -493,9 +540,7 @@ mod tests {
             day1,
             "what was recorded before the restart is there after it"
         );
-        w.handle(ToWorker::Want(
-            [(key.clone(), jiff::tz::TimeZone::UTC)].into(),
-        ));
+        w.handle(ToWorker::Want([(key.clone(), Want::utc())].into()));
         // day 2 missing (the host was down), days 3 and 4 recorded
         for i in 0..2 * 2880 {
             tick(&mut w, t0 + 2 * 86_400_000 + i * 30_000);
@@ -537,9 +582,7 @@ mod tests {
         let clock = Arc::new(AtomicI64::new(now));
         let (tx, rx) = crossbeam_channel::unbounded();
         let mut w = Worker::open(config(dir.path(), &clock), tx).unwrap();
-        w.handle(ToWorker::Want(
-            [(key.clone(), jiff::tz::TimeZone::UTC)].into(),
-        ));
+        w.handle(ToWorker::Want([(key.clone(), Want::utc())].into()));
         w.step();
         assert!(matches!(
             rx.try_recv().unwrap().state,
@@ -573,6 +616,86 @@ mod tests {
             Some(FitState::Ready(f)) => assert!(f.accuracy.is_some()),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// A week of days on the worker: each day's first fit is kept as issued
+    /// (persisted: a restart mid-week keeps them), each day's actual values
+    /// arrive (imported), and the fit's record scores the days that passed
+    /// — judged by the persona's `above` threshold.
+    #[test]
+    fn issued_forecasts_are_kept_across_a_restart_and_scored_by_what_happened() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SeriesKey::new("u-3", Metric::Cpu);
+        const D: Millis = 86_400_000;
+        let t0: Millis = crate::forecast::tests::MONDAY;
+        let all = crate::forecast::tests::web_cpu(t0, 22 * crate::forecast::DAY, 8);
+        let clock = Arc::new(AtomicI64::new(t0 + 14 * D));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let want = || -> Wanted {
+            [(
+                key.clone(),
+                Want {
+                    zone: jiff::tz::TimeZone::UTC,
+                    peak_at: Some(70.0),
+                },
+            )]
+            .into()
+        };
+        let import = |w: &mut Worker, from: Millis, to: Millis| {
+            let (a, b) = (
+                ((from - t0) / STEP_MS) as usize,
+                ((to - t0) / STEP_MS) as usize,
+            );
+            let batch = crate::history::ImportBatch {
+                series: vec![key.clone()],
+                points: (a..b)
+                    .map(|i| (0, t0 + i as Millis * STEP_MS, all.values[i]))
+                    .collect(),
+            };
+            let (rtx, rrx) = std::sync::mpsc::channel();
+            w.handle(ToWorker::Import {
+                batch,
+                reply: Box::new(move |r| {
+                    let _ = rtx.send(r);
+                }),
+            });
+            rrx.recv().unwrap().unwrap()
+        };
+        let last_fit = |rx: &crossbeam_channel::Receiver<FitNews>| -> Arc<crate::forecast::Fit> {
+            match rx.try_iter().last().and_then(|n| n.state) {
+                Some(FitState::Ready(f)) => f,
+                other => panic!("{other:?}"),
+            }
+        };
+        let mut w = Worker::open(config(dir.path(), &clock), tx.clone()).unwrap();
+        w.handle(ToWorker::Want(want()));
+        import(&mut w, t0, t0 + 14 * D);
+        assert_eq!(last_fit(&rx).record, None, "nothing has passed yet");
+        let mut record = None;
+        for day in 15..=21 {
+            clock.store(t0 + day * D, Ordering::SeqCst);
+            if day == 18 {
+                w.handle(ToWorker::Stop);
+                drop(w);
+                w = Worker::open(config(dir.path(), &clock), tx.clone()).unwrap();
+                w.handle(ToWorker::Want(want()));
+            }
+            // the day that passed arrives; the refit issues the next one
+            import(&mut w, t0 + (day - 1) * D, t0 + day * D);
+            let r = last_fit(&rx).record.clone().expect("a record");
+            assert_eq!(r.days as Millis, day - 14, "day {day}: {r:?}");
+            record = Some(r);
+        }
+        let r = record.expect("a week");
+        assert_eq!(r.since, Some(t0 + 14 * D));
+        assert_eq!(r.peak_at, Some(70.0));
+        // the weekdays' rushes, seen coming; the weekend's mornings below 70
+        assert_eq!((r.peaks, r.quiet_days), (5, 2), "{r:?}");
+        assert_eq!(r.peaks_seen, 5, "{r:?}");
+        assert!(r.rel_mae.is_some_and(|e| e < 1.0), "{r:?}");
+        assert!(r.coverage.is_some_and(|c| c > 70.0), "{r:?}");
+        // the file holds at most KEEP days
+        assert!(w.db.load_issued().unwrap()[0].1.len() <= crate::issued::KEEP);
     }
 }
 

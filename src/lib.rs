@@ -14,6 +14,7 @@ pub mod forecaster;
 pub mod history;
 pub mod host;
 pub mod hypervisor;
+pub mod issued;
 pub mod logging;
 pub mod metrics;
 pub mod model;

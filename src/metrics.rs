@@ -41,6 +41,13 @@ struct SeriesLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RecordLabel {
+    domain: String,
+    metric: String,
+    measure: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelLabel {
     domain: String,
     metric: String,
@@ -116,6 +123,7 @@ pub struct Metrics {
     helper_restarts: Family<HelperLabel, Gauge>,
     forecast_model: Family<ModelLabel, Gauge>,
     forecast_rel_mae: Family<SeriesLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    forecast_record: Family<RecordLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     api_connections: Family<ConnLabel, Gauge>,
     api_closed: Family<ListenerLabel, Counter>,
     limit_used: Family<LimitLabel, Gauge>,
@@ -328,6 +336,15 @@ impl Metrics {
                 registry.register(
                     "forecast_rel_mae",
                     "The chosen forecaster's backtest error relative to same-time-yesterday (below 1 is better)",
+                    f.clone(),
+                );
+                f
+            },
+            forecast_record: {
+                let f = Family::<RecordLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+                registry.register(
+                    "forecast_record",
+                    "Per series, the record of the day-ahead forecasts this host issued over the last 7 complete days (measure: days, rel_mae against same-time-yesterday, coverage_percent of the 95 % band, width over the mean value, peaks, peaks_seen_ahead, quiet_days, false_alarms)",
                     f.clone(),
                 );
                 f
@@ -583,6 +600,7 @@ impl Metrics {
         self.forecast_mape.clear();
         self.forecast_model.clear();
         self.forecast_rel_mae.clear();
+        self.forecast_record.clear();
         self.forecast_coverage.clear();
         self.forecast_history_days.clear();
         self.forecast_series.clear();
@@ -616,6 +634,29 @@ impl Metrics {
                 .set(1);
             if let Some(r) = fit.backtest.as_ref().and_then(|b| b.rel_mae) {
                 self.forecast_rel_mae.get_or_create(&label).set(r);
+            }
+            if let Some(r) = &fit.record {
+                let measures = [
+                    ("days", Some(r.days as f64)),
+                    ("rel_mae", r.rel_mae),
+                    ("coverage_percent", r.coverage),
+                    ("width", r.width),
+                    ("peaks", Some(r.peaks as f64)),
+                    ("peaks_seen_ahead", Some(r.peaks_seen as f64)),
+                    ("quiet_days", Some(r.quiet_days as f64)),
+                    ("false_alarms", Some(r.false_alarms as f64)),
+                ];
+                for (measure, v) in measures {
+                    if let Some(v) = v {
+                        self.forecast_record
+                            .get_or_create(&RecordLabel {
+                                domain: label.domain.clone(),
+                                metric: label.metric.clone(),
+                                measure: measure.into(),
+                            })
+                            .set(v);
+                    }
+                }
             }
             if let Some(a) = fit.accuracy {
                 self.forecast_mape.get_or_create(&label).set(a.mape);

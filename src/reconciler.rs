@@ -409,8 +409,17 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                             } else {
                                 e.info.uuid.as_str()
                             };
-                            out.entry(SeriesKey::new(d, m))
-                                .or_insert_with(|| a.zone.clone());
+                            let want = out.entry(SeriesKey::new(d, m)).or_insert_with(|| {
+                                crate::forecaster::Want {
+                                    zone: a.zone.clone(),
+                                    peak_at: None,
+                                }
+                            });
+                            if let (None, crate::model::persona::Comparison::Above(t)) =
+                                (want.peak_at, c.comparison)
+                            {
+                                want.peak_at = Some(t);
+                            }
                         }
                     }
                 }

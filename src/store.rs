@@ -634,6 +634,10 @@ impl Event {
 /// History chunks: (series `UUID/metric`, resolution code, start) → `f32` slots, little-endian.
 const HISTORY: TableDefinition<(&str, u8, i64), &[u8]> = TableDefinition::new("history");
 
+/// Forecasts as issued, per series `UUID/metric`: JSON of
+/// `Vec<crate::issued::Issued>`.
+const ISSUED: TableDefinition<&str, &[u8]> = TableDefinition::new("issued");
+
 /// Metric history for forecasts (see [`crate::history`]): redb file
 /// `history.redb` in the state directory, apart from `state.redb` so that
 /// writing history never waits on, or delays, the control loop's writes. Only
@@ -679,8 +683,52 @@ impl HistoryDb {
         let tx = db.begin_write().map_err(io)?;
         check_format(&tx, &path, HISTORY_FORMAT)?;
         tx.open_table(HISTORY).map_err(io)?;
+        tx.open_table(ISSUED).map_err(io)?;
         tx.commit().map_err(io)?;
         Ok(HistoryDb { db, path })
+    }
+
+    /// Every series' issued forecasts (a record that does not decode is
+    /// skipped with a warning: the record starts again, the history stays).
+    pub fn load_issued(
+        &self,
+    ) -> Result<Vec<(crate::history::SeriesKey, Vec<crate::issued::Issued>)>> {
+        let rx = self.db.begin_read().map_err(io)?;
+        let t = rx.open_table(ISSUED).map_err(io)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(io)? {
+            let (k, v) = item.map_err(io)?;
+            let Some(key) = crate::history::SeriesKey::from_key(k.value()) else {
+                continue;
+            };
+            match serde_json::from_slice(v.value()) {
+                Ok(log) => out.push((key, log)),
+                Err(e) => {
+                    tracing::warn!(series = k.value(), error = %e, "issued forecasts not readable: their record starts again")
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores one series' issued forecasts (none: removes them).
+    pub fn save_issued(
+        &self,
+        key: &crate::history::SeriesKey,
+        log: &[crate::issued::Issued],
+    ) -> Result<()> {
+        let tx = self.db.begin_write().map_err(io)?;
+        {
+            let mut t = tx.open_table(ISSUED).map_err(io)?;
+            let k = key.to_key();
+            if log.is_empty() {
+                t.remove(k.as_str()).map_err(io)?;
+            } else {
+                t.insert(k.as_str(), to_json(&log)?.as_slice())
+                    .map_err(io)?;
+            }
+        }
+        tx.commit().map_err(io)
     }
 
     /// Every chunk stored (chunks with a key or size it cannot read are skipped).
@@ -1034,5 +1082,47 @@ mod tests {
             .file_name()
             .to_string_lossy()
             .starts_with("history.redb.damaged-")));
+    }
+
+    /// Issued forecasts: stored, read back after a reopen, removed; a
+    /// record that does not decode is skipped, the others read.
+    #[test]
+    fn issued_forecasts_survive_reopen_and_a_bad_record_is_skipped() {
+        use crate::history::SeriesKey;
+        use crate::issued::Issued;
+        use crate::model::persona::Metric;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (
+            SeriesKey::new("u-a", Metric::Cpu),
+            SeriesKey::new("u-b", Metric::Cpu),
+        );
+        let log = vec![Issued {
+            issued_at: 5,
+            start: 900_000,
+            value: vec![Some(1.5), None],
+            lower: vec![Some(1.0), None],
+            upper: vec![Some(2.0), None],
+            peak_at: Some(0.1 + 0.2),
+        }];
+        let db = HistoryDb::open(dir.path()).unwrap();
+        db.save_issued(&a, &log).unwrap();
+        db.save_issued(&b, &log).unwrap();
+        {
+            let tx = db.db.begin_write().unwrap();
+            tx.open_table(ISSUED)
+                .unwrap()
+                .insert("u-c/cpu", b"{not json".as_slice())
+                .unwrap();
+            tx.commit().unwrap();
+        }
+        drop(db);
+        let db = HistoryDb::open(dir.path()).unwrap();
+        let got = db.load_issued().unwrap();
+        assert_eq!(
+            got,
+            vec![(a.clone(), log.clone()), (b.clone(), log.clone())]
+        );
+        db.save_issued(&a, &[]).unwrap();
+        assert_eq!(db.load_issued().unwrap(), vec![(b, log)]);
     }
 }

@@ -280,6 +280,13 @@ fn the_persona_is_on_before_the_rush_and_observe_mode_only_says_so() {
     assert!(out.contains("70 (web-rush)"), "{out}");
     assert!(out.contains("Accuracy of the forecast for"), "{out}");
     assert!(out.contains(&virt_persona::api::rfc3339(nine)), "{out}");
+    assert!(out.contains("days on the UTC clock"), "{out}");
+    // no day forecast by this daemon has passed yet: no record, said so
+    // (the record itself: src/forecaster.rs, src/issued.rs)
+    assert!(out.contains("Record: none yet"), "{out}");
+    let f = d.get("/v1/forecast/web-1/cpu");
+    assert_eq!(f["timezone"], "UTC", "{f}");
+    assert!(f["record"].is_null(), "{f}");
     // and /metrics carries the accuracy per series
     let (_, m) = common::http(&d.socket, "GET /metrics HTTP/1.1\r\n\r\n");
     assert!(

@@ -1206,6 +1206,40 @@ fn print_forecast(v: &serde_json::Value) {
         ),
         None => println!("Accuracy: not known yet (needs three days of history)"),
     }
+    let r = &v["record"];
+    match r["days"].as_u64() {
+        Some(days) if days > 0 => {
+            let pct = |x: &serde_json::Value| {
+                x.as_f64()
+                    .map_or("–".to_string(), |x| format!("{x:.0} %"))
+            };
+            println!(
+                "Record of the forecasts issued over the last {days} day(s) (since {}): error {} that of \"same time yesterday\" (better on {}/{days} days), {} of actual values inside the 95 % band, band width {} the mean value; peaks above {} seen ahead {}/{}, false alarms on {}/{} quiet days",
+                text(&r["since"]),
+                r["rel_mae"]
+                    .as_f64()
+                    .map_or("–".to_string(), |x| format!("{x:.2}×")),
+                text(&r["better_days"]),
+                pct(&r["coverage"]),
+                r["width"]
+                    .as_f64()
+                    .map_or("–".to_string(), |x| format!("{x:.2}×")),
+                r["peak_at"]
+                    .as_f64()
+                    .map_or("the threshold".to_string(), |x| format!("{x:.4}")
+                        .trim_end_matches('0')
+                        .trim_end_matches('.')
+                        .to_string()),
+                text(&r["peaks_seen"]),
+                text(&r["peaks"]),
+                text(&r["false_alarms"]),
+                text(&r["quiet_days"]),
+            );
+        }
+        _ => println!(
+            "Record: none yet (each day's first forecast is kept as issued and judged once its day has passed)"
+        ),
+    }
     if v["stale"] == true {
         println!("warning: this fit is out of date and is not used");
     }
