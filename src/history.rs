@@ -513,6 +513,34 @@ impl ImportBatch {
     pub fn rows(&self) -> usize {
         self.points.len()
     }
+
+    /// Shifts every point by one amount so that the newest one's interval
+    /// (its series' usual spacing, see [`History::import`]) ends at `end`,
+    /// floored to the minute: a trace recorded elsewhere, as if it had just
+    /// happened. Spacing, order and the shape within each day are kept; the
+    /// time of day moves by the shift. Returns the shift in ms.
+    pub fn retime(&mut self, end: Millis) -> Millis {
+        let Some(newest) = self.points.iter().map(|p| p.1).max() else {
+            return 0;
+        };
+        let mut gaps: Vec<Millis> = self
+            .points
+            .windows(2)
+            .filter(|w| w[0].0 == w[1].0 && w[1].1 > w[0].1)
+            .map(|w| w[1].1 - w[0].1)
+            .collect();
+        gaps.sort_unstable();
+        let spacing = gaps
+            .get(gaps.len().saturating_sub(1) / 2)
+            .copied()
+            .unwrap_or(0)
+            .min(HOUR_MS);
+        let shift = floor(end, MINUTE_MS) - spacing - newest;
+        for p in &mut self.points {
+            p.1 += shift;
+        }
+        shift
+    }
 }
 
 /// What one import may hold (the daemon's `[limits]`).
@@ -938,6 +966,37 @@ mod tests {
             let mae = g.iter().zip(&w).map(|(a, b)| (a - b).abs()).sum::<f64>() / g.len() as f64;
             assert!(mae < 1.0, "step {step}: MAE {mae:.2}");
         }
+    }
+
+    /// Re-timed: one shift for every point, the newest interval ending at
+    /// the minute of `end`, spacing and order kept; an empty batch moves
+    /// nothing.
+    #[test]
+    fn a_retimed_import_ends_now_and_keeps_its_spacing() {
+        let pts = batch(&[
+            (cpu("a"), T0, 1.0),
+            (cpu("a"), T0 + FIVE_MS, 2.0),
+            (cpu("a"), T0 + 2 * FIVE_MS, 3.0),
+            (cpu("b"), T0 + FIVE_MS, 4.0),
+        ]);
+        let mut moved = pts.clone();
+        let end = T0 + 400 * DAY_MS + 37_123;
+        let shift = moved.retime(end);
+        assert_eq!(shift, (T0 + 400 * DAY_MS) - FIVE_MS - (T0 + 2 * FIVE_MS));
+        for (a, b) in pts.points.iter().zip(&moved.points) {
+            assert_eq!((a.0, a.1 + shift, a.2), *b);
+        }
+        let mut h = History::default();
+        assert_eq!(
+            h.import(&moved, end, 14 * DAY_MS),
+            4,
+            "nothing in the future"
+        );
+        let mut none = ImportBatch {
+            series: vec![],
+            points: vec![],
+        };
+        assert_eq!(none.retime(end), 0);
     }
 
     fn resolve(d: &str) -> Option<Resolved> {

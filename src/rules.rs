@@ -117,6 +117,17 @@ pub enum Note {
         at: Millis,
         acts_from: Millis,
     },
+    /// No crossing within `horizon`; the forecast's day ahead has one at
+    /// `at`: the condition will hold from `acts_from`, unless the forecast
+    /// changes.
+    NextCrossing {
+        at: Millis,
+        acts_from: Millis,
+    },
+    /// No crossing anywhere in the forecast's day ahead.
+    NoCrossingAhead {
+        until: Millis,
+    },
     /// This metric cannot have samples for this domain (or host): false, not unknown.
     NotMeasured(&'static str),
     /// True, but not yet for the condition's `for` duration.
@@ -150,6 +161,14 @@ impl Note {
                 rfc3339(*at),
                 rfc3339(*acts_from)
             ),
+            Note::NextCrossing { at, acts_from } => format!(
+                "next forecast crossing at {}: holds from {}",
+                rfc3339(*at),
+                rfc3339(*acts_from)
+            ),
+            Note::NoCrossingAhead { until } => {
+                format!("no crossing forecast until {}", rfc3339(*until))
+            }
             Note::NotMeasured(why) => format!("never measured here: {why}"),
             Note::NotLongEnough { held_ms } => {
                 format!("true for {held_ms} ms, not yet long enough")
@@ -404,9 +423,28 @@ fn forecast_value(c: &Condition, m: Metric, inp: &Inputs<'_>, worn: bool) -> For
                 None => none(Note::ForecastStale),
                 Some(o) => ForecastEval {
                     value: Some(o.extreme),
-                    note: o.crossing.map(|at| Note::Predicted {
-                        at,
-                        acts_from: at - lead,
+                    note: Some(match o.crossing {
+                        Some(at) => Note::Predicted {
+                            at,
+                            acts_from: at - lead,
+                        },
+                        // none in the window: when, further in the day ahead
+                        None => {
+                            let end = fit
+                                .points
+                                .last()
+                                .map_or(inp.now, |p| p.t + crate::forecast::STEP_MS);
+                            match fit
+                                .outlook(inp.now, end, c.bound, above, |v| c.comparison.holds(v))
+                                .and_then(|o| o.crossing)
+                            {
+                                Some(at) => Note::NextCrossing {
+                                    at,
+                                    acts_from: at - lead,
+                                },
+                                None => Note::NoCrossingAhead { until: end },
+                            }
+                        }
                     }),
                     live: keeps,
                     predicted: o.crossing.is_some_and(|at| at - lead <= inp.now),

@@ -325,6 +325,8 @@ fn imports_at_scale_survive_kill9_and_bad_csvs_are_refused_whole() {
     bad.push_str("yesterday,web-1,cpu,5\n");
     bad.push_str(&format!("{},nope-9,cpu,5\n", end / 1000 - 60));
     bad.push_str(&format!("{},web-1,cpu,-1\n", end / 1000 - 60));
+    bad.push_str(&format!("{},web-1,cpu,NaN\n", end / 1000 - 60));
+    bad.push_str(&format!("{},web-1,cpu,inf\n", end / 1000 - 60));
     let lines = bad.lines().count();
     match import(&d, &bad) {
         Err(client::ClientError::Api {
@@ -332,10 +334,11 @@ fn imports_at_scale_survive_kill9_and_bad_csvs_are_refused_whole() {
             message,
         }) => {
             assert!(
-                message.starts_with("3 bad line(s); nothing was imported"),
+                message.starts_with("5 bad line(s); nothing was imported"),
                 "{message}"
             );
-            for n in [lines - 2, lines - 1, lines] {
+            assert!(message.contains("value 'NaN'"), "{message}");
+            for n in [lines - 4, lines - 3, lines - 2, lines - 1, lines] {
                 assert!(
                     message.contains(&format!("line {n}:")),
                     "line {n}: {message}"
@@ -345,10 +348,24 @@ fn imports_at_scale_survive_kill9_and_bad_csvs_are_refused_whole() {
         }
         other => panic!("expected a 400: {other:?}"),
     }
+    // a re-timing the daemon cannot do is refused, nothing imported
+    match client::request_with_type(
+        &d.socket,
+        "POST",
+        "/v1/history/import?retime=yesterday",
+        csv(&["web-1"], end, 3).as_bytes(),
+        "text/csv",
+    ) {
+        Err(client::ClientError::Api {
+            status: 400,
+            message,
+        }) => assert!(message.starts_with("retime: 'yesterday'"), "{message}"),
+        other => panic!("expected a 400: {other:?}"),
+    }
     let f = too_little_history(&d);
     assert!(
         f.contains("0.0 h recorded"),
-        "nothing of the refused file was kept: {f}"
+        "nothing of the refused files was kept: {f}"
     );
 
     // a good import of web-1, then kill -9: the history is on disk

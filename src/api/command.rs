@@ -78,6 +78,9 @@ pub enum Command {
     /// forecast worker, not by `exec`.
     ImportHistory {
         batch: crate::history::ImportBatch,
+        /// Shift every time by one amount so the newest row ends now
+        /// (`?retime=now`): a trace from elsewhere, as if it had just happened.
+        retime: bool,
     },
     /// Every host of the cluster (answered by the loop with the gossip view).
     Cluster,

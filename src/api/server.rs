@@ -382,8 +382,10 @@ async fn forecast(
 async fn import_history(
     State(s): State<AppState>,
     headers: HeaderMap,
+    q: Q,
     body: axum::body::Body,
 ) -> Response {
+    let retime = query(&q, "retime").map(str::to_string);
     if let Err(e) = decode::import_type(content_type(&headers)) {
         return ApiError::from(e).into_response();
     }
@@ -420,7 +422,11 @@ async fn import_history(
     };
     let names = s.shared.names();
     let limits = s.shared.import_limits;
-    match tokio::task::spawn_blocking(move || decode::import(&bytes, &names, &limits)).await {
+    match tokio::task::spawn_blocking(move || {
+        decode::import(&bytes, retime.as_deref(), &names, &limits)
+    })
+    .await
+    {
         Ok(Ok(cmd)) => ask(&s, cmd).await,
         Ok(Err(e)) => ApiError::from(e).into_response(),
         Err(e) => ApiError(

@@ -182,11 +182,16 @@ enum Command {
     },
     /// Seed metric history from a CSV file (`-` = standard input) with the
     /// header `timestamp,domain,metric,value`: RFC 3339 or Unix seconds, a
-    /// domain name or UUID (empty for host metrics). A bad line refuses the
-    /// whole file, naming every bad line.
+    /// domain name or UUID (empty for host metrics). Any step from a minute
+    /// to an hour. A bad line refuses the whole file, naming every bad line.
     HistoryImport {
         #[arg(value_name = "FILE")]
         file: PathBuf,
+        /// Shift every timestamp by one amount so that the newest row ends
+        /// now: a trace recorded elsewhere (or the shipped
+        /// fixtures/history/test-host-14d.csv) as if it had just happened.
+        #[arg(long)]
+        retime: bool,
     },
 }
 
@@ -339,7 +344,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             metric,
             horizon,
         } => forecast(&cli, domain, metric, *horizon),
-        Command::HistoryImport { file } => history_import(&cli, file),
+        Command::HistoryImport { file, retime } => history_import(&cli, file, *retime),
         Command::ClusterStatus => cluster_status(&cli),
         Command::GossipKeygen { file } => gossip_keygen(file),
     }
@@ -1012,7 +1017,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn history_import(cli: &Cli, file: &std::path::Path) -> anyhow::Result<ExitCode> {
+fn history_import(cli: &Cli, file: &std::path::Path, retime: bool) -> anyhow::Result<ExitCode> {
     let body = if file.as_os_str() == "-" {
         let mut b = Vec::new();
         std::io::Read::read_to_end(&mut std::io::stdin(), &mut b)
@@ -1021,9 +1026,17 @@ fn history_import(cli: &Cli, file: &std::path::Path) -> anyhow::Result<ExitCode>
     } else {
         std::fs::read(file).with_context(|| format!("reading {}", file.display()))?
     };
-    let v =
-        client::request_with_type(&cli.socket, "POST", "/v1/history/import", &body, "text/csv")?;
+    let path = if retime {
+        "/v1/history/import?retime=now"
+    } else {
+        "/v1/history/import"
+    };
+    let v = client::request_with_type(&cli.socket, "POST", path, &body, "text/csv")?;
     print_or(cli, &v, || {
+        if let Some(ms) = v["retimed_by_ms"].as_i64() {
+            let days = ms as f64 / 86_400_000.0;
+            println!("Re-timed by {days:+.2} days: the newest row now ends at the daemon's now");
+        }
         println!(
             "Imported {} point(s) into {} series{}; {}",
             text(&v["imported"]),

@@ -228,6 +228,7 @@ impl Gossip {
 fn import_history(
     worker: &virt_persona::forecaster::Supervised,
     batch: virt_persona::history::ImportBatch,
+    retimed_by: Option<i64>,
     reply: tokio::sync::oneshot::Sender<Reply>,
 ) {
     // the reply goes out once: from the worker, or here when it is busy
@@ -248,6 +249,7 @@ fn import_history(
                     "skipped_outside_retention": report.rows - report.kept,
                     "series": report.series,
                     "refitted": report.refitted,
+                    "retimed_by_ms": retimed_by,
                 })),
                 Err(e) => Reply::Err {
                     status: e.status,
@@ -713,8 +715,9 @@ fn run(
                 }
                 if let Ok(env) = env {
                     let env = match env.command {
-                        Command::ImportHistory { batch } => {
-                            import_history(&worker, batch, env.reply);
+                        Command::ImportHistory { mut batch, retime } => {
+                            let shift = retime.then(|| batch.retime(now_ms()));
+                            import_history(&worker, batch, shift, env.reply);
                             continue;
                         }
                         command => Envelope { command, reply: env.reply },

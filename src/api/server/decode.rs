@@ -236,10 +236,24 @@ pub fn import_type(content_type: &str) -> Result<(), HttpError> {
 /// domain not here) and the limits. Run off the loop's thread.
 pub fn import(
     body: &[u8],
+    retime: Option<&str>,
     names: &std::collections::HashMap<String, String>,
     limits: &crate::history::ImportLimits,
 ) -> Result<Command, HttpError> {
     use crate::history::{ImportError, Resolved};
+    let retime = match retime {
+        None | Some("") => false,
+        Some("now") => true,
+        Some(other) => {
+            return Err((
+                400,
+                format!(
+                    "retime: '{}' is not 'now' (the only end an import can be re-timed to)",
+                    crate::api::printable(other)
+                ),
+            ))
+        }
+    };
     let csv = std::str::from_utf8(body).map_err(|e| {
         (
             400,
@@ -257,7 +271,7 @@ pub fn import(
         }),
     };
     match crate::history::parse_csv(csv, resolve, limits) {
-        Ok(batch) => Ok(Command::ImportHistory { batch }),
+        Ok(batch) => Ok(Command::ImportHistory { batch, retime }),
         Err(e @ ImportError::Limit(_)) => Err((413, e.to_string())),
         Err(e) => Err((400, e.to_string())),
     }
