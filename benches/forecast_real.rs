@@ -235,8 +235,8 @@ fn main() {
                 || f.to_string_lossy().contains("occupancy")
         });
     }
-    let (mut ours, mut yesterday, mut week, mut slot) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut ours, mut upper, mut yesterday, mut week, mut slot) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut models = std::collections::BTreeMap::<String, usize>::new();
     let mut coarse_bias: Vec<Vec<f64>> = vec![Vec::new(); COARSER.len()];
     let cpu0 = cpu_seconds();
@@ -320,6 +320,8 @@ fn main() {
             };
             let (pv, lo, hi) = (pick(|p| p.value), pick(|p| p.lower), pick(|p| p.upper));
             let s = score(&pv, Some((&lo, &hi)), &truth, naive_mae, p90);
+            // a condition with `bound = "upper"` reads the band's upper edge
+            upper.push(score(&hi, None, &truth, naive_mae, p90));
             println!(
                 "{name:<32} {} relMAE {:.2} (last week {:.2}, 7-day slot mean {:.2}) coverage {:>3.0} % width {:.2}x peak {} model: {}",
                 virt_persona::api::rfc3339(cut),
@@ -344,6 +346,7 @@ fn main() {
     }
     println!();
     summary("virt-persona forecast", &ours);
+    summary("its band's upper edge", &upper);
     summary("same time yesterday", &yesterday);
     summary("same time last week", &week);
     summary("7-day slot mean", &slot);
