@@ -1,7 +1,7 @@
 //! Fuzzes the history import (`POST /v1/history/import`): the body decoder
 //! and the CSV reader. Any bytes give points or errors that name their line,
 //! never a panic; points that come out are finite, non-negative, and feed
-//! the history without a panic either.
+//! the history without a panic either, also re-timed to end now.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -14,7 +14,12 @@ fuzz_target!(|data: &[u8]| {
         series: 8,
         foreign_domains: 2,
     };
-    let _ = decode::import(data, &Default::default(), &limits);
+    let retime = match data.first() {
+        Some(b) if b % 3 == 0 => Some("now"),
+        Some(b) if b % 3 == 1 => Some("yesterday"),
+        _ => None,
+    };
+    let _ = decode::import(data, retime, &Default::default(), &limits);
     let text = String::from_utf8_lossy(data);
     let resolve = |d: &str| match d.len() {
         0..=8 => Some(Resolved::Here(d.to_string())),
@@ -29,6 +34,10 @@ fuzz_target!(|data: &[u8]| {
             assert!(batch.rows() <= limits.rows && batch.series.len() <= limits.series);
             let mut h = History::default();
             h.import(&batch, 1_800_000_000_000, 14 * 86_400_000);
+            // re-timed to end now: still imports without a panic
+            let mut moved = batch.clone();
+            moved.retime(1_800_000_000_000);
+            h.import(&moved, 1_800_000_000_000, 14 * 86_400_000);
             h.compact(1_800_000_000_000, 14 * 86_400_000);
             let _ = h.take_changes();
         }
