@@ -245,6 +245,13 @@ impl CandidateResult {
                 "threshold": c.threshold,
                 "result": c.result,
                 "note": c.note.map(|n| n.text()),
+                // what `value` is: the extreme of the forecast over the
+                // condition's window, or the value now
+                "value_is": match (c.note, when.get(c.condition).map(|w| w.comparison)) {
+                    (Some(Note::Predicted { .. } | Note::NextCrossing { .. } | Note::NoCrossingAhead { .. }), Some(Comparison::Below(_))) => "forecast_min",
+                    (Some(Note::Predicted { .. } | Note::NextCrossing { .. } | Note::NoCrossingAhead { .. }), _) => "forecast_max",
+                    _ => "now",
+                },
             })).collect::<Vec<_>>(),
         })
     }

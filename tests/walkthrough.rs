@@ -87,7 +87,7 @@ fn expected(cmd: &str) -> &'static [&'static str] {
         // and one of the forecast's notes, below
         "virt-persona persona-explain web-2" => &[
             "web-morning-rush (priority 110): does not hold",
-            "[no ] forecast cpu > 70 within 10m (+5m lead)",
+            "[no ] forecast cpu > 70 within 10m (+5m lead): forecast peak",
         ],
         other => panic!("the README walk-through has a command this test does not know: {other}"),
     }

@@ -723,7 +723,15 @@ fn persona_explain(cli: &Cli, domain: &str) -> anyhow::Result<ExitCode> {
                     .as_str()
                     .map(|n| format!("  ({n})"))
                     .unwrap_or_default();
-                println!("    [{mark}] {}: now {value}{note}", text(&k["condition"]));
+                let label = match k["value_is"].as_str() {
+                    Some("forecast_max") => "forecast peak",
+                    Some("forecast_min") => "forecast low",
+                    _ => "now",
+                };
+                println!(
+                    "    [{mark}] {}: {label} {value}{note}",
+                    text(&k["condition"])
+                );
             }
         }
         for k in v["skipped"].as_array().into_iter().flatten() {
