@@ -211,7 +211,7 @@ fn real(nodes: usize, changes: usize) {
         v["hosts"].as_array().is_some_and(|h| {
             h.len() == nodes
                 && h.iter().all(|x| {
-                    x["alive"] == "alive" && x["domains"].as_array().is_some_and(|d| d.len() == 50)
+                    x["alive"] == true && x["domains"].as_array().is_some_and(|d| d.len() == 50)
                 })
         })
     };

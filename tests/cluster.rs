@@ -104,10 +104,10 @@ fn states(d: &Daemon) -> Vec<(String, String)> {
         .unwrap()
         .iter()
         .map(|h| {
-            (
-                h["name"].as_str().unwrap().to_string(),
-                h["alive"].as_str().unwrap().to_string(),
-            )
+            let state = h["state"].as_str().unwrap().to_string();
+            // `alive` is a boolean a script can test, and agrees with `state`
+            assert_eq!(h["alive"].as_bool(), Some(state == "alive"), "{h}");
+            (h["name"].as_str().unwrap().to_string(), state)
         })
         .collect()
 }

@@ -1327,7 +1327,7 @@ fn cluster_status(cli: &Cli) -> anyhow::Result<ExitCode> {
                 let worn = domains.iter().filter(|d| d["persona"].is_string()).count();
                 vec![
                     name,
-                    text(&h["alive"]),
+                    text(&h["state"]),
                     text(&h["last_seen"]),
                     text(&h["version"]),
                     digest,

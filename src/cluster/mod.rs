@@ -27,7 +27,7 @@ pub fn view(i: &node::Inner, now: Millis) -> Value {
         let summary = n.summary.as_ref().map(|s| &s.1);
         let me = *name == i.me;
         let member = summary.and_then(|s| i.members.values().find(|m| m.addr == s.addr));
-        let alive = if me {
+        let state = if me {
             "alive"
         } else {
             member.map(|m| m.state).unwrap_or("unknown")
@@ -60,7 +60,9 @@ pub fn view(i: &node::Inner, now: Millis) -> Value {
         hosts.push(json!({
             "name": name,
             "me": me,
-            "alive": alive,
+            // a boolean for scripts (SPEC §8); the member state beside it
+            "alive": state == "alive",
+            "state": state,
             "addr": summary.map(|s| s.addr.clone()),
             "last_seen": if me {
                 rfc3339(now)
