@@ -300,6 +300,7 @@ fn tick_with_refit(dir: &std::path::Path) {
         let (rtx, rrx) = std::sync::mpsc::channel();
         tx.send(ToWorker::Import {
             batch,
+            retime: false,
             reply: Box::new(move |r| {
                 let _ = rtx.send(r);
             }),

@@ -282,11 +282,12 @@ fn main() {
             }
             *models.entry(fitted.model.name()).or_default() += 1;
             let hist = means(&trace, from, 14 * 96);
-            let p90 = {
-                let mut v: Vec<f64> = hist.iter().copied().filter(|x| x.is_finite()).collect();
-                v.sort_by(f64::total_cmp);
-                v.get(v.len() * 9 / 10).copied().unwrap_or(f64::NAN)
-            };
+            // the threshold the daemon's own record judges peaks by
+            let p90 = virt_persona::issued::p90(&virt_persona::forecast::Series {
+                start: from,
+                values: hist.clone(),
+            })
+            .unwrap_or(f64::NAN);
             let at = |d: i64, i: usize| {
                 hist.get((hist.len() as i64 - d * 96 + i as i64) as usize)
                     .copied()

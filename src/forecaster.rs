@@ -33,6 +33,10 @@ pub enum ToWorker {
     /// Imported history, already checked: applied whole, then the reply.
     Import {
         batch: crate::history::ImportBatch,
+        /// Shifted first so that its newest row ends at the worker's now
+        /// (`?retime=now`; done here, off the control loop: it reads every
+        /// point).
+        retime: bool,
         reply: Box<dyn FnOnce(Result<ImportReport, ImportRefused>) + Send>,
     },
     /// Writes what is open and ends the thread.
@@ -72,6 +76,8 @@ pub struct ImportReport {
     pub series: usize,
     /// Forecasts of these series fitted again before the answer.
     pub refitted: usize,
+    /// The shift applied to every time when re-timed, in ms.
+    pub retimed_by_ms: Option<Millis>,
 }
 
 /// Why the worker did not import: an HTTP status and the message.
@@ -184,7 +190,11 @@ impl Worker {
                 }
                 self.wanted = set;
             }
-            ToWorker::Import { batch, reply } => {
+            ToWorker::Import {
+                mut batch,
+                retime,
+                reply,
+            } => {
                 let rows = batch.rows();
                 let n_series = batch.series.len();
                 let new = batch.series.iter().filter(|k| !self.history.has(k)).count();
@@ -199,6 +209,7 @@ impl Worker {
                     }));
                     return true;
                 }
+                let retimed_by_ms = retime.then(|| batch.retime(now));
                 let kept = self.history.import(&batch, now, self.cfg.retention);
                 drop(batch.points);
                 self.cfg.series.store(
@@ -225,6 +236,7 @@ impl Worker {
                             kept,
                             series: n_series,
                             refitted,
+                            retimed_by_ms,
                         }));
                     }
                     Err(e) => {
@@ -492,6 +504,22 @@ mod tests {
     use crate::model::persona::Metric;
     use std::sync::atomic::{AtomicI64, Ordering};
 
+    /// Hands `batch` to the worker as the daemon does and returns its answer.
+    pub(super) fn import_into(
+        w: &mut Worker,
+        batch: crate::history::ImportBatch,
+    ) -> Result<ImportReport, ImportRefused> {
+        let (rtx, rrx) = std::sync::mpsc::channel();
+        w.handle(ToWorker::Import {
+            batch,
+            retime: false,
+            reply: Box::new(move |r| {
+                let _ = rtx.send(r);
+            }),
+        });
+        rrx.recv().expect("an answer")
+    }
+
     fn config(dir: &std::path::Path, now: &Arc<AtomicI64>) -> WorkerConfig {
         let now = now.clone();
         WorkerConfig {
@@ -599,14 +627,7 @@ mod tests {
                 .map(|(i, v)| (0, s.start + i as Millis * STEP_MS, *v))
                 .collect(),
         };
-        let (rtx, rrx) = std::sync::mpsc::channel();
-        w.handle(ToWorker::Import {
-            batch,
-            reply: Box::new(move |r| {
-                let _ = rtx.send(r);
-            }),
-        });
-        let report = rrx.recv().unwrap().unwrap();
+        let report = import_into(&mut w, batch).unwrap();
         assert_eq!(report.series, 1);
         assert!(report.kept >= report.rows - 1, "{report:?}");
         // on disk before the reply (read through the worker's own handle)
@@ -652,14 +673,7 @@ mod tests {
                     .map(|i| (0, t0 + i as Millis * STEP_MS, all.values[i]))
                     .collect(),
             };
-            let (rtx, rrx) = std::sync::mpsc::channel();
-            w.handle(ToWorker::Import {
-                batch,
-                reply: Box::new(move |r| {
-                    let _ = rtx.send(r);
-                }),
-            });
-            rrx.recv().unwrap().unwrap()
+            import_into(w, batch).unwrap()
         };
         let last_fit = |rx: &crossbeam_channel::Receiver<FitNews>| -> Arc<crate::forecast::Fit> {
             match rx.try_iter().last().and_then(|n| n.state) {
@@ -733,14 +747,7 @@ mod limit_tests {
                     .map(|i| (i, now - 600_000, 5.0))
                     .collect(),
             };
-            let (rtx, rrx) = std::sync::mpsc::channel();
-            w.handle(ToWorker::Import {
-                batch,
-                reply: Box::new(move |r| {
-                    let _ = rtx.send(r);
-                }),
-            });
-            rrx.recv().unwrap()
+            super::tests::import_into(w, batch)
         };
         assert_eq!(import(&mut w, &["a", "b"]).unwrap().series, 2);
         assert_eq!(gauge.load(std::sync::atomic::Ordering::Relaxed), 2);

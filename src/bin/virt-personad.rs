@@ -228,7 +228,7 @@ impl Gossip {
 fn import_history(
     worker: &virt_persona::forecaster::Supervised,
     batch: virt_persona::history::ImportBatch,
-    retimed_by: Option<i64>,
+    retime: bool,
     reply: tokio::sync::oneshot::Sender<Reply>,
 ) {
     // the reply goes out once: from the worker, or here when it is busy
@@ -249,7 +249,7 @@ fn import_history(
                     "skipped_outside_retention": report.rows - report.kept,
                     "series": report.series,
                     "refitted": report.refitted,
-                    "retimed_by_ms": retimed_by,
+                    "retimed_by_ms": report.retimed_by_ms,
                 })),
                 Err(e) => Reply::Err {
                     status: e.status,
@@ -260,6 +260,7 @@ fn import_history(
     );
     let msg = ToWorker::Import {
         batch,
+        retime,
         reply: answer,
     };
     let sent = if worker_busy_for_tests() {
@@ -715,9 +716,8 @@ fn run(
                 }
                 if let Ok(env) = env {
                     let env = match env.command {
-                        Command::ImportHistory { mut batch, retime } => {
-                            let shift = retime.then(|| batch.retime(now_ms()));
-                            import_history(&worker, batch, shift, env.reply);
+                        Command::ImportHistory { batch, retime } => {
+                            import_history(&worker, batch, retime, env.reply);
                             continue;
                         }
                         command => Envelope { command, reply: env.reply },
