@@ -1094,6 +1094,20 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                 reason: entry.unsupported[&c.knob].clone(),
             })
             .collect();
+        // a knob whose current value this host does not report has no original
+        // to go back to: changing it would leave it behind on revert
+        let (changes, unreadable): (Vec<Change>, Vec<Change>) =
+            changes.into_iter().partition(|c| {
+                baseline.get(&c.knob).is_some() || current.get_or_absent(&c.knob).is_some()
+            });
+        skipped.extend(unreadable.iter().map(|c| Skipped {
+            knob: c.knob.to_string(),
+            reason: if c.knob.row().is_some_and(|r| r.iothreads) {
+                "the domain has no iothreads (<iothreads> in its definition): nothing to cap".into()
+            } else {
+                "libvirt does not report its current value on this host, so it could not be put back: not changed".into()
+            },
+        }));
         let reason = match (changed, &decision.reason) {
             (false, _) => "drift",
             (true, Reason::Manual) => "manual",

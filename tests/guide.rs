@@ -73,6 +73,26 @@ fn every_key_and_metric_of_the_validator_is_in_the_guide() {
     assert!(seen > 60, "{seen} names checked");
 }
 
+/// The guide states each knob's range as the knob table has it (the validator
+/// and the check before libvirt take theirs from the same row).
+#[test]
+fn every_knob_of_the_table_is_in_the_guide_with_its_range() {
+    let guide = guide();
+    for row in virt_persona::model::tuning::ROWS {
+        let line = guide
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{}` |", row.key)))
+            .unwrap_or_else(|| panic!("docs/personas.md has no table line for `{}`", row.key));
+        let range = row.input.range_text();
+        assert!(
+            line.contains(&range),
+            "docs/personas.md: `{}` does not state its range {range}: {line}",
+            row.key
+        );
+    }
+    assert!(virt_persona::model::tuning::ROWS.len() >= 14);
+}
+
 #[test]
 fn every_example_in_the_guide_is_a_valid_persona() {
     let guide = guide();

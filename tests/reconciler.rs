@@ -426,6 +426,53 @@ fn an_unsupported_knob_is_skipped_remembered_and_learned_again() {
     assert!(rig.r.statuses()[0].skipped.is_empty());
 }
 
+/// A knob whose current value the host does not report (libvirt lists no such
+/// parameter for this domain) has no original to go back to: it is skipped
+/// and named, never changed, so a revert cannot leave it behind.
+#[test]
+fn a_knob_without_a_readable_original_is_skipped_not_changed() {
+    let mut rig = Rig::new(MemoryStore::default());
+    rig.r.set_personas(vec![persona(
+        r#"
+id = "hot"
+priority = 10
+[activation]
+cooldown = "3s"
+[[activation.when]]
+metric = "cpu"
+above = 50
+[tuning]
+cpu_shares = 4096
+emulator_quota = "20ms"
+"#,
+    )]);
+    // original() has no emulator_quota: the fake reads none
+    rig.second(1.0);
+    assert_eq!(rig.worn().as_deref(), Some("hot"));
+    let t = rig.tuning();
+    assert_eq!((t.cpu_shares, t.emulator_quota), (Some(4096), None));
+    assert_eq!(
+        applies_of(&rig.hv, &Knob::EmulatorQuota),
+        0,
+        "never written"
+    );
+    let st = &rig.r.statuses()[0];
+    assert_eq!(st.skipped.len(), 1, "{:?}", st.skipped);
+    assert_eq!(st.skipped[0].knob, "emulator_quota");
+    assert!(
+        st.skipped[0]
+            .reason
+            .contains("does not report its current value"),
+        "{}",
+        st.skipped[0].reason
+    );
+    for _ in 0..5 {
+        rig.second(0.0);
+    }
+    assert_eq!(rig.worn(), None);
+    assert_eq!(rig.tuning(), original(), "exactly back");
+}
+
 /// `required = [...]`: a persona whose essential knob is unsupported here is not
 /// worn (visibly: refused, with the reason); the next persona in priority is.
 #[test]

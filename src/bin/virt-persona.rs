@@ -625,23 +625,18 @@ fn print_tuning(t: &serde_json::Value) {
             line(&format!("vcpupin {vcpu}:"), text(set));
         }
     }
-    for (key, label) in [
-        ("emulator_pin", "emulatorpin:"),
-        ("cpu_shares", "cpu_shares:"),
-        ("vcpu_period", "vcpu_period (us):"),
-        ("vcpu_quota", "vcpu_quota (us):"),
-        ("memory_hard_limit", "hard_limit (KiB):"),
-        ("memory_soft_limit", "soft_limit (KiB):"),
-        ("memory_swap_hard_limit", "swap_hard_limit (KiB):"),
-        ("blkio_weight", "blkio weight:"),
-    ] {
-        if !t[key].is_null() {
-            let v = if t[key].as_u64() == Some(virt_persona::model::tuning::MEMORY_UNLIMITED_KIB) {
+    // the knob table's rows, labelled as virsh names them
+    for row in virt_persona::model::tuning::ROWS {
+        let v = &t[row.key];
+        if !v.is_null() {
+            let shown = if row.input == virt_persona::model::knobs::Input::Memory
+                && v.as_u64() == Some(virt_persona::model::tuning::MEMORY_UNLIMITED_KIB)
+            {
                 "unlimited".to_string()
             } else {
-                text(&t[key])
+                text(v)
             };
-            line(label, v);
+            line(&format!("{}:", row.label), shown);
         }
     }
     // per device as virsh blkiotune prints them: device_read_iops_sec: /dev/sda,2000

@@ -220,6 +220,14 @@ impl Hypervisor for FakeHypervisor {
         g.maybe_crash(&format!("applying {change}"));
         g.calls
             .push(Call::Apply(domain.to_string(), change.clone()));
+        // as the real adapter: a value outside its knob's range never gets further
+        if let Err(reason) = super::check_value(change) {
+            return Err(HypervisorError::Invalid {
+                domain: domain.to_string(),
+                knob: change.knob.to_string(),
+                reason,
+            });
+        }
         if let Some(pos) = g
             .fail
             .iter()

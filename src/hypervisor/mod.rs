@@ -302,28 +302,22 @@ pub trait Hypervisor: Send + Sync {
 
 /// Checks a value against libvirt's documented range for its knob, before it
 /// reaches libvirt (some drivers accept nonsense silently). Returns the reason.
+/// The range of a domain-wide knob is its row's ([`crate::model::knobs::Input::check`]).
 pub fn check_value(change: &Change) -> std::result::Result<(), String> {
+    use crate::model::knobs::{Input, Refusal};
     use crate::model::tuning::{BlkioField, KnobValue};
+    let refused = |r: Refusal| match r {
+        Refusal::WrongType => format!(
+            "value '{}' has the wrong type for {}",
+            change.value, change.knob
+        ),
+        Refusal::Range(reason) => reason,
+    };
+    if let Some(row) = change.knob.row() {
+        return row.input.check(&change.value).map_err(refused);
+    }
     match (&change.knob, &change.value) {
-        (Knob::VcpuPin { .. } | Knob::EmulatorPin, KnobValue::CpuSet(s)) if s.is_empty() => {
-            Err("an empty cpuset would stop the domain from running".into())
-        }
-        (Knob::VcpuPin { .. } | Knob::EmulatorPin, KnobValue::CpuSet(_)) => Ok(()),
-        (Knob::CpuShares, KnobValue::Unsigned(v)) if !(2..=262_144).contains(v) => {
-            Err(format!("{v} is out of range: expected 2..262144"))
-        }
-        (Knob::VcpuPeriod, KnobValue::Unsigned(v)) if !(1_000..=1_000_000).contains(v) => {
-            Err(format!("{v} µs is out of range: expected 1000..1000000 µs"))
-        }
-        (Knob::VcpuQuota, KnobValue::Signed(v)) if *v < 1_000 && *v != -1 => Err(format!(
-            "{v} µs is out of range: expected at least 1000 µs, or -1 for unlimited"
-        )),
-        (Knob::VcpuQuota, KnobValue::Signed(v)) if *v > 17_592_186_044_415 => Err(format!(
-            "{v} µs is out of range: expected at most 17592186044415 µs"
-        )),
-        (Knob::BlkioWeight, KnobValue::Unsigned(v)) if !(100..=1000).contains(v) => {
-            Err(format!("{v} is out of range: expected 100..1000"))
-        }
+        (Knob::VcpuPin { .. }, v @ KnobValue::CpuSet(_)) => Input::CpuSet.check(v).map_err(refused),
         (
             Knob::BlkioDevice {
                 field: BlkioField::Weight,
@@ -333,17 +327,7 @@ pub fn check_value(change: &Change) -> std::result::Result<(), String> {
         ) if *v != 0 && !(100..=1000).contains(v) => Err(format!(
             "{v} is out of range: expected 100..1000, or 0 to remove"
         )),
-        (
-            Knob::CpuShares
-            | Knob::VcpuPeriod
-            | Knob::MemoryHardLimit
-            | Knob::MemorySoftLimit
-            | Knob::MemorySwapHardLimit
-            | Knob::BlkioWeight
-            | Knob::BlkioDevice { .. },
-            KnobValue::Unsigned(_),
-        )
-        | (Knob::VcpuQuota, KnobValue::Signed(_))
+        (Knob::BlkioDevice { .. }, KnobValue::Unsigned(_))
         | (Knob::Interface { .. }, KnobValue::Bandwidth(_)) => Ok(()),
         (knob, value) => Err(format!("value '{value}' has the wrong type for {knob}")),
     }

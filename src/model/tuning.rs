@@ -11,6 +11,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use super::knobs::{Family, Input, Row, ScalarValue};
 use crate::units::CpuSet;
 
 /// libvirt's "no limit" for memory parameters (VIR_DOMAIN_MEMORY_PARAM_UNLIMITED), in KiB.
@@ -45,29 +46,6 @@ pub struct Bandwidth {
 pub struct InterfaceTuning {
     pub inbound: Option<Bandwidth>,
     pub outbound: Option<Bandwidth>,
-}
-
-/// The tuning of one domain: every knob virt-persona reads or sets.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Tuning {
-    /// vCPU number -> host CPUs it may run on.
-    pub vcpu_pin: BTreeMap<u32, CpuSet>,
-    pub emulator_pin: Option<CpuSet>,
-    pub cpu_shares: Option<u64>,
-    /// Microseconds.
-    pub vcpu_period: Option<u64>,
-    /// Microseconds; negative means unlimited.
-    pub vcpu_quota: Option<i64>,
-    /// KiB; [`MEMORY_UNLIMITED_KIB`] means unlimited.
-    pub memory_hard_limit: Option<u64>,
-    pub memory_soft_limit: Option<u64>,
-    pub memory_swap_hard_limit: Option<u64>,
-    pub blkio_weight: Option<u32>,
-    /// Host block device path -> limits.
-    pub blkio_devices: BTreeMap<String, BlkioDeviceTuning>,
-    /// Interface target device (vnet0) -> bandwidth.
-    pub interfaces: BTreeMap<String, InterfaceTuning>,
 }
 
 /// A field of a per-device blkio setting.
@@ -148,48 +126,117 @@ impl Direction {
     }
 }
 
-/// One tunable value of a domain.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(tag = "knob", rename_all = "snake_case")]
-pub enum Knob {
-    VcpuPin {
-        vcpu: u32,
-    },
-    EmulatorPin,
-    CpuShares,
-    VcpuPeriod,
-    VcpuQuota,
-    MemoryHardLimit,
-    MemorySoftLimit,
-    MemorySwapHardLimit,
-    BlkioWeight,
-    BlkioDevice {
-        path: String,
-        field: BlkioField,
-    },
-    /// The whole bandwidth of one direction of one interface (average, peak, burst).
-    Interface {
-        target: String,
-        direction: Direction,
-    },
+/// Expands the knob table ([`crate::knob_table!`]) into the model: the
+/// `Tuning` fields, the `Knob` variants and the per-row code of get/set/clear.
+macro_rules! define_tuning {
+    ($( $variant:ident $field:ident : $ty:ty { $($row:tt)* } )*) => {
+        /// The tuning of one domain: every knob virt-persona reads or sets.
+        /// The domain-wide knobs are the rows of the knob table
+        /// ([`crate::model::knobs`]); the maps hold the per-vCPU and per-device ones.
+        #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(default)]
+        pub struct Tuning {
+            /// vCPU number -> host CPUs it may run on.
+            pub vcpu_pin: BTreeMap<u32, CpuSet>,
+            $( pub $field: Option<$ty>, )*
+            /// Host block device path -> limits.
+            pub blkio_devices: BTreeMap<String, BlkioDeviceTuning>,
+            /// Interface target device (vnet0) -> bandwidth.
+            pub interfaces: BTreeMap<String, InterfaceTuning>,
+        }
+
+        /// One tunable value of a domain. Stored records name it by its tag
+        /// (`{"knob": "cpu_shares"}`): a row's key.
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(tag = "knob", rename_all = "snake_case")]
+        pub enum Knob {
+            VcpuPin {
+                vcpu: u32,
+            },
+            $( $variant, )*
+            BlkioDevice {
+                path: String,
+                field: BlkioField,
+            },
+            /// The whole bandwidth of one direction of one interface (average, peak, burst).
+            Interface {
+                target: String,
+                direction: Direction,
+            },
+        }
+
+        #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+        enum RowIndex { $( $variant, )* }
+
+        /// The rows of the knob table, in its order.
+        pub static ROWS: &[Row] = &[
+            $( Row { key: stringify!($field), kind: <$ty as ScalarValue>::KIND, $($row)* ..Row::BASE }, )*
+        ];
+
+        impl Knob {
+            /// The domain-wide knobs (the table's rows), in the table's order.
+            pub const SCALARS: &'static [Knob] = &[ $( Knob::$variant, )* ];
+
+            /// Every `[tuning]` key a knob comes from, as a persona file names it.
+            pub const KEYS: &'static [&'static str] = &[
+                "vcpu_pin",
+                $( stringify!($field), )*
+                "blkio_device",
+                "interface",
+            ];
+
+            /// The knob's row in the table; `None` for per-vCPU and per-device knobs.
+            pub fn row(&self) -> Option<&'static Row> {
+                match self {
+                    $( Knob::$variant => Some(&ROWS[RowIndex::$variant as usize]), )*
+                    _ => None,
+                }
+            }
+
+            /// The `[tuning]` key this knob comes from (`required` names these).
+            pub fn key(&self) -> &'static str {
+                match self {
+                    Knob::VcpuPin { .. } => "vcpu_pin",
+                    $( Knob::$variant => stringify!($field), )*
+                    Knob::BlkioDevice { .. } => "blkio_device",
+                    Knob::Interface { .. } => "interface",
+                }
+            }
+        }
+
+        impl Tuning {
+            fn get_row(&self, knob: &Knob) -> Option<KnobValue> {
+                match knob {
+                    $( Knob::$variant => self.$field.as_ref().map(ScalarValue::to_value), )*
+                    _ => None,
+                }
+            }
+            /// `false` when `knob` has no row.
+            fn set_row(&mut self, knob: &Knob, value: &KnobValue) -> bool {
+                match knob {
+                    $( Knob::$variant => {
+                        if let Some(v) = <$ty as ScalarValue>::from_value(value) {
+                            self.$field = Some(v);
+                        }
+                        true
+                    } )*
+                    _ => false,
+                }
+            }
+            /// `false` when `knob` has no row.
+            fn clear_row(&mut self, knob: &Knob) -> bool {
+                match knob {
+                    $( Knob::$variant => { self.$field = None; true } )*
+                    _ => false,
+                }
+            }
+        }
+    };
 }
 
-impl Knob {
-    /// Every `[tuning]` key a knob comes from, as a persona file names it.
-    pub const KEYS: [&'static str; 11] = [
-        "vcpu_pin",
-        "emulator_pin",
-        "cpu_shares",
-        "vcpu_period",
-        "vcpu_quota",
-        "memory_hard_limit",
-        "memory_soft_limit",
-        "memory_swap_hard_limit",
-        "blkio_weight",
-        "blkio_device",
-        "interface",
-    ];
+crate::knob_table!(define_tuning);
 
+impl Knob {
     /// The value that means "not set" for knobs that can be absent (a block
     /// device without a throttle, an interface without bandwidth): what an
     /// original that was absent is recorded and restored as, cleared the way
@@ -201,43 +248,19 @@ impl Knob {
             _ => None,
         }
     }
-
-    /// The `[tuning]` key this knob comes from (`required` names these).
-    pub fn key(&self) -> &'static str {
-        match self {
-            Knob::VcpuPin { .. } => "vcpu_pin",
-            Knob::EmulatorPin => "emulator_pin",
-            Knob::CpuShares => "cpu_shares",
-            Knob::VcpuPeriod => "vcpu_period",
-            Knob::VcpuQuota => "vcpu_quota",
-            Knob::MemoryHardLimit => "memory_hard_limit",
-            Knob::MemorySoftLimit => "memory_soft_limit",
-            Knob::MemorySwapHardLimit => "memory_swap_hard_limit",
-            Knob::BlkioWeight => "blkio_weight",
-            Knob::BlkioDevice { .. } => "blkio_device",
-            Knob::Interface { .. } => "interface",
-        }
-    }
 }
 
 impl fmt::Display for Knob {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Knob::VcpuPin { vcpu } => write!(f, "vcpu_pin[{vcpu}]"),
-            Knob::EmulatorPin => f.write_str("emulator_pin"),
-            Knob::CpuShares => f.write_str("cpu_shares"),
-            Knob::VcpuPeriod => f.write_str("vcpu_period"),
-            Knob::VcpuQuota => f.write_str("vcpu_quota"),
-            Knob::MemoryHardLimit => f.write_str("memory_hard_limit"),
-            Knob::MemorySoftLimit => f.write_str("memory_soft_limit"),
-            Knob::MemorySwapHardLimit => f.write_str("memory_swap_hard_limit"),
-            Knob::BlkioWeight => f.write_str("blkio_weight"),
             Knob::BlkioDevice { path, field } => {
                 write!(f, "blkio_device[{path}].{}", field.param())
             }
             Knob::Interface { target, direction } => {
                 write!(f, "interface[{target}].{}", direction.prefix())
             }
+            k => f.write_str(k.key()),
         }
     }
 }
@@ -317,14 +340,6 @@ impl Tuning {
     pub fn get(&self, knob: &Knob) -> Option<KnobValue> {
         match knob {
             Knob::VcpuPin { vcpu } => self.vcpu_pin.get(vcpu).cloned().map(KnobValue::CpuSet),
-            Knob::EmulatorPin => self.emulator_pin.clone().map(KnobValue::CpuSet),
-            Knob::CpuShares => self.cpu_shares.map(KnobValue::Unsigned),
-            Knob::VcpuPeriod => self.vcpu_period.map(KnobValue::Unsigned),
-            Knob::VcpuQuota => self.vcpu_quota.map(KnobValue::Signed),
-            Knob::MemoryHardLimit => self.memory_hard_limit.map(KnobValue::Unsigned),
-            Knob::MemorySoftLimit => self.memory_soft_limit.map(KnobValue::Unsigned),
-            Knob::MemorySwapHardLimit => self.memory_swap_hard_limit.map(KnobValue::Unsigned),
-            Knob::BlkioWeight => self.blkio_weight.map(|v| KnobValue::Unsigned(v.into())),
             Knob::BlkioDevice { path, field } => self
                 .blkio_devices
                 .get(path)
@@ -338,6 +353,7 @@ impl Tuning {
                     Direction::Outbound => i.outbound,
                 })
                 .map(KnobValue::Bandwidth),
+            row => self.get_row(row),
         }
     }
 
@@ -353,13 +369,7 @@ impl Tuning {
         for d in self.blkio_devices.values_mut() {
             for f in BlkioField::ALL {
                 if f.get(d) == Some(0) {
-                    match f {
-                        BlkioField::Weight => d.weight = None,
-                        BlkioField::ReadIops => d.read_iops = None,
-                        BlkioField::WriteIops => d.write_iops = None,
-                        BlkioField::ReadBytesPerSec => d.read_bytes_per_sec = None,
-                        BlkioField::WriteBytesPerSec => d.write_bytes_per_sec = None,
-                    }
+                    f.clear(d);
                 }
             }
         }
@@ -370,30 +380,12 @@ impl Tuning {
 
     /// Records a change as applied. A value of the wrong shape for the knob is ignored.
     pub fn set(&mut self, change: &Change) {
-        let v = &change.value;
-        let unsigned = || match v {
-            KnobValue::Unsigned(x) => Some(*x),
-            _ => None,
-        };
-        match (&change.knob, v) {
+        if self.set_row(&change.knob, &change.value) {
+            return;
+        }
+        match (&change.knob, &change.value) {
             (Knob::VcpuPin { vcpu }, KnobValue::CpuSet(c)) => {
                 self.vcpu_pin.insert(*vcpu, c.clone());
-            }
-            (Knob::EmulatorPin, KnobValue::CpuSet(c)) => self.emulator_pin = Some(c.clone()),
-            (Knob::CpuShares, _) => self.cpu_shares = unsigned().or(self.cpu_shares),
-            (Knob::VcpuPeriod, _) => self.vcpu_period = unsigned().or(self.vcpu_period),
-            (Knob::VcpuQuota, KnobValue::Signed(q)) => self.vcpu_quota = Some(*q),
-            (Knob::MemoryHardLimit, _) => {
-                self.memory_hard_limit = unsigned().or(self.memory_hard_limit)
-            }
-            (Knob::MemorySoftLimit, _) => {
-                self.memory_soft_limit = unsigned().or(self.memory_soft_limit)
-            }
-            (Knob::MemorySwapHardLimit, _) => {
-                self.memory_swap_hard_limit = unsigned().or(self.memory_swap_hard_limit)
-            }
-            (Knob::BlkioWeight, KnobValue::Unsigned(w)) => {
-                self.blkio_weight = Some(u32::try_from(*w).unwrap_or(u32::MAX))
             }
             (Knob::BlkioDevice { path, field }, KnobValue::Unsigned(x)) => {
                 field.set(self.blkio_devices.entry(path.clone()).or_default(), *x)
@@ -411,18 +403,13 @@ impl Tuning {
 
     /// Forgets the value of one knob (it reads as not set afterwards).
     pub fn clear(&mut self, knob: &Knob) {
+        if self.clear_row(knob) {
+            return;
+        }
         match knob {
             Knob::VcpuPin { vcpu } => {
                 self.vcpu_pin.remove(vcpu);
             }
-            Knob::EmulatorPin => self.emulator_pin = None,
-            Knob::CpuShares => self.cpu_shares = None,
-            Knob::VcpuPeriod => self.vcpu_period = None,
-            Knob::VcpuQuota => self.vcpu_quota = None,
-            Knob::MemoryHardLimit => self.memory_hard_limit = None,
-            Knob::MemorySoftLimit => self.memory_soft_limit = None,
-            Knob::MemorySwapHardLimit => self.memory_swap_hard_limit = None,
-            Knob::BlkioWeight => self.blkio_weight = None,
             Knob::BlkioDevice { path, field } => {
                 if let Some(d) = self.blkio_devices.get_mut(path) {
                     field.clear(d);
@@ -442,6 +429,7 @@ impl Tuning {
                     }
                 }
             }
+            _ => {}
         }
     }
 
@@ -456,17 +444,8 @@ impl Tuning {
         for vcpu in self.vcpu_pin.keys() {
             push(Knob::VcpuPin { vcpu: *vcpu });
         }
-        for k in [
-            Knob::EmulatorPin,
-            Knob::CpuShares,
-            Knob::VcpuPeriod,
-            Knob::VcpuQuota,
-            Knob::MemoryHardLimit,
-            Knob::MemorySoftLimit,
-            Knob::MemorySwapHardLimit,
-            Knob::BlkioWeight,
-        ] {
-            push(k);
+        for k in Knob::SCALARS {
+            push(k.clone());
         }
         for path in self.blkio_devices.keys() {
             for field in BlkioField::ALL {

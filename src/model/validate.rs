@@ -11,12 +11,16 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::knobs::{Input, Row, QUOTA_MAX_US, QUOTA_MIN_US};
 use super::line_col;
 use super::persona::{
     Activation, Agg, Comparison, Condition, Days, ForecastMode, Globs, Match, Metric, MetricUnit,
     Mode, Persona, Source, TuningSpec, VcpuSel, Window,
 };
-use super::tuning::{Bandwidth, BlkioDeviceTuning, InterfaceTuning, Knob, MEMORY_UNLIMITED_KIB};
+use super::tuning::{
+    Bandwidth, BlkioDeviceTuning, Change, InterfaceTuning, Knob, KnobValue, MEMORY_UNLIMITED_KIB,
+    ROWS,
+};
 use crate::units::{CpuSet, Duration, Rate, Size};
 
 /// What is wrong, one variant per rule. The message says what was expected.
@@ -82,8 +86,8 @@ pub enum Rule {
         value: String,
         range: String,
     },
-    #[error("memory limits must satisfy memory_soft_limit <= memory_hard_limit <= memory_swap_hard_limit: {0}")]
-    MemoryOrder(String),
+    #[error("memory limits must satisfy {order}: {detail}")]
+    NestOrder { order: String, detail: String },
     #[error("vcpu_pin: invalid vCPU '{0}': expected a vCPU number or \"*\"")]
     BadVcpu(String),
     #[error("blkio_device: path '{0}' must be an absolute path to a host block device")]
@@ -228,25 +232,33 @@ struct RawWhen {
     bound: Option<Spanned<String>>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTuning {
-    vcpu_pin: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
-    emulator_pin: Option<Spanned<String>>,
-    cpu_shares: Option<Spanned<i64>>,
-    vcpu_quota: Option<Spanned<NumOrStr>>,
-    vcpu_period: Option<Spanned<String>>,
-    memory_hard_limit: Option<Spanned<NumOrStr>>,
-    memory_soft_limit: Option<Spanned<NumOrStr>>,
-    memory_swap_hard_limit: Option<Spanned<NumOrStr>>,
-    blkio_weight: Option<Spanned<i64>>,
-    #[serde(default)]
-    blkio_device: Vec<Spanned<RawBlkioDevice>>,
-    #[serde(default)]
-    interface: Vec<Spanned<RawInterface>>,
-    #[serde(default)]
-    required: Vec<Spanned<String>>,
+/// `[tuning]` as written: one field per row of the knob table, and the
+/// per-vCPU and per-device lists.
+macro_rules! raw_tuning {
+    ($( $variant:ident $field:ident : $ty:ty { $($row:tt)* } )*) => {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct RawTuning {
+            vcpu_pin: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
+            $( $field: Option<Spanned<NumOrStr>>, )*
+            #[serde(default)]
+            blkio_device: Vec<Spanned<RawBlkioDevice>>,
+            #[serde(default)]
+            interface: Vec<Spanned<RawInterface>>,
+            #[serde(default)]
+            required: Vec<Spanned<String>>,
+        }
+
+        impl RawTuning {
+            /// The table's knobs as the file gives them, in the table's order.
+            fn rows(&self) -> Vec<(Knob, Option<&Spanned<NumOrStr>>)> {
+                vec![ $( (Knob::$variant, self.$field.as_ref()), )* ]
+            }
+        }
+    };
 }
+
+crate::knob_table!(raw_tuning);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -439,6 +451,87 @@ impl Ctx<'_> {
     }
     fn cpuset(&mut self, key: &str, v: &Spanned<String>) -> Option<CpuSet> {
         self.unit(key, v, |s| s.parse::<CpuSet>())
+    }
+
+    /// A knob of the table, parsed as its row's [`Input`] says, in libvirt's units.
+    fn knob_value(&mut self, row: &Row, v: &Spanned<NumOrStr>) -> Option<KnobValue> {
+        let key = row.key;
+        let at = v.span().start;
+        let out_of_range = |value: String| Rule::OutOfRange {
+            key: key.into(),
+            value,
+            range: row.input.range_text(),
+        };
+        let bad = |message: &str| Rule::BadUnit {
+            key: key.into(),
+            message: message.into(),
+        };
+        match (row.input, v.get_ref()) {
+            (Input::CpuSet, NumOrStr::Str(text)) => {
+                let text = Spanned::new(v.span(), text.clone());
+                self.cpuset(key, &text).map(KnobValue::CpuSet)
+            }
+            (Input::CpuSet, _) => {
+                self.err(at, bad("expected a cpuset like \"0-3,6\""));
+                None
+            }
+            (Input::Count { min, max }, NumOrStr::Int(i)) => match u64::try_from(*i) {
+                Ok(x) if (min..=max).contains(&x) => Some(KnobValue::Unsigned(x)),
+                _ => {
+                    self.err(at, out_of_range(i.to_string()));
+                    None
+                }
+            },
+            (Input::Count { .. }, _) => {
+                self.err(at, bad("expected a whole number"));
+                None
+            }
+            (Input::Micros { min, max }, NumOrStr::Str(text)) => {
+                let d = self.unit(key, &Spanned::new(v.span(), text.clone()), |x| {
+                    x.parse::<Duration>()
+                })?;
+                let us = d.as_micros();
+                if (min..=max).contains(&us) {
+                    Some(KnobValue::Unsigned(us))
+                } else {
+                    self.err(at, out_of_range(text.clone()));
+                    None
+                }
+            }
+            (Input::Micros { .. }, _) => {
+                self.err(at, bad("expected a duration like \"100ms\""));
+                None
+            }
+            (Input::Quota, NumOrStr::Int(-1)) => Some(KnobValue::Signed(-1)),
+            (Input::Quota, NumOrStr::Str(x)) if x.trim() == "-1" || x.trim() == "unlimited" => {
+                Some(KnobValue::Signed(-1))
+            }
+            (Input::Quota, NumOrStr::Str(x)) => match x.parse::<Duration>() {
+                Ok(d) => match i64::try_from(d.as_micros()) {
+                    Ok(us) if (QUOTA_MIN_US..=QUOTA_MAX_US).contains(&us) => {
+                        Some(KnobValue::Signed(us))
+                    }
+                    _ => {
+                        self.err(at, out_of_range(x.clone()));
+                        None
+                    }
+                },
+                Err(e) => {
+                    self.err(at, bad(&e.0));
+                    None
+                }
+            },
+            (Input::Quota, _) => {
+                self.err(
+                    at,
+                    bad("expected a duration like \"50ms\", or \"unlimited\""),
+                );
+                None
+            }
+            (Input::Memory, _) => self
+                .size(key, v, true)
+                .map(|bytes| KnobValue::Unsigned(kib(bytes))),
+        }
     }
 }
 
@@ -999,118 +1092,44 @@ fn tuning(cx: &mut Ctx<'_>, r: &RawTuning) -> TuningSpec {
         }
     }
     s.vcpu_pin.sort();
-    s.fixed.emulator_pin = r
-        .emulator_pin
-        .as_ref()
-        .and_then(|v| cx.cpuset("emulator_pin", v));
-    s.fixed.cpu_shares = r
-        .cpu_shares
-        .as_ref()
-        .and_then(|v| cx.range("cpu_shares", v, 2, 262_144))
-        .map(|x| x as u64);
-    s.fixed.vcpu_period = r.vcpu_period.as_ref().and_then(|v| {
-        let d = cx.unit("vcpu_period", v, |x| x.parse::<Duration>())?;
-        let us = d.as_micros();
-        if !(1_000..=1_000_000).contains(&us) {
-            cx.err(
-                v.span().start,
-                Rule::OutOfRange {
-                    key: "vcpu_period".into(),
-                    value: v.get_ref().clone(),
-                    range: "1ms..1s".into(),
-                },
-            );
-            return None;
+    // the table's knobs, each parsed as its row says
+    let mut nested: Vec<(u8, &'static str, u64, usize)> = Vec::new();
+    for (knob, v) in r.rows() {
+        let (Some(v), Some(row)) = (v, knob.row()) else {
+            continue;
+        };
+        let Some(value) = cx.knob_value(row, v) else {
+            continue;
+        };
+        if let (Some(rank), KnobValue::Unsigned(x)) = (row.nest, &value) {
+            nested.push((rank, row.key, *x, v.span().start));
         }
-        Some(us)
-    });
-    s.fixed.vcpu_quota = r.vcpu_quota.as_ref().and_then(|v| match v.get_ref() {
-        NumOrStr::Int(-1) => Some(-1),
-        NumOrStr::Str(x) if x.trim() == "-1" || x.trim() == "unlimited" => Some(-1),
-        NumOrStr::Str(x) => match x.parse::<Duration>() {
-            Ok(d) if (1_000..=17_592_186_044_415).contains(&d.as_micros()) => {
-                Some(d.as_micros() as i64)
-            }
-            Ok(_) => {
-                cx.err(
-                    v.span().start,
-                    Rule::OutOfRange {
-                        key: "vcpu_quota".into(),
-                        value: x.clone(),
-                        range: "at least 1ms, or \"unlimited\"".into(),
-                    },
-                );
-                None
-            }
-            Err(e) => {
-                cx.err(
-                    v.span().start,
-                    Rule::BadUnit {
-                        key: "vcpu_quota".into(),
-                        message: e.0,
-                    },
-                );
-                None
-            }
-        },
-        _ => {
-            cx.err(
-                v.span().start,
-                Rule::BadUnit {
-                    key: "vcpu_quota".into(),
-                    message: "expected a duration like \"50ms\", or \"unlimited\"".into(),
-                },
-            );
-            None
-        }
-    });
-    let hard = r
-        .memory_hard_limit
-        .as_ref()
-        .and_then(|v| cx.size("memory_hard_limit", v, true));
-    let soft = r
-        .memory_soft_limit
-        .as_ref()
-        .and_then(|v| cx.size("memory_soft_limit", v, true));
-    let swap = r
-        .memory_swap_hard_limit
-        .as_ref()
-        .and_then(|v| cx.size("memory_swap_hard_limit", v, true));
-    let order = [
-        ("memory_soft_limit", soft, &r.memory_soft_limit),
-        ("memory_hard_limit", hard, &r.memory_hard_limit),
-        ("memory_swap_hard_limit", swap, &r.memory_swap_hard_limit),
-    ];
-    let given: Vec<_> = order
-        .iter()
-        .filter_map(|(n, v, raw)| {
-            v.map(|v| (*n, v, raw.as_ref().map(|r| r.span().start).unwrap_or(0)))
-        })
-        .collect();
-    for pair in given.windows(2) {
-        let ((n1, v1, _), (n2, v2, at2)) = (pair[0], pair[1]);
+        s.fixed.set(&Change { knob, value });
+    }
+    // nested limits (memory: soft <= hard <= swap) in their order
+    nested.sort_unstable();
+    for pair in nested.windows(2) {
+        let ((_, n1, v1, _), (_, n2, v2, at2)) = (pair[0], pair[1]);
         if v1 > v2 {
-            let show = |v: u64| {
-                if v == u64::MAX {
+            let show = |kib: u64| {
+                if kib == MEMORY_UNLIMITED_KIB {
                     "unlimited".to_string()
                 } else {
-                    Size(v).to_string()
+                    Size(kib.saturating_mul(1024)).to_string()
                 }
             };
+            let mut ordered: Vec<&Row> = ROWS.iter().filter(|r| r.nest.is_some()).collect();
+            ordered.sort_by_key(|r| r.nest);
+            let ordered: Vec<&str> = ordered.iter().map(|r| r.key).collect();
             cx.err(
                 at2,
-                Rule::MemoryOrder(format!("{n1} ({}) is above {n2} ({})", show(v1), show(v2))),
+                Rule::NestOrder {
+                    order: ordered.join(" <= "),
+                    detail: format!("{n1} ({}) is above {n2} ({})", show(v1), show(v2)),
+                },
             );
         }
     }
-    s.fixed.memory_hard_limit = hard.map(kib);
-    s.fixed.memory_soft_limit = soft.map(kib);
-    s.fixed.memory_swap_hard_limit = swap.map(kib);
-    s.fixed.blkio_weight = r
-        .blkio_weight
-        .as_ref()
-        .and_then(|v| cx.range("blkio_weight", v, 100, 1000))
-        .map(|x| x as u32);
     for d in &r.blkio_device {
         let d = d.get_ref();
         let path = d.path.get_ref().clone();
@@ -1233,23 +1252,18 @@ fn tuning(cx: &mut Ctx<'_>, r: &RawTuning) -> TuningSpec {
         let key = k.get_ref().trim();
         let set = match key {
             "vcpu_pin" => r.vcpu_pin.is_some(),
-            "emulator_pin" => r.emulator_pin.is_some(),
-            "cpu_shares" => r.cpu_shares.is_some(),
-            "vcpu_period" => r.vcpu_period.is_some(),
-            "vcpu_quota" => r.vcpu_quota.is_some(),
-            "memory_hard_limit" => r.memory_hard_limit.is_some(),
-            "memory_soft_limit" => r.memory_soft_limit.is_some(),
-            "memory_swap_hard_limit" => r.memory_swap_hard_limit.is_some(),
-            "blkio_weight" => r.blkio_weight.is_some(),
             "blkio_device" => !r.blkio_device.is_empty(),
             "interface" => !r.interface.is_empty(),
-            _ => {
-                cx.err(
-                    k.span().start,
-                    Rule::UnknownRequired(key.to_string(), Knob::KEYS.join(", ")),
-                );
-                continue;
-            }
+            _ => match r.rows().into_iter().find(|(k, _)| k.key() == key) {
+                Some((_, v)) => v.is_some(),
+                None => {
+                    cx.err(
+                        k.span().start,
+                        Rule::UnknownRequired(key.to_string(), Knob::KEYS.join(", ")),
+                    );
+                    continue;
+                }
+            },
         };
         if !set {
             cx.err(k.span().start, Rule::RequiredNotSet(key.to_string()));

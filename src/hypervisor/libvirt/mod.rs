@@ -26,6 +26,7 @@ use super::{
     ApplyScope, BlockCounters, DomainInfo, DomainState, DomainStats, HostInfo, Hypervisor,
     HypervisorError, HypervisorEvent, NetCounters, ReadScope, Result, StatGroups, TAGS_NAMESPACE,
 };
+use crate::model::knobs::{Family, ParamKind, Row};
 use crate::model::tuning::{
     Bandwidth, Change, DefinitionOriginal, InterfaceTuning, Knob, KnobValue, Tuning,
 };
@@ -371,6 +372,36 @@ fn parse_device_list(s: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// A row's value among its family's parameters, if libvirt gives one.
+fn param_value(p: &params::Params, row: &Row) -> Option<KnobValue> {
+    match row.kind {
+        ParamKind::ULLong | ParamKind::UInt => p
+            .u64(row.param)
+            .filter(|v| !(row.zero_is_unset && *v == 0))
+            .map(KnobValue::Unsigned),
+        ParamKind::LLong => p.i64(row.param).map(KnobValue::Signed),
+        ParamKind::Set => p
+            .str(row.param)
+            .and_then(|s| s.parse::<CpuSet>().ok())
+            .map(KnobValue::CpuSet),
+    }
+}
+
+/// Adds a row's value to a typed-parameter list, as the row's type says.
+fn add_param(list: &mut params::List, row: &Row, value: &KnobValue) -> Result<(), String> {
+    let built = match (row.kind, value) {
+        (ParamKind::ULLong, KnobValue::Unsigned(v)) => list.add_ullong(row.param, *v),
+        (ParamKind::UInt, KnobValue::Unsigned(v)) => {
+            let v = u32::try_from(*v).map_err(|_| format!("{v} is too large for this knob"))?;
+            list.add_uint(row.param, v)
+        }
+        (ParamKind::LLong, KnobValue::Signed(v)) => list.add_llong(row.param, *v),
+        (ParamKind::Set, KnobValue::CpuSet(c)) => list.add_string(row.param, &c.to_string()),
+        (_, v) => return Err(format!("value '{v}' has the wrong type for this knob")),
+    };
+    built.map_err(|e| e.to_string())
+}
+
 fn read_tuning(live: &Live, name: &str, scope: ReadScope) -> Result<Tuning> {
     let dom = lookup(live, name)?;
     let flags = read_flags(scope);
@@ -440,27 +471,35 @@ fn read_tuning(live: &Live, name: &str, scope: ReadScope) -> Result<Tuning> {
             sys::virDomainGetSchedulerParametersFlags(ptr, p, n, flags)
         })?
     };
-    t.cpu_shares = sched.u64("cpu_shares");
-    t.vcpu_period = sched.u64("vcpu_period");
-    t.vcpu_quota = sched.i64("vcpu_quota");
-
     // memtune
     let mem = get_params("reading memory parameters", name, |p, n| unsafe {
         sys::virDomainGetMemoryParameters(ptr, p, n, flags)
     })?;
-    t.memory_hard_limit = mem.u64("hard_limit");
-    t.memory_soft_limit = mem.u64("soft_limit");
-    t.memory_swap_hard_limit = mem.u64("swap_hard_limit");
-
     // blkiotune
     let blk = get_params("reading blkio parameters", name, |p, n| unsafe {
         sys::virDomainGetBlkioParameters(ptr, p, n, flags)
     })?;
-    // 0 means "not set" (no settable value to record or restore)
-    t.blkio_weight = blk
-        .u64("weight")
-        .filter(|w| *w != 0)
-        .and_then(|w| u32::try_from(w).ok());
+    // the domain-wide knobs of the table, from their family's parameters
+    for knob in Knob::SCALARS {
+        let Some(row) = knob.row() else { continue };
+        if row.iothreads && x.iothreads == 0 {
+            // libvirt answers the domain's own values here: nothing to record
+            continue;
+        }
+        let p = match row.family {
+            Family::Sched => &sched,
+            Family::Memory => &mem,
+            Family::Blkio => &blk,
+            // read above, with its own call
+            Family::EmulatorPin => continue,
+        };
+        if let Some(value) = param_value(p, row) {
+            t.set(&Change {
+                knob: knob.clone(),
+                value,
+            });
+        }
+    }
     for field in crate::model::tuning::BlkioField::ALL {
         if let Some(list) = blk.str(field.param()) {
             for (path, v) in parse_device_list(list) {
@@ -503,16 +542,7 @@ fn read_tuning(live: &Live, name: &str, scope: ReadScope) -> Result<Tuning> {
     if scope == ReadScope::Config {
         // libvirt answers a default (shares 0 or 1024, all CPUs …) for what the
         // definition does not set: an original of "not set" must read as such
-        let mut knobs = vec![
-            Knob::CpuShares,
-            Knob::VcpuPeriod,
-            Knob::VcpuQuota,
-            Knob::EmulatorPin,
-            Knob::MemoryHardLimit,
-            Knob::MemorySoftLimit,
-            Knob::MemorySwapHardLimit,
-            Knob::BlkioWeight,
-        ];
+        let mut knobs = Knob::SCALARS.to_vec();
         knobs.extend(t.vcpu_pin.keys().map(|&vcpu| Knob::VcpuPin { vcpu }));
         let unset = xml::unset_knobs(&text, &knobs).map_err(|m| HypervisorError::Call {
             what: format!("domain '{name}'"),
@@ -615,68 +645,66 @@ fn apply_once(live: &Live, dom: &Domain, name: &str, change: &Change, flags: c_u
         Blkio,
         Iface(CString),
     }
-    let setter = match (knob, &change.value) {
-        (Knob::VcpuPin { vcpu }, KnobValue::CpuSet(set)) => {
-            return dom
-                .pin_vcpu_flags(*vcpu, &set.to_bitmap(maplen), flags)
-                .map_err(|e| knob_err(name, knob, e));
-        }
-        (Knob::EmulatorPin, KnobValue::CpuSet(set)) => {
-            return dom
-                .pin_emulator(&set.to_bitmap(maplen), flags)
-                .map_err(|e| knob_err(name, knob, e));
-        }
-        (Knob::CpuShares, KnobValue::Unsigned(v)) => {
-            list.add_ullong("cpu_shares", *v).map_err(build)?;
-            Setter::Sched
-        }
-        (Knob::VcpuPeriod, KnobValue::Unsigned(v)) => {
-            list.add_ullong("vcpu_period", *v).map_err(build)?;
-            Setter::Sched
-        }
-        (Knob::VcpuQuota, KnobValue::Signed(v)) => {
-            list.add_llong("vcpu_quota", *v).map_err(build)?;
-            Setter::Sched
-        }
-        (Knob::MemoryHardLimit, KnobValue::Unsigned(v)) => {
-            list.add_ullong("hard_limit", *v).map_err(build)?;
-            Setter::Memory
-        }
-        (Knob::MemorySoftLimit, KnobValue::Unsigned(v)) => {
-            list.add_ullong("soft_limit", *v).map_err(build)?;
-            Setter::Memory
-        }
-        (Knob::MemorySwapHardLimit, KnobValue::Unsigned(v)) => {
-            list.add_ullong("swap_hard_limit", *v).map_err(build)?;
-            Setter::Memory
-        }
-        (Knob::BlkioWeight, KnobValue::Unsigned(v)) => {
-            list.add_uint("weight", u32::try_from(*v).map_err(|_| mismatch())?)
-                .map_err(build)?;
-            Setter::Blkio
-        }
-        (Knob::BlkioDevice { path, field }, KnobValue::Unsigned(v)) => {
-            if path.contains(',') {
-                return Err(HypervisorError::Invalid {
+    let invalid = |reason: String| HypervisorError::Invalid {
+        domain: name.to_string(),
+        knob: knob.to_string(),
+        reason,
+    };
+    let setter = if let Some(row) = knob.row() {
+        if row.iothreads {
+            let text = dom
+                .xml_desc(0)
+                .map_err(|e| no_domain_or(name, "reading XML", e))?;
+            if xml::parse_domain(&text).is_ok_and(|x| x.iothreads == 0) {
+                return Err(HypervisorError::Unsupported {
                     domain: name.to_string(),
                     knob: knob.to_string(),
-                    reason: "a device path cannot contain ','".into(),
+                    message: "the domain has no iothreads".into(),
                 });
             }
-            list.add_string(field.param(), &format!("{path},{v}"))
-                .map_err(build)?;
-            Setter::Blkio
         }
-        (Knob::Interface { target, direction }, KnobValue::Bandwidth(b)) => {
-            let p = direction.prefix();
-            list.add_uint(&format!("{p}.average"), b.average)
-                .map_err(build)?;
-            list.add_uint(&format!("{p}.peak"), b.peak).map_err(build)?;
-            list.add_uint(&format!("{p}.burst"), b.burst)
-                .map_err(build)?;
-            Setter::Iface(CString::new(target.as_str()).map_err(|_| mismatch())?)
+        // a domain-wide knob: its family's call with its row's parameter
+        let family = match row.family {
+            Family::EmulatorPin => {
+                let KnobValue::CpuSet(set) = &change.value else {
+                    return Err(mismatch());
+                };
+                return dom
+                    .pin_emulator(&set.to_bitmap(maplen), flags)
+                    .map_err(|e| knob_err(name, knob, e));
+            }
+            Family::Sched => Setter::Sched,
+            Family::Memory => Setter::Memory,
+            Family::Blkio => Setter::Blkio,
+        };
+        add_param(&mut list, row, &change.value).map_err(invalid)?;
+        family
+    } else {
+        match (knob, &change.value) {
+            (Knob::VcpuPin { vcpu }, KnobValue::CpuSet(set)) => {
+                return dom
+                    .pin_vcpu_flags(*vcpu, &set.to_bitmap(maplen), flags)
+                    .map_err(|e| knob_err(name, knob, e));
+            }
+            (Knob::BlkioDevice { path, field }, KnobValue::Unsigned(v)) => {
+                if path.contains(',') {
+                    return Err(invalid("a device path cannot contain ','".into()));
+                }
+                list.add_string(field.param(), &format!("{path},{v}"))
+                    .map_err(build)?;
+                Setter::Blkio
+            }
+            (Knob::Interface { target, direction }, KnobValue::Bandwidth(b)) => {
+                let p = direction.prefix();
+                list.add_uint(&format!("{p}.average"), b.average)
+                    .map_err(build)?;
+                list.add_uint(&format!("{p}.peak"), b.peak).map_err(build)?;
+                list.add_uint(&format!("{p}.burst"), b.burst)
+                    .map_err(build)?;
+                Setter::Iface(CString::new(target.as_str()).map_err(|_| mismatch())?)
+            }
+            _ => return Err(mismatch()),
         }
-        _ => return Err(mismatch()),
     };
     // SAFETY: `list` holds list.len() parameters built by libvirt's helpers.
     let rc = unsafe {

@@ -16,6 +16,8 @@ pub struct DomainXml {
     pub name: String,
     pub uuid: String,
     pub vcpus: u32,
+    /// `<iothreads>`: how many iothreads the domain has.
+    pub iothreads: u32,
     pub memory_kib: u64,
     pub current_memory_kib: u64,
     pub disks: Vec<DiskInfo>,
@@ -67,7 +69,9 @@ pub fn parse_domain(xml: &str) -> Result<DomainXml, String> {
                 let path: Vec<&str> = stack.iter().map(String::as_str).collect();
                 match (path.as_slice(), local.as_str()) {
                     ([], "domain") => out.id = attr(e, b"id").and_then(|v| v.parse().ok()),
-                    (["domain"], "name" | "uuid") => text_target = Some((local.clone(), None)),
+                    (["domain"], "name" | "uuid" | "iothreads") => {
+                        text_target = Some((local.clone(), None))
+                    }
                     (["domain"], "vcpu") => {
                         if let Some(c) = attr(e, b"current").and_then(|v| v.parse().ok()) {
                             out.vcpus = c;
@@ -147,6 +151,7 @@ pub fn parse_domain(xml: &str) -> Result<DomainXml, String> {
                         "name" => out.name = text.trim().to_string(),
                         "uuid" => out.uuid = text.trim().to_string(),
                         "vcpu" => out.vcpus = text.trim().parse().unwrap_or(0),
+                        "iothreads" => out.iothreads = text.trim().parse().unwrap_or(0),
                         "memory" => out.memory_kib = to_kib(&text, unit.as_deref()),
                         "currentMemory" => out.current_memory_kib = to_kib(&text, unit.as_deref()),
                         _ => {}
@@ -197,18 +202,10 @@ pub fn tags_element(tags: &[String]) -> String {
 /// `<vcpupin>`, the vcpu it is for. `None` for knobs whose absence has a value
 /// libvirt's calls write (a device throttle of 0, a bandwidth of 0).
 fn element_of(knob: &Knob) -> Option<([&'static str; 2], Option<u32>)> {
-    Some(match knob {
-        Knob::CpuShares => (["cputune", "shares"], None),
-        Knob::VcpuPeriod => (["cputune", "period"], None),
-        Knob::VcpuQuota => (["cputune", "quota"], None),
-        Knob::EmulatorPin => (["cputune", "emulatorpin"], None),
-        Knob::VcpuPin { vcpu } => (["cputune", "vcpupin"], Some(*vcpu)),
-        Knob::MemoryHardLimit => (["memtune", "hard_limit"], None),
-        Knob::MemorySoftLimit => (["memtune", "soft_limit"], None),
-        Knob::MemorySwapHardLimit => (["memtune", "swap_hard_limit"], None),
-        Knob::BlkioWeight => (["blkiotune", "weight"], None),
-        Knob::BlkioDevice { .. } | Knob::Interface { .. } => return None,
-    })
+    match knob {
+        Knob::VcpuPin { vcpu } => Some((["cputune", "vcpupin"], Some(*vcpu))),
+        k => k.row().and_then(|r| r.xml).map(|x| (x, None)),
+    }
 }
 
 /// The knob whose element `e` is, inside the elements `stack`, if any of `knobs`.

@@ -1,0 +1,356 @@
+//! The knob table: every domain-wide knob is one row of [`knob_table!`].
+//!
+//! A row names the knob's `[tuning]` key (which is also its field in
+//! [`Tuning`](super::tuning::Tuning), its tag in stored records and its name in
+//! errors), its value type in libvirt's units, the libvirt call family and
+//! typed parameter that read and write it, the element of the persistent
+//! definition a persisted value lives in, how a persona file writes it and its
+//! valid range, how `persona-status` labels it, and the planning rule it takes
+//! part in. Everything else is derived from the rows:
+//!
+//! - the model ([`Tuning`](super::tuning::Tuning) fields, [`Knob`](super::tuning::Knob)
+//!   variants, get/set/clear, `changes()`, the stored form);
+//! - validation (`[tuning]` keys, parsing by [`Input`], the range, the error text);
+//! - the range check before a value reaches libvirt ([`Input::check`]);
+//! - the planner's ordering of nested limits ([`Row::nest`]) and its property test;
+//! - the libvirt adapter (one read and one write per [`Family`]) and which
+//!   definition elements a revert removes;
+//! - the CLI's `persona-status` lines and the docs check (`tests/guide.rs`).
+//!
+//! Adding a knob of an existing family is one row here and its line in
+//! `docs/personas.md` (which `tests/guide.rs` holds to the row's range). A new family also needs its read/write pair in
+//! `hypervisor/libvirt/mod.rs` (and, when it is not a typed-parameter call,
+//! the fake's handling). Knobs indexed by a device or a vCPU (pins, per-device
+//! throttles, interface bandwidth) keep their own maps in `Tuning`.
+
+use crate::units::CpuSet;
+
+/// The table. Each row: `Variant field: Type { family, param, xml, input,
+/// label, ..BASE }`; the order of rows is the order changes are planned in.
+///
+/// A consumer passes the name of its own macro, which receives every row as
+/// `Variant field: Type { row fields }`.
+#[macro_export]
+macro_rules! knob_table {
+    ($then:ident) => {
+        $then! {
+            EmulatorPin emulator_pin: CpuSet {
+                family: Family::EmulatorPin, param: "",
+                xml: Some(["cputune", "emulatorpin"]),
+                input: Input::CpuSet, label: "emulatorpin",
+            }
+            CpuShares cpu_shares: u64 {
+                family: Family::Sched, param: "cpu_shares",
+                xml: Some(["cputune", "shares"]),
+                input: Input::Count { min: 2, max: 262_144 }, label: "cpu_shares",
+            }
+            VcpuPeriod vcpu_period: u64 {
+                family: Family::Sched, param: "vcpu_period",
+                xml: Some(["cputune", "period"]),
+                input: Input::Micros { min: 1_000, max: 1_000_000 }, label: "vcpu_period (us)",
+            }
+            VcpuQuota vcpu_quota: i64 {
+                family: Family::Sched, param: "vcpu_quota",
+                xml: Some(["cputune", "quota"]),
+                input: Input::Quota, label: "vcpu_quota (us)",
+            }
+            EmulatorPeriod emulator_period: u64 {
+                family: Family::Sched, param: "emulator_period",
+                xml: Some(["cputune", "emulator_period"]),
+                input: Input::Micros { min: 1_000, max: 1_000_000 }, label: "emulator_period (us)",
+            }
+            EmulatorQuota emulator_quota: i64 {
+                family: Family::Sched, param: "emulator_quota",
+                xml: Some(["cputune", "emulator_quota"]),
+                input: Input::Quota, label: "emulator_quota (us)",
+            }
+            IothreadPeriod iothread_period: u64 {
+                family: Family::Sched, param: "iothread_period",
+                xml: Some(["cputune", "iothread_period"]),
+                input: Input::Micros { min: 1_000, max: 1_000_000 }, label: "iothread_period (us)", iothreads: true,
+            }
+            IothreadQuota iothread_quota: i64 {
+                family: Family::Sched, param: "iothread_quota",
+                xml: Some(["cputune", "iothread_quota"]),
+                input: Input::Quota, label: "iothread_quota (us)", iothreads: true,
+            }
+            GlobalPeriod global_period: u64 {
+                family: Family::Sched, param: "global_period",
+                xml: Some(["cputune", "global_period"]),
+                input: Input::Micros { min: 1_000, max: 1_000_000 }, label: "global_period (us)",
+            }
+            GlobalQuota global_quota: i64 {
+                family: Family::Sched, param: "global_quota",
+                xml: Some(["cputune", "global_quota"]),
+                input: Input::Quota, label: "global_quota (us)",
+            }
+            MemoryHardLimit memory_hard_limit: u64 {
+                family: Family::Memory, param: "hard_limit",
+                xml: Some(["memtune", "hard_limit"]),
+                input: Input::Memory, label: "hard_limit (KiB)", nest: Some(1),
+            }
+            MemorySoftLimit memory_soft_limit: u64 {
+                family: Family::Memory, param: "soft_limit",
+                xml: Some(["memtune", "soft_limit"]),
+                input: Input::Memory, label: "soft_limit (KiB)", nest: Some(0),
+            }
+            MemorySwapHardLimit memory_swap_hard_limit: u64 {
+                family: Family::Memory, param: "swap_hard_limit",
+                xml: Some(["memtune", "swap_hard_limit"]),
+                input: Input::Memory, label: "swap_hard_limit (KiB)", nest: Some(2),
+            }
+            BlkioWeight blkio_weight: u32 {
+                family: Family::Blkio, param: "weight",
+                xml: Some(["blkiotune", "weight"]),
+                input: Input::Count { min: 100, max: 1000 }, label: "blkio weight",
+                zero_is_unset: true,
+            }
+        }
+    };
+}
+
+/// The libvirt call family a knob is read and written through: one read and
+/// one write in the adapter for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// `virDomainGetEmulatorPinInfo` / `virDomainPinEmulator`.
+    EmulatorPin,
+    /// `virDomain{Get,Set}SchedulerParametersFlags`.
+    Sched,
+    /// `virDomain{Get,Set}MemoryParameters`.
+    Memory,
+    /// `virDomain{Get,Set}BlkioParameters`.
+    Blkio,
+}
+
+/// The typed-parameter type a value travels as (from the row's Rust type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    /// `VIR_TYPED_PARAM_ULLONG`.
+    ULLong,
+    /// `VIR_TYPED_PARAM_LLONG`.
+    LLong,
+    /// `VIR_TYPED_PARAM_UINT`.
+    UInt,
+    /// A CPU map (pinning calls) or a set written as a string.
+    Set,
+}
+
+/// How a persona file writes a knob, and its valid range. The stored value is
+/// in libvirt's units (µs, KiB); the range is given in those units too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Input {
+    /// A set of host CPUs, `"0-3,8"`; never empty.
+    CpuSet,
+    /// A whole number in `min..=max`.
+    Count { min: u64, max: u64 },
+    /// A duration (`"100ms"`), stored in µs, in `min..=max` µs.
+    Micros { min: u64, max: u64 },
+    /// A duration of at least 1ms (stored in µs), or `"unlimited"` / `-1`.
+    Quota,
+    /// A size (`"4 GiB"`, bytes as a number) or `"unlimited"`, stored in KiB.
+    Memory,
+}
+
+/// The least CFS quota libvirt takes, µs.
+pub const QUOTA_MIN_US: i64 = 1_000;
+/// The most CFS quota libvirt takes, µs.
+pub const QUOTA_MAX_US: i64 = 17_592_186_044_415;
+
+impl Input {
+    /// The valid range as the validator says it and the guide must state it.
+    pub fn range_text(self) -> String {
+        match self {
+            Input::CpuSet => "a host cpuset".into(),
+            Input::Count { min, max } => format!("{min}..{max}"),
+            Input::Micros { min, max } => format!("{}..{}", micros(min), micros(max)),
+            Input::Quota => format!("at least {}, or \"unlimited\"", micros(QUOTA_MIN_US as u64)),
+            Input::Memory => "a size, or \"unlimited\"".into(),
+        }
+    }
+
+    /// Checks a value (libvirt units) against the range before it reaches
+    /// libvirt (some drivers accept nonsense silently).
+    pub fn check(self, value: &super::tuning::KnobValue) -> Result<(), Refusal> {
+        use super::tuning::KnobValue;
+        match (self, value) {
+            (Input::CpuSet, KnobValue::CpuSet(s)) if s.is_empty() => Err(Refusal::Range(
+                "an empty cpuset would stop the domain from running".into(),
+            )),
+            (Input::CpuSet, KnobValue::CpuSet(_)) => Ok(()),
+            (Input::Count { min, max }, KnobValue::Unsigned(v)) => {
+                if (min..=max).contains(v) {
+                    Ok(())
+                } else {
+                    Err(Refusal::Range(format!(
+                        "{v} is out of range: expected {min}..{max}"
+                    )))
+                }
+            }
+            (Input::Micros { min, max }, KnobValue::Unsigned(v)) => {
+                if (min..=max).contains(v) {
+                    Ok(())
+                } else {
+                    Err(Refusal::Range(format!(
+                        "{v} µs is out of range: expected {min}..{max} µs"
+                    )))
+                }
+            }
+            (Input::Quota, KnobValue::Signed(v)) => {
+                if *v == -1 || (QUOTA_MIN_US..=QUOTA_MAX_US).contains(v) {
+                    Ok(())
+                } else if *v < QUOTA_MIN_US {
+                    Err(Refusal::Range(format!(
+                        "{v} µs is out of range: expected at least {QUOTA_MIN_US} µs, or -1 for unlimited"
+                    )))
+                } else {
+                    Err(Refusal::Range(format!(
+                        "{v} µs is out of range: expected at most {QUOTA_MAX_US} µs"
+                    )))
+                }
+            }
+            (Input::Memory, KnobValue::Unsigned(_)) => Ok(()),
+            _ => Err(Refusal::WrongType),
+        }
+    }
+}
+
+/// Why [`Input::check`] refuses a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The value has another shape than the knob's (a cpuset for a count …).
+    WrongType,
+    /// Outside the knob's range: the reason, naming the range.
+    Range(String),
+}
+
+/// `1000` µs as `1ms`, `1000000` as `1s`.
+fn micros(us: u64) -> String {
+    if us >= 1_000_000 && us % 1_000_000 == 0 {
+        format!("{}s", us / 1_000_000)
+    } else if us >= 1_000 && us % 1_000 == 0 {
+        format!("{}ms", us / 1_000)
+    } else {
+        format!("{us}us")
+    }
+}
+
+/// One row of the table (see [`knob_table!`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Row {
+    /// The `[tuning]` key, `Tuning` field and stored tag.
+    pub key: &'static str,
+    pub family: Family,
+    /// The typed parameter of the family's calls (empty for pinning).
+    pub param: &'static str,
+    pub kind: ParamKind,
+    /// `[parent, element]` of the persistent definition under `<domain>`.
+    pub xml: Option<[&'static str; 2]>,
+    pub input: Input,
+    /// The `persona-status` label (virsh's name, with the unit).
+    pub label: &'static str,
+    /// Nested limits (memory: soft ≤ hard ≤ swap): this knob's rank. The
+    /// validator refuses a file that breaks the order and the planner orders
+    /// changes so that every step keeps it.
+    pub nest: Option<u8>,
+    /// libvirt reads 0 for "not set": a 0 is no value to record or restore.
+    pub zero_is_unset: bool,
+    /// Applies to the domain's iothreads: meaningless (not read, refused as
+    /// unsupported) for a domain without `<iothreads>`.
+    pub iothreads: bool,
+}
+
+impl Row {
+    /// The defaults a row leaves out.
+    pub const BASE: Row = Row {
+        key: "",
+        family: Family::Sched,
+        param: "",
+        kind: ParamKind::ULLong,
+        xml: None,
+        input: Input::Memory,
+        label: "",
+        nest: None,
+        zero_is_unset: false,
+        iothreads: false,
+    };
+}
+
+/// A row's Rust value type and how it travels as a [`KnobValue`](super::tuning::KnobValue).
+pub trait ScalarValue: Sized + Clone {
+    const KIND: ParamKind;
+    fn to_value(&self) -> super::tuning::KnobValue;
+    /// `None` when the value has another shape.
+    fn from_value(v: &super::tuning::KnobValue) -> Option<Self>;
+}
+
+impl ScalarValue for u64 {
+    const KIND: ParamKind = ParamKind::ULLong;
+    fn to_value(&self) -> super::tuning::KnobValue {
+        super::tuning::KnobValue::Unsigned(*self)
+    }
+    fn from_value(v: &super::tuning::KnobValue) -> Option<Self> {
+        match v {
+            super::tuning::KnobValue::Unsigned(x) => Some(*x),
+            _ => None,
+        }
+    }
+}
+
+impl ScalarValue for u32 {
+    const KIND: ParamKind = ParamKind::UInt;
+    fn to_value(&self) -> super::tuning::KnobValue {
+        super::tuning::KnobValue::Unsigned(u64::from(*self))
+    }
+    fn from_value(v: &super::tuning::KnobValue) -> Option<Self> {
+        match v {
+            super::tuning::KnobValue::Unsigned(x) => Some(u32::try_from(*x).unwrap_or(u32::MAX)),
+            _ => None,
+        }
+    }
+}
+
+impl ScalarValue for i64 {
+    const KIND: ParamKind = ParamKind::LLong;
+    fn to_value(&self) -> super::tuning::KnobValue {
+        super::tuning::KnobValue::Signed(*self)
+    }
+    fn from_value(v: &super::tuning::KnobValue) -> Option<Self> {
+        match v {
+            super::tuning::KnobValue::Signed(x) => Some(*x),
+            _ => None,
+        }
+    }
+}
+
+impl ScalarValue for CpuSet {
+    const KIND: ParamKind = ParamKind::Set;
+    fn to_value(&self) -> super::tuning::KnobValue {
+        super::tuning::KnobValue::CpuSet(self.clone())
+    }
+    fn from_value(v: &super::tuning::KnobValue) -> Option<Self> {
+        match v {
+            super::tuning::KnobValue::CpuSet(c) => Some(c.clone()),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_read_as_the_guide_writes_them() {
+        assert_eq!(
+            Input::Micros {
+                min: 1_000,
+                max: 1_000_000
+            }
+            .range_text(),
+            "1ms..1s"
+        );
+        assert_eq!(Input::Quota.range_text(), "at least 1ms, or \"unlimited\"");
+        assert_eq!(Input::Count { min: 2, max: 9 }.range_text(), "2..9");
+    }
+}
