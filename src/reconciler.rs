@@ -1105,7 +1105,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             reason: if c.knob.row().is_some_and(|r| r.iothreads) {
                 "the domain has no iothreads (<iothreads> in its definition): nothing to cap".into()
             } else {
-                "libvirt does not report its current value on this host, so it could not be put back: not changed".into()
+                "libvirt reports no current value for it on this host: nothing to go back to, so not changed".into()
             },
         }));
         let reason = match (changed, &decision.reason) {

@@ -53,6 +53,7 @@ fn every_key_and_metric_of_the_validator_is_in_the_guide() {
         "id = \"p\"\n[tuning]\nzzz_probe = 1\n",
         "id = \"p\"\n[[tuning.blkio_device]]\npath = \"/dev/sda\"\nzzz_probe = 1\n",
         "id = \"p\"\n[[tuning.interface]]\ntarget = \"*\"\nzzz_probe = 1\n",
+        "id = \"p\"\n[[tuning.disk]]\ntarget = \"*\"\nzzz_probe = 1\n",
         "id = \"p\"\n[[tuning.interface]]\ntarget = \"*\"\ninbound = { average = \"1 MiB/s\", zzz_probe = 1 }\n",
         // the metrics, from the unknown-metric message
         "id = \"p\"\n[[activation.when]]\nmetric = \"zzz_probe\"\nabove = 1\n",

@@ -851,6 +851,87 @@ fn emulator_iothread_and_global_caps_apply_and_revert_exactly() {
     );
 }
 
+/// QEMU's own disk throttle (Nova's disk QoS) on a real guest: a persisting
+/// persona writes the disk's whole set live (QEMU's block layer has it) and
+/// into the definition's `<iotune>`, with a throttle group; letting go gives
+/// back the disk's previous state exactly, live and in the definition.
+#[test]
+fn a_disk_throttle_applies_live_and_persisted_and_reverts_exactly() {
+    let g = Guest::boot("iotune", 1);
+    let dir = test_dir("iotune");
+    let signal = format!("vp.test.iotune{}", std::process::id());
+    std::fs::write(
+        dir.join("personas/noisy.toml"),
+        format!(
+            "id = \"noisy\"\npersist = true\n[match]\nnames = [\"{}\"]\n[activation]\n[[activation.when]]\nsignal = \"{signal}\"\nabove = 0\n[tuning]\nrequired = [\"disk\"]\n[[tuning.disk]]\ntarget = \"*\"\ntotal_iops_sec = 400\ntotal_iops_sec_max = 800\ntotal_iops_sec_max_length = \"20s\"\nread_bytes_sec = \"8 MiB/s\"\ngroup = \"vp-noisy\"\n",
+            g.name
+        ),
+    )
+    .unwrap();
+    let hv = common::real();
+    let before = hv.tuning(&g.name, ReadScope::Current).unwrap();
+    let before_xml = g.definition_xml();
+    assert!(before.disks.is_empty(), "{before:?}");
+    assert!(!before_xml.contains("<iotune>"), "{before_xml}");
+    let d = Daemon::start(&dir);
+    put_signal(&d, &signal, &g.name, 1.0);
+    let t0 = Instant::now();
+    while d.persona(&g.name).as_deref() != Some("noisy") {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "timed out waiting for the noisy persona\n{}\n{}",
+            d.get(&format!("/v1/domains/{}", g.name)),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let on = hv.tuning(&g.name, ReadScope::Current).unwrap();
+    let disk = on
+        .disks
+        .get("hda")
+        .unwrap_or_else(|| panic!("{on:?}\n{}", d.log()));
+    use virt_persona::model::knobs::DiskField;
+    assert_eq!(
+        (
+            disk.limits.get(&DiskField::TotalIopsSec),
+            disk.limits.get(&DiskField::TotalIopsSecMax),
+            disk.limits.get(&DiskField::TotalIopsSecMaxLength),
+            disk.limits.get(&DiskField::ReadBytesSec),
+            disk.group.as_deref(),
+        ),
+        (
+            Some(&400),
+            Some(&800),
+            Some(&20),
+            Some(&(8 << 20)),
+            Some("vp-noisy")
+        )
+    );
+    let on_xml = g.definition_xml();
+    assert!(
+        on_xml.contains("<total_iops_sec>400</total_iops_sec>"),
+        "{on_xml}"
+    );
+    assert!(
+        on_xml.contains("<group_name>vp-noisy</group_name>"),
+        "{on_xml}"
+    );
+    put_signal(&d, &signal, &g.name, 0.0);
+    wait_for("the baseline", 60, || d.persona(&g.name).is_none());
+    assert_eq!(
+        hv.tuning(&g.name, ReadScope::Current).unwrap(),
+        before,
+        "exactly as before, live: no throttle, no group\n{}",
+        d.log()
+    );
+    assert_eq!(
+        g.definition_xml(),
+        before_xml,
+        "the definition exactly as before: no <iotune>\n{}",
+        d.log()
+    );
+}
+
 /// Observe mode on a real guest: with `dry_run = true` in the config file the
 /// daemon records what it would do and the guest stays exactly as it was
 /// (live and definition); `dry_run = false` and a reload (SIGHUP) make it act

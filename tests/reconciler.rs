@@ -51,8 +51,16 @@ struct Rig {
 
 impl Rig {
     fn new(store: MemoryStore) -> Rig {
+        Rig::with(store, FakeHypervisor::simple_domain("web-1", 1), original())
+    }
+    /// A rig on a domain of its own (named web-1) with its own original tuning.
+    fn with(
+        store: MemoryStore,
+        info: virt_persona::hypervisor::DomainInfo,
+        original: Tuning,
+    ) -> Rig {
         let hv = Arc::new(FakeHypervisor::new(4));
-        hv.add_domain(FakeHypervisor::simple_domain("web-1", 1), original());
+        hv.add_domain(info, original);
         let mut r = Reconciler::new(hv.clone(), store, Duration::from_secs(30));
         r.set_personas(vec![persona(HOT)]);
         let uuid = hv.domain("web-1").unwrap().uuid;
@@ -460,9 +468,7 @@ emulator_quota = "20ms"
     assert_eq!(st.skipped.len(), 1, "{:?}", st.skipped);
     assert_eq!(st.skipped[0].knob, "emulator_quota");
     assert!(
-        st.skipped[0]
-            .reason
-            .contains("does not report its current value"),
+        st.skipped[0].reason.contains("reports no current value"),
         "{}",
         st.skipped[0].reason
     );
@@ -471,6 +477,88 @@ emulator_quota = "20ms"
     }
     assert_eq!(rig.worn(), None);
     assert_eq!(rig.tuning(), original(), "exactly back");
+}
+
+/// QEMU's per-disk throttles: `"*"` gives every disk the set, a named entry
+/// wins for its disk, each disk's whole set is one change, and the revert
+/// gives back each disk's previous set exactly: none where there was none, the
+/// old limits (and group) where there were some.
+#[test]
+fn disk_throttles_are_whole_sets_per_disk_and_revert_exactly() {
+    use virt_persona::hypervisor::DiskInfo;
+    use virt_persona::model::knobs::DiskField;
+    use virt_persona::model::tuning::DiskThrottle;
+    let mut info = FakeHypervisor::simple_domain("web-1", 1);
+    info.disks = ["vda", "vdb", "vdc"]
+        .iter()
+        .map(|t| DiskInfo {
+            target: t.to_string(),
+            source: Some(format!("/var/lib/libvirt/images/{t}.img")),
+        })
+        .collect();
+    let mut orig = original();
+    let old = DiskThrottle {
+        limits: [
+            (DiskField::ReadIopsSec, 300),
+            (DiskField::WriteIopsSec, 200),
+        ]
+        .into_iter()
+        .collect(),
+        group: Some("tenant-a".into()),
+    };
+    orig.disks.insert("vdb".into(), old.clone());
+    let mut rig = Rig::with(MemoryStore::default(), info, orig.clone());
+    rig.r.set_personas(vec![persona(
+        r#"
+id = "hot"
+priority = 10
+[activation]
+cooldown = "3s"
+[[activation.when]]
+metric = "cpu"
+above = 50
+[[tuning.disk]]
+target = "*"
+total_iops_sec = 1000
+total_iops_sec_max = 2000
+total_iops_sec_max_length = "30s"
+[[tuning.disk]]
+target = "vdc"
+read_bytes_sec = "100 MiB/s"
+"#,
+    )]);
+    rig.second(1.0);
+    assert_eq!(rig.worn().as_deref(), Some("hot"));
+    let t = rig.tuning();
+    let star = |f: DiskField| t.disks["vda"].limits.get(&f).copied();
+    assert_eq!(
+        (
+            star(DiskField::TotalIopsSec),
+            star(DiskField::TotalIopsSecMax),
+            star(DiskField::TotalIopsSecMaxLength)
+        ),
+        (Some(1000), Some(2000), Some(30))
+    );
+    assert_eq!(
+        t.disks["vdb"], t.disks["vda"],
+        "the whole set: old limits and group gone"
+    );
+    assert_eq!(
+        t.disks["vdc"].limits,
+        [(DiskField::ReadBytesSec, 100 << 20)].into_iter().collect(),
+        "the named entry wins"
+    );
+    for d in ["vda", "vdb", "vdc"] {
+        let knob = Knob::Disk { target: d.into() };
+        assert_eq!(applies_of(&rig.hv, &knob), 1, "{d}: one change for its set");
+    }
+    for _ in 0..5 {
+        rig.second(0.0);
+    }
+    assert_eq!(rig.worn(), None);
+    let back = rig.tuning();
+    assert_eq!(back.disks.get("vdb"), Some(&old), "vdb's old set and group");
+    assert_eq!(back, orig, "exactly back: vda and vdc without a throttle");
 }
 
 /// `required = [...]`: a persona whose essential knob is unsupported here is not

@@ -46,7 +46,7 @@ fn expected(cmd: &str) -> &'static [&'static str] {
             "web-peak",
             "degraded",
             "Degraded on this host:",
-            "web-peak on web-1: cpu_shares skipped: unsupported by this hypervisor driver",
+            "web-peak on web-1: cpu_shares skipped: libvirt reports no current value for it on this host",
         ],
         "virt-persona persona-status web-1" => &[
             "Persona:        web-peak",

@@ -655,6 +655,18 @@ fn print_tuning(t: &serde_json::Value) {
             }
         }
     }
+    // as virsh blkdeviotune prints them: bytes and operations per second
+    if let Some(disks) = t["disks"].as_object() {
+        for (dev, d) in disks {
+            println!("  blkdeviotune {dev}:");
+            for (k, v) in d["limits"].as_object().into_iter().flatten() {
+                line(&format!("  {k}:"), text(v));
+            }
+            if let Some(g) = d["group"].as_str() {
+                line("  group_name:", g.to_string());
+            }
+        }
+    }
     // as virsh domiftune prints them: inbound.average in KiB/s, burst in KiB
     if let Some(ifs) = t["interfaces"].as_object() {
         for (dev, b) in ifs {

@@ -327,6 +327,9 @@ pub fn check_value(change: &Change) -> std::result::Result<(), String> {
         ) if *v != 0 && !(100..=1000).contains(v) => Err(format!(
             "{v} is out of range: expected 100..1000, or 0 to remove"
         )),
+        (Knob::Disk { .. }, KnobValue::Throttle { throttle }) => {
+            crate::model::knobs::check_disk_limits(&throttle.limits)
+        }
         (Knob::BlkioDevice { .. }, KnobValue::Unsigned(_))
         | (Knob::Interface { .. }, KnobValue::Bandwidth(_)) => Ok(()),
         (knob, value) => Err(format!("value '{value}' has the wrong type for {knob}")),

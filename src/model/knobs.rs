@@ -354,3 +354,138 @@ mod tests {
         assert_eq!(Input::Count { min: 2, max: 9 }.range_text(), "2..9");
     }
 }
+
+/// The per-disk throttle fields (QEMU's, `virsh blkdeviotune`): one row each,
+/// `Variant "key" kind;`. The key is libvirt's typed parameter, the persona
+/// file's key in `[[tuning.disk]]` and the stored name.
+#[macro_export]
+macro_rules! disk_field_table {
+    ($then:ident) => {
+        $then! {
+            TotalBytesSec "total_bytes_sec" Bytes;
+            ReadBytesSec "read_bytes_sec" Bytes;
+            WriteBytesSec "write_bytes_sec" Bytes;
+            TotalIopsSec "total_iops_sec" Iops;
+            ReadIopsSec "read_iops_sec" Iops;
+            WriteIopsSec "write_iops_sec" Iops;
+            TotalBytesSecMax "total_bytes_sec_max" Bytes;
+            ReadBytesSecMax "read_bytes_sec_max" Bytes;
+            WriteBytesSecMax "write_bytes_sec_max" Bytes;
+            TotalIopsSecMax "total_iops_sec_max" Iops;
+            ReadIopsSecMax "read_iops_sec_max" Iops;
+            WriteIopsSecMax "write_iops_sec_max" Iops;
+            TotalBytesSecMaxLength "total_bytes_sec_max_length" Seconds;
+            ReadBytesSecMaxLength "read_bytes_sec_max_length" Seconds;
+            WriteBytesSecMaxLength "write_bytes_sec_max_length" Seconds;
+            TotalIopsSecMaxLength "total_iops_sec_max_length" Seconds;
+            ReadIopsSecMaxLength "read_iops_sec_max_length" Seconds;
+            WriteIopsSecMaxLength "write_iops_sec_max_length" Seconds;
+        }
+    };
+}
+
+/// What a disk throttle field measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskUnit {
+    /// Bytes per second (a rate, `"50 MiB/s"`).
+    Bytes,
+    /// I/O operations per second (a whole number).
+    Iops,
+    /// How long a burst may last, whole seconds (`"30s"` or a number).
+    Seconds,
+}
+
+macro_rules! define_disk_fields {
+    ($( $variant:ident $key:literal $unit:ident; )*) => {
+        /// A field of a disk's throttle ([`disk_field_table!`]).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum DiskField { $( $variant, )* }
+
+        impl DiskField {
+            pub const ALL: &'static [DiskField] = &[ $( DiskField::$variant, )* ];
+            /// libvirt's typed parameter, and the persona file's key.
+            pub fn key(self) -> &'static str {
+                match self { $( DiskField::$variant => $key, )* }
+            }
+            pub fn unit(self) -> DiskUnit {
+                match self { $( DiskField::$variant => DiskUnit::$unit, )* }
+            }
+            pub fn from_key(key: &str) -> Option<DiskField> {
+                match key { $( $key => Some(DiskField::$variant), )* _ => None }
+            }
+        }
+    };
+}
+
+crate::disk_field_table!(define_disk_fields);
+
+impl DiskField {
+    /// `total`, `read` or `write`, and `bytes` or `iops`: the limit this field
+    /// belongs to.
+    fn limit(self) -> (&'static str, &'static str) {
+        let key = self.key();
+        let dir = key.split('_').next().unwrap_or("");
+        let what = if key.contains("bytes") {
+            "bytes"
+        } else {
+            "iops"
+        };
+        (dir, what)
+    }
+    /// The base limit of a `_max` or `_max_length` field.
+    pub fn base(self) -> Option<DiskField> {
+        let key = self.key();
+        let base = key
+            .strip_suffix("_max_length")
+            .or_else(|| key.strip_suffix("_max"))?;
+        DiskField::from_key(base)
+    }
+    /// The `_max` field a `_max_length` field needs.
+    pub fn burst(self) -> Option<DiskField> {
+        DiskField::from_key(self.key().strip_suffix("_length")?)
+            .filter(|_| self.key().ends_with("_max_length"))
+    }
+}
+
+/// libvirt's (and QEMU's) rules for one disk's throttle set, as a reason:
+/// `total_*` excludes `read_*`/`write_*` of the same kind, a `_max` burst needs
+/// its limit and is at least it, a `_max_length` needs its `_max`.
+pub fn check_disk_limits(
+    limits: &std::collections::BTreeMap<DiskField, u64>,
+) -> Result<(), String> {
+    let get = |f: DiskField| limits.get(&f).copied().filter(|v| *v != 0);
+    for (&f, &v) in limits.iter().filter(|(_, v)| **v != 0) {
+        let (dir, what) = f.limit();
+        if dir == "total" && f.base().is_none() {
+            for other in DiskField::ALL {
+                let (d, w) = other.limit();
+                if d != "total" && w == what && other.base().is_none() && get(*other).is_some() {
+                    return Err(format!(
+                        "{} and {} cannot both be set: total_{what}_sec limits reads and writes together",
+                        f.key(),
+                        other.key()
+                    ));
+                }
+            }
+        }
+        if let Some(burst) = f.burst() {
+            if get(burst).is_none() {
+                return Err(format!("{} needs {}", f.key(), burst.key()));
+            }
+        } else if let Some(base) = f.base() {
+            match get(base) {
+                None => return Err(format!("{} needs {}", f.key(), base.key())),
+                Some(b) if v < b => {
+                    return Err(format!(
+                        "{} ({v}) is below {} ({b}): a burst is at least the limit",
+                        f.key(),
+                        base.key()
+                    ))
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}

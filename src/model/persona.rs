@@ -7,7 +7,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::hypervisor::DomainInfo;
-use crate::model::tuning::{InterfaceTuning, Tuning};
+use crate::model::tuning::{DiskThrottle, InterfaceTuning, Tuning};
 use crate::units::{CpuSet, Duration};
 
 /// What a metric's number means, which decides what a threshold may be written as.
@@ -229,6 +229,8 @@ pub struct TuningSpec {
     pub vcpu_pin: Vec<(VcpuSel, CpuSet)>,
     /// Target dev, MAC, or "*" for every interface.
     pub interfaces: Vec<(String, InterfaceTuning)>,
+    /// Disk target (vda), or "*" for every disk: its whole throttle set.
+    pub disks: Vec<(String, DiskThrottle)>,
     /// Knobs that do not depend on the domain (no pins, no interfaces here).
     pub fixed: Tuning,
     /// `[tuning]` keys without which the persona must not be worn; other knobs
@@ -252,6 +254,7 @@ impl Serialize for TuningSpec {
         };
         put("vcpu_pin", serde_json::to_value(&self.vcpu_pin))?;
         put("interfaces", serde_json::to_value(&self.interfaces))?;
+        put("disks", serde_json::to_value(&self.disks))?;
         if !self.required.is_empty() {
             put("required", serde_json::to_value(&self.required))?;
         }
@@ -291,6 +294,18 @@ impl TuningSpec {
                 for (target, mac) in &running {
                     if sel == "*" || sel == target || Some(sel.as_str()) == *mac {
                         t.interfaces.insert(target.to_string(), *bw);
+                    }
+                }
+            }
+        }
+        for pass_wildcard in [true, false] {
+            for (sel, throttle) in &self.disks {
+                if (sel == "*") != pass_wildcard {
+                    continue;
+                }
+                for disk in &domain.disks {
+                    if sel == "*" || *sel == disk.target {
+                        t.disks.insert(disk.target.clone(), throttle.clone());
                     }
                 }
             }

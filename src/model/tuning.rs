@@ -11,7 +11,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::knobs::{Family, Input, Row, ScalarValue};
+use super::knobs::{DiskField, Family, Input, Row, ScalarValue};
 use crate::units::CpuSet;
 
 /// libvirt's "no limit" for memory parameters (VIR_DOMAIN_MEMORY_PARAM_UNLIMITED), in KiB.
@@ -46,6 +46,45 @@ pub struct Bandwidth {
 pub struct InterfaceTuning {
     pub inbound: Option<Bandwidth>,
     pub outbound: Option<Bandwidth>,
+}
+
+/// QEMU's throttle of one disk (virsh blkdeviotune), libvirt units: bytes
+/// and operations per second, burst lengths in seconds. Only limits that are
+/// set are kept (libvirt's 0 is "no limit").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DiskThrottle {
+    pub limits: BTreeMap<DiskField, u64>,
+    /// Throttle group shared with other disks (libvirt's `group_name`).
+    pub group: Option<String>,
+}
+
+impl DiskThrottle {
+    /// As libvirt reads it back: no zero limits, no empty group.
+    pub fn normalized(mut self) -> DiskThrottle {
+        self.limits.retain(|_, v| *v != 0);
+        self.group = self.group.filter(|g| !g.is_empty());
+        self
+    }
+}
+
+impl fmt::Display for DiskThrottle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for (k, v) in &self.limits {
+            if !first {
+                f.write_str(" ")?;
+            }
+            first = false;
+            write!(f, "{}={v}", k.key())?;
+        }
+        if let Some(g) = &self.group {
+            write!(f, "{}group={g}", if first { "" } else { " " })?;
+        } else if first {
+            f.write_str("none")?;
+        }
+        Ok(())
+    }
 }
 
 /// A field of a per-device blkio setting.
@@ -143,6 +182,8 @@ macro_rules! define_tuning {
             pub blkio_devices: BTreeMap<String, BlkioDeviceTuning>,
             /// Interface target device (vnet0) -> bandwidth.
             pub interfaces: BTreeMap<String, InterfaceTuning>,
+            /// Disk target (vda) -> QEMU's throttle of it; no entry is no throttle.
+            pub disks: BTreeMap<String, DiskThrottle>,
         }
 
         /// One tunable value of a domain. Stored records name it by its tag
@@ -162,6 +203,11 @@ macro_rules! define_tuning {
             Interface {
                 target: String,
                 direction: Direction,
+            },
+            /// The whole throttle set of one disk (libvirt resets what a call
+            /// leaves out, so a disk's fields move together).
+            Disk {
+                target: String,
             },
         }
 
@@ -183,6 +229,7 @@ macro_rules! define_tuning {
                 $( stringify!($field), )*
                 "blkio_device",
                 "interface",
+                "disk",
             ];
 
             /// The knob's row in the table; `None` for per-vCPU and per-device knobs.
@@ -200,6 +247,7 @@ macro_rules! define_tuning {
                     $( Knob::$variant => stringify!($field), )*
                     Knob::BlkioDevice { .. } => "blkio_device",
                     Knob::Interface { .. } => "interface",
+                    Knob::Disk { .. } => "disk",
                 }
             }
         }
@@ -245,6 +293,9 @@ impl Knob {
         match self {
             Knob::BlkioDevice { .. } => Some(KnobValue::Unsigned(0)),
             Knob::Interface { .. } => Some(KnobValue::Bandwidth(Bandwidth::default())),
+            Knob::Disk { .. } => Some(KnobValue::Throttle {
+                throttle: DiskThrottle::default(),
+            }),
             _ => None,
         }
     }
@@ -260,6 +311,7 @@ impl fmt::Display for Knob {
             Knob::Interface { target, direction } => {
                 write!(f, "interface[{target}].{}", direction.prefix())
             }
+            Knob::Disk { target } => write!(f, "disk[{target}]"),
             k => f.write_str(k.key()),
         }
     }
@@ -272,6 +324,11 @@ pub enum KnobValue {
     CpuSet(CpuSet),
     Unsigned(u64),
     Signed(i64),
+    /// Before `Bandwidth`: an untagged `Bandwidth` (all fields defaulted)
+    /// would take any object, this one needs its `throttle` key.
+    Throttle {
+        throttle: DiskThrottle,
+    },
     Bandwidth(Bandwidth),
 }
 
@@ -284,6 +341,7 @@ impl fmt::Display for KnobValue {
             KnobValue::Bandwidth(b) => {
                 write!(f, "average={} peak={} burst={}", b.average, b.peak, b.burst)
             }
+            KnobValue::Throttle { throttle } => write!(f, "{throttle}"),
         }
     }
 }
@@ -353,6 +411,9 @@ impl Tuning {
                     Direction::Outbound => i.outbound,
                 })
                 .map(KnobValue::Bandwidth),
+            Knob::Disk { target } => self.disks.get(target).map(|d| KnobValue::Throttle {
+                throttle: d.clone(),
+            }),
             row => self.get_row(row),
         }
     }
@@ -375,6 +436,11 @@ impl Tuning {
         }
         self.blkio_devices
             .retain(|_, d| *d != BlkioDeviceTuning::default());
+        self.disks = std::mem::take(&mut self.disks)
+            .into_iter()
+            .map(|(k, d)| (k, d.normalized()))
+            .filter(|(_, d)| *d != DiskThrottle::default())
+            .collect();
         self
     }
 
@@ -396,6 +462,9 @@ impl Tuning {
                     Direction::Inbound => iface.inbound = Some(*b),
                     Direction::Outbound => iface.outbound = Some(*b),
                 }
+            }
+            (Knob::Disk { target }, KnobValue::Throttle { throttle }) => {
+                self.disks.insert(target.clone(), throttle.clone());
             }
             _ => {}
         }
@@ -428,6 +497,9 @@ impl Tuning {
                         self.interfaces.remove(target);
                     }
                 }
+            }
+            Knob::Disk { target } => {
+                self.disks.remove(target);
             }
             _ => {}
         }
@@ -462,6 +534,11 @@ impl Tuning {
                     direction,
                 });
             }
+        }
+        for target in self.disks.keys() {
+            push(Knob::Disk {
+                target: target.clone(),
+            });
         }
         out
     }

@@ -11,15 +11,17 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::knobs::{Input, Row, QUOTA_MAX_US, QUOTA_MIN_US};
+use super::knobs::{
+    check_disk_limits, DiskField, DiskUnit, Input, Row, QUOTA_MAX_US, QUOTA_MIN_US,
+};
 use super::line_col;
 use super::persona::{
     Activation, Agg, Comparison, Condition, Days, ForecastMode, Globs, Match, Metric, MetricUnit,
     Mode, Persona, Source, TuningSpec, VcpuSel, Window,
 };
 use super::tuning::{
-    Bandwidth, BlkioDeviceTuning, Change, InterfaceTuning, Knob, KnobValue, MEMORY_UNLIMITED_KIB,
-    ROWS,
+    Bandwidth, BlkioDeviceTuning, Change, DiskThrottle, InterfaceTuning, Knob, KnobValue,
+    MEMORY_UNLIMITED_KIB, ROWS,
 };
 use crate::units::{CpuSet, Duration, Rate, Size};
 
@@ -96,6 +98,14 @@ pub enum Rule {
     DuplicateDevice(String),
     #[error("interface: target must be an interface name (vnet0), a MAC address or \"*\"")]
     EmptyTarget,
+    #[error("disk: target '{0}' must be a disk's target device as the domain names it (vda, sdb) or \"*\"")]
+    BadDiskTarget(String),
+    #[error("disk: group '{0}': expected characters a-z, A-Z, 0-9, '.', '_' and '-'")]
+    BadDiskGroup(String),
+    #[error("disk: '{0}' is listed twice: give each disk one [[tuning.disk]]")]
+    DuplicateDisk(String),
+    #[error("disk '{target}': {reason}")]
+    DiskLimits { target: String, reason: String },
     #[error("{0}: expected at least one setting")]
     EmptyTable(&'static str),
     #[error("required: unknown knob '{0}': expected one of {1}")]
@@ -165,6 +175,17 @@ enum NumOrStr {
     Int(i64),
     Float(f64),
     Str(String),
+}
+
+/// As the file writes it.
+impl std::fmt::Display for NumOrStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NumOrStr::Int(i) => write!(f, "{i}"),
+            NumOrStr::Float(x) => write!(f, "{x}"),
+            NumOrStr::Str(s) => f.write_str(s),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -246,6 +267,8 @@ macro_rules! raw_tuning {
             #[serde(default)]
             interface: Vec<Spanned<RawInterface>>,
             #[serde(default)]
+            disk: Vec<Spanned<RawDisk>>,
+            #[serde(default)]
             required: Vec<Spanned<String>>,
         }
 
@@ -270,6 +293,28 @@ struct RawBlkioDevice {
     read_bytes_per_sec: Option<Spanned<NumOrStr>>,
     write_bytes_per_sec: Option<Spanned<NumOrStr>>,
 }
+
+/// `[[tuning.disk]]` as written: one field per row of the disk field table.
+macro_rules! raw_disk {
+    ($( $variant:ident $key:literal $unit:ident; )*) => {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        #[allow(non_snake_case)]
+        struct RawDisk {
+            target: Spanned<String>,
+            group: Option<Spanned<String>>,
+            $( #[serde(rename = $key)] $variant: Option<Spanned<NumOrStr>>, )*
+        }
+
+        impl RawDisk {
+            fn fields(&self) -> Vec<(DiskField, Option<&Spanned<NumOrStr>>)> {
+                vec![ $( (DiskField::$variant, self.$variant.as_ref()), )* ]
+            }
+        }
+    };
+}
+
+crate::disk_field_table!(raw_disk);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1248,12 +1293,96 @@ fn tuning(cx: &mut Ctx<'_>, r: &RawTuning) -> TuningSpec {
         s.interfaces
             .push((target, InterfaceTuning { inbound, outbound }));
     }
+    for d in &r.disk {
+        let d = d.get_ref();
+        let target = d.target.get_ref().trim().to_string();
+        let at = d.target.span().start;
+        if target.is_empty()
+            || !target
+                .chars()
+                .all(|c| c == '*' || c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            || (target.contains('*') && target != "*")
+        {
+            cx.err(at, Rule::BadDiskTarget(target.clone()));
+        }
+        let mut throttle = DiskThrottle::default();
+        let mut given = false;
+        for (field, v) in d.fields() {
+            let Some(v) = v else { continue };
+            given = true;
+            let key = format!("disk.{}", field.key());
+            let whole = |v: &NumOrStr| match v {
+                NumOrStr::Int(i) if *i >= 1 => Some(*i as u64),
+                // "30s": whole seconds only
+                NumOrStr::Str(t) if field.unit() == DiskUnit::Seconds => t
+                    .parse::<Duration>()
+                    .ok()
+                    .map(|d| d.as_micros())
+                    .filter(|us| *us >= 1_000_000 && us % 1_000_000 == 0)
+                    .map(|us| us / 1_000_000),
+                _ => None,
+            };
+            let value = match field.unit() {
+                DiskUnit::Bytes => cx.rate(&key, v),
+                unit => {
+                    let got = whole(v.get_ref());
+                    if got.is_none() {
+                        let range = if unit == DiskUnit::Iops {
+                            "a whole number of operations per second, at least 1"
+                        } else {
+                            "whole seconds, at least 1s"
+                        };
+                        cx.err(
+                            v.span().start,
+                            Rule::OutOfRange {
+                                key,
+                                value: v.get_ref().to_string(),
+                                range: range.into(),
+                            },
+                        );
+                    }
+                    got
+                }
+            };
+            if let Some(value) = value.filter(|x| *x > 0) {
+                throttle.limits.insert(field, value);
+            }
+        }
+        if let Some(g) = &d.group {
+            let name = g.get_ref().trim();
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            {
+                cx.err(g.span().start, Rule::BadDiskGroup(name.to_string()));
+            } else {
+                throttle.group = Some(name.to_string());
+            }
+        }
+        if !given {
+            cx.err(at, Rule::EmptyTable("disk"));
+        } else if let Err(reason) = check_disk_limits(&throttle.limits) {
+            cx.err(
+                at,
+                Rule::DiskLimits {
+                    target: target.clone(),
+                    reason,
+                },
+            );
+        }
+        if s.disks.iter().any(|(t, _)| *t == target) {
+            cx.err(at, Rule::DuplicateDisk(target.clone()));
+        }
+        s.disks.push((target, throttle));
+    }
     for k in &r.required {
         let key = k.get_ref().trim();
         let set = match key {
             "vcpu_pin" => r.vcpu_pin.is_some(),
             "blkio_device" => !r.blkio_device.is_empty(),
             "interface" => !r.interface.is_empty(),
+            "disk" => !r.disk.is_empty(),
             _ => match r.rows().into_iter().find(|(k, _)| k.key() == key) {
                 Some((_, v)) => v.is_some(),
                 None => {
