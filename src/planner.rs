@@ -373,7 +373,7 @@ mod tests {
     fn arb_value(row: &'static crate::model::knobs::Row) -> BoxedStrategy<KnobValue> {
         use crate::model::knobs::{Input, QUOTA_MIN_US};
         match row.input {
-            Input::CpuSet => prop::collection::btree_set(0u32..8, 1..4)
+            Input::CpuSet | Input::NodeSet => prop::collection::btree_set(0u32..8, 1..4)
                 .prop_map(|s| KnobValue::CpuSet(crate::units::CpuSet::from_cpus(s)))
                 .boxed(),
             Input::Count { min, max } | Input::Micros { min, max } => {

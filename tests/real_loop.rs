@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Daemon, Guest, Load};
-use virt_persona::hypervisor::{Hypervisor, ReadScope};
-use virt_persona::model::tuning::Tuning;
+use virt_persona::hypervisor::{ApplyScope, Hypervisor, HypervisorError, ReadScope};
+use virt_persona::model::tuning::{Change, Knob, Tuning};
 
 fn test_dir(name: &str) -> PathBuf {
     let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
@@ -930,6 +930,67 @@ fn a_disk_throttle_applies_live_and_persisted_and_reverts_exactly() {
         "the definition exactly as before: no <iotune>\n{}",
         d.log()
     );
+}
+
+/// `numa_nodeset` on a real guest, through the adapter (this host has one
+/// NUMA node, so no persona can move a domain's memory here: the daemon's
+/// path is the table's, as for every row). A domain without a nodeset reads
+/// as every host node (what a revert puts back live); written with the
+/// definition, the nodeset appears there and restoring "not set" removes it
+/// again exactly; where the domain's mode is interleave, a live change is
+/// refused as unsupported with the reason, before libvirt is asked.
+#[test]
+fn numa_nodeset_is_read_written_restored_and_refused_where_the_mode_forbids() {
+    use virt_persona::model::tuning::{DefinitionOriginal, KnobValue};
+    let strict = Guest::boot("numa", 1);
+    let interleaved = Guest::boot_extra(
+        "numai",
+        1,
+        "  <numatune><memory mode='interleave' nodeset='0'/></numatune>",
+    );
+    let hv = common::real();
+    let before = hv.tuning(&strict.name, ReadScope::Current).unwrap();
+    let before_xml = strict.definition_xml();
+    assert!(!before_xml.contains("<numatune>"), "{before_xml}");
+    let all = before
+        .numa_nodeset
+        .clone()
+        .expect("every host node when none is set");
+    assert!(all.contains(0), "{all}");
+    let change = Change {
+        knob: Knob::NumaNodeset,
+        value: KnobValue::CpuSet(all.clone()),
+    };
+    hv.apply(&strict.name, &change, ApplyScope::LiveAndConfig)
+        .unwrap();
+    let xml = strict.definition_xml();
+    assert!(xml.contains(&format!("nodeset='{all}'")), "{xml}");
+    assert_eq!(
+        hv.tuning(&strict.name, ReadScope::Current)
+            .unwrap()
+            .numa_nodeset,
+        Some(all.clone())
+    );
+    hv.restore_definition(
+        &strict.name,
+        &[DefinitionOriginal {
+            knob: Knob::NumaNodeset,
+            value: None,
+        }],
+    )
+    .unwrap();
+    assert_eq!(strict.definition_xml(), before_xml, "no <numatune> again");
+    assert_eq!(hv.tuning(&strict.name, ReadScope::Current).unwrap(), before);
+
+    let before_i = interleaved.definition_xml();
+    match hv.apply(&interleaved.name, &change, ApplyScope::Live) {
+        Err(HypervisorError::Unsupported { knob, message, .. }) => {
+            assert_eq!(knob, "numa_nodeset");
+            assert!(message.contains("interleave"), "{message}");
+        }
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
+    assert_eq!(interleaved.definition_xml(), before_i);
 }
 
 /// Observe mode on a real guest: with `dry_run = true` in the config file the

@@ -99,6 +99,11 @@ macro_rules! knob_table {
                 xml: Some(["memtune", "swap_hard_limit"]),
                 input: Input::Memory, label: "swap_hard_limit (KiB)", nest: Some(2),
             }
+            NumaNodeset numa_nodeset: CpuSet {
+                family: Family::Numa, param: "numa_nodeset",
+                xml: Some(["numatune", "memory"]),
+                input: Input::NodeSet, label: "numa_nodeset",
+            }
             BlkioWeight blkio_weight: u32 {
                 family: Family::Blkio, param: "weight",
                 xml: Some(["blkiotune", "weight"]),
@@ -121,6 +126,9 @@ pub enum Family {
     Memory,
     /// `virDomain{Get,Set}BlkioParameters`.
     Blkio,
+    /// `virDomain{Get,Set}NumaParameters`; live only where the domain's
+    /// `<numatune>` mode allows it (strict or restrictive).
+    Numa,
 }
 
 /// The typed-parameter type a value travels as (from the row's Rust type).
@@ -142,6 +150,8 @@ pub enum ParamKind {
 pub enum Input {
     /// A set of host CPUs, `"0-3,8"`; never empty.
     CpuSet,
+    /// A set of host NUMA nodes, `"0-1"`; never empty.
+    NodeSet,
     /// A whole number in `min..=max`.
     Count { min: u64, max: u64 },
     /// A duration (`"100ms"`), stored in µs, in `min..=max` µs.
@@ -162,6 +172,7 @@ impl Input {
     pub fn range_text(self) -> String {
         match self {
             Input::CpuSet => "a host cpuset".into(),
+            Input::NodeSet => "a set of host NUMA nodes".into(),
             Input::Count { min, max } => format!("{min}..{max}"),
             Input::Micros { min, max } => format!("{}..{}", micros(min), micros(max)),
             Input::Quota => format!("at least {}, or \"unlimited\"", micros(QUOTA_MIN_US as u64)),
@@ -177,7 +188,10 @@ impl Input {
             (Input::CpuSet, KnobValue::CpuSet(s)) if s.is_empty() => Err(Refusal::Range(
                 "an empty cpuset would stop the domain from running".into(),
             )),
-            (Input::CpuSet, KnobValue::CpuSet(_)) => Ok(()),
+            (Input::NodeSet, KnobValue::CpuSet(s)) if s.is_empty() => Err(Refusal::Range(
+                "an empty nodeset leaves the domain no memory to run in".into(),
+            )),
+            (Input::CpuSet | Input::NodeSet, KnobValue::CpuSet(_)) => Ok(()),
             (Input::Count { min, max }, KnobValue::Unsigned(v)) => {
                 if (min..=max).contains(v) {
                     Ok(())

@@ -512,12 +512,12 @@ impl Ctx<'_> {
             message: message.into(),
         };
         match (row.input, v.get_ref()) {
-            (Input::CpuSet, NumOrStr::Str(text)) => {
+            (Input::CpuSet | Input::NodeSet, NumOrStr::Str(text)) => {
                 let text = Spanned::new(v.span(), text.clone());
                 self.cpuset(key, &text).map(KnobValue::CpuSet)
             }
-            (Input::CpuSet, _) => {
-                self.err(at, bad("expected a cpuset like \"0-3,6\""));
+            (Input::CpuSet | Input::NodeSet, _) => {
+                self.err(at, bad("expected a set like \"0-3,6\""));
                 None
             }
             (Input::Count { min, max }, NumOrStr::Int(i)) => match u64::try_from(*i) {

@@ -142,25 +142,31 @@ pub struct Guest {
 impl Guest {
     /// Defines and starts a persistent guest with `vcpus` vCPUs, idle.
     pub fn boot(test: &str, vcpus: u32) -> Guest {
+        Self::boot_extra(test, vcpus, "")
+    }
+
+    /// Like [`Guest::boot`], with `extra` added to the definition before
+    /// `<devices>` (`<numatune>…</numatune>`, `<iothreads>1</iothreads>`).
+    pub fn boot_extra(test: &str, vcpus: u32, extra: &str) -> Guest {
         let turn = Turn::Shared(ALONE.read().unwrap_or_else(|p| p.into_inner()));
-        Self::boot_with(test, vcpus, turn, virt_type())
+        Self::boot_with(test, vcpus, turn, virt_type(), extra)
     }
 
     /// Like [`Guest::boot`], but no other guest of this test binary runs while it
     /// lives: for tests that measure CPU time on a two-core host.
     pub fn boot_alone(test: &str, vcpus: u32) -> Guest {
         let turn = Turn::Alone(ALONE.write().unwrap_or_else(|p| p.into_inner()));
-        Self::boot_with(test, vcpus, turn, virt_type())
+        Self::boot_with(test, vcpus, turn, virt_type(), "")
     }
 
     /// Like [`Guest::boot_alone`], but always under TCG (`<domain type='qemu'>`):
     /// the fallback for hosts without a usable /dev/kvm, exercised here too.
     pub fn boot_alone_tcg(test: &str, vcpus: u32) -> Guest {
         let turn = Turn::Alone(ALONE.write().unwrap_or_else(|p| p.into_inner()));
-        Self::boot_with(test, vcpus, turn, "qemu")
+        Self::boot_with(test, vcpus, turn, "qemu", "")
     }
 
-    fn boot_with(test: &str, vcpus: u32, turn: Turn, virt: &'static str) -> Guest {
+    fn boot_with(test: &str, vcpus: u32, turn: Turn, virt: &'static str, extra: &str) -> Guest {
         {
             let (lock, cv) = &SLOTS;
             let mut n = lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -195,7 +201,8 @@ impl Guest {
             .replace("@NAME@", &name)
             .replace("@VCPUS@", &vcpus.to_string())
             .replace("@DISK@", disk.to_str().expect("utf-8 path"))
-            .replace("@SOCK@", sock.to_str().expect("utf-8 path"));
+            .replace("@SOCK@", sock.to_str().expect("utf-8 path"))
+            .replace("  <devices>", &format!("{extra}\n  <devices>"));
         let hv = real();
         // the guard exists before anything is defined, so a failure below still cleans up
         let mut g = Guest {

@@ -45,6 +45,8 @@ struct Live {
     metadata_cb: Option<c_int>,
     /// Size of a host cpumap in CPUs.
     host_cpus: u32,
+    /// Host NUMA nodes (virNodeGetInfo's `nodes`): what "no nodeset" means.
+    host_nodes: u32,
     /// libvirt's test driver wants AFFECT_CURRENT where QEMU takes AFFECT_LIVE.
     test_driver: bool,
 }
@@ -234,6 +236,7 @@ fn open(uri: &str, subscribers: &Arc<Subscribers>) -> Result<Live> {
         .map(|t| t.eq_ignore_ascii_case("test"))
         .unwrap_or(false);
     let host_cpus = node_cpu_count(&conn).unwrap_or(1);
+    let host_nodes = conn.node_info().map(|i| i.nodes.max(1)).unwrap_or(1);
     let closed = Arc::new(AtomicBool::new(false));
     events::register_close(&conn, closed.clone(), subscribers.clone());
     let lifecycle_cb = events::register_lifecycle(&conn, subscribers.clone());
@@ -248,6 +251,7 @@ fn open(uri: &str, subscribers: &Arc<Subscribers>) -> Result<Live> {
         lifecycle_cb,
         metadata_cb,
         host_cpus,
+        host_nodes,
         test_driver,
     })
 }
@@ -420,6 +424,33 @@ fn param_value(p: &params::Params, row: &Row) -> Option<KnobValue> {
     }
 }
 
+/// A running domain's memory nodeset can change only in the `strict` or
+/// `restrictive` mode of its `<numatune>` (libvirt moves its memory with
+/// cpuset.mems); other modes are fixed at start: unsupported, with the reason.
+fn numa_live_allowed(ptr: sys::virDomainPtr, name: &str, knob: &Knob) -> Result<()> {
+    let p = get_params_upto(MAX_PARAMS, |pp, n| unsafe {
+        sys::virDomainGetNumaParameters(ptr, pp, n, sys::VIR_DOMAIN_AFFECT_LIVE)
+    })
+    .map_err(|e| knob_err(name, knob, e))?;
+    // virDomainNumatuneMemMode: 0 strict, 1 preferred, 2 interleave, 3 restrictive
+    let mode = p.i64("numa_mode").unwrap_or(0);
+    if mode == 0 || mode == 3 {
+        return Ok(());
+    }
+    let named = match mode {
+        1 => "preferred",
+        2 => "interleave",
+        _ => "another mode",
+    };
+    Err(HypervisorError::Unsupported {
+        domain: name.to_string(),
+        knob: knob.to_string(),
+        message: format!(
+            "the domain's <numatune> mode is {named}: a running domain's nodeset can change only in strict or restrictive mode"
+        ),
+    })
+}
+
 /// Adds a row's value to a typed-parameter list, as the row's type says.
 fn add_param(list: &mut params::List, row: &Row, value: &KnobValue) -> Result<(), String> {
     let built = match (row.kind, value) {
@@ -512,6 +543,12 @@ fn read_tuning(live: &Live, name: &str, scope: ReadScope) -> Result<Tuning> {
     let blk = get_params("reading blkio parameters", name, |p, n| unsafe {
         sys::virDomainGetBlkioParameters(ptr, p, n, flags)
     })?;
+    // NUMA memory placement (drivers without it say "not supported": none)
+    let numa = get_params_upto(MAX_PARAMS, |p, n| unsafe {
+        sys::virDomainGetNumaParameters(ptr, p, n, flags)
+    })
+    .map_err(|e| debug!(domain = %name, error = %e, "no NUMA parameters"))
+    .unwrap_or_default();
     // the domain-wide knobs of the table, from their family's parameters
     for knob in Knob::SCALARS {
         let Some(row) = knob.row() else { continue };
@@ -523,10 +560,20 @@ fn read_tuning(live: &Live, name: &str, scope: ReadScope) -> Result<Tuning> {
             Family::Sched => &sched,
             Family::Memory => &mem,
             Family::Blkio => &blk,
+            Family::Numa => &numa,
             // read above, with its own call
             Family::EmulatorPin => continue,
         };
-        if let Some(value) = param_value(p, row) {
+        let value = match (row.family, param_value(p, row)) {
+            // a domain without a nodeset may use every host node: that is
+            // what a revert puts back live (an unset definition is handled
+            // by its own element)
+            (Family::Numa, None) if numa.str(row.param).is_some_and(|s| s.trim().is_empty()) => {
+                Some(KnobValue::CpuSet(CpuSet::from_cpus(0..live.host_nodes)))
+            }
+            (_, v) => v,
+        };
+        if let Some(value) = value {
             t.set(&Change {
                 knob: knob.clone(),
                 value,
@@ -684,6 +731,7 @@ fn apply_once(live: &Live, dom: &Domain, name: &str, change: &Change, flags: c_u
         Sched,
         Memory,
         Blkio,
+        Numa,
         Iface(CString),
         Disk(CString),
     }
@@ -718,6 +766,12 @@ fn apply_once(live: &Live, dom: &Domain, name: &str, change: &Change, flags: c_u
             Family::Sched => Setter::Sched,
             Family::Memory => Setter::Memory,
             Family::Blkio => Setter::Blkio,
+            Family::Numa => {
+                if flags & sys::VIR_DOMAIN_AFFECT_LIVE != 0 {
+                    numa_live_allowed(ptr, name, knob)?;
+                }
+                Setter::Numa
+            }
         };
         add_param(&mut list, row, &change.value).map_err(invalid)?;
         family
@@ -771,6 +825,7 @@ fn apply_once(live: &Live, dom: &Domain, name: &str, change: &Change, flags: c_u
             Setter::Blkio => {
                 sys::virDomainSetBlkioParameters(ptr, list.as_ptr(), list.len(), flags)
             }
+            Setter::Numa => sys::virDomainSetNumaParameters(ptr, list.as_ptr(), list.len(), flags),
             Setter::Disk(dev) => {
                 sys::virDomainSetBlockIoTune(ptr, dev.as_ptr(), list.as_ptr(), list.len(), flags)
             }
@@ -1040,7 +1095,11 @@ impl Hypervisor for LibvirtHypervisor {
             });
         }
         self.with(|live| {
-            if let KnobValue::CpuSet(set) = &change.value {
+            let pins_cpus = change
+                .knob
+                .row()
+                .is_none_or(|r| r.input == crate::model::knobs::Input::CpuSet);
+            if let (true, KnobValue::CpuSet(set)) = (pins_cpus, &change.value) {
                 if let Some(max) = set.max().filter(|m| *m >= live.host_cpus) {
                     return Err(HypervisorError::Invalid {
                         domain: domain.to_string(),
