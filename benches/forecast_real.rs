@@ -207,7 +207,7 @@ fn forecast_of(
         Err(e) => {
             println!(
                 "{name} @ {}: no forecast: {e}",
-                virt_persona::api::rfc3339(cut)
+                virt_persona::time::rfc3339(cut)
             );
             None
         }
@@ -325,7 +325,7 @@ fn main() {
             upper.push(score(&hi, None, &truth, naive_mae, p90));
             println!(
                 "{name:<32} {} relMAE {:.2} (last week {:.2}, 7-day slot mean {:.2}) coverage {:>3.0} % width {:.2}x peak {} model: {}",
-                virt_persona::api::rfc3339(cut),
+                virt_persona::time::rfc3339(cut),
                 s.rel_mae,
                 mae(&last_week, &truth) / naive_mae,
                 mae(&slot_mean, &truth) / naive_mae,

@@ -9,8 +9,7 @@ use std::collections::{HashMap, VecDeque};
 use crate::hypervisor::{BlockCounters, DomainStats, NetCounters, StatGroups};
 use crate::model::persona::{Metric, Persona, Source};
 
-/// Milliseconds since the Unix epoch.
-pub type Millis = i64;
+use crate::time::Millis;
 
 /// One value per metric (NaN = not measured this tick).
 #[derive(Debug, Clone, Copy, PartialEq)]

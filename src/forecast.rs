@@ -24,9 +24,9 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::collector::Millis;
 use crate::history::SeriesKey;
 use crate::model::persona::Metric;
+use crate::time::Millis;
 
 /// The resolution forecasts work at: 15 minutes. Fitting AutoETS costs about
 /// linear time in the points; at 5-minute steps a refit of 100 domains took
@@ -1093,7 +1093,7 @@ pub(crate) mod tests {
                 o.crossing,
                 Some(nine),
                 "from {}: the rush at 09:00 Berlin",
-                crate::api::rfc3339(from)
+                crate::time::rfc3339(from)
             );
             // and it ends at 11:00 on the wall clock too
             let after = f

@@ -18,10 +18,10 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
-use crate::collector::Millis;
 use crate::forecast::{fit_in, FitError, FitState, STEP_MS};
 use crate::history::{History, SeriesKey, HOUR_MS, MINUTE_MS};
 use crate::store::{HistoryDb, StoreError};
+use crate::time::Millis;
 
 /// What the loop tells the worker.
 pub enum ToWorker {
@@ -98,7 +98,7 @@ pub struct WorkerConfig {
     pub state_dir: PathBuf,
     pub retention: Millis,
     /// Milliseconds since the epoch.
-    pub clock: crate::reconciler::Clock,
+    pub clock: crate::time::Clock,
     pub refit_every: Millis,
     /// The most series the history holds after an import (the host's own
     /// domains are always recorded).

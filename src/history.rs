@@ -11,9 +11,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::collector::Millis;
 use crate::forecast::Series;
 use crate::model::persona::Metric;
+use crate::time::Millis;
 
 pub const MINUTE_MS: Millis = 60_000;
 pub const FIVE_MS: Millis = 5 * MINUTE_MS;

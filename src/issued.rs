@@ -18,8 +18,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::collector::Millis;
 use crate::forecast::{Fit, Series, DAY, STEP_MS};
+use crate::time::Millis;
 
 /// Days of issued forecasts kept per series (the record covers the last 7
 /// complete ones; one more is being waited for).

@@ -24,6 +24,7 @@ pub mod rules;
 pub mod store;
 pub mod supervise;
 pub mod systemd;
+pub mod time;
 pub mod units;
 pub mod watch;
 

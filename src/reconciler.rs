@@ -16,7 +16,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use tracing::{debug, info, instrument, warn};
 
-use crate::collector::{longest_window, needs, Collector, HostCounters, Millis};
+use crate::collector::{longest_window, needs, Collector, HostCounters};
 use crate::forecast::{FitState, Forecasts};
 use crate::history::{SeriesKey, HOST};
 use crate::hypervisor::{
@@ -27,6 +27,7 @@ use crate::model::tuning::{Change, DefinitionOriginal, Direction, Knob, Tuning};
 use crate::planner::plan;
 use crate::rules::{candidates, decide, Decision, Inputs, Override, Reason, RuleState, Signals};
 use crate::store::{Event, Skipped, StateStore, StoreError, Worn};
+use crate::time::Millis;
 
 const BACKOFF_MIN_MS: Millis = 5_000;
 const BACKOFF_MAX_MS: Millis = 300_000;
@@ -235,7 +236,7 @@ pub struct Reconciler<H: Hypervisor + ?Sized, S: StateStore> {
 }
 
 /// Milliseconds since the Unix epoch, read when called.
-pub type Clock = Box<dyn Fn() -> Millis + Send + Sync>;
+use crate::time::Clock;
 
 fn status_of(e: &DomainEntry) -> DomainStatus {
     DomainStatus {

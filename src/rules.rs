@@ -18,12 +18,13 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::collector::{Millis, Sample};
+use crate::collector::Sample;
 use crate::forecast::{FitState, Forecasts, MIN_HISTORY_MS};
 use crate::hypervisor::DomainInfo;
 use crate::model::persona::{
     Activation, Agg, Comparison, Condition, ForecastMode, Metric, Mode, Persona, Source, Window,
 };
+use crate::time::Millis;
 
 /// An external signal (SPEC §5).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -177,12 +178,7 @@ impl Note {
     }
 }
 
-/// A time for people: RFC 3339 in UTC, to the second.
-pub fn rfc3339(t: Millis) -> String {
-    jiff::Timestamp::from_millisecond(t)
-        .map(|ts| ts.round(jiff::Unit::Second).unwrap_or(ts).to_string())
-        .unwrap_or_else(|_| t.to_string())
-}
+use crate::time::rfc3339;
 
 /// A span for people, in days to one decimal or in hours.
 fn days(ms: Millis) -> String {

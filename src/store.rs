@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::collector::Millis;
 use crate::model::tuning::{Change, DefinitionOriginal, Knob, Tuning};
 use crate::rules::Override;
+use crate::time::Millis;
 
 /// A knob a transition left alone because this host cannot apply it at all.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@
 
 use serde::Serialize;
 
-use crate::collector::Millis;
+use crate::time::Millis;
 
 const FIRST_DELAY_MS: Millis = 1_000;
 const MAX_DELAY_MS: Millis = 300_000;

@@ -134,7 +134,7 @@ fn the_persona_is_on_before_the_rush_and_observe_mode_only_says_so() {
     let day15 = monday() + 14 * DAY;
     eprintln!(
         "the daemon's clock: {}, 08:53:45 UTC",
-        virt_persona::api::rfc3339(day15)
+        virt_persona::time::rfc3339(day15)
     );
     let start = day15 + 8 * 3_600_000 + 53 * 60_000 + 45_000;
     let real = std::time::SystemTime::now()
@@ -279,7 +279,7 @@ fn the_persona_is_on_before_the_rush_and_observe_mode_only_says_so() {
     );
     assert!(out.contains("70 (web-rush)"), "{out}");
     assert!(out.contains("Accuracy of the forecast for"), "{out}");
-    assert!(out.contains(&virt_persona::api::rfc3339(nine)), "{out}");
+    assert!(out.contains(&virt_persona::time::rfc3339(nine)), "{out}");
     assert!(out.contains("days on the UTC clock"), "{out}");
     // no day forecast by this daemon has passed yet: no record, said so
     // (the record itself: src/forecaster.rs, src/issued.rs)

@@ -16,14 +16,14 @@ use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use crate::api::command::{Command, Reply};
-use crate::api::rfc3339;
-use crate::collector::Millis;
 use crate::hypervisor::{Hypervisor, ReadScope};
 use crate::model::loader::Catalog;
 use crate::model::validate::parse_persona;
 use crate::reconciler::{DomainStatus, ManualError, Reconciler};
 use crate::rules::Signal;
 use crate::store::{Event, StateStore};
+use crate::time::rfc3339;
+use crate::time::Millis;
 
 /// How far back `GET /v1/events/recent` looks when no `since` is given.
 pub const RECENT_EVENTS_MS: Millis = 3_600_000;

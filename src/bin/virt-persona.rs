@@ -580,7 +580,7 @@ fn persona_status(cli: &Cli, domain: Option<&str>) -> anyhow::Result<ExitCode> {
             let until = o
                 .get("until")
                 .and_then(|u| u.as_i64())
-                .map(virt_persona::api::rfc3339)
+                .map(virt_persona::time::rfc3339)
                 .unwrap_or_else(|| "reverted".into());
             println!("{:<15} {} (until {until})", "Manual:", text(&o["persona"]));
         }
@@ -850,7 +850,7 @@ fn list(cli: &Cli, all: bool) -> anyhow::Result<ExitCode> {
             if d["reason"] == "manual" {
                 if let Some(until) = d["override"]["until"].as_i64() {
                     d["reason"] =
-                        format!("manual until {}", virt_persona::api::rfc3339(until)).into();
+                        format!("manual until {}", virt_persona::time::rfc3339(until)).into();
                 }
             }
         }
@@ -958,7 +958,7 @@ fn history(
     let mut path = format!("/v1/domains/{}/history", client::seg(domain));
     if let Some(d) = since {
         let back = i64::try_from(d.as_std().as_millis()).unwrap_or(i64::MAX);
-        let since_ms = virt_persona::api::now_ms().saturating_sub(back);
+        let since_ms = virt_persona::time::now_ms().saturating_sub(back);
         path.push_str(&format!("?since={}", since_ms.max(0) / 1000));
     }
     let v = get(cli, &path)?;

@@ -16,7 +16,7 @@ use virt_persona::logging::LogFormat;
 
 use virt_persona::api::command::{Command, Envelope, Reply};
 use virt_persona::api::exec::{self, domains_body, event_json, reload};
-use virt_persona::api::{now_ms, server};
+use virt_persona::api::server;
 use virt_persona::cluster;
 use virt_persona::forecaster::{ToWorker, WorkerConfig};
 use virt_persona::hypervisor::{Hypervisor, HypervisorEvent};
@@ -25,6 +25,7 @@ use virt_persona::model::loader::Catalog;
 use virt_persona::reconciler::Reconciler;
 use virt_persona::store::RedbStore;
 use virt_persona::systemd::{status_line, Notifier};
+use virt_persona::time::now_ms;
 use virt_persona::units::Duration;
 
 /// virt-persona host daemon: gives every libvirt domain the tuning persona its load calls for.
@@ -139,7 +140,7 @@ impl Gossip {
     /// The node's task ended (`why`): it is started again after a backoff.
     fn ended(&mut self, why: String, now: i64) {
         self.node.failed(why.clone(), now);
-        tracing::error!(%why, retry_at = ?self.node.status().restart_at.map(virt_persona::api::rfc3339), "the gossip task stopped; this host is out of the cluster until it is started again, domains are still controlled");
+        tracing::error!(%why, retry_at = ?self.node.status().restart_at.map(virt_persona::time::rfc3339), "the gossip task stopped; this host is out of the cluster until it is started again, domains are still controlled");
     }
 
     /// Starts the node again once its backoff is over. The exchange (this
@@ -674,7 +675,7 @@ fn run(
                 // its thread ended: the loop goes on, the worker comes back
                 Err(_) => {
                     let why = worker.ended(now_ms());
-                    tracing::error!(%why, retry_at = ?worker.status().restart_at.map(virt_persona::api::rfc3339), "the forecast worker stopped; forecasts are frozen until it is started again, domains are still controlled");
+                    tracing::error!(%why, retry_at = ?worker.status().restart_at.map(virt_persona::time::rfc3339), "the forecast worker stopped; forecasts are frozen until it is started again, domains are still controlled");
                 }
             },
             recv(watchdog) -> _ => notifier.watchdog(),

@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 use crate::cluster::node::Shared;
 use crate::cluster::seal::{MAX_DATAGRAM, OVERHEAD};
 use crate::cluster::state::{Entry, Item, ItemKey, Local, Publisher, MAX_ITEM};
-use crate::collector::Millis;
+use crate::time::Millis;
 
 /// The largest payload inside a sealed datagram.
 pub const MAX_PAYLOAD: usize = MAX_DATAGRAM - OVERHEAD;

@@ -8,9 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::cluster::node::Inner;
 use crate::cluster::state::{DomainPub, Local, Manual, SignalPub, Summary};
-use crate::collector::Millis;
 use crate::reconciler::DomainStatus;
 use crate::rules::Signal;
+use crate::time::Millis;
 
 /// A manual activation to continue here: the domain left host `from`.
 #[derive(Debug, Clone, PartialEq)]

@@ -11,11 +11,9 @@ pub mod state;
 
 use serde_json::{json, Value};
 
-use crate::collector::Millis;
+use crate::time::Millis;
 
-fn rfc3339(t: Millis) -> String {
-    crate::rules::rfc3339(t)
-}
+use crate::time::rfc3339;
 
 /// `GET /v1/cluster` and `cluster-status --json`: every host known, alive,
 /// suspect or dead, last seen, version, digest (flagged when it differs

@@ -22,7 +22,7 @@ use tracing::{debug, info};
 use crate::cluster::driver::{Driver, DriverConfig, Id, TICK_MS};
 use crate::cluster::seal::{Drop, KeyRing, Opener, Sealer};
 use crate::cluster::state::{Body, ClusterState, Item, Local};
-use crate::collector::Millis;
+use crate::time::Millis;
 
 /// A member as SWIM sees it.
 #[derive(Debug, Clone, PartialEq, Serialize)]

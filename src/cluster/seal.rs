@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 
-use crate::collector::Millis;
+use crate::time::Millis;
 
 pub const MAGIC: &[u8; 4] = b"VPG1";
 const NONCE: usize = 12;

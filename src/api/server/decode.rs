@@ -50,7 +50,7 @@ pub fn limit(value: Option<&str>) -> Result<usize, HttpError> {
 }
 
 fn since(value: &str) -> Result<i64, HttpError> {
-    crate::api::parse_time(value).ok_or_else(|| {
+    crate::time::parse_time(value).ok_or_else(|| {
         (
             400,
             format!("since: '{value}' is not an RFC 3339 time or Unix seconds"),
