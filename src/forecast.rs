@@ -25,7 +25,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::history::SeriesKey;
-use crate::model::persona::Metric;
+use crate::model::persona::{Bound, Metric};
 use crate::time::Millis;
 
 /// The resolution forecasts work at: 15 minutes. Fitting AutoETS costs about
@@ -41,6 +41,8 @@ pub const MIN_HISTORY_MS: Millis = 2 * DAY as Millis * STEP_MS;
 /// How far ahead a fit forecasts (and the longest `horizon` + `lead`).
 pub const AHEAD_STEPS: usize = DAY;
 pub const AHEAD_MS: Millis = AHEAD_STEPS as Millis * STEP_MS;
+// the validator holds conditions to the model's reach: the same day
+const _: () = assert!(AHEAD_MS == crate::model::persona::FORECAST_REACH_MS);
 /// The prediction interval's level.
 pub const LEVEL: f64 = 0.95;
 /// A fit older than this no longer forecasts (the domain stopped, or the
@@ -861,30 +863,13 @@ fn to_points(f: &[f64], bands: &[Option<(f64, f64)>], start: Millis) -> Vec<Poin
         .collect()
 }
 
-/// Which side of a threshold a forecast condition looks at.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Bound {
-    #[default]
-    Value,
-    Upper,
-    Lower,
-}
-
-impl Bound {
-    pub fn from_name(s: &str) -> Option<Bound> {
-        Some(match s {
-            "value" => Bound::Value,
-            "upper" => Bound::Upper,
-            "lower" => Bound::Lower,
-            _ => return None,
-        })
-    }
-    pub fn of(self, p: &Point) -> f64 {
-        match self {
-            Bound::Value => p.value,
-            Bound::Upper => p.upper,
-            Bound::Lower => p.lower,
+impl Point {
+    /// The side of the forecast a condition reads.
+    pub fn at(&self, bound: Bound) -> f64 {
+        match bound {
+            Bound::Value => self.value,
+            Bound::Upper => self.upper,
+            Bound::Lower => self.lower,
         }
     }
 }
@@ -927,7 +912,7 @@ impl Fit {
         crosses: impl Fn(f64) -> bool,
     ) -> Option<Outlook> {
         let w = self.window(from, to);
-        let vals = w.iter().map(|p| bound.of(p));
+        let vals = w.iter().map(|p| p.at(bound));
         let extreme = if above {
             vals.clone().reduce(f64::max)
         } else {
@@ -935,7 +920,7 @@ impl Fit {
         }?;
         let crossing = w
             .iter()
-            .find(|p| crosses(bound.of(p)))
+            .find(|p| crosses(p.at(bound)))
             .map(|p| p.t.max(from));
         Some(Outlook { extreme, crossing })
     }

@@ -301,7 +301,7 @@ pub fn describe(c: &Condition) -> String {
         if let Some(l) = c.lead {
             s.push_str(&format!(" (+{l} lead)"));
         }
-        if c.bound != crate::forecast::Bound::Value {
+        if c.bound != crate::model::persona::Bound::Value {
             s.push_str(&format!(" ({:?} bound)", c.bound).to_lowercase());
         }
     }

@@ -82,7 +82,7 @@ fn the_spec_example_parses_to_what_it_says() {
         Some("15m")
     );
     assert_eq!(a.when[2].lead.map(|h| h.to_string()).as_deref(), Some("5m"));
-    assert_eq!(a.when[2].bound, virt_persona::forecast::Bound::Value);
+    assert_eq!(a.when[2].bound, virt_persona::model::persona::Bound::Value);
     assert_eq!(a.schedule[0].from, 8 * 60);
     assert_eq!(a.schedule[0].to, 20 * 60);
     assert_eq!(a.timezone.as_deref(), Some("Europe/Berlin"));

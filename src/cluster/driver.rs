@@ -30,8 +30,8 @@ use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
-use crate::cluster::node::Shared;
 use crate::cluster::seal::{MAX_DATAGRAM, OVERHEAD};
+use crate::cluster::shared::Shared;
 use crate::cluster::state::{Entry, Item, ItemKey, Local, Publisher, MAX_ITEM};
 use crate::time::Millis;
 

@@ -6,6 +6,7 @@ pub mod driver;
 pub mod exchange;
 pub mod node;
 pub mod seal;
+pub mod shared;
 pub mod sim;
 pub mod state;
 

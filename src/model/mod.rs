@@ -1,5 +1,6 @@
 //! The pure model: persona files and the concrete tuning of a domain.
 
+pub mod domain;
 pub mod knobs;
 pub mod loader;
 pub mod persona;

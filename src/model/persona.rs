@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::hypervisor::DomainInfo;
+use crate::model::domain::DomainInfo;
 use crate::model::tuning::{DiskThrottle, InterfaceTuning, Tuning};
 use crate::units::{CpuSet, Duration};
 
@@ -143,7 +143,7 @@ pub struct Condition {
     /// (default 5 m).
     pub lead: Option<Duration>,
     /// Forecast conditions: the point forecast or an edge of its interval.
-    pub bound: crate::forecast::Bound,
+    pub bound: Bound,
 }
 
 /// Whether a persona's forecast conditions may activate it (SPEC §3).
@@ -195,6 +195,31 @@ pub struct Window {
     pub days: Days,
     pub from: u16,
     pub to: u16,
+}
+
+/// How far ahead a forecast reaches (a day): `horizon + lead` of a forecast
+/// condition is at most this. The forecaster's steps are sized to it.
+pub const FORECAST_REACH_MS: i64 = 86_400_000;
+
+/// Which side of a threshold a forecast condition looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bound {
+    #[default]
+    Value,
+    Upper,
+    Lower,
+}
+
+impl Bound {
+    pub fn from_name(s: &str) -> Option<Bound> {
+        Some(match s {
+            "value" => Bound::Value,
+            "upper" => Bound::Upper,
+            "lower" => Bound::Lower,
+            _ => return None,
+        })
+    }
 }
 
 /// `[activation]`.

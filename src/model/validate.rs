@@ -1036,10 +1036,10 @@ fn condition(cx: &mut Ctx<'_>, c: &Spanned<RawWhen>) -> Option<Condition> {
     let horizon = cx.duration("horizon", &r.horizon);
     let lead = cx.duration("lead", &r.lead);
     let bound = match &r.bound {
-        None => crate::forecast::Bound::Value,
-        Some(b) => crate::forecast::Bound::from_name(b.get_ref()).unwrap_or_else(|| {
+        None => crate::model::persona::Bound::Value,
+        Some(b) => crate::model::persona::Bound::from_name(b.get_ref()).unwrap_or_else(|| {
             cx.err(b.span().start, Rule::BadBound(b.get_ref().clone()));
-            crate::forecast::Bound::Value
+            crate::model::persona::Bound::Value
         }),
     };
     let agg = match &r.agg {
@@ -1075,7 +1075,8 @@ fn condition(cx: &mut Ctx<'_>, c: &Spanned<RawWhen>) -> Option<Condition> {
         cx.err(at, Rule::MissingHorizon);
     } else {
         // a fit forecasts a day ahead: horizon and lead together must fit in it
-        let ahead = std::time::Duration::from_millis(crate::forecast::AHEAD_MS as u64);
+        let ahead =
+            std::time::Duration::from_millis(crate::model::persona::FORECAST_REACH_MS as u64);
         let total = horizon.map(|h| h.as_std()).unwrap_or_default()
             + lead.map(|l| l.as_std()).unwrap_or(DEFAULT_LEAD);
         if total > ahead {
