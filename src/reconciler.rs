@@ -186,6 +186,95 @@ pub struct TickReport {
     pub apply_micros: Vec<u64>,
 }
 
+impl TickReport {
+    /// Counts what one domain's reconcile came to.
+    fn count(&mut self, o: Outcome) {
+        match o {
+            Outcome::WouldApply { transition: true }
+            | Outcome::AlreadyThere { transition: true } => self.transitions += 1,
+            Outcome::Applied {
+                transition,
+                changes,
+                micros,
+            } => {
+                self.apply_micros.push(micros);
+                if transition {
+                    self.transitions += 1;
+                } else if changes > 0 {
+                    self.drifts += 1;
+                }
+            }
+            Outcome::Failed => self.failures += 1,
+            _ => {}
+        }
+    }
+}
+
+/// What reconciling one domain came to (as kube-rs's `Action` tells its
+/// runtime): the tick's report is the sum of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing to do: as decided and no verify due, or the domain went away.
+    Nothing,
+    /// A transition held back by its retry backoff.
+    Backoff,
+    /// Observing only: what would be done was recorded.
+    WouldApply { transition: bool },
+    /// Decided and planned: nothing needed changing.
+    AlreadyThere { transition: bool },
+    /// Changes applied: a transition, or a drift repaired (`changes` > 0),
+    /// in `micros` of libvirt calls.
+    Applied {
+        transition: bool,
+        changes: usize,
+        micros: u64,
+    },
+    /// A change failed; what was changed was rolled back.
+    Failed,
+}
+
+/// A phase's result: go on with its value, or stop with the outcome.
+enum Step<T> {
+    Next(T),
+    Done(Outcome),
+}
+
+/// What the decide phase hands on.
+struct Decided {
+    decision: Decision,
+    /// The rule state before this decision (put back if the transition fails).
+    previous: RuleState,
+    from: Option<String>,
+    to: Option<String>,
+    changed: bool,
+    persona: Option<Arc<Persona>>,
+    baseline: Tuning,
+}
+
+/// What the plan phase hands on.
+struct Planned {
+    name: String,
+    current: Tuning,
+    changes: Vec<Change>,
+    skipped: Vec<Skipped>,
+    /// Why, as the event says it (criteria, drift, manual …).
+    reason: String,
+}
+
+/// What the apply phase did.
+struct Applied {
+    /// The changes made, in order.
+    done: Vec<Change>,
+    failure: Option<(Change, HypervisorError)>,
+    /// Originals recorded by this transition (cleared again if it fails).
+    originals: Vec<Change>,
+    /// Definition originals recorded by this transition.
+    fresh_definition: Vec<DefinitionOriginal>,
+    scope: ApplyScope,
+    skipped: Vec<Skipped>,
+    micros: u64,
+}
+
 /// Errors that stop a tick (the next tick tries again).
 #[derive(Debug, thiserror::Error)]
 pub enum TickError {
@@ -520,8 +609,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         self.store
             .set_override(&uuid, Some(&o))
             .map_err(TickError::from)?;
-        let mut report = TickReport::default();
-        self.reconcile_domain(&uuid, now, &mut report)?;
+        self.reconcile_domain(&uuid, now)?;
         let entry = self.domains.get(&uuid).expect("found above");
         if already && entry.rules.worn.as_ref().is_some_and(|w| w.0 == persona) {
             let name = entry.info.name.clone();
@@ -544,8 +632,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             .set_override(&uuid, None)
             .map_err(TickError::from)?;
         if active {
-            let mut report = TickReport::default();
-            self.reconcile_domain(&uuid, now, &mut report)?;
+            self.reconcile_domain(&uuid, now)?;
         }
         // the criteria keep the same persona on: no transition, but the end
         // of the manual activation is in the history
@@ -951,7 +1038,8 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             {
                 continue;
             }
-            match self.reconcile_domain(&uuid, now, &mut report) {
+            match self.reconcile_domain(&uuid, now) {
+                Ok(outcome) => report.count(outcome),
                 Err(TickError::Store(StoreError::Corrupt { key, message })) => {
                     self.quarantine(
                         &uuid,
@@ -959,7 +1047,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                         format!("its record in the state store ({key}) is damaged: {message}"),
                     )?;
                 }
-                other => other?,
+                Err(e) => return Err(e),
             }
         }
         // expired signals are dropped every tick, not only when someone lists them
@@ -968,16 +1056,38 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         Ok(report)
     }
 
-    fn reconcile_domain(
-        &mut self,
-        uuid: &str,
-        now: Millis,
-        report: &mut TickReport,
-    ) -> Result<(), TickError> {
+    /// One domain, in phases: decide which persona, plan the difference,
+    /// apply it (rolling back on failure), record. Says what it came to.
+    fn reconcile_domain(&mut self, uuid: &str, now: Millis) -> Result<Outcome, TickError> {
+        let decided = match self.decide_domain(uuid, now)? {
+            Step::Next(d) => d,
+            Step::Done(o) => return Ok(o),
+        };
+        let planned = match self.plan_domain(uuid, &decided)? {
+            Step::Next(p) => p,
+            Step::Done(o) => return Ok(o),
+        };
+        if self.observe.is_some() || self.dry_run {
+            return self.would_apply(uuid, now, decided, planned);
+        }
+        if planned.changes.is_empty() {
+            return self.already_there(uuid, now, decided, planned);
+        }
+        let mut applied = self.apply_domain(uuid, &decided, &planned)?;
+        if let Some((bad, err)) = applied.failure.take() {
+            return self.failed(uuid, now, decided, planned, applied, (bad, err));
+        }
+        self.record_applied(uuid, now, decided, planned, applied)
+    }
+
+    /// Decide: which persona the domain should wear now, and whether that
+    /// needs any work (a transition, a verify that is due, a baseline to give
+    /// back). Manual activations that ran out end here.
+    fn decide_domain(&mut self, uuid: &str, now: Millis) -> Result<Step<Decided>, TickError> {
         // decide
         self.end_unfitting_override(uuid, now)?;
         let Some(entry) = self.domains.get_mut(uuid) else {
-            return Ok(());
+            return Ok(Step::Done(Outcome::Nothing));
         };
         let previous = entry.rules.clone();
         entry.refused = refusals(&entry.candidates, &entry.unsupported);
@@ -1017,7 +1127,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             }
         }
         let Some(entry) = self.domains.get_mut(uuid) else {
-            return Ok(());
+            return Ok(Step::Done(Outcome::Nothing));
         };
         let from = previous.worn.as_ref().map(|w| w.0.clone());
         let to = decision.persona.clone();
@@ -1030,7 +1140,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         if changed && retry_blocked {
             entry.rules = previous;
             entry.last_decision = Some(decision);
-            return Ok(());
+            return Ok(Step::Done(Outcome::Backoff));
         }
         // a manual activation whose time ran out: gone from the store too, and
         // said in the history even where the criteria keep the same persona on
@@ -1053,7 +1163,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         }
         let baseline = self.baseline_of(uuid, now)?;
         let Some(entry) = self.domains.get_mut(uuid) else {
-            return Ok(());
+            return Ok(Step::Done(Outcome::Nothing));
         };
         let needs_work = changed
             || verify_due
@@ -1061,26 +1171,42 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         if !needs_work {
             entry.last_decision = Some(decision);
             self.thresholds(uuid, persona.as_deref(), now)?;
-            return Ok(());
+            return Ok(Step::Done(Outcome::Nothing));
         }
-
-        // plan: the baseline, with the persona's values on top, less what this
-        // host cannot apply
-        let name = entry.info.name.clone();
         entry.last_verify = now;
+        Ok(Step::Next(Decided {
+            decision,
+            previous,
+            from,
+            to,
+            changed,
+            persona,
+            baseline,
+        }))
+    }
+
+    /// Plan: the baseline with the persona's values on top, as the fewest
+    /// changes from what the domain has now, less what this host cannot apply
+    /// or could not put back.
+    fn plan_domain(&mut self, uuid: &str, d: &Decided) -> Result<Step<Planned>, TickError> {
+        let Some(entry) = self.domains.get(uuid) else {
+            return Ok(Step::Done(Outcome::Nothing));
+        };
+        let name = entry.info.name.clone();
         let current = match self.hv.tuning(&name, ReadScope::Current) {
             Ok(t) => t,
             Err(HypervisorError::NoDomain(_)) => {
                 self.stale = true;
-                return Ok(());
+                return Ok(Step::Done(Outcome::Nothing));
             }
             Err(e) => return Err(e.into()),
         };
-        let Some(entry) = self.domains.get_mut(uuid) else {
-            return Ok(());
+        let Some(entry) = self.domains.get(uuid) else {
+            return Ok(Step::Done(Outcome::Nothing));
         };
+        let baseline = &d.baseline;
         let mut desired = baseline.clone();
-        if let Some(p) = &persona {
+        if let Some(p) = &d.persona {
             for c in p.tuning.resolve(&entry.info).changes() {
                 desired.set(&c);
             }
@@ -1109,7 +1235,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                 "libvirt reports no current value for it on this host: nothing to go back to, so not changed".into()
             },
         }));
-        let reason = match (changed, &decision.reason) {
+        let reason = match (d.changed, &d.decision.reason) {
             (false, _) => "drift",
             (true, Reason::Manual) => "manual",
             (true, Reason::Always) => "always",
@@ -1117,54 +1243,89 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             (true, _) => "criteria",
         }
         .to_string();
-        if self.observe.is_some() || self.dry_run {
-            // observe only: decided and planned, recorded as what would be done,
-            // nothing written to libvirt or to the baselines
-            entry.last_decision = Some(decision);
-            if changed {
-                report.transitions += 1;
-                info!(domain = %name, from = ?from, to = ?to, reason = %reason, changes = changes.len(), "would apply (observing only)");
-                self.record(Event {
-                    time: now,
-                    domain: name,
-                    from,
-                    to,
-                    reason,
-                    result: "would_apply".into(),
-                    changes,
-                    skipped,
-                    ..Default::default()
-                })?;
-            }
-            return Ok(());
-        }
-        if changes.is_empty() {
-            // already as it should be: record the transition (if any) and drop the
-            // baseline records of knobs that are back at their original values
-            entry.skipped = skipped.clone();
-            self.finish(uuid, &from, &to, now, &reason, &changes, persona.as_deref())?;
-            self.settle_definition(uuid, persona.as_deref(), now)?;
-            if changed {
-                report.transitions += 1;
-                self.record(Event {
-                    time: now,
-                    domain: name.clone(),
-                    from: from.clone(),
-                    to: to.clone(),
-                    reason: reason.clone(),
-                    result: "ok".into(),
-                    skipped,
-                    ..Default::default()
-                })?;
-            }
-            if let Some(e) = self.domains.get_mut(uuid) {
-                e.last_decision = Some(decision);
-            }
-            self.thresholds(uuid, persona.as_deref(), now)?;
-            return Ok(());
-        }
+        Ok(Step::Next(Planned {
+            name,
+            current,
+            changes,
+            skipped,
+            reason,
+        }))
+    }
 
-        // apply: the original of every knob touched is durable before the first change
+    /// Observing only: decided and planned, recorded as what would be done,
+    /// nothing written to libvirt or to the baselines.
+    fn would_apply(
+        &mut self,
+        uuid: &str,
+        now: Millis,
+        d: Decided,
+        p: Planned,
+    ) -> Result<Outcome, TickError> {
+        if let Some(e) = self.domains.get_mut(uuid) {
+            e.last_decision = Some(d.decision);
+        }
+        if d.changed {
+            info!(domain = %p.name, from = ?d.from, to = ?d.to, reason = %p.reason, changes = p.changes.len(), "would apply (observing only)");
+            self.record(Event {
+                time: now,
+                domain: p.name,
+                from: d.from,
+                to: d.to,
+                reason: p.reason,
+                result: "would_apply".into(),
+                changes: p.changes,
+                skipped: p.skipped,
+                ..Default::default()
+            })?;
+        }
+        Ok(Outcome::WouldApply {
+            transition: d.changed,
+        })
+    }
+
+    /// Already as it should be: the transition (if any) is recorded and the
+    /// baseline records of knobs back at their original values are dropped.
+    fn already_there(
+        &mut self,
+        uuid: &str,
+        now: Millis,
+        d: Decided,
+        p: Planned,
+    ) -> Result<Outcome, TickError> {
+        if let Some(e) = self.domains.get_mut(uuid) {
+            e.skipped = p.skipped.clone();
+        }
+        let persona = d.persona.as_deref();
+        self.finish(uuid, &d.from, &d.to, now, &p.reason, &p.changes, persona)?;
+        self.settle_definition(uuid, persona, now)?;
+        if d.changed {
+            self.record(Event {
+                time: now,
+                domain: p.name.clone(),
+                from: d.from.clone(),
+                to: d.to.clone(),
+                reason: p.reason.clone(),
+                result: "ok".into(),
+                skipped: p.skipped,
+                ..Default::default()
+            })?;
+        }
+        if let Some(e) = self.domains.get_mut(uuid) {
+            e.last_decision = Some(d.decision);
+        }
+        self.thresholds(uuid, persona, now)?;
+        Ok(Outcome::AlreadyThere {
+            transition: d.changed,
+        })
+    }
+
+    /// Apply: the original of every knob touched (and, for a persona that
+    /// persists, what the definition said) is durable before the first
+    /// change; then the changes, all or nothing.
+    fn apply_domain(&mut self, uuid: &str, d: &Decided, p: &Planned) -> Result<Applied, TickError> {
+        let (name, current, baseline, persona) = (&p.name, &p.current, &d.baseline, &d.persona);
+        let changes = &p.changes;
+        let mut skipped = p.skipped.clone();
         let originals: Vec<Change> = changes
             .iter()
             .filter(|c| baseline.get(&c.knob).is_none())
@@ -1183,14 +1344,14 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         // persona brings the definition back exactly (see settle_definition)
         let persist = persona.as_ref().is_some_and(|p| p.persist);
         let mut fresh_definition: Vec<DefinitionOriginal> = Vec::new();
-        if persist && entry.info.persistent {
+        if persist && self.domains.get(uuid).is_some_and(|e| e.info.persistent) {
             let recorded = self.store.definition(uuid)?;
             let wanted: Vec<&Change> = changes
                 .iter()
                 .filter(|c| !recorded.iter().any(|r| r.knob == c.knob))
                 .collect();
             if !wanted.is_empty() {
-                let defined = self.hv.tuning(&name, ReadScope::Config)?;
+                let defined = self.hv.tuning(name, ReadScope::Config)?;
                 fresh_definition = wanted
                     .iter()
                     .map(|c| DefinitionOriginal {
@@ -1222,12 +1383,12 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                 .is_some_and(|p| p.tuning.required.iter().any(|r| r == k.key()))
         };
         let started = std::time::Instant::now();
-        let mut done: Vec<&Change> = Vec::new();
+        let mut done: Vec<Change> = Vec::new();
         let mut failure: Option<(Change, HypervisorError)> = None;
-        for c in &changes {
-            match self.hv.apply(&name, c, scope) {
+        for c in changes {
+            match self.hv.apply(name, c, scope) {
                 Ok(()) => {
-                    done.push(c);
+                    done.push(c.clone());
                     // tests stop the daemon here, between two knob changes
                     fail::fail_point!("after-knob-change");
                 }
@@ -1251,75 +1412,137 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                 }
             }
         }
-        let planned = changes.clone();
-        let changes: Vec<Change> = done.iter().map(|c| (*c).clone()).collect();
-        if let Some((bad, err)) = failure {
-            let mut stuck = self.roll_back(&name, &current, &changes, scope);
-            // the definition goes back to what it said, not to the live values
-            if !fresh_definition.is_empty() {
-                let knobs: Vec<Knob> = fresh_definition.iter().map(|o| o.knob.clone()).collect();
-                match self.hv.restore_definition(&name, &fresh_definition) {
-                    Ok(()) => self.store.clear_definition(uuid, &knobs)?,
-                    Err(e) => {
-                        warn!(domain = %name, error = %e, "restoring the definition after a failed transition failed");
-                        stuck.extend(knobs.into_iter().map(|k| (k, e.to_string())));
-                    }
+        Ok(Applied {
+            done,
+            failure,
+            originals,
+            fresh_definition,
+            scope,
+            skipped,
+            micros: started.elapsed().as_micros() as u64,
+        })
+    }
+
+    /// A change failed: what was changed goes back, the definition to what it
+    /// said, the transition is retried after a backoff; a rollback that fails
+    /// keeps its original for a later tick.
+    fn failed(
+        &mut self,
+        uuid: &str,
+        now: Millis,
+        d: Decided,
+        p: Planned,
+        applied: Applied,
+        (bad, err): (Change, HypervisorError),
+    ) -> Result<Outcome, TickError> {
+        let Decided {
+            decision,
+            previous,
+            from,
+            to,
+            ..
+        } = d;
+        let Planned {
+            name,
+            current,
+            changes: planned,
+            reason,
+            ..
+        } = p;
+        let Applied {
+            done: changes,
+            fresh_definition,
+            originals,
+            scope,
+            skipped,
+            ..
+        } = applied;
+        let mut stuck = self.roll_back(&name, &current, &changes, scope);
+        // the definition goes back to what it said, not to the live values
+        if !fresh_definition.is_empty() {
+            let knobs: Vec<Knob> = fresh_definition.iter().map(|o| o.knob.clone()).collect();
+            match self.hv.restore_definition(&name, &fresh_definition) {
+                Ok(()) => self.store.clear_definition(uuid, &knobs)?,
+                Err(e) => {
+                    warn!(domain = %name, error = %e, "restoring the definition after a failed transition failed");
+                    stuck.extend(knobs.into_iter().map(|k| (k, e.to_string())));
                 }
             }
-            let message = format!("{}: {err}", bad.knob);
-            let entry = self.domains.get_mut(uuid).expect("entry exists");
-            entry.rules = previous;
-            entry.last_error = Some(message.clone());
-            entry.needs_attention = attention(&stuck);
-            if !matches!(err, HypervisorError::Unsupported { .. }) {
-                entry.retry_at = Some(now + entry.backoff_ms);
-                entry.backoff_ms = (entry.backoff_ms * 2).min(BACKOFF_MAX_MS);
-            }
-            // (a required knob that is unsupported refuses the persona from the next tick on)
-            entry.last_decision = Some(decision);
-            // a transition that never happened leaves no baseline of its own
-            // behind, except for knobs whose rollback failed: they are still
-            // changed, and their originals are what a later tick restores
-            let fresh: Vec<Knob> = originals
-                .iter()
-                .map(|c| c.knob.clone())
-                .filter(|k| !stuck.iter().any(|(s, _)| s == k))
-                .collect();
-            self.store.clear_baseline(uuid, &fresh)?;
-            for (knob, e) in &stuck {
-                self.record(Event {
-                    time: now,
-                    domain: name.clone(),
-                    from: from.clone(),
-                    to: to.clone(),
-                    reason: format!(
-                        "rollback of {knob} failed; its original is kept and restored later"
-                    ),
-                    result: "rollback_failed".into(),
-                    error: Some(e.clone()),
-                    ..Default::default()
-                })?;
-            }
-            warn!(domain = %name, from = ?from, to = ?to, knob = %bad.knob, error = %err, "transition failed, rolled back");
+        }
+        let message = format!("{}: {err}", bad.knob);
+        let entry = self.domains.get_mut(uuid).expect("entry exists");
+        entry.rules = previous;
+        entry.last_error = Some(message.clone());
+        entry.needs_attention = attention(&stuck);
+        if !matches!(err, HypervisorError::Unsupported { .. }) {
+            entry.retry_at = Some(now + entry.backoff_ms);
+            entry.backoff_ms = (entry.backoff_ms * 2).min(BACKOFF_MAX_MS);
+        }
+        // (a required knob that is unsupported refuses the persona from the next tick on)
+        entry.last_decision = Some(decision);
+        // a transition that never happened leaves no baseline of its own
+        // behind, except for knobs whose rollback failed: they are still
+        // changed, and their originals are what a later tick restores
+        let fresh: Vec<Knob> = originals
+            .iter()
+            .map(|c| c.knob.clone())
+            .filter(|k| !stuck.iter().any(|(s, _)| s == k))
+            .collect();
+        self.store.clear_baseline(uuid, &fresh)?;
+        for (knob, e) in &stuck {
             self.record(Event {
                 time: now,
                 domain: name.clone(),
                 from: from.clone(),
                 to: to.clone(),
-                reason,
-                result: "failed".into(),
-                changes: planned,
-                error: Some(message),
-                skipped,
+                reason: format!(
+                    "rollback of {knob} failed; its original is kept and restored later"
+                ),
+                result: "rollback_failed".into(),
+                error: Some(e.clone()),
+                ..Default::default()
             })?;
-            report.failures += 1;
-            return Ok(());
         }
-        report
-            .apply_micros
-            .push(started.elapsed().as_micros() as u64);
+        warn!(domain = %name, from = ?from, to = ?to, knob = %bad.knob, error = %err, "transition failed, rolled back");
+        self.record(Event {
+            time: now,
+            domain: name.clone(),
+            from: from.clone(),
+            to: to.clone(),
+            reason,
+            result: "failed".into(),
+            changes: planned,
+            error: Some(message),
+            skipped,
+        })?;
+        Ok(Outcome::Failed)
+    }
 
-        // record
+    /// Record: the persona worn, the baseline settled, the event.
+    fn record_applied(
+        &mut self,
+        uuid: &str,
+        now: Millis,
+        d: Decided,
+        p: Planned,
+        applied: Applied,
+    ) -> Result<Outcome, TickError> {
+        let Decided {
+            decision,
+            from,
+            to,
+            changed,
+            persona,
+            ..
+        } = d;
+        let Planned { name, reason, .. } = p;
+        let Applied {
+            done: changes,
+            skipped,
+            micros,
+            ..
+        } = applied;
+        let n = changes.len();
         if let Some(e) = self.domains.get_mut(uuid) {
             e.last_decision = Some(decision);
             e.skipped = skipped.clone();
@@ -1328,12 +1551,12 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         self.settle_definition(uuid, persona.as_deref(), now)?;
         if !changed && changes.is_empty() {
             // a verify that only learned a knob is unsupported: nothing drifted
-            return self.thresholds(uuid, persona.as_deref(), now);
-        }
-        if changed {
-            report.transitions += 1;
-        } else {
-            report.drifts += 1;
+            self.thresholds(uuid, persona.as_deref(), now)?;
+            return Ok(Outcome::Applied {
+                transition: false,
+                changes: 0,
+                micros,
+            });
         }
         let result = if changed { "ok" } else { "drift" };
         info!(domain = %name, from = ?from, to = ?to, reason = %reason, result, changes = changes.len(), skipped = skipped.len(), "transition");
@@ -1349,7 +1572,11 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             skipped,
         })?;
         self.thresholds(uuid, persona.as_deref(), now)?;
-        Ok(())
+        Ok(Outcome::Applied {
+            transition: changed,
+            changes: n,
+            micros,
+        })
     }
 
     /// The domain's recorded originals, less those of interfaces it no longer
