@@ -105,6 +105,43 @@ fn the_spec_example_parses_to_what_it_says() {
     assert_eq!(p.thresholds[&Metric::Cpu], 95.0);
 }
 
+/// `iothread_pin`: `"*"` for every iothread the domain has, a numbered
+/// entry wins for its iothread, ids the domain does not have are left out;
+/// a bad id is named.
+#[test]
+fn iothread_pins_resolve_against_the_domains_iothreads() {
+    let p = parse_persona(
+        "id = \"io\"\n[tuning]\niothread_pin = { \"*\" = \"0-1\", \"2\" = \"3\", \"9\" = \"2\" }\n",
+        Path::new("io.toml"),
+    )
+    .unwrap();
+    let mut d = virt_persona::hypervisor::fake::FakeHypervisor::simple_domain("io", 2);
+    assert!(
+        p.tuning.resolve(&d).iothread_pin.is_empty(),
+        "no iothreads, no pins"
+    );
+    d.iothreads = vec![1, 2];
+    let t = p.tuning.resolve(&d);
+    let shown: Vec<(u32, String)> = t
+        .iothread_pin
+        .iter()
+        .map(|(k, v)| (*k, v.to_string()))
+        .collect();
+    assert_eq!(shown, [(1, "0-1".to_string()), (2, "3".to_string())]);
+    let errs = parse_persona(
+        "id = \"io\"\n[tuning]\niothread_pin = { \"first\" = \"0\" }\n",
+        Path::new("io.toml"),
+    )
+    .unwrap_err();
+    assert!(
+        errs[0]
+            .to_string()
+            .contains("iothread_pin: invalid iothread 'first'"),
+        "{}",
+        errs[0]
+    );
+}
+
 #[test]
 fn tuning_resolves_against_a_domain() {
     let p = load_file(&root().join("tests/golden/good/midnight.toml")).unwrap();
@@ -115,6 +152,7 @@ fn tuning_resolves_against_a_domain() {
         state: DomainState::Running,
         persistent: true,
         vcpus: 3,
+        iothreads: vec![],
         memory_kib: 1024,
         max_memory_kib: 1024,
         disks: vec![],

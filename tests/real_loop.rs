@@ -851,6 +851,74 @@ fn emulator_iothread_and_global_caps_apply_and_revert_exactly() {
     );
 }
 
+/// A guest with an iothread: a persisting persona pins it away from the
+/// vCPUs (`iothread_pin`) and caps it (`iothread_quota`, which a guest
+/// without iothreads skips), live and in the definition; letting go gives
+/// back exactly what was there, the `<iothreadpin>` it did not have removed.
+#[test]
+fn an_iothread_is_pinned_and_capped_then_given_back_exactly() {
+    let g = Guest::boot_extra("iothread", 1, "  <iothreads>1</iothreads>");
+    let dir = test_dir("iothread");
+    let signal = format!("vp.test.iothread{}", std::process::id());
+    std::fs::write(
+        dir.join("personas/io.toml"),
+        format!(
+            "id = \"io\"\npersist = true\n[match]\nnames = [\"{}\"]\n[activation]\n[[activation.when]]\nsignal = \"{signal}\"\nabove = 0\n[tuning]\niothread_pin = {{ \"*\" = \"1\" }}\niothread_period = \"20ms\"\niothread_quota = \"5ms\"\nrequired = [\"iothread_pin\"]\n",
+            g.name
+        ),
+    )
+    .unwrap();
+    let hv = common::real();
+    let before = hv.tuning(&g.name, ReadScope::Current).unwrap();
+    let before_xml = g.definition_xml();
+    assert_eq!(
+        before.iothread_pin.keys().copied().collect::<Vec<_>>(),
+        [1],
+        "the iothread is read: {before:?}"
+    );
+    assert!(before.iothread_quota.is_some(), "{before:?}");
+    assert!(!before_xml.contains("<iothreadpin"), "{before_xml}");
+    let d = Daemon::start(&dir);
+    put_signal(&d, &signal, &g.name, 1.0);
+    wait_for("the io persona", 60, || {
+        d.persona(&g.name).as_deref() == Some("io")
+    });
+    let on = hv.tuning(&g.name, ReadScope::Current).unwrap();
+    assert_eq!(
+        on.iothread_pin.get(&1).map(|c| c.to_string()).as_deref(),
+        Some("1"),
+        "{on:?}\n{}",
+        d.log()
+    );
+    assert_eq!(
+        (on.iothread_period, on.iothread_quota),
+        (Some(20_000), Some(5_000))
+    );
+    let on_xml = g.definition_xml();
+    assert!(
+        on_xml.contains("<iothreadpin iothread='1' cpuset='1'/>"),
+        "{on_xml}"
+    );
+    assert!(
+        on_xml.contains("<iothread_quota>5000</iothread_quota>"),
+        "{on_xml}"
+    );
+    put_signal(&d, &signal, &g.name, 0.0);
+    wait_for("the baseline", 60, || d.persona(&g.name).is_none());
+    assert_eq!(hv.tuning(&g.name, ReadScope::Current).unwrap(), before);
+    // libvirt writes the iothreads' ids (`<iothreadids>`, here the default
+    // id 1 of `<iothreads>1</iothreads>`) into a definition once one is
+    // pinned there, and keeps them: the same iothreads, named. Everything
+    // else is back as it was, the `<iothreadpin>` and the caps removed.
+    let ids = "  <iothreadids>\n    <iothread id='1'/>\n  </iothreadids>\n";
+    assert_eq!(
+        g.definition_xml().replace(ids, ""),
+        before_xml.replace(ids, ""),
+        "{}",
+        d.log()
+    );
+}
+
 /// QEMU's own disk throttle (Nova's disk QoS) on a real guest: a persisting
 /// persona writes the disk's whole set live (QEMU's block layer has it) and
 /// into the definition's `<iotune>`, with a throttle group; letting go gives

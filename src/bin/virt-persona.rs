@@ -625,6 +625,11 @@ fn print_tuning(t: &serde_json::Value) {
             line(&format!("vcpupin {vcpu}:"), text(set));
         }
     }
+    if let Some(pins) = t["iothread_pin"].as_object() {
+        for (id, set) in pins {
+            line(&format!("iothreadpin {id}:"), text(set));
+        }
+    }
     // the knob table's rows, labelled as virsh names them
     for row in virt_persona::model::tuning::ROWS {
         let v = &t[row.key];

@@ -161,6 +161,7 @@ impl FakeHypervisor {
     /// A simple running domain for tests.
     pub fn simple_domain(name: &str, vcpus: u32) -> DomainInfo {
         DomainInfo {
+            iothreads: vec![],
             name: name.to_string(),
             uuid: format!("00000000-0000-0000-0000-{:012}", name.len()),
             id: Some(1),

@@ -232,7 +232,9 @@ pub fn check_value(change: &Change) -> std::result::Result<(), String> {
         return row.input.check(&change.value).map_err(refused);
     }
     match (&change.knob, &change.value) {
-        (Knob::VcpuPin { .. }, v @ KnobValue::CpuSet(_)) => Input::CpuSet.check(v).map_err(refused),
+        (Knob::VcpuPin { .. } | Knob::IothreadPin { .. }, v @ KnobValue::CpuSet(_)) => {
+            Input::CpuSet.check(v).map_err(refused)
+        }
         (
             Knob::BlkioDevice {
                 field: BlkioField::Weight,

@@ -81,6 +81,9 @@ pub struct DomainInfo {
     pub state: DomainState,
     pub persistent: bool,
     pub vcpus: u32,
+    /// The ids of the domain's iothreads (`<iothreads>`, `<iothreadids>`).
+    #[serde(default)]
+    pub iothreads: Vec<u32>,
     /// Current memory in KiB.
     pub memory_kib: u64,
     pub max_memory_kib: u64,

@@ -252,6 +252,8 @@ pub enum VcpuSel {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TuningSpec {
     pub vcpu_pin: Vec<(VcpuSel, CpuSet)>,
+    /// iothread id (or `*`) -> host CPUs.
+    pub iothread_pin: Vec<(VcpuSel, CpuSet)>,
     /// Target dev, MAC, or "*" for every interface.
     pub interfaces: Vec<(String, InterfaceTuning)>,
     /// Disk target (vda), or "*" for every disk: its whole throttle set.
@@ -278,6 +280,7 @@ impl Serialize for TuningSpec {
                 .map_err(S::Error::custom)
         };
         put("vcpu_pin", serde_json::to_value(&self.vcpu_pin))?;
+        put("iothread_pin", serde_json::to_value(&self.iothread_pin))?;
         put("interfaces", serde_json::to_value(&self.interfaces))?;
         put("disks", serde_json::to_value(&self.disks))?;
         if !self.required.is_empty() {
@@ -303,6 +306,18 @@ impl TuningSpec {
             if let VcpuSel::One(v) = sel {
                 if *v < domain.vcpus {
                     t.vcpu_pin.insert(*v, set.clone());
+                }
+            }
+        }
+        for (_, set) in self.iothread_pin.iter().filter(|(s, _)| *s == VcpuSel::All) {
+            for id in &domain.iothreads {
+                t.iothread_pin.insert(*id, set.clone());
+            }
+        }
+        for (sel, set) in &self.iothread_pin {
+            if let VcpuSel::One(id) = sel {
+                if domain.iothreads.contains(id) {
+                    t.iothread_pin.insert(*id, set.clone());
                 }
             }
         }

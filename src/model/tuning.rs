@@ -177,6 +177,8 @@ macro_rules! define_tuning {
         pub struct Tuning {
             /// vCPU number -> host CPUs it may run on.
             pub vcpu_pin: BTreeMap<u32, CpuSet>,
+            /// iothread id -> host CPUs it may run on.
+            pub iothread_pin: BTreeMap<u32, CpuSet>,
             $( pub $field: Option<$ty>, )*
             /// Host block device path -> limits.
             pub blkio_devices: BTreeMap<String, BlkioDeviceTuning>,
@@ -193,6 +195,9 @@ macro_rules! define_tuning {
         pub enum Knob {
             VcpuPin {
                 vcpu: u32,
+            },
+            IothreadPin {
+                iothread: u32,
             },
             $( $variant, )*
             BlkioDevice {
@@ -226,6 +231,7 @@ macro_rules! define_tuning {
             /// Every `[tuning]` key a knob comes from, as a persona file names it.
             pub const KEYS: &'static [&'static str] = &[
                 "vcpu_pin",
+                "iothread_pin",
                 $( stringify!($field), )*
                 "blkio_device",
                 "interface",
@@ -244,6 +250,7 @@ macro_rules! define_tuning {
             pub fn key(&self) -> &'static str {
                 match self {
                     Knob::VcpuPin { .. } => "vcpu_pin",
+                    Knob::IothreadPin { .. } => "iothread_pin",
                     $( Knob::$variant => stringify!($field), )*
                     Knob::BlkioDevice { .. } => "blkio_device",
                     Knob::Interface { .. } => "interface",
@@ -305,6 +312,7 @@ impl fmt::Display for Knob {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Knob::VcpuPin { vcpu } => write!(f, "vcpu_pin[{vcpu}]"),
+            Knob::IothreadPin { iothread } => write!(f, "iothread_pin[{iothread}]"),
             Knob::BlkioDevice { path, field } => {
                 write!(f, "blkio_device[{path}].{}", field.param())
             }
@@ -398,6 +406,11 @@ impl Tuning {
     pub fn get(&self, knob: &Knob) -> Option<KnobValue> {
         match knob {
             Knob::VcpuPin { vcpu } => self.vcpu_pin.get(vcpu).cloned().map(KnobValue::CpuSet),
+            Knob::IothreadPin { iothread } => self
+                .iothread_pin
+                .get(iothread)
+                .cloned()
+                .map(KnobValue::CpuSet),
             Knob::BlkioDevice { path, field } => self
                 .blkio_devices
                 .get(path)
@@ -453,6 +466,9 @@ impl Tuning {
             (Knob::VcpuPin { vcpu }, KnobValue::CpuSet(c)) => {
                 self.vcpu_pin.insert(*vcpu, c.clone());
             }
+            (Knob::IothreadPin { iothread }, KnobValue::CpuSet(c)) => {
+                self.iothread_pin.insert(*iothread, c.clone());
+            }
             (Knob::BlkioDevice { path, field }, KnobValue::Unsigned(x)) => {
                 field.set(self.blkio_devices.entry(path.clone()).or_default(), *x)
             }
@@ -478,6 +494,9 @@ impl Tuning {
         match knob {
             Knob::VcpuPin { vcpu } => {
                 self.vcpu_pin.remove(vcpu);
+            }
+            Knob::IothreadPin { iothread } => {
+                self.iothread_pin.remove(iothread);
             }
             Knob::BlkioDevice { path, field } => {
                 if let Some(d) = self.blkio_devices.get_mut(path) {
@@ -515,6 +534,11 @@ impl Tuning {
         };
         for vcpu in self.vcpu_pin.keys() {
             push(Knob::VcpuPin { vcpu: *vcpu });
+        }
+        for iothread in self.iothread_pin.keys() {
+            push(Knob::IothreadPin {
+                iothread: *iothread,
+            });
         }
         for k in Knob::SCALARS {
             push(k.clone());

@@ -92,6 +92,8 @@ pub enum Rule {
     NestOrder { order: String, detail: String },
     #[error("vcpu_pin: invalid vCPU '{0}': expected a vCPU number or \"*\"")]
     BadVcpu(String),
+    #[error("iothread_pin: invalid iothread '{0}': expected an iothread id (1, 2, …) or \"*\"")]
+    BadIothread(String),
     #[error("blkio_device: path '{0}' must be an absolute path to a host block device")]
     BadDevicePath(String),
     #[error("blkio_device: '{0}' is listed twice: give each device one [[tuning.blkio_device]]")]
@@ -261,6 +263,7 @@ macro_rules! raw_tuning {
         #[serde(deny_unknown_fields)]
         struct RawTuning {
             vcpu_pin: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
+            iothread_pin: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
             $( $field: Option<Spanned<NumOrStr>>, )*
             #[serde(default)]
             blkio_device: Vec<Spanned<RawBlkioDevice>>,
@@ -1119,26 +1122,46 @@ fn kib(bytes: u64) -> u64 {
     }
 }
 
-fn tuning(cx: &mut Ctx<'_>, r: &RawTuning) -> TuningSpec {
-    let mut s = TuningSpec::default();
-    for (k, v) in r.vcpu_pin.iter().flatten() {
+/// `vcpu_pin` / `iothread_pin`: a number (vCPU 0…, iothread 1…) or `"*"`,
+/// each to a host cpuset; sorted so that the order in the file is no matter.
+fn pins(
+    cx: &mut Ctx<'_>,
+    key: &str,
+    map: Option<&BTreeMap<Spanned<String>, Spanned<String>>>,
+    bad: fn(String) -> Rule,
+) -> Vec<(VcpuSel, CpuSet)> {
+    let mut out = Vec::new();
+    for (k, v) in map.into_iter().flatten() {
         let sel = match k.get_ref().trim() {
             "*" => Some(VcpuSel::All),
             n => match n.parse::<u32>() {
                 Ok(x) if x < 4096 => Some(VcpuSel::One(x)),
                 _ => {
-                    cx.err(k.span().start, Rule::BadVcpu(k.get_ref().clone()));
+                    cx.err(k.span().start, bad(k.get_ref().clone()));
                     None
                 }
             },
         };
-        let set = cx.cpuset(&format!("vcpu_pin.{}", k.get_ref()), v);
+        let set = cx.cpuset(&format!("{key}.{}", k.get_ref()), v);
         if let (Some(sel), Some(set)) = (sel, set) {
-            s.vcpu_pin.push((sel, set));
+            out.push((sel, set));
         }
     }
-    s.vcpu_pin.sort();
-    // the table's knobs, each parsed as its row says
+    out.sort();
+    out
+}
+
+fn tuning(cx: &mut Ctx<'_>, r: &RawTuning) -> TuningSpec {
+    let mut s = TuningSpec {
+        vcpu_pin: pins(cx, "vcpu_pin", r.vcpu_pin.as_ref(), Rule::BadVcpu),
+        iothread_pin: pins(
+            cx,
+            "iothread_pin",
+            r.iothread_pin.as_ref(),
+            Rule::BadIothread,
+        ),
+        ..Default::default()
+    }; // the table's knobs, each parsed as its row says
     let mut nested: Vec<(u8, &'static str, u64, usize)> = Vec::new();
     for (knob, v) in r.rows() {
         let (Some(v), Some(row)) = (v, knob.row()) else {
@@ -1381,6 +1404,7 @@ fn tuning(cx: &mut Ctx<'_>, r: &RawTuning) -> TuningSpec {
         let key = k.get_ref().trim();
         let set = match key {
             "vcpu_pin" => r.vcpu_pin.is_some(),
+            "iothread_pin" => r.iothread_pin.is_some(),
             "blkio_device" => !r.blkio_device.is_empty(),
             "interface" => !r.interface.is_empty(),
             "disk" => !r.disk.is_empty(),

@@ -321,7 +321,9 @@ fn domain_info(dom: &Domain, transient: &[String]) -> Result<DomainInfo> {
         message: m,
     })?;
     let state = domain_state(dom, &name)?;
+    let iothreads = x.iothread_ids();
     Ok(DomainInfo {
+        iothreads,
         persistent: !transient.contains(&x.name),
         name: x.name,
         uuid: x.uuid,
@@ -407,6 +409,48 @@ fn parse_device_list(s: &str) -> Vec<(String, u64)> {
             _ => None,
         })
         .collect()
+}
+
+/// Every iothread's pinning (`virDomainGetIOThreadInfo`). A driver without
+/// iothread support reads as none.
+fn read_iothread_pins(
+    ptr: sys::virDomainPtr,
+    name: &str,
+    flags: c_uint,
+    host_cpus: u32,
+    t: &mut Tuning,
+) -> Result<()> {
+    let mut info: *mut sys::virDomainIOThreadInfoPtr = std::ptr::null_mut();
+    // SAFETY: libvirt allocates the array and each entry; both are freed below.
+    let n = unsafe { sys::virDomainGetIOThreadInfo(ptr, &mut info, flags) };
+    if n < 0 {
+        let e = last_error();
+        if unsupported(&e).is_some() {
+            return Ok(());
+        }
+        return Err(no_domain_or(name, "reading iothread pinning", e));
+    }
+    for i in 0..usize::try_from(n).unwrap_or(0) {
+        // SAFETY: `n` entries, each a valid pointer until freed here.
+        unsafe {
+            let it = *info.add(i);
+            if it.is_null() {
+                continue;
+            }
+            let len = usize::try_from((*it).cpumaplen).unwrap_or(0);
+            if !(*it).cpumap.is_null() {
+                let map = std::slice::from_raw_parts((*it).cpumap, len);
+                t.iothread_pin
+                    .insert((*it).iothread_id, CpuSet::from_bitmap(map, host_cpus));
+            }
+            sys::virDomainIOThreadInfoFree(it);
+        }
+    }
+    if !info.is_null() {
+        // SAFETY: the array itself is the caller's to free (libvirt's contract).
+        unsafe { libc::free(info.cast()) };
+    }
+    Ok(())
 }
 
 /// A row's value among its family's parameters, if libvirt gives one.
@@ -523,6 +567,11 @@ fn read_tuning(live: &Live, name: &str, scope: ReadScope) -> Result<Tuning> {
         }
     }
 
+    // iothread pinning, for a domain with iothreads
+    if !x.iothread_ids().is_empty() {
+        read_iothread_pins(ptr, name, flags, live.host_cpus, &mut t)?;
+    }
+
     // scheduler
     // The test driver advertises string parameters and then rejects the flag
     // libvirt adds for them: use the older call without flags there.
@@ -632,6 +681,11 @@ fn read_tuning(live: &Live, name: &str, scope: ReadScope) -> Result<Tuning> {
         // definition does not set: an original of "not set" must read as such
         let mut knobs = Knob::SCALARS.to_vec();
         knobs.extend(t.vcpu_pin.keys().map(|&vcpu| Knob::VcpuPin { vcpu }));
+        knobs.extend(
+            t.iothread_pin
+                .keys()
+                .map(|&iothread| Knob::IothreadPin { iothread }),
+        );
         let unset = xml::unset_knobs(&text, &knobs).map_err(|m| HypervisorError::Call {
             what: format!("domain '{name}'"),
             message: m,
@@ -781,6 +835,23 @@ fn apply_once(live: &Live, dom: &Domain, name: &str, change: &Change, flags: c_u
                 return dom
                     .pin_vcpu_flags(*vcpu, &set.to_bitmap(maplen), flags)
                     .map_err(|e| knob_err(name, knob, e));
+            }
+            (Knob::IothreadPin { iothread }, KnobValue::CpuSet(set)) => {
+                let mut map = set.to_bitmap(maplen);
+                // SAFETY: `map` holds maplen bytes and outlives the call.
+                let rc = unsafe {
+                    sys::virDomainPinIOThread(
+                        ptr,
+                        *iothread,
+                        map.as_mut_ptr(),
+                        c_int::try_from(map.len()).unwrap_or(c_int::MAX),
+                        flags,
+                    )
+                };
+                if rc < 0 {
+                    return Err(knob_err(name, knob, last_error()));
+                }
+                return Ok(());
             }
             (Knob::BlkioDevice { path, field }, KnobValue::Unsigned(v)) => {
                 if path.contains(',') {

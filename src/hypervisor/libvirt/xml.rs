@@ -18,11 +18,24 @@ pub struct DomainXml {
     pub vcpus: u32,
     /// `<iothreads>`: how many iothreads the domain has.
     pub iothreads: u32,
+    /// `<iothreadids>`: their ids, where the definition names them.
+    pub iothread_id_list: Vec<u32>,
     pub memory_kib: u64,
     pub current_memory_kib: u64,
     pub disks: Vec<DiskInfo>,
     pub interfaces: Vec<InterfaceInfo>,
     pub tags: Vec<String>,
+}
+
+impl DomainXml {
+    /// The iothreads' ids: as `<iothreadids>` names them, else 1 to `<iothreads>`.
+    pub fn iothread_ids(&self) -> Vec<u32> {
+        if self.iothread_id_list.is_empty() {
+            (1..=self.iothreads).collect()
+        } else {
+            self.iothread_id_list.clone()
+        }
+    }
 }
 
 fn attr(e: &BytesStart<'_>, name: &[u8]) -> Option<String> {
@@ -69,6 +82,11 @@ pub fn parse_domain(xml: &str) -> Result<DomainXml, String> {
                 let path: Vec<&str> = stack.iter().map(String::as_str).collect();
                 match (path.as_slice(), local.as_str()) {
                     ([], "domain") => out.id = attr(e, b"id").and_then(|v| v.parse().ok()),
+                    (["domain", "iothreadids"], "iothread") => {
+                        if let Some(id) = attr(e, b"id").and_then(|v| v.trim().parse().ok()) {
+                            out.iothread_id_list.push(id);
+                        }
+                    }
                     (["domain"], "name" | "uuid" | "iothreads") => {
                         text_target = Some((local.clone(), None))
                     }
@@ -201,9 +219,16 @@ pub fn tags_element(tags: &[String]) -> String {
 /// of their own there: the element's path below `<domain>` and, for
 /// `<vcpupin>`, the vcpu it is for. `None` for knobs whose absence has a value
 /// libvirt's calls write (a device throttle of 0, a bandwidth of 0).
-fn element_of(knob: &Knob) -> Option<([&'static str; 2], Option<u32>)> {
+/// `[parent, element]` below `<domain>`, and the attribute and value that
+/// single out one element of a list (`<vcpupin vcpu='1'>`).
+type ElementOf = ([&'static str; 2], Option<(&'static [u8], u32)>);
+
+fn element_of(knob: &Knob) -> Option<ElementOf> {
     match knob {
-        Knob::VcpuPin { vcpu } => Some((["cputune", "vcpupin"], Some(*vcpu))),
+        Knob::VcpuPin { vcpu } => Some((["cputune", "vcpupin"], Some((b"vcpu", *vcpu)))),
+        Knob::IothreadPin { iothread } => {
+            Some((["cputune", "iothreadpin"], Some((b"iothread", *iothread))))
+        }
         k => k.row().and_then(|r| r.xml).map(|x| (x, None)),
     }
 }
@@ -218,11 +243,11 @@ fn knob_of<'k>(stack: &[Vec<u8>], e: &BytesStart<'_>, knobs: &'k [Knob]) -> Opti
     }
     let local = e.local_name();
     knobs.iter().find(|k| {
-        element_of(k).is_some_and(|([p, name], vcpu)| {
+        element_of(k).is_some_and(|([p, name], index)| {
             parent.as_slice() == p.as_bytes()
                 && local.as_ref() == name.as_bytes()
-                && vcpu.is_none_or(|v| {
-                    attr(e, b"vcpu").and_then(|a| a.trim().parse::<u32>().ok()) == Some(v)
+                && index.is_none_or(|(key, v)| {
+                    attr(e, key).and_then(|a| a.trim().parse::<u32>().ok()) == Some(v)
                 })
         })
     })
