@@ -85,6 +85,7 @@ struct ApiSection {
 #[serde(deny_unknown_fields)]
 struct GossipSection {
     listen: Option<String>,
+    advertise: Option<String>,
     #[serde(default)]
     seeds: Vec<String>,
     key_file: Option<PathBuf>,
@@ -226,6 +227,10 @@ pub struct Overrides {
     pub log_format: Option<LogFormat>,
     pub node_name: Option<String>,
     pub gossip_listen: Option<String>,
+    /// The address other hosts reach this one at (`ADDR[:PORT]`); by default
+    /// the listen address, or for a wildcard listener the one the route to
+    /// the first seed uses.
+    pub gossip_advertise: Option<String>,
     pub gossip_seeds: Vec<String>,
     pub gossip_key_file: Option<PathBuf>,
     pub gossip_cluster: Option<String>,
@@ -261,6 +266,10 @@ pub struct Config {
     pub log_format: LogFormat,
     pub node_name: String,
     pub gossip_listen: Option<String>,
+    /// The address other hosts reach this one at (`ADDR[:PORT]`); by default
+    /// the listen address, or for a wildcard listener the one the route to
+    /// the first seed uses.
+    pub gossip_advertise: Option<String>,
     pub gossip_seeds: Vec<String>,
     pub gossip_key_file: Option<PathBuf>,
     /// Bound into every gossip packet: hosts of another cluster never mix.
@@ -307,6 +316,7 @@ impl Config {
         check(
             "gossip",
             self.gossip_listen != new.gossip_listen
+                || self.gossip_advertise != new.gossip_advertise
                 || self.gossip_seeds != new.gossip_seeds
                 || self.gossip_key_file != new.gossip_key_file
                 || self.gossip_cluster != new.gossip_cluster,
@@ -465,6 +475,7 @@ impl Config {
             },
             node_name: o.node_name.or(file.node_name).unwrap_or_else(hostname),
             gossip_listen: o.gossip_listen.or(file.gossip.listen),
+            gossip_advertise: o.gossip_advertise.or(file.gossip.advertise),
             gossip_seeds: if o.gossip_seeds.is_empty() {
                 file.gossip.seeds
             } else {
@@ -623,6 +634,26 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("gossip-keygen"));
+    }
+
+    #[test]
+    fn gossip_advertise_comes_from_the_file_and_a_flag_wins() {
+        let f: FileConfig = toml::from_str(
+            "[gossip]\nlisten = \"0.0.0.0:7946\"\nadvertise = \"10.0.0.11\"\nkey_file = \"/k\"\n",
+        )
+        .unwrap();
+        let c = Config::resolve(f, Overrides::default()).unwrap();
+        assert_eq!(c.gossip_advertise.as_deref(), Some("10.0.0.11"));
+        let f: FileConfig = toml::from_str(
+            "[gossip]\nlisten = \"0.0.0.0:7946\"\nadvertise = \"10.0.0.11\"\nkey_file = \"/k\"\n",
+        )
+        .unwrap();
+        let o = Overrides {
+            gossip_advertise: Some("10.0.0.12:7000".into()),
+            ..Default::default()
+        };
+        let c = Config::resolve(f, o).unwrap();
+        assert_eq!(c.gossip_advertise.as_deref(), Some("10.0.0.12:7000"));
     }
 
     #[test]

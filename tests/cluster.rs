@@ -485,11 +485,13 @@ fn a_partition_between_network_namespaces_heals_and_both_sides_converge() {
     // namespaces go after the daemons (fields drop in reverse order of the lets)
     let net = Netns::new();
     let seed = "10.77.0.1:7946";
+    // one host on each side listens on the wildcard, as admins write it: it
+    // is known by the address its route to the seed leaves from
     let hosts = [
         ("left-0", &net.a, "10.77.0.1:7946"),
-        ("left-1", &net.a, "10.77.0.1:7947"),
+        ("left-1", &net.a, "0.0.0.0:7947"),
         ("right-0", &net.b, "10.77.0.2:7946"),
-        ("right-1", &net.b, "10.77.0.2:7947"),
+        ("right-1", &net.b, "0.0.0.0:7947"),
     ];
     let nodes: Vec<Daemon> = hosts
         .iter()
@@ -519,6 +521,23 @@ fn a_partition_between_network_namespaces_heals_and_both_sides_converge() {
         .collect();
     for d in &nodes {
         wait_until("four hosts alive", 60, d, || alive_count(d) == 4);
+    }
+    let addrs: Vec<(String, String)> = cluster(&nodes[0])["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["name"].as_str().unwrap_or_default().to_string(),
+                h["addr"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    for (name, want) in [("left-1", "10.77.0.1:7947"), ("right-1", "10.77.0.2:7947")] {
+        assert!(
+            addrs.iter().any(|(n, a)| n == name && a == want),
+            "{name} known at {want}: {addrs:?}"
+        );
     }
     let state_of = |d: &Daemon, host: &str| -> String {
         states(d)
@@ -713,4 +732,77 @@ fn a_gossip_task_that_panics_is_started_again_and_the_host_rejoins() {
     });
     wait_until("b's signal at a", 30, &a, || has_signal(&a, "from.b", 2.0));
     assert_eq!(gossip(&b.d)["restarts"], 0);
+}
+
+/// What an admin writes first: every host listens on 0.0.0.0 and seeds to
+/// another on 127.0.0.1. Each advertises the address the route to its seed
+/// uses (here loopback), so the three find each other; `cluster-status`
+/// shows where each is reached. A loopback listener with a seed on another
+/// host is refused at start with the reason, instead of splitting silently.
+#[test]
+fn wildcard_listeners_form_a_cluster_and_an_unreachable_address_is_refused() {
+    let key = [9u8; 32];
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let mut nodes = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let name = format!("wild{i}");
+        let dir = common::test_dir("cluster-wild", &name);
+        let key_file = write_key(&dir, key);
+        let listen = format!("0.0.0.0:{port}");
+        let seed = format!("127.0.0.1:{}", ports[(i + 1) % 3]);
+        nodes.push(Daemon::start_args(
+            &dir,
+            &common::test_host_uri(),
+            &[
+                "--interval",
+                "1s",
+                "--node-name",
+                &name,
+                "--gossip-listen",
+                &listen,
+                "--gossip-seed",
+                &seed,
+                "--gossip-key-file",
+                key_file.to_str().unwrap(),
+                "--gossip-cluster",
+                "wild",
+            ],
+            &[],
+        ));
+    }
+    for d in &nodes {
+        wait_until("all three alive", 60, d, || alive_count(d) == 3);
+        let hosts = cluster(d)["hosts"].as_array().unwrap().clone();
+        for h in hosts {
+            let addr = h["addr"].as_str().unwrap_or_default().to_string();
+            assert!(
+                addr.starts_with("127.0.0.1:"),
+                "advertised the routed address, not the wildcard: {h}"
+            );
+        }
+    }
+
+    let dir = common::test_dir("cluster-wild", "refused");
+    let key_file = write_key(&dir, key);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_virt-personad"))
+        .args(["-c", &common::test_host_uri()])
+        .arg("--personas")
+        .arg(dir.join("personas"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--socket")
+        .arg(dir.join("r.sock"))
+        .args(["--gossip-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--gossip-seed", "192.0.2.77:7946", "--gossip-key-file"])
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("loopback")
+            && err.contains("192.0.2.77:7946")
+            && err.contains("--gossip-advertise"),
+        "{err}"
+    );
 }

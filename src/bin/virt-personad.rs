@@ -88,6 +88,11 @@ struct Args {
     /// Gossip listen address.
     #[arg(long = "gossip-listen", value_name = "ADDR:PORT")]
     gossip_listen: Option<String>,
+    /// The address other hosts reach this one at, ADDR or ADDR:PORT (default:
+    /// the listen address; for 0.0.0.0 or [::], the one the route to the
+    /// first seed uses).
+    #[arg(long = "gossip-advertise", value_name = "ADDR[:PORT]")]
+    gossip_advertise: Option<String>,
     /// Gossip seed (repeatable).
     #[arg(long = "gossip-seed", value_name = "ADDR:PORT")]
     gossip_seed: Vec<String>,
@@ -317,6 +322,7 @@ fn overrides(args: Args) -> Overrides {
         log_format: args.log_format,
         node_name: args.node_name,
         gossip_listen: args.gossip_listen,
+        gossip_advertise: args.gossip_advertise,
         gossip_seeds: args.gossip_seed,
         gossip_key_file: args.gossip_key_file,
         gossip_cluster: args.gossip_cluster,
@@ -491,11 +497,24 @@ fn run(
                 .iter()
                 .map(|s| resolve(s).with_context(|| format!("gossip seed '{s}'")))
                 .collect::<anyhow::Result<Vec<_>>>()?;
+            let advertise = cfg
+                .gossip_advertise
+                .as_deref()
+                .map(|a| {
+                    a.parse::<std::net::IpAddr>()
+                        .map(|ip| std::net::SocketAddr::new(ip, 0))
+                        .or_else(|_| resolve(a))
+                        .with_context(|| {
+                            format!("gossip.advertise '{a}': expected ADDR or ADDR:PORT")
+                        })
+                })
+                .transpose()?;
             let shared = Arc::new(cluster::node::Shared::default());
             shared.lock().wake = Some(wake_tx);
             let node_cfg = cluster::node::NodeConfig {
                 node: cfg.node_name.clone(),
                 listen,
+                advertise,
                 seeds,
                 ring,
                 cluster: cfg.gossip_cluster.clone(),
@@ -503,7 +522,7 @@ fn run(
             };
             let node =
                 cluster::node::Supervised::start(rt.handle(), node_cfg, shared.clone(), now_ms())
-                    .with_context(|| format!("gossip cannot listen on {listen}"))?;
+                    .with_context(|| format!("gossip on {listen}"))?;
             rec.set_cluster_enabled(true);
             Some(Gossip {
                 node,

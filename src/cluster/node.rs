@@ -36,6 +36,9 @@ pub enum ToNode {
 pub struct NodeConfig {
     pub node: String,
     pub listen: SocketAddr,
+    /// The address other hosts reach this one at, when it is not the listen
+    /// address (`--gossip-advertise`); a port of 0 means the listen port.
+    pub advertise: Option<SocketAddr>,
     pub seeds: Vec<SocketAddr>,
     pub ring: KeyRing,
     pub cluster: String,
@@ -64,7 +67,12 @@ pub fn start(
 ) -> std::io::Result<Started> {
     let std_socket = std::net::UdpSocket::bind(cfg.listen)?;
     std_socket.set_nonblocking(true)?;
-    let addr = std_socket.local_addr()?;
+    let bound = std_socket.local_addr()?;
+    let addr = advertised_addr(bound, cfg.advertise, &cfg.seeds, route_source)
+        .map_err(|why| std::io::Error::new(std::io::ErrorKind::InvalidInput, why))?;
+    if addr != bound {
+        info!(%bound, advertised = %addr, "gossip advertises another address than it listens on");
+    }
     let (tx, rx) = mpsc::channel(64);
     let socket = {
         let _guard = rt.enter();
@@ -89,6 +97,70 @@ pub fn start(
         let _ = ended_tx.send(why);
     });
     Ok(Started { tx, addr, ended })
+}
+
+/// The address this host's node is known by in the cluster: `advertise`
+/// when given; else the listen address; for a wildcard listener (0.0.0.0,
+/// [::]) the source address of the route to the first seed (or, without
+/// seeds, of the default route). Refused, with the reason, where other hosts
+/// could not reach what would be advertised: a wildcard, or a loopback
+/// address while a seed is not on loopback (a host name that resolves to
+/// Debian's 127.0.1.1 splits the cluster silently otherwise).
+pub fn advertised_addr(
+    bound: SocketAddr,
+    advertise: Option<SocketAddr>,
+    seeds: &[SocketAddr],
+    route: impl Fn(SocketAddr) -> Option<std::net::IpAddr>,
+) -> Result<SocketAddr, String> {
+    let remote_seed = seeds.iter().find(|s| !s.ip().is_loopback());
+    let port = |p: u16| if p == 0 { bound.port() } else { p };
+    let chosen = match advertise {
+        Some(a) if a.ip().is_unspecified() => {
+            return Err(format!(
+                "gossip.advertise {a} is a wildcard: give the address other hosts reach this one at"
+            ))
+        }
+        Some(a) => SocketAddr::new(a.ip(), port(a.port())),
+        None if !bound.ip().is_unspecified() => bound,
+        None => {
+            // where the packets to the cluster leave from (no packet is sent)
+            let toward = seeds.first().copied().unwrap_or_else(|| {
+                let probe: std::net::IpAddr = if bound.is_ipv4() {
+                    std::net::Ipv4Addr::new(192, 0, 2, 1).into()
+                } else {
+                    "2001:db8::1"
+                        .parse()
+                        .unwrap_or(std::net::Ipv6Addr::LOCALHOST.into())
+                };
+                SocketAddr::new(probe, 9)
+            });
+            let ip = route(toward).ok_or_else(|| {
+                format!(
+                    "gossip listens on {bound} (every address) and no route to {toward} says which of this host's addresses the others reach: give --gossip-advertise ADDR (gossip.advertise)"
+                )
+            })?;
+            SocketAddr::new(ip, bound.port())
+        }
+    };
+    if let (true, Some(seed)) = (chosen.ip().is_loopback(), remote_seed) {
+        return Err(format!(
+            "gossip would be known as {chosen}, a loopback address, while seed {seed} is on another host: it could never reach this one. Listen on this host's own address or give --gossip-advertise ADDR (gossip.advertise)"
+        ));
+    }
+    Ok(chosen)
+}
+
+/// The source address the kernel picks for packets to `to` (a UDP socket
+/// connected, nothing sent).
+fn route_source(to: SocketAddr) -> Option<std::net::IpAddr> {
+    let any: SocketAddr = if to.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let s = std::net::UdpSocket::bind(any).ok()?;
+    s.connect(to).ok()?;
+    Some(s.local_addr().ok()?.ip()).filter(|ip| !ip.is_unspecified())
 }
 
 /// The node as the control loop holds it: when its task ends or panics it
@@ -367,6 +439,46 @@ async fn flush(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_advertised_address_is_one_the_others_can_reach() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let lo = |_: SocketAddr| Some("127.0.0.1".parse().unwrap());
+        let eth = |_: SocketAddr| Some("10.0.0.5".parse().unwrap());
+        let none = |_: SocketAddr| None;
+        // a wildcard listener: the route to the first seed
+        assert_eq!(
+            advertised_addr(a("0.0.0.0:7946"), None, &[a("10.0.0.9:7946")], eth),
+            Ok(a("10.0.0.5:7946"))
+        );
+        assert_eq!(
+            advertised_addr(a("0.0.0.0:7946"), None, &[a("127.0.0.1:7000")], lo),
+            Ok(a("127.0.0.1:7946")),
+            "seeds on loopback: loopback is right"
+        );
+        assert_eq!(
+            advertised_addr(a("0.0.0.0:7946"), None, &[], eth),
+            Ok(a("10.0.0.5:7946")),
+            "no seed: the default route's source"
+        );
+        assert!(advertised_addr(a("0.0.0.0:7946"), None, &[], none)
+            .unwrap_err()
+            .contains("--gossip-advertise"));
+        // given: used, its port defaulting to the listen port
+        assert_eq!(
+            advertised_addr(a("0.0.0.0:7946"), Some(a("10.1.1.1:0")), &[], none),
+            Ok(a("10.1.1.1:7946"))
+        );
+        assert!(advertised_addr(a("0.0.0.0:7946"), Some(a("0.0.0.0:0")), &[], none).is_err());
+        // a loopback address (a host name at Debian's 127.0.1.1) with a seed elsewhere
+        let e = advertised_addr(a("127.0.1.1:7946"), None, &[a("10.0.0.9:7946")], eth).unwrap_err();
+        assert!(e.contains("loopback") && e.contains("10.0.0.9"), "{e}");
+        // a specific address: itself
+        assert_eq!(
+            advertised_addr(a("10.0.0.5:7946"), None, &[a("10.0.0.9:7946")], lo),
+            Ok(a("10.0.0.5:7946"))
+        );
+    }
     use crate::cluster::state::{Body, DomainPub, Item, Manual, Part, SignalPub};
 
     /// The loop is woken for another host's signal and for a manually
