@@ -90,6 +90,7 @@ struct GossipSection {
     seeds: Vec<String>,
     key_file: Option<PathBuf>,
     cluster: Option<String>,
+    expected_hosts: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -274,6 +275,9 @@ pub struct Config {
     pub gossip_key_file: Option<PathBuf>,
     /// Bound into every gossip packet: hosts of another cluster never mix.
     pub gossip_cluster: String,
+    /// The cluster size foca's timings and queues are tuned for (the
+    /// simulation's figures use the same constructor with its size).
+    pub gossip_expected_hosts: usize,
     pub api_listen: Option<String>,
     pub api_token_file: Option<PathBuf>,
     /// TLS for the TCP API: a PEM certificate chain and its key.
@@ -319,7 +323,8 @@ impl Config {
                 || self.gossip_advertise != new.gossip_advertise
                 || self.gossip_seeds != new.gossip_seeds
                 || self.gossip_key_file != new.gossip_key_file
-                || self.gossip_cluster != new.gossip_cluster,
+                || self.gossip_cluster != new.gossip_cluster
+                || self.gossip_expected_hosts != new.gossip_expected_hosts,
         );
         check(
             "api.listen / api.token_file / api.tls_*",
@@ -486,6 +491,16 @@ impl Config {
                 .gossip_cluster
                 .or(file.gossip.cluster)
                 .unwrap_or_else(|| "virt-persona".into()),
+            gossip_expected_hosts: match file.gossip.expected_hosts {
+                None => 16,
+                Some(n @ 1..=100_000) => n as usize,
+                Some(n) => {
+                    return Err(ConfigError::Invalid {
+                        key: "gossip.expected_hosts",
+                        message: format!("{n} is out of range: expected 1..100000 (about the number of hosts in the cluster)"),
+                    })
+                }
+            },
             api_listen: o.api_listen.or(file.api.listen),
             api_token_file: o.api_token_file.or(file.api.token_file),
             api_tls: match (
@@ -634,6 +649,28 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("gossip-keygen"));
+    }
+
+    #[test]
+    fn gossip_expected_hosts_sizes_foca_and_is_checked() {
+        let resolve = |text: &str| {
+            let f: FileConfig = toml::from_str(text).expect("parses");
+            Config::resolve(f, Overrides::default())
+        };
+        assert_eq!(resolve("").unwrap().gossip_expected_hosts, 16);
+        assert_eq!(
+            resolve("[gossip]\nexpected_hosts = 1000\n")
+                .unwrap()
+                .gossip_expected_hosts,
+            1000
+        );
+        let e = resolve("[gossip]\nexpected_hosts = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("gossip.expected_hosts") && e.contains("1..100000"),
+            "{e}"
+        );
     }
 
     #[test]

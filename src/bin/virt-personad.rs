@@ -515,6 +515,7 @@ fn run(
                 node: cfg.node_name.clone(),
                 listen,
                 advertise,
+                expected_members: cfg.gossip_expected_hosts,
                 seeds,
                 ring,
                 cluster: cfg.gossip_cluster.clone(),

@@ -39,6 +39,8 @@ pub struct NodeConfig {
     /// The address other hosts reach this one at, when it is not the listen
     /// address (`--gossip-advertise`); a port of 0 means the listen port.
     pub advertise: Option<SocketAddr>,
+    /// The cluster size foca is tuned for (`gossip.expected_hosts`).
+    pub expected_members: usize,
     pub seeds: Vec<SocketAddr>,
     pub ring: KeyRing,
     pub cluster: String,
@@ -277,7 +279,7 @@ async fn run(
             addr,
             bump: now().max(0) as u64,
             seeds: cfg.seeds.clone(),
-            expected_members: 16,
+            expected_members: cfg.expected_members,
             rng_seed: rand::random(),
         },
         shared.clone(),
