@@ -261,8 +261,9 @@ fn bad_input_gets_typed_errors_naming_domain_and_knob() {
     );
 }
 
-/// The test driver's scheduler has only `weight`: cpu_shares and the vCPU
-/// bandwidth knobs are unsupported there, and say so as their own error kind
+/// The test driver's scheduler has only `weight`: cpu_shares and the vCPU,
+/// emulator and whole-domain bandwidth knobs are unsupported there (and read
+/// as no value, so the reconciler never gets this far with them), and say so as their own error kind
 /// (skipped by the reconciler, not retried), unlike a bad value or device.
 #[test]
 fn knobs_the_driver_cannot_apply_are_unsupported_not_failures() {
@@ -271,6 +272,10 @@ fn knobs_the_driver_cannot_apply_are_unsupported_not_failures() {
         (Knob::CpuShares, KnobValue::Unsigned(2048)),
         (Knob::VcpuQuota, KnobValue::Signed(50_000)),
         (Knob::VcpuPeriod, KnobValue::Unsigned(100_000)),
+        (Knob::EmulatorPeriod, KnobValue::Unsigned(100_000)),
+        (Knob::EmulatorQuota, KnobValue::Signed(20_000)),
+        (Knob::GlobalPeriod, KnobValue::Unsigned(100_000)),
+        (Knob::GlobalQuota, KnobValue::Signed(80_000)),
     ] {
         let name = knob.to_string();
         match hv.apply("web-1", &Change { knob, value }, ApplyScope::default()) {
@@ -381,5 +386,34 @@ fn a_disk_throttle_is_set_read_back_and_removed() {
             assert!(reason.contains("needs read_iops_sec"), "{reason}");
         }
         other => panic!("expected Invalid, got {other:?}"),
+    }
+}
+
+/// The new knobs on a driver that has none of them: nothing read for the
+/// scheduler caps, the NUMA nodeset or iothreads (the fixture domains have
+/// none), and the iothread caps refused as unsupported with the reason.
+#[test]
+fn knobs_the_test_driver_lacks_read_as_no_value_and_are_refused_with_the_reason() {
+    let hv = connect();
+    let t = hv.tuning("web-1", ReadScope::Current).unwrap();
+    assert_eq!(
+        (t.emulator_quota, t.global_quota, t.iothread_quota),
+        (None, None, None),
+        "{t:?}"
+    );
+    assert!(t.iothread_pin.is_empty(), "{t:?}");
+    match hv.apply(
+        "web-1",
+        &Change {
+            knob: Knob::IothreadQuota,
+            value: KnobValue::Signed(5_000),
+        },
+        ApplyScope::default(),
+    ) {
+        Err(HypervisorError::Unsupported { knob, message, .. }) => {
+            assert_eq!(knob, "iothread_quota");
+            assert!(message.contains("no iothreads"), "{message}");
+        }
+        other => panic!("expected Unsupported, got {other:?}"),
     }
 }
