@@ -23,7 +23,7 @@ use crate::hypervisor::{
     ApplyScope, DomainInfo, Hypervisor, HypervisorError, ReadScope, StatGroups,
 };
 use crate::model::persona::{Metric, Persona};
-use crate::model::tuning::{Change, DefinitionOriginal, Direction, Knob, Tuning};
+use crate::model::tuning::{Change, DefinitionOriginal, Knob, Tuning};
 use crate::planner::plan;
 use crate::rules::{candidates, decide, Decision, Inputs, Override, Reason, RuleState, Signals};
 use crate::store::{Event, Skipped, StateStore, StoreError, Worn};
@@ -1587,36 +1587,35 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         let Some(entry) = self.domains.get(uuid) else {
             return Ok(baseline);
         };
-        let gone: Vec<String> = baseline
-            .interfaces
-            .keys()
-            .filter(|t| {
-                !entry.info.interfaces.iter().any(|i| {
-                    i.target.as_deref() == Some(t.as_str()) || i.mac.as_deref() == Some(t.as_str())
-                })
-            })
-            .cloned()
+        // originals of devices the domain no longer has (an interface, a
+        // disk, an iothread detached or renamed)
+        let knobs: Vec<Knob> = baseline
+            .changes()
+            .into_iter()
+            .map(|c| c.knob)
+            .filter(|k| !k.device_in(&entry.info))
             .collect();
-        if gone.is_empty() {
+        if knobs.is_empty() {
             return Ok(baseline);
         }
         let name = entry.info.name.clone();
-        let knobs: Vec<Knob> = gone
+        let mut gone: Vec<String> = knobs
             .iter()
-            .flat_map(|t| {
-                [Direction::Inbound, Direction::Outbound].map(|direction| Knob::Interface {
-                    target: t.clone(),
-                    direction,
-                })
+            .map(|k| match k {
+                Knob::Interface { target, .. } => format!("interface {target}"),
+                Knob::Disk { target } => format!("disk {target}"),
+                Knob::IothreadPin { iothread } => format!("iothread {iothread}"),
+                k => k.to_string(),
             })
             .collect();
+        gone.dedup();
         self.store.clear_baseline(uuid, &knobs)?;
-        warn!(domain = %name, targets = ?gone, "originals of interfaces the domain no longer has dropped");
+        warn!(domain = %name, devices = ?gone, "originals of devices the domain no longer has dropped");
         self.record(Event {
             time: now,
             domain: name,
             reason: format!(
-                "the domain no longer has interface(s) {}: their recorded originals are dropped",
+                "the domain no longer has {}: their recorded originals are dropped",
                 gone.join(", ")
             ),
             result: "baseline_dropped".into(),

@@ -982,6 +982,56 @@ fn originals_of_a_vanished_interface_are_dropped_once() {
     );
 }
 
+/// The same for a disk detached while its throttle is worn: the mechanism is
+/// the knob's device, not the interface's.
+#[test]
+fn originals_of_a_detached_disk_are_dropped_once() {
+    use virt_persona::hypervisor::DiskInfo;
+    let hv = Arc::new(FakeHypervisor::new(4));
+    let mut info = FakeHypervisor::simple_domain("web-1", 1);
+    info.disks = ["vda", "vdb"]
+        .iter()
+        .map(|t| DiskInfo {
+            target: t.to_string(),
+            source: None,
+        })
+        .collect();
+    hv.add_domain(info.clone(), original());
+    let mut r = Reconciler::new(hv.clone(), MemoryStore::default(), Duration::from_secs(30));
+    r.set_personas(vec![persona(
+        "id = \"io\"\n[[tuning.disk]]\ntarget = \"*\"\ntotal_iops_sec = 500\n",
+    )]);
+    r.tick(1_000, None).unwrap();
+    let uuid = info.uuid.clone();
+    let b = r.store().baseline(&uuid).unwrap();
+    assert_eq!(b.changes().len(), 2, "both disks' originals (none): {b:?}");
+    info.disks.truncate(1);
+    let now_t = hv.tuning("web-1", ReadScope::Current).unwrap();
+    hv.add_domain(info, now_t);
+    r.mark_stale();
+    for i in 0..3 {
+        let rep = r.tick(40_000 * (i + 1), None).unwrap();
+        assert_eq!(rep.failures, 0);
+    }
+    let b = r.store().baseline(&uuid).unwrap();
+    assert_eq!(
+        b.changes()
+            .iter()
+            .map(|c| c.knob.to_string())
+            .collect::<Vec<_>>(),
+        ["disk[vda]"],
+        "vdb's original dropped, vda's kept"
+    );
+    let ev = r.store().events(Some("web-1"), 0).unwrap();
+    let dropped: Vec<&str> = ev
+        .iter()
+        .filter(|e| e.result == "baseline_dropped")
+        .map(|e| e.reason.as_str())
+        .collect();
+    assert_eq!(dropped.len(), 1, "said once: {ev:?}");
+    assert!(dropped[0].contains("disk vdb"), "{}", dropped[0]);
+}
+
 /// Expired signals leave memory at the next tick, listed or not.
 #[test]
 fn expired_signals_are_pruned_every_tick() {

@@ -308,6 +308,24 @@ impl Knob {
     }
 }
 
+impl Knob {
+    /// Whether the device this knob belongs to is still part of `domain`
+    /// (an interface by target or MAC, a disk by target, an iothread by id).
+    /// Domain-wide knobs and vCPU pins (vCPUs come and go with hotplug, their
+    /// pins with them) always are. An original of a device that is gone can
+    /// never be written back.
+    pub fn device_in(&self, domain: &crate::model::domain::DomainInfo) -> bool {
+        match self {
+            Knob::Interface { target, .. } => domain.interfaces.iter().any(|i| {
+                i.target.as_deref() == Some(target.as_str()) || i.mac.as_deref() == Some(target)
+            }),
+            Knob::Disk { target } => domain.disks.iter().any(|d| d.target == *target),
+            Knob::IothreadPin { iothread } => domain.iothreads.contains(iothread),
+            _ => true,
+        }
+    }
+}
+
 impl fmt::Display for Knob {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
