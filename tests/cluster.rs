@@ -52,9 +52,25 @@ fn launch_env(
     interval: &str,
     env: &[(&str, String)],
 ) -> Daemon {
-    let key_file = write_key(dir, key);
     let listen = format!("127.0.0.1:{port}");
     let seed = format!("127.0.0.1:{seed}");
+    launch_on(dir, name, &listen, &seed, key, cluster, interval, env)
+}
+
+/// The daemon of one host listening on `listen` (any address, a wildcard
+/// included) with `seed`.
+#[allow(clippy::too_many_arguments)]
+fn launch_on(
+    dir: &Path,
+    name: &str,
+    listen: &str,
+    seed: &str,
+    key: [u8; 32],
+    cluster: &str,
+    interval: &str,
+    env: &[(&str, String)],
+) -> Daemon {
+    let key_file = write_key(dir, key);
     Daemon::start_args(
         dir,
         &common::test_host_uri(),
@@ -64,9 +80,9 @@ fn launch_env(
             "--node-name",
             name,
             "--gossip-listen",
-            &listen,
+            listen,
             "--gossip-seed",
-            &seed,
+            seed,
             "--gossip-key-file",
             key_file.to_str().unwrap(),
             "--gossip-cluster",
@@ -747,26 +763,16 @@ fn wildcard_listeners_form_a_cluster_and_an_unreachable_address_is_refused() {
     for (i, port) in ports.iter().enumerate() {
         let name = format!("wild{i}");
         let dir = common::test_dir("cluster-wild", &name);
-        let key_file = write_key(&dir, key);
         let listen = format!("0.0.0.0:{port}");
         let seed = format!("127.0.0.1:{}", ports[(i + 1) % 3]);
-        nodes.push(Daemon::start_args(
+        nodes.push(launch_on(
             &dir,
-            &common::test_host_uri(),
-            &[
-                "--interval",
-                "1s",
-                "--node-name",
-                &name,
-                "--gossip-listen",
-                &listen,
-                "--gossip-seed",
-                &seed,
-                "--gossip-key-file",
-                key_file.to_str().unwrap(),
-                "--gossip-cluster",
-                "wild",
-            ],
+            &name,
+            &listen,
+            &seed,
+            key,
+            "wild",
+            "1s",
             &[],
         ));
     }
@@ -784,21 +790,20 @@ fn wildcard_listeners_form_a_cluster_and_an_unreachable_address_is_refused() {
 
     let dir = common::test_dir("cluster-wild", "refused");
     let key_file = write_key(&dir, key);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_virt-personad"))
-        .args(["-c", &common::test_host_uri()])
-        .arg("--personas")
-        .arg(dir.join("personas"))
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .arg("--socket")
-        .arg(dir.join("r.sock"))
-        .args(["--gossip-listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--gossip-seed", "192.0.2.77:7946", "--gossip-key-file"])
-        .arg(&key_file)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let words = [
+        "--gossip-listen",
+        listen.as_str(),
+        "--gossip-seed",
+        "192.0.2.77:7946",
+        "--gossip-key-file",
+    ];
+    let flags: Vec<&std::ffi::OsStr> = words
+        .iter()
+        .map(std::ffi::OsStr::new)
+        .chain([key_file.as_os_str()])
+        .collect();
+    let err = common::daemon_refused(&dir, &common::test_host_uri(), &flags);
     assert!(
         err.contains("loopback")
             && err.contains("192.0.2.77:7946")
