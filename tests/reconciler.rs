@@ -32,6 +32,12 @@ fn persona(text: &str) -> Arc<Persona> {
     Arc::new(parse_persona(text, std::path::Path::new("t.toml")).unwrap())
 }
 
+/// HOT's activation (cpu above 50, 3 s cooldown) with other tuning.
+fn hot_with(tuning: &str) -> Arc<Persona> {
+    let (head, _) = HOT.split_once("[tuning]").expect("HOT has [tuning]");
+    persona(&format!("{head}{tuning}"))
+}
+
 fn original() -> Tuning {
     Tuning {
         cpu_shares: Some(1024),
@@ -440,19 +446,8 @@ fn an_unsupported_knob_is_skipped_remembered_and_learned_again() {
 #[test]
 fn a_knob_without_a_readable_original_is_skipped_not_changed() {
     let mut rig = Rig::new(MemoryStore::default());
-    rig.r.set_personas(vec![persona(
-        r#"
-id = "hot"
-priority = 10
-[activation]
-cooldown = "3s"
-[[activation.when]]
-metric = "cpu"
-above = 50
-[tuning]
-cpu_shares = 4096
-emulator_quota = "20ms"
-"#,
+    rig.r.set_personas(vec![hot_with(
+        "[tuning]\ncpu_shares = 4096\nemulator_quota = \"20ms\"\n",
     )]);
     // original() has no emulator_quota: the fake reads none
     rig.second(1.0);
@@ -508,16 +503,8 @@ fn disk_throttles_are_whole_sets_per_disk_and_revert_exactly() {
     };
     orig.disks.insert("vdb".into(), old.clone());
     let mut rig = Rig::with(MemoryStore::default(), info, orig.clone());
-    rig.r.set_personas(vec![persona(
-        r#"
-id = "hot"
-priority = 10
-[activation]
-cooldown = "3s"
-[[activation.when]]
-metric = "cpu"
-above = 50
-[[tuning.disk]]
+    rig.r.set_personas(vec![hot_with(
+        r#"[[tuning.disk]]
 target = "*"
 total_iops_sec = 1000
 total_iops_sec_max = 2000
