@@ -33,6 +33,14 @@ fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) -> Duration {
     t0.elapsed()
 }
 
+/// A persona that persists, worn on `guest` while `signal` is above 0, with
+/// `tuning` (the body of `[tuning]`, tables after it).
+fn signal_persona(id: &str, guest: &str, signal: &str, tuning: &str) -> String {
+    format!(
+        "id = \"{id}\"\npersist = true\n[match]\nnames = [\"{guest}\"]\n[activation]\n[[activation.when]]\nsignal = \"{signal}\"\nabove = 0\n[tuning]\n{tuning}"
+    )
+}
+
 /// Sets a domain-scoped signal for an hour through the daemon's API.
 fn put_signal(d: &Daemon, signal: &str, domain: &str, v: f64) {
     virt_persona::api::client::request(
@@ -715,9 +723,11 @@ fn a_device_throttle_that_did_not_exist_is_gone_after_the_revert() {
     let signal = format!("vp.test.backup{}", std::process::id());
     std::fs::write(
         dir.join("personas/backup.toml"),
-        format!(
-            "id = \"backup\"\npersist = true\n[match]\nnames = [\"{}\"]\n[activation]\n[[activation.when]]\nsignal = \"{signal}\"\nabove = 0\n[tuning]\ncpu_shares = 3000\nblkio_weight = 777\n[[tuning.blkio_device]]\npath = \"{dev}\"\nread_iops = 2000\n",
-            g.name
+        signal_persona(
+            "backup",
+            &g.name,
+            &signal,
+            &format!("cpu_shares = 3000\nblkio_weight = 777\n[[tuning.blkio_device]]\npath = \"{dev}\"\nread_iops = 2000\n"),
         ),
     )
     .unwrap();
@@ -774,10 +784,7 @@ fn emulator_iothread_and_global_caps_apply_and_revert_exactly() {
     let signal = format!("vp.test.caps{}", std::process::id());
     std::fs::write(
         dir.join("personas/capped.toml"),
-        format!(
-            "id = \"capped\"\npersist = true\n[match]\nnames = [\"{}\"]\n[activation]\n[[activation.when]]\nsignal = \"{signal}\"\nabove = 0\n[tuning]\nemulator_period = \"50ms\"\nemulator_quota = \"10ms\"\niothread_period = \"20ms\"\niothread_quota = \"5ms\"\nglobal_period = \"100ms\"\nglobal_quota = \"80ms\"\nrequired = [\"emulator_quota\", \"global_quota\"]\n",
-            g.name
-        ),
+        signal_persona("capped", &g.name, &signal, "emulator_period = \"50ms\"\nemulator_quota = \"10ms\"\niothread_period = \"20ms\"\niothread_quota = \"5ms\"\nglobal_period = \"100ms\"\nglobal_quota = \"80ms\"\nrequired = [\"emulator_quota\", \"global_quota\"]\n"),
     )
     .unwrap();
     let hv = common::real();
@@ -862,10 +869,7 @@ fn an_iothread_is_pinned_and_capped_then_given_back_exactly() {
     let signal = format!("vp.test.iothread{}", std::process::id());
     std::fs::write(
         dir.join("personas/io.toml"),
-        format!(
-            "id = \"io\"\npersist = true\n[match]\nnames = [\"{}\"]\n[activation]\n[[activation.when]]\nsignal = \"{signal}\"\nabove = 0\n[tuning]\niothread_pin = {{ \"*\" = \"1\" }}\niothread_period = \"20ms\"\niothread_quota = \"5ms\"\nrequired = [\"iothread_pin\"]\n",
-            g.name
-        ),
+        signal_persona("io", &g.name, &signal, "iothread_pin = { \"*\" = \"1\" }\niothread_period = \"20ms\"\niothread_quota = \"5ms\"\nrequired = [\"iothread_pin\"]\n"),
     )
     .unwrap();
     let hv = common::real();
@@ -930,10 +934,7 @@ fn a_disk_throttle_applies_live_and_persisted_and_reverts_exactly() {
     let signal = format!("vp.test.iotune{}", std::process::id());
     std::fs::write(
         dir.join("personas/noisy.toml"),
-        format!(
-            "id = \"noisy\"\npersist = true\n[match]\nnames = [\"{}\"]\n[activation]\n[[activation.when]]\nsignal = \"{signal}\"\nabove = 0\n[tuning]\nrequired = [\"disk\"]\n[[tuning.disk]]\ntarget = \"*\"\ntotal_iops_sec = 400\ntotal_iops_sec_max = 800\ntotal_iops_sec_max_length = \"20s\"\nread_bytes_sec = \"8 MiB/s\"\ngroup = \"vp-noisy\"\n",
-            g.name
-        ),
+        signal_persona("noisy", &g.name, &signal, "required = [\"disk\"]\n[[tuning.disk]]\ntarget = \"*\"\ntotal_iops_sec = 400\ntotal_iops_sec_max = 800\ntotal_iops_sec_max_length = \"20s\"\nread_bytes_sec = \"8 MiB/s\"\ngroup = \"vp-noisy\"\n"),
     )
     .unwrap();
     let hv = common::real();

@@ -298,57 +298,33 @@ pub trait ScalarValue: Sized + Clone {
     fn from_value(v: &super::tuning::KnobValue) -> Option<Self>;
 }
 
-impl ScalarValue for u64 {
-    const KIND: ParamKind = ParamKind::ULLong;
-    fn to_value(&self) -> super::tuning::KnobValue {
-        super::tuning::KnobValue::Unsigned(*self)
-    }
-    fn from_value(v: &super::tuning::KnobValue) -> Option<Self> {
-        match v {
-            super::tuning::KnobValue::Unsigned(x) => Some(*x),
-            _ => None,
+/// `ScalarValue` for a type carried by one `KnobValue` variant.
+macro_rules! scalar_value {
+    ($ty:ty, $kind:ident, $variant:ident, |$v:ident| $to:expr, |$x:ident| $from:expr) => {
+        impl ScalarValue for $ty {
+            const KIND: ParamKind = ParamKind::$kind;
+            fn to_value(&self) -> super::tuning::KnobValue {
+                let $v = self;
+                super::tuning::KnobValue::$variant($to)
+            }
+            fn from_value(v: &super::tuning::KnobValue) -> Option<Self> {
+                match v {
+                    super::tuning::KnobValue::$variant($x) => Some($from),
+                    _ => None,
+                }
+            }
         }
-    }
+    };
 }
 
-impl ScalarValue for u32 {
-    const KIND: ParamKind = ParamKind::UInt;
-    fn to_value(&self) -> super::tuning::KnobValue {
-        super::tuning::KnobValue::Unsigned(u64::from(*self))
-    }
-    fn from_value(v: &super::tuning::KnobValue) -> Option<Self> {
-        match v {
-            super::tuning::KnobValue::Unsigned(x) => Some(u32::try_from(*x).unwrap_or(u32::MAX)),
-            _ => None,
-        }
-    }
-}
-
-impl ScalarValue for i64 {
-    const KIND: ParamKind = ParamKind::LLong;
-    fn to_value(&self) -> super::tuning::KnobValue {
-        super::tuning::KnobValue::Signed(*self)
-    }
-    fn from_value(v: &super::tuning::KnobValue) -> Option<Self> {
-        match v {
-            super::tuning::KnobValue::Signed(x) => Some(*x),
-            _ => None,
-        }
-    }
-}
-
-impl ScalarValue for CpuSet {
-    const KIND: ParamKind = ParamKind::Set;
-    fn to_value(&self) -> super::tuning::KnobValue {
-        super::tuning::KnobValue::CpuSet(self.clone())
-    }
-    fn from_value(v: &super::tuning::KnobValue) -> Option<Self> {
-        match v {
-            super::tuning::KnobValue::CpuSet(c) => Some(c.clone()),
-            _ => None,
-        }
-    }
-}
+scalar_value!(u64, ULLong, Unsigned, |v| *v, |x| *x);
+// a u32 knob saturates rather than wrapping
+scalar_value!(u32, UInt, Unsigned, |v| u64::from(*v), |x| u32::try_from(
+    *x
+)
+.unwrap_or(u32::MAX));
+scalar_value!(i64, LLong, Signed, |v| *v, |x| *x);
+scalar_value!(CpuSet, Set, CpuSet, |v| v.clone(), |x| x.clone());
 
 #[cfg(test)]
 mod tests {

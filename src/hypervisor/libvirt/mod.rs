@@ -601,7 +601,7 @@ fn read_tuning(live: &Live, name: &str, scope: ReadScope) -> Result<Tuning> {
     // the domain-wide knobs of the table, from their family's parameters
     for knob in Knob::SCALARS {
         let Some(row) = knob.row() else { continue };
-        if row.iothreads && x.iothreads == 0 {
+        if row.iothreads && x.iothread_ids().is_empty() {
             // libvirt answers the domain's own values here: nothing to record
             continue;
         }
@@ -799,7 +799,7 @@ fn apply_once(live: &Live, dom: &Domain, name: &str, change: &Change, flags: c_u
             let text = dom
                 .xml_desc(0)
                 .map_err(|e| no_domain_or(name, "reading XML", e))?;
-            if xml::parse_domain(&text).is_ok_and(|x| x.iothreads == 0) {
+            if xml::parse_domain(&text).is_ok_and(|x| x.iothread_ids().is_empty()) {
                 return Err(HypervisorError::Unsupported {
                     domain: name.to_string(),
                     knob: knob.to_string(),
