@@ -2,13 +2,14 @@
 //!
 //! Several forecasters compete per series ([`Model`]: what an admin would
 //! write by hand — same time yesterday or last week, the median of the same
-//! time over some days, that median at the last hours' level, the last hour
-//! — and Grafana's `augurs` MSTL): each forecasts the last days from the
-//! history before them (a rolling-origin backtest), the best are blended by
-//! their errors, and the 95 % band comes from the blend's own backtest
-//! errors (split-conformal), so it means what it says. History arrives as
-//! 15-minute means ([`Series`]), laid out on the wall clock of the persona's
-//! zone ([`fit_in`]); gaps are filled from the same time a day earlier where
+//! time over some days, on days of the same kind (weekday or weekend), at
+//! the last hours' level, the last hour, the last day — and Grafana's
+//! `augurs` MSTL): each forecasts from origins every six hours over the last
+//! days from the history before them (a rolling-origin backtest), the best
+//! are blended by their errors, and the 95 % band comes from the blend's own
+//! backtest errors (split-conformal), so it means what it says. History
+//! arrives as 15-minute means ([`Series`]), laid out on the wall clock of
+//! the persona's zone ([`fit_in`]); gaps are filled from the same time a day earlier where
 //! that is known and by linear interpolation otherwise.
 //!
 //! How the forecast did is said three ways: the backtest (relative to same
@@ -135,27 +136,47 @@ pub struct Fit {
 
 /// The forecasters a series' backtest chooses among. The simple ones are
 /// what an admin would write by hand; the model is what statistics offers.
+/// Every "same time" takes the steps up to `window` on either side of it
+/// too (a 15-minute mean is noisy; its neighbours say as much about the
+/// next day's slot as the slot itself), and a median, never a mean: a burst
+/// a day ago does not come back at the same minute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Model {
-    /// The same step yesterday.
+    /// The same step yesterday (the baseline every other one is scored
+    /// against).
     NaiveDay,
     /// The same step a week ago (two weeks of history).
     NaiveWeek,
-    /// The median of the same step over the last `n` days.
-    DayMedian(usize),
-    /// The median of the same step on the same weekday over the last `n`
-    /// weeks.
+    /// The median of the same time (± `window` steps) over the last `days`
+    /// days.
+    Profile { days: usize, window: usize },
+    /// The same over the last `days` days of the same kind as the day
+    /// forecast — weekdays, or Saturdays and Sundays — on the wall clock.
+    DayKind { days: usize, window: usize },
+    /// The median of the same weekday and time (± 2 steps) over the last
+    /// `n` weeks.
     WeekMedian(usize),
-    /// The median of the same step over the last `n` days, moved by how far
-    /// the last two hours stood from that median (a level shift carries on).
+    /// The median of the same time (± 2 steps) over the last `n` days,
+    /// moved by how far the last two hours stood from it (a level shift
+    /// carries on).
     DayLevel(usize),
-    /// The mean of the last hour, flat (for series without a daily shape).
+    /// The mean of the last hour, flat (a series that just changed level).
     LastHour,
+    /// The median of the last day, flat (a series without a daily shape).
+    LastDay,
     /// MSTL (daily, and weekly once two weeks exist), the rest smoothed by
-    /// ETS without a trend
-    /// (augurs).
+    /// ETS without a trend (augurs).
     Mstl,
+}
+
+/// How a window of `w` steps either side reads.
+fn around(w: usize) -> String {
+    if w == 0 {
+        String::new()
+    } else {
+        format!(" (± {} min)", w as Millis * STEP_MS / 60_000)
+    }
 }
 
 impl Model {
@@ -163,44 +184,67 @@ impl Model {
         match self {
             Model::NaiveDay => "same time yesterday".into(),
             Model::NaiveWeek => "same time last week".into(),
-            Model::DayMedian(n) => format!("median of the same time over {n} days"),
-            Model::WeekMedian(n) => format!("median of the same weekday and time over {n} weeks"),
-            Model::DayLevel(n) => {
-                format!("median of the same time over {n} days, at the last two hours' level")
+            Model::Profile { days: 1, window } => {
+                format!("median of the same time yesterday{}", around(*window))
             }
+            Model::Profile { days, window } => {
+                format!("median of the same time{} over {days} days", around(*window))
+            }
+            Model::DayKind { days, window } => format!(
+                "median of the same time{} over the last {days} days of the same kind (weekday or weekend)",
+                around(*window)
+            ),
+            Model::WeekMedian(n) => format!(
+                "median of the same weekday and time{} over {n} weeks",
+                around(2)
+            ),
+            Model::DayLevel(n) => format!(
+                "median of the same time{} over {n} days, at the last two hours' level",
+                around(2)
+            ),
             Model::LastHour => "the last hour's mean".into(),
+            Model::LastDay => "the last day's median".into(),
             Model::Mstl => "MSTL + ETS (augurs)".into(),
         }
     }
-    /// The history it needs, in steps, besides the steps it forecasts.
+    /// The history it needs, in steps, before the steps it forecasts.
     fn needs(&self) -> usize {
         match self {
-            Model::NaiveDay => DAY,
             Model::NaiveWeek => WEEK,
-            Model::DayMedian(n) => n * DAY,
             Model::WeekMedian(n) => n * WEEK,
-            Model::DayLevel(n) => n * DAY + LEVEL_STEPS,
-            Model::LastHour => DAY,
             Model::Mstl => 2 * DAY,
+            _ => DAY,
         }
     }
-    /// Every candidate a history of `len` steps supports.
-    fn candidates(len: usize) -> Vec<Model> {
-        [
+    /// Every candidate: the daily profiles over 1 to 14 days with windows
+    /// of 0 to 2 hours, the same by kind of day, the weekly ones, the
+    /// level-following and flat ones, and the statistical model. Which of
+    /// them forecast a series best is left to its backtest, never to a
+    /// constant chosen per kind of series.
+    fn candidates() -> Vec<Model> {
+        let mut out = vec![
             Model::NaiveDay,
             Model::NaiveWeek,
-            Model::DayMedian(3),
-            Model::DayMedian(7),
-            Model::DayMedian(14),
             Model::WeekMedian(2),
             Model::DayLevel(3),
             Model::DayLevel(7),
             Model::LastHour,
+            Model::LastDay,
             Model::Mstl,
-        ]
-        .into_iter()
-        .filter(|m| m.needs() <= len)
-        .collect()
+        ];
+        for days in [1, 3, 7, 14] {
+            for window in [0, 2, 4, 8] {
+                if (days, window) != (1, 0) {
+                    out.push(Model::Profile { days, window });
+                }
+            }
+        }
+        for days in [3, 7, 14] {
+            for window in [0, 2, 4] {
+                out.push(Model::DayKind { days, window });
+            }
+        }
+        out
     }
 }
 
@@ -384,100 +428,163 @@ impl augurs::mstl::FittedTrendModel for SmoothingFit {
     }
 }
 
+/// The median of `v` (`NaN` when empty); reorders `v`.
 fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
     let n = v.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    let (low, mid, _) = v.select_nth_unstable_by(n / 2, f64::total_cmp);
+    let mid = *mid;
     if n % 2 == 1 {
-        v[n / 2]
+        mid
     } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
+        let below = low.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        (below + mid) / 2.0
     }
 }
 
-/// The point forecast of `m` for `ahead` steps after `values` (gap-filled).
-fn predict(m: Model, values: &[f64], ahead: usize) -> Result<Vec<f64>, FitError> {
+/// Whether wall-clock step `i` of a series whose step 0 starts at the
+/// wall-clock time `start` is on a Saturday or a Sunday.
+fn weekend(start: Millis, i: usize) -> bool {
+    let day = (start + i as Millis * STEP_MS).div_euclid(86_400_000);
+    // 1970-01-01 was a Thursday: 3 counting from Monday = 0
+    (day + 3).rem_euclid(7) >= 5
+}
+
+/// The values at the same time as step `i`, `period` steps apart: the `k`
+/// most recent bases `i − j·period` (j ≥ 1) inside `values` that `keep`
+/// accepts, each with up to `window` steps either side; their median.
+fn same_time(
+    values: &[f64],
+    buf: &mut Vec<f64>,
+    i: usize,
+    period: usize,
+    k: usize,
+    window: usize,
+    keep: impl Fn(usize) -> bool,
+) -> Option<f64> {
     let n = values.len();
-    let profile = |period: usize, k: usize| -> Vec<f64> {
-        (0..ahead)
-            .map(|h| {
-                let mut same: Vec<f64> = (1..=k)
-                    .filter_map(|j| (n + h % period).checked_sub(j * period))
-                    .filter(|&i| i < n)
-                    .map(|i| values[i])
-                    .collect();
-                if same.is_empty() {
-                    values[n - 1]
-                } else {
-                    median(&mut same)
-                }
+    buf.clear();
+    let (mut found, mut j) = (0, 1);
+    while found < k && j * period <= i {
+        let base = i - j * period;
+        j += 1;
+        if base >= n || !keep(base) {
+            continue;
+        }
+        found += 1;
+        buf.extend_from_slice(&values[base.saturating_sub(window)..=(base + window).min(n - 1)]);
+    }
+    (!buf.is_empty()).then(|| median(buf))
+}
+
+/// The point forecast of `m` for `ahead` steps after `values` (gap-filled;
+/// step 0 at the wall-clock time `start`).
+fn predict(m: Model, values: &[f64], start: Millis, ahead: usize) -> Result<Vec<f64>, FitError> {
+    let n = values.len();
+    let last = values.last().copied().unwrap_or(0.0);
+    let mut buf = Vec::new();
+    let mut each = |period: usize, k: usize, window: usize, by_kind: bool| -> Vec<f64> {
+        (n..n + ahead)
+            .map(|i| {
+                let kind = weekend(start, i);
+                same_time(values, &mut buf, i, period, k, window, |b| {
+                    !by_kind || weekend(start, b) == kind
+                })
+                .unwrap_or(last)
             })
             .collect()
     };
-    // the median of the same step over the `k` days before step `i`
-    let before = |i: usize, k: usize| -> Option<f64> {
-        let mut same: Vec<f64> = (1..=k)
-            .filter_map(|j| i.checked_sub(j * DAY))
-            .map(|j| values[j])
-            .collect();
-        (!same.is_empty()).then(|| median(&mut same))
-    };
     Ok(match m {
-        Model::LastHour => {
-            let last = &values[n.saturating_sub(4)..];
-            vec![last.iter().sum::<f64>() / last.len().max(1) as f64; ahead]
-        }
+        Model::NaiveDay => each(DAY, 1, 0, false),
+        Model::NaiveWeek => each(WEEK, 1, 0, false),
+        Model::Profile { days, window } => each(DAY, days, window, false),
+        Model::DayKind { days, window } => each(DAY, days, window, true),
+        Model::WeekMedian(k) => each(WEEK, k, 2, false),
         Model::DayLevel(k) => {
-            let offsets: Vec<f64> = (n.saturating_sub(LEVEL_STEPS)..n)
-                .filter_map(|i| Some(values[i] - before(i, k)?))
+            let profile = each(DAY, k, 2, false);
+            let mut offsets: Vec<f64> = (n.saturating_sub(LEVEL_STEPS)..n)
+                .filter_map(|i| Some(values[i] - same_time(values, &mut buf, i, DAY, k, 2, |_| true)?))
                 .collect();
-            let off = mean(&offsets).unwrap_or(0.0);
-            profile(DAY, k).into_iter().map(|v| v + off).collect()
+            let off = if offsets.is_empty() {
+                0.0
+            } else {
+                median(&mut offsets)
+            };
+            profile.into_iter().map(|v| v + off).collect()
         }
-        Model::NaiveDay => profile(DAY, 1),
-        Model::NaiveWeek => profile(WEEK, 1),
-        Model::DayMedian(k) => profile(DAY, k),
-        Model::WeekMedian(k) => profile(WEEK, k),
+        Model::LastHour => {
+            let recent = &values[n.saturating_sub(4)..];
+            vec![recent.iter().sum::<f64>() / recent.len().max(1) as f64; ahead]
+        }
+        Model::LastDay => {
+            let mut recent = values[n.saturating_sub(DAY)..].to_vec();
+            vec![median(&mut recent); ahead]
+        }
         Model::Mstl => model(values, ahead)?.point,
     })
 }
 
-/// The lower and upper quantiles of residuals (actual − forecast) at the
-/// band's level: split-conformal, the finite-sample corrected rank.
-fn band(residuals: &mut [f64]) -> Option<(f64, f64)> {
-    let m = residuals.len();
-    if m < 8 {
+/// The lower and upper edge of weighted residuals (actual − forecast, on
+/// the band's scale) at the band's level: split-conformal with weights
+/// (Tibshirani et al. 2019): the quantile of the residuals and one more of
+/// the largest weight at infinity, so a short or lopsided backtest widens
+/// the band rather than narrowing it.
+fn band(residuals: &mut [(f64, f64)]) -> Option<(f64, f64)> {
+    if residuals.len() < 8 {
         return None;
     }
-    residuals.sort_by(f64::total_cmp);
-    let tail = (1.0 - LEVEL) / 2.0;
-    let hi = (((m + 1) as f64 * (1.0 - tail)).ceil() as usize).clamp(1, m) - 1;
-    let lo = (((m + 1) as f64 * tail).floor() as usize).clamp(1, m) - 1;
-    Some((residuals[lo], residuals[hi]))
+    residuals.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total: f64 = residuals.iter().map(|r| r.1).sum();
+    let most = residuals.iter().map(|r| r.1).fold(0.0, f64::max);
+    let reach = (1.0 - (1.0 - LEVEL) / 2.0) * (total + most);
+    let edge = |it: &mut dyn Iterator<Item = &(f64, f64)>| -> f64 {
+        let (mut acc, mut at) = (0.0, f64::NAN);
+        for (x, w) in it {
+            acc += w;
+            at = *x;
+            if acc >= reach {
+                break;
+            }
+        }
+        at
+    };
+    // the upper edge counts from the bottom, the lower from the top
+    let hi = edge(&mut residuals.iter());
+    let lo = edge(&mut residuals.iter().rev());
+    Some((lo.min(0.0), hi.max(0.0)))
 }
 
 /// Steps whose distance from the daily profile sets [`Model::DayLevel`]'s
 /// level (two hours).
 const LEVEL_STEPS: usize = 8;
 /// Steps of one block of horizons sharing a band (12 hours: the first and
-/// the second half of the day ahead). The errors of one backtest day are
-/// correlated (a day that runs high runs high for hours), so a week of
-/// backtests is about seven independent samples per block whatever its
-/// length: 4-hour blocks covered 84 % of the development traces' next days
-/// at a nominal 95 %, 12-hour blocks 95 % (benches/forecast_real.rs).
+/// the second half of the day ahead).
 const BAND_BLOCK: usize = 48;
-/// Days the statistical model is backtested on (a fit each).
-const SELECT_ORIGINS: usize = 2;
-/// How many of the best candidates are blended: averaging several simple
+/// Steps between two backtest origins (6 hours): each forecasts a day from
+/// the history before it, so the most recent hours are scored too — a
+/// series that changed level this morning is not forecast from last week's.
+const ORIGIN_EVERY: usize = 24;
+/// Days of origins (each with at least two days of history before it).
+const BACKTEST_DAYS: usize = 7;
+/// Origins the statistical model is backtested on (a fit each): the last
+/// two day boundaries.
+const MSTL_ORIGINS: usize = 2;
+/// How many of the best candidates are blended: averaging a few simple
 /// forecasters is more robust than betting on the one that won a short
-/// backtest (on the development traces 5 gave a narrower band and a smaller
-/// error than 1 or 3; all of them, no better).
-const BLEND: usize = 5;
-/// The weight of a backtest day's errors, per day back: series change
-/// regime (a new deployment, a level shift), so yesterday's errors say more
-/// about tomorrow than last week's.
+/// backtest.
+const BLEND: usize = 3;
+/// The weight of an origin's errors, per day back, in the scores and in
+/// the band: series change regime (a new deployment, a level shift), so
+/// yesterday's errors say more about tomorrow than last week's.
 const ORIGIN_DECAY: f64 = 0.5;
-/// Origins the bands of a simple model are calibrated on.
-const BAND_ORIGINS: usize = 7;
+/// The band works on `ln(value + floor)`, with the floor this share of the
+/// history's median: errors scale with the level (a busy hour errs by more
+/// than a quiet one), so a band calibrated on the whole day is not as wide
+/// at night as at noon; the floor keeps values near zero from making any
+/// error look infinite.
+const BAND_FLOOR: f64 = 0.2;
 
 fn mean(v: &[f64]) -> Option<f64> {
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
@@ -512,17 +619,19 @@ pub fn accuracy(actual: &[f64], forecast: &[Point]) -> Option<(f64, f64)> {
 
 /// Fits a series and forecasts [`AHEAD_STEPS`] from the end of its history.
 ///
-/// Every candidate [`Model`] the history supports forecasts each of the
-/// last days from the history before it (the simple ones up to
-/// [`BAND_ORIGINS`] days, the statistical model [`SELECT_ORIGINS`]: it costs
-/// a fit each). On the days all of them forecast, the [`BLEND`] with the
-/// smallest mean absolute errors are kept and blended, weighted by the
-/// inverse square of those errors (each day's errors weigh [`ORIGIN_DECAY`]
-/// of the next day's: recent days say more); the blend forecasts ahead. Its 95 % band
-/// comes from the blend's own backtest residuals per 12-hour block of
-/// horizons (split-conformal quantiles), not from any model's assumptions.
-/// The accuracy shown is the last day's, with the band calibrated on the
-/// days before it only.
+/// Rolling-origin backtest: from origins every [`ORIGIN_EVERY`] steps over
+/// the last [`BACKTEST_DAYS`] days, every candidate [`Model`] forecasts up
+/// to a day from the history before the origin (the statistical model from
+/// the last [`MSTL_ORIGINS`] day boundaries only: it costs a fit each), and
+/// is scored by its mean absolute error relative to "same time yesterday"
+/// from the same origins, each origin's errors weighing [`ORIGIN_DECAY`]
+/// per day back. The [`BLEND`] best are blended, weighted by the inverse
+/// square of those scores; the blend forecasts ahead. Its 95 % band comes
+/// from the blend's own residuals at those origins per 12-hour block of
+/// horizons (weighted split-conformal quantiles, on a log scale: see
+/// [`BAND_FLOOR`]), not from any model's assumptions. The accuracy shown is
+/// the last day's, forecast from a day back, with the band calibrated on
+/// the values before that day only.
 pub fn fit(series: &Series, now: Millis) -> Result<Fit, FitError> {
     fit_in(series, now, &jiff::tz::TimeZone::UTC)
 }
@@ -675,73 +784,78 @@ fn fit_civil(series: &Series, now: Millis, ahead_steps: usize) -> Result<Fit, Fi
     let n = raw.len();
     let values = fill(raw);
     let end = s.start + have_ms;
-    // each candidate's forecast of each backtest day (index d-1: d days
-    // before the end), from the history before that day, filled on its own
-    let days = (n / DAY).saturating_sub(2).min(BAND_ORIGINS);
-    let filled_before: Vec<Vec<f64>> = (1..=days).map(|d| fill(&raw[..n - d * DAY])).collect();
+    // the origins, newest first: every ORIGIN_EVERY steps back over the
+    // last days, each with at least two days of history before it
+    let days = (n / DAY).saturating_sub(2).min(BACKTEST_DAYS);
+    let origins: Vec<usize> = (1..=days * DAY / ORIGIN_EVERY)
+        .map(|j| n - j * ORIGIN_EVERY)
+        .collect();
+    let weight = |k: usize| ORIGIN_DECAY.powf((n - origins[k]) as f64 / DAY as f64);
+    // each candidate's forecast from each origin (up to a day, or up to
+    // the end of the history), from the history before it, filled on its own
+    let filled: Vec<Vec<f64>> = origins.iter().map(|&o| fill(&raw[..o])).collect();
     let mut tried: Vec<(Model, Vec<Option<Vec<f64>>>)> = Vec::new();
-    for m in Model::candidates(n - DAY) {
-        let origins = if m == Model::Mstl {
-            SELECT_ORIGINS
-        } else {
-            days
-        };
-        let mut per_day = Vec::new();
-        for d in 1..=days {
-            let before = &filled_before[d - 1];
-            per_day.push(if d <= origins && before.len() >= m.needs() {
-                predict(m, before, DAY).ok()
-            } else {
-                None
-            });
-        }
-        if per_day.iter().any(Option::is_some) {
-            tried.push((m, per_day));
+    for m in Model::candidates() {
+        let per: Vec<Option<Vec<f64>>> = origins
+            .iter()
+            .zip(&filled)
+            .map(|(&o, before)| {
+                let back = n - o;
+                let allowed = before.len() >= m.needs()
+                    && (m != Model::Mstl || (back % DAY == 0 && back / DAY <= MSTL_ORIGINS));
+                if allowed {
+                    predict(m, before, s.start, back.min(DAY)).ok()
+                } else {
+                    None
+                }
+            })
+            .collect();
+        if per.iter().any(Option::is_some) {
+            tried.push((m, per));
         }
     }
-    let actual = |d: usize| &raw[n - d * DAY..n - d * DAY + DAY];
-    let err = |f: &[f64], d: usize| -> Vec<f64> {
-        f.iter()
-            .zip(actual(d))
-            .filter(|(_, a)| a.is_finite())
-            .map(|(f, a)| (a - f).abs())
-            .collect()
+    // an origin's weighted error: its weight × the mean absolute error
+    // over a day (an origin of the last hours counts for the hours it has)
+    let err_at = |f: &[f64], k: usize| -> Option<f64> {
+        let (mut sum, mut c) = (0.0, 0);
+        for (f, a) in f.iter().zip(&raw[origins[k]..]) {
+            if a.is_finite() {
+                sum += (a - f).abs();
+                c += 1;
+            }
+        }
+        (c > 0).then(|| weight(k) * sum / DAY as f64)
     };
-    // each scored on its own days, relative to "same time yesterday" on
-    // those days: the statistical model's two days and the simple models'
-    // seven are then compared fairly
+    // each scored on its own origins, relative to "same time yesterday" on
+    // those origins: the statistical model's two and the simple models'
+    // all are then compared fairly
     let naive_f = tried
         .iter()
         .find(|(m, _)| *m == Model::NaiveDay)
         .map(|(_, f)| f.clone());
-    let errors_on = |f: &[Option<Vec<f64>>]| -> (Vec<f64>, Vec<f64>) {
-        let (mut mine, mut base) = (Vec::new(), Vec::new());
-        for d in 1..=days {
-            let (Some(x), Some(Some(b))) = (&f[d - 1], naive_f.as_ref().map(|n| &n[d - 1])) else {
+    let relative = |f: &[Option<Vec<f64>>]| -> Option<f64> {
+        let (mut mine, mut base, mut any) = (0.0, 0.0, false);
+        for k in 0..origins.len() {
+            let (Some(x), Some(Some(y))) = (&f[k], naive_f.as_ref().map(|v| &v[k])) else {
                 continue;
             };
-            let w = ORIGIN_DECAY.powi(d as i32 - 1);
-            mine.extend(err(x, d).into_iter().map(|e| e * w));
-            base.extend(err(b, d).into_iter().map(|e| e * w));
+            if let (Some(a), Some(b)) = (err_at(x, k), err_at(y, k)) {
+                mine += a;
+                base += b;
+                any = true;
+            }
         }
-        (mine, base)
+        any.then_some(if base > 0.0 {
+            mine / base
+        } else if mine > 0.0 {
+            f64::INFINITY
+        } else {
+            1.0
+        })
     };
     let mut scores: Vec<(Model, f64)> = tried
         .iter()
-        .filter_map(|(m, f)| {
-            let (mine, base) = errors_on(f);
-            let (e, b) = (mean(&mine)?, mean(&base)?);
-            Some((
-                *m,
-                if b > 0.0 {
-                    e / b
-                } else if e > 0.0 {
-                    f64::INFINITY
-                } else {
-                    1.0
-                },
-            ))
-        })
+        .filter_map(|(m, f)| Some((*m, relative(f)?)))
         .collect();
     scores.sort_by(|a, b| a.1.total_cmp(&b.1));
     let weights: Vec<(Model, f64)> = {
@@ -759,57 +873,60 @@ fn fit_civil(series: &Series, now: Millis, ahead_steps: usize) -> Result<Fit, Fi
     } else {
         weights
     };
-    let blend_at = |d: usize| -> Option<Vec<f64>> {
-        let mut out = vec![0.0; DAY];
+    let blend_at = |k: usize| -> Option<Vec<f64>> {
+        let mut out: Option<Vec<f64>> = None;
         for (m, w) in &weights {
-            let f = tried.iter().find(|(x, _)| x == m)?.1[d - 1].as_ref()?;
-            for (o, v) in out.iter_mut().zip(f) {
+            let f = tried.iter().find(|(x, _)| x == m)?.1[k].as_ref()?;
+            let o = out.get_or_insert_with(|| vec![0.0; f.len()]);
+            for (o, v) in o.iter_mut().zip(f) {
                 *o += w * v;
             }
         }
-        Some(out)
+        out
     };
-    let residuals = |from: usize| -> Vec<Option<(f64, f64)>> {
+    let blends: Vec<Option<Vec<f64>>> = (0..origins.len()).map(blend_at).collect();
+    let scale = Scale::of(raw);
+    // the band from the blend's residuals at every origin, counting only
+    // actual values before step `until`
+    let residuals = |until: usize| -> Vec<Option<(f64, f64)>> {
         let mut blocks = vec![Vec::new(); DAY.div_ceil(BAND_BLOCK)];
-        for d in from..=days {
-            if let Some(f) = blend_at(d) {
-                for (h, (f, a)) in f.iter().zip(actual(d)).enumerate() {
-                    if a.is_finite() {
-                        blocks[h / BAND_BLOCK].push(a - f);
-                    }
+        for (k, f) in blends.iter().enumerate() {
+            let Some(f) = f else { continue };
+            for (h, f) in f.iter().enumerate() {
+                let i = origins[k] + h;
+                if i < until && raw[i].is_finite() {
+                    blocks[h / BAND_BLOCK].push((scale.to(raw[i]) - scale.to(*f), weight(k)));
                 }
             }
         }
         blocks.iter_mut().map(|b| band(b)).collect()
     };
-    let bands = residuals(1);
-    // the last day, scored with bands from the days before it only
-    let accuracy = match blend_at(1) {
+    let bands = residuals(n);
+    // the last day, forecast from the origin a day back, scored with bands
+    // from the values before it only
+    let day_back = origins.iter().position(|&o| o + DAY == n);
+    let accuracy = match day_back.and_then(|k| blends[k].as_ref()) {
         Some(f) if days >= 2 => {
             let day_start = s.start + (n - DAY) as Millis * STEP_MS;
-            accuracy(actual(1), &to_points(&f, &residuals(2), day_start)).map(|(mape, coverage)| {
-                Accuracy {
-                    mape,
-                    coverage,
-                    day_start,
-                }
+            accuracy(
+                &raw[n - DAY..],
+                &to_points(f, &residuals(n - DAY), &scale, day_start),
+            )
+            .map(|(mape, coverage)| Accuracy {
+                mape,
+                coverage,
+                day_start,
             })
         }
         _ => None,
     };
-    let blend_days: Vec<usize> = (1..=days).filter(|&d| blend_at(d).is_some()).collect();
-    let rel_mae = {
-        let per: Vec<Option<Vec<f64>>> = (1..=days)
-            .map(|d| blend_days.contains(&d).then(|| blend_at(d)).flatten())
-            .collect();
-        let (mine, base) = errors_on(&per);
-        mean(&mine)
-            .zip(mean(&base))
-            .and_then(|(e, b)| (b > 0.0).then(|| e / b))
-    };
+    let rel_mae = relative(&blends);
     let mut ahead = vec![0.0; ahead_steps];
     for (m, w) in &weights {
-        for (o, v) in ahead.iter_mut().zip(predict(*m, &values, ahead_steps)?) {
+        for (o, v) in ahead
+            .iter_mut()
+            .zip(predict(*m, &values, s.start, ahead_steps)?)
+        {
             *o += w * v;
         }
     }
@@ -821,12 +938,12 @@ fn fit_civil(series: &Series, now: Millis, ahead_steps: usize) -> Result<Fit, Fi
         seasons: seasons_for(values.len()),
         model: weights[0].0,
         backtest: Some(Backtest {
-            origins: blend_days.len(),
+            origins: blends.iter().filter(|b| b.is_some()).count(),
             rel_mae,
             candidates: scores,
             blend: weights,
         }),
-        points: to_points(&ahead, &bands, end),
+        points: to_points(&ahead, &bands, &scale, end),
         accuracy,
         record: None,
         recent: s
@@ -839,25 +956,69 @@ fn fit_civil(series: &Series, now: Millis, ahead_steps: usize) -> Result<Fit, Fi
     })
 }
 
+/// The scale a band is calibrated on: `ln(value + floor)`, the floor
+/// [`BAND_FLOOR`] of the history's median (of its mean if the median is
+/// zero).
+struct Scale {
+    floor: f64,
+}
+
+impl Scale {
+    fn of(values: &[f64]) -> Scale {
+        let mut v: Vec<f64> = values
+            .iter()
+            .copied()
+            .filter(|x| x.is_finite())
+            .map(|x| x.max(0.0))
+            .collect();
+        let mid = median(&mut v);
+        let level = if mid > 0.0 {
+            mid
+        } else {
+            mean(&v).filter(|m| *m > 0.0).unwrap_or(1.0)
+        };
+        Scale {
+            floor: BAND_FLOOR * level,
+        }
+    }
+    fn to(&self, x: f64) -> f64 {
+        (x.max(0.0) + self.floor).ln()
+    }
+    fn back(&self, y: f64) -> f64 {
+        (y.exp() - self.floor).max(0.0)
+    }
+}
+
 /// Forecast points with their bands (a horizon block without enough
 /// residuals has none: its band is the point). Never below zero: every
 /// metric is a rate, a share or a size. A value that is not finite is
 /// never turned into a number.
-fn to_points(f: &[f64], bands: &[Option<(f64, f64)>], start: Millis) -> Vec<Point> {
+fn to_points(
+    f: &[f64],
+    bands: &[Option<(f64, f64)>],
+    scale: &Scale,
+    start: Millis,
+) -> Vec<Point> {
     f.iter()
         .enumerate()
         .filter(|(_, v)| v.is_finite())
         .map(|(i, &value)| {
-            let (lo, hi) = bands
-                .get(i.min(DAY - 1) / BAND_BLOCK)
-                .copied()
-                .flatten()
-                .unwrap_or((0.0, 0.0));
+            let value = value.max(0.0);
+            let (lower, upper) = match bands.get(i.min(DAY - 1) / BAND_BLOCK).copied().flatten() {
+                Some((lo, hi)) => {
+                    let at = scale.to(value);
+                    (
+                        scale.back(at + lo).min(value),
+                        scale.back(at + hi).max(value),
+                    )
+                }
+                None => (value, value),
+            };
             Point {
                 t: start + i as Millis * STEP_MS,
-                value: value.max(0.0),
-                lower: (value + lo).max(0.0),
-                upper: (value + hi).max(0.0),
+                value,
+                lower,
+                upper,
             }
         })
         .collect()

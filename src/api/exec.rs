@@ -198,7 +198,7 @@ fn forecast<H: Hypervisor + ?Sized, S: StateStore>(
                     "rel_mae": b.rel_mae,
                     "candidates": b.candidates.iter().map(|(m, e)| json!({"model": m.name(), "rel_mae": e})).collect::<Vec<_>>(),
                     "blend": b.blend.iter().map(|(m, w)| json!({"model": m.name(), "weight": w})).collect::<Vec<_>>(),
-                    "about": "every candidate forecast each of the last days from the history before it; the five with the smallest errors (relative to \"same time yesterday\" on the same days, each day weighing half the day after it) are blended, weighted by the inverse square of those errors. rel_mae: the blend's error relative to \"same time yesterday\" (below 1 is better)",
+                    "about": "every candidate forecast up to a day ahead from origins every 6 hours over the last 7 days, from the history before each; the three with the smallest errors (relative to \"same time yesterday\" from the same origins, each origin weighing half per day back) are blended, weighted by the inverse square of those errors. origins: how many the blend was scored from; rel_mae: the blend's error relative to \"same time yesterday\" (below 1 is better)",
                 })),
                 "record": fit.record.as_ref().map(|r| json!({
                     "days": r.days,

@@ -1225,7 +1225,7 @@ fn print_forecast(v: &serde_json::Value) {
         println!("Model: {} (chosen by backtest)", parts.join(", "));
         if let Some(r) = v["backtest"]["rel_mae"].as_f64() {
             println!(
-                "Backtest over the last {} days: error {:.2}× that of \"same time yesterday\"",
+                "Backtest from {} origins (every 6 h over the last days): error {:.2}× that of \"same time yesterday\"",
                 v["backtest"]["origins"], r
             );
         }
