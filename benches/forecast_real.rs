@@ -14,7 +14,9 @@
 //! history's 90th percentile: seen ahead when the forecast crosses at or
 //! before it; on a day without one, a forecast crossing is a false alarm.
 //! The same is printed for the baselines (same time last week, the mean of
-//! the same slot over the last 7 days). Nothing is tuned per trace.
+//! the same slot over the last 7 days, and the median of the same slot over
+//! the last 7 to 14 days with the number of days picked per cut by a 3-day
+//! backtest). Nothing is tuned per trace.
 //!
 //! Run: cargo bench --bench forecast_real
 
@@ -235,8 +237,14 @@ fn main() {
                 || f.to_string_lossy().contains("occupancy")
         });
     }
-    let (mut ours, mut upper, mut yesterday, mut week, mut slot) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut ours, mut upper, mut yesterday, mut week, mut slot, mut picked_slot) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
     let mut models = std::collections::BTreeMap::<String, usize>::new();
     let mut coarse_bias: Vec<Vec<f64>> = vec![Vec::new(); COARSER.len()];
     let cpu0 = cpu_seconds();
@@ -304,6 +312,37 @@ fn main() {
                     v.iter().sum::<f64>() / v.len().max(1) as f64
                 })
                 .collect();
+            // the bar: the median of the same slot over the last
+            // k = 7..14 days, k picked per cut by a 3-day backtest
+            let slot_median = |h: &[f64], k: usize| -> Vec<f64> {
+                let n = h.len();
+                (0..96)
+                    .map(|i| {
+                        let v: Vec<f64> = (1..=k)
+                            .filter_map(|d| (n + i).checked_sub(d * 96))
+                            .filter(|&j| j < n)
+                            .map(|j| h[j])
+                            .filter(|x| x.is_finite())
+                            .collect();
+                        median(v)
+                    })
+                    .collect()
+            };
+            let picked = (7..=14)
+                .min_by(|&a, &b| {
+                    let err = |k: usize| -> f64 {
+                        (1..=3)
+                            .map(|d| {
+                                let end = hist.len() - d * 96;
+                                mae(&slot_median(&hist[..end], k), &hist[end..end + 96])
+                            })
+                            .filter(|e| e.is_finite())
+                            .sum()
+                    };
+                    err(a).total_cmp(&err(b))
+                })
+                .unwrap_or(7);
+            let picked_median = slot_median(&hist, picked);
             let naive_mae = mae(&naive, &truth);
             // the fit's points from the cut on, by time
             let pick = |g: fn(&virt_persona::forecast::Point) -> f64| -> Vec<f64> {
@@ -343,6 +382,7 @@ fn main() {
             yesterday.push(score(&naive, None, &truth, naive_mae, p90));
             week.push(score(&last_week, None, &truth, naive_mae, p90));
             slot.push(score(&slot_mean, None, &truth, naive_mae, p90));
+            picked_slot.push(score(&picked_median, None, &truth, naive_mae, p90));
         }
     }
     println!();
@@ -351,6 +391,7 @@ fn main() {
     summary("same time yesterday", &yesterday);
     summary("same time last week", &week);
     summary("7-day slot mean", &slot);
+    summary("slot median, k by backtest", &picked_slot);
     for (every, b) in COARSER.iter().zip(&coarse_bias) {
         let abs: Vec<f64> = b.iter().map(|x| x.abs()).collect();
         println!(
