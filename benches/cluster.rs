@@ -45,6 +45,7 @@ fn local(i: usize, domains: usize, persona: &str) -> Local {
                 persona: Some(persona.into()),
                 since: Some(1_800_000_000_000),
                 manual: None,
+                ended: vec![],
             },
         );
     }

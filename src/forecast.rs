@@ -505,7 +505,9 @@ fn predict(m: Model, values: &[f64], start: Millis, ahead: usize) -> Result<Vec<
         Model::DayLevel(k) => {
             let profile = each(DAY, k, 2, false);
             let mut offsets: Vec<f64> = (n.saturating_sub(LEVEL_STEPS)..n)
-                .filter_map(|i| Some(values[i] - same_time(values, &mut buf, i, DAY, k, 2, |_| true)?))
+                .filter_map(|i| {
+                    Some(values[i] - same_time(values, &mut buf, i, DAY, k, 2, |_| true)?)
+                })
                 .collect();
             let off = if offsets.is_empty() {
                 0.0
@@ -993,12 +995,7 @@ impl Scale {
 /// residuals has none: its band is the point). Never below zero: every
 /// metric is a rate, a share or a size. A value that is not finite is
 /// never turned into a number.
-fn to_points(
-    f: &[f64],
-    bands: &[Option<(f64, f64)>],
-    scale: &Scale,
-    start: Millis,
-) -> Vec<Point> {
+fn to_points(f: &[f64], bands: &[Option<(f64, f64)>], scale: &Scale, start: Millis) -> Vec<Point> {
     f.iter()
         .enumerate()
         .filter(|(_, v)| v.is_finite())

@@ -65,6 +65,9 @@ pub struct DomainEntry {
     /// persists wrote it): the definition goes back to them once no persona
     /// that persists those knobs is worn.
     definition_recorded: bool,
+    /// The ids of its manual activations that ended here (the store's
+    /// [`crate::store::StateStore::ended_manuals`], cached for publishing).
+    ended_manuals: Vec<u64>,
 }
 
 /// A domain's state for listings (`virt-persona list`, the API).
@@ -93,6 +96,10 @@ pub struct DomainStatus {
     /// persona is the one the domain would wear; nothing was applied.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub would: bool,
+    /// The ids of its manual activations that ended on this host (what the
+    /// cluster is told, so none of them comes back from another host).
+    #[serde(skip)]
+    pub manual_ended: Vec<u64>,
 }
 
 /// A domain's process ended: the originals read from it do not describe the
@@ -341,6 +348,7 @@ fn status_of(e: &DomainEntry) -> DomainStatus {
             .filter(|d| d.persona.is_some())
             .map(|d| d.reason.clone()),
         override_: e.rules.override_.clone(),
+        manual_ended: e.ended_manuals.clone(),
         last_error: e.last_error.clone(),
         skipped: if e.rules.worn.is_some() {
             e.skipped.clone()
@@ -555,6 +563,17 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         std::mem::take(&mut self.recent)
     }
 
+    /// Sets or clears a domain's manual activation in the store (which
+    /// records the end of one it replaces) and refreshes the cached ends.
+    fn put_override(&mut self, uuid: &str, o: Option<&Override>) -> Result<(), StoreError> {
+        self.store.set_override(uuid, o)?;
+        let ended = self.store.ended_manuals(uuid)?;
+        if let Some(e) = self.domains.get_mut(uuid) {
+            e.ended_manuals = ended;
+        }
+        Ok(())
+    }
+
     fn uuid_of(&self, key: &str) -> Option<String> {
         self.entry(key).map(|e| e.info.uuid.clone())
     }
@@ -568,6 +587,18 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         until: Option<Millis>,
         now: Millis,
     ) -> Result<(), ManualError> {
+        self.activate_override(key, Override::new(persona, until), now)
+    }
+
+    /// A manual activation set on another host, continued here (the same
+    /// id, the same end): see [`Override::id`].
+    pub fn activate_override(
+        &mut self,
+        key: &str,
+        o: Override,
+        now: Millis,
+    ) -> Result<(), ManualError> {
+        let (persona, until) = (o.persona.as_str(), o.until);
         let uuid = self
             .uuid_of(key)
             .ok_or_else(|| ManualError::NoDomain(key.to_string()))?;
@@ -597,17 +628,12 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                 why: why.clone(),
             });
         }
-        let o = Override {
-            persona: persona.to_string(),
-            until,
-        };
         // already worn (by its criteria, or by hand with another end): no
         // transition, but the activation is recorded and shown all the same
         let already = entry.rules.worn.as_ref().is_some_and(|w| w.0 == persona);
         entry.rules.override_ = Some(o.clone());
         entry.retry_at = None;
-        self.store
-            .set_override(&uuid, Some(&o))
+        self.put_override(&uuid, Some(&o))
             .map_err(TickError::from)?;
         self.reconcile_domain(&uuid, now)?;
         let entry = self.domains.get(&uuid).expect("found above");
@@ -628,9 +654,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         let ended = entry.rules.override_.take();
         entry.retry_at = None;
         let active = entry.info.state.is_active();
-        self.store
-            .set_override(&uuid, None)
-            .map_err(TickError::from)?;
+        self.put_override(&uuid, None).map_err(TickError::from)?;
         if active {
             self.reconcile_domain(&uuid, now)?;
         }
@@ -834,6 +858,10 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                         }
                         Err(e) => return Err(e.into()),
                     }
+                    let ended_manuals = self.store.ended_manuals(&info.uuid).unwrap_or_else(|e| {
+                        warn!(domain = %info.name, error = %e, "the ends of its manual activations cannot be read; another host's record of one may be continued");
+                        Vec::new()
+                    });
                     let definition_recorded = match self.store.definition(&info.uuid) {
                         Ok(d) => !d.is_empty(),
                         Err(StoreError::Corrupt { key, message }) => {
@@ -866,6 +894,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                             worn_persist,
                             quarantined,
                             definition_recorded,
+                            ended_manuals,
                         },
                     );
                 }
@@ -1151,7 +1180,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         {
             let name = entry.info.name.clone();
             let kept = !changed && to.as_deref() == Some(o.persona.as_str());
-            self.store.set_override(uuid, None)?;
+            self.put_override(uuid, None)?;
             info!(domain = %name, persona = %o.persona, kept, "manual activation expired");
             if kept {
                 let why = format!(
@@ -1649,7 +1678,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         entry.rules.override_ = None;
         let name = entry.info.name.clone();
         let worn = entry.rules.worn.as_ref().map(|w| w.0.clone());
-        self.store.set_override(uuid, None)?;
+        self.put_override(uuid, None)?;
         info!(domain = %name, persona = %o.persona, %why, "manual activation ended");
         self.record(Event {
             time: now,

@@ -61,6 +61,24 @@ pub struct Override {
     pub persona: String,
     /// `None`: until reverted.
     pub until: Option<Millis>,
+    /// Which activation this is, cluster-wide: random when an admin sets
+    /// it, kept when a host the domain moves to continues it, so that its
+    /// end — recorded on every host that took it and published — keeps it
+    /// from coming back (0: a record of a release before this field).
+    #[serde(default)]
+    pub id: u64,
+}
+
+impl Override {
+    /// A new activation, with a fresh id.
+    pub fn new(persona: &str, until: Option<Millis>) -> Override {
+        Override {
+            persona: persona.to_string(),
+            until,
+            // 53 bits: exact in every JSON reader (jq, JavaScript)
+            id: (rand::random::<u64>() >> 11).max(1),
+        }
+    }
 }
 
 /// What the rules remember about one domain between ticks.
@@ -1045,6 +1063,7 @@ mod tests {
         w.st.override_ = Some(Override {
             persona: "hot".into(),
             until: Some(5000),
+            id: 1,
         });
         let idle = cpu_samples(&[(0, 1.0)]);
         assert_eq!(w.at(0, &idle).as_deref(), Some("hot"));

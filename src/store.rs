@@ -117,7 +117,14 @@ pub trait StateStore: Send {
     fn worn(&self, uuid: &str) -> Result<Option<Worn>>;
     fn set_worn(&mut self, uuid: &str, worn: Option<&Worn>) -> Result<()>;
     fn override_(&self, uuid: &str) -> Result<Option<Override>>;
+    /// Sets or clears the manual activation; one that ends here (cleared,
+    /// or replaced by another) is added to [`StateStore::ended_manuals`] in
+    /// the same write.
     fn set_override(&mut self, uuid: &str, o: Option<&Override>) -> Result<()>;
+    /// The ids of the manual activations of a domain that ended on this
+    /// host (see [`Override::id`]), oldest first, at most [`ENDED_KEPT`]:
+    /// what keeps another host's record of one from bringing it back.
+    fn ended_manuals(&self, uuid: &str) -> Result<Vec<u64>>;
     fn append_event(&mut self, e: &Event) -> Result<()>;
     /// Events of one domain (by name) or all, at or after `since`, oldest first.
     fn events(&self, domain: Option<&str>, since: Millis) -> Result<Vec<Event>> {
@@ -182,6 +189,26 @@ fn is_damage(e: &redb::DatabaseError) -> bool {
 /// The state store's page cache: enough for every baseline and recent events.
 const CACHE_BYTES: usize = 1 << 20;
 
+/// Manual activations whose end is remembered per domain.
+pub const ENDED_KEPT: usize = 16;
+
+/// The ended list after `old` gives way to `new`: `old`'s id added when it
+/// ends (`None` when nothing changes).
+fn ended_after(
+    old: Option<&Override>,
+    new: Option<&Override>,
+    mut list: Vec<u64>,
+) -> Option<Vec<u64>> {
+    let old = old.filter(|o| o.id != 0)?;
+    if new.is_some_and(|n| n.id == old.id) || list.contains(&old.id) {
+        return None;
+    }
+    list.push(old.id);
+    let extra = list.len().saturating_sub(ENDED_KEPT);
+    list.drain(..extra);
+    Some(list)
+}
+
 /// In memory, for tests.
 #[derive(Debug, Default, Clone)]
 pub struct MemoryStore {
@@ -189,6 +216,7 @@ pub struct MemoryStore {
     definitions: HashMap<String, Vec<DefinitionOriginal>>,
     worn: HashMap<String, Worn>,
     overrides: HashMap<String, Override>,
+    ended: HashMap<String, Vec<u64>>,
     events: Vec<Event>,
 }
 
@@ -236,11 +264,17 @@ impl StateStore for MemoryStore {
         Ok(self.overrides.get(uuid).cloned())
     }
     fn set_override(&mut self, uuid: &str, o: Option<&Override>) -> Result<()> {
+        if let Some(list) = ended_after(self.overrides.get(uuid), o, self.ended_manuals(uuid)?) {
+            self.ended.insert(uuid.to_string(), list);
+        }
         match o {
             Some(o) => self.overrides.insert(uuid.to_string(), o.clone()),
             None => self.overrides.remove(uuid),
         };
         Ok(())
+    }
+    fn ended_manuals(&self, uuid: &str) -> Result<Vec<u64>> {
+        Ok(self.ended.get(uuid).cloned().unwrap_or_default())
     }
     fn append_event(&mut self, e: &Event) -> Result<()> {
         self.events.push(e.clone());
@@ -268,15 +302,23 @@ impl StateStore for MemoryStore {
         self.definitions.remove(uuid);
         self.worn.remove(uuid);
         self.overrides.remove(uuid);
+        self.ended.remove(uuid);
         Ok(())
     }
 }
+
+/// One write of [`RedbStore::put_all`]: table, key, value (`None`: removed).
+type Write<'a> = (Table, &'a str, Option<&'a [u8]>);
+type Table = TableDefinition<'static, &'static str, &'static [u8]>;
 
 const BASELINES: TableDefinition<&str, &[u8]> = TableDefinition::new("baselines");
 const WORN: TableDefinition<&str, &[u8]> = TableDefinition::new("worn");
 /// Per domain: the persistent definition's originals ([`DefinitionOriginal`]).
 const DEFINITIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("definitions");
 const OVERRIDES: TableDefinition<&str, &[u8]> = TableDefinition::new("overrides");
+/// JSON list of the ids of manual activations that ended here, per domain
+/// (added in 0.3; a file without it has none).
+const MANUAL_ENDED: TableDefinition<&str, &[u8]> = TableDefinition::new("manual_ended");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// (domain, event number): a domain's history without reading everyone's.
 const EVENTS_BY_DOMAIN: TableDefinition<(&str, u64), ()> = TableDefinition::new("events_by_domain");
@@ -382,6 +424,7 @@ impl RedbStore {
             tx.open_table(WORN).map_err(|e| open_err(&e))?;
             tx.open_table(DEFINITIONS).map_err(|e| open_err(&e))?;
             tx.open_table(OVERRIDES).map_err(|e| open_err(&e))?;
+            tx.open_table(MANUAL_ENDED).map_err(|e| open_err(&e))?;
             let events = tx.open_table(EVENTS).map_err(|e| open_err(&e))?;
             let mut index = tx.open_table(EVENTS_BY_DOMAIN).map_err(|e| open_err(&e))?;
             // a state file from before the index: build it once
@@ -461,21 +504,21 @@ impl RedbStore {
         Ok(t.get(key).map_err(io)?.map(|v| v.value().to_vec()))
     }
 
-    fn put(
-        &self,
-        table: TableDefinition<&str, &[u8]>,
-        key: &str,
-        value: Option<&[u8]>,
-    ) -> Result<()> {
+    fn put(&self, table: Table, key: &str, value: Option<&[u8]>) -> Result<()> {
+        self.put_all(&[(table, key, value)])
+    }
+
+    /// Several writes (a value, or `None` to remove it) in one transaction.
+    fn put_all(&self, writes: &[Write<'_>]) -> Result<()> {
         let tx = self.db.begin_write().map_err(io)?;
-        {
-            let mut t = tx.open_table(table).map_err(io)?;
+        for (table, key, value) in writes {
+            let mut t = tx.open_table(*table).map_err(io)?;
             match value {
                 Some(v) => {
-                    t.insert(key, v).map_err(io)?;
+                    t.insert(*key, *v).map_err(io)?;
                 }
                 None => {
-                    t.remove(key).map_err(io)?;
+                    t.remove(*key).map_err(io)?;
                 }
             }
         }
@@ -534,7 +577,24 @@ impl StateStore for RedbStore {
     }
     fn set_override(&mut self, uuid: &str, o: Option<&Override>) -> Result<()> {
         let v = o.map(to_json).transpose()?;
-        self.put(OVERRIDES, uuid, v.as_deref())
+        let old = self.override_(uuid)?;
+        match ended_after(old.as_ref(), o, self.ended_manuals(uuid)?) {
+            Some(list) => {
+                let list = to_json(&list)?;
+                self.put_all(&[
+                    (MANUAL_ENDED, uuid, Some(list.as_slice())),
+                    (OVERRIDES, uuid, v.as_deref()),
+                ])
+            }
+            None => self.put(OVERRIDES, uuid, v.as_deref()),
+        }
+    }
+    fn ended_manuals(&self, uuid: &str) -> Result<Vec<u64>> {
+        Ok(self
+            .get(MANUAL_ENDED, uuid)?
+            .map(|b| from_json(uuid, &b))
+            .transpose()?
+            .unwrap_or_default())
     }
     fn append_event(&mut self, e: &Event) -> Result<()> {
         let v = to_json(e)?;
@@ -609,6 +669,7 @@ impl StateStore for RedbStore {
         self.put(BASELINES, uuid, None)?;
         self.put(DEFINITIONS, uuid, None)?;
         self.put(WORN, uuid, None)?;
+        self.put(MANUAL_ENDED, uuid, None)?;
         self.put(OVERRIDES, uuid, None)
     }
 }
@@ -834,10 +895,39 @@ mod tests {
             Some(&Override {
                 persona: "q".into(),
                 until: Some(9),
+                id: 7,
             }),
         )
         .unwrap();
         assert_eq!(s.override_("u1").unwrap().unwrap().until, Some(9));
+        // the same activation again (a new end) is not an end; another one
+        // replacing it, or a revert, is — once each, the newest kept
+        let o = |id: u64| Override {
+            persona: "q".into(),
+            until: None,
+            id,
+        };
+        s.set_override("u1", Some(&o(7))).unwrap();
+        assert!(s.ended_manuals("u1").unwrap().is_empty());
+        s.set_override("u1", Some(&o(8))).unwrap();
+        s.set_override("u1", None).unwrap();
+        s.set_override("u1", None).unwrap();
+        assert_eq!(s.ended_manuals("u1").unwrap(), [7, 8]);
+        s.set_override("u1", Some(&o(0))).unwrap();
+        s.set_override("u1", None).unwrap();
+        assert_eq!(
+            s.ended_manuals("u1").unwrap(),
+            [7, 8],
+            "a 0.2 record has no id"
+        );
+        for id in 100..100 + ENDED_KEPT as u64 {
+            s.set_override("u1", Some(&o(id))).unwrap();
+        }
+        s.set_override("u1", None).unwrap();
+        let ended = s.ended_manuals("u1").unwrap();
+        assert_eq!(ended.len(), ENDED_KEPT);
+        assert_eq!(ended.last(), Some(&(100 + ENDED_KEPT as u64 - 1)));
+        s.set_override("u1", Some(&o(7))).unwrap();
         for i in 0..3 {
             s.append_event(&event(i, if i == 1 { "b" } else { "a" }))
                 .unwrap();
@@ -846,6 +936,7 @@ mod tests {
         assert_eq!(s.events(None, 1).unwrap().len(), 2);
         s.forget("u1").unwrap();
         assert!(s.worn("u1").unwrap().is_none() && s.override_("u1").unwrap().is_none());
+        assert!(s.ended_manuals("u1").unwrap().is_empty());
     }
 
     /// A record lacking what a later release added decodes with defaults,
@@ -923,6 +1014,9 @@ mod tests {
         {
             let mut s = RedbStore::open(d.path()).unwrap();
             exercise(&mut s);
+            s.set_override("u2", Some(&Override::new("q", None)))
+                .unwrap();
+            s.set_override("u2", None).unwrap();
             s.record_baseline(
                 "u2",
                 &[Change {
@@ -934,6 +1028,11 @@ mod tests {
         }
         let mut s = RedbStore::open(d.path()).unwrap();
         assert_eq!(s.baseline("u2").unwrap().cpu_shares, Some(7));
+        assert_eq!(
+            s.ended_manuals("u2").unwrap().len(),
+            1,
+            "an end survives a restart"
+        );
         assert_eq!(s.events(None, 0).unwrap().len(), 3);
         s.append_event(&Event {
             to: None,

@@ -381,7 +381,7 @@ fn a_manual_activation_follows_the_domain_to_the_next_host() {
     let key = [3u8; 32];
     let (pa, pb) = (free_port(), free_port());
     let mut a = start("mig", "a", pa, pb, key, "test");
-    let b = start("mig", "b", pb, pa, key, "test");
+    let mut b = start("mig", "b", pb, pa, key, "test");
     wait_until("a and b", 60, &a.d, || {
         alive_count(&a.d) == 2 && alive_count(&b.d) == 2
     });
@@ -395,17 +395,12 @@ fn a_manual_activation_follows_the_domain_to_the_next_host() {
     );
     assert_eq!(st, 200, "{body}");
     let until_a = a.d.get("/v1/domains/web-1")["override"]["until"].clone();
+    let a_id = a.d.get("/v1/domains/web-1")["override"]["id"].clone();
+    assert!(a_id.as_u64().is_some_and(|i| i > 0), "{a_id}");
     assert!(until_a.is_i64(), "{until_a}");
     // b sees it, but web-1 still runs on a: nothing to continue
     wait_until("b sees the manual activation", 10, &b.d, || {
-        cluster(&b.d)["hosts"].as_array().unwrap().iter().any(|h| {
-            h["name"] == "a"
-                && h["domains"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|d| d["name"] == "web-1" && d["manual"]["persona"] == "boost")
-        })
+        sees_a_manual(&b.d)
     });
     // three of b's ticks (each one an exchange) with the activation known
     let t = b.d.ticks();
@@ -422,6 +417,46 @@ fn a_manual_activation_follows_the_domain_to_the_next_host() {
         o["until"], until_a,
         "the remaining time, not a new 10 minutes"
     );
+    assert_eq!(o["id"], a_id, "the same activation");
+
+    // reverted on b: it stays reverted — on a host that joins later and
+    // hears of a's record from b, and on b after a restart that forgot
+    // everything the cluster said (only its state store remembers)
+    let (st, body) = common::http(
+        &b.d.socket,
+        "POST /v1/domains/web-1/revert HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(b.d.persona("web-1"), None);
+    let pc = free_port();
+    let c = start("mig", "c", pc, pb, key, "test");
+    wait_until("c hears of a's activation", 60, &c.d, || {
+        sees_a_manual(&c.d)
+    });
+    let t = c.d.ticks();
+    c.d.wait_until_ticks(t + 3);
+    assert_eq!(c.d.persona("web-1"), None, "{}", c.d.log());
+    b.d.kill9();
+    b.d = launch(&b.dir, "b", pb, pc, key, "test");
+    wait_until("b hears of a's activation again", 60, &b.d, || {
+        sees_a_manual(&b.d)
+    });
+    let t = b.d.ticks();
+    b.d.wait_until_ticks(t + 3);
+    assert_eq!(b.d.persona("web-1"), None, "{}", b.d.log());
+    assert_eq!(c.d.persona("web-1"), None, "{}", c.d.log());
+}
+
+/// `d`'s view of the cluster has host a's manual activation of web-1.
+fn sees_a_manual(d: &Daemon) -> bool {
+    cluster(d)["hosts"].as_array().unwrap().iter().any(|h| {
+        h["name"] == "a"
+            && h["domains"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["name"] == "web-1" && d["manual"]["persona"] == "boost")
+    })
 }
 
 /// Two network namespaces joined by a veth pair, made by the test and

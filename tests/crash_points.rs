@@ -83,6 +83,9 @@ impl StateStore for Crashy {
     fn set_override(&mut self, uuid: &str, o: Option<&Override>) -> Result<()> {
         self.inner.set_override(uuid, o)
     }
+    fn ended_manuals(&self, uuid: &str) -> Result<Vec<u64>> {
+        self.inner.ended_manuals(uuid)
+    }
     fn append_event(&mut self, e: &Event) -> Result<()> {
         if std::mem::take(&mut self.crash_on_event) {
             panic!("injected crash before writing the event");

@@ -1096,6 +1096,9 @@ impl StateStore for Damaged {
     ) -> virt_persona::store::Result<()> {
         self.inner.set_override(uuid, o)
     }
+    fn ended_manuals(&self, uuid: &str) -> virt_persona::store::Result<Vec<u64>> {
+        self.inner.ended_manuals(uuid)
+    }
     fn append_event(&mut self, e: &virt_persona::store::Event) -> virt_persona::store::Result<()> {
         self.inner.append_event(e)
     }

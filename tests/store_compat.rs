@@ -159,6 +159,8 @@ fn overrides() -> Vec<(&'static str, Override)> {
             Override {
                 persona: "boost".into(),
                 until: Some(1_793_581_200_000),
+                // a record of 0.2 has no id: 0, never continued elsewhere by id
+                id: 0,
             },
         ),
         (
@@ -166,6 +168,7 @@ fn overrides() -> Vec<(&'static str, Override)> {
             Override {
                 persona: "business-hours-desktop".into(),
                 until: None,
+                id: 0,
             },
         ),
     ]

@@ -217,7 +217,12 @@ impl Gossip {
         }
         for f in incoming.follow {
             let (name, persona, from) = (&f.name, &f.manual.persona, &f.from);
-            match rec.activate(name, persona, f.manual.until, now) {
+            let o = virt_persona::rules::Override {
+                persona: persona.clone(),
+                until: f.manual.until,
+                id: f.manual.id,
+            };
+            match rec.activate_override(name, o, now) {
                 Ok(()) => {
                     info!(domain = %name, %persona, %from, "manual activation continued from the host the domain left")
                 }

@@ -707,6 +707,7 @@ mod tests {
                         persona: Some("p".into()),
                         since: Some(1),
                         manual: None,
+                        ended: vec![],
                     },
                 );
             }
@@ -767,6 +768,7 @@ mod tests {
                         persona: Some(persona.into()),
                         since: Some(1),
                         manual: None,
+                        ended: vec![],
                     },
                 );
             }

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::cluster::node::Inner;
-use crate::cluster::state::{DomainPub, Local, Manual, SignalPub, Summary};
+use crate::cluster::state::{DomainPub, Local, Manual, SignalPub, Summary, ENDED_PUBLISHED};
 use crate::reconciler::DomainStatus;
 use crate::rules::Signal;
 use crate::time::Millis;
@@ -35,8 +35,8 @@ pub struct Incoming {
 pub struct Exchange {
     /// Cluster-scope signals set on this host, by (name, domain).
     local_signals: BTreeMap<(String, Option<String>), SignalPub>,
-    /// Manual activations continued from another host: (uuid, from, until).
-    followed: BTreeSet<(String, String, Option<Millis>)>,
+    /// Manual activations continued from another host: (uuid, id).
+    followed: BTreeSet<(String, u64)>,
 }
 
 impl Exchange {
@@ -78,7 +78,11 @@ impl Exchange {
                         manual: s.override_.as_ref().map(|o| Manual {
                             persona: o.persona.clone(),
                             until: o.until,
+                            id: o.id,
                         }),
+                        ended: s.manual_ended
+                            [s.manual_ended.len().saturating_sub(ENDED_PUBLISHED)..]
+                            .to_vec(),
                     },
                 )
             })
@@ -148,14 +152,14 @@ impl Exchange {
             .iter()
             .filter(|s| s.state == "running" && s.override_.is_none())
         {
-            let Some((from, manual)) = inner.state.manual_left_behind(&s.uuid, me, alive, now)
+            let Some((from, manual)) =
+                inner
+                    .state
+                    .manual_left_behind(&s.uuid, me, &s.manual_ended, alive, now)
             else {
                 continue;
             };
-            if self
-                .followed
-                .insert((s.uuid.clone(), from.clone(), manual.until))
-            {
+            if self.followed.insert((s.uuid.clone(), manual.id)) {
                 follow.push(Follow {
                     uuid: s.uuid.clone(),
                     name: s.name.clone(),
@@ -172,7 +176,7 @@ impl Exchange {
 mod tests {
     use super::*;
     use crate::cluster::node::MemberView;
-    use crate::cluster::state::Publisher;
+    use crate::cluster::state::{Item, Publisher};
     use crate::rules::Override;
 
     fn summary(addr: &str) -> Summary {
@@ -220,6 +224,26 @@ mod tests {
         inner
     }
 
+    /// Host a's state: web-1 running there with `manual`.
+    fn host_a_with(manual: Manual) -> Local {
+        let mut a = Local {
+            summary: Some(summary("10.0.0.1:7946")),
+            ..Default::default()
+        };
+        a.domains.insert(
+            "u1".into(),
+            DomainPub {
+                name: "web-1".into(),
+                running: true,
+                persona: Some("boost".into()),
+                since: Some(100),
+                manual: Some(manual),
+                ended: vec![],
+            },
+        );
+        a
+    }
+
     fn member(inner: &mut Inner, addr: &str, state: &'static str) {
         inner.members.insert(
             addr.parse().unwrap(),
@@ -242,6 +266,7 @@ mod tests {
         web.override_ = Some(Override {
             persona: "boost".into(),
             until: Some(9_000),
+            id: 1,
         });
         let mut dry = status("u2", "db-1", "running");
         dry.persona = Some("calm".into());
@@ -257,7 +282,8 @@ mod tests {
             w.manual,
             Some(Manual {
                 persona: "boost".into(),
-                until: Some(9_000)
+                until: Some(9_000),
+                id: 1,
             })
         );
         assert_eq!(
@@ -321,23 +347,11 @@ mod tests {
     #[test]
     fn a_manual_activation_left_on_a_dead_host_is_continued_once() {
         let mut inner = Inner::default();
-        let mut a = Local {
-            summary: Some(summary("10.0.0.1:7946")),
-            ..Default::default()
-        };
-        a.domains.insert(
-            "u1".into(),
-            DomainPub {
-                name: "web-1".into(),
-                running: true,
-                persona: Some("boost".into()),
-                since: Some(100),
-                manual: Some(Manual {
-                    persona: "boost".into(),
-                    until: Some(600_000),
-                }),
-            },
-        );
+        let a = host_a_with(Manual {
+            persona: "boost".into(),
+            until: Some(600_000),
+            id: 1,
+        });
         merge(&mut inner, "a", a, 1_000);
         member(&mut inner, "10.0.0.1:7946", "alive");
         let here = [status("u1", "web-1", "running")];
@@ -356,7 +370,8 @@ mod tests {
                 from: "a".into(),
                 manual: Manual {
                     persona: "boost".into(),
-                    until: Some(600_000)
+                    until: Some(600_000),
+                    id: 1,
                 },
             }]
         );
@@ -369,6 +384,7 @@ mod tests {
         own.override_ = Some(Override {
             persona: "calm".into(),
             until: None,
+            id: 1,
         });
         let mut fresh = Exchange::default();
         assert!(fresh.incoming(&inner, "b", &[own], 4_000).follow.is_empty());
@@ -377,5 +393,52 @@ mod tests {
             .incoming(&inner, "b", &here, 700_000)
             .follow
             .is_empty());
+    }
+
+    /// The end of a continued activation, wherever it happened, keeps it
+    /// from coming back: not on the host that ended it after a restart (its
+    /// store's record), not on a third host the domain moves on to (the
+    /// end is published with the domain).
+    #[test]
+    fn an_ended_activation_is_not_continued_again_after_a_restart_or_on_a_third_host() {
+        let mut inner = Inner::default();
+        let manual = Manual {
+            persona: "boost".into(),
+            until: None,
+            id: 42,
+        };
+        merge(&mut inner, "a", host_a_with(manual.clone()), 1_000);
+        member(&mut inner, "10.0.0.1:7946", "dead");
+        // b continues it, then the admin reverts it on b: b's store has
+        // its end, and b publishes it
+        let here = [status("u1", "web-1", "running")];
+        let got = Exchange::default().incoming(&inner, "b", &here, 2_000);
+        assert_eq!(got.follow.len(), 1);
+        assert_eq!(got.follow[0].manual.id, 42, "the same activation");
+        let mut reverted = status("u1", "web-1", "running");
+        reverted.manual_ended = vec![42];
+        let restarted = Exchange::default().incoming(&inner, "b", &[reverted.clone()], 3_000);
+        assert!(restarted.follow.is_empty(), "{restarted:?}");
+        let b_local = Exchange::default().local(summary("10.0.0.2:7946"), &[reverted], 3_000);
+        assert_eq!(b_local.domains["u1"].ended, [42]);
+        // b's item reaches c (b still alive, a dead): c does not take it either
+        merge(&mut inner, "b", b_local, 3_000);
+        member(&mut inner, "10.0.0.2:7946", "alive");
+        let third = Exchange::default().incoming(&inner, "c", &here, 4_000);
+        assert!(third.follow.is_empty(), "{third:?}");
+        // another activation (a new id) is continued as before
+        let a2 = host_a_with(Manual { id: 43, ..manual });
+        for it in Publisher::new("a").changes(5_000, a2) {
+            inner.state.apply(
+                &Item {
+                    version: 10_000,
+                    ..it
+                },
+                5_000,
+            );
+        }
+        let got = Exchange::default().incoming(&inner, "c", &here, 6_000);
+        assert_eq!(got.follow.len(), 1, "{got:?}");
+        assert_eq!(got.follow[0].manual.id, 43);
     }
 }

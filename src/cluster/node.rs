@@ -15,7 +15,7 @@ use std::time::Duration;
 use foca::Timer;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::cluster::driver::{Driver, DriverConfig, Id, TICK_MS};
 use crate::cluster::seal::{Drop, KeyRing, Opener, Sealer};
@@ -289,6 +289,8 @@ async fn run(
     let prefix: [u8; 4] = rand::random();
     let mut sealer = Sealer::new(cfg.ring.clone(), &cfg.cluster, prefix);
     let mut opener = Opener::new(cfg.ring, &cfg.cluster);
+    // senders of the old format already named in the log
+    let mut old_senders = std::collections::HashSet::new();
     let (in_tx, mut in_rx) = mpsc::channel::<Input>(1024);
 
     // the receiving half: datagrams in, as bytes
@@ -355,7 +357,12 @@ async fn run(
                                 *shared.lock().counters.dropped.entry("malformed").or_default() += 1;
                             }
                         }
-                        Err(why) => count_drop(&shared, why),
+                        Err(why) => {
+                            if why == Drop::OldFormat && old_senders.len() < 1024 && old_senders.insert(from) {
+                                warn!(%from, "gossip from a host of virt-persona 0.2 or earlier (format VPG1) is refused: upgrade every host of the cluster to the same release");
+                            }
+                            count_drop(&shared, why)
+                        }
                     }
                 }
                 Some(Input::Timer(t)) => driver.timer(now(), t),
@@ -516,7 +523,9 @@ mod tests {
                 manual: manual.then(|| Manual {
                     persona: "boost".into(),
                     until: None,
+                    id: 1,
                 }),
+                ended: vec![],
             }),
         };
         let woken = |rx: &crossbeam_channel::Receiver<()>| rx.try_iter().count();

@@ -14,7 +14,8 @@
 //! key in three steps: add it second on every host (reload), move it first
 //! (reload), remove the old one (reload).
 //!
-//! Layout: `VPG1` | nonce (12) | sealed(time ms (8) | payload) | tag (16).
+//! Layout: `VPG2` | nonce (12) | sealed(time ms (8) | payload) | tag (16).
+//! (`VPG1`, 0.2's format, is refused and counted: see [`OLD_MAGIC`].)
 
 use std::collections::HashMap;
 
@@ -23,7 +24,11 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
 
 use crate::time::Millis;
 
-pub const MAGIC: &[u8; 4] = b"VPG1";
+pub const MAGIC: &[u8; 4] = b"VPG2";
+/// The format of 0.2 and earlier: its items do not decode the same (0.3
+/// added the ids and ends of manual activations), so its packets are
+/// refused, and counted as `old_format`, rather than misread.
+pub const OLD_MAGIC: &[u8; 4] = b"VPG1";
 const NONCE: usize = 12;
 const TAG: usize = 16;
 const TIME: usize = 8;
@@ -45,6 +50,8 @@ pub enum Drop {
     Truncated,
     #[error("not a virt-persona gossip packet")]
     NotGossip,
+    #[error("sent by virt-persona 0.2 or earlier (gossip format VPG1): upgrade every host of the cluster to the same release")]
+    OldFormat,
     #[error("does not open under any key of this cluster (another key or cluster id, or forged)")]
     Unauthenticated,
     #[error("sent too long ago or in the future (clocks more than 30 s apart?)")]
@@ -59,15 +66,17 @@ impl Drop {
             Drop::Oversized => "oversized",
             Drop::Truncated => "truncated",
             Drop::NotGossip => "not_gossip",
+            Drop::OldFormat => "old_format",
             Drop::Unauthenticated => "unauthenticated",
             Drop::Stale => "stale",
             Drop::Replayed => "replayed",
         }
     }
-    pub const ALL: [Drop; 6] = [
+    pub const ALL: [Drop; 7] = [
         Drop::Oversized,
         Drop::Truncated,
         Drop::NotGossip,
+        Drop::OldFormat,
         Drop::Unauthenticated,
         Drop::Stale,
         Drop::Replayed,
@@ -294,6 +303,9 @@ impl Opener {
         if packet.len() > MAX_DATAGRAM {
             return Err(Drop::Oversized);
         }
+        if packet.starts_with(OLD_MAGIC) {
+            return Err(Drop::OldFormat);
+        }
         if packet.len() < OVERHEAD {
             return Err(if packet.starts_with(MAGIC) || packet.len() < MAGIC.len() {
                 Drop::Truncated
@@ -409,6 +421,10 @@ mod tests {
             Err(Drop::NotGossip)
         );
         assert_eq!(o.open(&vec![0u8; 2000], T), Err(Drop::Oversized));
+        // a packet of 0.2's format is named, not misread
+        let mut old = p.clone();
+        old[..4].copy_from_slice(OLD_MAGIC);
+        assert_eq!(o.open(&old, T), Err(Drop::OldFormat));
     }
 
     #[test]

@@ -333,6 +333,7 @@ mod tests {
                     persona: Some(persona.into()),
                     since: Some(1),
                     manual: None,
+                    ended: vec![],
                 },
             );
         }

@@ -46,6 +46,10 @@ pub struct Manual {
     pub persona: String,
     /// `None`: until reverted.
     pub until: Option<Millis>,
+    /// The activation's id ([`crate::rules::Override::id`]): the same on
+    /// every host that continues it, so its end, wherever it happens, ends
+    /// it everywhere.
+    pub id: u64,
 }
 
 /// One domain of a node.
@@ -57,7 +61,13 @@ pub struct DomainPub {
     pub persona: Option<String>,
     pub since: Option<Millis>,
     pub manual: Option<Manual>,
+    /// The ids of manual activations of it that ended on this node (the
+    /// newest [`ENDED_PUBLISHED`]): no host continues one of them.
+    pub ended: Vec<u64>,
 }
+
+/// How many ended manual activations a domain's item carries.
+pub const ENDED_PUBLISHED: usize = 8;
 
 /// A cluster-scope signal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -373,9 +383,19 @@ impl ClusterState {
         &self,
         uuid: &str,
         me: &str,
+        ended_here: &[u64],
         alive: impl Fn(&str) -> bool,
         now: Millis,
     ) -> Option<(String, Manual)> {
+        // ended anywhere (here, or on any host that published its end)
+        let ended = |id: u64| {
+            ended_here.contains(&id)
+                || self.nodes.values().any(|v| {
+                    v.domains
+                        .get(uuid)
+                        .is_some_and(|(_, d)| d.ended.contains(&id))
+                })
+        };
         self.nodes
             .iter()
             .filter(|(n, _)| n.as_str() != me)
@@ -383,7 +403,7 @@ impl ClusterState {
                 let (ver, d) = v.domains.get(uuid)?;
                 let m = d.manual.as_ref()?;
                 let left = !d.running || !alive(n);
-                let live = m.until.is_none_or(|u| u > now);
+                let live = m.until.is_none_or(|u| u > now) && !ended(m.id);
                 (left && live).then(|| (*ver, n.clone(), m.clone()))
             })
             .max_by_key(|(ver, _, _)| *ver)
@@ -564,6 +584,7 @@ mod tests {
             persona: persona.map(str::to_string),
             since: Some(1),
             manual: None,
+            ended: vec![],
         }
     }
 
@@ -767,6 +788,7 @@ mod tests {
         d.manual = Some(Manual {
             persona: "hot".into(),
             until: Some(60_000),
+            id: 1,
         });
         st.apply(
             &Item {
@@ -779,12 +801,12 @@ mod tests {
         );
         let alive = |n: &str| n != "dead";
         assert_eq!(
-            st.manual_left_behind("u", "b", alive, 1000),
+            st.manual_left_behind("u", "b", &[], alive, 1000),
             None,
             "still running on a"
         );
         assert!(
-            st.manual_left_behind("u", "b", |n| n != "a", 1000)
+            st.manual_left_behind("u", "b", &[], |n| n != "a", 1000)
                 .is_some(),
             "a is dead"
         );
@@ -799,18 +821,23 @@ mod tests {
             1,
         );
         assert_eq!(
-            st.manual_left_behind("u", "b", alive, 1000),
+            st.manual_left_behind("u", "b", &[], alive, 1000),
             Some((
                 "a".into(),
                 Manual {
                     persona: "hot".into(),
-                    until: Some(60_000)
+                    until: Some(60_000),
+                    id: 1,
                 }
             ))
         );
-        assert_eq!(st.manual_left_behind("u", "b", alive, 60_001), None, "over");
         assert_eq!(
-            st.manual_left_behind("u", "a", alive, 1000),
+            st.manual_left_behind("u", "b", &[], alive, 60_001),
+            None,
+            "over"
+        );
+        assert_eq!(
+            st.manual_left_behind("u", "a", &[], alive, 1000),
             None,
             "not from myself"
         );

@@ -399,6 +399,13 @@ impl Daemon {
         env: &[(&str, String)],
     ) -> Daemon {
         let socket = dir.join("api.sock");
+        // a socket a killed daemon left: the wait below is for this one's
+        {
+            use std::os::unix::fs::FileTypeExt;
+            if std::fs::symlink_metadata(&socket).is_ok_and(|m| m.file_type().is_socket()) {
+                let _ = std::fs::remove_file(&socket);
+            }
+        }
         let log = std::fs::File::create(dir.join("daemon.log")).expect("log file");
         let mut cmd = match wrapper.split_first() {
             Some((w, rest)) => {
