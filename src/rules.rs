@@ -31,7 +31,9 @@ use crate::time::Millis;
 pub struct Signal {
     pub value: f64,
     pub expires: Millis,
-    /// `None`: host-wide.
+    /// The domain's UUID (`None`: host-wide): a signal follows the domain
+    /// through renames and migrations, and never reaches a namesake on
+    /// another host.
     pub domain: Option<String>,
     /// Gossiped to every host (SPEC §5, `scope = "cluster"`).
     pub cluster: bool,
@@ -42,7 +44,7 @@ pub struct Signal {
 pub struct Signals(pub HashMap<String, Vec<Signal>>);
 
 impl Signals {
-    /// The live value of a signal for a domain.
+    /// The live value of a signal for a domain (by UUID).
     pub fn value(&self, name: &str, domain: &str, now: Millis) -> Option<f64> {
         let list = self.0.get(name)?;
         let live = |s: &&Signal| s.expires > now;
@@ -532,7 +534,7 @@ fn evaluate(p: &Persona, a: &Activation, inp: &Inputs<'_>, st: &mut RuleState) -
                 let (v, n) = metric_value(c, *m, inp);
                 (v, n, None)
             }
-            Source::Signal(s) => match inp.signals.value(s, &inp.domain.name, inp.now) {
+            Source::Signal(s) => match inp.signals.value(s, &inp.domain.uuid, inp.now) {
                 Some(v) => (Some(v), None, None),
                 None => (None, Some(Note::SignalAbsent), None),
             },
@@ -1016,7 +1018,7 @@ mod tests {
                 Signal {
                     value: 10.0,
                     expires: 99_000,
-                    domain: Some("web-1".into()),
+                    domain: Some(w.domain.uuid.clone()),
                     cluster: false,
                 },
             ],

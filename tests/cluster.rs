@@ -70,10 +70,36 @@ fn launch_on(
     interval: &str,
     env: &[(&str, String)],
 ) -> Daemon {
+    launch_uri(
+        dir,
+        &common::test_host_uri(),
+        name,
+        listen,
+        seed,
+        key,
+        cluster,
+        interval,
+        env,
+    )
+}
+
+/// As [`launch_on`], on libvirt connection `uri`.
+#[allow(clippy::too_many_arguments)]
+fn launch_uri(
+    dir: &Path,
+    uri: &str,
+    name: &str,
+    listen: &str,
+    seed: &str,
+    key: [u8; 32],
+    cluster: &str,
+    interval: &str,
+    env: &[(&str, String)],
+) -> Daemon {
     let key_file = write_key(dir, key);
     Daemon::start_args(
         dir,
-        &common::test_host_uri(),
+        uri,
         &[
             "--interval",
             interval,
@@ -445,6 +471,82 @@ fn a_manual_activation_follows_the_domain_to_the_next_host() {
     b.d.wait_until_ticks(t + 3);
     assert_eq!(b.d.persona("web-1"), None, "{}", b.d.log());
     assert_eq!(c.d.persona("web-1"), None, "{}", c.d.log());
+}
+
+/// A domain-scoped cluster signal names the domain by UUID: set by name on
+/// a, it reaches b's namesake (another web-1, another UUID) without
+/// touching it; set on b by the UUID of a's web-1, which b does not run,
+/// it is kept and reaches a's.
+#[test]
+fn a_domain_signal_follows_the_uuid_and_never_hits_a_namesake() {
+    let key = [5u8; 32];
+    let (pa, pb) = (free_port(), free_port());
+    let a = start("namesake", "a", pa, pb, key, "test");
+    let dir_b = common::test_dir("cluster-namesake", "b");
+    std::fs::write(dir_b.join("personas/boost.toml"), BOOST).unwrap();
+    let fixture = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/test-host.xml"),
+    )
+    .unwrap();
+    let u1 = "6695eb01-f6a4-8304-79aa-97f2502e1900";
+    assert!(fixture.contains(u1), "web-1's UUID in the fixture");
+    let u2 = "6695eb01-f6a4-8304-79aa-97f2502e19ff";
+    std::fs::write(dir_b.join("host.xml"), fixture.replace(u1, u2)).unwrap();
+    let b = launch_uri(
+        &dir_b,
+        &format!("test://{}", dir_b.join("host.xml").display()),
+        "b",
+        &format!("127.0.0.1:{pb}"),
+        &format!("127.0.0.1:{pa}"),
+        key,
+        "test",
+        "1s",
+        &[],
+    );
+    wait_until("a and b", 60, &a.d, || {
+        alive_count(&a.d) == 2 && alive_count(&b) == 2
+    });
+    let put = |d: &Daemon, domain: &str, value: f64| {
+        let body = format!(
+            r#"{{"value": {value}, "ttl": "10m", "scope": "cluster", "domain": "{domain}"}}"#
+        );
+        common::http(
+            &d.socket,
+            &format!(
+                "PUT /v1/signals/lb.rps HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    };
+    let (st, body) = put(&a.d, "web-1", 5000.0);
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains(u1), "kept by a's web-1's UUID: {body}");
+    wait_until("a's web-1 wears boost", 30, &a.d, || {
+        a.d.persona("web-1").as_deref() == Some("boost")
+    });
+    wait_until("b has the signal, for a's web-1", 30, &b, || {
+        b.get("/v1/signals")
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "lb.rps" && s["domain_uuid"] == u1)
+    });
+    let t = b.ticks();
+    b.wait_until_ticks(t + 3);
+    assert_eq!(b.persona("web-1"), None, "b's web-1 is another domain");
+    // a domain b does not run: by name refused (404, naming the reason),
+    // by UUID kept
+    let (st, body) = put(&b, "db-9", 1.0);
+    assert_eq!(st, 404, "{body}");
+    assert!(body.contains("UUID"), "{body}");
+    let (st, body) = put(&b, u1, 0.0);
+    assert_eq!(st, 200, "{body}");
+    wait_until(
+        "a takes b's later setting and lets boost go",
+        60,
+        &a.d,
+        || a.d.persona("web-1").is_none(),
+    );
 }
 
 /// `d`'s view of the cluster has host a's manual activation of web-1.

@@ -260,9 +260,11 @@ fn signals_explain_tuning_health_and_the_loops_own_commands() {
         (Some("host"), Some(1200.0))
     );
     assert_eq!(w.ok(Command::ListSignals).as_array().map(Vec::len), Some(1));
-    // a signal's domain by id or UUID is kept by name; an unknown domain is refused
+    // a signal's domain by name, id or UUID is kept by UUID (shown with
+    // its name); an unknown domain is refused
     let uuid = w.hv.domain("web-1").expect("domain").uuid;
-    for key in ["1".to_string(), uuid] {
+    assert_eq!(v["domain_uuid"].as_str(), Some(uuid.as_str()), "{v}");
+    for key in ["1".to_string(), uuid.clone()] {
         let v = w.ok(Command::SetSignal {
             name: "rps".into(),
             value: 1300.0,
@@ -271,6 +273,7 @@ fn signals_explain_tuning_health_and_the_loops_own_commands() {
             cluster: false,
         });
         assert_eq!(v["domain"], "web-1", "{key}: {v}");
+        assert_eq!(v["domain_uuid"].as_str(), Some(uuid.as_str()), "{key}: {v}");
     }
     assert_eq!(w.ok(Command::ListSignals).as_array().map(Vec::len), Some(1));
     let (status, message) = w.err(Command::SetSignal {

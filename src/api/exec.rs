@@ -236,9 +236,19 @@ pub fn event_json(e: &Event) -> Value {
     })
 }
 
-fn signal_json(name: &str, s: &Signal) -> Value {
+/// A signal as the API shows it: `domain` the domain's name where it runs
+/// here (else its UUID), `domain_uuid` what the signal is kept by.
+fn signal_json<H: Hypervisor + ?Sized, S: StateStore>(
+    rec: &Reconciler<H, S>,
+    name: &str,
+    s: &Signal,
+) -> Value {
+    let shown = s.domain.as_deref().map(|u| {
+        rec.entry(u)
+            .map_or_else(|| u.to_string(), |e| e.info.name.clone())
+    });
     json!({
-        "name": name, "value": s.value, "domain": s.domain,
+        "name": name, "value": s.value, "domain": shown, "domain_uuid": s.domain,
         "scope": if s.cluster { "cluster" } else { "host" }, "expires": rfc3339(s.expires),
     })
 }
@@ -447,10 +457,18 @@ pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
                     "scope \"cluster\": this host is not in a cluster (gossip.listen is not set), so the signal would reach this host only; send it with scope \"host\" (the default), or turn gossip on",
                 );
             }
-            // a domain by name, id or UUID, kept by its name (what rules match on)
+            // a domain by name, id or UUID, kept by its UUID (what rules
+            // match on); a cluster signal may name, by UUID, a domain that
+            // runs elsewhere: it is kept for when the domain comes here
             let domain = match domain {
                 Some(key) => match rec.entry(&key) {
-                    Some(e) => Some(e.info.name.clone()),
+                    Some(e) => Some(e.info.uuid.clone()),
+                    None if cluster && is_uuid(&key) => Some(key.to_ascii_lowercase()),
+                    None if cluster => {
+                        return Reply::not_found(format!(
+                            "no domain {key:?} on this host: a cluster signal for a domain running elsewhere names it by UUID (a name is resolved here, and another host's namesake is another domain)"
+                        ))
+                    }
                     None => return no_domain(&key),
                 },
                 None => None,
@@ -475,14 +493,14 @@ pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
                 domain,
                 cluster,
             };
-            let reply = signal_json(&name, &s);
+            let reply = signal_json(rec, &name, &s);
             rec.set_signal(&name, s);
             Reply::Ok(reply)
         }
         Command::ListSignals => Reply::Ok(Value::Array(
             rec.live_signals(now)
                 .iter()
-                .map(|(name, s)| signal_json(name, s))
+                .map(|(name, s)| signal_json(rec, name, s))
                 .collect(),
         )),
         Command::Metrics => server_error("answered by the daemon's loop"),

@@ -176,7 +176,7 @@ impl Gossip {
         };
         self.exchange.set_local_signal(
             name,
-            v["domain"].as_str(),
+            v["domain_uuid"].as_str(),
             value,
             expires.as_millisecond(),
             now_ms(),
