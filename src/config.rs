@@ -91,6 +91,7 @@ struct GossipSection {
     key_file: Option<PathBuf>,
     cluster: Option<String>,
     expected_hosts: Option<u64>,
+    signal_grace: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -278,6 +279,9 @@ pub struct Config {
     /// The cluster size foca's timings and queues are tuned for (the
     /// simulation's figures use the same constructor with its size).
     pub gossip_expected_hosts: usize,
+    /// How long a dead host's cluster signals outlive it (unless another
+    /// host sets them again).
+    pub gossip_signal_grace_ms: i64,
     pub api_listen: Option<String>,
     pub api_token_file: Option<PathBuf>,
     /// TLS for the TCP API: a PEM certificate chain and its key.
@@ -324,7 +328,8 @@ impl Config {
                 || self.gossip_seeds != new.gossip_seeds
                 || self.gossip_key_file != new.gossip_key_file
                 || self.gossip_cluster != new.gossip_cluster
-                || self.gossip_expected_hosts != new.gossip_expected_hosts,
+                || self.gossip_expected_hosts != new.gossip_expected_hosts
+                || self.gossip_signal_grace_ms != new.gossip_signal_grace_ms,
         );
         check(
             "api.listen / api.token_file / api.tls_*",
@@ -501,6 +506,19 @@ impl Config {
                     })
                 }
             },
+            gossip_signal_grace_ms: match file.gossip.signal_grace.as_deref() {
+                None => 5 * 60_000,
+                Some(s) => {
+                    let d = duration("gossip.signal_grace", s)?.as_std().as_millis() as i64;
+                    if !(1_000..=7 * 86_400_000).contains(&d) {
+                        return Err(ConfigError::Invalid {
+                            key: "gossip.signal_grace",
+                            message: format!("{s} is out of range: expected 1s to 7d"),
+                        });
+                    }
+                    d
+                }
+            },
             api_listen: o.api_listen.or(file.api.listen),
             api_token_file: o.api_token_file.or(file.api.token_file),
             api_tls: match (
@@ -651,12 +669,29 @@ mod tests {
             .contains("gossip-keygen"));
     }
 
+    /// A config file's text, resolved without flags.
+    fn resolve(text: &str) -> Result<Config, ConfigError> {
+        let f: FileConfig = toml::from_str(text).expect("parses");
+        Config::resolve(f, Overrides::default())
+    }
+
+    #[test]
+    fn gossip_signal_grace_is_a_checked_duration() {
+        assert_eq!(resolve("").unwrap().gossip_signal_grace_ms, 300_000);
+        assert_eq!(
+            resolve("[gossip]\nsignal_grace = \"1h\"\n")
+                .unwrap()
+                .gossip_signal_grace_ms,
+            3_600_000
+        );
+        let e = resolve("[gossip]\nsignal_grace = \"8d\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gossip.signal_grace"), "{e}");
+    }
+
     #[test]
     fn gossip_expected_hosts_sizes_foca_and_is_checked() {
-        let resolve = |text: &str| {
-            let f: FileConfig = toml::from_str(text).expect("parses");
-            Config::resolve(f, Overrides::default())
-        };
         assert_eq!(resolve("").unwrap().gossip_expected_hosts, 16);
         assert_eq!(
             resolve("[gossip]\nexpected_hosts = 1000\n")
@@ -695,10 +730,6 @@ mod tests {
 
     #[test]
     fn history_retention_and_forecast_mode_are_checked() {
-        let resolve = |text: &str| {
-            let f: FileConfig = toml::from_str(text).expect("parses");
-            Config::resolve(f, Overrides::default())
-        };
         let c = resolve("").unwrap();
         assert_eq!(c.history_retention, "14d".parse().unwrap());
         assert!(!c.forecast_observe);

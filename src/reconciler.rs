@@ -702,7 +702,36 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         list.push(signal);
     }
 
-    fn prune_signals(&mut self, now: Millis) {
+    /// Removes a signal (name and domain); what was set, if anything.
+    pub fn unset_signal(
+        &mut self,
+        name: &str,
+        domain: Option<&str>,
+    ) -> Option<crate::rules::Signal> {
+        let list = self.signals.0.get_mut(name)?;
+        let at = list.iter().position(|s| s.domain.as_deref() == domain)?;
+        let s = list.remove(at);
+        if list.is_empty() {
+            self.signals.0.remove(name);
+        }
+        Some(s)
+    }
+
+    /// Removes a cluster signal the cluster ended (a host-scope one of the
+    /// same name and domain stays).
+    pub fn end_cluster_signal(&mut self, name: &str, domain: Option<&str>) {
+        if self
+            .signals
+            .0
+            .get(name)
+            .is_some_and(|l| l.iter().any(|s| s.cluster && s.domain.as_deref() == domain))
+        {
+            self.unset_signal(name, domain);
+        }
+    }
+
+    /// Drops expired signals.
+    pub fn prune_signals(&mut self, now: Millis) {
         self.signals.0.retain(|_, v| {
             v.retain(|s| s.expires > now);
             !v.is_empty()

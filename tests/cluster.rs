@@ -97,25 +97,26 @@ fn launch_uri(
     env: &[(&str, String)],
 ) -> Daemon {
     let key_file = write_key(dir, key);
-    Daemon::start_args(
-        dir,
-        uri,
-        &[
-            "--interval",
-            interval,
-            "--node-name",
-            name,
-            "--gossip-listen",
-            listen,
-            "--gossip-seed",
-            seed,
-            "--gossip-key-file",
-            key_file.to_str().unwrap(),
-            "--gossip-cluster",
-            cluster,
-        ],
-        env,
-    )
+    let mut flags = vec![
+        "--interval",
+        interval,
+        "--node-name",
+        name,
+        "--gossip-listen",
+        listen,
+        "--gossip-seed",
+        seed,
+        "--gossip-key-file",
+        key_file.to_str().unwrap(),
+        "--gossip-cluster",
+        cluster,
+    ];
+    // a daemon.toml in the host's directory is its config file
+    let config = dir.join("daemon.toml");
+    if config.exists() {
+        flags.extend(["--config", config.to_str().unwrap()]);
+    }
+    Daemon::start_args(dir, uri, &flags, env)
 }
 
 fn start(test: &str, name: &str, port: u16, seed: u16, key: [u8; 32], cluster: &str) -> Node {
@@ -546,6 +547,67 @@ fn a_domain_signal_follows_the_uuid_and_never_hits_a_namesake() {
         60,
         &a.d,
         || a.d.persona("web-1").is_none(),
+    );
+}
+
+/// A cluster signal ends everywhere when its host withdraws it
+/// (`signal-unset`), when its host is dead for longer than the grace
+/// (`gossip.signal_grace`), and a host that restarts takes its own back.
+#[test]
+fn a_withdrawn_or_orphaned_cluster_signal_ends_everywhere_and_a_restart_keeps_its_own() {
+    let key = [6u8; 32];
+    let (pa, pb) = (free_port(), free_port());
+    let mut a = start("withdraw", "a", pa, pb, key, "test");
+    let dir_b = common::test_dir("cluster-withdraw", "b");
+    std::fs::write(dir_b.join("personas/boost.toml"), BOOST).unwrap();
+    std::fs::write(
+        dir_b.join("daemon.toml"),
+        "[gossip]\nsignal_grace = \"2s\"\n",
+    )
+    .unwrap();
+    let b = launch(&dir_b, "b", pb, pa, key, "test");
+    wait_until("a and b", 60, &a.d, || {
+        alive_count(&a.d) == 2 && alive_count(&b) == 2
+    });
+    put_signal(&a.d, "lb.rps", 5000.0, "10m");
+    wait_until("b has a's signal", 30, &b, || {
+        has_signal(&b, "lb.rps", 5000.0)
+    });
+    let (st, body) = common::http(
+        &a.d.socket,
+        "DELETE /v1/signals/lb.rps HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("\"removed\":true"), "{body}");
+    wait_until("withdrawn on b too", 30, &b, || {
+        !b.get("/v1/signals")
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "lb.rps")
+    });
+    let (st, body) = common::http(
+        &a.d.socket,
+        "DELETE /v1/signals/lb.rps HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(st, 404, "{body}");
+    // a restarted host takes its own cluster signal back from the cluster
+    put_signal(&a.d, "own", 3.0, "10m");
+    wait_until("b has it", 30, &b, || has_signal(&b, "own", 3.0));
+    a.d.kill9();
+    a.d = launch(&a.dir, "a", pa, pb, key, "test");
+    wait_until("a has its own signal again", 60, &a.d, || {
+        has_signal(&a.d, "own", 3.0)
+    });
+    // a dies: past b's grace of 2 s its signal ends there
+    a.d.kill9();
+    wait_until("a's signal ends on b after the grace", 90, &b, || {
+        !has_signal(&b, "own", 3.0)
+    });
+    assert!(
+        states(&b).iter().any(|(n, s)| n == "a" && s == "dead"),
+        "ended because a is dead: {:?}",
+        states(&b)
     );
 }
 

@@ -65,6 +65,12 @@ pub enum Command {
         domain: Option<String>,
         cluster: bool,
     },
+    /// `signal-unset`: a signal removed here (a cluster one withdrawn on
+    /// every host).
+    UnsetSignal {
+        name: String,
+        domain: Option<String>,
+    },
     ListSignals,
     Metrics,
     /// A domain's forecast of one metric, `horizon_ms` ahead.

@@ -497,6 +497,29 @@ pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
             rec.set_signal(&name, s);
             Reply::Ok(reply)
         }
+        Command::UnsetSignal { name, domain } => {
+            // the domain as a signal is kept: by UUID (one not here only by its UUID)
+            let uuid = match domain {
+                Some(key) => match rec.entry(&key) {
+                    Some(e) => Some(e.info.uuid.clone()),
+                    None if is_uuid(&key) => Some(key.to_ascii_lowercase()),
+                    None => return no_domain(&key),
+                },
+                None => None,
+            };
+            rec.prune_signals(now);
+            match rec.unset_signal(&name, uuid.as_deref()) {
+                Some(s) => {
+                    let mut v = signal_json(rec, &name, &s);
+                    v["removed"] = json!(true);
+                    Reply::Ok(v)
+                }
+                None => Reply::not_found(format!(
+                    "no signal '{name}'{} is set",
+                    uuid.map(|_| " for that domain").unwrap_or_default()
+                )),
+            }
+        }
         Command::ListSignals => Reply::Ok(Value::Array(
             rec.live_signals(now)
                 .iter()

@@ -364,6 +364,14 @@ async fn set_signal(
     }
 }
 
+/// `DELETE /v1/signals/{name}?domain=DOM`.
+async fn unset_signal(State(s): State<AppState>, UrlPath(name): UrlPath<String>, q: Q) -> Response {
+    match decode::unset_signal(name, query(&q, "domain")) {
+        Ok(cmd) => ask(&s, cmd).await,
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
 async fn forecast(
     State(s): State<AppState>,
     UrlPath((name, metric)): UrlPath<(String, String)>,
@@ -629,7 +637,7 @@ pub fn router(tx: Sender<Envelope>, shared: Arc<Shared>, token: Option<String>) 
             get(get_persona).put(put_persona).delete(delete_persona),
         )
         .route("/v1/signals", get(list_signals))
-        .route("/v1/signals/{name}", put(set_signal))
+        .route("/v1/signals/{name}", put(set_signal).delete(unset_signal))
         .route("/v1/events", get(events))
         .route("/v1/events/recent", get(recent))
         .route("/v1/forecast/{domain}/{metric}", get(forecast))

@@ -101,6 +101,13 @@ enum Command {
         #[arg(long)]
         cluster: bool,
     },
+    /// Remove a signal before its TTL (a cluster signal: on every host).
+    SignalUnset {
+        name: String,
+        /// The signal of this domain (else the host-wide one).
+        #[arg(long, value_name = "DOM")]
+        domain: Option<String>,
+    },
     /// Live external signals.
     SignalList,
     /// Transitions and drift as they happen.
@@ -304,6 +311,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let v = client::request(&cli.socket, "PUT", &path, Some(&raw))?;
             print_or(&cli, &v, || {
                 println!("Signal '{name}' = {value} until {}", text(&v["expires"]))
+            })
+        }
+        Command::SignalUnset { name, domain } => {
+            let mut path = format!("/v1/signals/{}", client::seg(name));
+            if let Some(d) = domain {
+                path.push_str(&format!("?domain={}", client::seg(d)));
+            }
+            let v = client::request(&cli.socket, "DELETE", &path, None)?;
+            print_or(&cli, &v, || {
+                println!(
+                    "Signal '{name}' removed{}",
+                    if v["scope"] == "cluster" {
+                        " on every host of the cluster"
+                    } else {
+                        ""
+                    }
+                )
             })
         }
         Command::SignalList => {

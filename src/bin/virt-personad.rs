@@ -215,6 +215,9 @@ impl Gossip {
         for (name, sig) in incoming.signals {
             rec.set_signal(&name, sig);
         }
+        for (name, domain) in incoming.ended {
+            rec.end_cluster_signal(&name, domain.as_deref());
+        }
         for f in incoming.follow {
             let (name, persona, from) = (&f.name, &f.manual.persona, &f.from);
             let o = virt_persona::rules::Override {
@@ -533,7 +536,7 @@ fn run(
             Some(Gossip {
                 node,
                 shared,
-                exchange: Default::default(),
+                exchange: cluster::exchange::Exchange::new(cfg.gossip_signal_grace_ms),
             })
         }
     };
@@ -754,6 +757,7 @@ fn run(
                         continue;
                     }
                     let cluster_signal = matches!(env.command, Command::SetSignal { cluster: true, .. });
+                    let withdrawn = matches!(env.command, Command::UnsetSignal { .. });
                     let reply = match env.command {
                         Command::Metrics => {
                             let signals = rec.live_signals(now_ms()).len();
@@ -785,10 +789,21 @@ fn run(
                         }
                         cmd => exec::execute(&mut rec, &mut catalog, &*hv, cmd, now_ms()),
                     };
-                    // a cluster signal set here is published to every host at once
-                    if let (true, Reply::Ok(v), Some(g)) = (cluster_signal, &reply, gossip.as_mut()) {
-                        g.set_local_signal(v);
-                        g.exchange(&mut rec, &catalog, &cfg.node_name, started, now_ms());
+                    // a cluster signal set or withdrawn here is published to every host at once
+                    if let (Reply::Ok(v), Some(g)) = (&reply, gossip.as_mut()) {
+                        if cluster_signal {
+                            g.set_local_signal(v);
+                        }
+                        if withdrawn && v["scope"] == "cluster" {
+                            g.exchange.withdraw_local_signal(
+                                v["name"].as_str().unwrap_or_default(),
+                                v["domain_uuid"].as_str(),
+                                now_ms(),
+                            );
+                        }
+                        if cluster_signal || withdrawn {
+                            g.exchange(&mut rec, &catalog, &cfg.node_name, started, now_ms());
+                        }
                     }
                     // a client that changed something and lists next sees its change
                     shared.publish_domains(domains_body(&rec));

@@ -26,20 +26,55 @@ pub struct Follow {
 pub struct Incoming {
     /// Cluster signals to set here, by name.
     pub signals: Vec<(String, Signal)>,
+    /// Cluster signals (name, domain) that ended: their newest setting was
+    /// withdrawn or ran out, or its host is dead for longer than the grace.
+    pub ended: Vec<(String, Option<String>)>,
     /// Manual activations to continue (each once).
     pub follow: Vec<Follow>,
 }
 
 /// What the loop remembers between ticks.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Exchange {
     /// Cluster-scope signals set on this host, by (name, domain).
     local_signals: BTreeMap<(String, Option<String>), SignalPub>,
+    /// Withdrawals made here and not yet published (each goes out once).
+    withdrawn: BTreeMap<(String, Option<String>), SignalPub>,
+    /// When each withdrawal here was made, until the merged view holds it
+    /// (so the setting it withdrew is not taken back meanwhile).
+    withdrawn_at: BTreeMap<(String, Option<String>), Millis>,
+    /// How long a dead host's signals outlive it (`gossip.signal_grace`).
+    signal_grace_ms: Millis,
     /// Manual activations continued from another host: (uuid, id).
     followed: BTreeSet<(String, u64)>,
 }
 
+impl Default for Exchange {
+    fn default() -> Exchange {
+        Exchange::new(5 * 60_000)
+    }
+}
+
 impl Exchange {
+    pub fn new(signal_grace_ms: Millis) -> Exchange {
+        Exchange {
+            local_signals: BTreeMap::new(),
+            withdrawn: BTreeMap::new(),
+            withdrawn_at: BTreeMap::new(),
+            signal_grace_ms,
+            followed: BTreeSet::new(),
+        }
+    }
+
+    /// A cluster signal withdrawn here (`signal-unset`) at `now`: published
+    /// once as the newest setting, it ends the signal on every host.
+    pub fn withdraw_local_signal(&mut self, name: &str, domain: Option<&str>, now: Millis) {
+        let key = (name.to_string(), domain.map(str::to_string));
+        self.local_signals.remove(&key);
+        self.withdrawn_at.insert(key.clone(), now);
+        self.withdrawn.insert(key, SignalPub::withdrawal(now));
+    }
+
     /// A cluster-scope signal set on this host (through the API) at `now`.
     pub fn set_local_signal(
         &mut self,
@@ -87,10 +122,12 @@ impl Exchange {
                 )
             })
             .collect();
+        let mut signals = self.local_signals.clone();
+        signals.append(&mut self.withdrawn);
         Local {
             summary: Some(summary),
             domains,
-            signals: self.local_signals.clone(),
+            signals,
         }
     }
 
@@ -107,32 +144,47 @@ impl Exchange {
         statuses: &[DomainStatus],
         now: Millis,
     ) -> Incoming {
-        // one set here later than theirs wins, even before the merged view
-        // holds it (the node merges what this host publishes a moment later)
-        let signals: Vec<(String, Signal)> = inner
-            .state
-            .signals_from_others(me, now)
-            .filter(|(node, name, domain, s)| {
-                // the same order as signals_from_others: set later, then
-                // the greater host name (so a tie ends the same everywhere)
-                self.local_signals
-                    .get(&(name.to_string(), domain.map(str::to_string)))
-                    .is_none_or(|ours| (ours.set_at, me) < (s.set_at, *node))
-            })
-            .map(|(_, name, domain, s)| {
-                (
-                    name.to_string(),
+        // how long each host has been dead
+        let dead_for = |n: &str| -> Option<Millis> {
+            let (_, summary) = inner.state.nodes.get(n)?.summary.as_ref()?;
+            let m = inner.members.values().find(|m| m.addr == summary.addr)?;
+            (m.state == "dead").then(|| now - m.since)
+        };
+        let grace = self.signal_grace_ms;
+        let gone = |n: &str| n != me && dead_for(n).is_some_and(|d| d >= grace);
+        let (mut signals, mut ended) = (Vec::new(), Vec::new());
+        for x in inner.state.newest_signals(gone) {
+            let key = (x.name.to_string(), x.domain.map(str::to_string));
+            // one set here later than theirs wins, even before the merged
+            // view holds it (the node merges what this host publishes a
+            // moment later); a previous run's own settings are taken back
+            // like anyone's. Ties: the greater host name, the same everywhere.
+            if let Some(ours) = self.local_signals.get(&key) {
+                if x.node == me || (ours.set_at, me) >= (x.signal.set_at, x.node) {
+                    continue;
+                }
+            }
+            if let Some(&at) = self.withdrawn_at.get(&key) {
+                if (at, me) > (x.signal.set_at, x.node) {
+                    continue;
+                }
+                // the view holds the withdrawal, or a later setting
+                self.withdrawn_at.remove(&key);
+            }
+            self.local_signals.remove(&key);
+            if x.signal.expires > now && !x.orphaned {
+                signals.push((
+                    key.0,
                     Signal {
-                        value: s.value,
-                        expires: s.expires,
-                        domain: domain.map(str::to_string),
+                        value: x.signal.value,
+                        expires: x.signal.expires,
+                        domain: key.1,
                         cluster: true,
                     },
-                )
-            })
-            .collect();
-        for (name, s) in &signals {
-            self.local_signals.remove(&(name.clone(), s.domain.clone()));
+                ));
+            } else {
+                ended.push(key);
+            }
         }
         let alive = |n: &str| {
             inner
@@ -168,7 +220,11 @@ impl Exchange {
                 });
             }
         }
-        Incoming { signals, follow }
+        Incoming {
+            signals,
+            ended,
+            follow,
+        }
     }
 }
 

@@ -79,6 +79,33 @@ pub struct SignalPub {
     pub set_at: Millis,
 }
 
+impl SignalPub {
+    /// A withdrawal (`signal-unset`): a setting that ends as it is made,
+    /// so as the newest it ends the signal everywhere.
+    pub fn withdrawal(now: Millis) -> SignalPub {
+        SignalPub {
+            value: 0.0,
+            expires: now,
+            set_at: now,
+        }
+    }
+    pub fn withdrawn(&self) -> bool {
+        self.expires <= self.set_at
+    }
+}
+
+/// The newest setting of one cluster signal ([`ClusterState::newest_signals`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NewestSignal<'a> {
+    /// The host that set it.
+    pub node: &'a str,
+    pub name: &'a str,
+    pub domain: Option<&'a str>,
+    pub signal: &'a SignalPub,
+    /// Its host is dead for longer than the grace: the signal ends.
+    pub orphaned: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Body {
     Summary(Summary),
@@ -347,14 +374,17 @@ impl ClusterState {
             .map(|(d, n)| (d.to_string(), n))
     }
 
-    /// Each cluster signal (name, domain) as its newest setting says, on
-    /// whichever host it was set last, when that is not `me` and it is still
-    /// live: the last one set wins everywhere, and it ends with its TTL.
-    pub fn signals_from_others<'a>(
+    /// Each cluster signal (name, domain) as its newest setting says (the
+    /// last one set wins everywhere), on whichever host it was set last,
+    /// live or not: a setting whose TTL ran out, or that its host withdrew
+    /// ([`SignalPub::withdrawn`]), ends it everywhere. `gone(node)` says
+    /// whether a host is dead for longer than the signals' grace: its
+    /// newest settings are then `orphaned` and end too (unless another host
+    /// sets the signal again, later).
+    pub fn newest_signals<'a>(
         &'a self,
-        me: &'a str,
-        now: Millis,
-    ) -> impl Iterator<Item = (&'a str, &'a str, Option<&'a str>, &'a SignalPub)> + 'a {
+        gone: impl Fn(&str) -> bool + 'a,
+    ) -> impl Iterator<Item = NewestSignal<'a>> + 'a {
         let mut newest: BTreeMap<(&str, Option<&str>), (Millis, &str, &SignalPub)> =
             BTreeMap::new();
         for (n, v) in &self.nodes {
@@ -371,8 +401,13 @@ impl ClusterState {
         }
         newest
             .into_iter()
-            .filter(move |(_, (_, n, s))| *n != me && s.expires > now)
-            .map(|((name, d), (_, n, s))| (n, name, d, s))
+            .map(move |((name, domain), (_, node, signal))| NewestSignal {
+                node,
+                name,
+                domain,
+                signal,
+                orphaned: gone(node),
+            })
     }
 
     /// A manual activation of domain `uuid` on another node that the domain
@@ -651,17 +686,16 @@ mod tests {
         assert_eq!(forward.nodes, backward.nodes);
         let (_, d) = &forward.nodes["a"].domains["u1"];
         assert!(!d.running, "gone last");
-        assert_eq!(forward.signals_from_others("b", 5_000).count(), 1);
-        assert_eq!(
-            forward.signals_from_others("a", 5_000).count(),
-            0,
-            "not my own"
-        );
-        assert_eq!(
-            forward.signals_from_others("b", 10_001).count(),
-            0,
-            "expired"
-        );
+        // what a host takes: the newest setting of each, set elsewhere, live
+        fn taken<'a>(st: &'a ClusterState, me: &'a str, now: Millis) -> Vec<(&'a str, f64)> {
+            st.newest_signals(|_| false)
+                .filter(|x| x.node != me && x.signal.expires > now)
+                .map(|x| (x.node, x.signal.value))
+                .collect()
+        }
+        assert_eq!(taken(&forward, "b", 5_000).len(), 1);
+        assert!(taken(&forward, "a", 5_000).is_empty(), "not my own");
+        assert!(taken(&forward, "b", 10_001).is_empty(), "expired");
         assert!(!forward.apply(&items[0], 2), "stale is not new");
         // the same signal set later on b wins, on a as well
         forward.apply(
@@ -677,16 +711,29 @@ mod tests {
             },
             3,
         );
-        let seen: Vec<(&str, f64)> = forward
-            .signals_from_others("a", 5_000)
-            .map(|(n, _, _, s)| (n, s.value))
-            .collect();
-        assert_eq!(seen, [("b", 7.0)]);
-        assert_eq!(
-            forward.signals_from_others("b", 5_000).count(),
-            0,
-            "b's own is newest"
+        assert_eq!(taken(&forward, "a", 5_000), [("b", 7.0)]);
+        assert!(taken(&forward, "b", 5_000).is_empty(), "b's own is newest");
+        // withdrawn on a later still: ended everywhere, nothing older comes back
+        forward.apply(
+            &Item {
+                node: "a".into(),
+                version: 20_000,
+                part: Part::Signal("lb".into(), None),
+                body: Body::Signal(SignalPub::withdrawal(500)),
+            },
+            4,
         );
+        assert!(taken(&forward, "b", 5_000).is_empty());
+        assert!(taken(&forward, "a", 5_000).is_empty());
+        let newest: Vec<_> = forward.newest_signals(|_| false).collect();
+        assert!(
+            newest.len() == 1 && newest[0].signal.withdrawn(),
+            "{newest:?}"
+        );
+        // a host gone past the grace: its newest setting is orphaned (and
+        // b's older one does not come back)
+        let without_a: Vec<_> = forward.newest_signals(|n| n == "a").collect();
+        assert_eq!((without_a[0].node, without_a[0].orphaned), ("a", true));
     }
 
     #[test]

@@ -148,9 +148,17 @@ pub fn activate(name: String, content_type: &str, body: &[u8]) -> Result<Command
     })
 }
 
-/// `PUT /v1/signals/{name} {value, ttl?, domain?, scope?}`
-pub fn signal(name: String, content_type: &str, body: &[u8]) -> Result<Command, HttpError> {
-    let b: SignalBody = json_body(content_type, body)?;
+/// `DELETE /v1/signals/{name}?domain=DOM`.
+pub fn unset_signal(name: String, domain: Option<&str>) -> Result<Command, HttpError> {
+    check_signal_name(&name)?;
+    Ok(Command::UnsetSignal {
+        name,
+        domain: domain.filter(|d| !d.is_empty()).map(str::to_string),
+    })
+}
+
+/// A signal name as the API takes it.
+fn check_signal_name(name: &str) -> Result<(), HttpError> {
     if name.len() > MAX_SIGNAL_NAME {
         return Err((
             400,
@@ -160,12 +168,19 @@ pub fn signal(name: String, content_type: &str, body: &[u8]) -> Result<Command, 
             ),
         ));
     }
-    if !crate::model::validate::valid_name(&name) {
+    if !crate::model::validate::valid_name(name) {
         return Err((
             400,
             format!("invalid signal name '{name}': expected characters a-z, 0-9, '.', '_' and '-'"),
         ));
     }
+    Ok(())
+}
+
+/// `PUT /v1/signals/{name} {value, ttl?, domain?, scope?}`
+pub fn signal(name: String, content_type: &str, body: &[u8]) -> Result<Command, HttpError> {
+    let b: SignalBody = json_body(content_type, body)?;
+    check_signal_name(&name)?;
     if !b.value.is_finite() {
         return Err((400, "value: expected a finite number".into()));
     }
