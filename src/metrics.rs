@@ -118,6 +118,7 @@ pub struct Metrics {
     gossip_rate: Family<FitLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     gossip_dropped: Family<ReasonLabel, Counter>,
     gossip_backlog: Family<FitLabel, Gauge>,
+    gossip_state: Family<FitLabel, Gauge>,
     gossip_digest_differs: Gauge,
     helper_up: Family<HelperLabel, Gauge>,
     helper_restarts: Family<HelperLabel, Gauge>,
@@ -283,6 +284,12 @@ impl Metrics {
             "Gossip datagrams dropped, by reason (unauthenticated, replayed, stale, truncated, oversized, not_gossip, old_format — a host of 0.2 or earlier —, malformed)",
             gossip_dropped.clone(),
         );
+        let gossip_state = Family::default();
+        registry.register(
+            "gossip_state",
+            "What this host's view of the cluster holds, by state=items|bytes (encoded)|hosts|forgotten_hosts (tombstones of hosts dead for a day)",
+            gossip_state.clone(),
+        );
         let gossip_backlog = Family::default();
         registry.register(
             "gossip_backlog",
@@ -316,6 +323,7 @@ impl Metrics {
             gossip_rate,
             gossip_dropped,
             gossip_backlog,
+            gossip_state,
             gossip_digest_differs,
             forecast_mape,
             forecast_coverage,
@@ -568,6 +576,16 @@ impl Metrics {
                     .get_or_create(&ReasonLabel { reason: d.into() }),
                 c.dropped.get(d).copied().unwrap_or(0),
             );
+        }
+        for (st, n) in [
+            ("items", i.state.item_count()),
+            ("bytes", i.state.encoded_bytes()),
+            ("hosts", i.state.nodes.len()),
+            ("forgotten_hosts", i.state.forgotten.len()),
+        ] {
+            self.gossip_state
+                .get_or_create(&FitLabel { state: st.into() })
+                .set(n as i64);
         }
         for (st, n) in [("updates", c.backlog.0), ("items", c.backlog.1)] {
             self.gossip_backlog

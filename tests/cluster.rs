@@ -391,6 +391,11 @@ fn strangers_stay_out_and_bad_packets_change_nothing() {
     assert!(value("virt_persona_gossip_bytes_total{state=\"sent\"}") > 0.0);
     assert!(value("virt_persona_gossip_packets_total{state=\"received\"}") > 0.0);
     assert_eq!(value("virt_persona_gossip_members{state=\"alive\"}"), 1.0);
+    // the view's size: both hosts' summaries and domains, nothing forgotten
+    assert_eq!(value("virt_persona_gossip_state{state=\"hosts\"}"), 2.0);
+    assert!(value("virt_persona_gossip_state{state=\"items\"}") >= 2.0);
+    assert!(value("virt_persona_gossip_state{state=\"bytes\"}") > 100.0);
+    assert_eq!(value("virt_persona_gossip_state{state=\"forgotten_hosts\"}"), 0.0);
     let (_, m) = common::http(&a.d.socket, "GET /metrics HTTP/1.1\r\n\r\n");
     assert!(
         m.contains("# TYPE virt_persona_gossip_bytes counter"),

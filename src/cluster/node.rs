@@ -414,6 +414,10 @@ fn refresh_members(driver: &Driver, shared: &Shared, now: Millis) {
             m.since = now;
         }
     }
+    // and forgotten a day later, with everything they published
+    for n in i.forget_dead(now, crate::cluster::shared::DEAD_HOST_RETENTION_MS) {
+        info!(host = %n, "host dead for a day: forgotten, with its domains and signals");
+    }
 }
 
 async fn flush(

@@ -88,7 +88,49 @@ pub struct Inner {
     pub wake: Option<crossbeam_channel::Sender<()>>,
 }
 
+/// How long a dead host stays in the member list and its items in the
+/// view: a day (as chitchat's `dead_node_grace_period`), long enough for
+/// an admin to see it in `cluster-status`, and to migrate its domains away.
+pub const DEAD_HOST_RETENTION_MS: Millis = 86_400_000;
+
 impl Inner {
+    /// Forgets the hosts dead for longer than `retention` (and hosts known
+    /// only from others' items, not heard of for as long): their member
+    /// entry and every item of theirs, with a tombstone so that
+    /// anti-entropy does not bring them back. The names forgotten.
+    pub fn forget_dead(&mut self, now: Millis, retention: Millis) -> Vec<String> {
+        let dead: Vec<SocketAddr> = self
+            .members
+            .iter()
+            .filter(|(_, m)| m.state == "dead" && now - m.since >= retention)
+            .map(|(a, _)| *a)
+            .collect();
+        for a in &dead {
+            self.members.remove(a);
+        }
+        let forget: Vec<String> = self
+            .state
+            .nodes
+            .iter()
+            .filter(|(n, _)| **n != self.me)
+            .filter(|(_, v)| {
+                let addr = v.summary.as_ref().map(|(_, s)| s.addr.as_str());
+                let member = self
+                    .members
+                    .values()
+                    .find(|m| Some(m.addr.as_str()) == addr);
+                let dead_long = addr.is_some_and(|a| dead.iter().any(|d| d.to_string() == a));
+                dead_long || (member.is_none() && now - v.last_heard >= retention)
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in &forget {
+            self.state.forget(n, now);
+        }
+        self.state.prune_forgotten(now);
+        forget
+    }
+
     /// Merges one item (see [`ClusterState::apply`]); true when it changed
     /// the view.
     pub fn merge(&mut self, item: &Item, now: Millis) -> bool {
@@ -115,5 +157,68 @@ impl Shared {
     pub fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // a panic elsewhere must not take the cluster view with it
         self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::state::{Local, Publisher, Summary};
+
+    fn publish(inner: &mut Inner, node: &str, addr: &str, now: Millis) {
+        let local = Local {
+            summary: Some(Summary {
+                addr: addr.into(),
+                up_since: 1,
+                digest: "d".into(),
+                daemon_version: "0.3.0".into(),
+                personas: 1,
+            }),
+            ..Default::default()
+        };
+        for it in Publisher::new(node).changes(now, local) {
+            inner.merge(&it, now);
+        }
+    }
+
+    /// A host dead for a day leaves the member list and the view; one dead
+    /// for less, an alive one and this host itself stay.
+    #[test]
+    fn hosts_dead_past_the_retention_are_forgotten() {
+        let mut inner = Inner {
+            me: "me".into(),
+            ..Default::default()
+        };
+        let day = DEAD_HOST_RETENTION_MS;
+        for (n, addr, state, since) in [
+            ("old", "10.0.0.1:7946", "dead", 0),
+            ("recent", "10.0.0.2:7946", "dead", day),
+            ("up", "10.0.0.3:7946", "alive", 0),
+        ] {
+            publish(&mut inner, n, addr, 1);
+            inner.members.insert(
+                addr.parse().unwrap(),
+                MemberView {
+                    addr: addr.into(),
+                    state,
+                    since,
+                },
+            );
+        }
+        publish(&mut inner, "me", "10.0.0.9:7946", 1);
+        let gone = inner.forget_dead(day + 1, day);
+        assert_eq!(gone, ["old"]);
+        assert_eq!(inner.members.len(), 2);
+        let left: Vec<&String> = inner.state.nodes.keys().collect();
+        assert_eq!(left, ["me", "recent", "up"]);
+        assert!(inner.state.forgotten.contains_key("old"));
+        // a host known only from others' items, not heard of for a day
+        publish(&mut inner, "hearsay", "10.0.0.4:7946", day + 2);
+        assert_eq!(
+            inner.forget_dead(2 * day + 1, day),
+            ["recent"],
+            "its day is over"
+        );
+        assert_eq!(inner.forget_dead(2 * day + 2, day), ["hearsay"]);
     }
 }

@@ -236,9 +236,52 @@ fn pair_hash(part: &Part, version: u64) -> u64 {
 #[derive(Debug, Clone, Default)]
 pub struct ClusterState {
     pub nodes: BTreeMap<String, NodeView>,
+    /// Hosts forgotten ([`ClusterState::forget`]): the highest version held
+    /// of each then, and when. Their old items, re-sent by a host that has
+    /// not forgotten them yet, are not taken back; a newer one (the host is
+    /// back) is.
+    pub forgotten: BTreeMap<String, (u64, Millis)>,
 }
 
+/// How long a forgotten host's tombstone is kept (a week: far longer than
+/// any host takes to forget it too).
+pub const TOMBSTONE_KEEP_MS: Millis = 7 * 86_400_000;
+
 impl ClusterState {
+    /// Forgets every item of `node` (dead for long), keeping a tombstone.
+    pub fn forget(&mut self, node: &str, now: Millis) -> bool {
+        match self.nodes.remove(node) {
+            Some(v) => {
+                self.forgotten.insert(node.to_string(), (v.max, now));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops the tombstones older than [`TOMBSTONE_KEEP_MS`].
+    pub fn prune_forgotten(&mut self, now: Millis) {
+        self.forgotten
+            .retain(|_, (_, at)| now - *at < TOMBSTONE_KEEP_MS);
+    }
+
+    /// Items held, of every host.
+    pub fn item_count(&self) -> usize {
+        self.nodes
+            .values()
+            .map(|v| usize::from(v.summary.is_some()) + v.domains.len() + v.signals.len())
+            .sum()
+    }
+
+    /// Their encoded size, in bytes.
+    pub fn encoded_bytes(&self) -> usize {
+        self.nodes
+            .keys()
+            .flat_map(|n| self.items_of(n))
+            .map(|i| i.encode().len())
+            .sum()
+    }
+
     /// The version held for an item's (node, part).
     pub fn version_of(&self, node: &str, part: &Part) -> Option<u64> {
         let n = self.nodes.get(node)?;
@@ -251,6 +294,13 @@ impl ClusterState {
 
     /// Merges an item; true when it was new (then it is passed on).
     pub fn apply(&mut self, item: &Item, now: Millis) -> bool {
+        if let Some(&(v, _)) = self.forgotten.get(&item.node) {
+            if item.version <= v {
+                return false;
+            }
+            // newer than anything it had: the host is back
+            self.forgotten.remove(&item.node);
+        }
         if self
             .version_of(&item.node, &item.part)
             .is_some_and(|v| v >= item.version)
@@ -304,6 +354,14 @@ impl ClusterState {
         let mut listed = std::collections::BTreeSet::new();
         for e in theirs {
             listed.insert(e.node.as_str());
+            // forgotten here, and nothing newer there: not asked for again
+            if self
+                .forgotten
+                .get(&e.node)
+                .is_some_and(|(v, _)| e.max <= *v)
+            {
+                continue;
+            }
             match self.nodes.get(&e.node) {
                 Some(v) if v.max > e.max || (v.max == e.max && v.sum != e.sum) => {
                     a.send.push(e.node.clone())
@@ -905,5 +963,51 @@ mod tests {
         assert_eq!(again.len(), 2);
         assert!(again.iter().all(|i| i.version > first[1].version));
         assert!(p.changes(250, local).is_empty());
+    }
+
+    /// A forgotten host's old items, re-sent by a host that still has them,
+    /// are not taken back (nor asked for); a newer one is (the host is back).
+    #[test]
+    fn a_forgotten_host_stays_forgotten_until_it_publishes_again() {
+        let mut p = Publisher::new("a");
+        let local = Local {
+            summary: Some(Summary {
+                addr: "10.0.0.1:7946".into(),
+                up_since: 1,
+                digest: "d".into(),
+                daemon_version: "0.3.0".into(),
+                personas: 1,
+            }),
+            ..Default::default()
+        };
+        let items = p.changes(1_000, local.clone());
+        let mut st = ClusterState::default();
+        let mut other = ClusterState::default();
+        for i in &items {
+            st.apply(i, 1_000);
+            other.apply(i, 1_000);
+        }
+        assert_eq!(st.item_count(), 1);
+        assert!(st.encoded_bytes() > 0);
+        assert!(st.forget("a", 2_000));
+        assert_eq!((st.item_count(), st.encoded_bytes()), (0, 0));
+        for i in other.items_of("a") {
+            assert!(!st.apply(&i, 3_000), "not taken back");
+        }
+        assert!(st.nodes.is_empty());
+        let a = st.answer(&other.entries(), true);
+        assert!(a.ask.is_empty() && a.send.is_empty(), "{a:?}");
+        // back: a newer version
+        let mut changed = local;
+        if let Some(s) = changed.summary.as_mut() {
+            s.up_since = 5;
+        }
+        let newer = p.changes(4_000, changed);
+        assert!(st.apply(&newer[0], 4_000));
+        assert!(st.forgotten.is_empty());
+        // tombstones go after a week
+        st.forget("a", 5_000);
+        st.prune_forgotten(5_000 + TOMBSTONE_KEEP_MS);
+        assert!(st.forgotten.is_empty());
     }
 }
