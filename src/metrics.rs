@@ -287,7 +287,7 @@ impl Metrics {
         let gossip_state = Family::default();
         registry.register(
             "gossip_state",
-            "What this host's view of the cluster holds, by state=items|bytes (encoded)|hosts|forgotten_hosts (tombstones of hosts dead for a day)",
+            "What this host's view of the cluster holds, by state=items|bytes (encoded)|hosts|forgotten_hosts (tombstones of hosts dead for a day)|max_clock_skew_ms (the largest clock difference to another host, from the send times in its datagrams)",
             gossip_state.clone(),
         );
         let gossip_backlog = Family::default();
@@ -582,6 +582,7 @@ impl Metrics {
             ("bytes", i.state.encoded_bytes()),
             ("hosts", i.state.nodes.len()),
             ("forgotten_hosts", i.state.forgotten.len()),
+            ("max_clock_skew_ms", i.max_clock_skew_ms() as usize),
         ] {
             self.gossip_state
                 .get_or_create(&FitLabel { state: st.into() })

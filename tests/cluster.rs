@@ -395,7 +395,10 @@ fn strangers_stay_out_and_bad_packets_change_nothing() {
     assert_eq!(value("virt_persona_gossip_state{state=\"hosts\"}"), 2.0);
     assert!(value("virt_persona_gossip_state{state=\"items\"}") >= 2.0);
     assert!(value("virt_persona_gossip_state{state=\"bytes\"}") > 100.0);
-    assert_eq!(value("virt_persona_gossip_state{state=\"forgotten_hosts\"}"), 0.0);
+    assert_eq!(
+        value("virt_persona_gossip_state{state=\"forgotten_hosts\"}"),
+        0.0
+    );
     let (_, m) = common::http(&a.d.socket, "GET /metrics HTTP/1.1\r\n\r\n");
     assert!(
         m.contains("# TYPE virt_persona_gossip_bytes counter"),
@@ -613,6 +616,59 @@ fn a_withdrawn_or_orphaned_cluster_signal_ends_everywhere_and_a_restart_keeps_it
         states(&b).iter().any(|(n, s)| n == "a" && s == "dead"),
         "ended because a is dead: {:?}",
         states(&b)
+    );
+}
+
+/// How far apart the hosts' clocks are is measured from the send times in
+/// their datagrams: b runs 3 s ahead (the test-only clock offset); a says so
+/// in cluster-status, /metrics and once in its log.
+#[cfg(feature = "failpoints")]
+#[test]
+fn clock_skew_between_hosts_is_measured_shown_and_warned_about() {
+    let key = [8u8; 32];
+    let (pa, pb) = (free_port(), free_port());
+    let a = start("skew", "a", pa, pb, key, "test");
+    let dir_b = common::test_dir("cluster-skew", "b");
+    let b = launch_env(
+        &dir_b,
+        "b",
+        pb,
+        pa,
+        key,
+        "test",
+        "1s",
+        &[("FAILPOINTS", "clock-offset-ms=return(3000)".to_string())],
+    );
+    wait_until("a and b", 60, &a.d, || {
+        alive_count(&a.d) == 2 && alive_count(&b) == 2
+    });
+    let ahead = |d: &Daemon, host: &str| -> Option<i64> {
+        cluster(d)["hosts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h["name"] == host)
+            .and_then(|h| h["clock_ahead_ms"].as_i64())
+    };
+    wait_until("a measures b's clock", 30, &a.d, || {
+        ahead(&a.d, "b").is_some_and(|x| (2_500..=3_100).contains(&x))
+    });
+    wait_until("b measures a's clock", 30, &b, || {
+        ahead(&b, "a").is_some_and(|x| (-3_500..=-2_900).contains(&x))
+    });
+    let max = cluster(&a.d)["max_clock_skew_ms"].as_i64().unwrap();
+    assert!((2_500..=3_100).contains(&max), "{max}");
+    let (_, m) = common::http(&a.d.socket, "GET /metrics HTTP/1.1\r\n\r\n");
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with("virt_persona_gossip_state{state=\"max_clock_skew_ms\"}")),
+        "{m}"
+    );
+    assert_eq!(
+        a.d.log().matches("more than 1 s apart").count(),
+        1,
+        "warned once: {}",
+        a.d.log()
     );
 }
 

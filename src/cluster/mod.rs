@@ -72,6 +72,15 @@ pub fn view(i: &node::Inner, now: Millis) -> Value {
                 rfc3339(packet.unwrap_or(0).max(n.last_heard))
             },
             "state_since": member.map(|m| rfc3339(m.since)),
+            // how far its clock is ahead of this host's (from its datagrams)
+            "clock_ahead_ms": if me {
+                Some(0)
+            } else {
+                summary
+                    .and_then(|s| s.addr.parse().ok())
+                    .and_then(|a| i.clock_ahead.get(&a))
+                    .and_then(|k| k.ahead_ms())
+            },
             "version": summary.map(|s| s.daemon_version.clone()),
             "up_since": summary.map(|s| rfc3339(s.up_since)),
             "digest": digest,
@@ -86,6 +95,7 @@ pub fn view(i: &node::Inner, now: Millis) -> Value {
         "me": i.me,
         "addr": i.my_addr,
         "majority_digest": majority.map(|m| m.0),
+        "max_clock_skew_ms": i.max_clock_skew_ms(),
         "hosts": hosts,
         "packets": {
             "sent": c.packets_sent, "received": c.packets_received,

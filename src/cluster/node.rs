@@ -289,8 +289,9 @@ async fn run(
     let prefix: [u8; 4] = rand::random();
     let mut sealer = Sealer::new(cfg.ring.clone(), &cfg.cluster, prefix);
     let mut opener = Opener::new(cfg.ring, &cfg.cluster);
-    // senders of the old format already named in the log
+    // senders of the old format, and clocks apart, already named in the log
     let mut old_senders = std::collections::HashSet::new();
+    let mut skewed = std::collections::HashSet::new();
     let (in_tx, mut in_rx) = mpsc::channel::<Input>(1024);
 
     // the receiving half: datagrams in, as bytes
@@ -343,13 +344,22 @@ async fn run(
             input = in_rx.recv() => match input {
                 Some(Input::Data(bytes, from)) => {
                     let t = now();
-                    match opener.open(&bytes, t) {
-                        Ok(payload) => {
+                    match opener.open_sent(&bytes, t) {
+                        Ok((payload, sent)) => {
                             {
                                 let mut i = shared.lock();
                                 i.counters.packets_received += 1;
                                 i.counters.bytes_received += bytes.len() as u64;
                                 i.last_packet.insert(from, t);
+                                let skew = i.clock_ahead.entry(from).or_default();
+                                skew.observe(sent, t);
+                                let ahead = skew.ahead_ms().unwrap_or(0);
+                                if ahead.abs() > crate::cluster::shared::CLOCK_WARN_MS
+                                    && skewed.len() < 1024
+                                    && skewed.insert(from)
+                                {
+                                    warn!(%from, ahead_ms = ahead, "this host's clock and another's are more than 1 s apart: cluster signals set on both are ordered by their clocks, and a difference over 30 s stops gossip; run NTP (chrony, systemd-timesyncd) on every host");
+                                }
                             }
                             if let Err(e) = driver.receive(t, from, &payload) {
                                 // authentic but not understood: counted, nothing changes

@@ -300,6 +300,12 @@ impl Opener {
 
     /// The payload of a datagram received at `now`, or why it was dropped.
     pub fn open(&mut self, packet: &[u8], now: Millis) -> Result<Vec<u8>, Drop> {
+        self.open_sent(packet, now).map(|(p, _)| p)
+    }
+
+    /// [`Opener::open`], with the time the sender's clock said it was sent:
+    /// how far apart the two clocks are, give or take the trip.
+    pub fn open_sent(&mut self, packet: &[u8], now: Millis) -> Result<(Vec<u8>, Millis), Drop> {
         if packet.len() > MAX_DATAGRAM {
             return Err(Drop::Oversized);
         }
@@ -368,7 +374,7 @@ impl Opener {
             return Err(Drop::Replayed);
         }
         w.last_used = now;
-        Ok(plain[TIME..].to_vec())
+        Ok((plain[TIME..].to_vec(), sent))
     }
 }
 

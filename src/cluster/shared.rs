@@ -70,6 +70,35 @@ impl Rates {
     }
 }
 
+/// How far another host's clock is ahead of this one's, from the send
+/// times sealed in its datagrams: the largest of the last samples of
+/// (sent − received), each short of the truth by its trip, so the largest
+/// is the closest.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Skew {
+    samples: std::collections::VecDeque<Millis>,
+}
+
+/// Samples a [`Skew`] keeps.
+const SKEW_SAMPLES: usize = 32;
+
+/// A clock further apart than this is warned about (once per host): cluster
+/// signals set on two hosts are ordered by their set times.
+pub const CLOCK_WARN_MS: Millis = 1_000;
+
+impl Skew {
+    pub fn observe(&mut self, sent: Millis, received: Millis) {
+        if self.samples.len() == SKEW_SAMPLES {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(sent - received);
+    }
+    /// Milliseconds the other clock is ahead (negative: behind).
+    pub fn ahead_ms(&self) -> Option<Millis> {
+        self.samples.iter().copied().max()
+    }
+}
+
 /// What the node shares with the loop and the API.
 #[derive(Debug, Default)]
 pub struct Inner {
@@ -81,6 +110,8 @@ pub struct Inner {
     pub my_addr: String,
     /// When an authenticated datagram last came from each address.
     pub last_packet: BTreeMap<SocketAddr, Millis>,
+    /// How far each address's clock is ahead of this host's.
+    pub clock_ahead: BTreeMap<SocketAddr, Skew>,
     /// Woken when another host's cluster signal is merged, or a domain it
     /// had manually activated is published gone from it (it may have moved
     /// here), so the control loop takes it at once rather than at its next
@@ -107,6 +138,8 @@ impl Inner {
             .collect();
         for a in &dead {
             self.members.remove(a);
+            self.clock_ahead.remove(a);
+            self.last_packet.remove(a);
         }
         let forget: Vec<String> = self
             .state
@@ -129,6 +162,16 @@ impl Inner {
         }
         self.state.prune_forgotten(now);
         forget
+    }
+
+    /// The largest clock difference to another host, in ms (absolute).
+    pub fn max_clock_skew_ms(&self) -> Millis {
+        self.clock_ahead
+            .values()
+            .filter_map(Skew::ahead_ms)
+            .map(Millis::abs)
+            .max()
+            .unwrap_or(0)
     }
 
     /// Merges one item (see [`ClusterState::apply`]); true when it changed
@@ -220,5 +263,24 @@ mod tests {
             "its day is over"
         );
         assert_eq!(inner.forget_dead(2 * day + 2, day), ["hearsay"]);
+    }
+
+    /// The skew is the largest (sent − received) of the recent samples: the
+    /// sample with the shortest trip.
+    #[test]
+    fn the_skew_is_the_sample_with_the_shortest_trip() {
+        let mut k = Skew::default();
+        assert_eq!(k.ahead_ms(), None);
+        // the other clock 3 s ahead, trips of 2 to 40 ms
+        for (i, trip) in [40, 2, 15, 9].into_iter().enumerate() {
+            let sent = 1_000 * i as Millis;
+            k.observe(sent + 3_000, sent + trip);
+        }
+        assert_eq!(k.ahead_ms(), Some(2_998));
+        // only the last samples count
+        for i in 0..SKEW_SAMPLES as Millis {
+            k.observe(100_000 + i, 100_000 + i + 5);
+        }
+        assert_eq!(k.ahead_ms(), Some(-5));
     }
 }
