@@ -1361,10 +1361,17 @@ fn cluster_status(cli: &Cli) -> anyhow::Result<ExitCode> {
                 }
                 let domains = h["domains"].as_array().cloned().unwrap_or_default();
                 let worn = domains.iter().filter(|d| d["persona"].is_string()).count();
+                // how far its clock is ahead of this host's
+                let clock = match h["clock_ahead_ms"].as_i64() {
+                    _ if h["me"] == true => "-".to_string(),
+                    Some(ms) => format!("{:+.1} s", ms as f64 / 1000.0),
+                    None => "?".to_string(),
+                };
                 vec![
                     name,
                     text(&h["state"]),
                     text(&h["last_seen"]),
+                    clock,
                     text(&h["version"]),
                     digest,
                     format!("{} ({worn} with a persona)", domains.len()),
@@ -1378,6 +1385,7 @@ fn cluster_status(cli: &Cli) -> anyhow::Result<ExitCode> {
                     "Host",
                     "State",
                     "Last seen",
+                    "Clock",
                     "Version",
                     "Persona set",
                     "Domains"
