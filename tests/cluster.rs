@@ -238,6 +238,21 @@ fn five_daemons_converge_share_signals_and_see_a_death_and_a_return() {
         assert!(out.contains(&format!("host-{i}")), "{out}");
     }
     assert!(out.contains("host-2 (this host)"), "{out}");
+    // the other hosts' clock offsets, measured (one clock here: under 1 s)
+    assert!(out.contains("Clock"), "{out}");
+    let offsets: Vec<f64> = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("host-") && !l.contains("this host"))
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            w.windows(2)
+                .find(|p| p[1] == "s" && (p[0].starts_with('+') || p[0].starts_with('-')))
+                .and_then(|p| p[0].parse().ok())
+        })
+        .collect();
+    // (a host this one has had no datagram from yet shows "?")
+    assert!(!offsets.is_empty(), "{out}");
+    assert!(offsets.iter().all(|x: &f64| x.abs() < 1.0), "{out}");
 
     // a cluster signal reaches every host's decisions within 2 s
     put_signal(&nodes[0].d, "lb.rps", 5000.0, "15s");
