@@ -268,6 +268,27 @@ struct Planned {
     reason: String,
 }
 
+/// A transition's event on domain `name` (changes, skipped knobs and the
+/// error are the caller's to add).
+fn transition_event(
+    now: Millis,
+    name: &str,
+    from: &Option<String>,
+    to: &Option<String>,
+    reason: String,
+    result: &str,
+) -> Event {
+    Event {
+        time: now,
+        domain: name.to_string(),
+        from: from.clone(),
+        to: to.clone(),
+        reason,
+        result: result.into(),
+        ..Default::default()
+    }
+}
+
 /// What the apply phase did.
 struct Applied {
     /// The changes made, in order.
@@ -1325,15 +1346,9 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         if d.changed {
             info!(domain = %p.name, from = ?d.from, to = ?d.to, reason = %p.reason, changes = p.changes.len(), "would apply (observing only)");
             self.record(Event {
-                time: now,
-                domain: p.name,
-                from: d.from,
-                to: d.to,
-                reason: p.reason,
-                result: "would_apply".into(),
                 changes: p.changes,
                 skipped: p.skipped,
-                ..Default::default()
+                ..transition_event(now, &p.name, &d.from, &d.to, p.reason, "would_apply")
             })?;
         }
         Ok(Outcome::WouldApply {
@@ -1358,14 +1373,8 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         self.settle_definition(uuid, persona, now)?;
         if d.changed {
             self.record(Event {
-                time: now,
-                domain: p.name.clone(),
-                from: d.from.clone(),
-                to: d.to.clone(),
-                reason: p.reason.clone(),
-                result: "ok".into(),
                 skipped: p.skipped,
-                ..Default::default()
+                ..transition_event(now, &p.name, &d.from, &d.to, p.reason.clone(), "ok")
             })?;
         }
         if let Some(e) = self.domains.get_mut(uuid) {
@@ -1548,30 +1557,18 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             .collect();
         self.store.clear_baseline(uuid, &fresh)?;
         for (knob, e) in &stuck {
+            let why = format!("rollback of {knob} failed; its original is kept and restored later");
             self.record(Event {
-                time: now,
-                domain: name.clone(),
-                from: from.clone(),
-                to: to.clone(),
-                reason: format!(
-                    "rollback of {knob} failed; its original is kept and restored later"
-                ),
-                result: "rollback_failed".into(),
                 error: Some(e.clone()),
-                ..Default::default()
+                ..transition_event(now, &name, &from, &to, why, "rollback_failed")
             })?;
         }
         warn!(domain = %name, from = ?from, to = ?to, knob = %bad.knob, error = %err, "transition failed, rolled back");
         self.record(Event {
-            time: now,
-            domain: name.clone(),
-            from: from.clone(),
-            to: to.clone(),
-            reason,
-            result: "failed".into(),
             changes: planned,
             error: Some(message),
             skipped,
+            ..transition_event(now, &name, &from, &to, reason, "failed")
         })?;
         Ok(Outcome::Failed)
     }
@@ -1619,15 +1616,9 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         let result = if changed { "ok" } else { "drift" };
         info!(domain = %name, from = ?from, to = ?to, reason = %reason, result, changes = changes.len(), skipped = skipped.len(), "transition");
         self.record(Event {
-            time: now,
-            domain: name.clone(),
-            from: from.clone(),
-            to: to.clone(),
-            reason: reason.clone(),
-            result: result.into(),
             changes,
-            error: None,
             skipped,
+            ..transition_event(now, &name, &from, &to, reason.clone(), result)
         })?;
         self.thresholds(uuid, persona.as_deref(), now)?;
         Ok(Outcome::Applied {
