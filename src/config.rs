@@ -507,7 +507,7 @@ impl Config {
                 }
             },
             gossip_signal_grace_ms: match file.gossip.signal_grace.as_deref() {
-                None => 5 * 60_000,
+                None => crate::cluster::exchange::DEFAULT_SIGNAL_GRACE_MS,
                 Some(s) => {
                     let d = duration("gossip.signal_grace", s)?.as_std().as_millis() as i64;
                     if !(1_000..=7 * 86_400_000).contains(&d) {

@@ -58,7 +58,9 @@ fn launch_env(
 }
 
 /// The daemon of one host listening on `listen` (any address, a wildcard
-/// included) with `seed`.
+/// included) with `seed`. A `host.xml` in the host's directory is its
+/// libvirt test host (else the shared fixture), a `daemon.toml` its config
+/// file.
 #[allow(clippy::too_many_arguments)]
 fn launch_on(
     dir: &Path,
@@ -70,32 +72,12 @@ fn launch_on(
     interval: &str,
     env: &[(&str, String)],
 ) -> Daemon {
-    launch_uri(
-        dir,
-        &common::test_host_uri(),
-        name,
-        listen,
-        seed,
-        key,
-        cluster,
-        interval,
-        env,
-    )
-}
-
-/// As [`launch_on`], on libvirt connection `uri`.
-#[allow(clippy::too_many_arguments)]
-fn launch_uri(
-    dir: &Path,
-    uri: &str,
-    name: &str,
-    listen: &str,
-    seed: &str,
-    key: [u8; 32],
-    cluster: &str,
-    interval: &str,
-    env: &[(&str, String)],
-) -> Daemon {
+    let host = dir.join("host.xml");
+    let uri = if host.exists() {
+        format!("test://{}", host.display())
+    } else {
+        common::test_host_uri()
+    };
     let key_file = write_key(dir, key);
     let mut flags = vec![
         "--interval",
@@ -111,12 +93,11 @@ fn launch_uri(
         "--gossip-cluster",
         cluster,
     ];
-    // a daemon.toml in the host's directory is its config file
     let config = dir.join("daemon.toml");
     if config.exists() {
         flags.extend(["--config", config.to_str().unwrap()]);
     }
-    Daemon::start_args(dir, uri, &flags, env)
+    Daemon::start_args(dir, &uri, &flags, env)
 }
 
 fn start(test: &str, name: &str, port: u16, seed: u16, key: [u8; 32], cluster: &str) -> Node {
@@ -516,17 +497,7 @@ fn a_domain_signal_follows_the_uuid_and_never_hits_a_namesake() {
     assert!(fixture.contains(u1), "web-1's UUID in the fixture");
     let u2 = "6695eb01-f6a4-8304-79aa-97f2502e19ff";
     std::fs::write(dir_b.join("host.xml"), fixture.replace(u1, u2)).unwrap();
-    let b = launch_uri(
-        &dir_b,
-        &format!("test://{}", dir_b.join("host.xml").display()),
-        "b",
-        &format!("127.0.0.1:{pb}"),
-        &format!("127.0.0.1:{pa}"),
-        key,
-        "test",
-        "1s",
-        &[],
-    );
+    let b = launch(&dir_b, "b", pb, pa, key, "test");
     wait_until("a and b", 60, &a.d, || {
         alive_count(&a.d) == 2 && alive_count(&b) == 2
     });
@@ -666,13 +637,14 @@ fn clock_skew_between_hosts_is_measured_shown_and_warned_about() {
             .and_then(|h| h["clock_ahead_ms"].as_i64())
     };
     wait_until("a measures b's clock", 30, &a.d, || {
-        ahead(&a.d, "b").is_some_and(|x| (2_500..=3_100).contains(&x))
+        // 3 s less the shortest trip seen, which a busy host makes longer
+        ahead(&a.d, "b").is_some_and(|x| (2_000..=3_100).contains(&x))
     });
     wait_until("b measures a's clock", 30, &b, || {
-        ahead(&b, "a").is_some_and(|x| (-3_500..=-2_900).contains(&x))
+        ahead(&b, "a").is_some_and(|x| (-4_000..=-2_900).contains(&x))
     });
     let max = cluster(&a.d)["max_clock_skew_ms"].as_i64().unwrap();
-    assert!((2_500..=3_100).contains(&max), "{max}");
+    assert!((2_000..=3_100).contains(&max), "{max}");
     let (_, m) = common::http(&a.d.socket, "GET /metrics HTTP/1.1\r\n\r\n");
     assert!(
         m.lines()

@@ -49,9 +49,12 @@ pub struct Exchange {
     followed: BTreeSet<(String, u64)>,
 }
 
+/// `gossip.signal_grace` when the config does not say.
+pub const DEFAULT_SIGNAL_GRACE_MS: Millis = 5 * 60_000;
+
 impl Default for Exchange {
     fn default() -> Exchange {
-        Exchange::new(5 * 60_000)
+        Exchange::new(DEFAULT_SIGNAL_GRACE_MS)
     }
 }
 
