@@ -29,6 +29,16 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
     #[error("API token file {path}: {message}")]
     Token { path: PathBuf, message: String },
+    #[error(transparent)]
+    Source(#[from] crate::sources::SourceError),
+}
+
+/// `[signals]`: the sources the daemon polls itself.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignalsSection {
+    #[serde(default)]
+    source: Vec<crate::sources::SourceFile>,
 }
 
 /// Reads the TCP API's bearer token. The file must be a regular file (not a
@@ -210,6 +220,8 @@ pub struct FileConfig {
     gossip: GossipSection,
     #[serde(default)]
     limits: LimitsSection,
+    #[serde(default)]
+    signals: SignalsSection,
 }
 
 /// Values given on the command line; `None` = not given.
@@ -287,6 +299,8 @@ pub struct Config {
     /// TLS for the TCP API: a PEM certificate chain and its key.
     pub api_tls: Option<(PathBuf, PathBuf)>,
     pub limits: Limits,
+    /// `[[signals.source]]`, checked (a reload starts and stops them).
+    pub sources: Vec<crate::sources::SourceConfig>,
 }
 
 impl Config {
@@ -544,6 +558,7 @@ impl Config {
                 }
             },
             limits: file.limits.resolve()?,
+            sources: crate::sources::check_all(&file.signals.source)?,
         };
         if cfg.api_tls.is_some() && cfg.api_listen.is_none() {
             return Err(ConfigError::Invalid {

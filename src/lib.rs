@@ -21,6 +21,7 @@ pub mod model;
 pub mod planner;
 pub mod reconciler;
 pub mod rules;
+pub mod sources;
 pub mod store;
 pub mod supervise;
 pub mod systemd;

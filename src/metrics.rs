@@ -129,6 +129,21 @@ pub struct Metrics {
     api_closed: Family<ListenerLabel, Counter>,
     limit_used: Family<LimitLabel, Gauge>,
     limit_max: Family<LimitLabel, Gauge>,
+    source_up: Family<SourceLabel, Gauge>,
+    source_polls: Family<SourceResultLabel, Counter>,
+    source_last_success: Family<SourceLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    source_seconds: Family<SourceLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceLabel {
+    signal: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SourceResultLabel {
+    signal: String,
+    result: String,
 }
 
 /// One bounded thing the daemon keeps: its name (`limit` label), how many
@@ -314,7 +329,35 @@ impl Metrics {
             "Times a helper was started again after it ended or panicked, since the daemon started",
             helper_restarts.clone(),
         );
+        let source_up = Family::default();
+        registry.register(
+            "source_up",
+            "1 while a signal source's last poll succeeded (by the signal it sets), 0 after a failure",
+            source_up.clone(),
+        );
+        let source_polls = Family::default();
+        registry.register(
+            "source_polls",
+            "Polls of a signal source, by result=ok|error",
+            source_polls.clone(),
+        );
+        let source_last_success = Family::default();
+        registry.register(
+            "source_last_success_timestamp_seconds",
+            "When a signal source last answered well (Unix time)",
+            source_last_success.clone(),
+        );
+        let source_seconds = Family::default();
+        registry.register(
+            "source_poll_seconds",
+            "How long a signal source's last poll took",
+            source_seconds.clone(),
+        );
         Metrics {
+            source_up,
+            source_polls,
+            source_last_success,
+            source_seconds,
             helper_up,
             helper_restarts,
             gossip_members,
@@ -454,6 +497,37 @@ impl Metrics {
             };
             self.limit_used.get_or_create(&l).set(u.used as i64);
             self.limit_max.get_or_create(&l).set(u.max as i64);
+        }
+    }
+
+    /// The signal sources as they fare (a removed one is no longer shown).
+    pub fn sources(&self, board: &[crate::sources::poller::Status]) {
+        self.source_up.clear();
+        self.source_last_success.clear();
+        self.source_seconds.clear();
+        for s in board {
+            let l = SourceLabel {
+                signal: s.signal.clone(),
+            };
+            self.source_up.get_or_create(&l).set(s.up as i64);
+            if let Some(t) = s.last_success {
+                self.source_last_success
+                    .get_or_create(&l)
+                    .set(t as f64 / 1000.0);
+            }
+            self.source_seconds
+                .get_or_create(&l)
+                .set(s.took_ms as f64 / 1000.0);
+            for (result, total) in [
+                ("ok", s.polls - s.failures.min(s.polls)),
+                ("error", s.failures),
+            ] {
+                let c = self.source_polls.get_or_create(&SourceResultLabel {
+                    signal: s.signal.clone(),
+                    result: result.into(),
+                });
+                c.inc_by(total.saturating_sub(c.get()));
+            }
         }
     }
 

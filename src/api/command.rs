@@ -72,6 +72,18 @@ pub enum Command {
         domain: Option<String>,
     },
     ListSignals,
+    /// What a signal source polled (`[[signals.source]]`): one signal,
+    /// host-wide (`None`) or per domain (a name or UUID), set like
+    /// [`Command::SetSignal`]; a domain not on this host is named in the
+    /// answer's `unmatched`, not an error.
+    SourceValues {
+        name: String,
+        values: Vec<(Option<String>, f64)>,
+        ttl_ms: i64,
+        cluster: bool,
+    },
+    /// Every signal source and how it fares (answered by the loop).
+    ListSources,
     Metrics,
     /// A domain's forecast of one metric, `horizon_ms` ahead.
     Forecast {

@@ -236,6 +236,66 @@ pub fn event_json(e: &Event) -> Value {
     })
 }
 
+/// Sets one signal (`signal-set`, a source's value): the domain by name,
+/// id or UUID, the limits checked; the signal as the API shows it, or the
+/// refusal.
+fn set_signal<H: Hypervisor + ?Sized, S: StateStore>(
+    rec: &mut Reconciler<H, S>,
+    name: &str,
+    value: f64,
+    ttl_ms: i64,
+    domain: Option<String>,
+    cluster: bool,
+    now: Millis,
+) -> Result<Value, Reply> {
+    if cluster && !rec.cluster_enabled() {
+        return Err(Reply::bad(
+            "scope \"cluster\": this host is not in a cluster (gossip.listen is not set), so the signal would reach this host only; send it with scope \"host\" (the default), or turn gossip on",
+        ));
+    }
+    // a domain by name, id or UUID, kept by its UUID (what rules
+    // match on); a cluster signal may name, by UUID, a domain that
+    // runs elsewhere: it is kept for when the domain comes here
+    let domain = match domain {
+        Some(key) => match rec.entry(&key) {
+            Some(e) => Some(e.info.uuid.clone()),
+            None if cluster && is_uuid(&key) => Some(key.to_ascii_lowercase()),
+            None if cluster => {
+                return Err(Reply::not_found(format!(
+                    "no domain {key:?} on this host: a cluster signal for a domain running elsewhere names it by UUID (a name is resolved here, and another host's namesake is another domain)"
+                )))
+            }
+            None => return Err(Reply::not_found(format!("domain '{key}' not found"))),
+        },
+        None => None,
+    };
+    let limits = *rec.limits();
+    if ttl_ms > limits.signal_ttl_ms {
+        return Err(Reply::bad(format!(
+            "ttl: {} is longer than the limit of {} (limits.signal_ttl)",
+            crate::units::Duration(std::time::Duration::from_millis(ttl_ms as u64)),
+            crate::units::Duration(std::time::Duration::from_millis(
+                limits.signal_ttl_ms as u64
+            ))
+        )));
+    }
+    if !rec.has_signal(name, domain.as_deref()) && rec.signal_count(now) >= limits.signals {
+        return Err(Reply::bad(format!(
+            "{} signals are set, the limit (limits.signals); set one again when another expires, or raise the limit",
+            limits.signals
+        )));
+    }
+    let s = Signal {
+        value,
+        expires: now + ttl_ms,
+        domain,
+        cluster,
+    };
+    let reply = signal_json(rec, name, &s);
+    rec.set_signal(name, s);
+    Ok(reply)
+}
+
 /// A signal as the API shows it: `domain` the domain's name where it runs
 /// here (else its UUID), `domain_uuid` what the signal is kept by.
 fn signal_json<H: Hypervisor + ?Sized, S: StateStore>(
@@ -451,51 +511,29 @@ pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
             ttl_ms,
             domain,
             cluster,
+        } => match set_signal(rec, &name, value, ttl_ms, domain, cluster, now) {
+            Ok(v) => Reply::Ok(v),
+            Err(r) => r,
+        },
+        Command::SourceValues {
+            name,
+            values,
+            ttl_ms,
+            cluster,
         } => {
-            if cluster && !rec.cluster_enabled() {
-                return Reply::bad(
-                    "scope \"cluster\": this host is not in a cluster (gossip.listen is not set), so the signal would reach this host only; send it with scope \"host\" (the default), or turn gossip on",
-                );
-            }
-            // a domain by name, id or UUID, kept by its UUID (what rules
-            // match on); a cluster signal may name, by UUID, a domain that
-            // runs elsewhere: it is kept for when the domain comes here
-            let domain = match domain {
-                Some(key) => match rec.entry(&key) {
-                    Some(e) => Some(e.info.uuid.clone()),
-                    None if cluster && is_uuid(&key) => Some(key.to_ascii_lowercase()),
-                    None if cluster => {
-                        return Reply::not_found(format!(
-                            "no domain {key:?} on this host: a cluster signal for a domain running elsewhere names it by UUID (a name is resolved here, and another host's namesake is another domain)"
-                        ))
+            let (mut set, mut unmatched, mut errors) = (vec![], vec![], vec![]);
+            for (domain, value) in values {
+                let key = domain.clone();
+                match set_signal(rec, &name, value, ttl_ms, domain, cluster, now) {
+                    Ok(v) => set.push(v),
+                    Err(Reply::Err { status: 404, .. }) if key.is_some() => {
+                        unmatched.extend(key)
                     }
-                    None => return no_domain(&key),
-                },
-                None => None,
-            };
-            let limits = *rec.limits();
-            if ttl_ms > limits.signal_ttl_ms {
-                return Reply::bad(format!(
-                    "ttl: {} is longer than the limit of {} (limits.signal_ttl)",
-                    crate::units::Duration(std::time::Duration::from_millis(ttl_ms as u64)),
-                    crate::units::Duration(std::time::Duration::from_millis(limits.signal_ttl_ms as u64))
-                ));
+                    Err(Reply::Err { message, .. }) => errors.push(message),
+                    Err(_) => {}
+                }
             }
-            if !rec.has_signal(&name, domain.as_deref()) && rec.signal_count(now) >= limits.signals {
-                return Reply::bad(format!(
-                    "{} signals are set, the limit (limits.signals); set one again when another expires, or raise the limit",
-                    limits.signals
-                ));
-            }
-            let s = Signal {
-                value,
-                expires: now + ttl_ms,
-                domain,
-                cluster,
-            };
-            let reply = signal_json(rec, &name, &s);
-            rec.set_signal(&name, s);
-            Reply::Ok(reply)
+            Reply::Ok(json!({"set": set, "unmatched": unmatched, "errors": errors}))
         }
         Command::UnsetSignal { name, domain } => {
             // the domain as a signal is kept: by UUID (one not here only by its UUID)
@@ -526,7 +564,7 @@ pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
                 .map(|(name, s)| signal_json(rec, name, s))
                 .collect(),
         )),
-        Command::Metrics => server_error("answered by the daemon's loop"),
+        Command::Metrics | Command::ListSources => server_error("answered by the daemon's loop"),
     }
 }
 

@@ -250,6 +250,7 @@ simple!(cluster, Command::Cluster);
 simple!(metrics, Command::Metrics);
 simple!(list_personas, Command::ListPersonas);
 simple!(list_signals, Command::ListSignals);
+simple!(list_sources, Command::ListSources);
 simple!(get_domain, name, Command::GetDomain { name });
 simple!(explain, name, Command::Explain { name });
 simple!(tuning, name, Command::Tuning { name });
@@ -637,6 +638,7 @@ pub fn router(tx: Sender<Envelope>, shared: Arc<Shared>, token: Option<String>) 
             get(get_persona).put(put_persona).delete(delete_persona),
         )
         .route("/v1/signals", get(list_signals))
+        .route("/v1/sources", get(list_sources))
         .route("/v1/signals/{name}", put(set_signal).delete(unset_signal))
         .route("/v1/events", get(events))
         .route("/v1/events/recent", get(recent))

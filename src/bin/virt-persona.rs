@@ -108,8 +108,11 @@ enum Command {
         #[arg(long, value_name = "DOM")]
         domain: Option<String>,
     },
-    /// Live external signals.
+    /// Live external signals, and the sources that set them ([[signals.source]]:
+    /// what each polls, when it last answered, its last error).
     SignalList,
+    /// The signal sources of the daemon's config and how each fares.
+    SourceList,
     /// Transitions and drift as they happen.
     Event {
         /// Keep printing until interrupted (otherwise: the events of the last hour).
@@ -340,12 +343,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ("Scope", "scope"),
                 ("Expires", "expires"),
             ];
-            records(
+            let code = records(
                 &cli,
                 &items,
                 &cols,
                 &["name", "value", "domain", "scope", "expires"],
-            )
+            )?;
+            // the sources behind them (the JSON stays the signals: see source-list)
+            if !cli.json {
+                let v = get(&cli, "/v1/sources")?;
+                if v.as_array().is_some_and(|a| !a.is_empty()) {
+                    println!("\nSources:");
+                    print_sources(&cli, &v)?;
+                }
+            }
+            Ok(code)
+        }
+        Command::SourceList => {
+            let v = get(&cli, "/v1/sources")?;
+            print_sources(&cli, &v)
         }
         Command::Event { follow } => events(&cli, *follow),
         Command::Completions { shell } => {
@@ -825,6 +841,56 @@ fn print_event(e: &serde_json::Value) {
 
 /// Prints records as a virsh-style table (`columns`: header and key), or with
 /// --json as objects of the keys scripts rely on.
+/// The signal sources as a table: a failing one says since when and why.
+fn print_sources(cli: &Cli, v: &serde_json::Value) -> anyhow::Result<ExitCode> {
+    let mut items: Vec<serde_json::Value> = v.as_array().cloned().unwrap_or_default();
+    for it in items.iter_mut() {
+        it["state"] = if it["up"] == true {
+            "ok".into()
+        } else if it["polls"] == 0 {
+            "starting".into()
+        } else {
+            "failing".into()
+        };
+        if let Some(u) = it["unmatched"].as_array().filter(|a| !a.is_empty()) {
+            let names: Vec<&str> = u.iter().filter_map(|d| d.as_str()).collect();
+            it["note"] = format!("not on this host: {}", names.join(", ")).into();
+        } else if it["up"] != true {
+            it["note"] = it["last_error"].clone();
+        }
+    }
+    let refs: Vec<&serde_json::Value> = items.iter().collect();
+    records(
+        cli,
+        &refs,
+        &[
+            ("Signal", "signal"),
+            ("State", "state"),
+            ("Kind", "kind"),
+            ("URL", "url"),
+            ("Last success", "last_success"),
+            ("Failures", "failures"),
+            ("Last error", "note"),
+        ],
+        &[
+            "signal",
+            "kind",
+            "url",
+            "up",
+            "polls",
+            "failures",
+            "last_success",
+            "last_error",
+            "last_error_at",
+            "values",
+            "value",
+            "unmatched",
+            "interval_ms",
+            "took_ms",
+        ],
+    )
+}
+
 fn records(
     cli: &Cli,
     items: &[&serde_json::Value],

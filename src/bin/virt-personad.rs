@@ -237,6 +237,20 @@ impl Gossip {
     }
 }
 
+/// `GET /v1/sources`: each signal source, times as RFC 3339.
+fn sources_json(board: &[virt_persona::sources::poller::Status]) -> serde_json::Value {
+    use virt_persona::time::rfc3339;
+    board
+        .iter()
+        .map(|s| {
+            let mut v = serde_json::to_value(s).unwrap_or_default();
+            v["last_success"] = s.last_success.map(rfc3339).into();
+            v["last_error_at"] = s.last_error_at.map(rfc3339).into();
+            v
+        })
+        .collect()
+}
+
 /// `POST /v1/history/import`: read and checked by the API (off this
 /// thread), written by the forecast worker, which answers.
 fn import_history(
@@ -467,6 +481,10 @@ fn run(
     // one small runtime for network I/O; this thread stays the control loop's
     server::raise_open_files_limit();
     let rt = server::runtime()?;
+    // the signal sources poll on the same runtime and hand their values to this loop
+    let mut sources =
+        virt_persona::sources::poller::Sources::new(rt.handle().clone(), cmd_tx.clone(), now_ms);
+    sources.apply(&cfg.sources);
     let api = server::Api::start(
         rt.handle(),
         &server::ApiConfig {
@@ -756,7 +774,12 @@ fn run(
                         let _ = env.reply.send(Reply::Ok(view));
                         continue;
                     }
+                    if let Command::ListSources = &env.command {
+                        let _ = env.reply.send(Reply::Ok(sources_json(&sources.board().snapshot())));
+                        continue;
+                    }
                     let cluster_signal = matches!(env.command, Command::SetSignal { cluster: true, .. });
+                    let cluster_source = matches!(env.command, Command::SourceValues { cluster: true, .. });
                     let withdrawn = matches!(env.command, Command::UnsetSignal { .. });
                     let reply = match env.command {
                         Command::Metrics => {
@@ -766,6 +789,7 @@ fn run(
                                 metrics.gossip(&g.shared.lock());
                             }
                             metrics.helpers(rec.helpers());
+                            metrics.sources(&sources.board().snapshot());
                             metrics.api(&api.connections());
                             metrics.limits(&[
                                 virt_persona::metrics::Usage {
@@ -801,7 +825,12 @@ fn run(
                                 now_ms(),
                             );
                         }
-                        if cluster_signal || withdrawn {
+                        if cluster_source {
+                            for v in v["set"].as_array().into_iter().flatten() {
+                                g.set_local_signal(v);
+                            }
+                        }
+                        if cluster_signal || withdrawn || cluster_source {
                             g.exchange(&mut rec, &catalog, &cfg.node_name, started, now_ms());
                         }
                     }
@@ -837,6 +866,7 @@ fn run(
                                 info!(observe = new.forecast_observe, "forecast_mode switched (reload)");
                             }
                             rec.set_forecast_observe(new.forecast_observe);
+                            sources.apply(&new.sources);
                         }
                         Err(e) => warn!(error = %e, "config file not reloaded; the settings in force are kept"),
                     }
