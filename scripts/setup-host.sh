@@ -20,7 +20,8 @@ if $build_only; then
   pkgs=(libvirt-dev libvirt0 pkg-config)
 else
   pkgs=(libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-system libvirt-clients libvirt-dev
-        qemu-system-x86 pkg-config binutils iproute2 procps systemd)
+        qemu-system-x86 pkg-config binutils iproute2 procps systemd
+        haproxy prometheus prometheus-alertmanager)
 fi
 missing=()
 for p in "${pkgs[@]}"; do

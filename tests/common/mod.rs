@@ -15,6 +15,7 @@ use virt_persona::hypervisor::libvirt::LibvirtHypervisor;
 use virt_persona::hypervisor::{DomainInfo, Hypervisor};
 
 pub mod hostile;
+pub mod services;
 
 pub const REAL_URI: &str = "qemu:///system";
 

@@ -1,0 +1,286 @@
+//! The tools admins already run, started by a test with its own ports and
+//! files and stopped on Drop: Debian's HAProxy (with its Prometheus
+//! exporter), Prometheus and Alertmanager; and a plain HTTP server that
+//! answers what a test tells it (a backend, or a broken page).
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use super::hostile::free_port;
+
+/// A child process killed on Drop.
+pub struct Proc {
+    pub child: Child,
+    pub name: &'static str,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn start(name: &'static str, cmd: &mut Command, log: &Path) -> Proc {
+        let f = std::fs::File::create(log).expect("log file");
+        let f2 = f.try_clone().expect("log file");
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f)
+            .stderr(f2)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {name}: {e} (scripts/setup-host.sh installs it)"));
+        Proc {
+            child,
+            name,
+            log: log.to_path_buf(),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Waits until `url`'s host:port answers `GET path` with 200 (a minute).
+pub fn wait_http(addr: &str, path: &str, what: &str, log: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (status, _) = get(addr, path);
+        if status == 200 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not answer on {addr}{path}:\n{}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One GET on a new connection: (status, body).
+pub fn get(addr: &str, path: &str) -> (u16, String) {
+    super::hostile::tcp(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    )
+}
+
+/// What a [`Page`] answers.
+#[derive(Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+    /// Wait this long before answering (a slow source).
+    pub delay: Duration,
+}
+
+impl Answer {
+    pub fn ok(body: impl Into<String>) -> Answer {
+        Answer {
+            status: 200,
+            content_type: "text/plain; version=0.0.4",
+            body: body.into(),
+            delay: Duration::ZERO,
+        }
+    }
+}
+
+/// A plain HTTP/1.1 server on 127.0.0.1 answering every request with the
+/// [`Answer`] in force; counts requests and keeps the last one's head.
+pub struct Page {
+    pub addr: String,
+    answer: Arc<Mutex<Answer>>,
+    pub requests: Arc<AtomicU64>,
+    pub last_head: Arc<Mutex<String>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Page {
+    pub fn start(answer: Answer) -> Page {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr").to_string();
+        let answer = Arc::new(Mutex::new(answer));
+        let requests = Arc::new(AtomicU64::new(0));
+        let last_head = Arc::new(Mutex::new(String::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, r, h, s) = (
+            answer.clone(),
+            requests.clone(),
+            last_head.clone(),
+            stop.clone(),
+        );
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(c) = c else { continue };
+                let (a, r, h) = (a.clone(), r.clone(), h.clone());
+                std::thread::spawn(move || serve(c, &a, &r, &h));
+            }
+        });
+        Page {
+            addr,
+            answer,
+            requests,
+            last_head,
+            stop,
+        }
+    }
+
+    pub fn set(&self, a: Answer) {
+        *self.answer.lock().unwrap() = a;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for Page {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(&self.addr);
+    }
+}
+
+fn serve(mut c: TcpStream, a: &Mutex<Answer>, r: &AtomicU64, h: &Mutex<String>) {
+    let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+    loop {
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match c.read(&mut b) {
+                Ok(1) => head.push(b[0]),
+                _ => return,
+            }
+            if head.len() > 65536 {
+                return;
+            }
+        }
+        r.fetch_add(1, Ordering::SeqCst);
+        let text = String::from_utf8_lossy(&head).to_string();
+        let close = text.to_ascii_lowercase().contains("connection: close");
+        *h.lock().unwrap() = text;
+        let ans = a.lock().unwrap().clone();
+        std::thread::sleep(ans.delay);
+        let reply = format!(
+            "HTTP/1.1 {} X\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n{}",
+            ans.status,
+            ans.content_type,
+            ans.body.len(),
+            ans.body
+        );
+        if c.write_all(reply.as_bytes()).is_err() || close {
+            return;
+        }
+    }
+}
+
+/// Debian's HAProxy: a `web` frontend on `web_port` in front of `servers`
+/// (name, address), and its Prometheus exporter on `metrics_port`.
+pub struct Haproxy {
+    pub proc: Proc,
+    pub web: String,
+    pub metrics: String,
+    pub dir: PathBuf,
+}
+
+impl Haproxy {
+    pub fn start(dir: &Path, servers: &[(&str, &str)]) -> Haproxy {
+        std::fs::create_dir_all(dir).expect("haproxy dir");
+        let (web, metrics) = (free_port(), free_port());
+        let mut cfg = format!(
+            "global\n  log stderr format raw local0 err\ndefaults\n  mode http\n  timeout connect 1s\n  timeout client 5s\n  timeout server 5s\n\
+frontend stats\n  bind 127.0.0.1:{metrics}\n  http-request use-service prometheus-exporter if {{ path /metrics }}\n\
+frontend web\n  bind 127.0.0.1:{web}\n  default_backend app\nbackend app\n"
+        );
+        for (name, addr) in servers {
+            cfg.push_str(&format!("  server {name} {addr}\n"));
+        }
+        let file = dir.join("haproxy.cfg");
+        std::fs::write(&file, cfg).expect("haproxy.cfg");
+        let proc = Proc::start(
+            "haproxy",
+            Command::new("haproxy").arg("-db").arg("-f").arg(&file),
+            &dir.join("haproxy.log"),
+        );
+        let h = Haproxy {
+            proc,
+            web: format!("127.0.0.1:{web}"),
+            metrics: format!("127.0.0.1:{metrics}"),
+            dir: dir.to_path_buf(),
+        };
+        wait_http(&h.metrics, "/metrics", "haproxy", || h.proc.log());
+        h
+    }
+
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.metrics)
+    }
+}
+
+/// A bounded load loop: `per_second` GETs a second to `addr` until stopped
+/// (or `max` elapsed), on one keep-alive connection at a time.
+pub struct LoadLoop {
+    stop: Arc<AtomicBool>,
+    pub sent: Arc<AtomicU64>,
+    pub started: Instant,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LoadLoop {
+    pub fn start(addr: &str, per_second: u64, max: Duration) -> LoadLoop {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let (s, n, addr) = (stop.clone(), sent.clone(), addr.to_string());
+        let started = Instant::now();
+        let gap = Duration::from_micros(1_000_000 / per_second.max(1));
+        let thread = std::thread::spawn(move || {
+            let mut next = Instant::now();
+            while !s.load(Ordering::SeqCst) && started.elapsed() < max {
+                let _ = get(&addr, "/");
+                n.fetch_add(1, Ordering::SeqCst);
+                next += gap;
+                if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+            }
+        });
+        LoadLoop {
+            stop,
+            sent,
+            started,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn stop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for LoadLoop {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
