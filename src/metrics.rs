@@ -767,6 +767,53 @@ impl Metrics {
     }
 }
 
+/// OpenMetrics text (what the registry writes) as the classic Prometheus
+/// text format 0.0.4: a counter's family is named as its samples are
+/// (`_total`), an info metric is a gauge of its `_info` sample, `unknown`
+/// is `untyped`; `# UNIT` and `# EOF` go. What `promtool check metrics`
+/// and every 0.0.4 reader expect.
+pub fn text_format(open: &str) -> String {
+    let mut renamed: std::collections::HashMap<&str, (String, &str)> = Default::default();
+    for l in open.lines() {
+        let mut w = l.splitn(4, ' ');
+        if let (Some("#"), Some("TYPE"), Some(name), Some(t)) =
+            (w.next(), w.next(), w.next(), w.next())
+        {
+            let (n, t) = match t {
+                "counter" => (format!("{name}_total"), "counter"),
+                "info" => (format!("{name}_info"), "gauge"),
+                "unknown" => (name.to_string(), "untyped"),
+                other => (name.to_string(), other),
+            };
+            renamed.insert(name, (n, t));
+        }
+    }
+    let mut out = String::with_capacity(open.len());
+    for l in open.lines() {
+        let mut w = l.splitn(4, ' ');
+        match (w.next(), w.next(), w.next(), w.next()) {
+            (Some("#"), Some("EOF"), None, None) | (Some("#"), Some("UNIT"), _, _) => continue,
+            (Some("#"), Some("TYPE"), Some(name), _) => {
+                if let Some((n, t)) = renamed.get(name) {
+                    out.push_str(&format!("# TYPE {n} {t}\n"));
+                    continue;
+                }
+            }
+            (Some("#"), Some("HELP"), Some(name), help) => {
+                let n = renamed.get(name).map_or(name, |(n, _)| n.as_str());
+                // 0.0.4 escapes only \\ and \n in help text
+                let help = help.unwrap_or_default().replace("\\\"", "\"");
+                out.push_str(&format!("# HELP {n} {help}\n"));
+                continue;
+            }
+            _ => {}
+        }
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -324,3 +324,194 @@ fn a_wrong_source_stops_the_start_with_where_and_why() {
         assert!(err.contains(want), "{text}: {err}");
     }
 }
+
+/// A token file (mode 0600) for the daemon's TCP API and the tools that call it.
+fn token_file(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join("api.token");
+    std::fs::write(&p, "a-test-token-of-32-characters-00\n").unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+fn start_tcp(dir: &Path, config: &str) -> (Daemon, String) {
+    let file = dir.join("daemon.toml");
+    std::fs::write(&file, config).unwrap();
+    let api = format!("127.0.0.1:{}", common::services::free_port());
+    let token = token_file(dir);
+    let d = Daemon::start_args(
+        dir,
+        TEST_URI,
+        &[
+            "--interval",
+            "1s",
+            "--config",
+            file.to_str().unwrap(),
+            "--api-listen",
+            &api,
+            "--api-token-file",
+            token.to_str().unwrap(),
+        ],
+        &[],
+    );
+    (d, api)
+}
+
+#[test]
+fn metrics_pass_promtool_a_real_prometheus_scrapes_them_and_answers_a_query_source() {
+    let dir = dir("prometheus");
+    let backend = Page::start(Answer::ok("ok"));
+    let hap = Haproxy::start(&dir.join("haproxy"), &[("test", &backend.addr)]);
+    let prom_port = common::services::free_port();
+    let (d, api) = start_tcp(
+        &dir,
+        &format!(
+            r#"[[signals.source]]
+signal = "prom.web.rps"
+url = "http://127.0.0.1:{prom_port}"
+query = 'sum(rate(haproxy_frontend_http_requests_total{{proxy="web"}}[5s]))'
+interval = "1s"
+"#
+        ),
+    );
+    // the classic text format, clean for promtool
+    let text = virt_persona::api::client::request(&d.socket, "GET", "/metrics", None).unwrap();
+    let text = text.as_str().unwrap().to_string();
+    assert!(
+        !text.contains("# EOF") && text.contains("# TYPE virt_persona_transitions_total counter"),
+        "{text}"
+    );
+    let file = dir.join("metrics.txt");
+    std::fs::write(&file, &text).unwrap();
+    let out = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&file).unwrap())
+        .output()
+        .expect("promtool (scripts/setup-host.sh installs prometheus)");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "promtool check metrics: {said}"
+    );
+    // OpenMetrics when asked for, served as what it is
+    let (status, head_and_body) = common::hostile::tcp(
+        &api,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a-test-token-of-32-characters-00\r\nAccept: application/openmetrics-text;version=1.0.0,text/plain;q=0.5\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status, 200);
+    assert!(
+        head_and_body.trim_end().ends_with("# EOF"),
+        "{head_and_body}"
+    );
+
+    // the real Prometheus scrapes the daemon (bearer token from a file) and HAProxy
+    let token = dir.join("api.token");
+    let auth = format!(
+        "    authorization:\n      type: Bearer\n      credentials_file: '{}'\n",
+        token.display()
+    );
+    let prom_dir = dir.join("prom");
+    std::fs::create_dir_all(&prom_dir).unwrap();
+    // the port the source was given
+    let prom = common::services::Prometheus::start_on(
+        &prom_dir,
+        prom_port,
+        &[
+            ("virt-persona", &auth, std::slice::from_ref(&api)),
+            ("haproxy", "", std::slice::from_ref(&hap.metrics)),
+        ],
+    );
+    wait_some("up == 1 for the daemon's job", &d, 90, || {
+        prom.query("up{job=\"virt-persona\"}")
+            .first()
+            .filter(|r| r["value"][1] == "1")
+            .map(|_| ())
+    });
+    wait_some("a virt_persona_ series in Prometheus", &d, 60, || {
+        (!prom.query("virt_persona_tick_seconds_count").is_empty()).then_some(())
+    });
+    // the query source: HAProxy's request rate as Prometheus computes it
+    let mut load = LoadLoop::start(&hap.web, 20, Duration::from_secs(120));
+    let v = wait_some("the query source's value", &d, 90, || {
+        signal(&d, "prom.web.rps", None).filter(|v| *v > 5.0)
+    });
+    assert!(v < 60.0, "about 20 requests/s: {v}");
+    let s = source(&d, "prom.web.rps");
+    assert_eq!(
+        (s["kind"].as_str(), s["up"].as_bool()),
+        (Some("query"), Some(true)),
+        "{s}"
+    );
+    load.stop();
+}
+
+#[test]
+fn alertmanager_sends_a_real_webhook_that_sets_and_then_ends_a_signal() {
+    let dir = dir("alertmanager");
+    std::fs::write(
+        dir.join("personas/alerted.toml"),
+        signal_persona("alerted", "test", "alert.highrequestrate", 100.0, 1500),
+    )
+    .unwrap();
+    let (d, api) = start_tcp(&dir, "");
+    let am = common::services::Alertmanager::start(
+        &dir.join("am"),
+        &format!("http://{api}/v1/alerts/alertmanager?ttl=10m"),
+        &dir.join("api.token"),
+    );
+    let now = jiff::Timestamp::now();
+    let alert = |ends: jiff::Timestamp| {
+        serde_json::json!([{
+            "labels": {"alertname": "HighRequestRate", "domain": "test"},
+            "annotations": {"value": "250"},
+            "startsAt": now.to_string(),
+            "endsAt": ends.to_string(),
+        }])
+    };
+    am.post(&alert(now + jiff::SignedDuration::from_mins(10)));
+    let v = wait_some("the alert's signal", &d, 60, || {
+        signal(&d, "alert.highrequestrate", Some("test"))
+    });
+    assert_eq!(v, 250.0);
+    // Alertmanager sends no endsAt for a firing alert: the TTL is the webhook's ?ttl=
+    let expires: jiff::Timestamp = d
+        .get("/v1/signals")
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "alert.highrequestrate")
+        .unwrap()["expires"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let off = expires
+        .duration_since(now + jiff::SignedDuration::from_mins(10))
+        .as_secs()
+        .abs();
+    assert!(off <= 30, "expires {expires}, {off} s from now + 10m");
+    wait_some("the persona on the alert", &d, 60, || {
+        (d.persona("test").as_deref() == Some("alerted")).then_some(())
+    });
+    // resolved: Alertmanager sends it, the signal ends, the persona comes off
+    am.post(&alert(
+        jiff::Timestamp::now() - jiff::SignedDuration::from_secs(1),
+    ));
+    wait_some("the signal ended", &d, 60, || {
+        signal(&d, "alert.highrequestrate", Some("test"))
+            .is_none()
+            .then_some(())
+    });
+    wait_some("the persona off", &d, 60, || {
+        d.persona("test").is_none().then_some(())
+    });
+    assert!(
+        am.proc.log().lines().all(|l| !l.contains("level=error")),
+        "{}",
+        am.proc.log()
+    );
+}

@@ -84,6 +84,18 @@ pub enum Command {
     },
     /// Every signal source and how it fares (answered by the loop).
     ListSources,
+    /// An Alertmanager webhook's alerts: a firing one sets its signal
+    /// (until the alert's `endsAt`), a resolved one ends it.
+    Alerts {
+        alerts: Vec<AlertSignal>,
+        /// How long a firing alert's signal lives when the alert has no
+        /// `endsAt` (Alertmanager sends none for firing alerts): until the
+        /// next notification is due (`?ttl=`, default 4h 15m: Alertmanager
+        /// re-sends a firing alert every `repeat_interval`, 4h by default).
+        ttl_ms: i64,
+        /// Alerts that name no usable signal, said why (answered, not retried).
+        errors: Vec<String>,
+    },
     Metrics,
     /// A domain's forecast of one metric, `horizon_ms` ahead.
     Forecast {
@@ -151,6 +163,19 @@ pub struct ActivateBody {
     /// A duration like "15m"; absent = until reverted.
     #[serde(rename = "for")]
     pub for_: Option<String>,
+}
+
+/// One alert of an Alertmanager webhook, as the signal it sets or ends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertSignal {
+    pub name: String,
+    pub value: f64,
+    /// A domain by name or UUID (the alert's `domain` label); `None`: host-wide.
+    pub domain: Option<String>,
+    pub cluster: bool,
+    pub firing: bool,
+    /// When Alertmanager will consider it resolved (`endsAt`), if it says.
+    pub ends_at: Option<crate::time::Millis>,
 }
 
 /// Body of `PUT /v1/signals/{name}`.

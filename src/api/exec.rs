@@ -296,6 +296,36 @@ fn set_signal<H: Hypervisor + ?Sized, S: StateStore>(
     Ok(reply)
 }
 
+/// Removes one signal (`signal-unset`, a resolved alert).
+fn unset_signal<H: Hypervisor + ?Sized, S: StateStore>(
+    rec: &mut Reconciler<H, S>,
+    name: &str,
+    domain: Option<String>,
+    now: Millis,
+) -> Result<Value, Reply> {
+    // the domain as a signal is kept: by UUID (one not here only by its UUID)
+    let uuid = match domain {
+        Some(key) => match rec.entry(&key) {
+            Some(e) => Some(e.info.uuid.clone()),
+            None if is_uuid(&key) => Some(key.to_ascii_lowercase()),
+            None => return Err(Reply::not_found(format!("domain '{key}' not found"))),
+        },
+        None => None,
+    };
+    rec.prune_signals(now);
+    match rec.unset_signal(name, uuid.as_deref()) {
+        Some(s) => {
+            let mut v = signal_json(rec, name, &s);
+            v["removed"] = json!(true);
+            Ok(v)
+        }
+        None => Err(Reply::not_found(format!(
+            "no signal '{name}'{} is set",
+            uuid.map(|_| " for that domain").unwrap_or_default()
+        ))),
+    }
+}
+
 /// A signal as the API shows it: `domain` the domain's name where it runs
 /// here (else its UUID), `domain_uuid` what the signal is kept by.
 fn signal_json<H: Hypervisor + ?Sized, S: StateStore>(
@@ -535,28 +565,43 @@ pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
             }
             Reply::Ok(json!({"set": set, "unmatched": unmatched, "errors": errors}))
         }
-        Command::UnsetSignal { name, domain } => {
-            // the domain as a signal is kept: by UUID (one not here only by its UUID)
-            let uuid = match domain {
-                Some(key) => match rec.entry(&key) {
-                    Some(e) => Some(e.info.uuid.clone()),
-                    None if is_uuid(&key) => Some(key.to_ascii_lowercase()),
-                    None => return no_domain(&key),
-                },
-                None => None,
-            };
-            rec.prune_signals(now);
-            match rec.unset_signal(&name, uuid.as_deref()) {
-                Some(s) => {
-                    let mut v = signal_json(rec, &name, &s);
-                    v["removed"] = json!(true);
-                    Reply::Ok(v)
+        Command::UnsetSignal { name, domain } => match unset_signal(rec, &name, domain, now) {
+            Ok(v) => Reply::Ok(v),
+            Err(r) => r,
+        },
+        Command::Alerts {
+            alerts,
+            ttl_ms,
+            mut errors,
+        } => {
+            let (mut set, mut ended) = (vec![], vec![]);
+            let ttl_max = rec.limits().signal_ttl_ms;
+            for a in alerts {
+                let what = format!("{}{}", a.name, a.domain.as_deref().map(|d| format!(" for {d}")).unwrap_or_default());
+                if a.firing {
+                    // until Alertmanager would resolve it, within the limit
+                    let ttl = a
+                        .ends_at
+                        .map(|t| t - now)
+                        .filter(|t| *t >= 1_000)
+                        .unwrap_or(ttl_ms)
+                        .min(ttl_max);
+                    match set_signal(rec, &a.name, a.value, ttl, a.domain, a.cluster, now) {
+                        Ok(v) => set.push(v),
+                        Err(Reply::Err { message, .. }) => errors.push(format!("{what}: {message}")),
+                        Err(_) => {}
+                    }
+                } else {
+                    match unset_signal(rec, &a.name, a.domain, now) {
+                        Ok(v) => ended.push(v),
+                        // resolved and not set (expired, or sent twice): nothing to end
+                        Err(Reply::Err { status: 404, .. }) => {}
+                        Err(Reply::Err { message, .. }) => errors.push(format!("{what}: {message}")),
+                        Err(_) => {}
+                    }
                 }
-                None => Reply::not_found(format!(
-                    "no signal '{name}'{} is set",
-                    uuid.map(|_| " for that domain").unwrap_or_default()
-                )),
             }
+            Reply::Ok(json!({"set": set, "ended": ended, "errors": errors}))
         }
         Command::ListSignals => Reply::Ok(Value::Array(
             rec.live_signals(now)

@@ -167,36 +167,44 @@ impl From<decode::HttpError> for ApiError {
 
 /// Sends a command to the loop and turns its reply into a response.
 async fn ask(state: &AppState, command: Command) -> Response {
+    match ask_reply(state, command).await {
+        Ok(reply) => reply_response(reply),
+        Err(r) => r,
+    }
+}
+
+/// Sends a command to the loop: its reply, or the response saying why there is none.
+async fn ask_reply(state: &AppState, command: Command) -> Result<Reply, Response> {
     let (reply, answer) = tokio::sync::oneshot::channel();
     match state.tx.try_send(Envelope { command, reply }) {
         Ok(()) => {}
         Err(TrySendError::Full(_)) => {
-            return ApiError(
+            return Err(ApiError(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("the daemon is busy: {COMMAND_QUEUE} requests are waiting; try again"),
             )
-            .into_response()
+            .into_response())
         }
         Err(TrySendError::Disconnected(_)) => {
-            return ApiError(
+            return Err(ApiError(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the daemon is stopping".into(),
             )
-            .into_response()
+            .into_response())
         }
     }
     match tokio::time::timeout(REQUEST_TIMEOUT, answer).await {
-        Ok(Ok(reply)) => reply_response(reply),
-        Ok(Err(_)) => ApiError(
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(_)) => Err(ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
             "the daemon is stopping".into(),
         )
-        .into_response(),
-        Err(_) => ApiError(
+        .into_response()),
+        Err(_) => Err(ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
             "the daemon did not answer in time".into(),
         )
-        .into_response(),
+        .into_response()),
     }
 }
 
@@ -247,7 +255,36 @@ macro_rules! simple {
 
 simple!(health, Command::Health);
 simple!(cluster, Command::Cluster);
-simple!(metrics, Command::Metrics);
+/// `GET /metrics`: OpenMetrics text to a scraper that asks for it
+/// (Prometheus does, by `Accept`), else the classic text format 0.0.4 —
+/// each served as the type it is.
+async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    let open = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|a| a.contains("application/openmetrics-text"));
+    match ask_reply(&s, Command::Metrics).await {
+        Ok(Reply::Text(t)) if open => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            t,
+        )
+            .into_response(),
+        Ok(Reply::Text(t)) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            crate::metrics::text_format(&t),
+        )
+            .into_response(),
+        Ok(other) => reply_response(other),
+        Err(r) => r,
+    }
+}
 simple!(list_personas, Command::ListPersonas);
 simple!(list_signals, Command::ListSignals);
 simple!(list_sources, Command::ListSources);
@@ -360,6 +397,24 @@ async fn set_signal(
     body: Bytes,
 ) -> Response {
     match decode::signal(name, content_type(&headers), &body) {
+        Ok(cmd) => ask(&s, cmd).await,
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// `POST /v1/alerts/alertmanager[?domain_label=LABEL][&ttl=DUR]`: Alertmanager's webhook.
+async fn alertmanager(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    q: Q,
+    body: Bytes,
+) -> Response {
+    match decode::alertmanager(
+        content_type(&headers),
+        &body,
+        query(&q, "domain_label"),
+        query(&q, "ttl"),
+    ) {
         Ok(cmd) => ask(&s, cmd).await,
         Err(e) => ApiError::from(e).into_response(),
     }
@@ -639,6 +694,7 @@ pub fn router(tx: Sender<Envelope>, shared: Arc<Shared>, token: Option<String>) 
         )
         .route("/v1/signals", get(list_signals))
         .route("/v1/sources", get(list_sources))
+        .route("/v1/alerts/alertmanager", post(alertmanager))
         .route("/v1/signals/{name}", put(set_signal).delete(unset_signal))
         .route("/v1/events", get(events))
         .route("/v1/events/recent", get(recent))

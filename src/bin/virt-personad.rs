@@ -779,8 +779,10 @@ fn run(
                         continue;
                     }
                     let cluster_signal = matches!(env.command, Command::SetSignal { cluster: true, .. });
-                    let cluster_source = matches!(env.command, Command::SourceValues { cluster: true, .. });
+                    let cluster_source = matches!(env.command, Command::SourceValues { cluster: true, .. })
+                        || matches!(&env.command, Command::Alerts { alerts, .. } if alerts.iter().any(|a| a.cluster));
                     let withdrawn = matches!(env.command, Command::UnsetSignal { .. });
+                    let alerts = matches!(env.command, Command::Alerts { .. });
                     let reply = match env.command {
                         Command::Metrics => {
                             let signals = rec.live_signals(now_ms()).len();
@@ -827,11 +829,27 @@ fn run(
                         }
                         if cluster_source {
                             for v in v["set"].as_array().into_iter().flatten() {
-                                g.set_local_signal(v);
+                                if v["scope"] == "cluster" {
+                                    g.set_local_signal(v);
+                                }
+                            }
+                            for v in v["ended"].as_array().into_iter().flatten() {
+                                if v["scope"] == "cluster" {
+                                    g.exchange.withdraw_local_signal(
+                                        v["name"].as_str().unwrap_or_default(),
+                                        v["domain_uuid"].as_str(),
+                                        now_ms(),
+                                    );
+                                }
                             }
                         }
                         if cluster_signal || withdrawn || cluster_source {
                             g.exchange(&mut rec, &catalog, &cfg.node_name, started, now_ms());
+                        }
+                    }
+                    if let (Reply::Ok(v), true) = (&reply, alerts) {
+                        for e in v["errors"].as_array().into_iter().flatten() {
+                            warn!(error = %e.as_str().unwrap_or_default(), "an Alertmanager alert was not taken");
                         }
                     }
                     // a client that changed something and lists next sees its change

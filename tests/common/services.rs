@@ -284,3 +284,110 @@ impl Drop for LoadLoop {
         self.stop();
     }
 }
+
+/// Debian's Prometheus server on its own port and storage, scraping
+/// `jobs` (`job_name`, extra YAML for the job, targets) every second.
+pub struct Prometheus {
+    pub proc: Proc,
+    pub addr: String,
+}
+
+impl Prometheus {
+    pub fn start(dir: &Path, jobs: &[(&str, &str, &[String])]) -> Prometheus {
+        Self::start_on(dir, free_port(), jobs)
+    }
+
+    /// As [`Prometheus::start`], on `port`.
+    pub fn start_on(dir: &Path, port: u16, jobs: &[(&str, &str, &[String])]) -> Prometheus {
+        std::fs::create_dir_all(dir.join("data")).expect("prometheus dir");
+        let mut cfg = String::from(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n",
+        );
+        for (name, extra, targets) in jobs {
+            let t: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+            cfg.push_str(&format!(
+                "  - job_name: {name}\n{extra}    static_configs:\n      - targets: [{}]\n",
+                t.join(", ")
+            ));
+        }
+        let file = dir.join("prometheus.yml");
+        std::fs::write(&file, cfg).expect("prometheus.yml");
+        let addr = format!("127.0.0.1:{port}");
+        let proc = Proc::start(
+            "prometheus",
+            Command::new("prometheus")
+                .arg(format!("--config.file={}", file.display()))
+                .arg(format!(
+                    "--storage.tsdb.path={}",
+                    dir.join("data").display()
+                ))
+                .arg(format!("--web.listen-address={addr}")),
+            &dir.join("prometheus.log"),
+        );
+        let p = Prometheus { proc, addr };
+        wait_http(&p.addr, "/-/ready", "prometheus", || p.proc.log());
+        p
+    }
+
+    /// An instant query's result vector (empty while there is no data).
+    pub fn query(&self, expr: &str) -> Vec<serde_json::Value> {
+        let (_, body) = get(
+            &self.addr,
+            &format!(
+                "/api/v1/query?query={}",
+                virt_persona::api::client::seg(expr)
+            ),
+        );
+        serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["data"]["result"].as_array().cloned())
+            .unwrap_or_default()
+    }
+}
+
+/// Debian's Alertmanager on its own port and storage (no cluster port),
+/// sending every alert to `webhook` with the bearer token in `token_file`
+/// after a second.
+pub struct Alertmanager {
+    pub proc: Proc,
+    pub addr: String,
+}
+
+impl Alertmanager {
+    pub fn start(dir: &Path, webhook: &str, token_file: &Path) -> Alertmanager {
+        std::fs::create_dir_all(dir.join("data")).expect("alertmanager dir");
+        let addr = format!("127.0.0.1:{}", free_port());
+        let cfg = format!(
+            "route:\n  receiver: vp\n  group_by: ['alertname', 'domain']\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: vp\n    webhook_configs:\n      - url: '{webhook}'\n        send_resolved: true\n        http_config:\n          authorization:\n            type: Bearer\n            credentials_file: '{}'\n",
+            token_file.display()
+        );
+        let file = dir.join("alertmanager.yml");
+        std::fs::write(&file, cfg).expect("alertmanager.yml");
+        let proc = Proc::start(
+            "prometheus-alertmanager",
+            Command::new("prometheus-alertmanager")
+                .arg(format!("--config.file={}", file.display()))
+                .arg(format!("--storage.path={}", dir.join("data").display()))
+                .arg(format!("--web.listen-address={addr}"))
+                .arg("--cluster.listen-address="),
+            &dir.join("alertmanager.log"),
+        );
+        let a = Alertmanager { proc, addr };
+        wait_http(&a.addr, "/-/ready", "alertmanager", || a.proc.log());
+        a
+    }
+
+    /// Posts alerts (JSON array) to Alertmanager's API, as Prometheus would.
+    pub fn post(&self, alerts: &serde_json::Value) {
+        let body = alerts.to_string();
+        let (status, answer) = super::hostile::tcp(
+            &self.addr,
+            &format!(
+                "POST /api/v2/alerts HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                self.addr,
+                body.len()
+            ),
+        );
+        assert_eq!(status, 200, "{answer}\n{}", self.proc.log());
+    }
+}

@@ -205,6 +205,143 @@ pub fn signal(name: String, content_type: &str, body: &[u8]) -> Result<Command, 
     })
 }
 
+#[derive(serde::Deserialize)]
+struct Webhook {
+    #[serde(default)]
+    version: Option<String>,
+    alerts: Vec<WebhookAlert>,
+}
+
+#[derive(serde::Deserialize)]
+struct WebhookAlert {
+    status: String,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: std::collections::BTreeMap<String, String>,
+    #[serde(default, rename = "endsAt")]
+    ends_at: Option<String>,
+}
+
+/// Alerts one webhook may carry at most.
+pub const MAX_ALERTS: usize = 1_000;
+
+/// `POST /v1/alerts/alertmanager`: Alertmanager's webhook (version 4).
+/// Each alert names its signal by the label or annotation `signal`, else
+/// `alert.` and its `alertname` (lower case, other characters as `_`); its
+/// value is the annotation (or label) `value`, else 1; its domain the label
+/// `domain_label` names (default `domain`), by name or UUID, else
+/// host-wide; `scope = "cluster"` as a label or annotation gossips it.
+pub fn alertmanager(
+    content_type: &str,
+    body: &[u8],
+    domain_label: Option<&str>,
+    ttl: Option<&str>,
+) -> Result<Command, HttpError> {
+    let ttl_ms = duration_ms("ttl", ttl.unwrap_or("4h15m"))?;
+    let hook: Webhook = json_body(content_type, body)?;
+    if let Some(v) = hook.version.as_deref().filter(|v| *v != "4") {
+        return Err((
+            400,
+            format!("webhook version {v:?}: version \"4\" (Alertmanager 0.16 and later) is read"),
+        ));
+    }
+    if hook.alerts.len() > MAX_ALERTS {
+        return Err((
+            413,
+            format!("{} alerts in one webhook, over the limit of {MAX_ALERTS} (set max_alerts in Alertmanager's webhook_config)", hook.alerts.len()),
+        ));
+    }
+    let domain_label = domain_label.unwrap_or("domain");
+    let (mut alerts, mut errors) = (Vec::new(), Vec::new());
+    for (i, a) in hook.alerts.iter().enumerate() {
+        let get = |k: &str| {
+            a.labels
+                .get(k)
+                .or_else(|| a.annotations.get(k))
+                .map(String::as_str)
+        };
+        let name = match get("signal") {
+            Some(n) => n.to_string(),
+            None => match a.labels.get("alertname") {
+                Some(an) => format!(
+                    "alert.{}",
+                    an.to_ascii_lowercase()
+                        .chars()
+                        .map(
+                            |c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                                c
+                            } else {
+                                '_'
+                            }
+                        )
+                        .collect::<String>()
+                ),
+                None => {
+                    errors.push(format!(
+                        "alert {}: no signal label or annotation and no alertname",
+                        i + 1
+                    ));
+                    continue;
+                }
+            },
+        };
+        if let Err((_, e)) = check_signal_name(&name) {
+            errors.push(format!("alert {}: {e}", i + 1));
+            continue;
+        }
+        let value = match a.annotations.get("value").or_else(|| a.labels.get("value")) {
+            None => 1.0,
+            Some(v) => match v.trim().parse::<f64>() {
+                Ok(x) if x.is_finite() => x,
+                _ => {
+                    errors.push(format!(
+                        "alert {} ({name}): value {v:?} is not a finite number",
+                        i + 1
+                    ));
+                    continue;
+                }
+            },
+        };
+        let firing = match a.status.as_str() {
+            "firing" => true,
+            "resolved" => false,
+            other => {
+                errors.push(format!(
+                    "alert {} ({name}): status {other:?} (expected firing or resolved)",
+                    i + 1
+                ));
+                continue;
+            }
+        };
+        let cluster = get("scope") == Some("cluster");
+        let ends_at = a
+            .ends_at
+            .as_deref()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .map(|t| t.as_millisecond())
+            // Alertmanager's "not set" is year 1
+            .filter(|t| *t > 0);
+        alerts.push(crate::api::command::AlertSignal {
+            name,
+            value,
+            domain: a
+                .labels
+                .get(domain_label)
+                .filter(|d| !d.is_empty())
+                .cloned(),
+            cluster,
+            firing,
+            ends_at,
+        });
+    }
+    Ok(Command::Alerts {
+        alerts,
+        ttl_ms,
+        errors,
+    })
+}
+
 /// `GET /v1/forecast/{domain}/{metric}?horizon=DUR`.
 pub fn forecast(name: String, metric: String, horizon: Option<&str>) -> Result<Command, HttpError> {
     let horizon_ms = match horizon {
@@ -352,5 +489,112 @@ mod tests {
                 cluster: false
             }
         );
+    }
+
+    fn alerts(body: &str) -> (Vec<crate::api::command::AlertSignal>, Vec<String>) {
+        match alertmanager("application/json", body.as_bytes(), None, None) {
+            Ok(Command::Alerts {
+                alerts,
+                ttl_ms,
+                errors,
+            }) => {
+                assert_eq!(ttl_ms, 15_300_000);
+                (alerts, errors)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn alertmanager_webhooks_become_signals() {
+        let (a, e) = alerts(
+            r#"{"version":"4","status":"firing","alerts":[
+            {"status":"firing","labels":{"alertname":"HighRequestRate","domain":"web1"},"annotations":{"value":"250"},"endsAt":"2026-12-01T10:05:00Z"},
+            {"status":"resolved","labels":{"alertname":"x","signal":"lb.surge","scope":"cluster"},"endsAt":"2026-12-01T10:00:00Z"},
+            {"status":"firing","labels":{"alertname":"Disk Full!"},"endsAt":"0001-01-01T00:00:00Z"},
+            {"status":"firing","labels":{"alertname":"v"},"annotations":{"value":"lots"}},
+            {"status":"firing","labels":{"signal":"Bad Name"}},
+            {"status":"pending","labels":{"alertname":"p"}},
+            {"status":"firing","labels":{}}]}"#,
+        );
+        assert_eq!(a.len(), 3, "{a:?}");
+        assert_eq!(
+            (
+                a[0].name.as_str(),
+                a[0].value,
+                a[0].domain.as_deref(),
+                a[0].firing
+            ),
+            ("alert.highrequestrate", 250.0, Some("web1"), true)
+        );
+        assert_eq!(a[0].ends_at, Some(1_796_119_500_000));
+        assert_eq!(
+            (a[1].name.as_str(), a[1].firing, a[1].cluster),
+            ("lb.surge", false, true)
+        );
+        assert_eq!(
+            (a[2].name.as_str(), a[2].value, a[2].ends_at),
+            ("alert.disk_full_", 1.0, None)
+        );
+        assert_eq!(e.len(), 4, "{e:?}");
+        assert!(e[0].contains("alert 4 (alert.v): value \"lots\""), "{e:?}");
+        assert!(e[1].contains("invalid signal name 'Bad Name'"), "{e:?}");
+        assert!(e[2].contains("status \"pending\""), "{e:?}");
+        assert!(e[3].contains("alert 7: no signal label"), "{e:?}");
+        // the whole body wrong: refused, so Alertmanager says so
+        assert_eq!(
+            alertmanager("application/json", b"{}", None, None)
+                .unwrap_err()
+                .0,
+            400
+        );
+        assert_eq!(
+            alertmanager("text/plain", b"{}", None, None).unwrap_err().0,
+            415
+        );
+        assert_eq!(
+            alertmanager(
+                "application/json",
+                br#"{"version":"3","alerts":[]}"#,
+                None,
+                None
+            )
+            .unwrap_err()
+            .0,
+            400
+        );
+        let (a, _) = match alertmanager(
+            "application/json",
+            br#"{"alerts":[{"status":"firing","labels":{"alertname":"a","instance":"vm9"}}]}"#,
+            Some("instance"),
+            Some("10m"),
+        )
+        .unwrap()
+        {
+            Command::Alerts {
+                alerts,
+                errors,
+                ttl_ms,
+            } => {
+                assert_eq!(ttl_ms, 600_000);
+                (alerts, errors)
+            }
+            _ => unreachable!(),
+        };
+        assert_eq!(a[0].domain.as_deref(), Some("vm9"));
+    }
+
+    proptest::proptest! {
+        /// Any body: an answer, never a panic.
+        #[test]
+        fn alertmanager_never_panics(body in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            let _ = alertmanager("application/json", &body, None, None);
+        }
+
+        #[test]
+        fn alertmanager_never_panics_on_shaped_bodies(status in "[a-z]{0,9}", name in "\\PC{0,20}", value in "\\PC{0,8}", ends in "\\PC{0,30}") {
+            let body = serde_json::json!({"alerts": [{"status": status, "labels": {"alertname": name, "domain": name}, "annotations": {"value": value}, "endsAt": ends}]});
+            let _ = alertmanager("application/json", body.to_string().as_bytes(), None, None);
+        }
     }
 }
