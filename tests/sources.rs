@@ -515,3 +515,56 @@ fn alertmanager_sends_a_real_webhook_that_sets_and_then_ends_a_signal() {
         am.proc.log()
     );
 }
+
+/// Point 5's whole path on a real guest: HAProxy's per-server request rate
+/// (the server is named after the guest) puts a persona on a real KVM/TCG
+/// domain while the load runs, and the baseline comes back exactly after.
+#[test]
+fn haproxy_load_puts_a_persona_on_a_real_guest_and_the_baseline_comes_back() {
+    use virt_persona::hypervisor::{Hypervisor, ReadScope};
+    let g = common::Guest::boot("sources", 1);
+    let dir = dir("real");
+    let backend = Page::start(Answer::ok("ok"));
+    let hap = Haproxy::start(&dir.join("haproxy"), &[(&g.name, &backend.addr)]);
+    std::fs::write(
+        dir.join("personas/rush.toml"),
+        signal_persona("rush", &g.name, "lb.server.rps", 10.0, 3000),
+    )
+    .unwrap();
+    let hv = common::real();
+    let before = hv.tuning(&g.name, ReadScope::Current).unwrap();
+    let d = start(
+        &dir,
+        common::REAL_URI,
+        &format!(
+            r#"[[signals.source]]
+signal = "lb.server.rps"
+url = "{}"
+metric = "haproxy_server_http_responses_total"
+labels = {{ proxy = "app", code = "2xx" }}
+rate = "2s"
+interval = "1s"
+domain_label = "server"
+"#,
+            hap.metrics_url()
+        ),
+    );
+    wait_some("a first rate for the guest", &d, 60, || signal(&d, "lb.server.rps", Some(&g.name)));
+    assert_eq!(d.persona(&g.name), None, "no load: nothing applied");
+    assert_eq!(hv.tuning(&g.name, ReadScope::Current).unwrap(), before);
+
+    let mut load = LoadLoop::start(&hap.web, 40, Duration::from_secs(120));
+    let on = wait_some("the persona on the real guest", &d, 60, || {
+        (d.persona(&g.name).as_deref() == Some("rush")).then(|| load.started.elapsed())
+    });
+    eprintln!("first request -> persona applied on a real guest in {on:?} (1 s source interval, 1 s daemon interval)");
+    assert_eq!(hv.tuning(&g.name, ReadScope::Current).unwrap().cpu_shares, Some(3000));
+
+    load.stop();
+    wait_some("the persona off when the load stops", &d, 60, || d.persona(&g.name).is_none().then_some(()));
+    assert_eq!(
+        hv.tuning(&g.name, ReadScope::Current).unwrap(),
+        before,
+        "exactly the original values"
+    );
+}
