@@ -549,7 +549,9 @@ domain_label = "server"
             hap.metrics_url()
         ),
     );
-    wait_some("a first rate for the guest", &d, 60, || signal(&d, "lb.server.rps", Some(&g.name)));
+    wait_some("a first rate for the guest", &d, 60, || {
+        signal(&d, "lb.server.rps", Some(&g.name))
+    });
     assert_eq!(d.persona(&g.name), None, "no load: nothing applied");
     assert_eq!(hv.tuning(&g.name, ReadScope::Current).unwrap(), before);
 
@@ -558,10 +560,15 @@ domain_label = "server"
         (d.persona(&g.name).as_deref() == Some("rush")).then(|| load.started.elapsed())
     });
     eprintln!("first request -> persona applied on a real guest in {on:?} (1 s source interval, 1 s daemon interval)");
-    assert_eq!(hv.tuning(&g.name, ReadScope::Current).unwrap().cpu_shares, Some(3000));
+    assert_eq!(
+        hv.tuning(&g.name, ReadScope::Current).unwrap().cpu_shares,
+        Some(3000)
+    );
 
     load.stop();
-    wait_some("the persona off when the load stops", &d, 60, || d.persona(&g.name).is_none().then_some(()));
+    wait_some("the persona off when the load stops", &d, 60, || {
+        d.persona(&g.name).is_none().then_some(())
+    });
     assert_eq!(
         hv.tuning(&g.name, ReadScope::Current).unwrap(),
         before,

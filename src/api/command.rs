@@ -77,10 +77,7 @@ pub enum Command {
     /// [`Command::SetSignal`]; a domain not on this host is named in the
     /// answer's `unmatched`, not an error.
     SourceValues {
-        name: String,
-        values: Vec<(Option<String>, f64)>,
-        ttl_ms: i64,
-        cluster: bool,
+        batches: Vec<SourceBatch>,
     },
     /// Every signal source and how it fares (answered by the loop).
     ListSources,
@@ -163,6 +160,16 @@ pub struct ActivateBody {
     /// A duration like "15m"; absent = until reverted.
     #[serde(rename = "for")]
     pub for_: Option<String>,
+}
+
+/// One source's values of one poll: one signal, host-wide (`None`) or per
+/// domain (a name or UUID).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceBatch {
+    pub name: String,
+    pub values: Vec<(Option<String>, f64)>,
+    pub ttl_ms: i64,
+    pub cluster: bool,
 }
 
 /// One alert of an Alertmanager webhook, as the signal it sets or ends.

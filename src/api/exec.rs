@@ -545,25 +545,27 @@ pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
             Ok(v) => Reply::Ok(v),
             Err(r) => r,
         },
-        Command::SourceValues {
-            name,
-            values,
-            ttl_ms,
-            cluster,
-        } => {
-            let (mut set, mut unmatched, mut errors) = (vec![], vec![], vec![]);
-            for (domain, value) in values {
-                let key = domain.clone();
-                match set_signal(rec, &name, value, ttl_ms, domain, cluster, now) {
-                    Ok(v) => set.push(v),
-                    Err(Reply::Err { status: 404, .. }) if key.is_some() => {
-                        unmatched.extend(key)
+        Command::SourceValues { batches } => {
+            let (mut all, mut per) = (vec![], vec![]);
+            for b in batches {
+                let (mut set, mut unmatched, mut errors) = (0, vec![], vec![]);
+                for (domain, value) in b.values {
+                    let key = domain.clone();
+                    match set_signal(rec, &b.name, value, b.ttl_ms, domain, b.cluster, now) {
+                        Ok(v) => {
+                            set += 1;
+                            all.push(v);
+                        }
+                        Err(Reply::Err { status: 404, .. }) if key.is_some() => {
+                            unmatched.extend(key)
+                        }
+                        Err(Reply::Err { message, .. }) => errors.push(message),
+                        Err(_) => {}
                     }
-                    Err(Reply::Err { message, .. }) => errors.push(message),
-                    Err(_) => {}
                 }
+                per.push(json!({"set": set, "unmatched": unmatched, "errors": errors}));
             }
-            Reply::Ok(json!({"set": set, "unmatched": unmatched, "errors": errors}))
+            Reply::Ok(json!({"set": all, "per": per}))
         }
         Command::UnsetSignal { name, domain } => match unset_signal(rec, &name, domain, now) {
             Ok(v) => Reply::Ok(v),

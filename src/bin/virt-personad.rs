@@ -779,7 +779,7 @@ fn run(
                         continue;
                     }
                     let cluster_signal = matches!(env.command, Command::SetSignal { cluster: true, .. });
-                    let cluster_source = matches!(env.command, Command::SourceValues { cluster: true, .. })
+                    let cluster_source = matches!(&env.command, Command::SourceValues { batches } if batches.iter().any(|b| b.cluster))
                         || matches!(&env.command, Command::Alerts { alerts, .. } if alerts.iter().any(|a| a.cluster));
                     let withdrawn = matches!(env.command, Command::UnsetSignal { .. });
                     let alerts = matches!(env.command, Command::Alerts { .. });

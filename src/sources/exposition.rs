@@ -51,7 +51,15 @@ pub struct ParseError {
 
 /// Every sample named `metric` in `body`, after checking every line of it.
 pub fn parse(body: &str, metric: &str) -> Result<Vec<Series>, ParseError> {
-    let mut out = Vec::new();
+    Ok(parse_many(body, &[metric])?.pop().unwrap_or_default())
+}
+
+/// The samples of each of `metrics` (in their order) in one read of `body`,
+/// after checking every line of it.
+pub fn parse_many(body: &str, metrics: &[&str]) -> Result<Vec<Vec<Series>>, ParseError> {
+    let mut out: Vec<Vec<Series>> = vec![Vec::new(); metrics.len()];
+    // the label names of one line, to refuse a label given twice
+    let mut keys: Vec<&str> = Vec::new();
     for (i, raw) in body.split('\n').enumerate() {
         let line = raw.strip_suffix('\r').unwrap_or(raw);
         let err = |message: String| ParseError {
@@ -69,9 +77,10 @@ pub fn parse(body: &str, metric: &str) -> Result<Vec<Series>, ParseError> {
             check_descriptor(comment).map_err(err)?;
             continue;
         }
-        let s = sample(trimmed).map_err(err)?;
-        if s.name == metric {
-            out.push(s);
+        // every line is checked; only the metric's samples are kept (the
+        // others are read without copying anything)
+        if let Some((i, s)) = sample(trimmed, metrics, &mut keys).map_err(err)? {
+            out[i].push(s);
         }
     }
     Ok(out)
@@ -116,7 +125,13 @@ fn valid_label_name(s: &str) -> bool {
         && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
 }
 
-fn sample(line: &str) -> Result<Series, String> {
+/// One sample line, checked; `Some` (with the index) when it is named one
+/// of `metrics`.
+fn sample<'a>(
+    line: &'a str,
+    metrics: &[&str],
+    keys: &mut Vec<&'a str>,
+) -> Result<Option<(usize, Series)>, String> {
     let name_end = line
         .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
         .unwrap_or(line.len());
@@ -126,9 +141,13 @@ fn sample(line: &str) -> Result<Series, String> {
         return Err(format!("expected a metric name at {shown:?}"));
     }
     let mut rest = &line[name_end..];
+    let index = metrics.iter().position(|m| *m == name);
+    let keep = index.is_some();
     let mut labels = Vec::new();
     if let Some(r) = rest.strip_prefix('{') {
-        rest = label_set(r, &mut labels).map_err(|e| format!("{name}: {e}"))?;
+        keys.clear();
+        rest =
+            label_set(r, keep.then_some(&mut labels), keys).map_err(|e| format!("{name}: {e}"))?;
     }
     if !rest.starts_with([' ', '\t']) {
         return Err(format!("{name}: expected a space before the value"));
@@ -150,15 +169,25 @@ fn sample(line: &str) -> Result<Series, String> {
         }
         // an OpenMetrics exemplar (`# {…} v`) follows: not used
     }
-    Ok(Series {
-        name: name.to_string(),
-        labels,
-        value,
-    })
+    Ok(index.map(|i| {
+        (
+            i,
+            Series {
+                name: name.to_string(),
+                labels,
+                value,
+            },
+        )
+    }))
 }
 
-/// The labels after `{`; returns what follows the closing `}`.
-fn label_set<'a>(mut s: &'a str, out: &mut Vec<(String, String)>) -> Result<&'a str, String> {
+/// The labels after `{` (kept in `out` if given); returns what follows the
+/// closing `}`.
+fn label_set<'a>(
+    mut s: &'a str,
+    mut out: Option<&mut Vec<(String, String)>>,
+    keys: &mut Vec<&'a str>,
+) -> Result<&'a str, String> {
     loop {
         s = s.trim_start_matches([' ', '\t']);
         if let Some(r) = s.strip_prefix('}') {
@@ -180,6 +209,7 @@ fn label_set<'a>(mut s: &'a str, out: &mut Vec<(String, String)>) -> Result<&'a 
         s = s
             .strip_prefix('"')
             .ok_or_else(|| format!("label {key}: expected a quoted value"))?;
+        let keep = out.is_some();
         let mut value = String::new();
         let mut chars = s.char_indices();
         let close = loop {
@@ -187,19 +217,24 @@ fn label_set<'a>(mut s: &'a str, out: &mut Vec<(String, String)>) -> Result<&'a 
                 None => return Err(format!("label {key}: the value has no closing quote")),
                 Some((i, '"')) => break i,
                 Some((_, '\\')) => match chars.next() {
-                    Some((_, '\\')) => value.push('\\'),
-                    Some((_, '"')) => value.push('"'),
-                    Some((_, 'n')) => value.push('\n'),
+                    Some((_, '\\')) if keep => value.push('\\'),
+                    Some((_, '"')) if keep => value.push('"'),
+                    Some((_, 'n')) if keep => value.push('\n'),
+                    Some((_, '\\' | '"' | 'n')) => {}
                     Some((_, c)) => return Err(format!("label {key}: unknown escape \\{c}")),
                     None => return Err(format!("label {key}: the value has no closing quote")),
                 },
-                Some((_, c)) => value.push(c),
+                Some((_, c)) if keep => value.push(c),
+                Some(_) => {}
             }
         };
-        if out.iter().any(|(k, _)| k == key) {
+        if keys.contains(&key) {
             return Err(format!("label {key} given twice"));
         }
-        out.push((key.to_string(), value));
+        keys.push(key);
+        if let Some(out) = out.as_deref_mut() {
+            out.push((key.to_string(), value));
+        }
         s = s[close + 1..].trim_start_matches([' ', '\t']);
         if let Some(r) = s.strip_prefix(',') {
             s = r;
@@ -304,6 +339,22 @@ haproxy_process_failed_resolutions 0\n";
             assert_eq!(e.line, line, "{body:?}: {e}");
             assert!(e.message.contains(what), "{body:?}: {e}");
         }
+    }
+
+    /// A line of another metric is checked as strictly, only not copied.
+    #[test]
+    fn other_metrics_lines_are_checked_too() {
+        for (body, what) in [
+            ("x 1\ny{a=\"1\",a=\"2\"} 1\n", "twice"),
+            ("x 1\ny{a=\"\\q\"} 1\n", "unknown escape"),
+            ("x 1\ny{a=\"1} 1\n", "closing quote"),
+            ("x 1\ny one\n", "not a number"),
+        ] {
+            let e = parse(body, "x").unwrap_err();
+            assert_eq!(e.line, 2, "{body:?}");
+            assert!(e.message.contains(what), "{body:?}: {e}");
+        }
+        assert_eq!(parse("x 1\ny{a=\"q\\\"\"} 2\n", "x").unwrap().len(), 1);
     }
 
     proptest::proptest! {

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 
 use super::http::{self, Target};
 use super::{exposition, query, Kind, Sampler, SourceConfig};
-use crate::api::command::{Command, Envelope, Reply};
+use crate::api::command::{Command, Envelope, Reply, SourceBatch};
 use crate::time::Millis;
 
 /// How long a task waits for the loop to take its values.
@@ -64,12 +64,57 @@ impl Board {
     }
 }
 
+/// What one fetch is: sources that read the same URL the same way share
+/// it (HAProxy's exporter read for five signals is read once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FetchKey {
+    url: String,
+    /// The query expression (a query source's fetch is its own).
+    query: Option<String>,
+    interval_ms: i64,
+    timeout_ms: i64,
+    max_body: u64,
+    bearer_token_file: Option<std::path::PathBuf>,
+    ca_file: Option<std::path::PathBuf>,
+}
+
+impl FetchKey {
+    fn of(c: &SourceConfig) -> FetchKey {
+        FetchKey {
+            url: c.url.clone(),
+            query: match &c.kind {
+                Kind::Query { expr } => Some(expr.clone()),
+                Kind::Exposition { .. } => None,
+            },
+            interval_ms: c.interval_ms,
+            timeout_ms: c.timeout_ms,
+            max_body: c.max_body,
+            bearer_token_file: c.bearer_token_file.clone(),
+            ca_file: c.ca_file.clone(),
+        }
+    }
+}
+
+/// The sources of a config, by the fetch they share (in the file's order).
+fn groups(configs: &[SourceConfig]) -> Vec<Vec<SourceConfig>> {
+    let mut out: Vec<(FetchKey, Vec<SourceConfig>)> = Vec::new();
+    for c in configs {
+        let k = FetchKey::of(c);
+        match out.iter_mut().find(|(g, _)| *g == k) {
+            Some((_, members)) => members.push(c.clone()),
+            None => out.push((k, vec![c.clone()])),
+        }
+    }
+    out.into_iter().map(|(_, m)| m).collect()
+}
+
 /// The running sources.
 pub struct Sources {
     rt: tokio::runtime::Handle,
     to_loop: crossbeam_channel::Sender<Envelope>,
     clock: fn() -> Millis,
-    running: Vec<(SourceConfig, tokio::task::AbortHandle)>,
+    /// One task per fetch group.
+    running: Vec<(Vec<SourceConfig>, tokio::task::AbortHandle)>,
     board: Board,
 }
 
@@ -92,58 +137,64 @@ impl Sources {
         self.board.clone()
     }
 
-    /// Starts the sources of a (re)loaded config: an unchanged one keeps
-    /// running (and its counter readings), a changed one starts again, a
-    /// removed one stops (the signals it set live out their TTL).
+    /// Starts the sources of a (re)loaded config: an unchanged fetch group
+    /// keeps running (and its counter readings), a changed one starts
+    /// again, a removed one stops (the signals it set live out their TTL).
     pub fn apply(&mut self, configs: &[SourceConfig]) {
+        let wanted = groups(configs);
         let (keep, stop): (Vec<_>, Vec<_>) = std::mem::take(&mut self.running)
             .into_iter()
-            .partition(|(c, _)| configs.contains(c));
-        for (c, task) in stop {
+            .partition(|(g, _)| wanted.contains(g));
+        for (g, task) in stop {
             task.abort();
-            // a source changed in place keeps its running totals
-            if !configs.iter().any(|n| n.signal == c.signal) {
-                self.board.lock().remove(&c.signal);
+            for c in g {
+                // a source changed in place keeps its running totals
+                if !configs.iter().any(|n| n.signal == c.signal) {
+                    self.board.lock().remove(&c.signal);
+                    info!(signal = %c.signal, "signal source stopped (config reloaded)");
+                }
             }
-            info!(signal = %c.signal, "signal source stopped (config reloaded)");
         }
         self.running = keep;
-        for c in configs {
-            if self.running.iter().any(|(r, _)| r == c) {
+        for g in wanted {
+            if self.running.iter().any(|(r, _)| *r == g) {
                 continue;
             }
             {
                 let mut b = self.board.lock();
-                let old = b.remove(&c.signal).unwrap_or_default();
-                b.insert(
-                    c.signal.clone(),
-                    Status {
-                        signal: c.signal.clone(),
-                        kind: match c.kind {
-                            Kind::Exposition { .. } => "exposition",
-                            Kind::Query { .. } => "query",
+                for c in &g {
+                    let old = b.remove(&c.signal).unwrap_or_default();
+                    b.insert(
+                        c.signal.clone(),
+                        Status {
+                            signal: c.signal.clone(),
+                            kind: match c.kind {
+                                Kind::Exposition { .. } => "exposition",
+                                Kind::Query { .. } => "query",
+                            },
+                            url: c.url.clone(),
+                            interval_ms: c.interval_ms,
+                            polls: old.polls,
+                            failures: old.failures,
+                            ..Default::default()
                         },
-                        url: c.url.clone(),
-                        interval_ms: c.interval_ms,
-                        polls: old.polls,
-                        failures: old.failures,
-                        ..Default::default()
-                    },
-                );
+                    );
+                    info!(signal = %c.signal, url = %c.url, interval_ms = c.interval_ms, "signal source started");
+                }
             }
             let task = self.rt.spawn(run(
-                c.clone(),
+                g.clone(),
                 self.to_loop.clone(),
                 self.board.clone(),
                 self.clock,
             ));
-            info!(signal = %c.signal, url = %c.url, interval_ms = c.interval_ms, "signal source started");
-            self.running.push((c.clone(), task.abort_handle()));
+            self.running.push((g, task.abort_handle()));
         }
     }
 
+    /// Sources in force.
     pub fn len(&self) -> usize {
-        self.running.len()
+        self.running.iter().map(|(g, _)| g.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -159,17 +210,21 @@ impl Drop for Sources {
     }
 }
 
-/// One source's task.
+/// One fetch group's task: one fetch an interval, each member's values
+/// from it, all handed to the loop in one command.
 async fn run(
-    cfg: SourceConfig,
+    members: Vec<SourceConfig>,
     to_loop: crossbeam_channel::Sender<Envelope>,
     board: Board,
     clock: fn() -> Millis,
 ) {
-    let Ok(target) = Target::parse(&cfg.url) else {
+    let Some(first) = members.first().cloned() else {
+        return;
+    };
+    let Ok(target) = Target::parse(&first.url) else {
         return; // checked when the config was read
     };
-    let path = match &cfg.kind {
+    let path = match &first.kind {
         Kind::Exposition { .. } => target.path.clone(),
         Kind::Query { expr } => {
             let base = target
@@ -186,63 +241,73 @@ async fn run(
             format!("{base}?query={}", crate::api::client::seg(expr))
         }
     };
-    let accept = match cfg.kind {
+    let accept = match first.kind {
         Kind::Exposition { .. } => "text/plain;version=0.0.4;q=1,application/openmetrics-text;version=1.0.0;q=0.5,*/*;q=0.1",
         Kind::Query { .. } => "application/json",
     };
-    let mut sampler = Sampler::default();
+    let mut samplers: Vec<Sampler> = members.iter().map(|_| Sampler::default()).collect();
     let mut tls = None;
     let start = Instant::now();
-    let mut ticker = tokio::time::interval(Duration::from_millis(cfg.interval_ms as u64));
+    let mut ticker = tokio::time::interval(Duration::from_millis(first.interval_ms as u64));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // what was last logged: a change of state is logged once
-    let mut logged: Option<Result<(), String>> = None;
+    // what was last logged per member: a change of state is logged once
+    let mut logged: Vec<Option<Result<(), String>>> = vec![None; members.len()];
     loop {
         ticker.tick().await;
         let t0 = Instant::now();
-        let result = poll(&cfg, &target, &path, accept, &mut tls, &mut sampler, start).await;
-        let outcome = match result {
-            Ok(values) => hand_over(&cfg, values, &to_loop).await,
-            Err(e) => Err(e),
+        let fetched = fetch(&first, &target, &path, accept, &mut tls).await;
+        let t = start.elapsed().as_millis() as i64;
+        let values: Vec<Result<Vec<super::Value>, String>> = match fetched {
+            Err(e) => members.iter().map(|_| Err(e.clone())).collect(),
+            Ok(body) => read(&members, &body)
+                .into_iter()
+                .zip(members.iter().zip(samplers.iter_mut()))
+                .map(|(series, (c, sampler))| series.and_then(|s| sampler.values(c, &s, t)))
+                .collect(),
         };
+        let outcomes = hand_over(&members, values, &to_loop).await;
         let now = clock();
         let took_ms = t0.elapsed().as_millis() as u64;
-        let state = {
-            let mut b = board.lock();
-            let Some(s) = b.get_mut(&cfg.signal) else {
-                return; // removed by a reload
+        for ((cfg, outcome), logged) in members.iter().zip(outcomes).zip(logged.iter_mut()) {
+            let state = {
+                let mut b = board.lock();
+                let Some(s) = b.get_mut(&cfg.signal) else {
+                    return; // removed by a reload
+                };
+                s.polls += 1;
+                s.took_ms = took_ms;
+                match &outcome {
+                    Ok(done) => {
+                        s.up = true;
+                        s.last_success = Some(now);
+                        s.values = done.values;
+                        s.value = done.value;
+                        s.unmatched = done.unmatched.clone();
+                        Ok(())
+                    }
+                    Err(e) => {
+                        s.up = false;
+                        s.failures += 1;
+                        s.last_error = Some(e.clone());
+                        s.last_error_at = Some(now);
+                        Err(e.clone())
+                    }
+                }
             };
-            s.polls += 1;
-            s.took_ms = took_ms;
-            match &outcome {
-                Ok(done) => {
-                    s.up = true;
-                    s.last_success = Some(now);
-                    s.values = done.values;
-                    s.value = done.value;
-                    s.unmatched = done.unmatched.clone();
-                    Ok(())
+            if logged.as_ref() != Some(&state) {
+                match &state {
+                    Ok(()) if logged.is_some() => {
+                        info!(signal = %cfg.signal, url = %cfg.url, "signal source answering again")
+                    }
+                    Ok(()) => {
+                        info!(signal = %cfg.signal, url = %cfg.url, "signal source answering")
+                    }
+                    Err(e) => {
+                        warn!(signal = %cfg.signal, url = %cfg.url, error = %e, ttl_ms = cfg.ttl_ms, "signal source failed; its signal keeps its last value until its TTL, then is absent")
+                    }
                 }
-                Err(e) => {
-                    s.up = false;
-                    s.failures += 1;
-                    s.last_error = Some(e.clone());
-                    s.last_error_at = Some(now);
-                    Err(e.clone())
-                }
+                *logged = Some(state);
             }
-        };
-        if logged.as_ref() != Some(&state) {
-            match &state {
-                Ok(()) if logged.is_some() => {
-                    info!(signal = %cfg.signal, url = %cfg.url, "signal source answering again")
-                }
-                Ok(()) => info!(signal = %cfg.signal, url = %cfg.url, "signal source answering"),
-                Err(e) => {
-                    warn!(signal = %cfg.signal, url = %cfg.url, error = %e, ttl_ms = cfg.ttl_ms, "signal source failed; its signal keeps its last value until its TTL, then is absent")
-                }
-            }
-            logged = Some(state);
         }
     }
 }
@@ -254,15 +319,13 @@ struct Done {
     unmatched: Vec<String>,
 }
 
-async fn poll(
+async fn fetch(
     cfg: &SourceConfig,
     target: &Target,
     path: &str,
     accept: &str,
     tls: &mut Option<Arc<tokio_rustls::rustls::ClientConfig>>,
-    sampler: &mut Sampler,
-    start: Instant,
-) -> Result<Vec<super::Value>, String> {
+) -> Result<hyper::body::Bytes, String> {
     if target.tls && tls.is_none() {
         *tls = Some(http::tls_config(cfg.ca_file.as_deref())?);
     }
@@ -271,7 +334,7 @@ async fn poll(
         Some(p) => Some(http::read_token(p).map_err(|e| e.to_string())?),
         None => None,
     };
-    let body = http::get(
+    http::get(
         target,
         path,
         accept,
@@ -281,95 +344,208 @@ async fn poll(
         cfg.max_body,
     )
     .await
-    .map_err(|e| e.to_string())?;
-    let t = start.elapsed().as_millis() as i64;
-    let series = match &cfg.kind {
-        Kind::Exposition { metric, labels } => {
-            let text =
-                std::str::from_utf8(&body).map_err(|e| format!("the body is not UTF-8: {e}"))?;
-            let all = exposition::parse(text, metric)
-                .map_err(|e| format!("the exposition does not parse: {e}"))?;
-            if all.is_empty() {
-                return Err(format!("no sample named {metric} in the answer"));
-            }
-            if !all
-                .iter()
-                .any(|s| labels.iter().all(|(k, v)| s.label(k) == Some(v.as_str())))
-            {
-                let want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
-                return Err(format!(
-                    "no sample of {metric} has the labels {{{}}}",
-                    want.join(",")
-                ));
-            }
-            all
-        }
-        Kind::Query { .. } => {
-            let s = query::decode(&body)?;
-            if s.is_empty() {
-                return Err("the query answered no series".into());
-            }
-            s
-        }
-    };
-    sampler.values(cfg, &series, t)
+    .map_err(|e| e.to_string())
 }
 
-/// The values to the loop, which sets them as signals.
-async fn hand_over(
-    cfg: &SourceConfig,
-    values: Vec<super::Value>,
-    to_loop: &crossbeam_channel::Sender<Envelope>,
-) -> Result<Done, String> {
-    if values.is_empty() {
-        // a counter's first reading: its rate comes with the next poll
-        return Ok(Done {
-            values: 0,
-            value: None,
-            unmatched: vec![],
-        });
+/// Each member's series from one body (read once for all of them).
+fn read(members: &[SourceConfig], body: &[u8]) -> Vec<Result<Vec<exposition::Series>, String>> {
+    let fail = |e: String| members.iter().map(|_| Err(e.clone())).collect();
+    match &members[0].kind {
+        Kind::Query { .. } => match query::decode(body) {
+            Err(e) => fail(e),
+            Ok(s) if s.is_empty() => fail("the query answered no series".into()),
+            Ok(s) => members.iter().map(|_| Ok(s.clone())).collect(),
+        },
+        Kind::Exposition { .. } => {
+            let text = match std::str::from_utf8(body) {
+                Ok(t) => t,
+                Err(e) => return fail(format!("the body is not UTF-8: {e}")),
+            };
+            let names: Vec<&str> = members
+                .iter()
+                .map(|m| match &m.kind {
+                    Kind::Exposition { metric, .. } => metric.as_str(),
+                    Kind::Query { .. } => "",
+                })
+                .collect();
+            let all = match exposition::parse_many(text, &names) {
+                Ok(a) => a,
+                Err(e) => return fail(format!("the exposition does not parse: {e}")),
+            };
+            all.into_iter()
+                .zip(members)
+                .map(|(series, m)| {
+                    let (metric, labels) = match &m.kind {
+                        Kind::Exposition { metric, labels } => (metric, labels),
+                        Kind::Query { .. } => return Ok(series),
+                    };
+                    if series.is_empty() {
+                        return Err(format!("no sample named {metric} in the answer"));
+                    }
+                    if !series
+                        .iter()
+                        .any(|s| labels.iter().all(|(k, v)| s.label(k) == Some(v.as_str())))
+                    {
+                        let want: Vec<String> =
+                            labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+                        return Err(format!(
+                            "no sample of {metric} has the labels {{{}}}",
+                            want.join(",")
+                        ));
+                    }
+                    Ok(series)
+                })
+                .collect()
+        }
     }
-    let host_value = values.iter().find(|v| v.domain.is_none()).map(|v| v.value);
+}
+
+/// The values to the loop, which sets them as signals: one command for
+/// the group; each member's outcome.
+async fn hand_over(
+    members: &[SourceConfig],
+    values: Vec<Result<Vec<super::Value>, String>>,
+    to_loop: &crossbeam_channel::Sender<Envelope>,
+) -> Vec<Result<Done, String>> {
+    let mut out: Vec<Result<Done, String>> = Vec::with_capacity(members.len());
+    let mut batches = Vec::new();
+    // which member each batch is
+    let mut of = Vec::new();
+    for (i, (c, v)) in members.iter().zip(values).enumerate() {
+        match v {
+            Err(e) => out.push(Err(e)),
+            // a counter's first reading: its rate comes with the next poll
+            Ok(v) if v.is_empty() => out.push(Ok(Done {
+                values: 0,
+                value: None,
+                unmatched: vec![],
+            })),
+            Ok(v) => {
+                out.push(Ok(Done {
+                    values: 0,
+                    value: v.iter().find(|x| x.domain.is_none()).map(|x| x.value),
+                    unmatched: vec![],
+                }));
+                of.push(i);
+                batches.push(SourceBatch {
+                    name: c.signal.clone(),
+                    values: v.into_iter().map(|x| (x.domain, x.value)).collect(),
+                    ttl_ms: c.ttl_ms,
+                    cluster: c.cluster,
+                });
+            }
+        }
+    }
+    if batches.is_empty() {
+        return out;
+    }
+    let answer = ask(to_loop, batches).await;
+    for (k, i) in of.into_iter().enumerate() {
+        let r = match &answer {
+            Err(e) => Err(e.clone()),
+            Ok(v) => {
+                let per = &v["per"][k];
+                match per["errors"]
+                    .as_array()
+                    .and_then(|a| a.first())
+                    .and_then(|e| e.as_str())
+                {
+                    Some(e) => Err(e.to_string()),
+                    None => Ok(Done {
+                        values: per["set"].as_u64().unwrap_or(0) as usize,
+                        value: out[i].as_ref().ok().and_then(|d| d.value),
+                        unmatched: per["unmatched"]
+                            .as_array()
+                            .map(|a| {
+                                a.iter()
+                                    .filter_map(|d| d.as_str().map(str::to_string))
+                                    .take(UNMATCHED_SHOWN)
+                                    .collect()
+                            })
+                            .unwrap_or_default(),
+                    }),
+                }
+            }
+        };
+        out[i] = r;
+    }
+    out
+}
+
+async fn ask(
+    to_loop: &crossbeam_channel::Sender<Envelope>,
+    batches: Vec<SourceBatch>,
+) -> Result<serde_json::Value, String> {
     let (reply, answer) = tokio::sync::oneshot::channel();
-    let command = Command::SourceValues {
-        name: cfg.signal.clone(),
-        values: values.into_iter().map(|v| (v.domain, v.value)).collect(),
-        ttl_ms: cfg.ttl_ms,
-        cluster: cfg.cluster,
-    };
     to_loop
-        .try_send(Envelope { command, reply })
+        .try_send(Envelope {
+            command: Command::SourceValues { batches },
+            reply,
+        })
         .map_err(|_| "the daemon's loop is busy: the values were not set".to_string())?;
-    let reply = tokio::time::timeout(LOOP_ANSWER, answer)
+    match tokio::time::timeout(LOOP_ANSWER, answer)
         .await
         .map_err(|_| "the daemon's loop did not take the values in time".to_string())?
-        .map_err(|_| "the daemon is stopping".to_string())?;
-    match reply {
-        Reply::Ok(v) => {
-            let set = v["set"].as_array().map_or(0, Vec::len);
-            let unmatched: Vec<String> = v["unmatched"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|d| d.as_str().map(str::to_string))
-                        .take(UNMATCHED_SHOWN)
-                        .collect()
-                })
-                .unwrap_or_default();
-            if let Some(e) = v["errors"]
-                .as_array()
-                .and_then(|a| a.first())
-                .and_then(|e| e.as_str())
-            {
-                return Err(e.to_string());
-            }
-            Ok(Done {
-                values: set,
-                value: host_value,
-                unmatched,
-            })
-        }
+        .map_err(|_| "the daemon is stopping".to_string())?
+    {
+        Reply::Ok(v) => Ok(v),
         Reply::Err { message, .. } => Err(message),
         Reply::Text(_) => Err("unexpected answer from the loop".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(signal: &str, url: &str, kind: Kind, interval_ms: i64) -> SourceConfig {
+        SourceConfig {
+            signal: signal.into(),
+            url: url.into(),
+            kind,
+            rate_ms: None,
+            aggregate: super::super::Aggregate::Sum,
+            domain_label: None,
+            interval_ms,
+            timeout_ms: 1_000,
+            ttl_ms: 10_000,
+            cluster: false,
+            bearer_token_file: None,
+            ca_file: None,
+            max_body: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn sources_of_one_url_share_a_fetch() {
+        let m = |n: &str| Kind::Exposition {
+            metric: n.into(),
+            labels: vec![],
+        };
+        let q = |e: &str| Kind::Query { expr: e.into() };
+        let cfg = vec![
+            src("a", "http://h:1/metrics", m("x"), 1_000),
+            src("b", "http://h:2/metrics", m("x"), 1_000),
+            src("c", "http://h:1/metrics", m("y"), 1_000),
+            src("d", "http://h:1/metrics", m("z"), 5_000),
+            src("e", "http://p:9090", q("up"), 1_000),
+            src("f", "http://p:9090", q("sum(up)"), 1_000),
+            src("g", "http://p:9090", q("up"), 1_000),
+        ];
+        let grouped = groups(&cfg);
+        let g: Vec<Vec<&str>> = grouped
+            .iter()
+            .map(|g| g.iter().map(|c| c.signal.as_str()).collect())
+            .collect();
+        assert_eq!(
+            g,
+            vec![
+                vec!["a", "c"],
+                vec!["b"],
+                vec!["d"],
+                vec!["e", "g"],
+                vec!["f"]
+            ]
+        );
     }
 }

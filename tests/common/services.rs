@@ -391,3 +391,41 @@ impl Alertmanager {
         assert_eq!(status, 200, "{answer}\n{}", self.proc.log());
     }
 }
+
+/// One GET on a new connection, the body de-chunked (HAProxy's exporter
+/// answers in chunks): (status, body).
+pub fn fetch(addr: &str, path: &str) -> (u16, String) {
+    let Ok(mut c) = TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    let _ = c.set_read_timeout(Some(Duration::from_secs(20)));
+    let _ = c.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    let Some((head, body)) = out.split_once("\r\n\r\n") else {
+        return (0, String::new());
+    };
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return (status, body.to_string());
+    }
+    let (mut rest, mut whole) = (body, String::new());
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || after.len() < n {
+            break;
+        }
+        whole.push_str(&after[..n]);
+        rest = after[n..].strip_prefix("\r\n").unwrap_or(&after[n..]);
+    }
+    (status, whole)
+}
