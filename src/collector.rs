@@ -7,7 +7,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::hypervisor::{BlockCounters, DomainStats, NetCounters, StatGroups};
-use crate::model::persona::{Metric, Persona, Source};
+use crate::model::persona::{Measure, Metric, Persona, Source};
 
 use crate::time::Millis;
 
@@ -153,7 +153,7 @@ pub fn needs(personas: &[std::sync::Arc<Persona>]) -> (StatGroups, std::time::Du
         }
         if let Some(a) = &p.activation {
             for c in &a.when {
-                if let Source::Metric(m) | Source::Forecast(m) = c.source {
+                if let Source::Metric(m) | Source::Forecast(Measure::Metric(m)) = c.source {
                     want(m, &mut g);
                 }
             }

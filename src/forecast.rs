@@ -26,7 +26,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::history::SeriesKey;
-use crate::model::persona::{Bound, Metric};
+use crate::model::persona::{Bound, Measure};
 use crate::time::Millis;
 
 /// The resolution forecasts work at: 15 minutes. Fitting AutoETS costs about
@@ -277,11 +277,11 @@ pub enum FitState {
 
 /// Every series' forecast state, by domain (UUID or `host`) and metric.
 #[derive(Debug, Clone, Default)]
-pub struct Forecasts(pub HashMap<String, BTreeMap<Metric, FitState>>);
+pub struct Forecasts(pub HashMap<String, BTreeMap<Measure, FitState>>);
 
 impl Forecasts {
-    pub fn get(&self, domain: &str, metric: Metric) -> Option<&FitState> {
-        self.0.get(domain)?.get(&metric)
+    pub fn get(&self, domain: &str, metric: &Measure) -> Option<&FitState> {
+        self.0.get(domain)?.get(metric)
     }
     pub fn set(&mut self, key: SeriesKey, state: FitState) {
         self.0
@@ -300,7 +300,7 @@ impl Forecasts {
     pub fn iter(&self) -> impl Iterator<Item = (SeriesKey, &FitState)> {
         self.0.iter().flat_map(|(d, m)| {
             m.iter()
-                .map(move |(metric, st)| (SeriesKey::new(d, *metric), st))
+                .map(move |(metric, st)| (SeriesKey::new(d, metric.clone()), st))
         })
     }
 }

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::forecast::Series;
-use crate::model::persona::Metric;
+use crate::model::persona::Measure;
 use crate::time::Millis;
 
 pub const MINUTE_MS: Millis = 60_000;
@@ -28,14 +28,14 @@ pub const HOST: &str = "host";
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SeriesKey {
     pub domain: String,
-    pub metric: Metric,
+    pub metric: Measure,
 }
 
 impl SeriesKey {
-    pub fn new(domain: &str, metric: Metric) -> Self {
+    pub fn new(domain: &str, metric: impl Into<Measure>) -> Self {
         SeriesKey {
             domain: domain.to_string(),
-            metric,
+            metric: metric.into(),
         }
     }
     /// `UUID/metric`, as the store keys it.
@@ -44,7 +44,7 @@ impl SeriesKey {
     }
     pub fn from_key(s: &str) -> Option<SeriesKey> {
         let (d, m) = s.rsplit_once('/')?;
-        Some(SeriesKey::new(d, Metric::from_name(m)?))
+        Some(SeriesKey::new(d, Measure::from_name(m)?))
     }
 }
 
@@ -712,8 +712,11 @@ pub fn parse_csv(
             ));
             continue;
         };
-        let Some(metric) = Metric::from_name(f[2]) else {
-            bad(format!("unknown metric '{}'", quoted(f[2])));
+        let Some(metric) = Measure::from_name(f[2]) else {
+            bad(format!(
+                "unknown metric '{}' (a metric name, or signal:NAME)",
+                quoted(f[2])
+            ));
             continue;
         };
         let value = match f[3].parse::<f64>() {
@@ -803,6 +806,7 @@ pub fn parse_csv(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::persona::Metric;
 
     const T0: Millis = 1_793_577_600_000; // a Monday, 00:00 UTC
 

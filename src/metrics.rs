@@ -713,7 +713,7 @@ impl Metrics {
             };
             let label = SeriesLabel {
                 domain: name_of(&key.domain).unwrap_or_else(|| key.domain.clone()),
-                metric: key.metric.name().into(),
+                metric: key.metric.to_string(),
             };
             self.forecast_history_days
                 .get_or_create(&label)

@@ -22,7 +22,7 @@ use crate::history::{SeriesKey, HOST};
 use crate::hypervisor::{
     ApplyScope, DomainInfo, Hypervisor, HypervisorError, ReadScope, StatGroups,
 };
-use crate::model::persona::{Metric, Persona};
+use crate::model::persona::{Measure, Metric, Persona};
 use crate::model::tuning::{Change, DefinitionOriginal, Knob, Tuning};
 use crate::planner::plan;
 use crate::rules::{candidates, decide, Decision, Inputs, Override, Reason, RuleState, Signals};
@@ -504,8 +504,22 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             .iter()
             .filter_map(|p| p.activation.as_ref())
             .flat_map(|a| a.when.iter())
-            .filter_map(|c| match c.source {
-                crate::model::persona::Source::Forecast(m) => Some(m),
+            .filter_map(|c| match &c.source {
+                crate::model::persona::Source::Forecast(m) => m.metric(),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The signals forecast conditions name (`signal:NAME`), across the
+    /// personas in force.
+    pub fn forecast_signals(&self) -> std::collections::BTreeSet<String> {
+        self.personas
+            .iter()
+            .filter_map(|p| p.activation.as_ref())
+            .flat_map(|a| a.when.iter())
+            .filter_map(|c| match &c.source {
+                crate::model::persona::Source::Forecast(Measure::Signal(s)) => Some(s.clone()),
                 _ => None,
             })
             .collect()
@@ -522,18 +536,19 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             for p in &e.candidates {
                 if let Some(a) = &p.activation {
                     for c in &a.when {
-                        if let crate::model::persona::Source::Forecast(m) = c.source {
+                        if let crate::model::persona::Source::Forecast(m) = &c.source {
                             let d = if m.is_host() {
                                 HOST
                             } else {
                                 e.info.uuid.as_str()
                             };
-                            let want = out.entry(SeriesKey::new(d, m)).or_insert_with(|| {
-                                crate::forecaster::Want {
-                                    zone: a.zone.clone(),
-                                    peak_at: None,
-                                }
-                            });
+                            let want =
+                                out.entry(SeriesKey::new(d, m.clone())).or_insert_with(|| {
+                                    crate::forecaster::Want {
+                                        zone: a.zone.clone(),
+                                        peak_at: None,
+                                    }
+                                });
                             if let (None, crate::model::persona::Comparison::Above(t)) =
                                 (want.peak_at, c.comparison)
                             {
@@ -551,8 +566,9 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
     /// condition names, for every domain and the host: what history records.
     pub fn history_values(&mut self) -> Vec<(SeriesKey, Millis, f64)> {
         let metrics = self.forecast_metrics();
+        let signals = self.forecast_signals();
         let mut out = Vec::new();
-        if metrics.is_empty() {
+        if metrics.is_empty() && signals.is_empty() {
             return out;
         }
         let since = self.history_t;
@@ -575,6 +591,43 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             take(uuid, self.collector.window(uuid));
         }
         take(HOST, Some(self.collector.host_window()));
+        // each tick, a signal a forecast condition names, as each domain
+        // whose personas name it sees it (its own value, else the host's);
+        // a forecast reads a number of at least 0 (an absent signal: no point)
+        if newest > since && !signals.is_empty() {
+            for (uuid, e) in &self.domains {
+                // running, sampled this tick
+                if self
+                    .collector
+                    .window(uuid)
+                    .and_then(|w| w.back())
+                    .is_none_or(|s| s.t <= since)
+                {
+                    continue;
+                }
+                for name in &signals {
+                    let named = e.candidates.iter().any(|p| {
+                        p.activation.iter().flat_map(|a| a.when.iter()).any(|c| {
+                            matches!(&c.source, crate::model::persona::Source::Forecast(Measure::Signal(s)) if s == name)
+                        })
+                    });
+                    if !named {
+                        continue;
+                    }
+                    if let Some(v) = self
+                        .signals
+                        .value(name, uuid, newest)
+                        .filter(|v| v.is_finite() && *v >= 0.0)
+                    {
+                        out.push((
+                            SeriesKey::new(uuid, Measure::Signal(name.clone())),
+                            newest,
+                            v,
+                        ));
+                    }
+                }
+            }
+        }
         self.history_t = newest;
         out
     }

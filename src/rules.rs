@@ -22,7 +22,8 @@ use crate::collector::Sample;
 use crate::forecast::{FitState, Forecasts, MIN_HISTORY_MS};
 use crate::hypervisor::DomainInfo;
 use crate::model::persona::{
-    Activation, Agg, Comparison, Condition, ForecastMode, Metric, Mode, Persona, Source, Window,
+    Activation, Agg, Comparison, Condition, ForecastMode, Measure, Metric, Mode, Persona, Source,
+    Window,
 };
 use crate::time::Millis;
 
@@ -403,12 +404,19 @@ fn metric_value(c: &Condition, m: Metric, inp: &Inputs<'_>) -> (Option<f64>, Opt
 /// never puts a persona on; it keeps one that is `worn` on while it crosses,
 /// so a prediction never ends a persona early. No forecast (under two days
 /// of history, a failed or stale fit): only that keeping.
-fn forecast_value(c: &Condition, m: Metric, inp: &Inputs<'_>, worn: bool) -> ForecastEval {
+fn forecast_value(c: &Condition, m: &Measure, inp: &Inputs<'_>, worn: bool) -> ForecastEval {
     let live_c = Condition {
         over: None,
         ..c.clone()
     };
-    let (live, live_note) = metric_value(&live_c, m, inp);
+    // the live value: the metric now, or the signal as it is set now
+    let (live, live_note) = match m {
+        Measure::Metric(m) => metric_value(&live_c, *m, inp),
+        Measure::Signal(s) => match inp.signals.value(s, &inp.domain.uuid, inp.now) {
+            Some(v) => (Some(v), None),
+            None => (None, Some(Note::SignalAbsent)),
+        },
+    };
     let keeps = worn && live.is_some_and(|v| c.comparison.holds(v));
     let key = if m.is_host() {
         crate::history::HOST
@@ -540,7 +548,7 @@ fn evaluate(p: &Persona, a: &Activation, inp: &Inputs<'_>, st: &mut RuleState) -
             },
             Source::Forecast(m) => {
                 let worn = st.worn.as_ref().is_some_and(|(id, _)| *id == p.id);
-                let f = forecast_value(c, *m, inp, worn);
+                let f = forecast_value(c, m, inp, worn);
                 (f.value, f.note, Some((f.live, f.predicted)))
             }
         };

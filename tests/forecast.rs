@@ -432,3 +432,116 @@ fn an_import_while_the_worker_is_busy_is_503_and_imports_nothing() {
     });
     assert!(f["history_days"].as_f64().unwrap() > 13.9, "{f}");
 }
+
+/// `forecast = "signal:NAME"`: a load balancer's request rate, learned from
+/// its own history (two weeks imported by CSV as `signal:lb.web.rps`), puts
+/// the persona on before the rush; the forecast route and CLI show it; and
+/// the live signal, as each domain whose persona names it sees it, is
+/// recorded in the history from then on.
+#[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features failpoints (scripts/test.sh builds with it)"
+)]
+fn a_signal_is_recorded_forecast_and_puts_the_persona_on_before_its_rush() {
+    let dir = common::test_dir("forecast", "signal");
+    let persona = |id: &str, domain: &str| {
+        format!("id = \"{id}\"\n[match]\nnames = [\"{domain}\"]\n[activation]\ncooldown = \"10m\"\ntimezone = \"UTC\"\n[[activation.when]]\nforecast = \"signal:lb.web.rps\"\nhorizon = \"1m\"\nlead = \"5m\"\nabove = 700\n[tuning]\nblkio_weight = 800\n")
+    };
+    std::fs::write(dir.join("personas/rps.toml"), persona("rps-rush", "web-1")).unwrap();
+    std::fs::write(
+        dir.join("personas/rps2.toml"),
+        persona("rps-rush-2", "web-2"),
+    )
+    .unwrap();
+    let day15 = monday() + 14 * DAY;
+    // 08:54:30: the persona is due at 08:55 (the rush at 09:00, lead 5m)
+    let start = day15 + 8 * 3_600_000 + 54 * 60_000 + 30_000;
+    let d = Daemon::start_args(
+        &dir,
+        &common::test_host_uri(),
+        &["--interval", "1s"],
+        &[common::clock_at(start)],
+    );
+    // two weeks of web-1's request rate: 10 × the web CPU shape
+    let end = start - start % STEP;
+    let mut body = String::from("timestamp,domain,metric,value\n");
+    let mut rng = Lcg(7);
+    let mut t = end - 14 * DAY;
+    while t < end {
+        let v = 10.0 * web_cpu(t) + 20.0 * rng.next();
+        body.push_str(&format!("{},web-1,signal:lb.web.rps,{v:.1}\n", t / 1000));
+        t += STEP;
+    }
+    let r = import(&d, &body).expect("import");
+    assert_eq!(
+        (r["series"].as_u64(), r["refitted"].as_u64()),
+        (Some(1), Some(1)),
+        "{r}"
+    );
+    // a wrong spelling is refused by line
+    let bad = import(
+        &d,
+        "timestamp,domain,metric,value\n1700000000,web-1,signal:Bad Name,1\n",
+    )
+    .unwrap_err();
+    assert!(
+        bad.to_string().contains("unknown metric 'signal:Bad Name'"),
+        "{bad}"
+    );
+
+    let f = client::request(
+        &d.socket,
+        "GET",
+        "/v1/forecast/web-1/signal:lb.web.rps?horizon=2h",
+        None,
+    )
+    .expect("the signal's forecast");
+    assert_eq!(f["metric"], "signal:lb.web.rps", "{f}");
+    assert_eq!(f["thresholds"][0]["above"], 700.0, "{f}");
+    let nine = day15 + 9 * 3_600_000;
+    let at_nine = f["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| ms(&p["t"]) == nine)
+        .cloned()
+        .expect("09:00");
+    assert!(
+        at_nine["value"].as_f64().unwrap() > 700.0,
+        "the rush is forecast: {at_nine}"
+    );
+
+    // on at 08:55 by the daemon's clock, before any request came
+    wait_for("rps-rush on web-1", &d, 180, || {
+        (d.persona("web-1").as_deref() == Some("rps-rush")).then_some(())
+    });
+    let out = common::cli_ok(&[
+        "--socket",
+        d.socket.to_str().unwrap(),
+        "forecast",
+        "web-1",
+        "signal:lb.web.rps",
+        "--horizon",
+        "3h",
+    ]);
+    assert!(out.contains("700 (rps-rush)"), "{out}");
+
+    // the live signal (host-wide) is recorded for web-2, whose persona names it
+    let series = |d: &Daemon| {
+        let (_, m) = common::http(&d.socket, "GET /metrics HTTP/1.1\r\n\r\n");
+        m.lines()
+            .find(|l| l.starts_with("virt_persona_limit_used{") && l.contains("history_series"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert_eq!(series(&d), 1.0);
+    let (st, _) = common::http(
+        &d.socket,
+        "PUT /v1/signals/lb.web.rps HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 28\r\n\r\n{\"value\": 120, \"ttl\": \"1h\"}\n",
+    );
+    assert_eq!(st, 200);
+    wait_for("web-2's signal series in the history", &d, 120, || {
+        (series(&d) >= 2.0).then_some(())
+    });
+}

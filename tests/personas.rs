@@ -76,7 +76,7 @@ fn the_spec_example_parses_to_what_it_says() {
     assert_eq!(a.when[0].comparison, Comparison::Above(80.0));
     assert_eq!(a.when[1].source, Source::Signal("lb.web.rps".into()));
     assert_eq!(a.when.len(), 3);
-    assert_eq!(a.when[2].source, Source::Forecast(Metric::Cpu));
+    assert_eq!(a.when[2].source, Source::Forecast(Metric::Cpu.into()));
     assert_eq!(
         a.when[2].horizon.map(|h| h.to_string()).as_deref(),
         Some("15m")

@@ -108,10 +108,10 @@ fn forecast<H: Hypervisor + ?Sized, S: StateStore>(
     now: Millis,
 ) -> Reply {
     use crate::forecast::FitState;
-    use crate::model::persona::{Comparison, Metric, Source};
-    let Some(m) = Metric::from_name(metric) else {
+    use crate::model::persona::{Comparison, Measure, Metric, Source};
+    let Some(m) = Measure::from_name(metric) else {
         return Reply::bad(format!(
-            "unknown metric '{metric}': expected one of {}",
+            "unknown metric '{metric}': expected one of {}, or signal:NAME",
             Metric::ALL
                 .iter()
                 .map(|m| m.name())
@@ -134,7 +134,7 @@ fn forecast<H: Hypervisor + ?Sized, S: StateStore>(
             p.activation
                 .iter()
                 .flat_map(|a| a.when.iter())
-                .filter(move |c| c.source == Source::Forecast(m))
+                .filter(|c| matches!(&c.source, Source::Forecast(f) if *f == m))
                 .map(move |c| {
                     let (side, t) = match c.comparison {
                         Comparison::Above(t) => ("above", t),
@@ -146,10 +146,10 @@ fn forecast<H: Hypervisor + ?Sized, S: StateStore>(
         .collect();
     let head = |v: &mut Value| {
         v["domain"] = json!(e.info.name);
-        v["metric"] = json!(m.name());
+        v["metric"] = json!(m.to_string());
         v["thresholds"] = json!(thresholds);
     };
-    match rec.forecasts().get(key, m) {
+    match rec.forecasts().get(key, &m) {
         None if thresholds.is_empty() => Reply::conflict(format!(
             "no forecast condition of a persona '{}' may wear uses {m}: forecasts are fitted only for those (history is recorded for every metric a forecast condition names)",
             e.info.name

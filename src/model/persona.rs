@@ -78,6 +78,62 @@ impl fmt::Display for Metric {
     }
 }
 
+/// What a forecast condition forecasts and the history records: a metric
+/// of SPEC §4, or a signal (`signal:NAME`, e.g. a load balancer's request
+/// rate), as the domain's condition sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Measure {
+    Metric(Metric),
+    Signal(String),
+}
+
+impl Measure {
+    /// The prefix of a signal's name in a forecast condition and the history.
+    pub const SIGNAL: &'static str = "signal:";
+
+    /// `cpu`, `host_cpu` … or `signal:NAME`.
+    pub fn from_name(s: &str) -> Option<Measure> {
+        match s.strip_prefix(Self::SIGNAL) {
+            Some(name) => {
+                crate::model::validate::valid_name(name).then(|| Measure::Signal(name.to_string()))
+            }
+            None => Metric::from_name(s).map(Measure::Metric),
+        }
+    }
+    /// Host-wide (kept under the host's series); a signal is kept per
+    /// domain, as the domain's condition sees it.
+    pub fn is_host(&self) -> bool {
+        matches!(self, Measure::Metric(m) if m.is_host())
+    }
+    pub fn metric(&self) -> Option<Metric> {
+        match self {
+            Measure::Metric(m) => Some(*m),
+            Measure::Signal(_) => None,
+        }
+    }
+}
+
+impl From<Metric> for Measure {
+    fn from(m: Metric) -> Self {
+        Measure::Metric(m)
+    }
+}
+
+impl fmt::Display for Measure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Measure::Metric(m) => f.write_str(m.name()),
+            Measure::Signal(s) => write!(f, "{}{s}", Self::SIGNAL),
+        }
+    }
+}
+
+impl Serialize for Measure {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// How a window of samples is reduced to one number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -109,7 +165,7 @@ impl Agg {
 pub enum Source {
     Metric(Metric),
     Signal(String),
-    Forecast(Metric),
+    Forecast(Measure),
 }
 
 /// Which side of the threshold makes the condition true.

@@ -16,8 +16,8 @@ use super::knobs::{
 };
 use super::line_col;
 use super::persona::{
-    Activation, Agg, Comparison, Condition, Days, ForecastMode, Globs, Match, Metric, MetricUnit,
-    Mode, Persona, Source, TuningSpec, VcpuSel, Window,
+    Activation, Agg, Comparison, Condition, Days, ForecastMode, Globs, Match, Measure, Metric,
+    MetricUnit, Mode, Persona, Source, TuningSpec, VcpuSel, Window,
 };
 use super::tuning::{
     Bandwidth, BlkioDeviceTuning, Change, DiskThrottle, InterfaceTuning, Knob, KnobValue,
@@ -1009,14 +1009,24 @@ fn condition(cx: &mut Ctx<'_>, c: &Spanned<RawWhen>) -> Option<Condition> {
                 None
             }
         }
-        (None, None, Some(f)) => metric_of(cx, f).map(Source::Forecast),
+        // `forecast = "signal:NAME"` forecasts a signal from its own history
+        (None, None, Some(f)) => match f.get_ref().strip_prefix(Measure::SIGNAL) {
+            Some(name) if valid_name(name) => {
+                Some(Source::Forecast(Measure::Signal(name.to_string())))
+            }
+            Some(name) => {
+                cx.err(f.span().start, Rule::BadSignalName(name.to_string()));
+                None
+            }
+            None => metric_of(cx, f).map(|m| Source::Forecast(Measure::Metric(m))),
+        },
         _ => {
             cx.err(at, Rule::ConditionSource(describe(&present)));
             None
         }
     };
     let metric = match &source {
-        Some(Source::Metric(m) | Source::Forecast(m)) => Some(*m),
+        Some(Source::Metric(m) | Source::Forecast(Measure::Metric(m))) => Some(*m),
         _ => None,
     };
     let comparison = match (&r.above, &r.below) {

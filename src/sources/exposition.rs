@@ -80,6 +80,12 @@ pub fn parse_many(body: &str, metrics: &[&str]) -> Result<Vec<Vec<Series>>, Pars
         // every line is checked; only the metric's samples are kept (the
         // others are read without copying anything)
         if let Some((i, s)) = sample(trimmed, metrics, &mut keys).map_err(err)? {
+            // a metric asked for twice (two sources of one endpoint) gets it twice
+            for (j, m) in metrics.iter().enumerate().skip(i + 1) {
+                if *m == s.name {
+                    out[j].push(s.clone());
+                }
+            }
             out[i].push(s);
         }
     }
@@ -133,7 +139,8 @@ fn sample<'a>(
     keys: &mut Vec<&'a str>,
 ) -> Result<Option<(usize, Series)>, String> {
     let name_end = line
-        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .bytes()
+        .position(|b| !(b.is_ascii_alphanumeric() || b == b'_' || b == b':'))
         .unwrap_or(line.len());
     let name = &line[..name_end];
     if !valid_name(name) {
@@ -194,7 +201,8 @@ fn label_set<'a>(
             return Ok(r);
         }
         let end = s
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .bytes()
+            .position(|b| !(b.is_ascii_alphanumeric() || b == b'_'))
             .ok_or("labels without a closing '}'")?;
         let key = &s[..end];
         if !valid_label_name(key) {
@@ -211,21 +219,27 @@ fn label_set<'a>(
             .ok_or_else(|| format!("label {key}: expected a quoted value"))?;
         let keep = out.is_some();
         let mut value = String::new();
-        let mut chars = s.char_indices();
-        let close = loop {
-            match chars.next() {
-                None => return Err(format!("label {key}: the value has no closing quote")),
-                Some((i, '"')) => break i,
-                Some((_, '\\')) => match chars.next() {
-                    Some((_, '\\')) if keep => value.push('\\'),
-                    Some((_, '"')) if keep => value.push('"'),
-                    Some((_, 'n')) if keep => value.push('\n'),
-                    Some((_, '\\' | '"' | 'n')) => {}
-                    Some((_, c)) => return Err(format!("label {key}: unknown escape \\{c}")),
+        let close = if keep {
+            quoted_value(s, key, &mut value)?
+        } else {
+            // not kept: only checked, byte by byte (a quote or a backslash
+            // is never part of a longer UTF-8 character)
+            let b = s.as_bytes();
+            let mut i = 0;
+            loop {
+                match b.get(i) {
                     None => return Err(format!("label {key}: the value has no closing quote")),
-                },
-                Some((_, c)) if keep => value.push(c),
-                Some(_) => {}
+                    Some(b'"') => break i,
+                    Some(b'\\') => match b.get(i + 1) {
+                        Some(b'\\' | b'"' | b'n') => i += 2,
+                        Some(_) => {
+                            let c = s[i + 1..].chars().next().unwrap_or('?');
+                            return Err(format!("label {key}: unknown escape \\{c}"));
+                        }
+                        None => return Err(format!("label {key}: the value has no closing quote")),
+                    },
+                    Some(_) => i += 1,
+                }
             }
         };
         if keys.contains(&key) {
@@ -240,6 +254,26 @@ fn label_set<'a>(
             s = r;
         } else if !s.starts_with('}') {
             return Err(format!("after label {key}: expected ',' or '}}'"));
+        }
+    }
+}
+
+/// A kept label value after its opening quote, unescaped into `value`;
+/// the index of the closing quote.
+fn quoted_value(s: &str, key: &str, value: &mut String) -> Result<usize, String> {
+    let mut chars = s.char_indices();
+    loop {
+        match chars.next() {
+            None => return Err(format!("label {key}: the value has no closing quote")),
+            Some((i, '"')) => return Ok(i),
+            Some((_, '\\')) => match chars.next() {
+                Some((_, '\\')) => value.push('\\'),
+                Some((_, '"')) => value.push('"'),
+                Some((_, 'n')) => value.push('\n'),
+                Some((_, c)) => return Err(format!("label {key}: unknown escape \\{c}")),
+                None => return Err(format!("label {key}: the value has no closing quote")),
+            },
+            Some((_, c)) => value.push(c),
         }
     }
 }
@@ -339,6 +373,14 @@ haproxy_process_failed_resolutions 0\n";
             assert_eq!(e.line, line, "{body:?}: {e}");
             assert!(e.message.contains(what), "{body:?}: {e}");
         }
+    }
+
+    #[test]
+    fn several_metrics_in_one_read_each_as_often_as_asked() {
+        let body = "a 1\nb{x=\"1\"} 2\nb{x=\"2\"} 3\nc 4\n";
+        let r = parse_many(body, &["b", "a", "b", "zz"]).unwrap();
+        assert_eq!(r.iter().map(Vec::len).collect::<Vec<_>>(), vec![2, 1, 2, 0]);
+        assert_eq!(r[2][1].value, 3.0);
     }
 
     /// A line of another metric is checked as strictly, only not copied.
