@@ -5,6 +5,7 @@
 #                       RUSTC_BOOTSTRAP=1 cargo fuzz run http_request -- -max_total_time=60
 #                       RUSTC_BOOTSTRAP=1 cargo fuzz run history_csv -- -max_total_time=60
 #                       RUSTC_BOOTSTRAP=1 cargo fuzz run gossip_packet -- -max_total_time=60
+#                       RUSTC_BOOTSTRAP=1 cargo fuzz run signal_sources -- -max_total_time=60
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! cargo fuzz --version >/dev/null 2>&1; then

@@ -505,18 +505,6 @@ fn the_cli_never_prints_control_characters() {
     );
 }
 
-/// A self-signed certificate for `localhost` and 127.0.0.1, written as
-/// PEM files (the key mode 0600); returns (cert path, key path, cert DER).
-fn certificate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
-    let ck =
-        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let (cert, key) = (dir.join("api.crt"), dir.join("api.key"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
-    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    (cert, key, ck.cert.der().to_vec())
-}
-
 /// One request over TLS, trusting only `ca`: (status, body).
 fn tls_request(addr: &str, ca: &[u8], request: &str) -> std::io::Result<(u16, String)> {
     use tokio_rustls::rustls;
@@ -560,7 +548,7 @@ fn tls_request(addr: &str, ca: &[u8], request: &str) -> std::io::Result<(u16, St
 #[test]
 fn tls_on_the_tcp_api() {
     let dir = common::test_dir("hostile", "tls");
-    let (cert, key, der) = certificate(&dir);
+    let (cert, key, der) = common::certificate(&dir);
     let tf = token_file(&dir);
     let addr = format!("127.0.0.1:{}", free_port());
     let d = Daemon::start_args(

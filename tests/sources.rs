@@ -575,3 +575,63 @@ domain_label = "server"
         "exactly the original values"
     );
 }
+
+/// A remote endpoint over TLS with a bearer token from a file: another
+/// daemon's own TCP API (its `/metrics`), trusted through `ca_file`. A token
+/// file others can read is refused by name, and the poll says so.
+#[test]
+fn a_tls_endpoint_with_a_bearer_token_file_is_read_and_a_loose_token_file_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = dir("tls");
+    let far = dir.join("far");
+    std::fs::create_dir_all(far.join("personas")).unwrap();
+    let (cert, key, _) = common::certificate(&far);
+    let token = token_file(&far);
+    let port = common::services::free_port();
+    let _remote = Daemon::start_args(
+        &far,
+        TEST_URI,
+        &[
+            "--interval",
+            "1s",
+            "--api-listen",
+            &format!("127.0.0.1:{port}"),
+            "--api-token-file",
+            token.to_str().unwrap(),
+            "--api-tls-cert",
+            cert.to_str().unwrap(),
+            "--api-tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let d = start(
+        &dir,
+        TEST_URI,
+        &format!(
+            r#"[[signals.source]]
+signal = "far.personas"
+url = "https://localhost:{port}/metrics"
+metric = "virt_persona_personas"
+interval = "1s"
+bearer_token_file = "{}"
+ca_file = "{}"
+"#,
+            token.display(),
+            cert.display()
+        ),
+    );
+    let v = wait_some("the remote daemon's gauge over TLS", &d, 60, || {
+        signal(&d, "far.personas", None)
+    });
+    assert_eq!(v, 0.0);
+    // the token file loosened: refused, named, the value lives out its TTL
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    wait_some("the loose token file named", &d, 30, || {
+        let s = source(&d, "far.personas");
+        s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("credentials") && e.contains("api.token"))
+            .then_some(())
+    });
+}

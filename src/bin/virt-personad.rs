@@ -783,6 +783,7 @@ fn run(
                         || matches!(&env.command, Command::Alerts { alerts, .. } if alerts.iter().any(|a| a.cluster));
                     let withdrawn = matches!(env.command, Command::UnsetSignal { .. });
                     let alerts = matches!(env.command, Command::Alerts { .. });
+                    let from_source = matches!(env.command, Command::SourceValues { .. });
                     let reply = match env.command {
                         Command::Metrics => {
                             let signals = rec.live_signals(now_ms()).len();
@@ -852,9 +853,12 @@ fn run(
                             warn!(error = %e.as_str().unwrap_or_default(), "an Alertmanager alert was not taken");
                         }
                     }
-                    // a client that changed something and lists next sees its change
-                    shared.publish_domains(domains_body(&rec));
-                    shared.publish_names(exec::domain_names(&rec));
+                    // a client that changed something and lists next sees its
+                    // change (a source's values change no domain until a tick)
+                    if !from_source {
+                        shared.publish_domains(domains_body(&rec));
+                        shared.publish_names(exec::domain_names(&rec));
+                    }
                     let _ = env.reply.send(reply);
                 }
             }

@@ -803,3 +803,15 @@ fn clk_tck() -> u64 {
             .unwrap_or(100)
     })
 }
+
+/// A self-signed certificate for `localhost` and 127.0.0.1, written as
+/// PEM files (the key mode 0600); returns (cert path, key path, cert DER).
+pub fn certificate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, Vec<u8>) {
+    let ck =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let (cert, key) = (dir.join("api.crt"), dir.join("api.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    (cert, key, ck.cert.der().to_vec())
+}
