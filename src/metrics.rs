@@ -819,6 +819,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_text_format_names_families_as_their_samples() {
+        let open = "# HELP x_total_ Things \\\"quoted\\\".\n# TYPE c counter\n# HELP c Counted.\n# UNIT c seconds\nc_total 3\n# TYPE i info\n# HELP i Build.\ni_info{v=\"1\"} 1\n# TYPE u unknown\nu 2\n# TYPE g gauge\ng 1\n# EOF\n";
+        let t = text_format(open);
+        for want in [
+            "# TYPE c_total counter\n",
+            "# HELP c_total Counted.\n",
+            "c_total 3\n",
+            "# TYPE i_info gauge\n",
+            "# HELP i_info Build.\n",
+            "# TYPE u untyped\n",
+            "# TYPE g gauge\n",
+            "# HELP x_total_ Things \"quoted\".\n",
+        ] {
+            assert!(t.contains(want), "{want:?} in\n{t}");
+        }
+        assert!(!t.contains("# EOF") && !t.contains("# UNIT"), "{t}");
+    }
+
+    #[test]
     fn renders_prometheus_text() {
         let m = Metrics::new();
         m.tick(

@@ -397,7 +397,7 @@ fn strangers_stay_out_and_bad_packets_change_nothing() {
     );
     let (_, m) = common::http(&a.d.socket, "GET /metrics HTTP/1.1\r\n\r\n");
     assert!(
-        m.contains("# TYPE virt_persona_gossip_bytes counter"),
+        m.contains("# TYPE virt_persona_gossip_bytes_total counter"),
         "counters, not gauges: {m}"
     );
     // still talking to b
@@ -1057,4 +1057,65 @@ fn wildcard_listeners_form_a_cluster_and_an_unreachable_address_is_refused() {
             && err.contains("--gossip-advertise"),
         "{err}"
     );
+}
+
+/// A source with `scope = "cluster"`: host a polls a page (a gauge) and its
+/// signal reaches b through gossip; when the page fails, the value lives
+/// out its TTL on both hosts.
+#[test]
+fn a_cluster_scope_source_on_one_host_sets_the_signal_on_every_host() {
+    use common::services::{Answer, Page};
+    let key = [9u8; 32];
+    let (pa, pb) = (free_port(), free_port());
+    let page = Page::start(Answer::ok("lb_rps 420\n"));
+    let dir_a = common::test_dir("cluster-source", "a");
+    std::fs::write(dir_a.join("personas/boost.toml"), BOOST).unwrap();
+    std::fs::write(
+        dir_a.join("daemon.toml"),
+        format!(
+            "[[signals.source]]\nsignal = \"lb.rps\"\nurl = \"{}\"\nmetric = \"lb_rps\"\ninterval = \"1s\"\nttl = \"5s\"\nscope = \"cluster\"\n",
+            page.url("/metrics")
+        ),
+    )
+    .unwrap();
+    let a = launch(&dir_a, "a", pa, pb, key, "test");
+    let b = start("source", "b", pb, pa, key, "test");
+    wait_until("a and b", 60, &a, || {
+        alive_count(&a) == 2 && alive_count(&b.d) == 2
+    });
+    wait_until("b has a's source's signal", 30, &b.d, || {
+        has_signal(&b.d, "lb.rps", 420.0)
+    });
+    let on_b = b.d.get("/v1/signals");
+    assert!(
+        on_b.as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "lb.rps" && s["scope"] == "cluster"),
+        "{on_b}"
+    );
+    // the page changes: the new value everywhere
+    page.set(Answer::ok("lb_rps 17\n"));
+    wait_until("the new value on b", 30, &b.d, || {
+        has_signal(&b.d, "lb.rps", 17.0)
+    });
+    // the page fails: past the TTL the signal is gone on both hosts
+    page.set(Answer {
+        status: 500,
+        ..Answer::ok("down")
+    });
+    wait_until("gone on b after the TTL", 60, &b.d, || {
+        !b.d.get("/v1/signals")
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "lb.rps")
+    });
+    wait_until("gone on a too", 30, &a, || {
+        !a.get("/v1/signals")
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "lb.rps")
+    });
 }
