@@ -131,8 +131,8 @@ impl Page {
                     break;
                 }
                 let Ok(c) = c else { continue };
-                let (a, r, h) = (a.clone(), r.clone(), h.clone());
-                std::thread::spawn(move || serve(c, &a, &r, &h));
+                let (a, r, h, s) = (a.clone(), r.clone(), h.clone(), s.clone());
+                std::thread::spawn(move || serve(c, &a, &r, &h, &s));
             }
         });
         Page {
@@ -160,9 +160,13 @@ impl Drop for Page {
     }
 }
 
-fn serve(mut c: TcpStream, a: &Mutex<Answer>, r: &AtomicU64, h: &Mutex<String>) {
+fn serve(mut c: TcpStream, a: &Mutex<Answer>, r: &AtomicU64, h: &Mutex<String>, stop: &AtomicBool) {
     let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
     loop {
+        // a stopped page closes its kept connections too, as a dead server's are
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
         let mut head = Vec::new();
         let mut b = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {
@@ -173,6 +177,9 @@ fn serve(mut c: TcpStream, a: &Mutex<Answer>, r: &AtomicU64, h: &Mutex<String>) 
             if head.len() > 65536 {
                 return;
             }
+        }
+        if stop.load(Ordering::SeqCst) {
+            return;
         }
         r.fetch_add(1, Ordering::SeqCst);
         let text = String::from_utf8_lossy(&head).to_string();
