@@ -108,19 +108,8 @@ pub fn read_token(path: &Path) -> Result<String, FetchError> {
         .map_err(|e| FetchError::Credentials(format!("{}: {e}", path.display())))
 }
 
-/// A source's connection, kept open between polls (HTTP/1.1 keep-alive):
-/// a poll on a live connection costs no TCP or TLS handshake.
-#[derive(Default)]
-pub struct Conn {
-    sender: Option<hyper::client::conn::http1::SendRequest<Empty<Bytes>>>,
-}
-
-/// One request, the whole exchange within `timeout`, on the kept
-/// connection when it is still open (else, or when the server closed it
-/// meanwhile, on a new one).
-#[allow(clippy::too_many_arguments)]
+/// One request, the whole exchange within `timeout`.
 pub async fn get(
-    conn: &mut Conn,
     target: &Target,
     path: &str,
     accept: &str,
@@ -130,82 +119,34 @@ pub async fn get(
     max_body: u64,
 ) -> Result<Bytes, FetchError> {
     let ms = timeout.as_millis() as i64;
-    let exchange = async {
-        let reused = conn.sender.as_ref().is_some_and(|s| s.is_ready());
-        if !reused {
-            conn.sender = Some(connect(target, tls).await?);
-        }
-        match send(conn, target, path, accept, token, max_body).await {
-            // the server closed a kept connection: once more on a new one
-            Err(FetchError::Http(_)) if reused => {
-                conn.sender = Some(connect(target, tls).await?);
-                send(conn, target, path, accept, token, max_body).await
-            }
-            r => r,
-        }
-    };
-    let r = match tokio::time::timeout(timeout, exchange).await {
+    match tokio::time::timeout(
+        timeout,
+        exchange(target, path, accept, token, tls, max_body),
+    )
+    .await
+    {
         Ok(r) => r,
         Err(_) => Err(FetchError::Timeout(ms)),
-    };
-    if r.is_err() {
-        // a connection in an unknown state is not used again
-        conn.sender = None;
     }
-    r
 }
 
-async fn connect(
+async fn exchange(
     target: &Target,
+    path: &str,
+    accept: &str,
+    token: Option<&str>,
     tls: Option<&Arc<rustls::ClientConfig>>,
-) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, FetchError> {
+    max_body: u64,
+) -> Result<Bytes, FetchError> {
     let addr = format!("{}:{}", target.host, target.port);
     let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
         .await
         .map_err(|e| FetchError::Connect(format!("{addr}: {e}")))?;
     let _ = tcp.set_nodelay(true);
-    match (target.tls, tls) {
-        (true, Some(cfg)) => {
-            let name = rustls_pki_types::ServerName::try_from(target.host.clone())
-                .map_err(|e| FetchError::Tls(format!("{}: {e}", target.host)))?;
-            let stream = tokio_rustls::TlsConnector::from(cfg.clone())
-                .connect(name, tcp)
-                .await
-                .map_err(|e| FetchError::Tls(format!("{addr}: {e}")))?;
-            handshake(TokioIo::new(stream)).await
-        }
-        (true, None) => Err(FetchError::Tls("no TLS configuration".into())),
-        (false, _) => handshake(TokioIo::new(tcp)).await,
-    }
-}
-
-async fn handshake<T>(
-    io: TokioIo<T>,
-) -> Result<hyper::client::conn::http1::SendRequest<Empty<Bytes>>, FetchError>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| FetchError::Http(e.to_string()))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
-}
-
-async fn send(
-    conn: &mut Conn,
-    target: &Target,
-    path: &str,
-    accept: &str,
-    token: Option<&str>,
-    max_body: u64,
-) -> Result<Bytes, FetchError> {
     let authority = if target.host.contains(':') {
         format!("[{}]:{}", target.host, target.port)
     } else {
-        format!("{}:{}", target.host, target.port)
+        addr.clone()
     };
     let mut req = Request::builder()
         .uri(path)
@@ -221,14 +162,19 @@ async fn send(
     let req = req
         .body(Empty::<Bytes>::new())
         .map_err(|e| FetchError::Http(e.to_string()))?;
-    let sender = conn
-        .sender
-        .as_mut()
-        .ok_or_else(|| FetchError::Http("no connection".into()))?;
-    let res = sender
-        .send_request(req)
-        .await
-        .map_err(|e| FetchError::Http(e.to_string()))?;
+    let res = match (target.tls, tls) {
+        (true, Some(cfg)) => {
+            let name = rustls_pki_types::ServerName::try_from(target.host.clone())
+                .map_err(|e| FetchError::Tls(format!("{}: {e}", target.host)))?;
+            let stream = tokio_rustls::TlsConnector::from(cfg.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| FetchError::Tls(format!("{addr}: {e}")))?;
+            send(TokioIo::new(stream), req).await?
+        }
+        (true, None) => return Err(FetchError::Tls("no TLS configuration".into())),
+        (false, _) => send(TokioIo::new(tcp), req).await?,
+    };
     let status = res.status();
     if let Some(len) = res
         .headers()
@@ -237,7 +183,6 @@ async fn send(
         .and_then(|v| v.parse::<u64>().ok())
     {
         if len > max_body {
-            conn.sender = None;
             return Err(FetchError::TooLarge(max_body));
         }
     }
@@ -266,6 +211,25 @@ async fn send(
         });
     }
     Ok(body)
+}
+
+async fn send<T>(
+    io: TokioIo<T>,
+    req: Request<Empty<Bytes>>,
+) -> Result<hyper::Response<hyper::body::Incoming>, FetchError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| FetchError::Http(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender
+        .send_request(req)
+        .await
+        .map_err(|e| FetchError::Http(e.to_string()))
 }
 
 #[cfg(test)]

@@ -247,7 +247,6 @@ async fn run(
     };
     let mut samplers: Vec<Sampler> = members.iter().map(|_| Sampler::default()).collect();
     let mut tls = None;
-    let mut conn = http::Conn::default();
     let start = Instant::now();
     let mut ticker = tokio::time::interval(Duration::from_millis(first.interval_ms as u64));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -256,7 +255,7 @@ async fn run(
     loop {
         ticker.tick().await;
         let t0 = Instant::now();
-        let fetched = fetch(&mut conn, &first, &target, &path, accept, &mut tls).await;
+        let fetched = fetch(&first, &target, &path, accept, &mut tls).await;
         let t = start.elapsed().as_millis() as i64;
         let values: Vec<Result<Vec<super::Value>, String>> = match fetched {
             Err(e) => members.iter().map(|_| Err(e.clone())).collect(),
@@ -321,7 +320,6 @@ struct Done {
 }
 
 async fn fetch(
-    conn: &mut http::Conn,
     cfg: &SourceConfig,
     target: &Target,
     path: &str,
@@ -337,7 +335,6 @@ async fn fetch(
         None => None,
     };
     http::get(
-        conn,
         target,
         path,
         accept,
