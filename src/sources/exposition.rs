@@ -120,15 +120,10 @@ fn check_descriptor(comment: &str) -> Result<(), String> {
 }
 
 fn valid_name(s: &str) -> bool {
-    let mut c = s.chars();
-    matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_' || ch == ':')
-        && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == ':')
-}
-
-fn valid_label_name(s: &str) -> bool {
-    let mut c = s.chars();
-    matches!(c.next(), Some(ch) if ch.is_ascii_alphabetic() || ch == '_')
-        && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+    let b = s.as_bytes();
+    matches!(b.first(), Some(c) if c.is_ascii_alphabetic() || *c == b'_' || *c == b':')
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b':')
 }
 
 /// One sample line, checked; `Some` (with the index) when it is named one
@@ -143,7 +138,8 @@ fn sample<'a>(
         .position(|b| !(b.is_ascii_alphanumeric() || b == b'_' || b == b':'))
         .unwrap_or(line.len());
     let name = &line[..name_end];
-    if !valid_name(name) {
+    // every byte of it is a name byte already: only the first needs a look
+    if name.is_empty() || name.as_bytes()[0].is_ascii_digit() {
         let shown: String = line.chars().take(40).collect();
         return Err(format!("expected a metric name at {shown:?}"));
     }
@@ -205,7 +201,8 @@ fn label_set<'a>(
             .position(|b| !(b.is_ascii_alphanumeric() || b == b'_'))
             .ok_or("labels without a closing '}'")?;
         let key = &s[..end];
-        if !valid_label_name(key) {
+        // label-name bytes already: only the first needs a look
+        if key.is_empty() || key.as_bytes()[0].is_ascii_digit() {
             let shown: String = s.chars().take(20).collect();
             return Err(format!("expected a label name at {shown:?}"));
         }
