@@ -25,19 +25,6 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Memory private to the process (not shared library text): Private_Clean + Private_Dirty.
-fn uss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .ok()
-        .map(|s| {
-            s.lines()
-                .filter(|l| l.starts_with("Private_Clean:") || l.starts_with("Private_Dirty:"))
-                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 /// utime + stime of a process, in seconds.
 fn cpu_secs(pid: u32) -> f64 {
     let tck = 100.0; // USER_HZ on Linux
@@ -125,7 +112,7 @@ fn libvirt_floor() {
             "minimal C libvirt client (connect + list, {} domains) on {uri}: RSS {:.1} MiB, private {:.1} MiB",
             line.trim(),
             rss_kib(pid) as f64 / 1024.0,
-            uss_kib(pid) as f64 / 1024.0
+            common::uss_kib(pid) as f64 / 1024.0
         );
         let _ = c.kill();
         let _ = c.wait();
@@ -154,7 +141,7 @@ fn main() {
         println!(
             "virsh (libvirt's C client) idle on the test driver: RSS {:.1} MiB, private {:.1} MiB",
             rss_kib(pid) as f64 / 1024.0,
-            uss_kib(pid) as f64 / 1024.0
+            common::uss_kib(pid) as f64 / 1024.0
         );
         let _ = virsh.kill();
         let _ = virsh.wait();
@@ -174,7 +161,7 @@ fn main() {
         println!(
             "daemon, test driver, {n} domains, after 6 s at 1 s interval: RSS {:.1} MiB, private {:.1} MiB",
             rss_kib(pid) as f64 / 1024.0,
-            uss_kib(pid) as f64 / 1024.0
+            common::uss_kib(pid) as f64 / 1024.0
         );
     }
 
@@ -221,7 +208,7 @@ fn main() {
     println!(
         "  daemon RSS {:.1} MiB, private {:.1} MiB",
         rss_kib(pid) as f64 / 1024.0,
-        uss_kib(pid) as f64 / 1024.0
+        common::uss_kib(pid) as f64 / 1024.0
     );
     println!("  daemon CPU {:.3} CPU-s/min", (c1 - c0) * 60.0 / quiet);
     println!(

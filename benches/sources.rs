@@ -15,29 +15,6 @@ use std::time::{Duration, Instant};
 use common::services::{Answer, Haproxy, LoadLoop, Page};
 use common::Daemon;
 
-fn cpu_secs(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let after = s.rsplit_once(')')?.1.to_string();
-            let f: Vec<&str> = after.split_whitespace().collect();
-            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
-        })
-        .unwrap_or(0.0)
-}
-
-fn uss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .ok()
-        .map(|s| {
-            s.lines()
-                .filter(|l| l.starts_with("Private_Clean:") || l.starts_with("Private_Dirty:"))
-                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 fn bench_dir(name: &str) -> PathBuf {
     let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("bench-sources-{name}-{}", std::process::id()));
@@ -78,11 +55,10 @@ fn twenty(urls: &[String]) -> String {
 /// CPU (share of one core) and private memory of a daemon over `secs`.
 fn measure(d: &Daemon, secs: u64) -> (f64, u64) {
     d.wait_until_ticks(d.ticks() + 3);
-    let pid = d.child.id();
-    let (c0, t0) = (cpu_secs(pid), Instant::now());
+    let (c0, t0) = (d.cpu_time(), Instant::now());
     std::thread::sleep(Duration::from_secs(secs));
-    let share = (cpu_secs(pid) - c0) / t0.elapsed().as_secs_f64();
-    (share, uss_kib(pid))
+    let share = (d.cpu_time() - c0).as_secs_f64() / t0.elapsed().as_secs_f64();
+    (share, common::uss_kib(d.child.id()))
 }
 
 fn main() {

@@ -191,15 +191,6 @@ impl Sources {
             self.running.push((g, task.abort_handle()));
         }
     }
-
-    /// Sources in force.
-    pub fn len(&self) -> usize {
-        self.running.iter().map(|(g, _)| g.len()).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.running.is_empty()
-    }
 }
 
 impl Drop for Sources {

@@ -815,3 +815,16 @@ pub fn certificate(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf, Vec<u
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     (cert, key, ck.cert.der().to_vec())
 }
+
+/// Memory private to the process (not shared library text): Private_Clean + Private_Dirty.
+pub fn uss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .ok()
+        .map(|s| {
+            s.lines()
+                .filter(|l| l.starts_with("Private_Clean:") || l.starts_with("Private_Dirty:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum()
+        })
+        .unwrap_or(0)
+}
