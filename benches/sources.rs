@@ -16,11 +16,7 @@ use common::services::{Answer, Haproxy, LoadLoop, Page};
 use common::Daemon;
 
 fn bench_dir(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("bench-sources-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(d.join("personas")).unwrap();
-    d
+    common::test_dir("bench-sources", name)
 }
 
 fn daemon(dir: &Path, uri: &str, config: &str) -> Daemon {

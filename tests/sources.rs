@@ -15,11 +15,7 @@ use common::{wait_some, Daemon};
 const TEST_URI: &str = "test:///default";
 
 fn dir(name: &str) -> PathBuf {
-    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("sources-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(d.join("personas")).unwrap();
-    d
+    common::test_dir("sources", name)
 }
 
 fn start(dir: &Path, uri: &str, config: &str) -> Daemon {
