@@ -2,7 +2,9 @@
 //! - 16 real daemons listening on 0.0.0.0, seeded on loopback (release build, test-driver hosts of 50
 //!   domains each): convergence of one state change (a cluster signal set on
 //!   one host, until every host has it), p50/p99 over 100 changes; steady
-//!   traffic per node over 60 s;
+//!   traffic per node over 60 s; a flood of sealed-looking datagrams at one
+//!   daemon from one and from 256 source addresses: its CPU, and a change's
+//!   convergence meanwhile;
 //! - the in-memory simulation (real foca and merge, simulated network) with
 //!   16 nodes × 50 domains and with 1,000 nodes: convergence of a change and
 //!   bytes per node per second.
@@ -11,6 +13,7 @@
 //! cargo bench --bench cluster
 //!   VP_CHANGES=100, VP_NODES=16: the real run's size
 //!   VP_REAL=0 / VP_SIM=0 / VP_BIG=0: skip the real daemons / the 16-node / the 1,000-node simulation
+//!   VP_FLOOD=0: skip the datagram floods at one real daemon (VP_FLOOD_SECS=20 each)
 //!   VP_BIG_NODES=1000: the large simulation's size
 //! ```
 //!
@@ -294,8 +297,120 @@ fn real(nodes: usize, changes: usize) {
         mean / 1000.0,
         max / 1000.0
     );
+    let limited: u64 = daemons
+        .iter()
+        .map(|d| {
+            metric(
+                d,
+                "virt_persona_gossip_packets_dropped_total{reason=\"rate_limited\"}",
+            )
+        })
+        .sum();
+    println!("  normal gossip rate limited on all {nodes} daemons together: {limited} datagrams");
+    if common::env_or("VP_FLOOD", 1) == 1 {
+        for sources in [1, 256] {
+            flood(
+                &daemons,
+                ports[1],
+                sources,
+                common::env_or("VP_FLOOD_SECS", 20),
+            );
+        }
+    }
     drop(daemons);
     let _ = std::fs::remove_dir_all(&root);
+}
+
+/// A flood of sealed-looking datagrams (the right magic, random bytes) at
+/// `daemons[1]` from `sources` source addresses, as fast as one thread
+/// sends: the flooded daemon's CPU, what it dropped before opening, and a
+/// change set on another host reaching every host meanwhile.
+fn flood(daemons: &[common::Daemon], port: u16, sources: usize, secs: u64) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let target = &daemons[1];
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let sender = {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        std::thread::spawn(move || {
+            let sockets: Vec<std::net::UdpSocket> = (0..sources)
+                .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("socket"))
+                .collect();
+            let mut p = vec![0u8; 300];
+            p[..4].copy_from_slice(virt_persona::cluster::seal::MAGIC);
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+            while !stop.load(Ordering::Relaxed) {
+                for s in &sockets {
+                    for b in p[4..36].iter_mut() {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        *b = x as u8;
+                    }
+                    if s.send_to(&p, ("127.0.0.1", port)).is_ok() {
+                        sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+    let reason = |r: &str| {
+        metric(
+            target,
+            &format!("virt_persona_gossip_packets_dropped_total{{reason=\"{r}\"}}"),
+        )
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let (limited0, refused0) = (reason("rate_limited"), reason("unauthenticated"));
+    let (cpu0, sent0, t0) = (
+        target.cpu_time(),
+        sent.load(Ordering::Relaxed),
+        Instant::now(),
+    );
+    // a change during the flood
+    let body = format!("{{\"value\": {sources}, \"ttl\": \"10m\", \"scope\": \"cluster\"}}");
+    let (st, _) = common::http(
+        &daemons[0].socket,
+        &format!("PUT /v1/signals/flood HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()),
+    );
+    assert_eq!(st, 200);
+    let mut reached = None;
+    while t0.elapsed() < Duration::from_secs(secs) {
+        if reached.is_none()
+            && daemons.iter().all(|d| {
+                d.get("/v1/signals").as_array().is_some_and(|a| {
+                    a.iter()
+                        .any(|s| s["name"] == "flood" && s["value"] == sources as f64)
+                })
+            })
+        {
+            reached = Some(t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (cpu, n, wall) = (
+        target.cpu_time() - cpu0,
+        sent.load(Ordering::Relaxed) - sent0,
+        t0.elapsed(),
+    );
+    stop.store(true, Ordering::Relaxed);
+    let _ = sender.join();
+    std::thread::sleep(Duration::from_millis(1500));
+    let (limited, refused) = (
+        reason("rate_limited") - limited0,
+        reason("unauthenticated") - refused0,
+    );
+    println!(
+        "flood from {sources} source address(es): {:.0} datagrams/s sent at one daemon for {:.0} s; its CPU {:.1} % of one core; dropped before opening {:.0}/s, opened and refused {:.0}/s; a change set on another host meanwhile reached all {} hosts in {}",
+        n as f64 / wall.as_secs_f64(),
+        wall.as_secs_f64(),
+        100.0 * cpu.as_secs_f64() / wall.as_secs_f64(),
+        limited as f64 / wall.as_secs_f64(),
+        refused as f64 / wall.as_secs_f64(),
+        daemons.len(),
+        reached.map_or("(not within the flood)".to_string(), |t| format!("{} ms", t.as_millis())),
+    );
 }
 
 fn main() {

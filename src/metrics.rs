@@ -639,11 +639,7 @@ impl Metrics {
             catch_up(&self.gossip_bytes.get_or_create(&label), b);
             self.gossip_rate.get_or_create(&label).set(rate);
         }
-        for d in crate::cluster::seal::Drop::ALL
-            .iter()
-            .map(|d| d.label())
-            .chain(["malformed"])
-        {
+        for d in crate::cluster::seal::Drop::ALL.iter().map(|d| d.label()) {
             catch_up(
                 &self
                     .gossip_dropped

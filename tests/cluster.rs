@@ -333,11 +333,15 @@ fn strangers_stay_out_and_bad_packets_change_nothing() {
             .unwrap()
             .as_millis() as i64
     };
-    let mut forger = Sealer::new(KeyRing::new(&[[1u8; 32]]), "prod", [1, 1, 1, 1]);
-    let mut insider = Sealer::new(KeyRing::new(&[key]), "prod", [2, 2, 2, 2]);
-    let forged = forger.seal(b"anything at all", now());
-    let good_garbage = insider.seal(b"\xff\xff\xff not foca", now());
-    let stale = insider.seal(b"old", now() - 120_000);
+    let me: std::net::SocketAddr = s.local_addr().unwrap();
+    let at_a: std::net::SocketAddr = to.parse().unwrap();
+    let at_b: std::net::SocketAddr = format!("127.0.0.1:{pb}").parse().unwrap();
+    let mut forger = Sealer::new(KeyRing::new(&[[1u8; 32]]), "prod", me, 1);
+    let mut insider = Sealer::new(KeyRing::new(&[key]), "prod", me, 2);
+    let forged = forger.seal(b"anything at all", at_a, now());
+    let good_garbage = insider.seal(b"\xff\xff\xff not foca", at_a, now());
+    let stale = insider.seal(b"old", at_a, now() - 120_000);
+    let for_b = insider.seal(b"\x01 for b", at_b, now());
     let mut random = vec![0u8; 300];
     for (i, b) in random.iter_mut().enumerate() {
         *b = (i * 37 % 251) as u8;
@@ -347,6 +351,7 @@ fn strangers_stay_out_and_bad_packets_change_nothing() {
         &good_garbage,
         &good_garbage,
         &stale,
+        &for_b,
         &forged[..20],
         &random,
         &vec![b'V'; 1500],
@@ -357,6 +362,7 @@ fn strangers_stay_out_and_bad_packets_change_nothing() {
         metric("unauthenticated") >= 1
             && metric("replayed") >= 1
             && metric("stale") >= 1
+            && metric("wrong_receiver") >= 1
             && metric("truncated") >= 1
             && metric("not_gossip") >= 1
             && metric("oversized") >= 1
@@ -403,6 +409,100 @@ fn strangers_stay_out_and_bad_packets_change_nothing() {
     // still talking to b
     assert_eq!(alive_count(&a.d), 2);
     let _ = client::request(&a.d.socket, "GET", "/healthz", None).expect("alive");
+}
+
+/// A gossip drop counter of `d`'s `/metrics`.
+fn dropped(d: &Daemon, reason: &str) -> u64 {
+    let (_, m) = common::http(&d.socket, "GET /metrics HTTP/1.1\r\n\r\n");
+    m.lines()
+        .find(|l| {
+            l.starts_with(&format!(
+                "virt_persona_gossip_packets_dropped_total{{reason=\"{reason}\"}}"
+            ))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The first UDP datagram from port `from` to port `to` on this host's
+/// loopback, as a packet sniffer sees it (an AF_PACKET socket: root).
+fn capture_udp(from: u16, to: u16, within: Duration) -> Vec<u8> {
+    use nix::sys::socket::{
+        recv, setsockopt, socket, sockopt, AddressFamily, MsgFlags, SockFlag, SockProtocol,
+        SockType,
+    };
+    use std::os::fd::AsRawFd;
+    let fd = socket(
+        AddressFamily::Packet,
+        SockType::Datagram,
+        SockFlag::empty(),
+        SockProtocol::EthAll,
+    )
+    .expect("a packet socket (the suite runs as root)");
+    setsockopt(
+        &fd,
+        sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::new(0, 200_000),
+    )
+    .unwrap();
+    let t = Instant::now();
+    let mut buf = vec![0u8; 65_536];
+    while t.elapsed() < within {
+        let Ok(n) = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) else {
+            continue;
+        };
+        let p = &buf[..n];
+        // IPv4, UDP, the ports asked for: the datagram after its headers
+        if n < 28 || p[0] >> 4 != 4 || p[9] != 17 {
+            continue;
+        }
+        let ihl = ((p[0] & 0x0f) as usize) * 4;
+        if n < ihl + 8 {
+            continue;
+        }
+        let port = |i: usize| u16::from_be_bytes([p[i], p[i + 1]]);
+        if port(ihl) == from && port(ihl + 2) == to {
+            return p[ihl + 8..].to_vec();
+        }
+    }
+    panic!("no datagram from port {from} to port {to} within {within:?}");
+}
+
+/// Real traffic from a to b, captured on the loopback interface and sent
+/// again at once: b refuses it as a replay, c and a itself because it was
+/// sealed for b — none of them takes it; normal gossip is never rate
+/// limited.
+#[test]
+fn captured_gossip_replayed_to_any_host_is_refused() {
+    let key = [4u8; 32];
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let a = start("replay", "a", pa, pb, key, "prod");
+    let b = start("replay", "b", pb, pa, key, "prod");
+    let c = start("replay", "c", pc, pa, key, "prod");
+    for n in [&a, &b, &c] {
+        wait_until("three hosts", 60, &n.d, || alive_count(&n.d) == 3);
+    }
+    let captured = capture_udp(pa, pb, Duration::from_secs(30));
+    assert!(captured.starts_with(b"VPG2"), "a gossip datagram");
+    let count = |n: &Node| (dropped(&n.d, "replayed"), dropped(&n.d, "wrong_receiver"));
+    let before = [count(&a), count(&b), count(&c)];
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for port in [pb, pc, pa] {
+        s.send_to(&captured, ("127.0.0.1", port)).unwrap();
+    }
+    wait_until("b: a replay", 20, &b.d, || count(&b).0 == before[1].0 + 1);
+    wait_until("c: sealed for b", 20, &c.d, || {
+        count(&c).1 == before[2].1 + 1
+    });
+    wait_until("a: sealed for b", 20, &a.d, || {
+        count(&a).1 == before[0].1 + 1
+    });
+    assert_eq!(count(&c).0, before[2].0, "c did not take it as new");
+    assert_eq!(count(&b).1, before[1].1, "b knows it was for b");
+    for n in [&a, &b, &c] {
+        assert_eq!(dropped(&n.d, "rate_limited"), 0, "{}", n.d.log());
+        assert_eq!(alive_count(&n.d), 3);
+    }
 }
 
 /// A domain manually activated on host A leaves it (A dies) and runs on

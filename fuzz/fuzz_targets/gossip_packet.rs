@@ -12,14 +12,21 @@ use virt_persona::cluster::state::{ClusterState, Item};
 
 fuzz_target!(|data: &[u8]| {
     let ring = KeyRing::new(&[[7u8; 32]]);
+    let me: std::net::SocketAddr = "127.0.0.1:7946".parse().unwrap();
+    let other: std::net::SocketAddr = "127.0.0.1:7947".parse().unwrap();
     let mut o = Opener::new(ring.clone(), "fuzz");
-    assert!(o.open(data, 1_800_000_000_000).is_err(), "random bytes opened");
-    // a sealed payload of fuzz bytes opens once, then is a replay
-    let mut s = Sealer::new(ring, "fuzz", [1, 2, 3, 4]);
-    let p = s.seal(data, 1_800_000_000_000);
+    assert!(
+        o.open(data, 1_800_000_000_000, |_| true).is_err(),
+        "random bytes opened"
+    );
+    // a sealed payload of fuzz bytes opens once, at its receiver only
+    let mut s = Sealer::new(ring, "fuzz", other, 1);
+    let p = s.seal(data, me, 1_800_000_000_000);
     if p.len() <= virt_persona::cluster::seal::MAX_DATAGRAM {
-        assert_eq!(o.open(&p, 1_800_000_000_000).as_deref(), Ok(data));
-        assert!(o.open(&p, 1_800_000_000_000).is_err());
+        assert!(o.open(&p, 1_800_000_000_000, |to| to == other).is_err());
+        let opened = o.open(&p, 1_800_000_000_000, |to| to == me);
+        assert_eq!(opened.map(|x| x.payload).as_deref(), Ok(data));
+        assert!(o.open(&p, 1_800_000_000_000, |to| to == me).is_err());
     }
     // any authentic payload: the driver refuses or takes it, never panics
     let shared = std::sync::Arc::new(virt_persona::cluster::node::Shared::default());

@@ -2,6 +2,7 @@
 //! `foca`. `state` is what a node publishes and the merge (pure), `seal` the
 //! packet sealing (pure), `node` the only code on the network.
 
+pub mod admit;
 pub mod driver;
 pub mod exchange;
 pub mod node;

@@ -17,8 +17,9 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::cluster::admit::Admission;
 use crate::cluster::driver::{Driver, DriverConfig, Id, TICK_MS};
-use crate::cluster::seal::{Drop, KeyRing, Opener, Sealer};
+use crate::cluster::seal::{Drop, KeyRing, Opened, Opener, Sealer};
 use crate::cluster::state::Local;
 use crate::time::Millis;
 
@@ -85,7 +86,7 @@ pub fn start(
         i.me = cfg.node.clone();
         i.my_addr = addr.to_string();
     }
-    let task = rt.spawn(run(cfg, addr, socket, shared, rx));
+    let task = rt.spawn(run(cfg, addr, bound, socket, shared, rx));
     let (ended_tx, ended) = crossbeam_channel::bounded(1);
     rt.spawn(async move {
         let why = match task.await {
@@ -163,6 +164,80 @@ fn route_source(to: SocketAddr) -> Option<std::net::IpAddr> {
     let s = std::net::UdpSocket::bind(any).ok()?;
     s.connect(to).ok()?;
     Some(s.local_addr().ok()?.ip()).filter(|ip| !ip.is_unspecified())
+}
+
+/// Whether `to`, the address a datagram was sealed for, is this host's: the
+/// advertised address, the bound one, or — for a wildcard listener — any
+/// address of this host's interfaces at the bound port (`local` lists them).
+pub fn is_local(
+    to: SocketAddr,
+    advertised: SocketAddr,
+    bound: SocketAddr,
+    local: &[std::net::IpAddr],
+) -> bool {
+    use crate::cluster::seal::canonical;
+    let to = canonical(to);
+    to == canonical(advertised)
+        || to == canonical(bound)
+        || (bound.ip().is_unspecified()
+            && to.port() == bound.port()
+            && (local.contains(&to.ip()) || to.ip().is_loopback()))
+}
+
+/// This host's addresses, as [`is_local`] needs them: the interfaces' are
+/// read again (at most every 5 s) when a datagram names one not known,
+/// so an address that came up since is found.
+struct Me {
+    advertised: SocketAddr,
+    bound: SocketAddr,
+    local: Vec<std::net::IpAddr>,
+    scanned: Option<std::time::Instant>,
+}
+
+impl Me {
+    fn new(advertised: SocketAddr, bound: SocketAddr) -> Me {
+        let mut me = Me {
+            advertised,
+            bound,
+            local: Vec::new(),
+            scanned: None,
+        };
+        if bound.ip().is_unspecified() {
+            me.scan();
+        }
+        me
+    }
+
+    fn scan(&mut self) {
+        self.scanned = Some(std::time::Instant::now());
+        match nix::ifaddrs::getifaddrs() {
+            Ok(addrs) => {
+                self.local = addrs
+                    .filter_map(|i| i.address)
+                    .filter_map(|a| {
+                        a.as_sockaddr_in()
+                            .map(|v4| std::net::IpAddr::V4(v4.ip()))
+                            .or_else(|| a.as_sockaddr_in6().map(|v6| v6.ip().into()))
+                    })
+                    .collect();
+            }
+            Err(e) => debug!(error = %e, "reading this host's addresses"),
+        }
+    }
+
+    fn is_me(&mut self, to: SocketAddr) -> bool {
+        if is_local(to, self.advertised, self.bound, &self.local) {
+            return true;
+        }
+        let stale = self
+            .scanned
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(5));
+        if self.bound.ip().is_unspecified() && stale {
+            self.scan();
+            return is_local(to, self.advertised, self.bound, &self.local);
+        }
+        false
+    }
 }
 
 /// The node as the control loop holds it: when its task ends or panics it
@@ -267,6 +342,7 @@ fn member_state(s: foca::State) -> &'static str {
 async fn run(
     cfg: NodeConfig,
     addr: SocketAddr,
+    bound: SocketAddr,
     socket: UdpSocket,
     shared: Arc<Shared>,
     mut rx: mpsc::Receiver<ToNode>,
@@ -286,9 +362,15 @@ async fn run(
         now(),
     );
     driver.join(now());
-    let prefix: [u8; 4] = rand::random();
-    let mut sealer = Sealer::new(cfg.ring.clone(), &cfg.cluster, prefix);
+    // the sender identity: the advertised address and a random process id
+    let mut sealer = Sealer::new(cfg.ring.clone(), &cfg.cluster, addr, rand::random());
     let mut opener = Opener::new(cfg.ring, &cfg.cluster);
+    let mut me = Me::new(addr, bound);
+    // rate limits before anything is copied or opened (a monotonic clock)
+    let started = std::time::Instant::now();
+    let mono = move || started.elapsed().as_millis() as u64;
+    let admission = Arc::new(std::sync::Mutex::new(Admission::new(mono())));
+    let mut reported_at = mono();
     // senders of the old format, and clocks apart, already named in the log
     let mut old_senders = std::collections::HashSet::new();
     let mut skewed = std::collections::HashSet::new();
@@ -298,11 +380,19 @@ async fn run(
     let _receiving = {
         let socket = socket.clone();
         let in_tx = in_tx.clone();
+        let admission = admission.clone();
         AbortOnDrop(tokio::spawn(async move {
             let mut buf = vec![0u8; 65_536];
             loop {
                 match socket.recv_from(&mut buf).await {
                     Ok((n, from)) => {
+                        let admitted = admission
+                            .lock()
+                            .map(|mut a| a.admit(from, mono()))
+                            .unwrap_or(true);
+                        if !admitted {
+                            continue;
+                        }
                         if in_tx
                             .send(Input::Data(buf[..n].to_vec(), from))
                             .await
@@ -344,8 +434,13 @@ async fn run(
             input = in_rx.recv() => match input {
                 Some(Input::Data(bytes, from)) => {
                     let t = now();
-                    match opener.open_sent(&bytes, t) {
-                        Ok((payload, sent)) => {
+                    match opener.open(&bytes, t, |to| me.is_me(to)) {
+                        Ok(Opened { payload, from: sender, sent }) => {
+                            if let Ok(mut a) = admission.lock() {
+                                a.opened(from, mono());
+                            }
+                            // the sender as the cluster knows it (authenticated)
+                            let from = sender;
                             {
                                 let mut i = shared.lock();
                                 i.counters.packets_received += 1;
@@ -364,7 +459,7 @@ async fn run(
                             if let Err(e) = driver.receive(t, from, &payload) {
                                 // authentic but not understood: counted, nothing changes
                                 debug!(error = %e, "gossip data refused");
-                                *shared.lock().counters.dropped.entry("malformed").or_default() += 1;
+                                count_drop(&shared, Drop::Malformed);
                             }
                         }
                         Err(why) => {
@@ -381,7 +476,24 @@ async fn run(
             _ = tick.tick() => {
                 let t = now();
                 driver.tick(t);
+                let (limited, report) = match admission.lock() {
+                    Ok(mut a) => {
+                        let due = mono().saturating_sub(reported_at) >= 60_000;
+                        (a.limited, if due { a.take_report() } else { Default::default() })
+                    }
+                    Err(_) => (0, Default::default()),
+                };
+                if !report.is_empty() {
+                    reported_at = mono();
+                    for (source, n) in report.iter().take(5) {
+                        warn!(%source, dropped = n, "gossip datagrams dropped before opening: more than gossip sends (a flood, or a misconfigured host?)");
+                    }
+                    if report.len() > 5 {
+                        warn!(sources = report.len() - 5, "gossip datagrams dropped from more sources");
+                    }
+                }
                 let mut i = shared.lock();
+                i.counters.dropped.insert(Drop::RateLimited.label(), limited);
                 let c = &mut i.counters;
                 c.bytes_per_second = rates.observe(t, c.bytes_sent, c.bytes_received);
             }
@@ -440,7 +552,7 @@ async fn flush(
 ) {
     let sends: Vec<(SocketAddr, Vec<u8>)> = driver.take_sends().collect();
     for (to, data) in sends {
-        let packet = sealer.seal(&data, now);
+        let packet = sealer.seal(&data, to, now);
         match socket.send_to(&packet, to).await {
             Ok(n) => {
                 let mut i = shared.lock();
@@ -502,6 +614,41 @@ mod tests {
             Ok(a("10.0.0.5:7946"))
         );
     }
+    #[test]
+    fn a_datagram_is_for_this_host_at_its_own_addresses_only() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let local: Vec<std::net::IpAddr> =
+            vec!["10.0.0.5".parse().unwrap(), "fe80::1".parse().unwrap()];
+        // a specific listener: that address, or the advertised one (NAT)
+        let bound = a("10.0.0.5:7946");
+        assert!(is_local(a("10.0.0.5:7946"), bound, bound, &local));
+        assert!(is_local(
+            a("203.0.113.7:7946"),
+            a("203.0.113.7:7946"),
+            bound,
+            &local
+        ));
+        assert!(
+            !is_local(a("10.0.0.5:7947"), bound, bound, &local),
+            "another port: another host"
+        );
+        assert!(!is_local(a("10.0.0.6:7946"), bound, bound, &local));
+        // a wildcard listener: any of the host's addresses at its port
+        let any = a("0.0.0.0:7946");
+        let adv = a("10.0.0.5:7946");
+        assert!(is_local(a("10.0.0.5:7946"), adv, any, &local));
+        assert!(is_local(a("127.0.0.1:7946"), adv, any, &local));
+        assert!(is_local(a("[::ffff:10.0.0.5]:7946"), adv, any, &local));
+        assert!(
+            !is_local(a("10.0.0.9:7946"), adv, any, &local),
+            "another host"
+        );
+        assert!(
+            !is_local(a("127.0.0.1:7000"), adv, any, &local),
+            "another daemon here"
+        );
+    }
+
     use crate::cluster::state::{Body, DomainPub, Item, Manual, Part, SignalPub};
 
     /// The loop is woken for another host's signal and for a manually

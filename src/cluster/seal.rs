@@ -1,39 +1,51 @@
 //! Sealing gossip datagrams (SPEC §2, §10) — pure.
 //!
-//! Every datagram is ChaCha20-Poly1305 under the cluster's shared key, with
-//! the cluster id bound as associated data, so a packet made under another
-//! key or for another cluster does not open. The nonce is a random 4-byte
-//! prefix chosen when the process starts and a 64-bit counter, so it never
-//! repeats under a key. Replay protection: a packet carries its send time and
-//! is refused outside a window of [`MAX_AGE_MS`]; within it, each sender
-//! (nonce prefix) has a sliding window of the last 64 counters, so a packet
-//! is accepted once.
+//! Every datagram is XChaCha20-Poly1305 under the cluster's shared key with a
+//! random 192-bit nonce, and the cluster id bound as associated data, so a
+//! packet made under another key or for another cluster does not open, and
+//! no number of hosts, restarts or packets under one key makes a nonce
+//! repeat with any likelihood (0.2 and the first 0.3 builds used a random
+//! 32-bit prefix and a counter: over 10⁵ restarts a repeat was likely).
+//!
+//! Inside the seal each packet names its sender (the address it is known by
+//! in the cluster and a random 64-bit id of the process), its receiver (the
+//! address it was sent to), a per-process counter and the send time.
+//! Replay protection: a packet is refused by every host it was not sealed
+//! for ([`Drop::WrongReceiver`]), outside a window of [`MAX_AGE_MS`] of its
+//! send time, and, within it, more than once: each sender identity (address
+//! and process id) has a sliding window of its last 64 counters.
 //!
 //! Key rotation without downtime: the key file holds one key per line (64
 //! hex characters; `#` comments); the first seals, all open. Roll out a new
 //! key in three steps: add it second on every host (reload), move it first
 //! (reload), remove the old one (reload).
 //!
-//! Layout: `VPG2` | nonce (12) | sealed(time ms (8) | payload) | tag (16).
+//! Layout: `VPG2` | nonce (24) | sealed(from (19) | to (19) | process (8) |
+//! counter (8) | time ms (8) | payload) | tag (16); an address is its family
+//! (4 or 6), 16 bytes of IP (an IPv4 address in the first 4) and the port.
 //! (`VPG1`, 0.2's format, is refused and counted: see [`OLD_MAGIC`].)
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 
 use crate::time::Millis;
 
 pub const MAGIC: &[u8; 4] = b"VPG2";
 /// The format of 0.2 and earlier: its items do not decode the same (0.3
-/// added the ids and ends of manual activations), so its packets are
-/// refused, and counted as `old_format`, rather than misread.
+/// added the ids and ends of manual activations) and its seal is another,
+/// so its packets are refused, and counted as `old_format`, rather than
+/// misread.
 pub const OLD_MAGIC: &[u8; 4] = b"VPG1";
-const NONCE: usize = 12;
+const NONCE: usize = 24;
 const TAG: usize = 16;
-const TIME: usize = 8;
+const ADDR: usize = 19;
+/// from, to, process id, counter, send time.
+const HEADER: usize = 2 * ADDR + 8 + 8 + 8;
 /// What sealing adds to a payload.
-pub const OVERHEAD: usize = MAGIC.len() + NONCE + TIME + TAG;
+pub const OVERHEAD: usize = MAGIC.len() + NONCE + HEADER + TAG;
 /// The largest datagram accepted (and sent).
 pub const MAX_DATAGRAM: usize = 1400;
 /// A packet older (or further in the future) than this is refused.
@@ -44,6 +56,8 @@ pub const MAX_SENDERS: usize = 4096;
 /// Why a datagram was dropped (each is counted in `/metrics`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, thiserror::Error)]
 pub enum Drop {
+    #[error("more datagrams from its source than gossip needs (rate limited before opening)")]
+    RateLimited,
     #[error("larger than {MAX_DATAGRAM} bytes")]
     Oversized,
     #[error("shorter than a sealed packet")]
@@ -56,6 +70,10 @@ pub enum Drop {
     Unauthenticated,
     #[error("sent too long ago or in the future (clocks more than 30 s apart?)")]
     Stale,
+    #[error("sealed for another host (replayed or misdirected)")]
+    WrongReceiver,
+    #[error("authentic but not understood (a sender's bug, or a leaked key)")]
+    Malformed,
     #[error("seen before (replayed)")]
     Replayed,
 }
@@ -63,23 +81,29 @@ pub enum Drop {
 impl Drop {
     pub fn label(self) -> &'static str {
         match self {
+            Drop::RateLimited => "rate_limited",
             Drop::Oversized => "oversized",
             Drop::Truncated => "truncated",
             Drop::NotGossip => "not_gossip",
             Drop::OldFormat => "old_format",
             Drop::Unauthenticated => "unauthenticated",
             Drop::Stale => "stale",
+            Drop::WrongReceiver => "wrong_receiver",
+            Drop::Malformed => "malformed",
             Drop::Replayed => "replayed",
         }
     }
-    pub const ALL: [Drop; 7] = [
+    pub const ALL: [Drop; 10] = [
+        Drop::RateLimited,
         Drop::Oversized,
         Drop::Truncated,
         Drop::NotGossip,
         Drop::OldFormat,
         Drop::Unauthenticated,
         Drop::Stale,
+        Drop::WrongReceiver,
         Drop::Replayed,
+        Drop::Malformed,
     ];
 }
 
@@ -99,7 +123,7 @@ pub enum KeyError {
 /// The cluster's keys: the first seals, every one opens.
 #[derive(Clone)]
 pub struct KeyRing {
-    ciphers: Vec<ChaCha20Poly1305>,
+    ciphers: Vec<XChaCha20Poly1305>,
     ids: Vec<[u8; 4]>,
 }
 
@@ -153,7 +177,7 @@ impl KeyRing {
         KeyRing {
             ciphers: keys
                 .iter()
-                .map(|k| ChaCha20Poly1305::new(Key::from_slice(k)))
+                .map(|k| XChaCha20Poly1305::new(Key::from_slice(k)))
                 .collect(),
             ids: keys.iter().map(key_id).collect(),
         }
@@ -192,21 +216,87 @@ pub fn key_line(key: &[u8; 32]) -> String {
     key.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// An address as a host is named in the seal: an IPv4-mapped IPv6 address
+/// (how a dual-stack socket reports IPv4 peers) is its IPv4 address, and an
+/// IPv6 scope or flow label is not part of it.
+pub fn canonical(a: SocketAddr) -> SocketAddr {
+    match a.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), a.port()),
+            None => SocketAddr::new(IpAddr::V6(v6), a.port()),
+        },
+        IpAddr::V4(_) => a,
+    }
+}
+
+fn put_addr(out: &mut Vec<u8>, a: SocketAddr) {
+    let a = canonical(a);
+    let mut ip = [0u8; 16];
+    let family = match a.ip() {
+        IpAddr::V4(v4) => {
+            ip[..4].copy_from_slice(&v4.octets());
+            4
+        }
+        IpAddr::V6(v6) => {
+            ip = v6.octets();
+            6
+        }
+    };
+    out.push(family);
+    out.extend_from_slice(&ip);
+    out.extend_from_slice(&a.port().to_be_bytes());
+}
+
+fn get_addr(b: &[u8]) -> Option<SocketAddr> {
+    if b.len() != ADDR {
+        return None;
+    }
+    let port = u16::from_be_bytes([b[17], b[18]]);
+    let ip: IpAddr = match b[0] {
+        4 if b[5..17].iter().all(|&x| x == 0) => Ipv4Addr::new(b[1], b[2], b[3], b[4]).into(),
+        6 => {
+            let mut o = [0u8; 16];
+            o.copy_from_slice(&b[1..17]);
+            Ipv6Addr::from(o).into()
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+fn be64(b: &[u8]) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[..8]);
+    u64::from_be_bytes(x)
+}
+
+fn associated(cluster: &[u8], nonce: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(cluster.len() + MAGIC.len() + NONCE);
+    aad.extend_from_slice(cluster);
+    aad.extend_from_slice(MAGIC);
+    aad.extend_from_slice(nonce);
+    aad
+}
+
 /// Seals outgoing datagrams for one process.
 pub struct Sealer {
     ring: KeyRing,
     cluster: Vec<u8>,
-    prefix: [u8; 4],
+    from: SocketAddr,
+    process: u64,
     counter: u64,
 }
 
 impl Sealer {
-    /// `prefix` is random per process start (the nonces' sender part).
-    pub fn new(ring: KeyRing, cluster: &str, prefix: [u8; 4]) -> Sealer {
+    /// `from` is the address this host is known by in the cluster,
+    /// `process` random per process start (with `from`, the sender identity
+    /// receivers keep replay windows for).
+    pub fn new(ring: KeyRing, cluster: &str, from: SocketAddr, process: u64) -> Sealer {
         Sealer {
             ring,
             cluster: cluster.as_bytes().to_vec(),
-            prefix,
+            from,
+            process,
             counter: 0,
         }
     }
@@ -219,22 +309,23 @@ impl Sealer {
         &self.ring
     }
 
-    /// The datagram for `payload`, sent at `now`.
-    pub fn seal(&mut self, payload: &[u8], now: Millis) -> Vec<u8> {
+    /// The datagram for `payload`, sealed for the host at `to`, sent at `now`.
+    pub fn seal(&mut self, payload: &[u8], to: SocketAddr, now: Millis) -> Vec<u8> {
         self.counter += 1;
-        let mut nonce = [0u8; NONCE];
-        nonce[..4].copy_from_slice(&self.prefix);
-        nonce[4..].copy_from_slice(&self.counter.to_be_bytes());
-        let mut plain = Vec::with_capacity(TIME + payload.len());
+        // 192 random bits from a CSPRNG (ThreadRng, reseeded from the OS):
+        // a repeat is out of reach however many hosts, restarts and packets
+        let nonce: [u8; NONCE] = rand::random();
+        let mut plain = Vec::with_capacity(HEADER + payload.len());
+        put_addr(&mut plain, self.from);
+        put_addr(&mut plain, to);
+        plain.extend_from_slice(&self.process.to_be_bytes());
+        plain.extend_from_slice(&self.counter.to_be_bytes());
         plain.extend_from_slice(&now.to_be_bytes());
         plain.extend_from_slice(payload);
-        let mut aad = Vec::with_capacity(self.cluster.len() + MAGIC.len() + NONCE);
-        aad.extend_from_slice(&self.cluster);
-        aad.extend_from_slice(MAGIC);
-        aad.extend_from_slice(&nonce);
+        let aad = associated(&self.cluster, &nonce);
         let sealed = self.ring.ciphers[0]
             .encrypt(
-                Nonce::from_slice(&nonce),
+                XNonce::from_slice(&nonce),
                 Payload {
                     msg: &plain,
                     aad: &aad,
@@ -278,11 +369,22 @@ impl Window {
     }
 }
 
-/// Opens incoming datagrams: authenticity, freshness, and once only.
+/// An opened datagram.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    pub payload: Vec<u8>,
+    /// The address its sender is known by in the cluster (authenticated).
+    pub from: SocketAddr,
+    /// When the sender's clock says it was sent.
+    pub sent: Millis,
+}
+
+/// Opens incoming datagrams: authenticity, freshness, for this host, and
+/// once only.
 pub struct Opener {
     ring: KeyRing,
     cluster: Vec<u8>,
-    windows: HashMap<[u8; 4], Window>,
+    windows: HashMap<(SocketAddr, u64), Window>,
 }
 
 impl Opener {
@@ -298,14 +400,14 @@ impl Opener {
         self.ring = ring;
     }
 
-    /// The payload of a datagram received at `now`, or why it was dropped.
-    pub fn open(&mut self, packet: &[u8], now: Millis) -> Result<Vec<u8>, Drop> {
-        self.open_sent(packet, now).map(|(p, _)| p)
-    }
-
-    /// [`Opener::open`], with the time the sender's clock said it was sent:
-    /// how far apart the two clocks are, give or take the trip.
-    pub fn open_sent(&mut self, packet: &[u8], now: Millis) -> Result<(Vec<u8>, Millis), Drop> {
+    /// The datagram received at `now`, or why it was dropped. `is_me` says
+    /// whether an address the packet was sealed for is this host's.
+    pub fn open(
+        &mut self,
+        packet: &[u8],
+        now: Millis,
+        is_me: impl FnOnce(SocketAddr) -> bool,
+    ) -> Result<Opened, Drop> {
         if packet.len() > MAX_DATAGRAM {
             return Err(Drop::Oversized);
         }
@@ -324,17 +426,14 @@ impl Opener {
         }
         let nonce = &packet[MAGIC.len()..MAGIC.len() + NONCE];
         let sealed = &packet[MAGIC.len() + NONCE..];
-        let mut aad = Vec::with_capacity(self.cluster.len() + MAGIC.len() + NONCE);
-        aad.extend_from_slice(&self.cluster);
-        aad.extend_from_slice(MAGIC);
-        aad.extend_from_slice(nonce);
+        let aad = associated(&self.cluster, nonce);
         let plain = self
             .ring
             .ciphers
             .iter()
             .find_map(|c| {
                 c.decrypt(
-                    Nonce::from_slice(nonce),
+                    XNonce::from_slice(nonce),
                     Payload {
                         msg: sealed,
                         aad: &aad,
@@ -343,21 +442,24 @@ impl Opener {
                 .ok()
             })
             .ok_or(Drop::Unauthenticated)?;
-        if plain.len() < TIME {
-            return Err(Drop::Truncated);
+        if plain.len() < HEADER {
+            return Err(Drop::Malformed);
         }
-        let mut t = [0u8; TIME];
-        t.copy_from_slice(&plain[..TIME]);
-        let sent = i64::from_be_bytes(t);
+        let (Some(from), Some(to)) = (get_addr(&plain[..ADDR]), get_addr(&plain[ADDR..2 * ADDR]))
+        else {
+            return Err(Drop::Malformed);
+        };
+        let process = be64(&plain[2 * ADDR..]);
+        let counter = be64(&plain[2 * ADDR + 8..]);
+        let sent = be64(&plain[2 * ADDR + 16..]) as i64;
         if (now - sent).abs() > MAX_AGE_MS {
             return Err(Drop::Stale);
         }
-        let mut prefix = [0u8; 4];
-        prefix.copy_from_slice(&nonce[..4]);
-        let mut c = [0u8; 8];
-        c.copy_from_slice(&nonce[4..]);
-        let counter = u64::from_be_bytes(c);
-        if !self.windows.contains_key(&prefix) && self.windows.len() >= MAX_SENDERS {
+        if !is_me(to) {
+            return Err(Drop::WrongReceiver);
+        }
+        let sender = (from, process);
+        if !self.windows.contains_key(&sender) && self.windows.len() >= MAX_SENDERS {
             // forget the sender heard from longest ago; its old packets are
             // stale by time before long anyway
             if let Some(oldest) = self
@@ -369,12 +471,16 @@ impl Opener {
                 self.windows.remove(&oldest);
             }
         }
-        let w = self.windows.entry(prefix).or_default();
+        let w = self.windows.entry(sender).or_default();
         if !w.accept(counter) {
             return Err(Drop::Replayed);
         }
         w.last_used = now;
-        Ok((plain[TIME..].to_vec(), sent))
+        Ok(Opened {
+            payload: plain[HEADER..].to_vec(),
+            from,
+            sent,
+        })
     }
 }
 
@@ -387,29 +493,40 @@ mod tests {
     fn ring(b: u8) -> KeyRing {
         KeyRing::new(&[[b; 32]])
     }
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+    const A: &str = "10.0.0.1:7946";
+    const B: &str = "10.0.0.2:7946";
+    const C: &str = "10.0.0.3:7946";
+    fn at(me: &'static str) -> impl Fn(SocketAddr) -> bool {
+        move |to| to == a(me)
+    }
 
     #[test]
     fn a_sealed_packet_opens_once_under_the_same_key_and_cluster_only() {
-        let mut s = Sealer::new(ring(1), "prod", [9, 9, 9, 9]);
-        let p = s.seal(b"hello", T);
+        let mut s = Sealer::new(ring(1), "prod", a(A), 9);
+        let p = s.seal(b"hello", a(B), T);
         assert_eq!(p.len(), 5 + OVERHEAD);
         let mut o = Opener::new(ring(1), "prod");
-        assert_eq!(o.open(&p, T + 5).unwrap(), b"hello");
-        assert_eq!(o.open(&p, T + 6), Err(Drop::Replayed));
+        let opened = o.open(&p, T + 5, at(B)).unwrap();
+        assert_eq!(opened.payload, b"hello");
+        assert_eq!((opened.from, opened.sent), (a(A), T));
+        assert_eq!(o.open(&p, T + 6, at(B)), Err(Drop::Replayed));
         assert_eq!(
-            Opener::new(ring(2), "prod").open(&p, T),
+            Opener::new(ring(2), "prod").open(&p, T, at(B)),
             Err(Drop::Unauthenticated)
         );
         assert_eq!(
-            Opener::new(ring(1), "test").open(&p, T),
+            Opener::new(ring(1), "test").open(&p, T, at(B)),
             Err(Drop::Unauthenticated)
         );
         assert_eq!(
-            Opener::new(ring(1), "prod").open(&p, T + 31_000),
+            Opener::new(ring(1), "prod").open(&p, T + 31_000, at(B)),
             Err(Drop::Stale)
         );
         assert_eq!(
-            Opener::new(ring(1), "prod").open(&p, T - 31_000),
+            Opener::new(ring(1), "prod").open(&p, T - 31_000, at(B)),
             Err(Drop::Stale)
         );
         // any flipped bit is caught
@@ -417,55 +534,146 @@ mod tests {
             let mut f = p.clone();
             f[i] ^= 0x40;
             assert!(
-                Opener::new(ring(1), "prod").open(&f, T).is_err(),
+                Opener::new(ring(1), "prod").open(&f, T, at(B)).is_err(),
                 "byte {i}"
             );
         }
-        assert_eq!(o.open(&p[..10], T), Err(Drop::Truncated));
+        assert_eq!(o.open(&p[..10], T, at(B)), Err(Drop::Truncated));
         assert_eq!(
-            o.open(b"GET / HTTP/1.1\r\n\r\n and then some more bytes", T),
+            o.open(
+                &b"GET / HTTP/1.1\r\n\r\n and then some more bytes".repeat(4),
+                T,
+                at(B)
+            ),
             Err(Drop::NotGossip)
         );
-        assert_eq!(o.open(&vec![0u8; 2000], T), Err(Drop::Oversized));
+        assert_eq!(o.open(&[0u8; 2000], T, at(B)), Err(Drop::Oversized));
         // a packet of 0.2's format is named, not misread
         let mut old = p.clone();
         old[..4].copy_from_slice(OLD_MAGIC);
-        assert_eq!(o.open(&old, T), Err(Drop::OldFormat));
+        assert_eq!(o.open(&old, T, at(B)), Err(Drop::OldFormat));
+    }
+
+    /// A datagram from A to B, captured and replayed at C or at A itself,
+    /// is refused there, even by a host that never saw it.
+    #[test]
+    fn a_packet_opens_only_at_the_host_it_was_sealed_for() {
+        let mut s = Sealer::new(ring(1), "prod", a(A), 1);
+        let p = s.seal(b"for b", a(B), T);
+        for me in [C, A] {
+            assert_eq!(
+                Opener::new(ring(1), "prod").open(&p, T, at(me)),
+                Err(Drop::WrongReceiver),
+                "{me}"
+            );
+        }
+        // another port on the same address is another host
+        assert_eq!(
+            Opener::new(ring(1), "prod").open(&p, T, at("10.0.0.2:7947")),
+            Err(Drop::WrongReceiver)
+        );
+        assert!(Opener::new(ring(1), "prod").open(&p, T, at(B)).is_ok());
+        // a dual-stack socket's view of an IPv4 peer is the same address
+        let p = s.seal(b"v6", a("[::ffff:10.0.0.2]:7946"), T);
+        assert!(Opener::new(ring(1), "prod").open(&p, T, at(B)).is_ok());
+        let p = s.seal(b"v6", a("[2001:db8::2]:7946"), T);
+        let opened = Opener::new(ring(1), "prod")
+            .open(&p, T, |to| to == a("[2001:db8::2]:7946"))
+            .unwrap();
+        assert_eq!(opened.payload, b"v6");
+    }
+
+    /// Windows are kept per sender identity: a restarted sender (a new
+    /// process id, its counter from 1 again) is heard at once, and two
+    /// hosts' counters never collide.
+    #[test]
+    fn replay_windows_are_kept_per_sender_identity() {
+        let mut o = Opener::new(ring(1), "c");
+        let mut first = Sealer::new(ring(1), "c", a(A), 1);
+        let mut again = Sealer::new(ring(1), "c", a(A), 2);
+        let mut other = Sealer::new(ring(1), "c", a(C), 1);
+        for _ in 0..3 {
+            assert!(o.open(&first.seal(b"x", a(B), T), T, at(B)).is_ok());
+        }
+        let p = again.seal(b"after a restart", a(B), T);
+        assert!(o.open(&p, T, at(B)).is_ok(), "counter 1 of a new process");
+        assert!(o.open(&other.seal(b"y", a(B), T), T, at(B)).is_ok());
+        assert_eq!(o.open(&p, T, at(B)), Err(Drop::Replayed));
+    }
+
+    /// Nonces are random 192-bit values: none repeats over many packets
+    /// from many "restarted" senders under one key.
+    #[test]
+    fn nonces_do_not_repeat_across_restarts() {
+        let mut seen = std::collections::HashSet::new();
+        for process in 0..200u64 {
+            // every restart: a new process, its counter from 1 again
+            let mut s = Sealer::new(ring(1), "c", a(A), process % 2);
+            for _ in 0..50 {
+                let p = s.seal(b"n", a(B), T);
+                assert!(seen.insert(p[4..4 + NONCE].to_vec()), "a nonce repeated");
+            }
+        }
+    }
+
+    #[test]
+    fn an_authentic_packet_with_a_bad_header_is_malformed() {
+        // what only a key holder could make: an unknown address family
+        let cipher = XChaCha20Poly1305::new(Key::from_slice(&[1u8; 32]));
+        let nonce = [7u8; NONCE];
+        let mut plain = vec![9u8; HEADER + 3];
+        plain[ADDR] = 4;
+        let sealed = cipher
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: &plain,
+                    aad: &associated(b"c", &nonce),
+                },
+            )
+            .unwrap();
+        let mut p = MAGIC.to_vec();
+        p.extend_from_slice(&nonce);
+        p.extend_from_slice(&sealed);
+        assert_eq!(
+            Opener::new(ring(1), "c").open(&p, T, |_| true),
+            Err(Drop::Malformed)
+        );
     }
 
     #[test]
     fn rotation_every_key_opens_the_first_seals() {
         let old = [1u8; 32];
         let new = [2u8; 32];
-        let mut on_old = Sealer::new(KeyRing::new(&[old]), "c", [1, 0, 0, 0]);
-        let mut on_both = Sealer::new(KeyRing::new(&[new, old]), "c", [2, 0, 0, 0]);
+        let mut on_old = Sealer::new(KeyRing::new(&[old]), "c", a(A), 1);
+        let mut on_both = Sealer::new(KeyRing::new(&[new, old]), "c", a(C), 2);
         let mut o = Opener::new(KeyRing::new(&[old, new]), "c");
-        assert!(o.open(&on_old.seal(b"a", T), T).is_ok());
-        assert!(o.open(&on_both.seal(b"b", T), T).is_ok());
+        assert!(o.open(&on_old.seal(b"a", a(B), T), T, at(B)).is_ok());
+        assert!(o.open(&on_both.seal(b"b", a(B), T), T, at(B)).is_ok());
         // a host that dropped the old key no longer hears the old one
         let mut only_new = Opener::new(KeyRing::new(&[new]), "c");
         assert_eq!(
-            only_new.open(&on_old.seal(b"c", T), T),
+            only_new.open(&on_old.seal(b"c", a(B), T), T, at(B)),
             Err(Drop::Unauthenticated)
         );
     }
 
     #[test]
     fn the_replay_window_accepts_reordering_and_refuses_repeats() {
-        let mut s = Sealer::new(ring(1), "c", [1, 2, 3, 4]);
-        let ps: Vec<Vec<u8>> = (0..100).map(|i| s.seal(&[i as u8], T)).collect();
+        let mut s = Sealer::new(ring(1), "c", a(A), 4);
+        let ps: Vec<Vec<u8>> = (0..100).map(|i| s.seal(&[i as u8], a(B), T)).collect();
         let mut o = Opener::new(ring(1), "c");
         // late ones within 64 are fine once; further back is refused
         for i in [5usize, 3, 4, 99, 50, 40] {
-            assert!(o.open(&ps[i], T).is_ok(), "{i}");
+            assert!(o.open(&ps[i], T, at(B)).is_ok(), "{i}");
         }
-        assert_eq!(o.open(&ps[4], T), Err(Drop::Replayed));
+        assert_eq!(o.open(&ps[4], T, at(B)), Err(Drop::Replayed));
         assert_eq!(
-            o.open(&ps[6], T),
+            o.open(&ps[6], T, at(B)),
             Err(Drop::Replayed),
             "more than 64 behind"
         );
-        assert!(o.open(&ps[98], T).is_ok());
+        assert!(o.open(&ps[98], T, at(B)).is_ok());
     }
 
     #[test]
