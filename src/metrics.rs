@@ -296,7 +296,7 @@ impl Metrics {
         let gossip_dropped = Family::default();
         registry.register(
             "gossip_packets_dropped",
-            "Gossip datagrams dropped, by reason (unauthenticated, replayed, stale, truncated, oversized, not_gossip, old_format — a host of 0.2 or earlier —, malformed)",
+            "Gossip datagrams dropped, by reason (rate_limited — before opening —, unauthenticated, stale, wrong_receiver — sealed for another host —, replayed, truncated, oversized, not_gossip, old_format — a host of 0.2 or earlier —, malformed)",
             gossip_dropped.clone(),
         );
         let gossip_state = Family::default();

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use foca::Timer;
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -69,7 +68,15 @@ pub fn start(
     shared: Arc<Shared>,
 ) -> std::io::Result<Started> {
     let std_socket = std::net::UdpSocket::bind(cfg.listen)?;
-    std_socket.set_nonblocking(true)?;
+    {
+        use nix::sys::socket::{setsockopt, sockopt};
+        // past net.core.rmem_max where allowed (root: CAP_NET_ADMIN)
+        if setsockopt(&std_socket, sockopt::RcvBufForce, &RECEIVE_BUFFER).is_err() {
+            let _ = setsockopt(&std_socket, sockopt::RcvBuf, &RECEIVE_BUFFER);
+        }
+    }
+    // the receiving thread wakes this often to see whether it is to stop
+    std_socket.set_read_timeout(Some(Duration::from_millis(200)))?;
     let bound = std_socket.local_addr()?;
     let addr = advertised_addr(bound, cfg.advertise, &cfg.seeds, route_source)
         .map_err(|why| std::io::Error::new(std::io::ErrorKind::InvalidInput, why))?;
@@ -77,10 +84,7 @@ pub fn start(
         info!(%bound, advertised = %addr, "gossip advertises another address than it listens on");
     }
     let (tx, rx) = mpsc::channel(64);
-    let socket = {
-        let _guard = rt.enter();
-        UdpSocket::from_std(std_socket)?
-    };
+    let socket = Arc::new(std_socket);
     {
         let mut i = shared.lock();
         i.me = cfg.node.clone();
@@ -322,12 +326,63 @@ impl Supervised {
     }
 }
 
-/// Aborts a task when dropped: the receiving half ends with the node's task
-/// (however that ends), so its socket is free for a restart.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-impl std::ops::Drop for AbortOnDrop {
+/// Tells the receiving thread to stop when dropped: it ends with the node's
+/// task (however that ends) within its read timeout, and with it its hold on
+/// the socket, so a restart can bind the port again.
+struct StopOnDrop(Arc<std::sync::atomic::AtomicBool>);
+impl std::ops::Drop for StopOnDrop {
     fn drop(&mut self) {
-        self.0.abort();
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The receiving thread: datagrams in batches, each admitted or dropped
+/// ([`Admission`]) before it is copied, what is admitted handed to the node.
+/// Under a flood (some dropped), once the queue is read it waits 1 ms, so a
+/// flood is read in full batches rather than one wake-up per datagram; what
+/// arrives meanwhile waits in the socket's buffer ([`RECEIVE_BUFFER`]).
+fn receive(
+    socket: &std::net::UdpSocket,
+    in_tx: &mpsc::Sender<Input>,
+    admission: &std::sync::Mutex<Admission>,
+    stop: &std::sync::atomic::AtomicBool,
+    mono: impl Fn() -> u64,
+) {
+    let mut batch = Batch::new();
+    let mut flooded = false;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let n = match batch.receive(socket, !flooded) {
+            Ok(n) => n,
+            Err(e) => {
+                debug!(error = %e, "gossip receive");
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        // one clock reading and one lock for the batch
+        let t = mono();
+        let admitted: Vec<(Vec<u8>, SocketAddr)> = match admission.lock() {
+            Ok(mut a) => batch
+                .datagrams(n)
+                .filter(|(_, from)| a.admit(*from, t))
+                .map(|(d, from)| (d.to_vec(), from))
+                .collect(),
+            Err(_) => return,
+        };
+        if n > 0 {
+            flooded = admitted.len() < n;
+        }
+        for (d, from) in admitted {
+            if in_tx.blocking_send(Input::Data(d, from)).is_err() {
+                return;
+            }
+        }
+        if flooded && n < BATCH {
+            if n == 0 {
+                flooded = false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 }
 
@@ -339,15 +394,91 @@ fn member_state(s: foca::State) -> &'static str {
     }
 }
 
+/// The gossip socket's receive buffer: room for what arrives while a flood
+/// is read in batches (some 3,000 datagrams a millisecond), so the members'
+/// datagrams among it are not lost to a full buffer.
+const RECEIVE_BUFFER: usize = 4 << 20;
+
+/// Datagrams received in batches (`recvmmsg`, up to [`BATCH`] a system
+/// call): a flood costs the system call, the clock reading and the lock once
+/// per batch, not per datagram.
+const BATCH: usize = 32;
+
+struct Batch {
+    bufs: Vec<Vec<u8>>,
+    got: Vec<(usize, Option<SocketAddr>)>,
+}
+
+impl Batch {
+    fn new() -> Batch {
+        Batch {
+            // one byte over the largest datagram: a longer one shows as oversized
+            bufs: vec![vec![0u8; crate::cluster::seal::MAX_DATAGRAM + 1]; BATCH],
+            got: Vec::with_capacity(BATCH),
+        }
+    }
+
+    /// Waits (up to the socket's read timeout) for datagrams and takes what
+    /// is there: `Ok(0)` when none came. `wait`: block for the first one;
+    /// else only what is queued.
+    fn receive(&mut self, socket: &std::net::UdpSocket, wait: bool) -> std::io::Result<usize> {
+        use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrLike, SockaddrStorage};
+        use std::os::fd::AsRawFd;
+        let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
+        let mut iovs: Vec<[std::io::IoSliceMut; 1]> = self
+            .bufs
+            .iter_mut()
+            .map(|b| [std::io::IoSliceMut::new(b)])
+            .collect();
+        let flags = if wait {
+            MsgFlags::MSG_WAITFORONE
+        } else {
+            MsgFlags::MSG_DONTWAIT
+        };
+        let msgs = match recvmmsg(
+            socket.as_raw_fd(),
+            &mut headers,
+            iovs.iter_mut(),
+            flags,
+            None,
+        ) {
+            Ok(m) => m,
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        self.got.clear();
+        self.got.extend(msgs.map(|m| {
+            let from = m.address.and_then(|a| {
+                if let Some(v4) = a.as_sockaddr_in() {
+                    Some(SocketAddr::V4((*v4).into()))
+                } else {
+                    a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
+                }
+                .filter(|_| a.len() > 0)
+            });
+            (m.bytes, from)
+        }));
+        Ok(self.got.len())
+    }
+
+    /// The first `n` datagrams received, with their sources.
+    fn datagrams(&self, n: usize) -> impl Iterator<Item = (&[u8], SocketAddr)> {
+        self.got
+            .iter()
+            .take(n)
+            .zip(&self.bufs)
+            .filter_map(|((len, from), buf)| Some((&buf[..*len.min(&buf.len())], (*from)?)))
+    }
+}
+
 async fn run(
     cfg: NodeConfig,
     addr: SocketAddr,
     bound: SocketAddr,
-    socket: UdpSocket,
+    socket: Arc<std::net::UdpSocket>,
     shared: Arc<Shared>,
     mut rx: mpsc::Receiver<ToNode>,
 ) {
-    let socket = Arc::new(socket);
     let now = cfg.clock;
     let mut driver = Driver::new(
         DriverConfig {
@@ -376,38 +507,24 @@ async fn run(
     let mut skewed = std::collections::HashSet::new();
     let (in_tx, mut in_rx) = mpsc::channel::<Input>(1024);
 
-    // the receiving half: datagrams in, as bytes
+    // the receiving half: datagrams in, as bytes, on a thread of its own
+    // blocked in recvmmsg — not on the runtime, where every datagram of a
+    // flood would wake the reactor even while reading is paused
     let _receiving = {
         let socket = socket.clone();
         let in_tx = in_tx.clone();
         let admission = admission.clone();
-        AbortOnDrop(tokio::spawn(async move {
-            let mut buf = vec![0u8; 65_536];
-            loop {
-                match socket.recv_from(&mut buf).await {
-                    Ok((n, from)) => {
-                        let admitted = admission
-                            .lock()
-                            .map(|mut a| a.admit(from, mono()))
-                            .unwrap_or(true);
-                        if !admitted {
-                            continue;
-                        }
-                        if in_tx
-                            .send(Input::Data(buf[..n].to_vec(), from))
-                            .await
-                            .is_err()
-                        {
-                            break;
-                        }
-                    }
-                    Err(e) => {
-                        debug!(error = %e, "gossip receive");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            }
-        }))
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let spawned = std::thread::Builder::new()
+            .name("gossip-recv".into())
+            .spawn(move || receive(&socket, &in_tx, &admission, &stopping, mono));
+        if let Err(e) = spawned {
+            // the task ends: the loop starts it again after a backoff
+            warn!(error = %e, "gossip: no thread to receive on");
+            return;
+        }
+        StopOnDrop(stop)
     };
     let mut rates = Rates::default();
     let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
@@ -544,7 +661,7 @@ fn refresh_members(driver: &Driver, shared: &Shared, now: Millis) {
 
 async fn flush(
     driver: &mut Driver,
-    socket: &UdpSocket,
+    socket: &std::net::UdpSocket,
     sealer: &mut Sealer,
     shared: &Shared,
     in_tx: &mpsc::Sender<Input>,
@@ -553,7 +670,16 @@ async fn flush(
     let sends: Vec<(SocketAddr, Vec<u8>)> = driver.take_sends().collect();
     for (to, data) in sends {
         let packet = sealer.seal(&data, to, now);
-        match socket.send_to(&packet, to).await {
+        // never blocks: a full send buffer drops the datagram, as the
+        // network may (gossip sends again)
+        let sent = nix::sys::socket::sendto(
+            std::os::fd::AsRawFd::as_raw_fd(socket),
+            &packet,
+            &nix::sys::socket::SockaddrStorage::from(to),
+            nix::sys::socket::MsgFlags::MSG_DONTWAIT,
+        )
+        .map_err(std::io::Error::from);
+        match sent {
             Ok(n) => {
                 let mut i = shared.lock();
                 i.counters.packets_sent += 1;
