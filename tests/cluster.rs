@@ -338,10 +338,11 @@ fn strangers_stay_out_and_bad_packets_change_nothing() {
     let at_b: std::net::SocketAddr = format!("127.0.0.1:{pb}").parse().unwrap();
     let mut forger = Sealer::new(KeyRing::new(&[[1u8; 32]]), "prod", me, 1);
     let mut insider = Sealer::new(KeyRing::new(&[key]), "prod", me, 2);
-    let forged = forger.seal(b"anything at all", at_a, now());
-    let good_garbage = insider.seal(b"\xff\xff\xff not foca", at_a, now());
-    let stale = insider.seal(b"old", at_a, now() - 120_000);
-    let for_b = insider.seal(b"\x01 for b", at_b, now());
+    let forged = forger.seal(b"anything at all", at_a, now(), now());
+    let good_garbage = insider.seal(b"\xff\xff\xff not foca", at_a, now(), now());
+    // sent (cluster time) longer ago than hosts' clocks may differ
+    let stale = insider.seal(b"old", at_a, now(), now() - 16 * 60_000);
+    let for_b = insider.seal(b"\x01 for b", at_b, now(), now());
     let mut random = vec![0u8; 300];
     for (i, b) in random.iter_mut().enumerate() {
         *b = (i * 37 % 251) as u8;
@@ -756,6 +757,86 @@ fn clock_skew_between_hosts_is_measured_shown_and_warned_about() {
         1,
         "warned once: {}",
         a.d.log()
+    );
+}
+
+/// Three hosts whose clocks are 5 minutes ahead, right, and 5 minutes
+/// behind (the test-only clock offset): a signal set on the slow host after
+/// the fast one set it wins everywhere (wall clocks would have kept the
+/// fast one's), and a signal's end comes within a second of its TTL on
+/// every host, in real time.
+#[cfg(feature = "failpoints")]
+#[test]
+fn hosts_five_minutes_apart_agree_on_the_last_set_and_on_its_end() {
+    let key = [6u8; 32];
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let offset = |ms: i64| vec![("FAILPOINTS", format!("clock-offset-ms=return({ms})"))];
+    let host = |name: &str, port: u16, seed: u16, ms: i64| {
+        let dir = common::test_dir("cluster-clocks", name);
+        launch_env(&dir, name, port, seed, key, "test", "1s", &offset(ms))
+    };
+    let fast = host("fast", pa, pb, 300_000);
+    let right = host("right", pb, pa, 0);
+    let slow = host("slow", pc, pa, -300_000);
+    let all = [&fast, &right, &slow];
+    for d in all {
+        wait_until("three hosts", 60, d, || alive_count(d) == 3);
+    }
+    // set on the fast host, then (later, in real time) on the slow one
+    put_signal(&fast, "lb.rps", 1.0, "10m");
+    for d in all {
+        wait_until("the fast host's setting everywhere", 20, d, || {
+            has_signal(d, "lb.rps", 1.0)
+        });
+    }
+    put_signal(&slow, "lb.rps", 2.0, "10m");
+    for d in all {
+        wait_until(
+            "the slow host's later setting wins everywhere",
+            20,
+            d,
+            || has_signal(d, "lb.rps", 2.0),
+        );
+    }
+    // and it stays: nothing brings the fast host's back
+    std::thread::sleep(Duration::from_secs(2));
+    for d in all {
+        assert!(has_signal(d, "lb.rps", 2.0), "{}", d.log());
+    }
+    // a 15 s signal set on the slow host ends at one moment everywhere
+    let set = Instant::now();
+    put_signal(&slow, "short", 1.0, "15s");
+    let mut ended = [None; 3];
+    while ended.iter().any(Option::is_none) {
+        assert!(
+            set.elapsed() < Duration::from_secs(40),
+            "never ended: {ended:?}"
+        );
+        for (i, d) in all.iter().enumerate() {
+            let live = has_signal(d, "short", 1.0);
+            if ended[i].is_none() && !live && set.elapsed() > Duration::from_secs(5) {
+                ended[i] = Some(set.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (i, e) in ended.iter().enumerate() {
+        let e = e.unwrap().as_secs_f64();
+        // its TTL after the set, give or take the polling of three APIs
+        assert!(
+            (14.0..=16.0).contains(&e),
+            "host {i} ended it after {e:.2} s"
+        );
+    }
+    let spread = ended.iter().flatten().max().unwrap().as_secs_f64()
+        - ended.iter().flatten().min().unwrap().as_secs_f64();
+    assert!(spread <= 1.0, "ends {ended:?} more than 1 s apart");
+    // cluster-status shows the clocks apart, and that cluster time leads
+    let v = cluster(&slow);
+    assert!(v["max_clock_skew_ms"].as_i64().unwrap() >= 250_000, "{v}");
+    assert!(
+        v["cluster_time_lead_ms"].as_i64().unwrap() >= 590_000,
+        "{v}"
     );
 }
 

@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     );
     // a sealed payload of fuzz bytes opens once, at its receiver only
     let mut s = Sealer::new(ring, "fuzz", other, 1);
-    let p = s.seal(data, me, 1_800_000_000_000);
+    let p = s.seal(data, me, 1_800_000_000_000, 1_800_000_000_000);
     if p.len() <= virt_persona::cluster::seal::MAX_DATAGRAM {
         assert!(o.open(&p, 1_800_000_000_000, |to| to == other).is_err());
         let opened = o.open(&p, 1_800_000_000_000, |to| to == me);

@@ -174,12 +174,27 @@ impl Gossip {
         ) else {
             return;
         };
-        self.exchange.set_local_signal(
-            name,
+        // cluster time: its end as a duration from now, its stamp above
+        // every setting this host has seen
+        let (expires, stamp) = {
+            let mut i = self.shared.lock();
+            let now = now_ms();
+            (
+                i.clock.to_cluster(expires.as_millisecond()),
+                i.clock.stamp(now),
+            )
+        };
+        self.exchange
+            .set_local_signal(name, v["domain_uuid"].as_str(), value, expires, stamp);
+    }
+
+    /// A cluster signal this host withdrew (from the API's reply).
+    fn withdraw_local_signal(&mut self, v: &serde_json::Value) {
+        let stamp = self.shared.lock().clock.stamp(now_ms());
+        self.exchange.withdraw_local_signal(
+            v["name"].as_str().unwrap_or_default(),
             v["domain_uuid"].as_str(),
-            value,
-            expires.as_millisecond(),
-            now_ms(),
+            stamp,
         );
     }
 
@@ -200,7 +215,8 @@ impl Gossip {
             daemon_version: env!("CARGO_PKG_VERSION").to_string(),
             personas: personas.len() as u32,
         };
-        let local = self.exchange.local(summary, &rec.statuses(), now);
+        let clock = self.shared.lock().clock;
+        let local = self.exchange.local(summary, &rec.statuses(), now, &clock);
         self.node.send(cluster::node::ToNode::Local(local));
     }
 
@@ -822,11 +838,7 @@ fn run(
                             g.set_local_signal(v);
                         }
                         if withdrawn && v["scope"] == "cluster" {
-                            g.exchange.withdraw_local_signal(
-                                v["name"].as_str().unwrap_or_default(),
-                                v["domain_uuid"].as_str(),
-                                now_ms(),
-                            );
+                            g.withdraw_local_signal(v);
                         }
                         if cluster_source {
                             for v in v["set"].as_array().into_iter().flatten() {
@@ -836,11 +848,7 @@ fn run(
                             }
                             for v in v["ended"].as_array().into_iter().flatten() {
                                 if v["scope"] == "cluster" {
-                                    g.exchange.withdraw_local_signal(
-                                        v["name"].as_str().unwrap_or_default(),
-                                        v["domain_uuid"].as_str(),
-                                        now_ms(),
-                                    );
+                                    g.withdraw_local_signal(v);
                                 }
                             }
                         }

@@ -270,7 +270,8 @@ impl Driver {
     /// Publishes what changed in this node's state.
     pub fn local(&mut self, now: Millis, local: Local) {
         self.set_now(now);
-        let items = self.publisher.changes(now, local);
+        let cluster = self.shared.lock().clock.now(now);
+        let items = self.publisher.changes(now, cluster, local);
         if !items.is_empty() {
             self.publish(now, items);
             let _ = self.foca.gossip(&mut self.runtime);
@@ -383,7 +384,7 @@ impl Driver {
                 let inner = self.shared.lock();
                 match inner.state.nodes.get(&self.publisher.node) {
                     Some(own) => (
-                        self.publisher.reconcile(own, now),
+                        self.publisher.reconcile(own, now, inner.clock.now(now)),
                         own.summary
                             .as_ref()
                             .map(|s| s.1.addr.clone())
@@ -506,7 +507,8 @@ impl Driver {
             }
         }
         if again {
-            let items = self.publisher.all(now);
+            let cluster = self.shared.lock().clock.now(now);
+            let items = self.publisher.all(now, cluster);
             self.publish(now, items);
             let _ = self.foca.gossip(&mut self.runtime);
         }

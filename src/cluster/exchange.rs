@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::cluster::clock::ClusterClock;
 use crate::cluster::node::Inner;
 use crate::cluster::state::{DomainPub, Local, Manual, SignalPub, Summary, ENDED_PUBLISHED};
 use crate::reconciler::DomainStatus;
@@ -69,39 +70,49 @@ impl Exchange {
         }
     }
 
-    /// A cluster signal withdrawn here (`signal-unset`) at `now`: published
-    /// once as the newest setting, it ends the signal on every host.
-    pub fn withdraw_local_signal(&mut self, name: &str, domain: Option<&str>, now: Millis) {
+    /// A cluster signal withdrawn here (`signal-unset`), its withdrawal
+    /// stamped `stamp` ([`ClusterClock::stamp`]): published once as the
+    /// newest setting, it ends the signal on every host.
+    pub fn withdraw_local_signal(&mut self, name: &str, domain: Option<&str>, stamp: Millis) {
         let key = (name.to_string(), domain.map(str::to_string));
         self.local_signals.remove(&key);
-        self.withdrawn_at.insert(key.clone(), now);
-        self.withdrawn.insert(key, SignalPub::withdrawal(now));
+        self.withdrawn_at.insert(key.clone(), stamp);
+        self.withdrawn.insert(key, SignalPub::withdrawal(stamp));
     }
 
-    /// A cluster-scope signal set on this host (through the API) at `now`.
+    /// A cluster-scope signal set on this host (through the API), stamped
+    /// `stamp`, ending at `expires` — both cluster time.
     pub fn set_local_signal(
         &mut self,
         name: &str,
         domain: Option<&str>,
         value: f64,
         expires: Millis,
-        now: Millis,
+        stamp: Millis,
     ) {
         self.local_signals.insert(
             (name.to_string(), domain.map(str::to_string)),
             SignalPub {
                 value,
                 expires,
-                set_at: now,
+                set_at: stamp,
             },
         );
     }
 
     /// This host's state to publish: `summary`, its running domains with
     /// the persona each wears (none under `--dry-run`, where nothing is
-    /// worn) and manual activation, and its live cluster signals.
-    pub fn local(&mut self, summary: Summary, statuses: &[DomainStatus], now: Millis) -> Local {
-        self.local_signals.retain(|_, s| s.expires > now);
+    /// worn) and manual activation (its end in cluster time, on `clock`),
+    /// and its live cluster signals; `now` is this host's clock.
+    pub fn local(
+        &mut self,
+        summary: Summary,
+        statuses: &[DomainStatus],
+        now: Millis,
+        clock: &ClusterClock,
+    ) -> Local {
+        let cluster_now = clock.now(now);
+        self.local_signals.retain(|_, s| s.expires > cluster_now);
         let domains = statuses
             .iter()
             .filter(|s| s.state == "running")
@@ -115,7 +126,7 @@ impl Exchange {
                         since: s.since,
                         manual: s.override_.as_ref().map(|o| Manual {
                             persona: o.persona.clone(),
-                            until: o.until,
+                            until: o.until.map(|u| clock.to_cluster(u)),
                             id: o.id,
                         }),
                         ended: s.manual_ended
@@ -134,7 +145,8 @@ impl Exchange {
         }
     }
 
-    /// What the merged view `inner` holds for host `me` at `now`: the live
+    /// What the merged view `inner` holds for host `me` at `now` (this
+    /// host's clock; what it returns is on it too): the live
     /// cluster signals last set elsewhere (a local one of the same name and
     /// domain is superseded, and no longer published), and the manual
     /// activations of running domains here, without one of their own, that
@@ -154,6 +166,8 @@ impl Exchange {
             (m.state == "dead").then(|| now - m.since)
         };
         let grace = self.signal_grace_ms;
+        let clock = inner.clock;
+        let cluster_now = clock.now(now);
         let gone = |n: &str| n != me && dead_for(n).is_some_and(|d| d >= grace);
         let (mut signals, mut ended) = (Vec::new(), Vec::new());
         for x in inner.state.newest_signals(gone) {
@@ -175,12 +189,12 @@ impl Exchange {
                 self.withdrawn_at.remove(&key);
             }
             self.local_signals.remove(&key);
-            if x.signal.expires > now && !x.orphaned {
+            if x.signal.expires > cluster_now && !x.orphaned {
                 signals.push((
                     key.0,
                     Signal {
                         value: x.signal.value,
-                        expires: x.signal.expires,
+                        expires: clock.to_local(x.signal.expires),
                         domain: key.1,
                         cluster: true,
                     },
@@ -210,9 +224,13 @@ impl Exchange {
             let Some((from, manual)) =
                 inner
                     .state
-                    .manual_left_behind(&s.uuid, me, &s.manual_ended, alive, now)
+                    .manual_left_behind(&s.uuid, me, &s.manual_ended, alive, cluster_now)
             else {
                 continue;
+            };
+            let manual = Manual {
+                until: manual.until.map(|u| clock.to_local(u)),
+                ..manual
             };
             if self.followed.insert((s.uuid.clone(), manual.id)) {
                 follow.push(Follow {
@@ -259,7 +277,7 @@ mod tests {
 
     /// Host `node`'s published `local` merged into `inner`.
     fn merge(inner: &mut Inner, node: &str, local: Local, now: Millis) {
-        for it in Publisher::new(node).changes(now, local) {
+        for it in Publisher::new(node).changes(now, now, local) {
             inner.state.apply(&it, now);
         }
     }
@@ -331,7 +349,12 @@ mod tests {
         dry.persona = Some("calm".into());
         dry.would = true;
         let off = status("u3", "batch", "shut off");
-        let l = x.local(summary("10.0.0.1:7946"), &[web, dry, off], 1_600);
+        let l = x.local(
+            summary("10.0.0.1:7946"),
+            &[web, dry, off],
+            1_600,
+            &ClusterClock::default(),
+        );
         assert_eq!(l.summary, Some(summary("10.0.0.1:7946")));
         assert_eq!(l.domains.len(), 2, "{l:?}");
         let w = &l.domains["u1"];
@@ -371,7 +394,12 @@ mod tests {
                 }
             )]
         );
-        let l = x.local(summary("10.0.0.1:7946"), &[], 3_000);
+        let l = x.local(
+            summary("10.0.0.1:7946"),
+            &[],
+            3_000,
+            &ClusterClock::default(),
+        );
         assert!(l.signals.is_empty(), "ours is superseded: {l:?}");
         // expired everywhere with its TTL
         assert!(x.incoming(&inner, "a", &[], 50_000).signals.is_empty());
@@ -385,7 +413,12 @@ mod tests {
         let mut x = Exchange::default();
         x.set_local_signal("bench", None, 1.0, 600_000, 1_500);
         assert!(x.incoming(&inner, "a", &[], 2_000).signals.is_empty());
-        let l = x.local(summary("10.0.0.1:7946"), &[], 2_000);
+        let l = x.local(
+            summary("10.0.0.1:7946"),
+            &[],
+            2_000,
+            &ClusterClock::default(),
+        );
         assert_eq!(l.signals[&("bench".to_string(), None)].value, 1.0);
         // set in the same millisecond: the greater host name wins on both
         let mut tie = Exchange::default();
@@ -478,7 +511,12 @@ mod tests {
         reverted.manual_ended = vec![42];
         let restarted = Exchange::default().incoming(&inner, "b", &[reverted.clone()], 3_000);
         assert!(restarted.follow.is_empty(), "{restarted:?}");
-        let b_local = Exchange::default().local(summary("10.0.0.2:7946"), &[reverted], 3_000);
+        let b_local = Exchange::default().local(
+            summary("10.0.0.2:7946"),
+            &[reverted],
+            3_000,
+            &ClusterClock::default(),
+        );
         assert_eq!(b_local.domains["u1"].ended, [42]);
         // b's item reaches c (b still alive, a dead): c does not take it either
         merge(&mut inner, "b", b_local, 3_000);
@@ -487,7 +525,7 @@ mod tests {
         assert!(third.follow.is_empty(), "{third:?}");
         // another activation (a new id) is continued as before
         let a2 = host_a_with(Manual { id: 43, ..manual });
-        for it in Publisher::new("a").changes(5_000, a2) {
+        for it in Publisher::new("a").changes(5_000, 5_000, a2) {
             inner.state.apply(
                 &Item {
                     version: 10_000,

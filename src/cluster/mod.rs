@@ -3,6 +3,7 @@
 //! packet sealing (pure), `node` the only code on the network.
 
 pub mod admit;
+pub mod clock;
 pub mod driver;
 pub mod exchange;
 pub mod node;
@@ -51,11 +52,13 @@ pub fn view(i: &node::Inner, now: Millis) -> Value {
                 })
             })
             .collect();
+        // cluster time, shown on this host's clock
+        let cluster_now = i.clock.now(now);
         let signals: Vec<Value> = n
             .signals
             .iter()
-            .filter(|(_, (_, s))| s.expires > now)
-            .map(|((name, d), (_, s))| json!({"name": name, "domain": d, "value": s.value, "expires": rfc3339(s.expires)}))
+            .filter(|(_, (_, s))| s.expires > cluster_now)
+            .map(|((name, d), (_, s))| json!({"name": name, "domain": d, "value": s.value, "expires": rfc3339(i.clock.to_local(s.expires))}))
             .collect();
         hosts.push(json!({
             "name": name,
@@ -97,6 +100,8 @@ pub fn view(i: &node::Inner, now: Millis) -> Value {
         "addr": i.my_addr,
         "majority_digest": majority.map(|m| m.0),
         "max_clock_skew_ms": i.max_clock_skew_ms(),
+        // how far cluster time runs ahead of this host's clock
+        "cluster_time_lead_ms": i.clock.lead(),
         "hosts": hosts,
         "packets": {
             "sent": c.packets_sent, "received": c.packets_received,

@@ -551,8 +551,9 @@ async fn run(
             input = in_rx.recv() => match input {
                 Some(Input::Data(bytes, from)) => {
                     let t = now();
-                    match opener.open(&bytes, t, |to| me.is_me(to)) {
-                        Ok(Opened { payload, from: sender, sent }) => {
+                    let cluster_now = shared.lock().clock.now(t);
+                    match opener.open(&bytes, cluster_now, |to| me.is_me(to)) {
+                        Ok(Opened { payload, from: sender, sent, cluster }) => {
                             if let Ok(mut a) = admission.lock() {
                                 a.opened(from, mono());
                             }
@@ -560,6 +561,10 @@ async fn run(
                             let from = sender;
                             {
                                 let mut i = shared.lock();
+                                let moved = i.clock.observe(cluster, t);
+                                if moved > crate::cluster::shared::CLOCK_WARN_MS {
+                                    info!(%from, moved_ms = moved, lead_ms = i.clock.lead(), "cluster time follows a host whose clock is ahead of this one's");
+                                }
                                 i.counters.packets_received += 1;
                                 i.counters.bytes_received += bytes.len() as u64;
                                 i.last_packet.insert(from, t);
@@ -570,7 +575,7 @@ async fn run(
                                     && skewed.len() < 1024
                                     && skewed.insert(from)
                                 {
-                                    warn!(%from, ahead_ms = ahead, "this host's clock and another's are more than 1 s apart: cluster signals set on both are ordered by their clocks, and a difference over 30 s stops gossip; run NTP (chrony, systemd-timesyncd) on every host");
+                                    warn!(%from, ahead_ms = ahead, "this host's clock and another's are more than 1 s apart: cluster signals are still ordered and end together (cluster time), but the times each host logs and shows differ, and over 15 minutes apart gossip stops; run NTP (chrony, systemd-timesyncd) on every host");
                                 }
                             }
                             if let Err(e) = driver.receive(t, from, &payload) {
@@ -669,7 +674,8 @@ async fn flush(
 ) {
     let sends: Vec<(SocketAddr, Vec<u8>)> = driver.take_sends().collect();
     for (to, data) in sends {
-        let packet = sealer.seal(&data, to, now);
+        let cluster = shared.lock().clock.now(now);
+        let packet = sealer.seal(&data, to, now, cluster);
         // never blocks: a full send buffer drops the datagram, as the
         // network may (gossip sends again)
         let sent = nix::sys::socket::sendto(

@@ -9,11 +9,16 @@
 //!
 //! Inside the seal each packet names its sender (the address it is known by
 //! in the cluster and a random 64-bit id of the process), its receiver (the
-//! address it was sent to), a per-process counter and the send time.
-//! Replay protection: a packet is refused by every host it was not sealed
-//! for ([`Drop::WrongReceiver`]), outside a window of [`MAX_AGE_MS`] of its
-//! send time, and, within it, more than once: each sender identity (address
-//! and process id) has a sliding window of its last 64 counters.
+//! address it was sent to), a per-process counter, the send time on the
+//! sender's clock (how far apart clocks are is measured from it) and in
+//! cluster time ([`crate::cluster::clock`]). Replay protection: a packet is
+//! refused by every host it was not sealed for ([`Drop::WrongReceiver`]),
+//! further than [`MAX_SKEW_MS`] from the receiver's cluster time, and
+//! within it more than once: each sender identity (address and process id)
+//! has a sliding window of its last 64 counters. (A host restarted since a
+//! packet for it was captured has no window for its sender yet: such a
+//! replay, within those 15 minutes, opens once — its old items are older
+//! than what the host hears since, and foca's messages carry incarnations.)
 //!
 //! Key rotation without downtime: the key file holds one key per line (64
 //! hex characters; `#` comments); the first seals, all open. Roll out a new
@@ -21,7 +26,8 @@
 //! (reload), remove the old one (reload).
 //!
 //! Layout: `VPG2` | nonce (24) | sealed(from (19) | to (19) | process (8) |
-//! counter (8) | time ms (8) | payload) | tag (16); an address is its family
+//! counter (8) | sent ms (8) | cluster time ms (8) | payload) | tag (16); an
+//! address is its family
 //! (4 or 6), 16 bytes of IP (an IPv4 address in the first 4) and the port.
 //! (`VPG1`, 0.2's format, is refused and counted: see [`OLD_MAGIC`].)
 
@@ -31,6 +37,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 
+pub use crate::cluster::clock::MAX_SKEW_MS;
 use crate::time::Millis;
 
 pub const MAGIC: &[u8; 4] = b"VPG2";
@@ -42,14 +49,12 @@ pub const OLD_MAGIC: &[u8; 4] = b"VPG1";
 const NONCE: usize = 24;
 const TAG: usize = 16;
 const ADDR: usize = 19;
-/// from, to, process id, counter, send time.
-const HEADER: usize = 2 * ADDR + 8 + 8 + 8;
+/// from, to, process id, counter, send time, cluster time.
+const HEADER: usize = 2 * ADDR + 8 * 4;
 /// What sealing adds to a payload.
 pub const OVERHEAD: usize = MAGIC.len() + NONCE + HEADER + TAG;
 /// The largest datagram accepted (and sent).
 pub const MAX_DATAGRAM: usize = 1400;
-/// A packet older (or further in the future) than this is refused.
-pub const MAX_AGE_MS: Millis = 30_000;
 /// Senders whose replay windows are kept (the oldest is forgotten past this).
 pub const MAX_SENDERS: usize = 4096;
 
@@ -68,7 +73,7 @@ pub enum Drop {
     OldFormat,
     #[error("does not open under any key of this cluster (another key or cluster id, or forged)")]
     Unauthenticated,
-    #[error("sent too long ago or in the future (clocks more than 30 s apart?)")]
+    #[error("sent too long ago or in the future (cluster time more than 15 minutes apart: a host's clock that far off?)")]
     Stale,
     #[error("sealed for another host (replayed or misdirected)")]
     WrongReceiver,
@@ -309,8 +314,15 @@ impl Sealer {
         &self.ring
     }
 
-    /// The datagram for `payload`, sealed for the host at `to`, sent at `now`.
-    pub fn seal(&mut self, payload: &[u8], to: SocketAddr, now: Millis) -> Vec<u8> {
+    /// The datagram for `payload`, sealed for the host at `to`, sent when
+    /// this host's clock says `now` and cluster time is `cluster`.
+    pub fn seal(
+        &mut self,
+        payload: &[u8],
+        to: SocketAddr,
+        now: Millis,
+        cluster: Millis,
+    ) -> Vec<u8> {
         self.counter += 1;
         // 192 random bits from a CSPRNG (ThreadRng, reseeded from the OS):
         // a repeat is out of reach however many hosts, restarts and packets
@@ -321,6 +333,7 @@ impl Sealer {
         plain.extend_from_slice(&self.process.to_be_bytes());
         plain.extend_from_slice(&self.counter.to_be_bytes());
         plain.extend_from_slice(&now.to_be_bytes());
+        plain.extend_from_slice(&cluster.to_be_bytes());
         plain.extend_from_slice(payload);
         let aad = associated(&self.cluster, &nonce);
         let sealed = self.ring.ciphers[0]
@@ -377,6 +390,8 @@ pub struct Opened {
     pub from: SocketAddr,
     /// When the sender's clock says it was sent.
     pub sent: Millis,
+    /// The sender's cluster time then.
+    pub cluster: Millis,
 }
 
 /// Opens incoming datagrams: authenticity, freshness, for this host, and
@@ -400,8 +415,9 @@ impl Opener {
         self.ring = ring;
     }
 
-    /// The datagram received at `now`, or why it was dropped. `is_me` says
-    /// whether an address the packet was sealed for is this host's.
+    /// The datagram received when cluster time is `now`, or why it was
+    /// dropped. `is_me` says whether an address the packet was sealed for is
+    /// this host's.
     pub fn open(
         &mut self,
         packet: &[u8],
@@ -452,7 +468,8 @@ impl Opener {
         let process = be64(&plain[2 * ADDR..]);
         let counter = be64(&plain[2 * ADDR + 8..]);
         let sent = be64(&plain[2 * ADDR + 16..]) as i64;
-        if (now - sent).abs() > MAX_AGE_MS {
+        let cluster = be64(&plain[2 * ADDR + 24..]) as i64;
+        if now.saturating_sub(cluster).saturating_abs() > MAX_SKEW_MS {
             return Err(Drop::Stale);
         }
         if !is_me(to) {
@@ -480,6 +497,7 @@ impl Opener {
             payload: plain[HEADER..].to_vec(),
             from,
             sent,
+            cluster,
         })
     }
 }
@@ -506,12 +524,12 @@ mod tests {
     #[test]
     fn a_sealed_packet_opens_once_under_the_same_key_and_cluster_only() {
         let mut s = Sealer::new(ring(1), "prod", a(A), 9);
-        let p = s.seal(b"hello", a(B), T);
+        let p = s.seal(b"hello", a(B), T, T);
         assert_eq!(p.len(), 5 + OVERHEAD);
         let mut o = Opener::new(ring(1), "prod");
         let opened = o.open(&p, T + 5, at(B)).unwrap();
         assert_eq!(opened.payload, b"hello");
-        assert_eq!((opened.from, opened.sent), (a(A), T));
+        assert_eq!((opened.from, opened.sent, opened.cluster), (a(A), T, T));
         assert_eq!(o.open(&p, T + 6, at(B)), Err(Drop::Replayed));
         assert_eq!(
             Opener::new(ring(2), "prod").open(&p, T, at(B)),
@@ -522,11 +540,11 @@ mod tests {
             Err(Drop::Unauthenticated)
         );
         assert_eq!(
-            Opener::new(ring(1), "prod").open(&p, T + 31_000, at(B)),
+            Opener::new(ring(1), "prod").open(&p, T + MAX_SKEW_MS + 1, at(B)),
             Err(Drop::Stale)
         );
         assert_eq!(
-            Opener::new(ring(1), "prod").open(&p, T - 31_000, at(B)),
+            Opener::new(ring(1), "prod").open(&p, T - MAX_SKEW_MS - 1, at(B)),
             Err(Drop::Stale)
         );
         // any flipped bit is caught
@@ -559,7 +577,7 @@ mod tests {
     #[test]
     fn a_packet_opens_only_at_the_host_it_was_sealed_for() {
         let mut s = Sealer::new(ring(1), "prod", a(A), 1);
-        let p = s.seal(b"for b", a(B), T);
+        let p = s.seal(b"for b", a(B), T, T);
         for me in [C, A] {
             assert_eq!(
                 Opener::new(ring(1), "prod").open(&p, T, at(me)),
@@ -574,9 +592,9 @@ mod tests {
         );
         assert!(Opener::new(ring(1), "prod").open(&p, T, at(B)).is_ok());
         // a dual-stack socket's view of an IPv4 peer is the same address
-        let p = s.seal(b"v6", a("[::ffff:10.0.0.2]:7946"), T);
+        let p = s.seal(b"v6", a("[::ffff:10.0.0.2]:7946"), T, T);
         assert!(Opener::new(ring(1), "prod").open(&p, T, at(B)).is_ok());
-        let p = s.seal(b"v6", a("[2001:db8::2]:7946"), T);
+        let p = s.seal(b"v6", a("[2001:db8::2]:7946"), T, T);
         let opened = Opener::new(ring(1), "prod")
             .open(&p, T, |to| to == a("[2001:db8::2]:7946"))
             .unwrap();
@@ -593,11 +611,11 @@ mod tests {
         let mut again = Sealer::new(ring(1), "c", a(A), 2);
         let mut other = Sealer::new(ring(1), "c", a(C), 1);
         for _ in 0..3 {
-            assert!(o.open(&first.seal(b"x", a(B), T), T, at(B)).is_ok());
+            assert!(o.open(&first.seal(b"x", a(B), T, T), T, at(B)).is_ok());
         }
-        let p = again.seal(b"after a restart", a(B), T);
+        let p = again.seal(b"after a restart", a(B), T, T);
         assert!(o.open(&p, T, at(B)).is_ok(), "counter 1 of a new process");
-        assert!(o.open(&other.seal(b"y", a(B), T), T, at(B)).is_ok());
+        assert!(o.open(&other.seal(b"y", a(B), T, T), T, at(B)).is_ok());
         assert_eq!(o.open(&p, T, at(B)), Err(Drop::Replayed));
     }
 
@@ -610,7 +628,7 @@ mod tests {
             // every restart: a new process, its counter from 1 again
             let mut s = Sealer::new(ring(1), "c", a(A), process % 2);
             for _ in 0..50 {
-                let p = s.seal(b"n", a(B), T);
+                let p = s.seal(b"n", a(B), T, T);
                 assert!(seen.insert(p[4..4 + NONCE].to_vec()), "a nonce repeated");
             }
         }
@@ -648,12 +666,12 @@ mod tests {
         let mut on_old = Sealer::new(KeyRing::new(&[old]), "c", a(A), 1);
         let mut on_both = Sealer::new(KeyRing::new(&[new, old]), "c", a(C), 2);
         let mut o = Opener::new(KeyRing::new(&[old, new]), "c");
-        assert!(o.open(&on_old.seal(b"a", a(B), T), T, at(B)).is_ok());
-        assert!(o.open(&on_both.seal(b"b", a(B), T), T, at(B)).is_ok());
+        assert!(o.open(&on_old.seal(b"a", a(B), T, T), T, at(B)).is_ok());
+        assert!(o.open(&on_both.seal(b"b", a(B), T, T), T, at(B)).is_ok());
         // a host that dropped the old key no longer hears the old one
         let mut only_new = Opener::new(KeyRing::new(&[new]), "c");
         assert_eq!(
-            only_new.open(&on_old.seal(b"c", a(B), T), T, at(B)),
+            only_new.open(&on_old.seal(b"c", a(B), T, T), T, at(B)),
             Err(Drop::Unauthenticated)
         );
     }
@@ -661,7 +679,7 @@ mod tests {
     #[test]
     fn the_replay_window_accepts_reordering_and_refuses_repeats() {
         let mut s = Sealer::new(ring(1), "c", a(A), 4);
-        let ps: Vec<Vec<u8>> = (0..100).map(|i| s.seal(&[i as u8], a(B), T)).collect();
+        let ps: Vec<Vec<u8>> = (0..100).map(|i| s.seal(&[i as u8], a(B), T, T)).collect();
         let mut o = Opener::new(ring(1), "c");
         // late ones within 64 are fine once; further back is refused
         for i in [5usize, 3, 4, 99, 50, 40] {

@@ -83,7 +83,8 @@ pub struct Skew {
 const SKEW_SAMPLES: usize = 32;
 
 /// A clock further apart than this is warned about (once per host): cluster
-/// signals set on two hosts are ordered by their set times.
+/// signals are still ordered and ended together (on cluster time), but the
+/// times hosts log and show differ by as much.
 pub const CLOCK_WARN_MS: Millis = 1_000;
 
 impl Skew {
@@ -112,6 +113,8 @@ pub struct Inner {
     pub last_packet: BTreeMap<SocketAddr, Millis>,
     /// How far each address's clock is ahead of this host's.
     pub clock_ahead: BTreeMap<SocketAddr, Skew>,
+    /// Cluster time: what replicated items are ordered and expired by.
+    pub clock: crate::cluster::clock::ClusterClock,
     /// Woken when another host's cluster signal is merged, or a domain it
     /// had manually activated is published gone from it (it may have moved
     /// here), so the control loop takes it at once rather than at its next
@@ -219,7 +222,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        for it in Publisher::new(node).changes(now, local) {
+        for it in Publisher::new(node).changes(now, now, local) {
             inner.merge(&it, now);
         }
     }

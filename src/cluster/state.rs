@@ -69,13 +69,16 @@ pub struct DomainPub {
 /// How many ended manual activations a domain's item carries.
 pub const ENDED_PUBLISHED: usize = 8;
 
-/// A cluster-scope signal.
+/// A cluster-scope signal. Its times are cluster time
+/// ([`crate::cluster::clock`]), never a host's own clock.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SignalPub {
     pub value: f64,
+    /// When it ends: its set time plus its duration.
     pub expires: Millis,
-    /// When it was set: of the same signal set on several hosts, the last
-    /// set wins (not the last re-sent).
+    /// Its setting's stamp ([`crate::cluster::clock::ClusterClock::stamp`]):
+    /// of the same signal set on several hosts, the last set wins (not the
+    /// last re-sent), whatever their clocks say.
     pub set_at: Millis,
 }
 
@@ -532,7 +535,9 @@ impl Publisher {
 
     /// The items that changed since the last call; domains no longer there
     /// are published once as gone (with their last manual activation).
-    pub fn changes(&mut self, now: Millis, mut local: Local) -> Vec<Item> {
+    /// `now` is this host's clock (versions never fall below it), `cluster`
+    /// cluster time (signals end on it).
+    pub fn changes(&mut self, now: Millis, cluster: Millis, mut local: Local) -> Vec<Item> {
         let mut out = Vec::new();
         let item = |v: &mut Versions, part: Part, body: Body| Item {
             node: self.node.clone(),
@@ -584,7 +589,7 @@ impl Publisher {
             }
         }
         // expired signals are not re-published; receivers drop them by time
-        local.signals.retain(|_, s| s.expires > now);
+        local.signals.retain(|_, s| s.expires > cluster);
         self.last = local;
         out
     }
@@ -599,12 +604,12 @@ impl Publisher {
     ///
     /// Nothing is marked gone before this run's first publication (its own
     /// domains are not known yet). Returns the items to send.
-    pub fn reconcile(&mut self, own: &NodeView, now: Millis) -> Vec<Item> {
+    pub fn reconcile(&mut self, own: &NodeView, now: Millis, cluster: Millis) -> Vec<Item> {
         let mut out = Vec::new();
         if own.max > self.versions.0 {
             self.versions.0 = own.max;
             if self.last.summary.is_some() {
-                out = self.all(now);
+                out = self.all(now, cluster);
             }
         }
         if self.last.summary.is_none() {
@@ -632,17 +637,17 @@ impl Publisher {
 
     /// Every item again with new versions: for a member that came up or
     /// rejoined (foca keeps no history).
-    pub fn all(&mut self, now: Millis) -> Vec<Item> {
+    pub fn all(&mut self, now: Millis, cluster: Millis) -> Vec<Item> {
         let last = std::mem::take(&mut self.last);
         let mut pending = last.clone();
         pending.domains.retain(|_, d| d.running);
         self.last = Local::default();
-        let mut items = self.changes(now, pending);
+        let mut items = self.changes(now, cluster, pending);
         // gone domains stay known as gone
         for (u, d) in last.domains.into_iter().filter(|(_, d)| !d.running) {
             self.last.domains.entry(u).or_insert(d);
         }
-        items.retain(|i| !matches!(&i.body, Body::Signal(s) if s.expires <= now));
+        items.retain(|i| !matches!(&i.body, Body::Signal(s) if s.expires <= cluster));
         items
     }
 }
@@ -720,7 +725,7 @@ mod tests {
             ..Default::default()
         };
         local.domains.insert("u1".into(), dom("web-1", None));
-        let mut items = p.changes(100, local.clone());
+        let mut items = p.changes(100, 100, local.clone());
         local.domains.insert("u1".into(), dom("web-1", Some("hot")));
         local.signals.insert(
             ("lb".into(), None),
@@ -730,9 +735,9 @@ mod tests {
                 set_at: 200,
             },
         );
-        items.extend(p.changes(200, local.clone()));
+        items.extend(p.changes(200, 200, local.clone()));
         local.domains.clear();
-        items.extend(p.changes(300, local));
+        items.extend(p.changes(300, 300, local));
         let mut forward = ClusterState::default();
         for i in &items {
             forward.apply(i, 1);
@@ -819,13 +824,15 @@ mod tests {
         was.domains.insert("left".into(), dom("left", Some("hot")));
         was.domains
             .insert("stays".into(), dom("stays", Some("hot")));
-        for it in old.changes(50_000, was) {
+        for it in old.changes(50_000, 50_000, was) {
             cluster.apply(&it, 50_000);
         }
         // restarted, its clock 20 s behind; its own view starts empty
         let mut new = Publisher::new("a");
         let mut mine = ClusterState::default();
-        assert!(new.reconcile(&NodeView::default(), 30_000).is_empty());
+        assert!(new
+            .reconcile(&NodeView::default(), 30_000, 30_000)
+            .is_empty());
         let mut now_local = Local {
             summary: Some(summary("new")),
             ..Default::default()
@@ -833,13 +840,13 @@ mod tests {
         now_local
             .domains
             .insert("stays".into(), dom("stays", Some("calm")));
-        let first = new.changes(30_000, now_local);
+        let first = new.changes(30_000, 30_000, now_local);
         for it in &first {
             mine.apply(it, 30_000);
             assert!(!cluster.apply(it, 30_000), "lower versions lose: {it:?}");
         }
         // nothing to square while only its own items are there
-        assert!(new.reconcile(&mine.nodes["a"], 30_000).is_empty());
+        assert!(new.reconcile(&mine.nodes["a"], 30_000, 30_000).is_empty());
         // the others' items of it arrive
         for n in ["left", "stays"] {
             let (v, d) = cluster.nodes["a"].domains[n].clone();
@@ -853,7 +860,7 @@ mod tests {
                 30_100,
             );
         }
-        let fix = new.reconcile(&mine.nodes["a"], 30_200);
+        let fix = new.reconcile(&mine.nodes["a"], 30_200, 30_200);
         assert!(!fix.is_empty());
         for it in &fix {
             assert!(it.version > 50_000, "{it:?}");
@@ -871,7 +878,7 @@ mod tests {
         for it in &fix {
             mine.apply(it, 30_200);
         }
-        assert!(new.reconcile(&mine.nodes["a"], 30_300).is_empty());
+        assert!(new.reconcile(&mine.nodes["a"], 30_300, 30_300).is_empty());
     }
 
     #[test]
@@ -956,13 +963,16 @@ mod tests {
             ..Default::default()
         };
         local.domains.insert("u1".into(), dom("web-1", None));
-        let first = p.changes(100, local.clone());
+        let first = p.changes(100, 100, local.clone());
         assert_eq!(first.len(), 2);
-        assert!(p.changes(150, local.clone()).is_empty(), "nothing changed");
-        let again = p.all(200);
+        assert!(
+            p.changes(150, 150, local.clone()).is_empty(),
+            "nothing changed"
+        );
+        let again = p.all(200, 200);
         assert_eq!(again.len(), 2);
         assert!(again.iter().all(|i| i.version > first[1].version));
-        assert!(p.changes(250, local).is_empty());
+        assert!(p.changes(250, 250, local).is_empty());
     }
 
     /// A forgotten host's old items, re-sent by a host that still has them,
@@ -980,7 +990,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let items = p.changes(1_000, local.clone());
+        let items = p.changes(1_000, 1_000, local.clone());
         let mut st = ClusterState::default();
         let mut other = ClusterState::default();
         for i in &items {
@@ -1002,7 +1012,7 @@ mod tests {
         if let Some(s) = changed.summary.as_mut() {
             s.up_since = 5;
         }
-        let newer = p.changes(4_000, changed);
+        let newer = p.changes(4_000, 4_000, changed);
         assert!(st.apply(&newer[0], 4_000));
         assert!(st.forgotten.is_empty());
         // tombstones go after a week
