@@ -838,6 +838,23 @@ fn hosts_five_minutes_apart_agree_on_the_last_set_and_on_its_end() {
         v["cluster_time_lead_ms"].as_i64().unwrap() >= 590_000,
         "{v}"
     );
+    assert_eq!(
+        cluster(&fast)["cluster_time_lead_ms"],
+        0,
+        "the fast clock leads"
+    );
+    let out = common::cli_ok(&["--socket", slow.socket.to_str().unwrap(), "cluster-status"]);
+    assert!(
+        out.contains("Cluster time") && out.contains("ahead of this host's clock"),
+        "{out}"
+    );
+    let (_, m) = common::http(&slow.socket, "GET /metrics HTTP/1.1\r\n\r\n");
+    let lead: f64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("virt_persona_gossip_state{state=\"cluster_time_lead_ms\"} "))
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0.0);
+    assert!(lead >= 590_000.0, "{m}");
 }
 
 /// `d`'s view of the cluster has host a's manual activation of web-1.

@@ -1476,5 +1476,11 @@ fn cluster_status(cli: &Cli) -> anyhow::Result<ExitCode> {
         if hosts.iter().any(|h| h["digest_differs"] == true) {
             println!("\nwarning: hosts marked DIFFERS run another persona set than most hosts");
         }
+        if let Some(lead) = v["cluster_time_lead_ms"].as_i64().filter(|l| *l >= 1000) {
+            println!(
+                "\nCluster time (which orders and ends cluster signals) runs {:.1} s ahead of this host's clock: the furthest-ahead clock in the cluster leads; run NTP on every host",
+                lead as f64 / 1000.0
+            );
+        }
     })
 }
