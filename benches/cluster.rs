@@ -7,13 +7,17 @@
 //!   convergence meanwhile;
 //! - the in-memory simulation (real foca and merge, simulated network) with
 //!   16 nodes × 50 domains and with 1,000 nodes: convergence of a change and
-//!   bytes per node per second.
+//!   bytes per node per second;
+//! - 30 simulated days of churn (hosts replaced, 10,000 domains coming and
+//!   going, signals set and running out) on the state code: one node's
+//!   state at the end against the start.
 //!
 //! ```text
 //! cargo bench --bench cluster
 //!   VP_CHANGES=100, VP_NODES=16: the real run's size
 //!   VP_REAL=0 / VP_SIM=0 / VP_BIG=0: skip the real daemons / the 16-node / the 1,000-node simulation
 //!   VP_FLOOD=0: skip the datagram floods at one real daemon (VP_FLOOD_SECS=20 each)
+//!   VP_CHURN=0: skip the 30 simulated days of churn on the state code
 //!   VP_BIG_NODES=1000: the large simulation's size
 //! ```
 //!
@@ -430,4 +434,35 @@ fn main() {
     if common::env_or("VP_BIG", 1) == 1 {
         simulate(common::env_or("VP_BIG_NODES", 1000), 2, 20, 2);
     }
+    if common::env_or("VP_CHURN", 1) == 1 {
+        churn();
+    }
+}
+
+/// 30 simulated days of churn on the state code (issue 25): state per node
+/// at the end against the start.
+fn churn() {
+    use virt_persona::cluster::churn::{churn, ChurnConfig};
+    let cfg = ChurnConfig::default();
+    let t = Instant::now();
+    let r = churn(&cfg);
+    println!(
+        "churn: {} simulated days, {} hosts at a time ({} ever, one replaced every {} days), {} domains at a time ({} ever), cluster signals set every 10 min; one node's view after day 1: {} items, {} bytes, {} tombstones; at the end: {} items, {} bytes ({:.2}x), {} tombstones, {} items of what no longer exists (within retention); views agree: {} ({:.1} s)",
+        cfg.days,
+        cfg.hosts,
+        r.hosts_ever,
+        cfg.host_every_days,
+        cfg.domains,
+        r.domains_ever,
+        r.start.0,
+        r.start.1,
+        r.start.2,
+        r.end.0,
+        r.end.1,
+        r.end.1 as f64 / r.start.1.max(1) as f64,
+        r.end.2,
+        r.end_outlived,
+        r.converged,
+        t.elapsed().as_secs_f64()
+    );
 }

@@ -302,7 +302,7 @@ impl Metrics {
         let gossip_state = Family::default();
         registry.register(
             "gossip_state",
-            "What this host's view of the cluster holds, by state=items|bytes (encoded)|hosts|forgotten_hosts (tombstones of hosts dead for a day)|max_clock_skew_ms (the largest clock difference to another host, from the send times in its datagrams)|cluster_time_lead_ms (how far cluster time, which orders and ends cluster signals, runs ahead of this host's clock)",
+            "What this host's view of the cluster holds, by state=items|bytes (encoded)|hosts|forgotten_hosts (tombstones of hosts dead for a day)|ended_signals (tombstones of cluster signals ended for an hour)|max_clock_skew_ms (the largest clock difference to another host, from the send times in its datagrams)|cluster_time_lead_ms (how far cluster time, which orders and ends cluster signals, runs ahead of this host's clock)",
             gossip_state.clone(),
         );
         let gossip_backlog = Family::default();
@@ -652,6 +652,7 @@ impl Metrics {
             ("bytes", i.state.encoded_bytes()),
             ("hosts", i.state.nodes.len()),
             ("forgotten_hosts", i.state.forgotten.len()),
+            ("ended_signals", i.state.ended_signals.len()),
             ("max_clock_skew_ms", i.max_clock_skew_ms() as usize),
             ("cluster_time_lead_ms", i.clock.lead().max(0) as usize),
         ] {

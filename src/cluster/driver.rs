@@ -360,6 +360,19 @@ impl Driver {
         self.set_now(now);
         if now >= self.next_sync {
             self.next_sync = now + SYNC_MS;
+            // what no longer exists, dropped alike on every host
+            {
+                let mut inner = self.shared.lock();
+                let cluster = inner.clock.now(now);
+                let dropped = inner.state.prune(cluster);
+                if dropped > 0 {
+                    tracing::debug!(
+                        dropped,
+                        "gossip view: gone domains and ended signals dropped"
+                    );
+                }
+            }
+            self.publisher.prune(now);
             let peers: Vec<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
             if !peers.is_empty() {
                 let to = peers[self.rng.random_range(0..peers.len())];

@@ -113,6 +113,10 @@ impl Exchange {
     ) -> Local {
         let cluster_now = clock.now(now);
         self.local_signals.retain(|_, s| s.expires > cluster_now);
+        // past this the views have dropped the withdrawal too (a host out of
+        // the cluster meanwhile does not keep them all)
+        self.withdrawn_at
+            .retain(|_, at| *at >= cluster_now - crate::cluster::state::ENDED_SIGNAL_KEEP_MS);
         let domains = statuses
             .iter()
             .filter(|s| s.state == "running")

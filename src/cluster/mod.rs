@@ -3,6 +3,7 @@
 //! packet sealing (pure), `node` the only code on the network.
 
 pub mod admit;
+pub mod churn;
 pub mod clock;
 pub mod driver;
 pub mod exchange;

@@ -180,7 +180,7 @@ impl Inner {
     /// Merges one item (see [`ClusterState::apply`]); true when it changed
     /// the view.
     pub fn merge(&mut self, item: &Item, now: Millis) -> bool {
-        let changed = self.state.apply(item, now);
+        let changed = self.state.apply_at(item, now, self.clock.now(now));
         let news = match &item.body {
             Body::Signal(_) => true,
             Body::Domain(d) => !d.running && d.manual.is_some(),

@@ -244,11 +244,52 @@ pub struct ClusterState {
     /// not forgotten them yet, are not taken back; a newer one (the host is
     /// back) is.
     pub forgotten: BTreeMap<String, (u64, Millis)>,
+    /// Cluster signals forgotten ([`ClusterState::prune`]), by (name,
+    /// domain): the stamp of their newest setting then, and when (cluster
+    /// time). A setting at or before it is not taken back.
+    pub ended_signals: BTreeMap<(String, Option<String>), (Millis, Millis)>,
 }
 
-/// How long a forgotten host's tombstone is kept (a week: far longer than
-/// any host takes to forget it too).
+/// How long a forgotten host's (or signal's) tombstone is kept (a week: far
+/// longer than any host takes to forget it too).
 pub const TOMBSTONE_KEEP_MS: Millis = 7 * 86_400_000;
+
+/// How long a domain published gone is kept (its item's version, which is
+/// never below its host's clock when published, against cluster time): a
+/// day, for the host it moves to to continue its manual activation.
+pub const GONE_DOMAIN_KEEP_MS: Millis = 86_400_000;
+
+/// How long a cluster signal's newest setting is kept once it ended (ran
+/// out or was withdrawn), before only its tombstone is.
+pub const ENDED_SIGNAL_KEEP_MS: Millis = 3_600_000;
+
+impl NodeView {
+    /// The highest version held and the pairs' sum, from the items held
+    /// (after items were dropped: two nodes holding the same items agree).
+    fn recount(&mut self) {
+        let pairs = self
+            .summary
+            .iter()
+            .map(|(v, _)| (Part::Summary, *v))
+            .chain(
+                self.domains
+                    .iter()
+                    .map(|(u, (v, _))| (Part::Domain(u.clone()), *v)),
+            )
+            .chain(
+                self.signals
+                    .iter()
+                    .map(|((n, d), (v, _))| (Part::Signal(n.clone(), d.clone()), *v)),
+            );
+        let (mut max, mut sum) = (0u64, 0u64);
+        for (part, v) in pairs {
+            max = max.max(v);
+            sum = sum.wrapping_add(pair_hash(&part, v));
+        }
+        self.max = max;
+        self.sum = sum;
+    }
+}
 
 impl ClusterState {
     /// Forgets every item of `node` (dead for long), keeping a tombstone.
@@ -266,6 +307,54 @@ impl ClusterState {
     pub fn prune_forgotten(&mut self, now: Millis) {
         self.forgotten
             .retain(|_, (_, at)| now - *at < TOMBSTONE_KEEP_MS);
+    }
+
+    /// Drops what no longer exists, the same way on every host (so
+    /// anti-entropy does not bring it back: [`ClusterState::apply_at`]
+    /// refuses the same items): domains gone for longer than
+    /// [`GONE_DOMAIN_KEEP_MS`]; signal settings superseded by a newer one;
+    /// a signal whose newest setting ended more than
+    /// [`ENDED_SIGNAL_KEEP_MS`] ago, leaving a tombstone; tombstones older
+    /// than [`TOMBSTONE_KEEP_MS`]. Returns how many items were dropped.
+    pub fn prune(&mut self, cluster_now: Millis) -> usize {
+        let mut dropped = 0;
+        // each signal's newest setting, and whether it is to go
+        let mut newest: BTreeMap<(String, Option<String>), (Millis, String, Millis)> =
+            BTreeMap::new();
+        for (n, v) in &self.nodes {
+            for (k, (_, x)) in &v.signals {
+                let e = newest
+                    .entry(k.clone())
+                    .or_insert((x.set_at, n.clone(), x.expires));
+                if (x.set_at, n.as_str()) > (e.0, e.1.as_str()) {
+                    *e = (x.set_at, n.clone(), x.expires);
+                }
+            }
+        }
+        for (k, (set_at, _, expires)) in &newest {
+            if *expires < cluster_now - ENDED_SIGNAL_KEEP_MS {
+                self.ended_signals.insert(k.clone(), (*set_at, cluster_now));
+            }
+        }
+        for (n, v) in self.nodes.iter_mut() {
+            let before = v.domains.len() + v.signals.len();
+            v.domains.retain(|_, (ver, d)| {
+                d.running || (*ver).min(i64::MAX as u64) as i64 >= cluster_now - GONE_DOMAIN_KEEP_MS
+            });
+            v.signals.retain(|k, _| {
+                newest.get(k).is_some_and(|(_, by, expires)| {
+                    by == n && *expires >= cluster_now - ENDED_SIGNAL_KEEP_MS
+                })
+            });
+            let after = v.domains.len() + v.signals.len();
+            if after != before {
+                dropped += before - after;
+                v.recount();
+            }
+        }
+        self.ended_signals
+            .retain(|_, (_, at)| cluster_now - *at < TOMBSTONE_KEEP_MS);
+        dropped
     }
 
     /// Items held, of every host.
@@ -295,8 +384,47 @@ impl ClusterState {
         }
     }
 
+    /// Whether an item is one [`ClusterState::prune`] drops, so that a host
+    /// that has not pruned it yet cannot send it back: a domain gone for
+    /// longer than [`GONE_DOMAIN_KEEP_MS`], a signal setting superseded by a
+    /// newer one of another host, ended for longer than
+    /// [`ENDED_SIGNAL_KEEP_MS`], or at or before a signal's tombstone.
+    fn outlived(&self, item: &Item, cluster_now: Millis) -> bool {
+        match (&item.part, &item.body) {
+            (Part::Domain(_), Body::Domain(d)) => {
+                !d.running
+                    && (item.version.min(i64::MAX as u64) as i64)
+                        < cluster_now - GONE_DOMAIN_KEEP_MS
+            }
+            (Part::Signal(name, dom), Body::Signal(x)) => {
+                let key = (name.clone(), dom.clone());
+                let buried = self
+                    .ended_signals
+                    .get(&key)
+                    .is_some_and(|(at, _)| x.set_at <= *at);
+                let superseded = self.nodes.iter().any(|(n, v)| {
+                    *n != item.node
+                        && v.signals.get(&key).is_some_and(|(_, o)| {
+                            (o.set_at, n.as_str()) > (x.set_at, item.node.as_str())
+                        })
+                });
+                buried || superseded || x.expires < cluster_now - ENDED_SIGNAL_KEEP_MS
+            }
+            _ => false,
+        }
+    }
+
     /// Merges an item; true when it was new (then it is passed on).
     pub fn apply(&mut self, item: &Item, now: Millis) -> bool {
+        self.apply_at(item, now, now)
+    }
+
+    /// [`ClusterState::apply`] with cluster time `cluster_now` (items
+    /// [`ClusterState::prune`] would drop are not taken).
+    pub fn apply_at(&mut self, item: &Item, now: Millis, cluster_now: Millis) -> bool {
+        if self.outlived(item, cluster_now) {
+            return false;
+        }
         if let Some(&(v, _)) = self.forgotten.get(&item.node) {
             if item.version <= v {
                 return false;
@@ -523,6 +651,9 @@ pub struct Publisher {
     pub node: String,
     versions: Versions,
     last: Local,
+    /// When each domain went gone (this host's clock), to forget it after
+    /// [`GONE_DOMAIN_KEEP_MS`] as every view does.
+    gone_at: BTreeMap<String, Millis>,
 }
 
 impl Publisher {
@@ -577,8 +708,12 @@ impl Publisher {
                     Body::Domain(gone.clone()),
                 ));
                 local.domains.insert(u.clone(), gone);
+                self.gone_at.insert(u.clone(), now);
             }
         }
+        // a domain back here is no longer gone
+        self.gone_at
+            .retain(|u, _| !local.domains.get(u).is_some_and(|d| d.running));
         for (k, s) in &local.signals {
             if self.last.signals.get(k) != Some(s) {
                 out.push(item(
@@ -592,6 +727,23 @@ impl Publisher {
         local.signals.retain(|_, s| s.expires > cluster);
         self.last = local;
         out
+    }
+
+    /// Forgets the domains gone for longer than [`GONE_DOMAIN_KEEP_MS`] at
+    /// `now` (this host's clock), as the views do.
+    pub fn prune(&mut self, now: Millis) {
+        let old: Vec<String> = self
+            .gone_at
+            .iter()
+            .filter(|(_, at)| now - **at > GONE_DOMAIN_KEEP_MS)
+            .map(|(u, _)| u.clone())
+            .collect();
+        for u in old {
+            self.gone_at.remove(&u);
+            if self.last.domains.get(&u).is_some_and(|d| !d.running) {
+                self.last.domains.remove(&u);
+            }
+        }
     }
 
     /// Squares what the cluster holds of this node (`own`, its view of
@@ -630,6 +782,7 @@ impl Publisher {
                     body: Body::Domain(gone.clone()),
                 });
                 self.last.domains.insert(u.clone(), gone);
+                self.gone_at.insert(u.clone(), now);
             }
         }
         out
@@ -1019,5 +1172,85 @@ mod tests {
         st.forget("a", 5_000);
         st.prune_forgotten(5_000 + TOMBSTONE_KEEP_MS);
         assert!(st.forgotten.is_empty());
+    }
+
+    /// What no longer exists is dropped alike everywhere: a domain gone for
+    /// a day, a superseded setting, a signal ended an hour ago (tombstoned);
+    /// a host that has not pruned yet cannot send any of it back, and two
+    /// views holding the same items have the same digest line.
+    #[test]
+    fn pruning_drops_what_no_longer_exists_and_nothing_comes_back() {
+        let t0: Millis = 1_800_000_000_000;
+        let sig = |v: f64, set_at: Millis, ttl: Millis| SignalPub {
+            value: v,
+            expires: set_at + ttl,
+            set_at,
+        };
+        let mut a = Publisher::new("a");
+        let mut b = Publisher::new("b");
+        let mut la = Local {
+            summary: Some(summary("d")),
+            ..Default::default()
+        };
+        la.domains.insert("u1".into(), dom("web-1", None));
+        la.domains.insert("u2".into(), dom("web-2", None));
+        la.signals
+            .insert(("lb.rps".into(), None), sig(1.0, t0, 10 * 60_000));
+        let mut lb = Local {
+            summary: Some(summary("d")),
+            ..Default::default()
+        };
+        let mut items = a.changes(t0, t0, la.clone());
+        // b sets the same signal later: a's setting is superseded
+        lb.signals
+            .insert(("lb.rps".into(), None), sig(2.0, t0 + 1_000, 10 * 60_000));
+        items.extend(b.changes(t0 + 1_000, t0 + 1_000, lb.clone()));
+        // u2 goes
+        la.domains.remove("u2");
+        items.extend(a.changes(t0 + 2_000, t0 + 2_000, la.clone()));
+        let mut st = ClusterState::default();
+        let mut lagging = ClusterState::default();
+        for i in &items {
+            st.apply_at(i, t0 + 2_000, t0 + 2_000);
+            lagging.apply(i, t0);
+        }
+        assert_eq!(st.nodes["a"].signals.len(), 1, "held until pruned");
+        assert_eq!(st.prune(t0 + 3_000), 1, "a's superseded setting");
+        assert!(st.nodes["a"].signals.is_empty());
+        assert_eq!(st.nodes["a"].domains.len(), 2, "u2 gone, kept for a day");
+        // a day later: u2 goes; 10 minutes + an hour after b's: the signal
+        let day = t0 + 2_000 + GONE_DOMAIN_KEEP_MS + 1;
+        assert_eq!(st.prune(day), 2);
+        assert_eq!(st.nodes["a"].domains.keys().collect::<Vec<_>>(), ["u1"]);
+        assert!(st.nodes["b"].signals.is_empty());
+        assert!(st.ended_signals.contains_key(&("lb.rps".to_string(), None)));
+        // the lagging host sends all it holds: nothing comes back
+        for n in ["a", "b"] {
+            for i in lagging.items_of(n) {
+                assert!(!st.apply_at(&i, day, day), "{i:?} came back");
+            }
+        }
+        // once it prunes too, the two agree
+        lagging.prune(day);
+        for n in ["a", "b"] {
+            assert_eq!(lagging.entry(n), st.entry(n), "{n}");
+        }
+        // a new setting after the tombstone is taken
+        let stamp = day + 5;
+        lb.signals
+            .insert(("lb.rps".into(), None), sig(3.0, stamp, 60_000));
+        let fresh = b.changes(day, day, lb);
+        assert!(st.apply_at(&fresh[0], day, day));
+        // the publisher forgets the gone domain too: not re-sent by all()
+        a.prune(day);
+        assert!(a
+            .all(day, day)
+            .iter()
+            .all(|i| i.part != Part::Domain("u2".into())));
+        // the first tombstone goes after a week; the new setting, long
+        // ended by then, leaves its own
+        st.prune(day + TOMBSTONE_KEEP_MS + ENDED_SIGNAL_KEEP_MS + 2 * 60_000);
+        let left: Vec<Millis> = st.ended_signals.values().map(|(at, _)| *at).collect();
+        assert_eq!(left, [stamp]);
     }
 }
