@@ -24,6 +24,16 @@ pub fn now_ms() -> Millis {
     real
 }
 
+/// A steady clock in the wall clock's units: the wall clock (with the test
+/// builds' offset) when first read, then a monotonic clock from there, so a
+/// step of the wall clock (NTP, an admin) does not move it. The cluster's
+/// clock runs on it ([`crate::cluster::clock`]).
+pub fn steady_ms() -> Millis {
+    static START: std::sync::OnceLock<(std::time::Instant, Millis)> = std::sync::OnceLock::new();
+    let (at, wall) = START.get_or_init(|| (std::time::Instant::now(), now_ms()));
+    wall + at.elapsed().as_millis() as Millis
+}
+
 /// A time for people and for JSON: RFC 3339 in UTC, to the second. The
 /// second is truncated, never rounded up: a time shown has always come.
 pub fn rfc3339(ms: Millis) -> String {

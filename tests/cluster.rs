@@ -545,9 +545,12 @@ fn a_manual_activation_follows_the_domain_to_the_next_host() {
     });
     let o = b.d.get("/v1/domains/web-1")["override"].clone();
     assert_eq!(o["persona"], "boost");
-    assert_eq!(
-        o["until"], until_a,
-        "the remaining time, not a new 10 minutes"
+    // the remaining time, not a new 10 minutes (its end travels as what is
+    // left of it, so each host's reading of its clocks may add a millisecond)
+    let (until_b, until_a) = (o["until"].as_i64().unwrap(), until_a.as_i64().unwrap());
+    assert!(
+        (until_b - until_a).abs() <= 100,
+        "the remaining time, not a new 10 minutes: {until_b} vs {until_a}"
     );
     assert_eq!(o["id"], a_id, "the same activation");
 

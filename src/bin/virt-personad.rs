@@ -25,7 +25,7 @@ use virt_persona::model::loader::Catalog;
 use virt_persona::reconciler::Reconciler;
 use virt_persona::store::RedbStore;
 use virt_persona::systemd::{status_line, Notifier};
-use virt_persona::time::now_ms;
+use virt_persona::time::{now_ms, steady_ms};
 use virt_persona::units::Duration;
 
 /// virt-persona host daemon: gives every libvirt domain the tuning persona its load calls for.
@@ -178,10 +178,10 @@ impl Gossip {
         // every setting this host has seen
         let (expires, stamp) = {
             let mut i = self.shared.lock();
-            let now = now_ms();
+            let cluster_now = i.clock.now(steady_ms());
             (
-                i.clock.to_cluster(expires.as_millisecond()),
-                i.clock.stamp(now),
+                cluster::clock::on_cluster(expires.as_millisecond(), now_ms(), cluster_now),
+                i.clock.stamp(steady_ms()),
             )
         };
         self.exchange
@@ -190,7 +190,7 @@ impl Gossip {
 
     /// A cluster signal this host withdrew (from the API's reply).
     fn withdraw_local_signal(&mut self, v: &serde_json::Value) {
-        let stamp = self.shared.lock().clock.stamp(now_ms());
+        let stamp = self.shared.lock().clock.stamp(steady_ms());
         self.exchange.withdraw_local_signal(
             v["name"].as_str().unwrap_or_default(),
             v["domain_uuid"].as_str(),
@@ -215,8 +215,10 @@ impl Gossip {
             daemon_version: env!("CARGO_PKG_VERSION").to_string(),
             personas: personas.len() as u32,
         };
-        let clock = self.shared.lock().clock;
-        let local = self.exchange.local(summary, &rec.statuses(), now, &clock);
+        let cluster_now = self.shared.lock().clock.now(steady_ms());
+        let local = self
+            .exchange
+            .local(summary, &rec.statuses(), now, cluster_now);
         self.node.send(cluster::node::ToNode::Local(local));
     }
 
@@ -226,7 +228,9 @@ impl Gossip {
         let statuses = rec.statuses();
         let incoming = {
             let inner = self.shared.lock();
-            self.exchange.incoming(&inner, node, &statuses, now)
+            let cluster_now = inner.clock.now(steady_ms());
+            self.exchange
+                .incoming(&inner, node, &statuses, now, cluster_now)
         };
         for (name, sig) in incoming.signals {
             rec.set_signal(&name, sig);
@@ -561,7 +565,9 @@ fn run(
                 seeds,
                 ring,
                 cluster: cfg.gossip_cluster.clone(),
-                clock: now_ms,
+                // cluster time runs on a steady clock (a wall-clock step
+                // does not move it)
+                clock: steady_ms,
             };
             let node =
                 cluster::node::Supervised::start(rt.handle(), node_cfg, shared.clone(), now_ms())
@@ -786,7 +792,11 @@ fn run(
                         command => Envelope { command, reply: env.reply },
                     };
                     if let (Command::Cluster, Some(g)) = (&env.command, gossip.as_ref()) {
-                        let view = virt_persona::cluster::view(&g.shared.lock(), now_ms());
+                        let view = {
+                            let i = g.shared.lock();
+                            let cluster_now = i.clock.now(steady_ms());
+                            virt_persona::cluster::view(&i, now_ms(), cluster_now)
+                        };
                         let _ = env.reply.send(Reply::Ok(view));
                         continue;
                     }

@@ -13,8 +13,11 @@
 //!   duration from the set time, counted on the one clock every host keeps,
 //!   so it ends within a trip of the same moment everywhere.
 //!
-//! A host's own clock shows through only in what is shown (times converted
-//! back to it) and in [`MAX_SKEW_MS`]: a datagram whose cluster time is
+//! The host's own part of it is a steady clock ([`crate::time::steady_ms`]:
+//! monotonic from the wall clock at start), so a step of its wall clock does
+//! not move it either. Times are shown on the host's wall clock by what is
+//! left of them (`now + (end − cluster now)`): a duration, not a clock
+//! compared. [`MAX_SKEW_MS`] bounds it all: a datagram whose cluster time is
 //! further from this host's is refused as stale, and a lead is never raised
 //! by more.
 
@@ -64,14 +67,17 @@ impl ClusterClock {
         self.last = self.now(local).max(self.last + 1);
         self.last
     }
+}
 
-    /// A time of this host's clock as cluster time, and back.
-    pub fn to_cluster(&self, local_time: Millis) -> Millis {
-        local_time.saturating_add(self.lead)
-    }
-    pub fn to_local(&self, cluster_time: Millis) -> Millis {
-        cluster_time.saturating_sub(self.lead)
-    }
+/// A cluster time `at` on a wall clock that says `now` while cluster time
+/// is `cluster_now`: as far from it as it is from cluster now.
+pub fn on_wall(at: Millis, now: Millis, cluster_now: Millis) -> Millis {
+    now.saturating_add(at.saturating_sub(cluster_now))
+}
+
+/// A wall-clock time `at` as cluster time, the same way round.
+pub fn on_cluster(at: Millis, now: Millis, cluster_now: Millis) -> Millis {
+    cluster_now.saturating_add(at.saturating_sub(now))
 }
 
 #[cfg(test)]
@@ -115,7 +121,8 @@ mod tests {
         // an end 60 s after the set, in cluster time, comes at one moment
         let ends = second + 60_000;
         for (i, c) in clocks.iter().enumerate() {
-            let at = c.to_local(ends) - offsets[i];
+            let now = local(i, real + 3_000);
+            let at = on_wall(ends, now, c.now(now)) - offsets[i];
             assert!((at - (real + 62_000)).abs() <= 3, "host {i}: {at}");
         }
     }
@@ -138,6 +145,6 @@ mod tests {
         );
         assert_eq!(c.lead(), MAX_SKEW_MS);
         assert_eq!(c.observe(1_000 + 10 * MAX_SKEW_MS, 1_000), 0);
-        assert_eq!(c.to_local(c.to_cluster(5)), 5);
+        assert_eq!(on_wall(on_cluster(5, 100, 7_000), 100, 7_000), 5);
     }
 }

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::cluster::clock::ClusterClock;
+use crate::cluster::clock::{on_cluster, on_wall};
 use crate::cluster::node::Inner;
 use crate::cluster::state::{DomainPub, Local, Manual, SignalPub, Summary, ENDED_PUBLISHED};
 use crate::reconciler::DomainStatus;
@@ -102,16 +102,16 @@ impl Exchange {
 
     /// This host's state to publish: `summary`, its running domains with
     /// the persona each wears (none under `--dry-run`, where nothing is
-    /// worn) and manual activation (its end in cluster time, on `clock`),
-    /// and its live cluster signals; `now` is this host's clock.
+    /// worn) and manual activation (its end in cluster time), and its live
+    /// cluster signals; `now` is this host's clock, `cluster_now` cluster
+    /// time.
     pub fn local(
         &mut self,
         summary: Summary,
         statuses: &[DomainStatus],
         now: Millis,
-        clock: &ClusterClock,
+        cluster_now: Millis,
     ) -> Local {
-        let cluster_now = clock.now(now);
         self.local_signals.retain(|_, s| s.expires > cluster_now);
         // past this the views have dropped the withdrawal too (a host out of
         // the cluster meanwhile does not keep them all)
@@ -130,7 +130,7 @@ impl Exchange {
                         since: s.since,
                         manual: s.override_.as_ref().map(|o| Manual {
                             persona: o.persona.clone(),
-                            until: o.until.map(|u| clock.to_cluster(u)),
+                            until: o.until.map(|u| on_cluster(u, now, cluster_now)),
                             id: o.id,
                         }),
                         ended: s.manual_ended
@@ -150,7 +150,8 @@ impl Exchange {
     }
 
     /// What the merged view `inner` holds for host `me` at `now` (this
-    /// host's clock; what it returns is on it too): the live
+    /// host's clock; what it returns is on it too; cluster time is
+    /// `cluster_now`): the live
     /// cluster signals last set elsewhere (a local one of the same name and
     /// domain is superseded, and no longer published), and the manual
     /// activations of running domains here, without one of their own, that
@@ -162,6 +163,7 @@ impl Exchange {
         me: &str,
         statuses: &[DomainStatus],
         now: Millis,
+        cluster_now: Millis,
     ) -> Incoming {
         // how long each host has been dead
         let dead_for = |n: &str| -> Option<Millis> {
@@ -170,8 +172,6 @@ impl Exchange {
             (m.state == "dead").then(|| now - m.since)
         };
         let grace = self.signal_grace_ms;
-        let clock = inner.clock;
-        let cluster_now = clock.now(now);
         let gone = |n: &str| n != me && dead_for(n).is_some_and(|d| d >= grace);
         let (mut signals, mut ended) = (Vec::new(), Vec::new());
         for x in inner.state.newest_signals(gone) {
@@ -198,7 +198,7 @@ impl Exchange {
                     key.0,
                     Signal {
                         value: x.signal.value,
-                        expires: clock.to_local(x.signal.expires),
+                        expires: on_wall(x.signal.expires, now, cluster_now),
                         domain: key.1,
                         cluster: true,
                     },
@@ -233,7 +233,7 @@ impl Exchange {
                 continue;
             };
             let manual = Manual {
-                until: manual.until.map(|u| clock.to_local(u)),
+                until: manual.until.map(|u| on_wall(u, now, cluster_now)),
                 ..manual
             };
             if self.followed.insert((s.uuid.clone(), manual.id)) {
@@ -353,12 +353,7 @@ mod tests {
         dry.persona = Some("calm".into());
         dry.would = true;
         let off = status("u3", "batch", "shut off");
-        let l = x.local(
-            summary("10.0.0.1:7946"),
-            &[web, dry, off],
-            1_600,
-            &ClusterClock::default(),
-        );
+        let l = x.local(summary("10.0.0.1:7946"), &[web, dry, off], 1_600, 1_600);
         assert_eq!(l.summary, Some(summary("10.0.0.1:7946")));
         assert_eq!(l.domains.len(), 2, "{l:?}");
         let w = &l.domains["u1"];
@@ -385,7 +380,7 @@ mod tests {
         let mut x = Exchange::default();
         x.set_local_signal("lb.rps", None, 5.0, 60_000, 1_000);
         let inner = host_b_with_signal("lb.rps", 9.0, 50_000, 2_000);
-        let got = x.incoming(&inner, "a", &[], 3_000);
+        let got = x.incoming(&inner, "a", &[], 3_000, 3_000);
         assert_eq!(
             got.signals,
             [(
@@ -398,15 +393,13 @@ mod tests {
                 }
             )]
         );
-        let l = x.local(
-            summary("10.0.0.1:7946"),
-            &[],
-            3_000,
-            &ClusterClock::default(),
-        );
+        let l = x.local(summary("10.0.0.1:7946"), &[], 3_000, 3_000);
         assert!(l.signals.is_empty(), "ours is superseded: {l:?}");
         // expired everywhere with its TTL
-        assert!(x.incoming(&inner, "a", &[], 50_000).signals.is_empty());
+        assert!(x
+            .incoming(&inner, "a", &[], 50_000, 50_000)
+            .signals
+            .is_empty());
     }
 
     /// Set here after the other host's, and not yet in the merged view
@@ -416,26 +409,26 @@ mod tests {
         let inner = host_b_with_signal("bench", 0.0, 600_000, 1_000);
         let mut x = Exchange::default();
         x.set_local_signal("bench", None, 1.0, 600_000, 1_500);
-        assert!(x.incoming(&inner, "a", &[], 2_000).signals.is_empty());
-        let l = x.local(
-            summary("10.0.0.1:7946"),
-            &[],
-            2_000,
-            &ClusterClock::default(),
-        );
+        assert!(x
+            .incoming(&inner, "a", &[], 2_000, 2_000)
+            .signals
+            .is_empty());
+        let l = x.local(summary("10.0.0.1:7946"), &[], 2_000, 2_000);
         assert_eq!(l.signals[&("bench".to_string(), None)].value, 1.0);
         // set in the same millisecond: the greater host name wins on both
         let mut tie = Exchange::default();
         tie.set_local_signal("bench", None, 2.0, 600_000, 1_000);
         assert_eq!(
-            tie.incoming(&inner, "a", &[], 2_000).signals.len(),
+            tie.incoming(&inner, "a", &[], 2_000, 2_000).signals.len(),
             1,
             "b > a"
         );
         let mut tie = Exchange::default();
         tie.set_local_signal("bench", None, 2.0, 600_000, 1_000);
         assert!(
-            tie.incoming(&inner, "c", &[], 2_000).signals.is_empty(),
+            tie.incoming(&inner, "c", &[], 2_000, 2_000)
+                .signals
+                .is_empty(),
             "c > b"
         );
     }
@@ -453,11 +446,13 @@ mod tests {
         let here = [status("u1", "web-1", "running")];
         let mut x = Exchange::default();
         assert!(
-            x.incoming(&inner, "b", &here, 2_000).follow.is_empty(),
+            x.incoming(&inner, "b", &here, 2_000, 2_000)
+                .follow
+                .is_empty(),
             "a is alive and still runs it"
         );
         member(&mut inner, "10.0.0.1:7946", "dead");
-        let got = x.incoming(&inner, "b", &here, 3_000);
+        let got = x.incoming(&inner, "b", &here, 3_000, 3_000);
         assert_eq!(
             got.follow,
             [Follow {
@@ -472,7 +467,9 @@ mod tests {
             }]
         );
         assert!(
-            x.incoming(&inner, "b", &here, 4_000).follow.is_empty(),
+            x.incoming(&inner, "b", &here, 4_000, 4_000)
+                .follow
+                .is_empty(),
             "once"
         );
         // a domain with its own manual activation here keeps it
@@ -483,10 +480,13 @@ mod tests {
             id: 1,
         });
         let mut fresh = Exchange::default();
-        assert!(fresh.incoming(&inner, "b", &[own], 4_000).follow.is_empty());
+        assert!(fresh
+            .incoming(&inner, "b", &[own], 4_000, 4_000)
+            .follow
+            .is_empty());
         // and one past its end is not continued
         assert!(fresh
-            .incoming(&inner, "b", &here, 700_000)
+            .incoming(&inner, "b", &here, 700_000, 700_000)
             .follow
             .is_empty());
     }
@@ -508,24 +508,21 @@ mod tests {
         // b continues it, then the admin reverts it on b: b's store has
         // its end, and b publishes it
         let here = [status("u1", "web-1", "running")];
-        let got = Exchange::default().incoming(&inner, "b", &here, 2_000);
+        let got = Exchange::default().incoming(&inner, "b", &here, 2_000, 2_000);
         assert_eq!(got.follow.len(), 1);
         assert_eq!(got.follow[0].manual.id, 42, "the same activation");
         let mut reverted = status("u1", "web-1", "running");
         reverted.manual_ended = vec![42];
-        let restarted = Exchange::default().incoming(&inner, "b", &[reverted.clone()], 3_000);
+        let restarted =
+            Exchange::default().incoming(&inner, "b", &[reverted.clone()], 3_000, 3_000);
         assert!(restarted.follow.is_empty(), "{restarted:?}");
-        let b_local = Exchange::default().local(
-            summary("10.0.0.2:7946"),
-            &[reverted],
-            3_000,
-            &ClusterClock::default(),
-        );
+        let b_local =
+            Exchange::default().local(summary("10.0.0.2:7946"), &[reverted], 3_000, 3_000);
         assert_eq!(b_local.domains["u1"].ended, [42]);
         // b's item reaches c (b still alive, a dead): c does not take it either
         merge(&mut inner, "b", b_local, 3_000);
         member(&mut inner, "10.0.0.2:7946", "alive");
-        let third = Exchange::default().incoming(&inner, "c", &here, 4_000);
+        let third = Exchange::default().incoming(&inner, "c", &here, 4_000, 4_000);
         assert!(third.follow.is_empty(), "{third:?}");
         // another activation (a new id) is continued as before
         let a2 = host_a_with(Manual { id: 43, ..manual });
@@ -538,7 +535,7 @@ mod tests {
                 5_000,
             );
         }
-        let got = Exchange::default().incoming(&inner, "c", &here, 6_000);
+        let got = Exchange::default().incoming(&inner, "c", &here, 6_000, 6_000);
         assert_eq!(got.follow.len(), 1, "{got:?}");
         assert_eq!(got.follow[0].manual.id, 43);
     }

@@ -22,7 +22,8 @@ use crate::time::rfc3339;
 /// `GET /v1/cluster` and `cluster-status --json`: every host known, alive,
 /// suspect or dead, last seen, version, digest (flagged when it differs
 /// from the majority's), its domains and personas, its cluster signals.
-pub fn view(i: &node::Inner, now: Millis) -> Value {
+/// `now` is this host's wall clock, `cluster_now` cluster time.
+pub fn view(i: &node::Inner, now: Millis, cluster_now: Millis) -> Value {
     let majority = i.state.majority_digest();
     let mut hosts = Vec::new();
     for (name, n) in &i.state.nodes {
@@ -54,12 +55,11 @@ pub fn view(i: &node::Inner, now: Millis) -> Value {
             })
             .collect();
         // cluster time, shown on this host's clock
-        let cluster_now = i.clock.now(now);
         let signals: Vec<Value> = n
             .signals
             .iter()
             .filter(|(_, (_, s))| s.expires > cluster_now)
-            .map(|((name, d), (_, s))| json!({"name": name, "domain": d, "value": s.value, "expires": rfc3339(i.clock.to_local(s.expires))}))
+            .map(|((name, d), (_, s))| json!({"name": name, "domain": d, "value": s.value, "expires": rfc3339(clock::on_wall(s.expires, now, cluster_now))}))
             .collect();
         hosts.push(json!({
             "name": name,
