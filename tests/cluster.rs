@@ -300,17 +300,7 @@ fn strangers_stay_out_and_bad_packets_change_nothing() {
     let other_key = start("out", "c", pc, pa, [1u8; 32], "prod");
     let other_cluster = start("out", "d", pd, pa, key, "staging");
     wait_until("a and b", 60, &a.d, || alive_count(&a.d) == 2);
-    let metric = |reason: &str| -> u64 {
-        let (_, m) = common::http(&a.d.socket, "GET /metrics HTTP/1.1\r\n\r\n");
-        m.lines()
-            .find(|l| {
-                l.starts_with(&format!(
-                    "virt_persona_gossip_packets_dropped_total{{reason=\"{reason}\"}}"
-                ))
-            })
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0)
-    };
+    let metric = |reason: &str| dropped(&a.d, reason);
     // the strangers seed to a: each of their tries is a packet a cannot open
     wait_until("the strangers' tries refused at a", 60, &a.d, || {
         metric("unauthenticated") >= 10
@@ -806,9 +796,37 @@ fn hosts_five_minutes_apart_agree_on_the_last_set_and_on_its_end() {
     for d in all {
         assert!(has_signal(d, "lb.rps", 2.0), "{}", d.log());
     }
-    // a 15 s signal set on the slow host ends at one moment everywhere
+    // a 15 s signal set on the slow host ends at one moment everywhere: the
+    // end each host shows, on its own clock, less that clock's offset
     let set = Instant::now();
     put_signal(&slow, "short", 1.0, "15s");
+    let shown = |d: &Daemon, offset_ms: i64| -> Option<i64> {
+        let v = d.get("/v1/signals");
+        let s = v.as_array()?.iter().find(|s| s["name"] == "short")?.clone();
+        let t: jiff::Timestamp = s["expires"].as_str()?.parse().ok()?;
+        Some(t.as_millisecond() - offset_ms)
+    };
+    let mut ends = Vec::new();
+    for (d, offset) in [(&fast, 300_000), (&right, 0), (&slow, -300_000)] {
+        wait_until("the short signal everywhere", 10, d, || {
+            shown(d, offset).is_some()
+        });
+        ends.push(shown(d, offset).unwrap());
+    }
+    let real_end = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        + 15_000
+        - set.elapsed().as_millis() as i64;
+    for e in &ends {
+        // shown to the second (truncated), so a second apart at most
+        assert!((e - ends[0]).abs() <= 1_000, "ends shown {ends:?}");
+        assert!(
+            (e - real_end).abs() <= 2_000,
+            "end {e}, set + 15 s = {real_end}"
+        );
+    }
     let mut ended = [None; 3];
     while ended.iter().any(Option::is_none) {
         assert!(
@@ -825,15 +843,13 @@ fn hosts_five_minutes_apart_agree_on_the_last_set_and_on_its_end() {
     }
     for (i, e) in ended.iter().enumerate() {
         let e = e.unwrap().as_secs_f64();
-        // its TTL after the set, give or take the polling of three APIs
+        // its TTL after the set, give or take the polling of three APIs on
+        // a busy machine
         assert!(
-            (14.0..=16.0).contains(&e),
+            (14.0..=18.0).contains(&e),
             "host {i} ended it after {e:.2} s"
         );
     }
-    let spread = ended.iter().flatten().max().unwrap().as_secs_f64()
-        - ended.iter().flatten().min().unwrap().as_secs_f64();
-    assert!(spread <= 1.0, "ends {ended:?} more than 1 s apart");
     // cluster-status shows the clocks apart, and that cluster time leads
     let v = cluster(&slow);
     assert!(v["max_clock_skew_ms"].as_i64().unwrap() >= 250_000, "{v}");
@@ -841,11 +857,10 @@ fn hosts_five_minutes_apart_agree_on_the_last_set_and_on_its_end() {
         v["cluster_time_lead_ms"].as_i64().unwrap() >= 590_000,
         "{v}"
     );
-    assert_eq!(
-        cluster(&fast)["cluster_time_lead_ms"],
-        0,
-        "the fast clock leads"
-    );
+    // the fast clock leads: its own lead is at most the milliseconds by
+    // which the hosts' steady clocks (each the wall clock at its start) differ
+    let lead_fast = cluster(&fast)["cluster_time_lead_ms"].as_i64().unwrap();
+    assert!(lead_fast < 1_000, "the fast clock leads: {lead_fast}");
     let out = common::cli_ok(&["--socket", slow.socket.to_str().unwrap(), "cluster-status"]);
     assert!(
         out.contains("Cluster time") && out.contains("ahead of this host's clock"),

@@ -105,16 +105,21 @@ fn host(i: usize, now: Millis) -> Host {
     }
 }
 
-/// Domain number `n`, started at `now`.
-fn vm(n: usize, now: Millis) -> DomainPub {
-    DomainPub {
-        name: format!("vm-{n}"),
-        running: true,
-        persona: Some("calm".into()),
-        since: Some(now),
-        manual: None,
-        ended: vec![],
-    }
+/// A new domain (the next number) started on a host at `now`.
+fn start_vm(local: &mut Local, next: &mut usize, now: Millis) {
+    let n = *next;
+    *next += 1;
+    local.domains.insert(
+        format!("6695eb01-0000-4000-8000-{n:012}"),
+        DomainPub {
+            name: format!("vm-{n}"),
+            running: true,
+            persona: Some("calm".into()),
+            since: Some(now),
+            manual: None,
+            ended: vec![],
+        },
+    );
 }
 
 fn size(inner: &Inner) -> (usize, usize, usize) {
@@ -150,14 +155,9 @@ pub fn churn(cfg: &ChurnConfig) -> ChurnReport {
     // dead hosts: (addr, since)
     let mut dead: Vec<(SocketAddr, Millis)> = Vec::new();
     let mut next_domain = 0usize;
-    let uuid = |n: usize| format!("6695eb01-0000-4000-8000-{n:012}");
     for _ in 0..cfg.domains {
         let h = rng.random_range(0..hosts.len());
-        hosts[h]
-            .local
-            .domains
-            .insert(uuid(next_domain), vm(next_domain, now));
-        next_domain += 1;
+        start_vm(&mut hosts[h].local, &mut next_domain, now);
     }
     let steps = cfg.days as i64 * 86_400_000 / STEP_MS;
     let per_step = cfg.domain_churn as f64 / steps as f64;
@@ -174,10 +174,7 @@ pub fn churn(cfg: &ChurnConfig) -> ChurnReport {
             next_host += 1;
             // its domains start again elsewhere (new UUIDs: new VMs)
             for _ in 0..gone.local.domains.len() {
-                h.local
-                    .domains
-                    .insert(uuid(next_domain), vm(next_domain, now));
-                next_domain += 1;
+                start_vm(&mut h.local, &mut next_domain, now);
             }
             hosts.push(h);
         }
@@ -190,11 +187,7 @@ pub fn churn(cfg: &ChurnConfig) -> ChurnReport {
                 hosts[h].local.domains.remove(&u);
             }
             let h = rng.random_range(0..hosts.len());
-            hosts[h]
-                .local
-                .domains
-                .insert(uuid(next_domain), vm(next_domain, now));
-            next_domain += 1;
+            start_vm(&mut hosts[h].local, &mut next_domain, now);
         }
         // signals: a host-wide one, set again on a random host with a short
         // TTL, and one on a random domain with an hour
@@ -297,20 +290,6 @@ pub fn churn(cfg: &ChurnConfig) -> ChurnReport {
                 .collect()
         })
         .collect();
-    if std::env::var("VP_CHURN_DEBUG").is_ok() {
-        for (i, v) in views.iter().enumerate().skip(1) {
-            for (k, x) in v {
-                if views[0].get(k) != Some(x) {
-                    eprintln!("host {i} has {k:?}={x}, host 0 {:?}", views[0].get(k));
-                }
-            }
-            for (k, x) in &views[0] {
-                if !v.contains_key(k) {
-                    eprintln!("host 0 has {k:?}={x}, host {i} not");
-                }
-            }
-        }
-    }
     let live: std::collections::BTreeSet<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
     let first = &hosts[0].inner.state;
     let end_outlived = first
