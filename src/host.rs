@@ -104,3 +104,50 @@ mod tests {
         );
     }
 }
+
+/// The cgroup version the domains of libvirt at `uri` live under, when that
+/// libvirt is on this machine (a URI without a host part: `qemu:///system`,
+/// `test:///…`): v2 when `/sys/fs/cgroup` is the unified hierarchy, v1 when
+/// the cpu controller is mounted on its own (v1 or hybrid). `None` for
+/// libvirt on another machine (`qemu+ssh://host/system`), or a machine
+/// with neither.
+pub fn cgroup_of(uri: &str) -> Option<crate::model::knobs::CgroupVersion> {
+    let local = uri
+        .split_once("://")
+        .map(|(_, rest)| rest.starts_with('/'))
+        .unwrap_or(false);
+    if !local {
+        return None;
+    }
+    cgroup_at(std::path::Path::new("/sys/fs/cgroup"))
+}
+
+/// The cgroup version of the hierarchy mounted at `root`.
+pub fn cgroup_at(root: &std::path::Path) -> Option<crate::model::knobs::CgroupVersion> {
+    use crate::model::knobs::CgroupVersion;
+    let fs = nix::sys::statfs::statfs(root).ok()?;
+    if fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC {
+        return Some(CgroupVersion::V2);
+    }
+    ["cpu", "cpu,cpuacct"]
+        .iter()
+        .any(|c| root.join(c).join("cpu.shares").exists())
+        .then_some(CgroupVersion::V1)
+}
+
+#[cfg(test)]
+mod cgroup_tests {
+    use super::*;
+
+    #[test]
+    fn remote_libvirt_has_no_known_cgroup_version() {
+        assert_eq!(cgroup_of("qemu+ssh://root@hv2/system"), None);
+        assert_eq!(cgroup_of("qemu+tcp://10.0.0.2/system"), None);
+        assert_eq!(cgroup_of("nonsense"), None);
+        // this machine's own, whichever it is, is what a local URI gets
+        assert_eq!(
+            cgroup_of("qemu:///system"),
+            cgroup_at(std::path::Path::new("/sys/fs/cgroup"))
+        );
+    }
+}

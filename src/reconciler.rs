@@ -22,6 +22,7 @@ use crate::history::{SeriesKey, HOST};
 use crate::hypervisor::{
     ApplyScope, DomainInfo, Hypervisor, HypervisorError, ReadScope, StatGroups,
 };
+use crate::model::knobs::CgroupVersion;
 use crate::model::persona::{Measure, Metric, Persona};
 use crate::model::tuning::{Change, DefinitionOriginal, Knob, Tuning};
 use crate::planner::plan;
@@ -86,8 +87,12 @@ pub struct DomainStatus {
     pub last_error: Option<String>,
     /// Knobs of the worn persona this host cannot apply (the rest is applied).
     pub skipped: Vec<Skipped>,
-    /// Personas that may not be worn here: a knob they require is unsupported.
+    /// Personas that may not be worn here: a knob they require is
+    /// unsupported, or a value is outside this host's range.
     pub refused: BTreeMap<String, String>,
+    /// The worn persona's `cpu_weight` and what it is on this host.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_weight: Option<String>,
     /// Why the domain is neither exactly at its baseline nor at its persona.
     pub needs_attention: Option<String>,
     /// Why the daemon leaves this domain alone (a damaged record in the store).
@@ -350,13 +355,31 @@ pub struct Reconciler<H: Hypervisor + ?Sized, S: StateStore> {
     history_t: Millis,
     /// This host gossips with a cluster (cluster-scope signals are accepted).
     cluster: bool,
+    /// The host's cgroup version (what `cpu_shares` means here), if known.
+    cgroup: Option<CgroupVersion>,
+    /// Personas that cannot be worn on this host at all (a `cpu_shares`
+    /// outside its range): id → why.
+    host_refused: BTreeMap<String, String>,
 }
 
 /// Milliseconds since the Unix epoch, read when called.
 use crate::time::Clock;
 
-fn status_of(e: &DomainEntry) -> DomainStatus {
+fn status_of(e: &DomainEntry, cgroup: Option<CgroupVersion>) -> DomainStatus {
+    let worn = e.rules.worn.as_ref().map(|w| w.0.as_str());
+    let cpu_weight = worn
+        .and_then(|id| e.candidates.iter().find(|p| p.id == id))
+        .and_then(|p| Some((p.tuning.cpu_weight?, p.tuning.fixed.cpu_shares?)))
+        .zip(cgroup)
+        .map(|((w, shares), c)| {
+            format!(
+                "{w} = cpu_shares {shares} on this host ({}, default {})",
+                c.name(),
+                c.default_shares()
+            )
+        });
     DomainStatus {
+        cpu_weight,
         id: e.info.id,
         name: e.info.name.clone(),
         uuid: e.info.uuid.clone(),
@@ -433,7 +456,19 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             forecast_observe: false,
             history_t: Millis::MIN,
             cluster: false,
+            cgroup: None,
+            host_refused: BTreeMap::new(),
         }
+    }
+
+    /// The host's cgroup version, from [`crate::hypervisor::HostInfo`]: set
+    /// before the personas, which are resolved for it.
+    pub fn set_cgroup(&mut self, cgroup: Option<CgroupVersion>) {
+        self.cgroup = cgroup;
+    }
+
+    pub fn cgroup(&self) -> Option<CgroupVersion> {
+        self.cgroup
     }
 
     /// Replaces the personas in force (in evaluation order).
@@ -444,6 +479,24 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
     }
 
     pub fn set_personas(&mut self, personas: Vec<Arc<Persona>>) {
+        // host-dependent values resolved for this host: cpu_weight → cpu_shares;
+        // a persona this host cannot take is refused here, naming why
+        self.host_refused.clear();
+        let personas: Vec<Arc<Persona>> = personas
+            .into_iter()
+            .map(|p| match p.tuning.for_host(self.cgroup) {
+                Ok(t) if t == p.tuning => p,
+                Ok(t) => Arc::new(Persona {
+                    tuning: t,
+                    ..(*p).clone()
+                }),
+                Err(why) => {
+                    warn!(persona = %p.id, reason = %why, "persona cannot be worn on this host");
+                    self.host_refused.insert(p.id.clone(), why);
+                    p
+                }
+            })
+            .collect();
         let (groups, keep) = needs(&personas);
         self.groups = groups;
         self.collector.set_keep(keep);
@@ -858,7 +911,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
     fn status_with(&self, e: &DomainEntry) -> DomainStatus {
         DomainStatus {
             would: self.observing_only() && e.rules.worn.is_some(),
-            ..status_of(e)
+            ..status_of(e, self.cgroup)
         }
     }
 
@@ -1223,6 +1276,11 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         };
         let previous = entry.rules.clone();
         entry.refused = refusals(&entry.candidates, &entry.unsupported);
+        for p in &entry.candidates {
+            if let Some(why) = self.host_refused.get(&p.id) {
+                entry.refused.insert(p.id.clone(), why.clone());
+            }
+        }
         let inputs = Inputs {
             domain: &entry.info,
             samples: self.collector.window(uuid),

@@ -1409,3 +1409,60 @@ fn dry_run_makes_no_write_call_and_switching_it_off_acts() {
         "a transition, not a drift repair"
     );
 }
+
+#[test]
+fn a_portable_cpu_weight_is_this_hosts_shares_and_a_number_it_cannot_take_is_refused() {
+    use virt_persona::model::knobs::CgroupVersion;
+    let weighted = hot_with("[tuning]\ncpu_weight = \"2x\"\n");
+    let absolute = persona(&HOT.replace("id = \"hot\"", "id = \"big\"").replace("4096", "20480"));
+    for (cgroup, want) in [(CgroupVersion::V1, 2048), (CgroupVersion::V2, 200)] {
+        let mut rig = Rig::new(MemoryStore::default());
+        rig.r.set_cgroup(Some(cgroup));
+        rig.r.set_personas(vec![weighted.clone()]);
+        for _ in 0..3 {
+            rig.second(0.9);
+        }
+        assert_eq!(rig.worn().as_deref(), Some("hot"), "{cgroup:?}");
+        assert_eq!(rig.tuning().cpu_shares, Some(want), "{cgroup:?}");
+        let st = &rig.r.statuses()[0];
+        let shown = st.cpu_weight.as_deref().unwrap_or_default();
+        assert!(
+            shown.contains(&format!("2x = cpu_shares {want} on this host ({}", cgroup.name())),
+            "{shown}"
+        );
+        // idle again: exactly the original
+        for _ in 0..6 {
+            rig.second(0.0);
+        }
+        assert_eq!(rig.worn(), None);
+        assert_eq!(rig.tuning(), original());
+    }
+    // 20480 is fine for v1, outside v2's 2..10000: refused there, not clamped
+    let mut rig = Rig::new(MemoryStore::default());
+    rig.r.set_cgroup(Some(CgroupVersion::V2));
+    rig.r.set_personas(vec![absolute.clone()]);
+    for _ in 0..3 {
+        rig.second(0.9);
+    }
+    assert_eq!(rig.worn(), None);
+    assert_eq!(rig.tuning(), original(), "nothing applied");
+    let why = rig.r.statuses()[0].refused["big"].clone();
+    assert!(why.contains("cgroup v2: 2..10000"), "{why}");
+    assert!(why.contains("cpu_weight = \"20x\""), "{why}");
+    let mut rig = Rig::new(MemoryStore::default());
+    rig.r.set_cgroup(Some(CgroupVersion::V1));
+    rig.r.set_personas(vec![absolute]);
+    for _ in 0..3 {
+        rig.second(0.9);
+    }
+    assert_eq!(rig.tuning().cpu_shares, Some(20480), "v1 takes it");
+    // a remote libvirt: the version is unknown, so a portable weight is refused
+    let mut rig = Rig::new(MemoryStore::default());
+    rig.r.set_cgroup(None);
+    rig.r.set_personas(vec![weighted]);
+    for _ in 0..3 {
+        rig.second(0.9);
+    }
+    assert_eq!(rig.worn(), None);
+    assert!(rig.r.statuses()[0].refused["hot"].contains("cgroup version"));
+}

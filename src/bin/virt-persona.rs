@@ -391,7 +391,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn validate(files: &[PathBuf], as_json: bool) -> ExitCode {
-    let mut results: Vec<(PathBuf, Result<String, Vec<FileError>>)> = Vec::new();
+    let mut results: Vec<(PathBuf, Result<(String, Vec<String>), Vec<FileError>>)> = Vec::new();
     let mut seen: Vec<(String, PathBuf)> = Vec::new();
     for f in files {
         let r = match load_file(f) {
@@ -407,7 +407,7 @@ fn validate(files: &[PathBuf], as_json: bool) -> ExitCode {
                 }]),
                 None => {
                     seen.push((p.id.clone(), f.clone()));
-                    Ok(p.id)
+                    Ok((p.id.clone(), p.tuning.cgroup_notes()))
                 }
             },
             Err(e) => Err(e),
@@ -419,7 +419,7 @@ fn validate(files: &[PathBuf], as_json: bool) -> ExitCode {
         let out: Vec<_> = results
             .iter()
             .map(|(f, r)| match r {
-                Ok(id) => json!({"file": f, "ok": true, "id": id, "errors": []}),
+                Ok((id, notes)) => json!({"file": f, "ok": true, "id": id, "errors": [], "notes": notes}),
                 Err(errs) => json!({
                     "file": f, "ok": false, "id": null,
                     "errors": errs.iter().map(|e| json!({"line": e.line, "col": e.col, "message": e.rule.to_string()})).collect::<Vec<_>>(),
@@ -430,7 +430,12 @@ fn validate(files: &[PathBuf], as_json: bool) -> ExitCode {
     } else {
         for (f, r) in &results {
             match r {
-                Ok(id) => println!("{}: ok (persona '{id}')", f.display()),
+                Ok((id, notes)) => {
+                    println!("{}: ok (persona '{id}')", f.display());
+                    for n in notes {
+                        println!("{}: note: {n}", f.display());
+                    }
+                }
                 Err(errs) => {
                     for e in errs {
                         println!("{e}");
@@ -623,6 +628,9 @@ fn persona_status(cli: &Cli, domain: Option<&str>) -> anyhow::Result<ExitCode> {
                 .map(virt_persona::time::rfc3339)
                 .unwrap_or_else(|| "reverted".into());
             println!("{:<15} {} (until {until})", "Manual:", text(&o["persona"]));
+        }
+        if let Some(w) = d["cpu_weight"].as_str() {
+            println!("{:<15} cpu_weight {w}", "CPU weight:");
         }
         if let Some(e) = d["last_error"].as_str() {
             println!("{:<15} {e}", "Last error:");

@@ -65,7 +65,10 @@ struct Args {
     /// How often worn personas are checked for drift [default: 30s].
     #[arg(long = "verify-interval", value_name = "DUR")]
     verify_interval: Option<Duration>,
-    /// Restore every domain's baseline when the daemon stops.
+    /// Restore every domain's baseline when the daemon stops. Without it,
+    /// SIGTERM stops and leaves the personas worn (a restart adopts them);
+    /// SIGUSR2 stops and restores every baseline either way (the package's
+    /// prerm sends it when the package is removed).
     #[arg(long = "revert-on-exit")]
     revert_on_exit: bool,
     /// Observe only: decide, plan and record what would be done (`would_apply`
@@ -446,6 +449,18 @@ fn run(
     let events = hv.events();
     let metrics = Metrics::new();
     let mut rec: Rec = Reconciler::new(hv.clone(), store, cfg.verify_interval.as_std());
+    // what cpu_shares means here (cpu_weight = "2x" is resolved for it)
+    let cgroup = virt_persona::host::cgroup_of(&cfg.connect);
+    match cgroup {
+        Some(c) => info!(
+            cgroup = c.name(),
+            default_cpu_shares = c.default_shares(),
+            range = %format!("{}..{}", c.shares_range().start(), c.shares_range().end()),
+            "domains' CPU weight: cpu_weight = \"1x\" is cpu_shares {}", c.default_shares()
+        ),
+        None => info!("the host's cgroup version is unknown (libvirt on another machine): personas with cpu_weight are refused"),
+    }
+    rec.set_cgroup(cgroup);
     rec.set_personas(catalog.personas());
     rec.set_stats_clock(Box::new(now_ms));
     if let Some(why) = &observe {
@@ -594,6 +609,9 @@ fn run(
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGHUP,
+        // stop and restore every baseline, whatever revert_on_exit says: the
+        // package's prerm sends it when the package is removed
+        signal_hook::consts::SIGUSR2,
     ])
     .context("installing signal handlers")?;
     std::thread::Builder::new()
@@ -925,9 +943,10 @@ fn run(
                     rec.relearn();
                     notifier.reloaded();
                 }
-                _ => {
+                s => {
                     notifier.stopping();
-                    if cfg.revert_on_exit {
+                    let revert = cfg.revert_on_exit || s == Ok(signal_hook::consts::SIGUSR2);
+                    if revert {
                         match rec.revert_all(now_ms()) {
                             Ok((n, failures)) if failures.is_empty() => {
                                 info!(domains = n, "baselines restored (--revert-on-exit)")

@@ -479,3 +479,168 @@ pub fn check_disk_limits(
     }
     Ok(())
 }
+
+/// The cgroup hierarchy a host's libvirt puts domains in: it decides what
+/// `cpu_shares` means. On v1 it is `cpu.shares` (default 1024, 2..262144);
+/// on v2 `cpu.weight` (default 100, 1..10000: libvirt's own check makes it
+/// 2..10000), so the same number is ten times as much on a v2 host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CgroupVersion {
+    V1,
+    V2,
+}
+
+impl CgroupVersion {
+    /// A domain's CPU weight when nothing set it.
+    pub fn default_shares(self) -> u64 {
+        match self {
+            CgroupVersion::V1 => 1024,
+            CgroupVersion::V2 => 100,
+        }
+    }
+    /// The `cpu_shares` libvirt can write on this kind of host.
+    pub fn shares_range(self) -> std::ops::RangeInclusive<u64> {
+        match self {
+            CgroupVersion::V1 => 2..=262_144,
+            CgroupVersion::V2 => 2..=10_000,
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            CgroupVersion::V1 => "cgroup v1",
+            CgroupVersion::V2 => "cgroup v2",
+        }
+    }
+    /// Why `shares` cannot be written on this host, naming the range.
+    pub fn check_shares(self, shares: u64) -> Result<(), String> {
+        let r = self.shares_range();
+        if r.contains(&shares) {
+            return Ok(());
+        }
+        let default = self.default_shares();
+        // a number this host cannot take was written for the other kind of host
+        let other = match self {
+            CgroupVersion::V1 => CgroupVersion::V2,
+            CgroupVersion::V2 => CgroupVersion::V1,
+        };
+        let weight = CpuWeight::from_factor(shares as f64 / other.default_shares() as f64)
+            .unwrap_or(CpuWeight(CpuWeight::MAX));
+        Err(format!(
+            "cpu_shares {shares} is outside this host's range ({}: {}..{}, default {default}); \
+             on a {} host it is {weight} the default: cpu_weight = \"{weight}\" means that on every host",
+            self.name(),
+            r.start(),
+            r.end(),
+            other.name(),
+        ))
+    }
+}
+
+/// A CPU weight relative to the host's default (`cpu_weight = "2x"`): the
+/// same on every host, resolved to `cpu_shares` by the host's cgroup version
+/// (2048 on v1, 200 on v2). Kept in thousandths; 0.01x..100x.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct CpuWeight(pub u32);
+
+impl CpuWeight {
+    /// 0.01x, in thousandths.
+    pub const MIN: u32 = 10;
+    /// 100x, in thousandths.
+    pub const MAX: u32 = 100_000;
+    /// The valid range as the guide states it.
+    pub const RANGE: &'static str = "0.01x..100x";
+
+    /// The weight for a factor, if it is in range.
+    pub fn from_factor(f: f64) -> Option<CpuWeight> {
+        if !f.is_finite() {
+            return None;
+        }
+        let milli = (f * 1000.0).round();
+        (f64::from(Self::MIN)..=f64::from(Self::MAX))
+            .contains(&milli)
+            .then_some(CpuWeight(milli as u32))
+    }
+    pub fn factor(self) -> f64 {
+        f64::from(self.0) / 1000.0
+    }
+    /// The `cpu_shares` this weight is on a host of this kind: the factor
+    /// times the default, rounded, at least the least value libvirt takes.
+    pub fn shares(self, cgroup: CgroupVersion) -> u64 {
+        let v = (u128::from(self.0) * u128::from(cgroup.default_shares()) + 500) / 1000;
+        (v as u64).max(*cgroup.shares_range().start())
+    }
+}
+
+impl std::str::FromStr for CpuWeight {
+    type Err = String;
+    /// `"2x"`, `"0.5x"`, `"1.25x"`.
+    fn from_str(s: &str) -> Result<CpuWeight, String> {
+        let t = s.trim();
+        let Some(num) = t.strip_suffix('x') else {
+            return Err(format!(
+                "'{t}': expected a factor of this host's default weight, e.g. \"2x\" or \"0.5x\""
+            ));
+        };
+        let f: f64 = num.trim().parse().map_err(|_| {
+            format!("'{t}': expected a factor of this host's default weight, e.g. \"2x\" or \"0.5x\"")
+        })?;
+        CpuWeight::from_factor(f).ok_or_else(|| format!("{t} is out of range: expected {}", Self::RANGE))
+    }
+}
+
+impl std::fmt::Display for CpuWeight {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let whole = self.0 / 1000;
+        let frac = self.0 % 1000;
+        if frac == 0 {
+            write!(f, "{whole}x")
+        } else {
+            let s = format!("{whole}.{frac:03}");
+            write!(f, "{}x", s.trim_end_matches('0'))
+        }
+    }
+}
+
+impl serde::Serialize for CpuWeight {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+#[cfg(test)]
+mod weight_tests {
+    use super::*;
+
+    #[test]
+    fn a_portable_weight_means_the_same_on_v1_and_v2() {
+        let w: CpuWeight = "2x".parse().unwrap();
+        assert_eq!(w.shares(CgroupVersion::V1), 2048);
+        assert_eq!(w.shares(CgroupVersion::V2), 200);
+        let half: CpuWeight = "0.5x".parse().unwrap();
+        assert_eq!(half.shares(CgroupVersion::V1), 512);
+        assert_eq!(half.shares(CgroupVersion::V2), 50);
+        assert_eq!(half.to_string(), "0.5x");
+        assert_eq!("1.25x".parse::<CpuWeight>().unwrap().to_string(), "1.25x");
+        // the extremes stay inside both hosts' ranges
+        for s in ["0.01x", "100x"] {
+            let w: CpuWeight = s.parse().unwrap();
+            for c in [CgroupVersion::V1, CgroupVersion::V2] {
+                assert!(c.check_shares(w.shares(c)).is_ok(), "{s} on {c:?}");
+            }
+        }
+        for bad in ["2", "x", "0x", "101x", "-1x", "nanx", "infx"] {
+            assert!(bad.parse::<CpuWeight>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn shares_outside_a_hosts_range_are_refused_naming_it() {
+        assert!(CgroupVersion::V1.check_shares(4096).is_ok());
+        let e = CgroupVersion::V2.check_shares(20480).unwrap_err();
+        assert!(e.contains("cgroup v2: 2..10000"), "{e}");
+        assert!(e.contains("cpu_weight = \"20x\""), "{e}");
+        let e = CgroupVersion::V2.check_shares(12288).unwrap_err();
+        assert!(e.contains("on a cgroup v1 host it is 12x the default"), "{e}");
+    }
+}

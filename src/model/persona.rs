@@ -316,6 +316,10 @@ pub struct TuningSpec {
     pub disks: Vec<(String, DiskThrottle)>,
     /// Knobs that do not depend on the domain (no pins, no interfaces here).
     pub fixed: Tuning,
+    /// `cpu_weight = "2x"`: `cpu_shares` relative to the host's default, put
+    /// into `fixed.cpu_shares` for the host it is worn on
+    /// ([`TuningSpec::for_host`]).
+    pub cpu_weight: Option<crate::model::knobs::CpuWeight>,
     /// `[tuning]` keys without which the persona must not be worn; other knobs
     /// a host cannot apply at all are skipped and reported.
     pub required: Vec<String>,
@@ -341,6 +345,9 @@ impl Serialize for TuningSpec {
         put("disks", serde_json::to_value(&self.disks))?;
         if !self.required.is_empty() {
             put("required", serde_json::to_value(&self.required))?;
+        }
+        if let Some(w) = &self.cpu_weight {
+            put("cpu_weight", serde_json::to_value(w))?;
         }
         map.serialize(s)
     }
@@ -411,6 +418,67 @@ impl TuningSpec {
 
     pub fn is_empty(&self) -> bool {
         *self == TuningSpec::default()
+    }
+
+    /// What the host's cgroup version changes about this spec, for
+    /// `persona-validate`: what `cpu_shares` or `cpu_weight` is on each.
+    pub fn cgroup_notes(&self) -> Vec<String> {
+        use crate::model::knobs::CgroupVersion::{V1, V2};
+        let mut notes = Vec::new();
+        if let Some(w) = self.cpu_weight {
+            notes.push(format!(
+                "cpu_weight {w} is cpu_shares {} on a cgroup v1 host and {} on a cgroup v2 host",
+                w.shares(V1),
+                w.shares(V2)
+            ));
+        }
+        if let (None, Some(v)) = (self.cpu_weight, self.fixed.cpu_shares) {
+            let x = |c: crate::model::knobs::CgroupVersion| {
+                crate::model::knobs::CpuWeight::from_factor(v as f64 / c.default_shares() as f64)
+                    .map(|w| w.to_string())
+                    .unwrap_or_else(|| format!("{:.2}x", v as f64 / c.default_shares() as f64))
+            };
+            let mut n = format!(
+                "cpu_shares depends on the host's cgroup version: {v} is {} the default weight on cgroup v1 and {} on cgroup v2",
+                x(V1),
+                x(V2)
+            );
+            if let Err(why) = V2.check_shares(v) {
+                n.push_str(&format!("; refused on cgroup v2 hosts: {why}"));
+            } else {
+                n.push_str(&format!(
+                    "; cpu_weight = \"{}\" means {} the default on both",
+                    x(V1),
+                    x(V1)
+                ));
+            }
+            notes.push(n);
+        }
+        notes
+    }
+
+    /// This spec on a host of this cgroup version: `cpu_weight` becomes the
+    /// `cpu_shares` it means there. The reason it cannot be worn on this host
+    /// when `cpu_shares` (given or resolved) is outside the host's range, or
+    /// `cpu_weight` is given and the host's version is unknown.
+    pub fn for_host(
+        &self,
+        cgroup: Option<crate::model::knobs::CgroupVersion>,
+    ) -> Result<TuningSpec, String> {
+        let mut s = self.clone();
+        match (self.cpu_weight, cgroup) {
+            (Some(w), Some(c)) => s.fixed.cpu_shares = Some(w.shares(c)),
+            (Some(_), None) => {
+                return Err("cpu_weight needs this host's cgroup version, which the daemon cannot see \
+                     (libvirt on another machine): write cpu_shares instead"
+                    .into())
+            }
+            (None, _) => {}
+        }
+        if let (Some(shares), Some(c)) = (s.fixed.cpu_shares, cgroup) {
+            c.check_shares(shares)?;
+        }
+        Ok(s)
     }
 }
 

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::knobs::{
+    CpuWeight,
     check_disk_limits, DiskField, DiskUnit, Input, Row, QUOTA_MAX_US, QUOTA_MIN_US,
 };
 use super::line_col;
@@ -110,6 +111,10 @@ pub enum Rule {
     DiskLimits { target: String, reason: String },
     #[error("{0}: expected at least one setting")]
     EmptyTable(&'static str),
+    #[error("cpu_weight: {0}")]
+    BadWeight(String),
+    #[error("cpu_weight and cpu_shares both set the domain's CPU weight: give one (cpu_weight = \"2x\" means twice the default on cgroup v1 and v2 hosts alike)")]
+    WeightTwice,
     #[error("required: unknown knob '{0}': expected one of {1}")]
     UnknownRequired(String, String),
     #[error("required: '{0}' is not set in [tuning]: a persona can only require knobs it sets")]
@@ -265,6 +270,8 @@ macro_rules! raw_tuning {
             vcpu_pin: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
             iothread_pin: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
             $( $field: Option<Spanned<NumOrStr>>, )*
+            /// `cpu_shares` relative to the host's default ("2x"), resolved per host.
+            cpu_weight: Option<Spanned<NumOrStr>>,
             #[serde(default)]
             blkio_device: Vec<Spanned<RawBlkioDevice>>,
             #[serde(default)]
@@ -1185,6 +1192,23 @@ fn tuning(cx: &mut Ctx<'_>, r: &RawTuning) -> TuningSpec {
         }
         s.fixed.set(&Change { knob, value });
     }
+    if let Some(w) = &r.cpu_weight {
+        match w.get_ref() {
+            NumOrStr::Str(t) => match t.parse::<CpuWeight>() {
+                Ok(x) => s.cpu_weight = Some(x),
+                Err(e) => cx.err(w.span().start, Rule::BadWeight(e)),
+            },
+            other => cx.err(
+                w.span().start,
+                Rule::BadWeight(format!(
+                    "{other}: expected a factor of this host's default weight as a string, e.g. \"2x\" (cpu_shares takes absolute numbers)"
+                )),
+            ),
+        }
+        if let Some(shares) = &r.cpu_shares {
+            cx.err(shares.span().start.max(w.span().start), Rule::WeightTwice);
+        }
+    }
     // nested limits (memory: soft <= hard <= swap) in their order
     nested.sort_unstable();
     for pair in nested.windows(2) {
@@ -1418,12 +1442,24 @@ fn tuning(cx: &mut Ctx<'_>, r: &RawTuning) -> TuningSpec {
             "blkio_device" => !r.blkio_device.is_empty(),
             "interface" => !r.interface.is_empty(),
             "disk" => !r.disk.is_empty(),
+            // the knob it sets is cpu_shares
+            "cpu_weight" => {
+                if r.cpu_weight.is_none() {
+                    cx.err(k.span().start, Rule::RequiredNotSet(key.to_string()));
+                } else if !s.required.iter().any(|x| x == "cpu_shares") {
+                    s.required.push("cpu_shares".to_string());
+                }
+                continue;
+            }
             _ => match r.rows().into_iter().find(|(k, _)| k.key() == key) {
                 Some((_, v)) => v.is_some(),
                 None => {
                     cx.err(
                         k.span().start,
-                        Rule::UnknownRequired(key.to_string(), Knob::KEYS.join(", ")),
+                        Rule::UnknownRequired(
+                            key.to_string(),
+                            format!("{}, cpu_weight", Knob::KEYS.join(", ")),
+                        ),
                     );
                     continue;
                 }

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use virt_persona::hypervisor::libvirt::LibvirtHypervisor;
 use virt_persona::hypervisor::{DomainInfo, Hypervisor};
 
+pub mod host_vm;
 pub mod hostile;
 pub mod services;
 
