@@ -20,6 +20,13 @@ export CARGO_TERM_COLOR=never
 # under /var/tmp/virt-persona-releases; about 4 minutes the first time)
 echo "== the previous release (tests/upgrade/previous)"
 bash scripts/previous-release.sh
+# the Debian 12 host (systemd, cgroup v2) that tests/host_vm.rs boots: built
+# once per machine and recipe (mmdebstrap, about 3 minutes), cached under
+# /var/cache/virt-persona/host-vm
+echo "== the Debian 12 host image (scripts/host-vm.sh build)"
+vm_start=$(date +%s)
+bash scripts/host-vm.sh build >/dev/null
+echo "   ready in $(( $(date +%s) - vm_start )) s"
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -857,6 +857,29 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         }
     }
 
+    /// Takes back the signals pushed before a restart (from the state
+    /// store), those still live; expired ones are forgotten. How many.
+    pub fn restore_signals(&mut self, now: Millis) -> Result<usize, TickError> {
+        let mut n = 0;
+        for s in self.store.signals()? {
+            if s.expires <= now {
+                self.store.remove_signal(&s.name, s.domain.as_deref())?;
+                continue;
+            }
+            self.set_signal(
+                &s.name,
+                crate::rules::Signal {
+                    value: s.value,
+                    expires: s.expires,
+                    domain: s.domain,
+                    cluster: false,
+                },
+            );
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Drops expired signals.
     pub fn prune_signals(&mut self, now: Millis) {
         self.signals.0.retain(|_, v| {

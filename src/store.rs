@@ -140,6 +140,39 @@ pub trait StateStore: Send {
     ) -> Result<Vec<Event>>;
     /// Forgets everything about a domain that was undefined.
     fn forget(&mut self, uuid: &str) -> Result<()>;
+    /// The signals pushed to this host (API, Alertmanager), as kept: what a
+    /// restarted daemon starts with. Polled sources' values and other
+    /// hosts' cluster signals are not kept here: they come again.
+    fn signals(&self) -> Result<Vec<StoredSignal>> {
+        Ok(vec![])
+    }
+    /// Keeps a pushed signal (replacing the one of its name and domain).
+    fn put_signal(&mut self, _s: &StoredSignal) -> Result<()> {
+        Ok(())
+    }
+    /// Forgets a pushed signal.
+    fn remove_signal(&mut self, _name: &str, _domain: Option<&str>) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A signal pushed to this host, as the state store keeps it. The stored
+/// form (JSON) is a contract: fields are only ever added, with defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredSignal {
+    pub name: String,
+    pub value: f64,
+    /// When it expires, ms since the Unix epoch.
+    pub expires: Millis,
+    /// The domain's UUID; `None`: host-wide.
+    #[serde(default)]
+    pub domain: Option<String>,
+}
+
+impl StoredSignal {
+    fn key(name: &str, domain: Option<&str>) -> String {
+        format!("{name}\u{0}{}", domain.unwrap_or(""))
+    }
 }
 
 fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>> {
@@ -218,6 +251,7 @@ pub struct MemoryStore {
     overrides: HashMap<String, Override>,
     ended: HashMap<String, Vec<u64>>,
     events: Vec<Event>,
+    signals: std::collections::BTreeMap<String, StoredSignal>,
 }
 
 impl StateStore for MemoryStore {
@@ -305,6 +339,20 @@ impl StateStore for MemoryStore {
         self.ended.remove(uuid);
         Ok(())
     }
+    fn signals(&self) -> Result<Vec<StoredSignal>> {
+        Ok(self.signals.values().cloned().collect())
+    }
+    fn put_signal(&mut self, sig: &StoredSignal) -> Result<()> {
+        self.signals.insert(
+            StoredSignal::key(&sig.name, sig.domain.as_deref()),
+            sig.clone(),
+        );
+        Ok(())
+    }
+    fn remove_signal(&mut self, name: &str, domain: Option<&str>) -> Result<()> {
+        self.signals.remove(&StoredSignal::key(name, domain));
+        Ok(())
+    }
 }
 
 /// One write of [`RedbStore::put_all`]: table, key, value (`None`: removed).
@@ -319,6 +367,8 @@ const OVERRIDES: TableDefinition<&str, &[u8]> = TableDefinition::new("overrides"
 /// JSON list of the ids of manual activations that ended here, per domain
 /// (added in 0.3; a file without it has none).
 const MANUAL_ENDED: TableDefinition<&str, &[u8]> = TableDefinition::new("manual_ended");
+/// Signals pushed to this host: `name \0 domain-uuid` → [`StoredSignal`] (JSON).
+const SIGNALS: TableDefinition<&str, &[u8]> = TableDefinition::new("signals");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// (domain, event number): a domain's history without reading everyone's.
 const EVENTS_BY_DOMAIN: TableDefinition<(&str, u64), ()> = TableDefinition::new("events_by_domain");
@@ -425,6 +475,7 @@ impl RedbStore {
             tx.open_table(DEFINITIONS).map_err(|e| open_err(&e))?;
             tx.open_table(OVERRIDES).map_err(|e| open_err(&e))?;
             tx.open_table(MANUAL_ENDED).map_err(|e| open_err(&e))?;
+            tx.open_table(SIGNALS).map_err(|e| open_err(&e))?;
             let events = tx.open_table(EVENTS).map_err(|e| open_err(&e))?;
             let mut index = tx.open_table(EVENTS_BY_DOMAIN).map_err(|e| open_err(&e))?;
             // a state file from before the index: build it once
@@ -671,6 +722,33 @@ impl StateStore for RedbStore {
         self.put(WORN, uuid, None)?;
         self.put(MANUAL_ENDED, uuid, None)?;
         self.put(OVERRIDES, uuid, None)
+    }
+    fn signals(&self) -> Result<Vec<StoredSignal>> {
+        let rx = self.db.begin_read().map_err(io)?;
+        let t = rx.open_table(SIGNALS).map_err(io)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(io)? {
+            let (k, v) = item.map_err(io)?;
+            match serde_json::from_slice::<StoredSignal>(v.value()) {
+                Ok(sig) => out.push(sig),
+                // one bad record costs that signal, not the others
+                Err(e) => {
+                    tracing::warn!(key = %k.value().replace('\0', "/"), error = %e, "a stored signal does not decode: skipped")
+                }
+            }
+        }
+        Ok(out)
+    }
+    fn put_signal(&mut self, sig: &StoredSignal) -> Result<()> {
+        let v = to_json(sig)?;
+        self.put(
+            SIGNALS,
+            &StoredSignal::key(&sig.name, sig.domain.as_deref()),
+            Some(&v),
+        )
+    }
+    fn remove_signal(&mut self, name: &str, domain: Option<&str>) -> Result<()> {
+        self.put(SIGNALS, &StoredSignal::key(name, domain), None)
     }
 }
 
@@ -1006,6 +1084,38 @@ mod tests {
     #[test]
     fn memory_store() {
         exercise(&mut MemoryStore::default());
+    }
+
+    #[test]
+    fn pushed_signals_survive_a_reopen_and_a_bad_record_costs_only_itself() {
+        let d = tempfile::tempdir().unwrap();
+        let sig = |name: &str, domain: Option<&str>, value: f64| StoredSignal {
+            name: name.into(),
+            value,
+            expires: 5_000,
+            domain: domain.map(String::from),
+        };
+        {
+            let mut s = RedbStore::open(d.path()).unwrap();
+            s.put_signal(&sig("lb.rps", None, 1.0)).unwrap();
+            s.put_signal(&sig("lb.rps", None, 2.0)).unwrap();
+            s.put_signal(&sig("lb.rps", Some("u1"), 3.0)).unwrap();
+            s.put_signal(&sig("gone", None, 4.0)).unwrap();
+            s.remove_signal("gone", None).unwrap();
+            // a record a later release might write badly, or a damaged one
+            s.put(SIGNALS, "junk\u{0}", Some(b"{not json")).unwrap();
+        }
+        let s = RedbStore::open(d.path()).unwrap();
+        let mut got = s.signals().unwrap();
+        got.sort_by(|a, b| a.domain.cmp(&b.domain));
+        assert_eq!(
+            got,
+            vec![sig("lb.rps", None, 2.0), sig("lb.rps", Some("u1"), 3.0)]
+        );
+        // the stored form: named fields, a missing domain is host-wide
+        let old: StoredSignal =
+            serde_json::from_str(r#"{"name":"x","value":1.5,"expires":9}"#).unwrap();
+        assert_eq!(old.domain, None);
     }
 
     #[test]

@@ -112,6 +112,25 @@ fn worn(vm: &HostVm, domain: &str) -> String {
         .to_string()
 }
 
+/// Waits until the daemon says `domain` wears `persona` ("-": none); on a
+/// timeout, fails with what persona-status and the journal say.
+fn wait_worn(vm: &HostVm, domain: &str, persona: &str, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if worn(vm, domain) == persona {
+            return;
+        }
+        if Instant::now() > deadline {
+            let (_, status) = vm.sh(&format!("virt-persona persona-status {domain}"), 60);
+            let (_, journal) = vm.sh("journalctl -u virt-personad --no-pager -o cat -n 40", 60);
+            panic!(
+                "{domain} does not wear {persona} within {secs} s:\n{status}\njournal:\n{journal}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 /// Installs the package (this build) unless this version is installed already.
 fn install(vm: &HostVm) -> String {
     let (one, _) = debs();
@@ -148,8 +167,11 @@ fn the_package_as_an_admin_installs_it_and_systemd_runs_restarts_and_stops_it() 
         let guest = InnerGuest::boot(vm, &name, 2, "");
         let cg = guest.cgroup();
         let weight = |vm: &HostVm| vm.ok(&format!("cat '{cg}/cpu.weight'")).trim().to_string();
-        let vcpu_max =
-            |vm: &HostVm| vm.ok(&format!("cat '{cg}/libvirt/vcpu0/cpu.max'")).trim().to_string();
+        let vcpu_max = |vm: &HostVm| {
+            vm.ok(&format!("cat '{cg}/libvirt/vcpu0/cpu.max'"))
+                .trim()
+                .to_string()
+        };
         let baseline_weight = weight(vm);
         let baseline_max = vcpu_max(vm);
         assert_eq!(baseline_weight, "100", "cgroup v2's default weight");
@@ -209,8 +231,8 @@ fn the_package_as_an_admin_installs_it_and_systemd_runs_restarts_and_stops_it() 
         vm.ok("kill -9 $(systemctl show -p MainPID --value virt-personad)");
         let pid2 = active_again(vm, &pid1, 120);
         assert_eq!(prop(vm, "NRestarts").parse::<u32>().unwrap(), restarts0 + 1);
-        vm.ok("virt-persona list >/dev/null");
-        assert_eq!(worn(vm, &name), "vm-boost");
+        // the pushed signal was kept across the restart: still worn
+        wait_worn(vm, &name, "vm-boost", 60);
         assert_eq!(weight(vm), "200");
 
         // a stalled loop: no watchdog ping, systemd kills and restarts it
@@ -223,13 +245,17 @@ fn the_package_as_an_admin_installs_it_and_systemd_runs_restarts_and_stops_it() 
         let pid4 = active_again(vm, &pid3, 180);
         let journal = vm.ok("journalctl -u virt-personad --no-pager -o cat | grep -i watchdog");
         assert!(journal.contains("Watchdog timeout"), "{journal}");
-        vm.ok("virt-persona list >/dev/null");
-        assert_eq!(worn(vm, &name), "vm-boost");
+        // the pushed signal was kept across the restart: still worn
+        wait_worn(vm, &name, "vm-boost", 60);
         assert_eq!(weight(vm), "200");
 
         // stop without --revert-on-exit: the persona stays on the domain
         vm.ok("systemctl stop virt-personad");
-        assert_eq!(weight(vm), "200", "a plain stop leaves personas as they are");
+        assert_eq!(
+            weight(vm),
+            "200",
+            "a plain stop leaves personas as they are"
+        );
         vm.ok("systemctl start virt-personad");
         let pid5 = active_again(vm, &pid4, 120);
 
@@ -240,8 +266,8 @@ fn the_package_as_an_admin_installs_it_and_systemd_runs_restarts_and_stops_it() 
         let version = vm.ok("dpkg-query -W -f='${Version}' virt-persona");
         assert!(version.ends_with("-2"), "{version}");
         let pid6 = active_again(vm, &pid5, 120);
-        vm.ok("virt-persona list >/dev/null");
-        assert_eq!(worn(vm, &name), "vm-boost");
+        // the pushed signal was kept across the restart: still worn
+        wait_worn(vm, &name, "vm-boost", 60);
         assert_eq!(weight(vm), "200");
 
         // the signal ends: exactly the baseline recorded before kill -9, the
@@ -256,10 +282,11 @@ fn the_package_as_an_admin_installs_it_and_systemd_runs_restarts_and_stops_it() 
             ),
         );
         let off = t.elapsed();
-        assert_eq!(worn(vm, &name), "-");
+        wait_worn(vm, &name, "-", 60);
         let sched = guest.virsh(&format!("schedinfo {name}"));
         assert!(
-            sched.contains("cpu_shares     : 100") && sched.contains("vcpu_quota     : 17592186044415"),
+            sched.contains("cpu_shares     : 100")
+                && sched.contains("vcpu_quota     : 17592186044415"),
             "{sched}"
         );
 
@@ -279,7 +306,11 @@ fn the_package_as_an_admin_installs_it_and_systemd_runs_restarts_and_stops_it() 
 
         // purged: the service, its files and its state are gone
         vm.ok("systemctl start virt-personad");
-        vm.until("worn again", 120, &format!("[ \"$(cat '{cg}/cpu.weight')\" = 200 ]"));
+        vm.until(
+            "worn again",
+            120,
+            &format!("[ \"$(cat '{cg}/cpu.weight')\" = 200 ]"),
+        );
         vm.ok("DEBIAN_FRONTEND=noninteractive apt-get purge -y -q virt-persona");
         assert_eq!(
             weight(vm),
@@ -297,5 +328,208 @@ fn the_package_as_an_admin_installs_it_and_systemd_runs_restarts_and_stops_it() 
             off.as_secs_f64()
         );
         let _ = Duration::ZERO;
+    });
+}
+
+/// What the knob test reads, as `label<TAB>value` lines: every knob through
+/// libvirt (virsh) and through the guest's cgroup v2 files.
+const READ_ALL: &str = r#"
+n=@NAME@
+v() { virsh -q -c qemu:///system "$@" 2>&1 | sed 's/[[:space:]]\+/ /g' | tr '\n' ';'; }
+f() { [ -e "$1" ] && tr '\n' ';' < "$1" || echo '(none)'; }
+s=@CG@
+printf 'virsh schedinfo\t%s\n' "$(v schedinfo $n)"
+printf 'virsh memtune\t%s\n' "$(v memtune $n)"
+printf 'virsh blkiotune\t%s\n' "$(v blkiotune $n)"
+printf 'virsh numatune\t%s\n' "$(v numatune $n)"
+printf 'virsh vcpupin\t%s\n' "$(v vcpupin $n)"
+printf 'virsh emulatorpin\t%s\n' "$(v emulatorpin $n)"
+printf 'virsh iothreadinfo\t%s\n' "$(v iothreadinfo $n)"
+printf 'virsh blkdeviotune\t%s\n' "$(v blkdeviotune $n hda)"
+dev=$(virsh -q -c qemu:///system domiflist $n | awk '{print $1}' | head -1)
+printf 'virsh domiftune\t%s\n' "$(v domiftune $n $dev)"
+printf 'tc qdisc\t%s\n' "$(tc qdisc show dev $dev | sed 's/[[:space:]]\+/ /g' | tr '\n' ';')"
+for file in cpu.weight io.weight io.bfq.weight io.max memory.high memory.max memory.swap.max \
+            libvirt/cpu.max libvirt/cpu.weight libvirt/memory.high libvirt/memory.max libvirt/memory.swap.max \
+            libvirt/io.max libvirt/io.weight \
+            libvirt/vcpu0/cpu.max libvirt/vcpu1/cpu.max libvirt/vcpu0/cpuset.cpus libvirt/vcpu1/cpuset.cpus \
+            libvirt/vcpu0/cpuset.mems libvirt/emulator/cpu.max libvirt/emulator/cpuset.cpus libvirt/emulator/cpuset.mems \
+            libvirt/iothread1/cpu.max libvirt/iothread1/cpuset.cpus; do
+  printf '%s\t%s\n' "$file" "$(f $s/$file)"
+done
+"#;
+
+fn read_all(vm: &HostVm, g: &InnerGuest) -> std::collections::BTreeMap<String, String> {
+    let out = vm.ok(&READ_ALL
+        .replace("@NAME@", &g.name)
+        .replace("@CG@", &format!("'{}'", g.cgroup())));
+    out.lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn every_knob_applies_on_cgroup_v2_and_reverts_exactly() {
+    with_vm(|vm| {
+        install(vm);
+        configure(vm, false);
+        vm.ok("rm -f /etc/virt-persona/personas.d/*.toml; systemctl restart virt-personad");
+        vm.until(
+            "the service active",
+            120,
+            "systemctl is-active virt-personad",
+        );
+        let name = unique("knobs");
+        let g = InnerGuest::boot(
+            vm,
+            &name,
+            2,
+            "  <iothreads>1</iothreads>\n  <numatune><memory mode='strict' nodeset='0'/></numatune>",
+        );
+        let before = read_all(vm, &g);
+        let body = format!(
+            r#"id = "every-knob"
+priority = 50
+[match]
+names = ["{name}"]
+[[activation.when]]
+signal = "vmtest.knobs"
+above = 0
+[tuning]
+vcpu_pin = {{ "*" = "1" }}
+emulator_pin = "0"
+iothread_pin = {{ "*" = "1" }}
+cpu_shares = 300
+vcpu_period = "50ms"
+vcpu_quota = "25ms"
+emulator_period = "50ms"
+emulator_quota = "20ms"
+iothread_period = "50ms"
+iothread_quota = "10ms"
+global_period = "100ms"
+global_quota = "150ms"
+memory_soft_limit = "1 GiB"
+memory_hard_limit = "2 GiB"
+memory_swap_hard_limit = "3 GiB"
+numa_nodeset = "1"
+blkio_weight = 700
+[[tuning.blkio_device]]
+path = "/dev/vda"
+read_bytes_per_sec = "20 MiB"
+write_iops = 300
+[[tuning.disk]]
+target = "*"
+total_iops_sec = 500
+total_iops_sec_max = 800
+total_iops_sec_max_length = "10s"
+[[tuning.interface]]
+target = "*"
+inbound = {{ average = "1 MiB/s", peak = "2 MiB/s", burst = "256 KiB" }}
+outbound = {{ average = "512 KiB/s" }}
+"#
+        );
+        persona(vm, "every-knob", &body);
+        vm.ok("systemctl reload virt-personad");
+        vm.until(
+            "the persona loaded",
+            60,
+            "virt-persona persona-list | grep -q every-knob",
+        );
+        vm.ok("virt-persona signal-set vmtest.knobs 1 --ttl 1h");
+        wait_worn(vm, &name, "every-knob", 120);
+        let worn_now = read_all(vm, &g);
+        let status = vm.ok(&format!("virt-persona persona-status {name}"));
+        let show = |m: &std::collections::BTreeMap<String, String>| {
+            m.iter()
+                .map(|(k, v)| format!("  {k}: {v}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        // (what, where, a part of what it must read while worn)
+        let want = [
+            ("cpu_shares", "cpu.weight", "300;"),
+            ("cpu_shares", "virsh schedinfo", "cpu_shares : 300"),
+            ("vcpu_period/quota", "libvirt/vcpu0/cpu.max", "25000 50000"),
+            ("vcpu_period/quota", "libvirt/vcpu1/cpu.max", "25000 50000"),
+            (
+                "emulator_period/quota",
+                "libvirt/emulator/cpu.max",
+                "20000 50000",
+            ),
+            (
+                "iothread_period/quota",
+                "libvirt/iothread1/cpu.max",
+                "10000 50000",
+            ),
+            ("global_period/quota", "libvirt/cpu.max", "150000 100000"),
+            ("vcpu_pin", "libvirt/vcpu0/cpuset.cpus", "1;"),
+            ("vcpu_pin", "libvirt/vcpu1/cpuset.cpus", "1;"),
+            ("emulator_pin", "libvirt/emulator/cpuset.cpus", "0;"),
+            ("iothread_pin", "libvirt/iothread1/cpuset.cpus", "1;"),
+            ("memory_soft_limit", "libvirt/memory.high", "1073741824;"),
+            ("memory_hard_limit", "libvirt/memory.max", "2147483648;"),
+            ("numa_nodeset", "libvirt/emulator/cpuset.mems", "1;"),
+            ("numa_nodeset", "virsh numatune", "numa_nodeset : 1"),
+            ("blkio_weight", "virsh blkiotune", "weight : 700"),
+            (
+                "blkio_device",
+                "virsh blkiotune",
+                "device_read_bytes_sec : /dev/vda,20971520",
+            ),
+            (
+                "blkio_device",
+                "virsh blkiotune",
+                "device_write_iops_sec : /dev/vda,300",
+            ),
+            ("disk", "virsh blkdeviotune", "total_iops_sec : 500"),
+            ("disk", "virsh blkdeviotune", "total_iops_sec_max : 800"),
+            ("interface", "virsh domiftune", "inbound.average : 1024"),
+            ("interface", "virsh domiftune", "outbound.average : 512"),
+            ("interface", "tc qdisc", "htb"),
+        ];
+        let mut wrong = Vec::new();
+        for (knob, at, part) in want {
+            let got = worn_now.get(at).map(String::as_str).unwrap_or("(not read)");
+            if !got.contains(part) {
+                wrong.push(format!(
+                    "{knob}: {at} should contain '{part}', reads '{got}'"
+                ));
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "while worn:\n{}\nall readings:\n{}\npersona-status:\n{status}",
+            wrong.join("\n"),
+            show(&worn_now)
+        );
+
+        // the signal ends: every reading exactly as before
+        vm.ok("virt-persona signal-unset vmtest.knobs");
+        wait_worn(vm, &name, "-", 120);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let after = loop {
+            let a = read_all(vm, &g);
+            if a == before || Instant::now() > deadline {
+                break a;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        let diff: Vec<String> = before
+            .iter()
+            .filter(|(k, v)| after.get(*k) != Some(v))
+            .map(|(k, v)| {
+                format!(
+                    "{k}: before '{v}', after '{}'",
+                    after.get(k).map(String::as_str).unwrap_or("(none)")
+                )
+            })
+            .collect();
+        assert!(
+            diff.is_empty(),
+            "not exactly reverted:\n{}",
+            diff.join("\n")
+        );
+        vm.ok("rm -f /etc/virt-persona/personas.d/every-knob.toml; systemctl reload virt-personad");
     });
 }

@@ -475,3 +475,67 @@ fn sample_windows_longer_than_an_hour_are_refused() {
     )
     .is_ok());
 }
+
+#[test]
+fn cpu_weight_is_a_factor_of_the_hosts_default_and_excludes_cpu_shares() {
+    let p = parse_persona(
+        "id = \"w\"\n[tuning]\ncpu_weight = \"1.5x\"\nrequired = [\"cpu_weight\"]\n",
+        Path::new("w.toml"),
+    )
+    .unwrap();
+    assert_eq!(
+        p.tuning.cpu_weight.map(|w| w.to_string()).as_deref(),
+        Some("1.5x")
+    );
+    // the knob it sets (and that a host may not support) is cpu_shares
+    assert_eq!(p.tuning.required, ["cpu_shares"]);
+    assert_eq!(
+        p.tuning.fixed.cpu_shares, None,
+        "resolved per host, not here"
+    );
+    let notes = p.tuning.cgroup_notes();
+    assert_eq!(
+        notes,
+        ["cpu_weight 1.5x is cpu_shares 1536 on a cgroup v1 host and 150 on a cgroup v2 host"]
+    );
+    let msgs = errors_of("id = \"b\"\n[tuning]\ncpu_weight = \"2x\"\ncpu_shares = 2048\n");
+    assert_eq!(msgs.len(), 1, "{msgs:?}");
+    assert!(
+        msgs[0].starts_with(
+            "4:14: cpu_weight and cpu_shares both set the domain's CPU weight: give one"
+        ),
+        "{msgs:?}"
+    );
+    for (bad, want) in [
+        (
+            "\"200x\"",
+            "3:14: cpu_weight: 200x is out of range: expected 0.01x..100x",
+        ),
+        (
+            "\"2\"",
+            "3:14: cpu_weight: '2': expected a factor of this host's default weight",
+        ),
+        (
+            "2",
+            "3:14: cpu_weight: 2: expected a factor of this host's default weight as a string",
+        ),
+    ] {
+        let msgs = errors_of(&format!("id = \"c\"\n[tuning]\ncpu_weight = {bad}\n"));
+        assert!(
+            msgs.len() == 1 && msgs[0].starts_with(want),
+            "{bad}: {msgs:?}"
+        );
+    }
+    // an absolute number: the validator says what it means on each kind of host
+    let p = parse_persona(
+        "id = \"s\"\n[tuning]\ncpu_shares = 20480\n",
+        Path::new("s.toml"),
+    )
+    .unwrap();
+    let notes = p.tuning.cgroup_notes().join("\n");
+    assert!(
+        notes.contains("20480 is 20x the default weight on cgroup v1 and 204.8x on cgroup v2"),
+        "{notes}"
+    );
+    assert!(notes.contains("refused on cgroup v2 hosts"), "{notes}");
+}

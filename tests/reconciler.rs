@@ -1414,7 +1414,10 @@ fn dry_run_makes_no_write_call_and_switching_it_off_acts() {
 fn a_portable_cpu_weight_is_this_hosts_shares_and_a_number_it_cannot_take_is_refused() {
     use virt_persona::model::knobs::CgroupVersion;
     let weighted = hot_with("[tuning]\ncpu_weight = \"2x\"\n");
-    let absolute = persona(&HOT.replace("id = \"hot\"", "id = \"big\"").replace("4096", "20480"));
+    let absolute = persona(
+        &HOT.replace("id = \"hot\"", "id = \"big\"")
+            .replace("4096", "20480"),
+    );
     for (cgroup, want) in [(CgroupVersion::V1, 2048), (CgroupVersion::V2, 200)] {
         let mut rig = Rig::new(MemoryStore::default());
         rig.r.set_cgroup(Some(cgroup));
@@ -1427,7 +1430,10 @@ fn a_portable_cpu_weight_is_this_hosts_shares_and_a_number_it_cannot_take_is_ref
         let st = &rig.r.statuses()[0];
         let shown = st.cpu_weight.as_deref().unwrap_or_default();
         assert!(
-            shown.contains(&format!("2x = cpu_shares {want} on this host ({}", cgroup.name())),
+            shown.contains(&format!(
+                "2x = cpu_shares {want} on this host ({}",
+                cgroup.name()
+            )),
             "{shown}"
         );
         // idle again: exactly the original

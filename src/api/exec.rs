@@ -30,7 +30,7 @@ pub const RECENT_EVENTS_MS: Millis = 3_600_000;
 
 /// A domain's status as the API shows it.
 pub fn status_json(s: &DomainStatus) -> Value {
-    json!({
+    let mut v = json!({
         "id": s.id,
         "name": s.name,
         "uuid": s.uuid,
@@ -45,7 +45,12 @@ pub fn status_json(s: &DomainStatus) -> Value {
         "needs_attention": s.needs_attention,
         "quarantined": s.quarantined,
         "would": s.would,
-    })
+    });
+    // the worn persona's cpu_weight and what it is on this host
+    if let (Some(w), Some(m)) = (&s.cpu_weight, v.as_object_mut()) {
+        m.insert("cpu_weight".into(), json!(w));
+    }
+    v
 }
 
 /// What a persona cannot do on this host, domain by domain: knobs skipped
@@ -239,6 +244,7 @@ pub fn event_json(e: &Event) -> Value {
 /// Sets one signal (`signal-set`, a source's value): the domain by name,
 /// id or UUID, the limits checked; the signal as the API shows it, or the
 /// refusal.
+#[allow(clippy::too_many_arguments)] // each is one part of the request; a struct would only rename them
 fn set_signal<H: Hypervisor + ?Sized, S: StateStore>(
     rec: &mut Reconciler<H, S>,
     name: &str,
@@ -247,6 +253,7 @@ fn set_signal<H: Hypervisor + ?Sized, S: StateStore>(
     domain: Option<String>,
     cluster: bool,
     now: Millis,
+    keep: Keep,
 ) -> Result<Value, Reply> {
     if cluster && !rec.cluster_enabled() {
         return Err(Reply::bad(
@@ -292,8 +299,29 @@ fn set_signal<H: Hypervisor + ?Sized, S: StateStore>(
         cluster,
     };
     let reply = signal_json(rec, name, &s);
+    // pushed to this host: kept in the state store, so a restart (kill -9,
+    // an upgrade, the watchdog) does not end it before its TTL
+    if keep == Keep::Stored && !cluster {
+        let stored = crate::store::StoredSignal {
+            name: name.to_string(),
+            value,
+            expires: s.expires,
+            domain: s.domain.clone(),
+        };
+        if let Err(e) = rec.store_mut().put_signal(&stored) {
+            warn!(signal = %name, error = %e, "the signal is set but could not be kept in the state store: a restart ends it");
+        }
+    }
     rec.set_signal(name, s);
     Ok(reply)
+}
+
+/// Whether a signal set is kept across restarts: pushed signals are; a
+/// polled source's values come again with its next poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    Stored,
+    Memory,
 }
 
 /// Removes one signal (`signal-unset`, a resolved alert).
@@ -313,6 +341,9 @@ fn unset_signal<H: Hypervisor + ?Sized, S: StateStore>(
         None => None,
     };
     rec.prune_signals(now);
+    if let Err(e) = rec.store_mut().remove_signal(name, uuid.as_deref()) {
+        warn!(signal = %name, error = %e, "the signal is removed but its stored copy could not be: a restart brings it back until its TTL");
+    }
     match rec.unset_signal(name, uuid.as_deref()) {
         Some(s) => {
             let mut v = signal_json(rec, name, &s);
@@ -541,7 +572,7 @@ pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
             ttl_ms,
             domain,
             cluster,
-        } => match set_signal(rec, &name, value, ttl_ms, domain, cluster, now) {
+        } => match set_signal(rec, &name, value, ttl_ms, domain, cluster, now, Keep::Stored) {
             Ok(v) => Reply::Ok(v),
             Err(r) => r,
         },
@@ -551,7 +582,7 @@ pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
                 let (mut set, mut unmatched, mut errors) = (0, vec![], vec![]);
                 for (domain, value) in b.values {
                     let key = domain.clone();
-                    match set_signal(rec, &b.name, value, b.ttl_ms, domain, b.cluster, now) {
+                    match set_signal(rec, &b.name, value, b.ttl_ms, domain, b.cluster, now, Keep::Memory) {
                         Ok(v) => {
                             set += 1;
                             all.push(v);
@@ -588,7 +619,7 @@ pub fn execute<H: Hypervisor + ?Sized, S: StateStore>(
                         .filter(|t| *t >= 1_000)
                         .unwrap_or(ttl_ms)
                         .min(ttl_max);
-                    match set_signal(rec, &a.name, a.value, ttl, a.domain, a.cluster, now) {
+                    match set_signal(rec, &a.name, a.value, ttl, a.domain, a.cluster, now, Keep::Stored) {
                         Ok(v) => set.push(v),
                         Err(Reply::Err { message, .. }) => errors.push(format!("{what}: {message}")),
                         Err(_) => {}

@@ -391,7 +391,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn validate(files: &[PathBuf], as_json: bool) -> ExitCode {
-    let mut results: Vec<(PathBuf, Result<(String, Vec<String>), Vec<FileError>>)> = Vec::new();
+    // per file: the persona's id and its notes, or its errors
+    type Checked = Result<(String, Vec<String>), Vec<FileError>>;
+    let mut results: Vec<(PathBuf, Checked)> = Vec::new();
     let mut seen: Vec<(String, PathBuf)> = Vec::new();
     for f in files {
         let r = match load_file(f) {

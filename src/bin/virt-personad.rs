@@ -462,6 +462,12 @@ fn run(
     }
     rec.set_cgroup(cgroup);
     rec.set_personas(catalog.personas());
+    // signals pushed before a restart, until their TTL
+    match rec.restore_signals(now_ms()) {
+        Ok(0) => {}
+        Ok(n) => info!(signals = n, "signals pushed before the restart taken back"),
+        Err(e) => warn!(error = %e, "the signals kept in the state store could not be read"),
+    }
     rec.set_stats_clock(Box::new(now_ms));
     if let Some(why) = &observe {
         tracing::error!(reason = %why, "OBSERVING ONLY: no domain will be changed");

@@ -583,9 +583,12 @@ impl std::str::FromStr for CpuWeight {
             ));
         };
         let f: f64 = num.trim().parse().map_err(|_| {
-            format!("'{t}': expected a factor of this host's default weight, e.g. \"2x\" or \"0.5x\"")
+            format!(
+                "'{t}': expected a factor of this host's default weight, e.g. \"2x\" or \"0.5x\""
+            )
         })?;
-        CpuWeight::from_factor(f).ok_or_else(|| format!("{t} is out of range: expected {}", Self::RANGE))
+        CpuWeight::from_factor(f)
+            .ok_or_else(|| format!("{t} is out of range: expected {}", Self::RANGE))
     }
 }
 
@@ -641,6 +644,9 @@ mod weight_tests {
         assert!(e.contains("cgroup v2: 2..10000"), "{e}");
         assert!(e.contains("cpu_weight = \"20x\""), "{e}");
         let e = CgroupVersion::V2.check_shares(12288).unwrap_err();
-        assert!(e.contains("on a cgroup v1 host it is 12x the default"), "{e}");
+        assert!(
+            e.contains("on a cgroup v1 host it is 12x the default"),
+            "{e}"
+        );
     }
 }

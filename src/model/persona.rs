@@ -436,7 +436,10 @@ impl TuningSpec {
             let x = |c: crate::model::knobs::CgroupVersion| {
                 crate::model::knobs::CpuWeight::from_factor(v as f64 / c.default_shares() as f64)
                     .map(|w| w.to_string())
-                    .unwrap_or_else(|| format!("{:.2}x", v as f64 / c.default_shares() as f64))
+                    .unwrap_or_else(|| {
+                        let f = format!("{:.2}", v as f64 / c.default_shares() as f64);
+                        format!("{}x", f.trim_end_matches('0').trim_end_matches('.'))
+                    })
             };
             let mut n = format!(
                 "cpu_shares depends on the host's cgroup version: {v} is {} the default weight on cgroup v1 and {} on cgroup v2",
@@ -469,9 +472,11 @@ impl TuningSpec {
         match (self.cpu_weight, cgroup) {
             (Some(w), Some(c)) => s.fixed.cpu_shares = Some(w.shares(c)),
             (Some(_), None) => {
-                return Err("cpu_weight needs this host's cgroup version, which the daemon cannot see \
+                return Err(
+                    "cpu_weight needs this host's cgroup version, which the daemon cannot see \
                      (libvirt on another machine): write cpu_shares instead"
-                    .into())
+                        .into(),
+                )
             }
             (None, _) => {}
         }

@@ -12,8 +12,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::knobs::{
-    CpuWeight,
-    check_disk_limits, DiskField, DiskUnit, Input, Row, QUOTA_MAX_US, QUOTA_MIN_US,
+    check_disk_limits, CpuWeight, DiskField, DiskUnit, Input, Row, QUOTA_MAX_US, QUOTA_MIN_US,
 };
 use super::line_col;
 use super::persona::{

@@ -212,8 +212,8 @@ impl HostVm {
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(-1);
-        let out = std::fs::read_to_string(self.share.join(format!("out/{id}.out")))
-            .unwrap_or_default();
+        let out =
+            std::fs::read_to_string(self.share.join(format!("out/{id}.out"))).unwrap_or_default();
         (code, out)
     }
 
@@ -288,8 +288,7 @@ impl<'a> InnerGuest<'a> {
 
     /// `virsh -c qemu:///system ARGS` in the VM; its output.
     pub fn virsh(&self, args: &str) -> String {
-        self.vm
-            .ok(&format!("virsh -q -c qemu:///system {args}"))
+        self.vm.ok(&format!("virsh -q -c qemu:///system {args}"))
     }
 
     /// The guest's cgroup v2 directory (the machine scope), inside the VM.
@@ -300,11 +299,7 @@ impl<'a> InnerGuest<'a> {
         ));
         // /machine.slice/machine-qemu\x2d1\x2dNAME.scope/libvirt/emulator
         let path = out.trim();
-        let scope = path
-            .split("/libvirt")
-            .next()
-            .unwrap_or(path)
-            .to_string();
+        let scope = path.split("/libvirt").next().unwrap_or(path).to_string();
         format!("/sys/fs/cgroup{scope}")
     }
 }
