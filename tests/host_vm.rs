@@ -385,14 +385,24 @@ fn every_knob_applies_on_cgroup_v2_and_reverts_exactly() {
             vm,
             &name,
             2,
+            "  <iothreads>1</iothreads>\n  <numatune><memory mode='restrictive' nodeset='0'/></numatune>",
+        );
+        // the same persona on a domain whose memory libvirt cannot move
+        // live (strict mode with a nodeset, on this two-node host)
+        let strict_name = unique("strict");
+        let strict = InnerGuest::boot(
+            vm,
+            &strict_name,
+            1,
             "  <iothreads>1</iothreads>\n  <numatune><memory mode='strict' nodeset='0'/></numatune>",
         );
         let before = read_all(vm, &g);
+        let before_strict = read_all(vm, &strict);
         let body = format!(
             r#"id = "every-knob"
 priority = 50
 [match]
-names = ["{name}"]
+names = ["{name}", "{strict_name}"]
 [[activation.when]]
 signal = "vmtest.knobs"
 above = 0
@@ -438,7 +448,19 @@ outbound = {{ average = "512 KiB/s" }}
         );
         vm.ok("virt-persona signal-set vmtest.knobs 1 --ttl 1h");
         wait_worn(vm, &name, "every-knob", 120);
+        wait_worn(vm, &strict_name, "every-knob", 120);
         let worn_now = read_all(vm, &g);
+        let status_strict = vm.ok(&format!("virt-persona persona-status {strict_name}"));
+        assert!(
+            status_strict.contains("numa_nodeset skipped: libvirt cannot move this running domain's memory"),
+            "the strict-mode domain wears the rest, numa_nodeset skipped and named:\n{status_strict}"
+        );
+        let strict_now = read_all(vm, &strict);
+        assert!(
+            strict_now["cpu.weight"].starts_with("300;")
+                && strict_now["virsh numatune"].contains("numa_nodeset : 0"),
+            "{strict_now:?}"
+        );
         let status = vm.ok(&format!("virt-persona persona-status {name}"));
         let show = |m: &std::collections::BTreeMap<String, String>| {
             m.iter()
@@ -507,29 +529,33 @@ outbound = {{ average = "512 KiB/s" }}
         // the signal ends: every reading exactly as before
         vm.ok("virt-persona signal-unset vmtest.knobs");
         wait_worn(vm, &name, "-", 120);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let after = loop {
-            let a = read_all(vm, &g);
-            if a == before || Instant::now() > deadline {
-                break a;
-            }
-            std::thread::sleep(Duration::from_millis(500));
-        };
-        let diff: Vec<String> = before
-            .iter()
-            .filter(|(k, v)| after.get(*k) != Some(v))
-            .map(|(k, v)| {
-                format!(
-                    "{k}: before '{v}', after '{}'",
-                    after.get(k).map(String::as_str).unwrap_or("(none)")
-                )
-            })
-            .collect();
-        assert!(
-            diff.is_empty(),
-            "not exactly reverted:\n{}",
-            diff.join("\n")
-        );
+        wait_worn(vm, &strict_name, "-", 120);
+        for (guest, before) in [(&g, &before), (&strict, &before_strict)] {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let after = loop {
+                let a = read_all(vm, guest);
+                if a == *before || Instant::now() > deadline {
+                    break a;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            };
+            let diff: Vec<String> = before
+                .iter()
+                .filter(|(k, v)| after.get(*k) != Some(v))
+                .map(|(k, v)| {
+                    format!(
+                        "{k}: before '{v}', after '{}'",
+                        after.get(k).map(String::as_str).unwrap_or("(none)")
+                    )
+                })
+                .collect();
+            assert!(
+                diff.is_empty(),
+                "{} not exactly reverted:\n{}",
+                guest.name,
+                diff.join("\n")
+            );
+        }
         vm.ok("rm -f /etc/virt-persona/personas.d/every-knob.toml; systemctl reload virt-personad");
     });
 }

@@ -109,6 +109,16 @@ fn unsupported(e: &virt::error::Error) -> Option<&'static str> {
     if e.message().contains("Specified qdisc kind is unknown") {
         return Some("the host kernel lacks the queueing discipline libvirt needs");
     }
+    // a running domain's memory nodeset: libvirt 9 moves it only in
+    // restrictive mode where QEMU binds the memory itself (strict mode with a
+    // nodeset on a multi-node host); the same on cgroup v1 and v2
+    if e.message()
+        .contains("change of nodeset for running domain requires")
+    {
+        return Some(
+            "libvirt cannot move this running domain's memory in its <numatune> mode (use mode='restrictive')",
+        );
+    }
     None
 }
 
