@@ -4,7 +4,6 @@
 //! the 9p share's agent. The VM dies with the test process (it is started from
 //! a thread that lives as long as the process, with `PR_SET_PDEATHSIG`).
 
-use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -171,8 +170,16 @@ impl HostVm {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+        let agent = started.elapsed();
+        // libvirtd up, and QEMU's capabilities probed (the first probe of a
+        // fresh image runs QEMU under TCG: the first define would wait for it)
+        vm.ok("until virsh -q -c qemu:///system domcapabilities --virttype qemu >/dev/null 2>&1; do sleep 0.5; done");
         let boot = started.elapsed();
-        eprintln!("host VM: agent up after {:.1} s", boot.as_secs_f64());
+        eprintln!(
+            "host VM: agent up after {:.1} s, libvirtd ready with QEMU's capabilities after {:.1} s",
+            agent.as_secs_f64(),
+            boot.as_secs_f64()
+        );
         HostVm { boot, ..vm }
     }
 
@@ -186,26 +193,31 @@ impl HostVm {
     /// Runs a bash script in the VM as root; its exit status and output
     /// (stdout and stderr). Fails the test if no answer comes within `secs`.
     pub fn sh(&self, script: &str, secs: u64) -> (i32, String) {
+        self.try_sh(script, secs).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`HostVm::sh`], but the reason instead of failing the test when
+    /// the VM does not answer (for Drop, which must never panic).
+    pub fn try_sh(&self, script: &str, secs: u64) -> Result<(i32, String), String> {
         let id = format!("{:06}", self.next.fetch_add(1, Ordering::SeqCst));
         let cmd = self.share.join("cmd");
         let tmp = cmd.join(format!(".{id}.tmp"));
-        {
-            let mut f = std::fs::File::create(&tmp).expect("write command");
-            f.write_all(b"set -o pipefail\n").expect("write command");
-            f.write_all(script.as_bytes()).expect("write command");
-        }
-        std::fs::rename(&tmp, cmd.join(format!("{id}.sh"))).expect("queue command");
+        let body = format!("set -o pipefail\n{script}");
+        std::fs::write(&tmp, body).map_err(|e| format!("write command: {e}"))?;
+        std::fs::rename(&tmp, cmd.join(format!("{id}.sh")))
+            .map_err(|e| format!("queue command: {e}"))?;
         let rc = self.share.join(format!("out/{id}.rc"));
         let deadline = Instant::now() + Duration::from_secs(secs);
         while !rc.exists() {
             if !Path::new(&format!("/proc/{}", self.pid)).exists() {
-                panic!("the VM is gone; console:\n{}", self.console_tail());
+                return Err(format!("the VM is gone; console:\n{}", self.console_tail()));
             }
-            assert!(
-                Instant::now() < deadline,
-                "no answer from the VM within {secs} s to:\n{script}\nconsole:\n{}",
-                self.console_tail()
-            );
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "no answer from the VM within {secs} s to:\n{script}\nconsole:\n{}",
+                    self.console_tail()
+                ));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
         let code = std::fs::read_to_string(&rc)
@@ -214,7 +226,7 @@ impl HostVm {
             .unwrap_or(-1);
         let out =
             std::fs::read_to_string(self.share.join(format!("out/{id}.out"))).unwrap_or_default();
-        (code, out)
+        Ok((code, out))
     }
 
     /// Like [`HostVm::sh`] with a 300 s limit; fails the test on a non-zero exit.
@@ -307,7 +319,7 @@ impl<'a> InnerGuest<'a> {
 impl Drop for InnerGuest<'_> {
     fn drop(&mut self) {
         let n = &self.name;
-        let _ = self.vm.sh(
+        let _ = self.vm.try_sh(
             &format!(
                 "virsh -q -c qemu:///system destroy {n}; virsh -q -c qemu:///system undefine {n} --nvram; rm -f /var/lib/libvirt/images/{n}.img; true"
             ),
