@@ -327,7 +327,6 @@ fn the_package_as_an_admin_installs_it_and_systemd_runs_restarts_and_stops_it() 
             on.as_secs_f64(),
             off.as_secs_f64()
         );
-        let _ = Duration::ZERO;
     });
 }
 
