@@ -85,7 +85,7 @@ fn main() {
         "HAProxy 2.6 exporter: 10 servers, {} bytes a scrape",
         text.len()
     );
-    let n = 500;
+    let n = 2000;
     let t = Instant::now();
     for _ in 0..n {
         let s = virt_persona::sources::exposition::parse(&text, "haproxy_server_current_sessions")
