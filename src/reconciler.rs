@@ -326,6 +326,11 @@ pub struct Reconciler<H: Hypervisor + ?Sized, S: StateStore> {
     personas: Vec<Arc<Persona>>,
     groups: StatGroups,
     pub signals: Signals,
+    /// The signals kept in the state store (pushed ones), by name and
+    /// domain: when each stored record expires, and whether a failure to
+    /// remove it was logged. An expired one leaves the store at the next
+    /// tick; one whose removal failed is tried again every tick.
+    kept_signals: BTreeMap<(String, Option<String>), (Millis, bool)>,
     verify_interval_ms: Millis,
     stale: bool,
     last_list: Millis,
@@ -441,6 +446,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             personas: Vec::new(),
             groups: StatGroups::default(),
             signals: Signals::default(),
+            kept_signals: BTreeMap::new(),
             verify_interval_ms: verify_interval.as_millis().min(i64::MAX as u128) as Millis,
             stale: true,
             last_list: 0,
@@ -866,6 +872,8 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                 self.store.remove_signal(&s.name, s.domain.as_deref())?;
                 continue;
             }
+            self.kept_signals
+                .insert((s.name.clone(), s.domain.clone()), (s.expires, false));
             self.set_signal(
                 &s.name,
                 crate::rules::Signal {
@@ -880,12 +888,69 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         Ok(n)
     }
 
-    /// Drops expired signals.
+    /// Keeps a pushed signal in the state store (until its TTL: then
+    /// [`Reconciler::prune_signals`] removes the record).
+    pub fn keep_signal(&mut self, s: &crate::store::StoredSignal) -> Result<(), StoreError> {
+        self.store.put_signal(s)?;
+        self.kept_signals
+            .insert((s.name.clone(), s.domain.clone()), (s.expires, false));
+        Ok(())
+    }
+
+    /// Removes a pushed signal's stored record (`signal-unset`, a resolved
+    /// alert); one that cannot be removed now is tried again every tick.
+    pub fn forget_kept_signal(
+        &mut self,
+        name: &str,
+        domain: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let key = (name.to_string(), domain.map(str::to_string));
+        match self.store.remove_signal(name, domain) {
+            Ok(()) => {
+                self.kept_signals.remove(&key);
+                Ok(())
+            }
+            Err(e) => {
+                self.kept_signals.insert(key, (Millis::MIN, true));
+                Err(e)
+            }
+        }
+    }
+
+    /// How many stored signal records are waiting for their TTL or to be
+    /// removed.
+    pub fn kept_signal_count(&self) -> usize {
+        self.kept_signals.len()
+    }
+
+    /// Drops expired signals, and the stored records of expired pushed
+    /// ones (a long-running daemon does not gather them until a restart).
     pub fn prune_signals(&mut self, now: Millis) {
         self.signals.0.retain(|_, v| {
             v.retain(|s| s.expires > now);
             !v.is_empty()
         });
+        let due: Vec<(String, Option<String>)> = self
+            .kept_signals
+            .iter()
+            .filter(|(_, (expires, _))| *expires <= now)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            match self.store.remove_signal(&key.0, key.1.as_deref()) {
+                Ok(()) => {
+                    self.kept_signals.remove(&key);
+                }
+                Err(e) => {
+                    if let Some((_, warned)) = self.kept_signals.get_mut(&key) {
+                        if !*warned {
+                            warn!(signal = %key.0, error = %e, "an ended signal's stored copy could not be removed: tried again every tick (a restart before that brings it back until its TTL)");
+                            *warned = true;
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Live signals, expired ones dropped.

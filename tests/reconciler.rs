@@ -1043,11 +1043,29 @@ fn expired_signals_are_pruned_every_tick() {
 }
 
 /// A store whose record for one domain does not decode (as a damaged redb
-/// value would): everything else is the memory store.
+/// value would), and whose signal records cannot be written while
+/// `signals_broken` is set (a full disk): everything else is the memory
+/// store.
 #[derive(Clone, Default)]
 struct Damaged {
     inner: MemoryStore,
     uuid: String,
+    signals_broken: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Damaged {
+    fn signal_write(&self) -> virt_persona::store::Result<()> {
+        if self
+            .signals_broken
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(virt_persona::store::StoreError::Corrupt {
+                key: "signals".into(),
+                message: "No space left on device".into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 impl StateStore for Damaged {
@@ -1116,6 +1134,104 @@ impl StateStore for Damaged {
     fn forget(&mut self, uuid: &str) -> virt_persona::store::Result<()> {
         self.inner.forget(uuid)
     }
+    fn signals(&self) -> virt_persona::store::Result<Vec<virt_persona::store::StoredSignal>> {
+        self.inner.signals()
+    }
+    fn put_signal(
+        &mut self,
+        s: &virt_persona::store::StoredSignal,
+    ) -> virt_persona::store::Result<()> {
+        self.signal_write()?;
+        self.inner.put_signal(s)
+    }
+    fn remove_signal(
+        &mut self,
+        name: &str,
+        domain: Option<&str>,
+    ) -> virt_persona::store::Result<()> {
+        self.signal_write()?;
+        self.inner.remove_signal(name, domain)
+    }
+}
+
+/// A pushed signal is kept in the state store until its TTL, and leaves it
+/// at the next tick after (not only at a restart); one the store cannot
+/// keep is refused, not set for this run only; one whose record cannot be
+/// removed at `signal-unset` ends now and its record goes once the store
+/// takes writes again.
+#[test]
+fn pushed_signals_leave_the_store_when_they_end_and_one_it_cannot_keep_is_refused() {
+    use virt_persona::api::command::{Command, Reply};
+    use virt_persona::api::exec::execute;
+    let hv = Arc::new(FakeHypervisor::new(4));
+    hv.add_domain(FakeHypervisor::simple_domain("web-1", 1), original());
+    let store = Damaged::default();
+    let broken = store.signals_broken.clone();
+    let mut r = Reconciler::new(hv.clone(), store, Duration::from_secs(30));
+    let mut catalog = virt_persona::model::loader::Catalog::new("/nonexistent");
+    let mut now = 1_000_000;
+    r.tick(now, None).unwrap();
+    let set = |name: &str, ttl_ms: i64| Command::SetSignal {
+        name: name.into(),
+        value: 1.0,
+        ttl_ms,
+        domain: None,
+        cluster: false,
+    };
+    for (name, ttl) in [("short", 5_000), ("long", 3_600_000), ("unset", 3_600_000)] {
+        let reply = execute(&mut r, &mut catalog, &*hv, set(name, ttl), now);
+        assert!(matches!(reply, Reply::Ok(_)), "{name}: {reply:?}");
+    }
+    let stored = |r: &Reconciler<FakeHypervisor, Damaged>| -> Vec<String> {
+        let mut v: Vec<String> = r
+            .store()
+            .signals()
+            .unwrap()
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(stored(&r), ["long", "short", "unset"]);
+    // the short one's TTL passes: gone from memory and from the store at the next tick
+    now += 6_000;
+    r.tick(now, None).unwrap();
+    assert_eq!(stored(&r), ["long", "unset"]);
+    assert!(!r.has_signal("short", None));
+    // the store takes no writes: a new signal is refused with the reason, and not set
+    broken.store(true, std::sync::atomic::Ordering::SeqCst);
+    match execute(&mut r, &mut catalog, &*hv, set("refused", 60_000), now) {
+        Reply::Err { status, message } => {
+            assert_eq!(status, 500);
+            assert!(message.contains("signal 'refused' not set"), "{message}");
+            assert!(message.contains("No space left on device"), "{message}");
+        }
+        other => panic!("expected a refusal: {other:?}"),
+    }
+    assert!(!r.has_signal("refused", None));
+    // an unset still ends the signal now; its record stays until the store writes again
+    let reply = execute(
+        &mut r,
+        &mut catalog,
+        &*hv,
+        Command::UnsetSignal {
+            name: "unset".into(),
+            domain: None,
+        },
+        now,
+    );
+    assert!(matches!(reply, Reply::Ok(_)), "{reply:?}");
+    assert!(!r.has_signal("unset", None));
+    now += 1_000;
+    r.tick(now, None).unwrap();
+    assert_eq!(stored(&r), ["long", "unset"], "not removable yet");
+    broken.store(false, std::sync::atomic::Ordering::SeqCst);
+    now += 1_000;
+    r.tick(now, None).unwrap();
+    assert_eq!(stored(&r), ["long"], "removed once the store takes writes");
+    assert_eq!(r.kept_signal_count(), 1);
+    assert!(r.has_signal("long", None));
 }
 
 /// A record that does not decode quarantines that one domain (event, status)

@@ -308,8 +308,14 @@ fn set_signal<H: Hypervisor + ?Sized, S: StateStore>(
             expires: s.expires,
             domain: s.domain.clone(),
         };
-        if let Err(e) = rec.store_mut().put_signal(&stored) {
-            warn!(signal = %name, error = %e, "the signal is set but could not be kept in the state store: a restart ends it");
+        if let Err(e) = rec.keep_signal(&stored) {
+            warn!(signal = %name, error = %e, "a signal was not set: the state store could not keep it");
+            return Err(Reply::Err {
+                status: 500,
+                message: format!(
+                    "signal '{name}' not set: the state store could not keep it, so a restart would end it early ({e}); see the daemon's log"
+                ),
+            });
         }
     }
     rec.set_signal(name, s);
@@ -341,8 +347,8 @@ fn unset_signal<H: Hypervisor + ?Sized, S: StateStore>(
         None => None,
     };
     rec.prune_signals(now);
-    if let Err(e) = rec.store_mut().remove_signal(name, uuid.as_deref()) {
-        warn!(signal = %name, error = %e, "the signal is removed but its stored copy could not be: a restart brings it back until its TTL");
+    if let Err(e) = rec.forget_kept_signal(name, uuid.as_deref()) {
+        warn!(signal = %name, error = %e, "the signal is removed but its stored copy could not be yet: tried again every tick (a restart before that brings it back until its TTL)");
     }
     match rec.unset_signal(name, uuid.as_deref()) {
         Some(s) => {
