@@ -142,11 +142,15 @@ fn summary(name: &str, s: &[Score]) {
     let quiet = s.iter().filter(|x| x.peak.is_none()).count();
     let alarms = s.iter().filter(|x| x.false_alarm).count();
     println!(
-        "{name:<28} relMAE median {:.2}, better than same-time-yesterday on {}/{}; coverage median {:.0} %; width median {:.2}x; peaks seen ahead {}/{}; false alarms {}/{} quiet days",
+        "{name:<28} relMAE median {:.2}, better than same-time-yesterday on {}/{}; coverage median {:.0} % (mean {:.0} %); width median {:.2}x; peaks seen ahead {}/{}; false alarms {}/{} quiet days",
         median(s.iter().map(|x| x.rel_mae).collect()),
         s.iter().filter(|x| x.rel_mae < 1.0).count(),
         s.len(),
         100.0 * median(s.iter().map(|x| x.coverage).collect()),
+        100.0 * {
+            let c: Vec<f64> = s.iter().map(|x| x.coverage).filter(|x| x.is_finite()).collect();
+            c.iter().sum::<f64>() / c.len().max(1) as f64
+        },
         median(s.iter().map(|x| x.width).collect()),
         peaks.iter().filter(|x| **x).count(),
         peaks.len(),
