@@ -179,9 +179,15 @@ fn refusals(
             .iter()
             .find(|(k, _)| p.tuning.required.iter().any(|r| r == k.key()))
         {
+            // named as the file wrote it: `cpu_weight` is `cpu_shares` here
+            let knob = if *k == Knob::CpuShares && p.tuning.cpu_weight.is_some() {
+                "cpu_weight (cpu_shares on this host)".to_string()
+            } else {
+                k.to_string()
+            };
             out.insert(
                 p.id.clone(),
-                format!("required knob {k} is unsupported on this host: {why}"),
+                format!("required knob {knob} is unsupported on this host: {why}"),
             );
         }
     }

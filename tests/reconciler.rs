@@ -594,6 +594,34 @@ fn a_required_unsupported_knob_keeps_the_persona_off_and_the_next_one_wins() {
     assert_eq!(applies_of(&rig.hv, &Knob::CpuShares), 1, "tried once");
 }
 
+/// A required `cpu_weight` that this host cannot apply is named as the file
+/// wrote it, with the knob it is here.
+#[test]
+fn a_required_cpu_weight_is_named_as_written_when_refused() {
+    let mut rig = Rig::new(MemoryStore::default());
+    rig.r
+        .set_cgroup(Some(virt_persona::model::knobs::CgroupVersion::V1));
+    rig.r.set_personas(vec![hot_with(
+        "[tuning]\ncpu_weight = \"2x\"\nrequired = [\"cpu_weight\"]\n",
+    )]);
+    rig.hv
+        .unsupported(Knob::CpuShares, "parameter 'cpu_shares' not supported");
+    rig.second(1.0);
+    rig.second(1.0);
+    assert_eq!(rig.worn(), None);
+    assert_eq!(rig.tuning(), original(), "nothing changed");
+    let why = rig.r.statuses()[0]
+        .refused
+        .get("hot")
+        .cloned()
+        .expect("hot is refused");
+    assert!(
+        why.contains("required knob cpu_weight (cpu_shares on this host)")
+            && why.contains("not supported"),
+        "{why}"
+    );
+}
+
 /// "Absent" is an original value: a device throttle the domain did not have is
 /// recorded as absent and removed again on revert, also when a later knob of
 /// the same transition fails and it is rolled back.
