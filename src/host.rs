@@ -150,4 +150,27 @@ mod cgroup_tests {
             cgroup_at(std::path::Path::new("/sys/fs/cgroup"))
         );
     }
+
+    /// v1 is told by its cpu controller's `cpu.shares` (either mount
+    /// name); a directory that is neither v1 nor a cgroup2 mount is no
+    /// version at all, so `cpu_weight` is refused rather than guessed.
+    #[test]
+    fn v1_is_told_by_its_cpu_controller_and_anything_else_is_unknown() {
+        use crate::model::knobs::CgroupVersion;
+        let none = tempfile::tempdir().unwrap();
+        assert_eq!(cgroup_at(none.path()), None);
+        assert_eq!(cgroup_at(&none.path().join("missing")), None);
+        for dir in ["cpu", "cpu,cpuacct"] {
+            let v1 = tempfile::tempdir().unwrap();
+            std::fs::create_dir(v1.path().join(dir)).unwrap();
+            assert_eq!(cgroup_at(v1.path()), None, "{dir}: no cpu.shares yet");
+            std::fs::write(v1.path().join(dir).join("cpu.shares"), "1024\n").unwrap();
+            assert_eq!(cgroup_at(v1.path()), Some(CgroupVersion::V1), "{dir}");
+        }
+        // this machine: v1 exactly when its cpu controller has cpu.shares
+        let root = std::path::Path::new("/sys/fs/cgroup");
+        if root.join("cpu/cpu.shares").exists() || root.join("cpu,cpuacct/cpu.shares").exists() {
+            assert_eq!(cgroup_at(root), Some(CgroupVersion::V1));
+        }
+    }
 }
