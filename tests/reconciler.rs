@@ -1087,10 +1087,9 @@ impl Damaged {
             .signals_broken
             .load(std::sync::atomic::Ordering::SeqCst)
         {
-            return Err(virt_persona::store::StoreError::Corrupt {
-                key: "signals".into(),
-                message: "No space left on device".into(),
-            });
+            return Err(virt_persona::store::StoreError::Io(
+                "No space left on device (os error 28)".into(),
+            ));
         }
         Ok(())
     }

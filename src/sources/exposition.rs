@@ -125,28 +125,29 @@ fn valid_name(s: &str) -> bool {
         && all_name_bytes(b)
 }
 
-/// Whether every byte of `b` is a metric-name byte, without stopping early
-/// (so the compiler sweeps it a vector at a time).
-fn all_name_bytes(b: &[u8]) -> bool {
-    b.iter().fold(true, |ok, &c| {
-        let alpha = (c | 0x20).wrapping_sub(b'a') < 26;
-        let digit = c.wrapping_sub(b'0') < 10;
-        ok & (alpha | digit | (c == b'_') | (c == b':'))
-    })
+/// Whether `c` may be in a metric name (`[a-zA-Z0-9_:]`), or with
+/// `colon` false a label name (`[a-zA-Z0-9_]`): compares without branches,
+/// so a sweep over a name is done a vector at a time.
+const fn name_byte(c: u8, colon: bool) -> bool {
+    let alpha = (c | 0x20).wrapping_sub(b'a') < 26;
+    let digit = c.wrapping_sub(b'0') < 10;
+    alpha | digit | (c == b'_') | (colon & (c == b':'))
 }
 
-/// The bytes of a metric name (`[a-zA-Z0-9_:]`), looked up rather than
-/// compared: the reader's hottest loop.
+/// Whether every byte of `b` is a metric-name byte, without stopping early.
+fn all_name_bytes(b: &[u8]) -> bool {
+    b.iter().fold(true, |ok, &c| ok & name_byte(c, true))
+}
+
+/// [`name_byte`] as tables, for the scans that stop at the first other byte.
 const NAME: [bool; 256] = byte_class(true);
-/// The bytes of a label name (`[a-zA-Z0-9_]`).
 const LABEL: [bool; 256] = byte_class(false);
 
 const fn byte_class(colon: bool) -> [bool; 256] {
     let mut t = [false; 256];
     let mut i = 0;
     while i < 256 {
-        let c = i as u8;
-        t[i] = c.is_ascii_alphanumeric() || c == b'_' || (colon && c == b':');
+        t[i] = name_byte(i as u8, colon);
         i += 1;
     }
     t
@@ -234,7 +235,7 @@ fn sample<'a>(
     .ok_or_else(|| format!("{name}: {text:?} is not a number"))?;
     if let Some(ts) = words.next() {
         if ts != "#" {
-            if !is_number(ts) || number(ts).is_none_or(|t| !t.is_finite()) {
+            if number(ts).is_none_or(|t| !t.is_finite()) {
                 return Err(format!("{name}: {ts:?} is not a timestamp"));
             }
             match words.next() {
@@ -503,6 +504,17 @@ haproxy_process_failed_resolutions 0\n";
             assert!(e.message.contains(what), "{body:?}: {e}");
         }
         assert_eq!(parse("x 1\ny{a=\"q\\\"\"} 2\n", "x").unwrap().len(), 1);
+    }
+
+    /// The branch-free test is exactly the format's name bytes.
+    #[test]
+    fn name_bytes_are_the_formats() {
+        for c in 0..=255u8 {
+            let label = c.is_ascii_alphanumeric() || c == b'_';
+            assert_eq!(name_byte(c, false), label, "{c}");
+            assert_eq!(name_byte(c, true), label || c == b':', "{c}");
+            assert_eq!(NAME[c as usize], name_byte(c, true));
+        }
     }
 
     proptest::proptest! {
