@@ -370,9 +370,9 @@ mod tests {
     }
 
     /// A value of a row's knob inside its range, in libvirt's units.
-    fn arb_value(row: &'static crate::model::knobs::Row) -> BoxedStrategy<KnobValue> {
+    fn arb_value(input: crate::model::knobs::Input) -> BoxedStrategy<KnobValue> {
         use crate::model::knobs::{Input, QUOTA_MIN_US};
-        match row.input {
+        match input {
             Input::CpuSet | Input::NodeSet => prop::collection::btree_set(0u32..8, 1..4)
                 .prop_map(|s| KnobValue::CpuSet(crate::units::CpuSet::from_cpus(s)))
                 .boxed(),
@@ -390,25 +390,32 @@ mod tests {
 
     /// Every row of the knob table, each with a value (in its range) with
     /// probability `p`, else none: as a host reads a domain (none where it
-    /// reports no value) or as a persona asks (only the knobs it names).
+    /// reports no value) or as a persona asks (only the knobs it names). A
+    /// per-device row has a value for each of four devices with probability `p`.
     fn arb_rows(p: f64) -> impl Strategy<Value = Tuning> {
-        let rows: Vec<BoxedStrategy<Option<Change>>> = Knob::SCALARS
+        // one knob set with probability p to a value in its range
+        let change = |knob: Knob, input| {
+            prop::option::weighted(p, arb_value(input))
+                .prop_map(move |v| {
+                    v.map(|value| Change {
+                        knob: knob.clone(),
+                        value,
+                    })
+                })
+                .boxed()
+        };
+        let mut rows: Vec<BoxedStrategy<Option<Change>>> = Knob::SCALARS
             .iter()
-            .filter_map(|k| {
-                let row = k.row()?;
-                let knob = k.clone();
-                Some(
-                    prop::option::weighted(p, arb_value(row))
-                        .prop_map(move |v| {
-                            v.map(|value| Change {
-                                knob: knob.clone(),
-                                value,
-                            })
-                        })
-                        .boxed(),
-                )
-            })
+            .filter_map(|k| Some(change(k.clone(), k.row()?.input)))
             .collect();
+        for row in crate::model::tuning::DEVICE_ROWS {
+            // devices every index kind can name
+            for device in ["1", "2", "3", "4"] {
+                if let Some(knob) = Knob::for_device(row.key, device) {
+                    rows.push(change(knob, row.input));
+                }
+            }
+        }
         rows.prop_map(|changes| {
             let mut t = Tuning::default();
             for c in changes.iter().flatten() {
@@ -454,8 +461,11 @@ mod tests {
                 seen.insert(c.knob.key());
             }
         }
-        let all: std::collections::BTreeSet<&str> =
-            crate::model::tuning::ROWS.iter().map(|r| r.key).collect();
+        let all: std::collections::BTreeSet<&str> = crate::model::tuning::ROWS
+            .iter()
+            .map(|r| r.key)
+            .chain(crate::model::tuning::DEVICE_ROWS.iter().map(|r| r.key))
+            .collect();
         assert_eq!(seen, all);
     }
 

@@ -1858,8 +1858,10 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
             .map(|k| match k {
                 Knob::Interface { target, .. } => format!("interface {target}"),
                 Knob::Disk { target } => format!("disk {target}"),
-                Knob::IothreadPin { iothread } => format!("iothread {iothread}"),
-                k => k.to_string(),
+                k => match (k.device_row(), k.device()) {
+                    (Some(row), Some(d)) => format!("{} {d}", row.index.noun()),
+                    _ => k.to_string(),
+                },
             })
             .collect();
         gone.dedup();

@@ -92,6 +92,21 @@ fn every_knob_of_the_table_is_in_the_guide_with_its_range() {
         );
     }
     assert!(virt_persona::model::tuning::ROWS.len() >= 14);
+    // the per-device rows: what they are indexed by, and their value's range
+    for row in virt_persona::model::tuning::DEVICE_ROWS {
+        let line = guide
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{}` |", row.key)))
+            .unwrap_or_else(|| panic!("docs/personas.md has no table line for `{}`", row.key));
+        for said in [row.input.range_text(), row.index.noun().to_string()] {
+            assert!(
+                line.contains(&said),
+                "docs/personas.md: `{}` does not say {said:?}: {line}",
+                row.key
+            );
+        }
+    }
+    assert!(virt_persona::model::tuning::DEVICE_ROWS.len() >= 2);
 }
 
 #[test]

@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use virt_persona::hypervisor::{DomainInfo, DomainState, InterfaceInfo};
 use virt_persona::model::loader::Catalog;
-use virt_persona::model::persona::{Comparison, Metric, Source, VcpuSel};
+use virt_persona::model::persona::{Comparison, DeviceSel, Metric, Source};
+use virt_persona::model::tuning::KnobValue;
 use virt_persona::model::validate::{load_file, parse_persona};
 
 fn root() -> PathBuf {
@@ -87,7 +88,10 @@ fn the_spec_example_parses_to_what_it_says() {
     assert_eq!(a.schedule[0].to, 20 * 60);
     assert_eq!(a.timezone.as_deref(), Some("Europe/Berlin"));
     let t = &p.tuning;
-    assert_eq!(t.vcpu_pin, vec![(VcpuSel::All, "0-3".parse().unwrap())]);
+    assert_eq!(
+        t.devices["vcpu_pin"],
+        vec![(DeviceSel::All, KnobValue::CpuSet("0-3".parse().unwrap()))]
+    );
     assert_eq!(t.fixed.vcpu_quota, Some(50_000));
     assert_eq!(t.fixed.vcpu_period, Some(100_000));
     assert_eq!(t.fixed.memory_hard_limit, Some(4 << 20));
@@ -140,6 +144,58 @@ fn iothread_pins_resolve_against_the_domains_iothreads() {
         "{}",
         errs[0]
     );
+}
+
+/// The per-device rows of the knob table share one set of rules: a device as
+/// the row's index names one (iothread ids start at 1), one entry per device
+/// however the file spells it, a value in the row's range, and at most the
+/// index's number of entries.
+#[test]
+fn per_device_rows_refuse_what_cannot_name_a_device_or_a_value() {
+    let errs = |toml: &str| -> Vec<String> {
+        parse_persona(
+            &format!("id = \"d\"\n[tuning]\n{toml}\n"),
+            Path::new("d.toml"),
+        )
+        .unwrap_err()
+        .iter()
+        .map(|e| e.to_string())
+        .collect()
+    };
+    let e = errs(r#"iothread_pin = { "0" = "1" }"#);
+    assert!(
+        e[0].contains(
+            "iothread_pin: invalid iothread '0': expected an iothread id (1, 2, …) or \"*\""
+        ),
+        "{e:?}"
+    );
+    let e = errs(r#"vcpu_pin = { "4096" = "1" }"#);
+    assert!(e[0].contains("vcpu_pin: invalid vCPU '4096'"), "{e:?}");
+    let e = errs(r#"vcpu_pin = { "01" = "1", "1" = "2" }"#);
+    assert!(e[0].contains("vcpu_pin: '1' is given twice"), "{e:?}");
+    let e = errs(r#"vcpu_pin = { "0" = "" }"#);
+    assert!(e[0].contains("vcpu_pin.0"), "{e:?}");
+    let e = errs(r#"iothread_pin = { "1" = 3 }"#);
+    assert!(
+        e[0].contains("iothread_pin.1") && e[0].contains("expected a set like"),
+        "{e:?}"
+    );
+    let many: Vec<String> = (1..=1001).map(|i| format!("\"{i}\" = \"0\"")).collect();
+    let e = errs(&format!("iothread_pin = {{ {} }}", many.join(", ")));
+    assert!(
+        e[0].contains("tuning.iothread_pin: 1001 entries, more than the limit of 1000"),
+        "{e:?}"
+    );
+    // "01" names vCPU 1, as libvirt reads it
+    let p = parse_persona(
+        "id = \"d\"\n[tuning]\nvcpu_pin = { \"01\" = \"3\" }\n",
+        Path::new("d.toml"),
+    )
+    .unwrap();
+    let d = virt_persona::hypervisor::fake::FakeHypervisor::simple_domain("d", 2);
+    let t = p.tuning.resolve(&d);
+    assert_eq!(t.vcpu_pin.len(), 1);
+    assert_eq!(t.vcpu_pin[&1].to_string(), "3");
 }
 
 #[test]

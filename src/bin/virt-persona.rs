@@ -670,14 +670,10 @@ fn persona_status(cli: &Cli, domain: Option<&str>) -> anyhow::Result<ExitCode> {
 /// Tuned values in virsh's units (KiB, µs, KiB/s).
 fn print_tuning(t: &serde_json::Value) {
     let line = |k: &str, v: String| println!("  {k:<24}{v}");
-    if let Some(pins) = t["vcpu_pin"].as_object() {
-        for (vcpu, set) in pins {
-            line(&format!("vcpupin {vcpu}:"), text(set));
-        }
-    }
-    if let Some(pins) = t["iothread_pin"].as_object() {
-        for (id, set) in pins {
-            line(&format!("iothreadpin {id}:"), text(set));
+    // the per-device rows: one line per device (vcpupin 0: 0-3)
+    for row in virt_persona::model::tuning::DEVICE_ROWS {
+        for (device, v) in t[row.key].as_object().into_iter().flatten() {
+            line(&format!("{} {device}:", row.label), text(v));
         }
     }
     // the knob table's rows, labelled as virsh names them

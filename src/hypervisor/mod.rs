@@ -217,9 +217,9 @@ pub trait Hypervisor: Send + Sync {
 
 /// Checks a value against libvirt's documented range for its knob, before it
 /// reaches libvirt (some drivers accept nonsense silently). Returns the reason.
-/// The range of a domain-wide knob is its row's ([`crate::model::knobs::Input::check`]).
+/// The range of a knob of the table is its row's ([`crate::model::knobs::Input::check`]).
 pub fn check_value(change: &Change) -> std::result::Result<(), String> {
-    use crate::model::knobs::{Input, Refusal};
+    use crate::model::knobs::Refusal;
     use crate::model::tuning::{BlkioField, KnobValue};
     let refused = |r: Refusal| match r {
         Refusal::WrongType => format!(
@@ -228,13 +228,15 @@ pub fn check_value(change: &Change) -> std::result::Result<(), String> {
         ),
         Refusal::Range(reason) => reason,
     };
-    if let Some(row) = change.knob.row() {
-        return row.input.check(&change.value).map_err(refused);
+    if let Some(input) = change
+        .knob
+        .row()
+        .map(|r| r.input)
+        .or_else(|| change.knob.device_row().map(|r| r.input))
+    {
+        return input.check(&change.value).map_err(refused);
     }
     match (&change.knob, &change.value) {
-        (Knob::VcpuPin { .. } | Knob::IothreadPin { .. }, v @ KnobValue::CpuSet(_)) => {
-            Input::CpuSet.check(v).map_err(refused)
-        }
         (
             Knob::BlkioDevice {
                 field: BlkioField::Weight,

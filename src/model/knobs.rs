@@ -17,23 +17,35 @@
 //!   definition elements a revert removes;
 //! - the CLI's `persona-status` lines and the docs check (`tests/guide.rs`).
 //!
+//! The table's `devices` rows are the per-device knobs with one value per
+//! device (`vcpu_pin`, `iothread_pin`): each names what it is indexed by
+//! ([`Index`]: which devices `"*"` stands for, how a file names one, whether
+//! one can go away), and gets the same derivations — its map in `Tuning`, its
+//! `Knob` variant, a `[tuning]` table of device = value with `"*"`, the
+//! definition element with its index attribute, `persona-status` lines.
+//!
 //! Adding a knob of an existing family is one row here and its line in
-//! `docs/personas.md` (which `tests/guide.rs` holds to the row's range). A new family also needs its read/write pair in
-//! `hypervisor/libvirt/mod.rs` (and, when it is not a typed-parameter call,
-//! the fake's handling). Knobs indexed by a device or a vCPU (pins, per-device
-//! throttles, interface bandwidth) keep their own maps in `Tuning`.
+//! `docs/personas.md` (which `tests/guide.rs` holds to the row's range). A new
+//! family (domain-wide or per device) also needs its read/write pair in
+//! `hypervisor/libvirt/mod.rs`: a [`Family`] or [`DeviceFamily`] variant, and
+//! the compiler points at the adapter's `match`es. Per-device knobs whose
+//! value is a set of fields with a `[[tuning.…]]` table of its own (blkio
+//! device limits, interface bandwidth, disk throttles) keep their own maps.
 
 use crate::units::CpuSet;
 
 /// The table. Each row: `Variant field: Type { family, param, xml, input,
 /// label, ..BASE }`; the order of rows is the order changes are planned in.
+/// The `devices` rows are the per-device knobs with one value per device.
 ///
-/// A consumer passes the name of its own macro, which receives every row as
-/// `Variant field: Type { row fields }`.
+/// A consumer passes the name of its own macro, which receives
+/// `rows { Variant field: Type { row fields } … } devices { Variant field
+/// [index: Type]: Type { device row fields } … }`.
 #[macro_export]
 macro_rules! knob_table {
     ($then:ident) => {
         $then! {
+            rows {
             EmulatorPin emulator_pin: CpuSet {
                 family: Family::EmulatorPin, param: "",
                 xml: Some(["cputune", "emulatorpin"]),
@@ -110,8 +122,123 @@ macro_rules! knob_table {
                 input: Input::Count { min: 100, max: 1000 }, label: "blkio weight",
                 zero_is_unset: true,
             }
+            }
+            // The per-device knobs with one value per device: `Variant field
+            // [index: Type]: ValueType { index, family, input, label, xml }`.
+            devices {
+            VcpuPin vcpu_pin [vcpu: u32]: CpuSet {
+                index: Index::Vcpu, family: DeviceFamily::VcpuPin,
+                input: Input::CpuSet, label: "vcpupin",
+                xml: Some(["cputune", "vcpupin", "vcpu"]),
+            }
+            IothreadPin iothread_pin [iothread: u32]: CpuSet {
+                index: Index::Iothread, family: DeviceFamily::IothreadPin,
+                input: Input::CpuSet, label: "iothreadpin",
+                xml: Some(["cputune", "iothreadpin", "iothread"]),
+            }
+            }
         }
     };
+}
+
+/// What a per-device knob is indexed by: which devices of a domain `"*"`
+/// stands for, how a persona file names one, and whether a device can go away
+/// (its original then can never be written back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Index {
+    /// A vCPU number, 0…; vCPUs come and go with hotplug, their pins with them.
+    Vcpu,
+    /// An iothread id (`<iothreadids>`), 1….
+    Iothread,
+    /// A disk's target device (vda, sdb).
+    Disk,
+}
+
+impl Index {
+    /// The device's name in messages ("iothread 2").
+    pub fn noun(self) -> &'static str {
+        match self {
+            Index::Vcpu => "vCPU",
+            Index::Iothread => "iothread",
+            Index::Disk => "disk",
+        }
+    }
+    /// How a persona file names one device, for errors.
+    pub fn expected(self) -> &'static str {
+        match self {
+            Index::Vcpu => "a vCPU number",
+            Index::Iothread => "an iothread id (1, 2, …)",
+            Index::Disk => "a disk's target device as the domain names it (vda, sdb)",
+        }
+    }
+    /// The most entries one persona may give (libvirt's largest guests have
+    /// 4,096 vCPUs).
+    pub fn max_entries(self) -> usize {
+        match self {
+            Index::Vcpu => 4_096,
+            Index::Iothread | Index::Disk => 1_000,
+        }
+    }
+    /// A device as a persona file names it, in the form the domain's ids
+    /// have; `None` when it cannot name one.
+    pub fn parse(self, s: &str) -> Option<String> {
+        let s = s.trim();
+        match self {
+            Index::Vcpu => s
+                .parse::<u32>()
+                .ok()
+                .filter(|v| (*v as usize) < Index::Vcpu.max_entries())
+                .map(|v| v.to_string()),
+            Index::Iothread => s
+                .parse::<u32>()
+                .ok()
+                .filter(|v| *v >= 1)
+                .map(|v| v.to_string()),
+            Index::Disk => (!s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+            .then(|| s.to_string()),
+        }
+    }
+    /// The domain's devices of this kind: what `"*"` stands for.
+    pub fn ids(self, domain: &super::domain::DomainInfo) -> Vec<String> {
+        match self {
+            Index::Vcpu => (0..domain.vcpus).map(|v| v.to_string()).collect(),
+            Index::Iothread => domain.iothreads.iter().map(u32::to_string).collect(),
+            Index::Disk => domain.disks.iter().map(|d| d.target.clone()).collect(),
+        }
+    }
+    /// Whether an original of a device the domain no longer has is dropped
+    /// (vCPU pins are kept: a vCPU unplugged may come back).
+    pub fn can_go(self) -> bool {
+        !matches!(self, Index::Vcpu)
+    }
+}
+
+/// The libvirt call family of a per-device knob: one read and one write in
+/// the adapter for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceFamily {
+    /// `virDomainGetVcpuPinInfo` / `virDomainPinVcpuFlags`.
+    VcpuPin,
+    /// `virDomainGetIOThreadInfo` / `virDomainPinIOThread`.
+    IothreadPin,
+}
+
+/// One row of the table's `devices` (see [`knob_table!`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceRow {
+    /// The `[tuning]` key (a table of device = value), `Tuning` field and stored tag.
+    pub key: &'static str,
+    pub index: Index,
+    pub family: DeviceFamily,
+    pub kind: ParamKind,
+    pub input: Input,
+    /// The `persona-status` label, followed by the device.
+    pub label: &'static str,
+    /// `[parent, element, attribute]` of the persistent definition: one
+    /// element per device, singled out by the attribute (`<vcpupin vcpu='1'>`).
+    pub xml: Option<[&'static str; 3]>,
 }
 
 /// The libvirt call family a knob is read and written through: one read and

@@ -7,8 +7,10 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::model::domain::DomainInfo;
-use crate::model::tuning::{DiskThrottle, InterfaceTuning, Tuning};
-use crate::units::{CpuSet, Duration};
+use crate::model::tuning::{
+    Change, DiskThrottle, InterfaceTuning, Knob, KnobValue, Tuning, DEVICE_ROWS,
+};
+use crate::units::Duration;
 
 /// What a metric's number means, which decides what a threshold may be written as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -294,12 +296,13 @@ pub struct Activation {
     pub when: Vec<Condition>,
 }
 
-/// Which vCPUs a pinning entry applies to.
+/// Which devices an entry of a per-device knob applies to (`vcpu_pin`'s
+/// vCPUs, `iothread_pin`'s iothreads …): `"*"`, or one as the domain names it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum VcpuSel {
+pub enum DeviceSel {
     All,
-    One(u32),
+    One(String),
 }
 
 /// `[tuning]`, in libvirt units, before it is resolved against one domain.
@@ -307,9 +310,10 @@ pub enum VcpuSel {
 /// interface); every other knob is the same for all domains and lives in `fixed`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TuningSpec {
-    pub vcpu_pin: Vec<(VcpuSel, CpuSet)>,
-    /// iothread id (or `*`) -> host CPUs.
-    pub iothread_pin: Vec<(VcpuSel, CpuSet)>,
+    /// The per-device rows of the knob table (`vcpu_pin`, `iothread_pin` …):
+    /// the row's key -> its entries (a device or `*`, and the value), sorted
+    /// so that the order in the file is no matter. Only rows the file gives.
+    pub devices: BTreeMap<&'static str, Vec<(DeviceSel, KnobValue)>>,
     /// Target dev, MAC, or "*" for every interface.
     pub interfaces: Vec<(String, InterfaceTuning)>,
     /// Disk target (vda), or "*" for every disk: its whole throttle set.
@@ -339,8 +343,10 @@ impl Serialize for TuningSpec {
             v.map(|v| map.insert(k.to_string(), v))
                 .map_err(S::Error::custom)
         };
-        put("vcpu_pin", serde_json::to_value(&self.vcpu_pin))?;
-        put("iothread_pin", serde_json::to_value(&self.iothread_pin))?;
+        for row in DEVICE_ROWS {
+            let entries = self.devices.get(row.key).map_or(&[][..], Vec::as_slice);
+            put(row.key, serde_json::to_value(entries))?;
+        }
         put("interfaces", serde_json::to_value(&self.interfaces))?;
         put("disks", serde_json::to_value(&self.disks))?;
         if !self.required.is_empty() {
@@ -359,31 +365,34 @@ impl TuningSpec {
     /// domain does not have are left out.
     pub fn resolve(&self, domain: &DomainInfo) -> Tuning {
         let mut t = self.fixed.clone();
-        // wildcards first, so numbered entries and named interfaces win
-        for (_, set) in self.vcpu_pin.iter().filter(|(s, _)| *s == VcpuSel::All) {
-            for v in 0..domain.vcpus {
-                t.vcpu_pin.insert(v, set.clone());
+        // the per-device rows: wildcards first, so numbered entries win
+        for row in DEVICE_ROWS {
+            let Some(entries) = self.devices.get(row.key) else {
+                continue;
+            };
+            let ids = row.index.ids(domain);
+            let mut set = |id: &str, value: &KnobValue| {
+                if let Some(knob) = Knob::for_device(row.key, id) {
+                    t.set(&Change {
+                        knob,
+                        value: value.clone(),
+                    });
+                }
+            };
+            for (_, value) in entries.iter().filter(|(s, _)| *s == DeviceSel::All) {
+                for id in &ids {
+                    set(id, value);
+                }
             }
-        }
-        for (sel, set) in &self.vcpu_pin {
-            if let VcpuSel::One(v) = sel {
-                if *v < domain.vcpus {
-                    t.vcpu_pin.insert(*v, set.clone());
+            for (sel, value) in entries {
+                if let DeviceSel::One(id) = sel {
+                    if ids.contains(id) {
+                        set(id, value);
+                    }
                 }
             }
         }
-        for (_, set) in self.iothread_pin.iter().filter(|(s, _)| *s == VcpuSel::All) {
-            for id in &domain.iothreads {
-                t.iothread_pin.insert(*id, set.clone());
-            }
-        }
-        for (sel, set) in &self.iothread_pin {
-            if let VcpuSel::One(id) = sel {
-                if domain.iothreads.contains(id) {
-                    t.iothread_pin.insert(*id, set.clone());
-                }
-            }
-        }
+        // named interfaces and disks win over "*" likewise
         let running: Vec<(&str, Option<&str>)> = domain
             .interfaces
             .iter()

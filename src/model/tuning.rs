@@ -11,7 +11,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::knobs::{DiskField, Family, Input, Row, ScalarValue};
+use super::knobs::{DeviceFamily, DeviceRow, DiskField, Family, Index, Input, Row, ScalarValue};
 use crate::units::CpuSet;
 
 /// libvirt's "no limit" for memory parameters (VIR_DOMAIN_MEMORY_PARAM_UNLIMITED), in KiB.
@@ -166,19 +166,22 @@ impl Direction {
 }
 
 /// Expands the knob table ([`crate::knob_table!`]) into the model: the
-/// `Tuning` fields, the `Knob` variants and the per-row code of get/set/clear.
+/// `Tuning` fields, the `Knob` variants and the per-row code of get/set/clear,
+/// for the domain-wide rows and the per-device ones.
 macro_rules! define_tuning {
-    ($( $variant:ident $field:ident : $ty:ty { $($row:tt)* } )*) => {
+    (rows { $( $variant:ident $field:ident : $ty:ty { $($row:tt)* } )* }
+     devices { $( $dvariant:ident $dfield:ident [$idx:ident : $ity:ty] : $dty:ty { $($drow:tt)* } )* }) => {
         /// The tuning of one domain: every knob virt-persona reads or sets.
-        /// The domain-wide knobs are the rows of the knob table
-        /// ([`crate::model::knobs`]); the maps hold the per-vCPU and per-device ones.
+        /// The domain-wide knobs and the per-device ones with one value per
+        /// device are the rows of the knob table ([`crate::model::knobs`]);
+        /// the maps after them hold the per-device throttles and bandwidth.
         #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
         #[serde(default)]
         pub struct Tuning {
-            /// vCPU number -> host CPUs it may run on.
-            pub vcpu_pin: BTreeMap<u32, CpuSet>,
-            /// iothread id -> host CPUs it may run on.
-            pub iothread_pin: BTreeMap<u32, CpuSet>,
+            $(
+                #[doc = concat!("`", stringify!($dfield), "`: ", stringify!($idx), " -> value.")]
+                pub $dfield: BTreeMap<$ity, $dty>,
+            )*
             $( pub $field: Option<$ty>, )*
             /// Host block device path -> limits.
             pub blkio_devices: BTreeMap<String, BlkioDeviceTuning>,
@@ -193,12 +196,7 @@ macro_rules! define_tuning {
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(tag = "knob", rename_all = "snake_case")]
         pub enum Knob {
-            VcpuPin {
-                vcpu: u32,
-            },
-            IothreadPin {
-                iothread: u32,
-            },
+            $( $dvariant { $idx: $ity }, )*
             $( $variant, )*
             BlkioDevice {
                 path: String,
@@ -218,10 +216,17 @@ macro_rules! define_tuning {
 
         #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
         enum RowIndex { $( $variant, )* }
+        #[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+        enum DeviceRowIndex { $( $dvariant, )* }
 
         /// The rows of the knob table, in its order.
         pub static ROWS: &[Row] = &[
             $( Row { key: stringify!($field), kind: <$ty as ScalarValue>::KIND, $($row)* ..Row::BASE }, )*
+        ];
+
+        /// The per-device rows of the knob table, in its order.
+        pub static DEVICE_ROWS: &[DeviceRow] = &[
+            $( DeviceRow { key: stringify!($dfield), kind: <$dty as ScalarValue>::KIND, $($drow)* }, )*
         ];
 
         impl Knob {
@@ -230,15 +235,14 @@ macro_rules! define_tuning {
 
             /// Every `[tuning]` key a knob comes from, as a persona file names it.
             pub const KEYS: &'static [&'static str] = &[
-                "vcpu_pin",
-                "iothread_pin",
+                $( stringify!($dfield), )*
                 $( stringify!($field), )*
                 "blkio_device",
                 "interface",
                 "disk",
             ];
 
-            /// The knob's row in the table; `None` for per-vCPU and per-device knobs.
+            /// The knob's row in the table; `None` for per-device knobs.
             pub fn row(&self) -> Option<&'static Row> {
                 match self {
                     $( Knob::$variant => Some(&ROWS[RowIndex::$variant as usize]), )*
@@ -246,11 +250,35 @@ macro_rules! define_tuning {
                 }
             }
 
+            /// The knob's per-device row in the table, if it has one.
+            pub fn device_row(&self) -> Option<&'static DeviceRow> {
+                match self {
+                    $( Knob::$dvariant { .. } => Some(&DEVICE_ROWS[DeviceRowIndex::$dvariant as usize]), )*
+                    _ => None,
+                }
+            }
+
+            /// The device a per-device row's knob is for, as the domain names it.
+            pub fn device(&self) -> Option<String> {
+                match self {
+                    $( Knob::$dvariant { $idx } => Some($idx.to_string()), )*
+                    _ => None,
+                }
+            }
+
+            /// The knob of a per-device row's `key` for one device, if `device`
+            /// can name one.
+            pub fn for_device(key: &str, device: &str) -> Option<Knob> {
+                match key {
+                    $( stringify!($dfield) => device.trim().parse::<$ity>().ok().map(|$idx| Knob::$dvariant { $idx }), )*
+                    _ => None,
+                }
+            }
+
             /// The `[tuning]` key this knob comes from (`required` names these).
             pub fn key(&self) -> &'static str {
                 match self {
-                    Knob::VcpuPin { .. } => "vcpu_pin",
-                    Knob::IothreadPin { .. } => "iothread_pin",
+                    $( Knob::$dvariant { .. } => stringify!($dfield), )*
                     $( Knob::$variant => stringify!($field), )*
                     Knob::BlkioDevice { .. } => "blkio_device",
                     Knob::Interface { .. } => "interface",
@@ -262,6 +290,7 @@ macro_rules! define_tuning {
         impl Tuning {
             fn get_row(&self, knob: &Knob) -> Option<KnobValue> {
                 match knob {
+                    $( Knob::$dvariant { $idx } => self.$dfield.get($idx).map(ScalarValue::to_value), )*
                     $( Knob::$variant => self.$field.as_ref().map(ScalarValue::to_value), )*
                     _ => None,
                 }
@@ -269,6 +298,12 @@ macro_rules! define_tuning {
             /// `false` when `knob` has no row.
             fn set_row(&mut self, knob: &Knob, value: &KnobValue) -> bool {
                 match knob {
+                    $( Knob::$dvariant { $idx } => {
+                        if let Some(v) = <$dty as ScalarValue>::from_value(value) {
+                            self.$dfield.insert($idx.clone(), v);
+                        }
+                        true
+                    } )*
                     $( Knob::$variant => {
                         if let Some(v) = <$ty as ScalarValue>::from_value(value) {
                             self.$field = Some(v);
@@ -281,9 +316,16 @@ macro_rules! define_tuning {
             /// `false` when `knob` has no row.
             fn clear_row(&mut self, knob: &Knob) -> bool {
                 match knob {
+                    $( Knob::$dvariant { $idx } => { self.$dfield.remove($idx); true } )*
                     $( Knob::$variant => { self.$field = None; true } )*
                     _ => false,
                 }
+            }
+            /// The knobs of the per-device rows this tuning has a value for.
+            pub fn device_knobs(&self) -> Vec<Knob> {
+                let mut out = Vec::new();
+                $( out.extend(self.$dfield.keys().map(|$idx| Knob::$dvariant { $idx: $idx.clone() })); )*
+                out
             }
         }
     };
@@ -320,8 +362,10 @@ impl Knob {
                 i.target.as_deref() == Some(target.as_str()) || i.mac.as_deref() == Some(target)
             }),
             Knob::Disk { target } => domain.disks.iter().any(|d| d.target == *target),
-            Knob::IothreadPin { iothread } => domain.iothreads.contains(iothread),
-            _ => true,
+            k => match (k.device_row(), k.device()) {
+                (Some(row), Some(d)) => !row.index.can_go() || row.index.ids(domain).contains(&d),
+                _ => true,
+            },
         }
     }
 }
@@ -329,8 +373,6 @@ impl Knob {
 impl fmt::Display for Knob {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Knob::VcpuPin { vcpu } => write!(f, "vcpu_pin[{vcpu}]"),
-            Knob::IothreadPin { iothread } => write!(f, "iothread_pin[{iothread}]"),
             Knob::BlkioDevice { path, field } => {
                 write!(f, "blkio_device[{path}].{}", field.param())
             }
@@ -338,7 +380,10 @@ impl fmt::Display for Knob {
                 write!(f, "interface[{target}].{}", direction.prefix())
             }
             Knob::Disk { target } => write!(f, "disk[{target}]"),
-            k => f.write_str(k.key()),
+            k => match k.device() {
+                Some(d) => write!(f, "{}[{d}]", k.key()),
+                None => f.write_str(k.key()),
+            },
         }
     }
 }
@@ -423,12 +468,6 @@ impl Tuning {
     /// The current value of a knob, if known.
     pub fn get(&self, knob: &Knob) -> Option<KnobValue> {
         match knob {
-            Knob::VcpuPin { vcpu } => self.vcpu_pin.get(vcpu).cloned().map(KnobValue::CpuSet),
-            Knob::IothreadPin { iothread } => self
-                .iothread_pin
-                .get(iothread)
-                .cloned()
-                .map(KnobValue::CpuSet),
             Knob::BlkioDevice { path, field } => self
                 .blkio_devices
                 .get(path)
@@ -481,12 +520,6 @@ impl Tuning {
             return;
         }
         match (&change.knob, &change.value) {
-            (Knob::VcpuPin { vcpu }, KnobValue::CpuSet(c)) => {
-                self.vcpu_pin.insert(*vcpu, c.clone());
-            }
-            (Knob::IothreadPin { iothread }, KnobValue::CpuSet(c)) => {
-                self.iothread_pin.insert(*iothread, c.clone());
-            }
             (Knob::BlkioDevice { path, field }, KnobValue::Unsigned(x)) => {
                 field.set(self.blkio_devices.entry(path.clone()).or_default(), *x)
             }
@@ -510,12 +543,6 @@ impl Tuning {
             return;
         }
         match knob {
-            Knob::VcpuPin { vcpu } => {
-                self.vcpu_pin.remove(vcpu);
-            }
-            Knob::IothreadPin { iothread } => {
-                self.iothread_pin.remove(iothread);
-            }
             Knob::BlkioDevice { path, field } => {
                 if let Some(d) = self.blkio_devices.get_mut(path) {
                     field.clear(d);
@@ -550,13 +577,8 @@ impl Tuning {
                 out.push(Change { knob, value });
             }
         };
-        for vcpu in self.vcpu_pin.keys() {
-            push(Knob::VcpuPin { vcpu: *vcpu });
-        }
-        for iothread in self.iothread_pin.keys() {
-            push(Knob::IothreadPin {
-                iothread: *iothread,
-            });
+        for k in self.device_knobs() {
+            push(k);
         }
         for k in Knob::SCALARS {
             push(k.clone());
@@ -589,6 +611,54 @@ impl Tuning {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every per-device row names each device its index kind lists for a
+    /// domain (the row's index type parses them), round-trips it through its
+    /// knob, and is found again by its knob.
+    #[test]
+    fn every_device_row_names_the_devices_of_its_index() {
+        let d = crate::model::domain::DomainInfo {
+            name: "d".into(),
+            uuid: "u".into(),
+            id: Some(1),
+            state: crate::model::domain::DomainState::Running,
+            persistent: true,
+            vcpus: 3,
+            iothreads: vec![1, 4],
+            memory_kib: 1024,
+            max_memory_kib: 1024,
+            disks: vec![crate::model::domain::DiskInfo {
+                target: "vdb".into(),
+                source: None,
+            }],
+            interfaces: vec![],
+            tags: vec![],
+        };
+        assert!(!DEVICE_ROWS.is_empty());
+        for row in DEVICE_ROWS {
+            let ids = row.index.ids(&d);
+            assert!(!ids.is_empty(), "{}", row.key);
+            for id in ids {
+                assert_eq!(row.index.parse(&id).as_deref(), Some(id.as_str()));
+                let knob = Knob::for_device(row.key, &id)
+                    .unwrap_or_else(|| panic!("{}: cannot name {id}", row.key));
+                assert_eq!(knob.device().as_deref(), Some(id.as_str()));
+                assert_eq!(knob.device_row(), Some(row));
+                assert_eq!(knob.key(), row.key);
+                assert_eq!(knob.to_string(), format!("{}[{id}]", row.key));
+                assert!(knob.device_in(&d));
+            }
+        }
+        // a device that went away: an iothread's original is dropped, a vCPU's kept
+        let mut gone = d.clone();
+        gone.iothreads.clear();
+        gone.vcpus = 1;
+        assert!(!Knob::IothreadPin { iothread: 4 }.device_in(&gone));
+        assert!(Knob::VcpuPin { vcpu: 2 }.device_in(&gone));
+        assert_eq!(Index::Iothread.parse("0"), None);
+        assert_eq!(Index::Vcpu.parse(" 07 ").as_deref(), Some("7"));
+        assert_eq!(Index::Disk.parse("vd a"), None);
+    }
 
     #[test]
     fn set_then_get_every_knob() {

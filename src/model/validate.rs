@@ -12,16 +12,17 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::knobs::{
-    check_disk_limits, CpuWeight, DiskField, DiskUnit, Input, Row, QUOTA_MAX_US, QUOTA_MIN_US,
+    check_disk_limits, CpuWeight, DeviceRow, DiskField, DiskUnit, Input, Row, QUOTA_MAX_US,
+    QUOTA_MIN_US,
 };
 use super::line_col;
 use super::persona::{
-    Activation, Agg, Comparison, Condition, Days, ForecastMode, Globs, Match, Measure, Metric,
-    MetricUnit, Mode, Persona, Source, TuningSpec, VcpuSel, Window,
+    Activation, Agg, Comparison, Condition, Days, DeviceSel, ForecastMode, Globs, Match, Measure,
+    Metric, MetricUnit, Mode, Persona, Source, TuningSpec, Window,
 };
 use super::tuning::{
     Bandwidth, BlkioDeviceTuning, Change, DiskThrottle, InterfaceTuning, Knob, KnobValue,
-    MEMORY_UNLIMITED_KIB, ROWS,
+    DEVICE_ROWS, MEMORY_UNLIMITED_KIB, ROWS,
 };
 use crate::units::{CpuSet, Duration, Rate, Size};
 
@@ -90,10 +91,15 @@ pub enum Rule {
     },
     #[error("memory limits must satisfy {order}: {detail}")]
     NestOrder { order: String, detail: String },
-    #[error("vcpu_pin: invalid vCPU '{0}': expected a vCPU number or \"*\"")]
-    BadVcpu(String),
-    #[error("iothread_pin: invalid iothread '{0}': expected an iothread id (1, 2, …) or \"*\"")]
-    BadIothread(String),
+    #[error("{key}: invalid {noun} '{device}': expected {expected} or \"*\"")]
+    BadIndex {
+        key: &'static str,
+        noun: &'static str,
+        device: String,
+        expected: &'static str,
+    },
+    #[error("{key}: '{device}' is given twice")]
+    DeviceTwice { key: &'static str, device: String },
     #[error("blkio_device: path '{0}' must be an absolute path to a host block device")]
     BadDevicePath(String),
     #[error("blkio_device: '{0}' is listed twice: give each device one [[tuning.blkio_device]]")]
@@ -120,7 +126,7 @@ pub enum Rule {
     RequiredNotSet(String),
     #[error("{key}: {count} entries, more than the limit of {max}")]
     TooMany {
-        key: &'static str,
+        key: String,
         count: usize,
         max: usize,
     },
@@ -138,8 +144,6 @@ pub enum Rule {
 /// `[[tuning.interface]]` …): a worst-case file validates in well under
 /// a second and is matched quickly every tick.
 pub const MAX_LIST: usize = 1_000;
-/// `vcpu_pin` entries (libvirt's largest guests have 4,096 vCPUs).
-pub const MAX_VCPU_PIN: usize = 4_096;
 /// The longest `match.names` glob.
 pub const MAX_GLOB: usize = 256;
 /// Errors listed for one file; the rest are counted.
@@ -262,12 +266,12 @@ struct RawWhen {
 /// `[tuning]` as written: one field per row of the knob table, and the
 /// per-vCPU and per-device lists.
 macro_rules! raw_tuning {
-    ($( $variant:ident $field:ident : $ty:ty { $($row:tt)* } )*) => {
+    (rows { $( $variant:ident $field:ident : $ty:ty { $($row:tt)* } )* }
+     devices { $( $dvariant:ident $dfield:ident [$idx:ident : $ity:ty] : $dty:ty { $($drow:tt)* } )* }) => {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct RawTuning {
-            vcpu_pin: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
-            iothread_pin: Option<BTreeMap<Spanned<String>, Spanned<String>>>,
+            $( $dfield: Option<BTreeMap<Spanned<String>, Spanned<NumOrStr>>>, )*
             $( $field: Option<Spanned<NumOrStr>>, )*
             /// `cpu_shares` relative to the host's default ("2x"), resolved per host.
             cpu_weight: Option<Spanned<NumOrStr>>,
@@ -285,6 +289,12 @@ macro_rules! raw_tuning {
             /// The table's knobs as the file gives them, in the table's order.
             fn rows(&self) -> Vec<(Knob, Option<&Spanned<NumOrStr>>)> {
                 vec![ $( (Knob::$variant, self.$field.as_ref()), )* ]
+            }
+            /// The per-device rows as the file gives them: the row's key and
+            /// its table of device = value.
+            #[allow(clippy::type_complexity)]
+            fn devices(&self) -> Vec<(&'static str, Option<&BTreeMap<Spanned<String>, Spanned<NumOrStr>>>)> {
+                vec![ $( (stringify!($dfield), self.$dfield.as_ref()), )* ]
             }
         }
     };
@@ -380,8 +390,9 @@ impl Ctx<'_> {
     }
 
     /// A list over its limit is an error (its entries are not checked).
-    fn too_many(&mut self, key: &'static str, count: usize, max: usize) {
+    fn too_many(&mut self, key: &str, count: usize, max: usize) {
         if count > max {
+            let key = key.to_string();
             self.err(0, Rule::TooMany { key, count, max });
         }
     }
@@ -508,19 +519,18 @@ impl Ctx<'_> {
     }
 
     /// A knob of the table, parsed as its row's [`Input`] says, in libvirt's units.
-    fn knob_value(&mut self, row: &Row, v: &Spanned<NumOrStr>) -> Option<KnobValue> {
-        let key = row.key;
+    fn knob_value(&mut self, key: &str, input: Input, v: &Spanned<NumOrStr>) -> Option<KnobValue> {
         let at = v.span().start;
         let out_of_range = |value: String| Rule::OutOfRange {
             key: key.into(),
             value,
-            range: row.input.range_text(),
+            range: input.range_text(),
         };
         let bad = |message: &str| Rule::BadUnit {
             key: key.into(),
             message: message.into(),
         };
-        match (row.input, v.get_ref()) {
+        match (input, v.get_ref()) {
             (Input::CpuSet | Input::NodeSet, NumOrStr::Str(text)) => {
                 let text = Spanned::new(v.span(), text.clone());
                 self.cpuset(key, &text).map(KnobValue::CpuSet)
@@ -724,11 +734,13 @@ pub fn parse_persona(text: &str, file: &Path) -> Result<Persona, Vec<FileError>>
         cx.too_many("activation.when", a.when.len(), MAX_LIST);
     }
     if let Some(t) = &raw.tuning {
-        cx.too_many(
-            "tuning.vcpu_pin",
-            t.vcpu_pin.as_ref().map_or(0, |m| m.len()),
-            MAX_VCPU_PIN,
-        );
+        for (row, (_, map)) in DEVICE_ROWS.iter().zip(t.devices()) {
+            cx.too_many(
+                &format!("tuning.{}", row.key),
+                map.map_or(0, |m| m.len()),
+                row.index.max_entries(),
+            );
+        }
         cx.too_many("tuning.blkio_device", t.blkio_device.len(), MAX_LIST);
         cx.too_many("tuning.interface", t.interface.len(), MAX_LIST);
         cx.too_many("tuning.required", t.required.len(), MAX_LIST);
@@ -1138,52 +1150,72 @@ fn kib(bytes: u64) -> u64 {
     }
 }
 
-/// `vcpu_pin` / `iothread_pin`: a number (vCPU 0…, iothread 1…) or `"*"`,
-/// each to a host cpuset; sorted so that the order in the file is no matter.
-fn pins(
+/// A per-device row of the knob table (`vcpu_pin`, `iothread_pin` …): a
+/// table of device (as its row's index names one, or `"*"`) = value, each
+/// value parsed as the row's [`Input`] says; sorted so that the order in the
+/// file is no matter.
+fn device_entries(
     cx: &mut Ctx<'_>,
-    key: &str,
-    map: Option<&BTreeMap<Spanned<String>, Spanned<String>>>,
-    bad: fn(String) -> Rule,
-) -> Vec<(VcpuSel, CpuSet)> {
-    let mut out = Vec::new();
-    for (k, v) in map.into_iter().flatten() {
+    row: &DeviceRow,
+    map: &BTreeMap<Spanned<String>, Spanned<NumOrStr>>,
+) -> Vec<(DeviceSel, KnobValue)> {
+    let mut out: Vec<(DeviceSel, KnobValue)> = Vec::new();
+    for (k, v) in map {
         let sel = match k.get_ref().trim() {
-            "*" => Some(VcpuSel::All),
-            n => match n.parse::<u32>() {
-                Ok(x) if x < 4096 => Some(VcpuSel::One(x)),
-                _ => {
-                    cx.err(k.span().start, bad(k.get_ref().clone()));
+            "*" => Some(DeviceSel::All),
+            n => match row.index.parse(n) {
+                Some(id) => Some(DeviceSel::One(id)),
+                None => {
+                    cx.err(
+                        k.span().start,
+                        Rule::BadIndex {
+                            key: row.key,
+                            noun: row.index.noun(),
+                            device: k.get_ref().clone(),
+                            expected: row.index.expected(),
+                        },
+                    );
                     None
                 }
             },
         };
-        let set = cx.cpuset(&format!("{key}.{}", k.get_ref()), v);
-        if let (Some(sel), Some(set)) = (sel, set) {
-            out.push((sel, set));
+        let value = cx.knob_value(&format!("{}.{}", row.key, k.get_ref()), row.input, v);
+        if let (Some(sel), Some(value)) = (sel, value) {
+            if out.iter().any(|(s, _)| *s == sel) {
+                cx.err(
+                    k.span().start,
+                    Rule::DeviceTwice {
+                        key: row.key,
+                        device: k.get_ref().trim().to_string(),
+                    },
+                );
+                continue;
+            }
+            out.push((sel, value));
         }
     }
-    out.sort();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
     out
 }
 
 fn tuning(cx: &mut Ctx<'_>, r: &RawTuning) -> TuningSpec {
-    let mut s = TuningSpec {
-        vcpu_pin: pins(cx, "vcpu_pin", r.vcpu_pin.as_ref(), Rule::BadVcpu),
-        iothread_pin: pins(
-            cx,
-            "iothread_pin",
-            r.iothread_pin.as_ref(),
-            Rule::BadIothread,
-        ),
-        ..Default::default()
-    }; // the table's knobs, each parsed as its row says
+    let mut s = TuningSpec::default();
+    // the per-device rows: a table of device = value each
+    for (row, (key, map)) in DEVICE_ROWS.iter().zip(r.devices()) {
+        debug_assert_eq!(row.key, key);
+        let Some(map) = map else { continue };
+        let entries = device_entries(cx, row, map);
+        if !entries.is_empty() {
+            s.devices.insert(row.key, entries);
+        }
+    }
+    // the table's knobs, each parsed as its row says
     let mut nested: Vec<(u8, &'static str, u64, usize)> = Vec::new();
     for (knob, v) in r.rows() {
         let (Some(v), Some(row)) = (v, knob.row()) else {
             continue;
         };
-        let Some(value) = cx.knob_value(row, v) else {
+        let Some(value) = cx.knob_value(row.key, row.input, v) else {
             continue;
         };
         if let (Some(rank), KnobValue::Unsigned(x)) = (row.nest, &value) {
@@ -1436,8 +1468,6 @@ fn tuning(cx: &mut Ctx<'_>, r: &RawTuning) -> TuningSpec {
     for k in &r.required {
         let key = k.get_ref().trim();
         let set = match key {
-            "vcpu_pin" => r.vcpu_pin.is_some(),
-            "iothread_pin" => r.iothread_pin.is_some(),
             "blkio_device" => !r.blkio_device.is_empty(),
             "interface" => !r.interface.is_empty(),
             "disk" => !r.disk.is_empty(),
@@ -1450,8 +1480,18 @@ fn tuning(cx: &mut Ctx<'_>, r: &RawTuning) -> TuningSpec {
                 }
                 continue;
             }
-            _ => match r.rows().into_iter().find(|(k, _)| k.key() == key) {
-                Some((_, v)) => v.is_some(),
+            _ => match r
+                .devices()
+                .into_iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, m)| m.is_some())
+                .or_else(|| {
+                    r.rows()
+                        .into_iter()
+                        .find(|(k, _)| k.key() == key)
+                        .map(|(_, v)| v.is_some())
+                }) {
+                Some(set) => set,
                 None => {
                     cx.err(
                         k.span().start,

@@ -26,9 +26,10 @@ use super::{
     ApplyScope, BlockCounters, DomainInfo, DomainState, DomainStats, HostInfo, Hypervisor,
     HypervisorError, HypervisorEvent, NetCounters, ReadScope, Result, StatGroups, TAGS_NAMESPACE,
 };
-use crate::model::knobs::{DiskField, Family, ParamKind, Row};
+use crate::model::knobs::{DeviceFamily, DiskField, Family, ParamKind, Row};
 use crate::model::tuning::{
     Bandwidth, Change, DefinitionOriginal, DiskThrottle, InterfaceTuning, Knob, KnobValue, Tuning,
+    DEVICE_ROWS,
 };
 use crate::units::CpuSet;
 use events::Subscribers;
@@ -421,6 +422,39 @@ fn parse_device_list(s: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// Every vCPU's pinning (`virDomainGetVcpuPinInfo`).
+fn read_vcpu_pins(
+    ptr: sys::virDomainPtr,
+    name: &str,
+    flags: c_uint,
+    vcpus: u32,
+    host_cpus: u32,
+    t: &mut Tuning,
+) -> Result<()> {
+    let maplen = host_cpus.div_ceil(8).max(1) as usize;
+    let nvcpu = vcpus.max(1) as usize;
+    let mut maps = vec![0u8; maplen * nvcpu];
+    // SAFETY: `maps` holds nvcpu maps of maplen bytes.
+    let got = unsafe {
+        sys::virDomainGetVcpuPinInfo(
+            ptr,
+            nvcpu as c_int,
+            maps.as_mut_ptr(),
+            maplen as c_int,
+            flags,
+        )
+    };
+    if got < 0 {
+        return Err(no_domain_or(name, "reading vcpu pinning", last_error()));
+    }
+    for v in 0..(got.max(0) as usize).min(nvcpu) {
+        let map = &maps[v * maplen..(v + 1) * maplen];
+        t.vcpu_pin
+            .insert(v as u32, CpuSet::from_bitmap(map, host_cpus));
+    }
+    Ok(())
+}
+
 /// Every iothread's pinning (`virDomainGetIOThreadInfo`). A driver without
 /// iothread support reads as none.
 fn read_iothread_pins(
@@ -538,28 +572,22 @@ fn read_tuning(live: &Live, name: &str, scope: ReadScope) -> Result<Tuning> {
     let mut t = Tuning::default();
     let ptr = unsafe { dom.as_ptr() };
 
-    // vCPU and emulator pinning
+    // the per-device rows of the knob table, each through its family's call
+    for row in DEVICE_ROWS {
+        match row.family {
+            DeviceFamily::VcpuPin => {
+                read_vcpu_pins(ptr, name, flags, x.vcpus, live.host_cpus, &mut t)?
+            }
+            // only a domain with iothreads has them to pin
+            DeviceFamily::IothreadPin if x.iothread_ids().is_empty() => {}
+            DeviceFamily::IothreadPin => {
+                read_iothread_pins(ptr, name, flags, live.host_cpus, &mut t)?
+            }
+        }
+    }
+
+    // emulator pinning
     let maplen = live.host_cpus.div_ceil(8).max(1) as usize;
-    let nvcpu = x.vcpus.max(1) as usize;
-    let mut maps = vec![0u8; maplen * nvcpu];
-    // SAFETY: `maps` holds nvcpu maps of maplen bytes.
-    let got = unsafe {
-        sys::virDomainGetVcpuPinInfo(
-            ptr,
-            nvcpu as c_int,
-            maps.as_mut_ptr(),
-            maplen as c_int,
-            flags,
-        )
-    };
-    if got < 0 {
-        return Err(no_domain_or(name, "reading vcpu pinning", last_error()));
-    }
-    for v in 0..(got.max(0) as usize).min(nvcpu) {
-        let map = &maps[v * maplen..(v + 1) * maplen];
-        t.vcpu_pin
-            .insert(v as u32, CpuSet::from_bitmap(map, live.host_cpus));
-    }
     let mut emap = vec![0u8; maplen];
     // SAFETY: one map of maplen bytes.
     let got =
@@ -575,11 +603,6 @@ fn read_tuning(live: &Live, name: &str, scope: ReadScope) -> Result<Tuning> {
         ]) {
             return Err(no_domain_or(name, "reading emulator pinning", e));
         }
-    }
-
-    // iothread pinning, for a domain with iothreads
-    if !x.iothread_ids().is_empty() {
-        read_iothread_pins(ptr, name, flags, live.host_cpus, &mut t)?;
     }
 
     // scheduler
@@ -690,12 +713,7 @@ fn read_tuning(live: &Live, name: &str, scope: ReadScope) -> Result<Tuning> {
         // libvirt answers a default (shares 0 or 1024, all CPUs …) for what the
         // definition does not set: an original of "not set" must read as such
         let mut knobs = Knob::SCALARS.to_vec();
-        knobs.extend(t.vcpu_pin.keys().map(|&vcpu| Knob::VcpuPin { vcpu }));
-        knobs.extend(
-            t.iothread_pin
-                .keys()
-                .map(|&iothread| Knob::IothreadPin { iothread }),
-        );
+        knobs.extend(t.device_knobs());
         let unset = xml::unset_knobs(&text, &knobs).map_err(|m| HypervisorError::Call {
             what: format!("domain '{name}'"),
             message: m,
@@ -804,6 +822,41 @@ fn apply_once(live: &Live, dom: &Domain, name: &str, change: &Change, flags: c_u
         knob: knob.to_string(),
         reason,
     };
+    if let Some(row) = knob.device_row() {
+        // a per-device row: its family's call for the knob's device
+        let rc = match row.family {
+            DeviceFamily::VcpuPin => {
+                let (Knob::VcpuPin { vcpu }, KnobValue::CpuSet(set)) = (knob, &change.value) else {
+                    return Err(mismatch());
+                };
+                return dom
+                    .pin_vcpu_flags(*vcpu, &set.to_bitmap(maplen), flags)
+                    .map_err(|e| knob_err(name, knob, e));
+            }
+            DeviceFamily::IothreadPin => {
+                let (Knob::IothreadPin { iothread }, KnobValue::CpuSet(set)) =
+                    (knob, &change.value)
+                else {
+                    return Err(mismatch());
+                };
+                let mut map = set.to_bitmap(maplen);
+                // SAFETY: `map` holds maplen bytes and outlives the call.
+                unsafe {
+                    sys::virDomainPinIOThread(
+                        ptr,
+                        *iothread,
+                        map.as_mut_ptr(),
+                        c_int::try_from(map.len()).unwrap_or(c_int::MAX),
+                        flags,
+                    )
+                }
+            }
+        };
+        if rc < 0 {
+            return Err(knob_err(name, knob, last_error()));
+        }
+        return Ok(());
+    }
     let setter = if let Some(row) = knob.row() {
         if row.iothreads {
             let text = dom
@@ -841,28 +894,6 @@ fn apply_once(live: &Live, dom: &Domain, name: &str, change: &Change, flags: c_u
         family
     } else {
         match (knob, &change.value) {
-            (Knob::VcpuPin { vcpu }, KnobValue::CpuSet(set)) => {
-                return dom
-                    .pin_vcpu_flags(*vcpu, &set.to_bitmap(maplen), flags)
-                    .map_err(|e| knob_err(name, knob, e));
-            }
-            (Knob::IothreadPin { iothread }, KnobValue::CpuSet(set)) => {
-                let mut map = set.to_bitmap(maplen);
-                // SAFETY: `map` holds maplen bytes and outlives the call.
-                let rc = unsafe {
-                    sys::virDomainPinIOThread(
-                        ptr,
-                        *iothread,
-                        map.as_mut_ptr(),
-                        c_int::try_from(map.len()).unwrap_or(c_int::MAX),
-                        flags,
-                    )
-                };
-                if rc < 0 {
-                    return Err(knob_err(name, knob, last_error()));
-                }
-                return Ok(());
-            }
             (Knob::BlkioDevice { path, field }, KnobValue::Unsigned(v)) => {
                 if path.contains(',') {
                     return Err(invalid("a device path cannot contain ','".into()));

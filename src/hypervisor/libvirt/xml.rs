@@ -216,21 +216,18 @@ pub fn tags_element(tags: &[String]) -> String {
 }
 
 /// Where a knob lives in a domain definition, for knobs that are an element
-/// of their own there: the element's path below `<domain>` and, for
-/// `<vcpupin>`, the vcpu it is for. `None` for knobs whose absence has a value
+/// of their own there: `[parent, element]` below `<domain>` and, for a
+/// per-device row, the attribute and value that single out one element of a
+/// list (`<vcpupin vcpu='1'>`). `None` for knobs whose absence has a value
 /// libvirt's calls write (a device throttle of 0, a bandwidth of 0).
-/// `[parent, element]` below `<domain>`, and the attribute and value that
-/// single out one element of a list (`<vcpupin vcpu='1'>`).
-type ElementOf = ([&'static str; 2], Option<(&'static [u8], u32)>);
+type ElementOf = ([&'static str; 2], Option<(&'static str, String)>);
 
 fn element_of(knob: &Knob) -> Option<ElementOf> {
-    match knob {
-        Knob::VcpuPin { vcpu } => Some((["cputune", "vcpupin"], Some((b"vcpu", *vcpu)))),
-        Knob::IothreadPin { iothread } => {
-            Some((["cputune", "iothreadpin"], Some((b"iothread", *iothread))))
-        }
-        k => k.row().and_then(|r| r.xml).map(|x| (x, None)),
+    if let (Some(row), Some(device)) = (knob.device_row(), knob.device()) {
+        let [parent, element, attr] = row.xml?;
+        return Some(([parent, element], Some((attr, device))));
     }
+    knob.row().and_then(|r| r.xml).map(|x| (x, None))
 }
 
 /// The knob whose element `e` is, inside the elements `stack`, if any of `knobs`.
@@ -247,10 +244,19 @@ fn knob_of<'k>(stack: &[Vec<u8>], e: &BytesStart<'_>, knobs: &'k [Knob]) -> Opti
             parent.as_slice() == p.as_bytes()
                 && local.as_ref() == name.as_bytes()
                 && index.is_none_or(|(key, v)| {
-                    attr(e, key).and_then(|a| a.trim().parse::<u32>().ok()) == Some(v)
+                    attr(e, key.as_bytes()).is_some_and(|a| same_device(a.trim(), &v))
                 })
         })
     })
+}
+
+/// A device as the definition names it and as a knob does: numbers compare
+/// as numbers (`vcpu='01'` is vCPU 1).
+fn same_device(a: &str, b: &str) -> bool {
+    match (a.parse::<u32>(), b.parse::<u32>()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
 }
 
 /// Which of `knobs` the definition leaves unset: no element of its own for
