@@ -298,11 +298,24 @@ pub struct Activation {
 
 /// Which devices an entry of a per-device knob applies to (`vcpu_pin`'s
 /// vCPUs, `iothread_pin`'s iothreads …): `"*"`, or one as the domain names it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum DeviceSel {
     All,
     One(String),
+}
+
+/// As the API has always shown a pin's entry: `"all"`, or `{"one": 2}` with
+/// a number for a numbered device (a name stays a string).
+impl Serialize for DeviceSel {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            DeviceSel::All => s.serialize_str("all"),
+            DeviceSel::One(d) => match d.parse::<u32>() {
+                Ok(n) => s.serialize_newtype_variant("DeviceSel", 1, "one", &n),
+                Err(_) => s.serialize_newtype_variant("DeviceSel", 1, "one", d),
+            },
+        }
+    }
 }
 
 /// `[tuning]`, in libvirt units, before it is resolved against one domain.
@@ -603,14 +616,19 @@ mod tests {
     #[test]
     fn tuning_serialises_flat_one_key_per_knob() {
         let p = parse_persona(
-            "id = \"p\"\n[tuning]\ncpu_shares = 2048\nvcpu_pin = { \"*\" = \"0-1\" }\n[[tuning.interface]]\ntarget = \"*\"\noutbound = { average = \"1 MiB/s\" }\n",
+            "id = \"p\"\n[tuning]\ncpu_shares = 2048\nvcpu_pin = { \"*\" = \"0-1\", \"2\" = \"3\" }\n[[tuning.interface]]\ntarget = \"*\"\noutbound = { average = \"1 MiB/s\" }\n",
             std::path::Path::new("p.toml"),
         )
         .expect("valid");
         let t = serde_json::to_value(&p).expect("serialises")["tuning"].clone();
         assert_eq!(t["cpu_shares"], 2048, "{t}");
         assert!(t.get("fixed").is_none(), "no internal shape: {t}");
-        assert_eq!(t["vcpu_pin"].as_array().map(Vec::len), Some(1), "{t}");
+        // as the API has always shown pins: "all", or {"one": N}
+        assert_eq!(
+            t["vcpu_pin"],
+            serde_json::json!([["all", "0-1"], [{"one": 2}, "3"]]),
+            "{t}"
+        );
         assert_eq!(t["interfaces"][0][0], "*", "{t}");
         assert!(t["memory_hard_limit"].is_null());
     }
