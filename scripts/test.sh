@@ -7,32 +7,34 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
+# each step says when it began, so the suite's time can be read per step
+step() { echo "== $* (at $(( $(date +%s) - start )) s)"; }
 
 bash scripts/setup-host.sh
 # cargo-deb for tests/package.rs (builds, installs and purges the .deb)
 if ! command -v cargo-deb >/dev/null 2>&1; then
-  echo "== installing cargo-deb"
+  step "installing cargo-deb"
   cargo install cargo-deb --locked --quiet
 fi
 
 export CARGO_TERM_COLOR=never
 # the previous release, for tests/upgrade.rs: built once per machine (cached
 # under /var/tmp/virt-persona-releases; about 4 minutes the first time)
-echo "== the previous release (tests/upgrade/previous)"
+step "the previous release (tests/upgrade/previous)"
 bash scripts/previous-release.sh
 # the Debian 12 host (systemd, cgroup v2) that tests/host_vm.rs boots: built
 # once per machine and recipe (mmdebstrap, about 3 minutes), cached under
 # /var/cache/virt-persona/host-vm
-echo "== the Debian 12 host image (scripts/host-vm.sh build)"
+step "the Debian 12 host image (scripts/host-vm.sh build)"
 vm_start=$(date +%s)
 bash scripts/host-vm.sh build >/dev/null
 echo "   ready in $(( $(date +%s) - vm_start )) s"
-echo "== cargo fmt --check"
+step "cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy"
+step "cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 cargo clippy --all-targets --features failpoints --quiet -- -D warnings
-echo "== cargo test"
+step "cargo test"
 # real-host test binaries boot guests; they cap themselves at two at a time.
 # failpoints: fail points compiled in (no-ops unless FAILPOINTS names them), so a
 # test can kill -9 the daemon between two knob changes
@@ -45,11 +47,11 @@ cargo test --all-targets --features failpoints --no-fail-fast 2>&1 | tee /tmp/vi
 # (the forecast's two weeks of history run across the change), with the
 # machine in another zone: the README walk-through, the forecast and
 # schedule tests and the unit tests must hold at both
-echo "== time-dependent tests at a second clock: Sunday 03:00 Berlin across the DST change, host zone America/New_York"
+step "time-dependent tests at a second clock: Sunday 03:00 Berlin across the DST change, host zone America/New_York"
 VP_TEST_CLOCK='2027-03-28T03:00:00[Europe/Berlin]' TZ=America/New_York \
   cargo test --features failpoints --no-fail-fast --lib --test walkthrough --test forecast --test personas 2>&1 | tee -a /tmp/virt-persona-test.log
 if [ -d fuzz ]; then
-  echo "== fuzz targets build"
+  step "fuzz targets build"
   bash scripts/fuzz-build.sh
 fi
 echo "== all checks passed in $(( $(date +%s) - start )) s"
