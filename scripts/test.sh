@@ -34,6 +34,8 @@ cargo fmt --all -- --check
 step "cargo clippy"
 cargo clippy --all-targets --quiet -- -D warnings
 cargo clippy --all-targets --features failpoints --quiet -- -D warnings
+step "cargo doc (broken links are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --lib --quiet
 step "cargo test"
 # real-host test binaries boot guests; they cap themselves at two at a time.
 # failpoints: fail points compiled in (no-ops unless FAILPOINTS names them), so a

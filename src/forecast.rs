@@ -100,7 +100,7 @@ pub struct Point {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Accuracy {
     /// Mean absolute percentage error of the point forecast, in percent, over
-    /// the steps whose actual value is not near zero (see [`mape`]).
+    /// the steps whose actual value is not near zero (see `mape`).
     pub mape: f64,
     /// Share of actual values inside the prediction interval, in percent.
     pub coverage: f64,
@@ -621,17 +621,17 @@ pub fn accuracy(actual: &[f64], forecast: &[Point]) -> Option<(f64, f64)> {
 
 /// Fits a series and forecasts [`AHEAD_STEPS`] from the end of its history.
 ///
-/// Rolling-origin backtest: from origins every [`ORIGIN_EVERY`] steps over
-/// the last [`BACKTEST_DAYS`] days, every candidate [`Model`] forecasts up
+/// Rolling-origin backtest: from origins every `ORIGIN_EVERY` steps over
+/// the last `BACKTEST_DAYS` days, every candidate [`Model`] forecasts up
 /// to a day from the history before the origin (the statistical model from
-/// the last [`MSTL_ORIGINS`] day boundaries only: it costs a fit each), and
+/// the last `MSTL_ORIGINS` day boundaries only: it costs a fit each), and
 /// is scored by its mean absolute error relative to "same time yesterday"
-/// from the same origins, each origin's errors weighing [`ORIGIN_DECAY`]
-/// per day back. The [`BLEND`] best are blended, weighted by the inverse
+/// from the same origins, each origin's errors weighing `ORIGIN_DECAY`
+/// per day back. The `BLEND` best are blended, weighted by the inverse
 /// square of those scores; the blend forecasts ahead. Its 95 % band comes
 /// from the blend's own residuals at those origins per 12-hour block of
 /// horizons (weighted split-conformal quantiles, on a log scale: see
-/// [`BAND_FLOOR`]), not from any model's assumptions. The accuracy shown is
+/// `BAND_FLOOR`), not from any model's assumptions. The accuracy shown is
 /// the last day's, forecast from a day back, with the band calibrated on
 /// the values before that day only.
 pub fn fit(series: &Series, now: Millis) -> Result<Fit, FitError> {

@@ -760,7 +760,7 @@ pub struct ApiConfig {
     pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
 }
 
-/// The running API. [`Api::stop`] stops accepting and drains open requests.
+/// The running API. `Api::stop` stops accepting and drains open requests.
 pub struct Api {
     stop: watch::Sender<bool>,
     shared: Arc<Shared>,

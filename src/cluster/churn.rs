@@ -5,7 +5,7 @@
 //! [`Publisher`] turns its local state into items, every live host merges
 //! them (some deliveries lost), a random pair squares up by anti-entropy
 //! each step, and each host drops what no longer exists
-//! ([`ClusterState::prune`]) and forgets hosts dead for a day
+//! ([`ClusterState::prune`](crate::cluster::state::ClusterState::prune)) and forgets hosts dead for a day
 //! ([`Inner::forget_dead`]) — the daemon's own state code, without foca and
 //! the network (the simulation in [`crate::cluster::sim`] has those). What
 //! it shows: a node's state ends the size of what exists, not of what ever

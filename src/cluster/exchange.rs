@@ -71,7 +71,7 @@ impl Exchange {
     }
 
     /// A cluster signal withdrawn here (`signal-unset`), its withdrawal
-    /// stamped `stamp` ([`ClusterClock::stamp`]): published once as the
+    /// stamped `stamp` ([`ClusterClock::stamp`](crate::cluster::clock::ClusterClock::stamp)): published once as the
     /// newest setting, it ends the signal on every host.
     pub fn withdraw_local_signal(&mut self, name: &str, domain: Option<&str>, stamp: Millis) {
         let key = (name.to_string(), domain.map(str::to_string));

@@ -108,7 +108,7 @@ pub fn start(
 
 /// The address this host's node is known by in the cluster: `advertise`
 /// when given; else the listen address; for a wildcard listener (0.0.0.0,
-/// [::]) the source address of the route to the first seed (or, without
+/// `[::]`) the source address of the route to the first seed (or, without
 /// seeds, of the default route). Refused, with the reason, where other hosts
 /// could not reach what would be advertised: a wildcard, or a loopback
 /// address while a seed is not on loopback (a host name that resolves to

@@ -1,4 +1,4 @@
-//! The knob table: every domain-wide knob is one row of [`knob_table!`].
+//! The knob table: every domain-wide knob is one row of [`knob_table!`](crate::knob_table).
 //!
 //! A row names the knob's `[tuning]` key (which is also its field in
 //! [`Tuning`](super::tuning::Tuning), its tag in stored records and its name in
@@ -225,7 +225,7 @@ pub enum DeviceFamily {
     IothreadPin,
 }
 
-/// One row of the table's `devices` (see [`knob_table!`]).
+/// One row of the table's `devices` (see [`knob_table!`](crate::knob_table)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeviceRow {
     /// The `[tuning]` key (a table of device = value), `Tuning` field and stored tag.
@@ -376,7 +376,7 @@ fn micros(us: u64) -> String {
     }
 }
 
-/// One row of the table (see [`knob_table!`]).
+/// One row of the table (see [`knob_table!`](crate::knob_table)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Row {
     /// The `[tuning]` key, `Tuning` field and stored tag.
