@@ -391,11 +391,12 @@ mod tests {
     /// Every row of the knob table, each with a value (in its range) with
     /// probability `p`, else none: as a host reads a domain (none where it
     /// reports no value) or as a persona asks (only the knobs it names). A
-    /// per-device row has a value for each of four devices with probability `p`.
+    /// per-device row has a value for each of four devices with probability
+    /// `p`, and two disks a throttle set drawn from the disk field table.
     fn arb_rows(p: f64) -> impl Strategy<Value = Tuning> {
         // one knob set with probability p to a value in its range
-        let change = |knob: Knob, input| {
-            prop::option::weighted(p, arb_value(input))
+        let change = |knob: Knob, value: BoxedStrategy<KnobValue>| {
+            prop::option::weighted(p, value)
                 .prop_map(move |v| {
                     v.map(|value| Change {
                         knob: knob.clone(),
@@ -406,15 +407,39 @@ mod tests {
         };
         let mut rows: Vec<BoxedStrategy<Option<Change>>> = Knob::SCALARS
             .iter()
-            .filter_map(|k| Some(change(k.clone(), k.row()?.input)))
+            .filter_map(|k| Some(change(k.clone(), arb_value(k.row()?.input))))
             .collect();
         for row in crate::model::tuning::DEVICE_ROWS {
             // devices every index kind can name
             for device in ["1", "2", "3", "4"] {
                 if let Some(knob) = Knob::for_device(row.key, device) {
-                    rows.push(change(knob, row.input));
+                    rows.push(change(knob, arb_value(row.input)));
                 }
             }
+        }
+        // QEMU's throttle of two disks, each a whole set of limits (and a
+        // group) with probability p; no entry is no throttle, as libvirt reads it
+        use crate::model::knobs::DiskField;
+        use crate::model::tuning::DiskThrottle;
+        for target in ["vda", "vdb"] {
+            let throttle = (
+                prop::collection::btree_map(
+                    prop::sample::select(DiskField::ALL.to_vec()),
+                    1u64..1_000_000_000,
+                    1..6,
+                ),
+                prop::option::weighted(0.3, prop::sample::select(vec!["g1", "g2"])),
+            )
+                .prop_map(|(limits, group)| KnobValue::Throttle {
+                    throttle: DiskThrottle {
+                        limits,
+                        group: group.map(str::to_string),
+                    },
+                });
+            let knob = Knob::Disk {
+                target: target.to_string(),
+            };
+            rows.push(change(knob, throttle.boxed()));
         }
         rows.prop_map(|changes| {
             let mut t = Tuning::default();
@@ -453,20 +478,27 @@ mod tests {
         // property test above without a line here
         let mut runner = proptest::test_runner::TestRunner::deterministic();
         let mut seen = std::collections::BTreeSet::new();
+        let mut fields = std::collections::BTreeSet::new();
         for _ in 0..200 {
             let t = proptest::strategy::ValueTree::current(
                 &arb_rows(0.5).new_tree(&mut runner).unwrap(),
             );
             for c in t.changes() {
                 seen.insert(c.knob.key());
+                if let KnobValue::Throttle { throttle } = &c.value {
+                    fields.extend(throttle.limits.keys().copied());
+                }
             }
         }
         let all: std::collections::BTreeSet<&str> = crate::model::tuning::ROWS
             .iter()
             .map(|r| r.key)
             .chain(crate::model::tuning::DEVICE_ROWS.iter().map(|r| r.key))
+            .chain(["disk"])
             .collect();
         assert_eq!(seen, all);
+        // every disk throttle field of the field table
+        assert_eq!(fields.len(), crate::model::knobs::DiskField::ALL.len());
     }
 
     proptest! {
