@@ -112,7 +112,7 @@ fn order_memory(current: &Tuning, changes: &mut Vec<Change>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::tuning::{Bandwidth, InterfaceTuning, MEMORY_UNLIMITED_KIB};
+    use crate::model::tuning::{Bandwidth, Direction, InterfaceTuning, MEMORY_UNLIMITED_KIB};
     use proptest::prelude::*;
 
     fn mem(soft: u64, hard: u64, swap: u64) -> Tuning {
@@ -392,8 +392,10 @@ mod tests {
     /// probability `p`, else none: as a host reads a domain (none where it
     /// reports no value) or as a persona asks (only the knobs it names). A
     /// per-device row has a value for each of four devices with probability
-    /// `p`, and two disks a throttle set drawn from the disk field table.
-    fn arb_rows(p: f64) -> impl Strategy<Value = Tuning> {
+    /// `p`, two disks a throttle set drawn from the disk field table, and
+    /// two interfaces their bandwidth per direction (`read`: as a host reads
+    /// them, always both directions).
+    fn arb_rows(p: f64, read: bool) -> impl Strategy<Value = Tuning> {
         // one knob set with probability p to a value in its range
         let change = |knob: Knob, value: BoxedStrategy<KnobValue>| {
             prop::option::weighted(p, value)
@@ -441,6 +443,37 @@ mod tests {
             };
             rows.push(change(knob, throttle.boxed()));
         }
+        // interface bandwidth per direction of two interfaces: a host reads
+        // both directions of every interface the domain has (0 = no limit),
+        // a persona names some
+        for target in ["vnet0", "vnet1"] {
+            for direction in [Direction::Inbound, Direction::Outbound] {
+                let bw = (0u32..100_000, 0u32..100_000, 0u32..100_000)
+                    .prop_map(|(average, peak, burst)| {
+                        KnobValue::Bandwidth(Bandwidth {
+                            average,
+                            peak,
+                            burst,
+                        })
+                    })
+                    .boxed();
+                let knob = Knob::Interface {
+                    target: target.to_string(),
+                    direction,
+                };
+                rows.push(if read {
+                    bw.prop_map(move |value| {
+                        Some(Change {
+                            knob: knob.clone(),
+                            value,
+                        })
+                    })
+                    .boxed()
+                } else {
+                    change(knob, bw)
+                });
+            }
+        }
         rows.prop_map(|changes| {
             let mut t = Tuning::default();
             for c in changes.iter().flatten() {
@@ -457,8 +490,8 @@ mod tests {
         /// values are worn wherever an original could be read.
         #[test]
         fn every_knob_of_the_table_reverts_exactly(
-            orig in arb_rows(0.85),
-            persona in arb_rows(0.5),
+            orig in arb_rows(0.85, true),
+            persona in arb_rows(0.5, false),
         ) {
             let (worn, back) = wear_and_revert(&orig, &persona);
             for c in persona.changes() {
@@ -481,7 +514,7 @@ mod tests {
         let mut fields = std::collections::BTreeSet::new();
         for _ in 0..200 {
             let t = proptest::strategy::ValueTree::current(
-                &arb_rows(0.5).new_tree(&mut runner).unwrap(),
+                &arb_rows(0.5, false).new_tree(&mut runner).unwrap(),
             );
             for c in t.changes() {
                 seen.insert(c.knob.key());
@@ -494,7 +527,7 @@ mod tests {
             .iter()
             .map(|r| r.key)
             .chain(crate::model::tuning::DEVICE_ROWS.iter().map(|r| r.key))
-            .chain(["disk"])
+            .chain(["disk", "interface"])
             .collect();
         assert_eq!(seen, all);
         // every disk throttle field of the field table
