@@ -150,9 +150,11 @@ pub enum Index {
     Vcpu,
     /// An iothread id (`<iothreadids>`), 1….
     Iothread,
-    /// A disk's target device (vda, sdb).
-    Disk,
 }
+
+/// The most vCPUs libvirt's largest guests have: the highest vCPU number a
+/// file may name is one less, and the most entries a `vcpu_pin` may give.
+pub const MAX_VCPUS: u32 = 4_096;
 
 impl Index {
     /// The device's name in messages ("iothread 2").
@@ -160,7 +162,6 @@ impl Index {
         match self {
             Index::Vcpu => "vCPU",
             Index::Iothread => "iothread",
-            Index::Disk => "disk",
         }
     }
     /// How a persona file names one device, for errors.
@@ -168,15 +169,13 @@ impl Index {
         match self {
             Index::Vcpu => "a vCPU number",
             Index::Iothread => "an iothread id (1, 2, …)",
-            Index::Disk => "a disk's target device as the domain names it (vda, sdb)",
         }
     }
-    /// The most entries one persona may give (libvirt's largest guests have
-    /// 4,096 vCPUs).
+    /// The most entries one persona may give.
     pub fn max_entries(self) -> usize {
         match self {
-            Index::Vcpu => 4_096,
-            Index::Iothread | Index::Disk => 1_000,
+            Index::Vcpu => MAX_VCPUS as usize,
+            Index::Iothread => 1_000,
         }
     }
     /// A device as a persona file names it, in the form the domain's ids
@@ -187,17 +186,13 @@ impl Index {
             Index::Vcpu => s
                 .parse::<u32>()
                 .ok()
-                .filter(|v| (*v as usize) < Index::Vcpu.max_entries())
+                .filter(|v| *v < MAX_VCPUS)
                 .map(|v| v.to_string()),
             Index::Iothread => s
                 .parse::<u32>()
                 .ok()
                 .filter(|v| *v >= 1)
                 .map(|v| v.to_string()),
-            Index::Disk => (!s.is_empty()
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
-            .then(|| s.to_string()),
         }
     }
     /// The domain's devices of this kind: what `"*"` stands for.
@@ -205,7 +200,6 @@ impl Index {
         match self {
             Index::Vcpu => (0..domain.vcpus).map(|v| v.to_string()).collect(),
             Index::Iothread => domain.iothreads.iter().map(u32::to_string).collect(),
-            Index::Disk => domain.disks.iter().map(|d| d.target.clone()).collect(),
         }
     }
     /// Whether an original of a device the domain no longer has is dropped
@@ -232,7 +226,6 @@ pub struct DeviceRow {
     pub key: &'static str,
     pub index: Index,
     pub family: DeviceFamily,
-    pub kind: ParamKind,
     pub input: Input,
     /// The `persona-status` label, followed by the device.
     pub label: &'static str,

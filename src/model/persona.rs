@@ -298,10 +298,28 @@ pub struct Activation {
 
 /// Which devices an entry of a per-device knob applies to (`vcpu_pin`'s
 /// vCPUs, `iothread_pin`'s iothreads …): `"*"`, or one as the domain names it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceSel {
     All,
     One(String),
+}
+
+/// `"*"` first, then devices in the domain's order: numbers as numbers (vCPU
+/// 2 before vCPU 10), names as text.
+impl Ord for DeviceSel {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let key = |s: &DeviceSel| match s {
+            DeviceSel::All => (0, None, String::new()),
+            DeviceSel::One(d) => (1, d.parse::<u32>().ok(), d.clone()),
+        };
+        key(self).cmp(&key(other))
+    }
+}
+
+impl PartialOrd for DeviceSel {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 /// As the API has always shown a pin's entry: `"all"`, or `{"one": 2}` with
@@ -616,7 +634,7 @@ mod tests {
     #[test]
     fn tuning_serialises_flat_one_key_per_knob() {
         let p = parse_persona(
-            "id = \"p\"\n[tuning]\ncpu_shares = 2048\nvcpu_pin = { \"*\" = \"0-1\", \"2\" = \"3\" }\n[[tuning.interface]]\ntarget = \"*\"\noutbound = { average = \"1 MiB/s\" }\n",
+            "id = \"p\"\n[tuning]\ncpu_shares = 2048\nvcpu_pin = { \"*\" = \"0-1\", \"10\" = \"2\", \"2\" = \"3\" }\n[[tuning.interface]]\ntarget = \"*\"\noutbound = { average = \"1 MiB/s\" }\n",
             std::path::Path::new("p.toml"),
         )
         .expect("valid");
@@ -626,7 +644,7 @@ mod tests {
         // as the API has always shown pins: "all", or {"one": N}
         assert_eq!(
             t["vcpu_pin"],
-            serde_json::json!([["all", "0-1"], [{"one": 2}, "3"]]),
+            serde_json::json!([["all", "0-1"], [{"one": 2}, "3"], [{"one": 10}, "2"]]),
             "{t}"
         );
         assert_eq!(t["interfaces"][0][0], "*", "{t}");
