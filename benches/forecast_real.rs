@@ -18,7 +18,8 @@
 //! the last 7 to 14 days with the number of days picked per cut by a 3-day
 //! backtest). Nothing is tuned per trace.
 //!
-//! Run: cargo bench --bench forecast_real
+//! Run: cargo bench --bench forecast_real (`VP_DETAIL=1`: each cut's first
+//! crossings of the history's p90 — truth, band's upper edge, point)
 
 use std::path::{Path, PathBuf};
 
@@ -366,6 +367,15 @@ fn main() {
             let s = score(&pv, Some((&lo, &hi)), &truth, naive_mae, p90);
             // a condition with `bound = "upper"` reads the band's upper edge
             upper.push(score(&hi, None, &truth, naive_mae, p90));
+            if std::env::var_os("VP_DETAIL").is_some() {
+                println!(
+                    "  p90 {p90:.2}: truth first above at step {:?}, upper edge at {:?}, point at {:?}; upper max {:.2}",
+                    first_above(&truth, p90),
+                    first_above(&hi, p90),
+                    first_above(&pv, p90),
+                    hi.iter().copied().fold(f64::NAN, f64::max)
+                );
+            }
             println!(
                 "{name:<32} {} relMAE {:.2} (last week {:.2}, 7-day slot mean {:.2}) coverage {:>3.0} % width {:.2}x peak {} model: {}",
                 virt_persona::time::rfc3339(cut),

@@ -528,34 +528,83 @@ fn predict(m: Model, values: &[f64], start: Millis, ahead: usize) -> Result<Vec<
     })
 }
 
-/// The lower and upper edge of weighted residuals (actual − forecast, on
-/// the band's scale) at the band's level: split-conformal with weights
-/// (Tibshirani et al. 2019): the quantile of the residuals and one more of
-/// the largest weight at infinity, so a short or lopsided backtest widens
-/// the band rather than narrowing it.
-fn band(residuals: &mut [(f64, f64)]) -> Option<(f64, f64)> {
-    if residuals.len() < 8 {
-        return None;
+/// Weighted residuals (actual − forecast, on the band's scale) of one block
+/// of horizons, sorted, from which the band's edges are read.
+#[derive(Debug, Clone)]
+struct Residuals {
+    sorted: Vec<(f64, f64)>,
+    /// The sum of the weights plus the largest one (split-conformal with
+    /// weights, Tibshirani et al. 2019: the quantile of the residuals and one
+    /// more of the largest weight at infinity, so a short or lopsided
+    /// backtest widens the band rather than narrowing it).
+    reach: f64,
+}
+
+/// How finely the band's miss share is split between its two tails.
+const TAIL_SPLITS: usize = 20;
+
+impl Residuals {
+    fn of(residuals: &mut [(f64, f64)]) -> Option<Residuals> {
+        if residuals.len() < 8 {
+            return None;
+        }
+        residuals.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let total: f64 = residuals.iter().map(|r| r.1).sum();
+        let most = residuals.iter().map(|r| r.1).fold(0.0, f64::max);
+        Some(Residuals {
+            sorted: residuals.to_vec(),
+            reach: total + most,
+        })
     }
-    residuals.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let total: f64 = residuals.iter().map(|r| r.1).sum();
-    let most = residuals.iter().map(|r| r.1).fold(0.0, f64::max);
-    let reach = (1.0 - (1.0 - LEVEL) / 2.0) * (total + most);
-    let edge = |it: &mut dyn Iterator<Item = &(f64, f64)>| -> f64 {
+
+    /// The residual below which `share` of the weight lies, counted from
+    /// the bottom (`from_top`: above which, from the top).
+    fn edge(&self, share: f64, from_top: bool) -> f64 {
+        let reach = share * self.reach;
         let (mut acc, mut at) = (0.0, f64::NAN);
-        for (x, w) in it {
+        let mut step = |x: f64, w: f64| -> bool {
             acc += w;
-            at = *x;
-            if acc >= reach {
-                break;
+            at = x;
+            acc >= reach
+        };
+        if from_top {
+            for &(x, w) in self.sorted.iter().rev() {
+                if step(x, w) {
+                    break;
+                }
+            }
+        } else {
+            for &(x, w) in &self.sorted {
+                if step(x, w) {
+                    break;
+                }
             }
         }
         at
-    };
-    // the upper edge counts from the bottom, the lower from the top
-    let hi = edge(&mut residuals.iter());
-    let lo = edge(&mut residuals.iter().rev());
-    Some((lo.min(0.0), hi.max(0.0)))
+    }
+
+    /// The band's lower and upper edge (on the band's scale) around the
+    /// forecasts `at` (on the same scale): of the ways to split the
+    /// [`LEVEL`] band's miss share between its tails, the one whose band
+    /// is narrowest in the metric's own units over these forecasts — a
+    /// series that bursts upwards gets a band that leaves more of its
+    /// misses above than below, instead of one wide on both sides.
+    fn band(&self, at: &[f64], scale: &Scale) -> (f64, f64) {
+        let miss = 1.0 - LEVEL;
+        (0..=TAIL_SPLITS)
+            .map(|k| {
+                let below = miss * k as f64 / TAIL_SPLITS as f64;
+                let lo = self.edge(1.0 - below, true).min(0.0);
+                let hi = self.edge(1.0 - (miss - below), false).max(0.0);
+                let width: f64 = at
+                    .iter()
+                    .map(|&a| scale.back(a + hi) - scale.back(a + lo))
+                    .sum();
+                (width, lo, hi)
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map_or((0.0, 0.0), |(_, lo, hi)| (lo, hi))
+    }
 }
 
 /// Steps whose distance from the daily profile sets [`Model::DayLevel`]'s
@@ -890,7 +939,7 @@ fn fit_civil(series: &Series, now: Millis, ahead_steps: usize) -> Result<Fit, Fi
     let scale = Scale::of(raw);
     // the band from the blend's residuals at every origin, counting only
     // actual values before step `until`
-    let residuals = |until: usize| -> Vec<Option<(f64, f64)>> {
+    let residuals = |until: usize| -> Vec<Option<Residuals>> {
         let mut blocks = vec![Vec::new(); DAY.div_ceil(BAND_BLOCK)];
         for (k, f) in blends.iter().enumerate() {
             let Some(f) = f else { continue };
@@ -901,7 +950,7 @@ fn fit_civil(series: &Series, now: Millis, ahead_steps: usize) -> Result<Fit, Fi
                 }
             }
         }
-        blocks.iter_mut().map(|b| band(b)).collect()
+        blocks.iter_mut().map(|b| Residuals::of(b)).collect()
     };
     let bands = residuals(n);
     // the last day, forecast from the origin a day back, scored with bands
@@ -995,13 +1044,31 @@ impl Scale {
 /// residuals has none: its band is the point). Never below zero: every
 /// metric is a rate, a share or a size. A value that is not finite is
 /// never turned into a number.
-fn to_points(f: &[f64], bands: &[Option<(f64, f64)>], scale: &Scale, start: Millis) -> Vec<Point> {
+fn to_points(f: &[f64], bands: &[Option<Residuals>], scale: &Scale, start: Millis) -> Vec<Point> {
+    // (NaN stays NaN: `NaN.max(0.0)` would be 0)
+    let f: Vec<f64> = f
+        .iter()
+        .map(|&v| if v.is_nan() { v } else { v.max(0.0) })
+        .collect();
+    // each block's edges, split for the block's own forecasts
+    let edges: Vec<Option<(f64, f64)>> = bands
+        .iter()
+        .enumerate()
+        .map(|(b, r)| {
+            let at: Vec<f64> = f
+                .iter()
+                .enumerate()
+                .filter(|(i, v)| v.is_finite() && (*i).min(DAY - 1) / BAND_BLOCK == b)
+                .map(|(_, v)| scale.to(*v))
+                .collect();
+            r.as_ref().map(|r| r.band(&at, scale))
+        })
+        .collect();
     f.iter()
         .enumerate()
         .filter(|(_, v)| v.is_finite())
         .map(|(i, &value)| {
-            let value = value.max(0.0);
-            let (lower, upper) = match bands.get(i.min(DAY - 1) / BAND_BLOCK).copied().flatten() {
+            let (lower, upper) = match edges.get(i.min(DAY - 1) / BAND_BLOCK).copied().flatten() {
                 Some((lo, hi)) => {
                     let at = scale.to(value);
                     (
@@ -1281,6 +1348,41 @@ pub(crate) mod tests {
         w[0] = 0.0;
         w[4] = 4.0;
         assert_eq!(fill(&w), vec![0.0, 1.0, 2.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn a_bursty_series_band_leaves_its_misses_above_and_is_narrower_for_it() {
+        // residuals on the log scale: a calm bulk and 8 % upward bursts
+        let mut rng = Lcg(7);
+        let mut r: Vec<(f64, f64)> = (0..1000)
+            .map(|i| {
+                let calm = 0.1 * rng.next();
+                (if i % 12 == 0 { 1.5 + rng.next() } else { calm }, 1.0)
+            })
+            .collect();
+        let res = Residuals::of(&mut r).unwrap();
+        let scale = Scale { floor: 1.0 };
+        let at = vec![scale.to(100.0); 48];
+        let (lo, hi) = res.band(&at, &scale);
+        let inside = r.iter().filter(|x| x.0 >= lo && x.0 <= hi).count();
+        assert!(inside >= 950, "95 % of the residuals inside: {inside}");
+        // the equal-tailed band for comparison
+        let (elo, ehi) = (res.edge(0.975, true), res.edge(0.975, false));
+        let width = |lo: f64, hi: f64| scale.back(at[0] + hi) - scale.back(at[0] + lo);
+        assert!(
+            width(lo, hi) < 0.8 * width(elo, ehi),
+            "{} vs equal tails {}",
+            width(lo, hi),
+            width(elo, ehi)
+        );
+        assert!(lo < 0.0 && hi > 0.0);
+        // a symmetric one stays (about) symmetric
+        let mut r: Vec<(f64, f64)> = (0..1000).map(|_| (rng.next(), 1.0)).collect();
+        let res = Residuals::of(&mut r).unwrap();
+        let (lo, hi) = res.band(&[scale.to(100.0)], &scale);
+        assert!(lo < -0.9 && hi > 0.9, "{lo} {hi}");
+        // too few residuals: no band
+        assert!(Residuals::of(&mut [(0.0, 1.0); 7]).is_none());
     }
 
     #[test]
