@@ -19,7 +19,9 @@
 //! backtest). Nothing is tuned per trace.
 //!
 //! Run: cargo bench --bench forecast_real (`VP_DETAIL=1`: each cut's first
-//! crossings of the history's p90 — truth, band's upper edge, point)
+//! crossings of the history's p90 — truth, band's upper edge, point;
+//! `VP_CUT_EVERY=D`: a cut every D days of the long traces instead of every
+//! 15, a larger set to judge a change on before the protocol's figures)
 
 use std::path::{Path, PathBuf};
 
@@ -263,6 +265,13 @@ fn main() {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         let span = last.0 - first.0;
+        // VP_CUT_EVERY=D: a cut every D days on the long traces instead of 15
+        // (more peaks and quiet days, for judging a change; not the protocol)
+        let every_days: i64 = std::env::var("VP_CUT_EVERY")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|d| *d >= 1)
+            .unwrap_or(15);
         let mut cuts = Vec::new();
         if span < 15 * DAY_MS {
             cuts.push((last.0 - DAY_MS + 1).div_euclid(STEP_MS) * STEP_MS);
@@ -270,7 +279,7 @@ fn main() {
             let mut c = (first.0 + 14 * DAY_MS).div_euclid(STEP_MS) * STEP_MS;
             while c + DAY_MS <= last.0 + STEP_MS {
                 cuts.push(c);
-                c += 15 * DAY_MS;
+                c += every_days * DAY_MS;
             }
         }
         for cut in cuts {

@@ -630,11 +630,11 @@ const BLEND: usize = 3;
 /// the band: series change regime (a new deployment, a level shift), so
 /// yesterday's errors say more about tomorrow than last week's.
 const ORIGIN_DECAY: f64 = 0.5;
-/// The band works on `ln(value + floor)`, with the floor this share of the
-/// history's median: errors scale with the level (a busy hour errs by more
-/// than a quiet one), so a band calibrated on the whole day is not as wide
-/// at night as at noon; the floor keeps values near zero from making any
-/// error look infinite.
+/// The band works on `ln(value + floor)` or `√(value + floor)` (see
+/// [`Scale`]), with the floor this share of the history's median: errors
+/// grow with the level (a busy hour errs by more than a quiet one), so a
+/// band calibrated on the whole day is not as wide at night as at noon; the
+/// floor keeps values near zero from making any error look infinite.
 const BAND_FLOOR: f64 = 0.2;
 
 fn mean(v: &[f64]) -> Option<f64> {
@@ -679,7 +679,8 @@ pub fn accuracy(actual: &[f64], forecast: &[Point]) -> Option<(f64, f64)> {
 /// per day back. The `BLEND` best are blended, weighted by the inverse
 /// square of those scores; the blend forecasts ahead. Its 95 % band comes
 /// from the blend's own residuals at those origins per 12-hour block of
-/// horizons (weighted split-conformal quantiles, on a log scale: see
+/// horizons (weighted split-conformal quantiles, on a log or a square-root
+/// scale, whichever gives the narrower band: see
 /// `BAND_FLOOR`), not from any model's assumptions. The accuracy shown is
 /// the last day's, forecast from a day back, with the band calibrated on
 /// the values before that day only.
@@ -936,10 +937,10 @@ fn fit_civil(series: &Series, now: Millis, ahead_steps: usize) -> Result<Fit, Fi
         out
     };
     let blends: Vec<Option<Vec<f64>>> = (0..origins.len()).map(blend_at).collect();
-    let scale = Scale::of(raw);
+    let scales = Scale::family(raw);
     // the band from the blend's residuals at every origin, counting only
-    // actual values before step `until`
-    let residuals = |until: usize| -> Vec<Option<Residuals>> {
+    // actual values before step `until`, on `scale`
+    let residuals = |until: usize, scale: &Scale| -> Vec<Option<Residuals>> {
         let mut blocks = vec![Vec::new(); DAY.div_ceil(BAND_BLOCK)];
         for (k, f) in blends.iter().enumerate() {
             let Some(f) = f else { continue };
@@ -952,21 +953,32 @@ fn fit_civil(series: &Series, now: Millis, ahead_steps: usize) -> Result<Fit, Fi
         }
         blocks.iter_mut().map(|b| Residuals::of(b)).collect()
     };
-    let bands = residuals(n);
+    // the forecast `f` from step `until` (at the instant `start`) with its
+    // band on the scale whose band is narrower over it: both hold 95 % of
+    // the same residuals, so the narrower says more
+    let banded = |f: &[f64], until: usize, start: Millis| -> Vec<Point> {
+        let mut best: Option<(f64, Vec<Point>)> = None;
+        for scale in &scales {
+            let p = to_points(f, &residuals(until, scale), scale, start);
+            let width: f64 = p.iter().map(|p| p.upper - p.lower).sum();
+            if best.as_ref().is_none_or(|b| width < b.0) {
+                best = Some((width, p));
+            }
+        }
+        best.map(|b| b.1).unwrap_or_default()
+    };
     // the last day, forecast from the origin a day back, scored with bands
     // from the values before it only
     let day_back = origins.iter().position(|&o| o + DAY == n);
     let accuracy = match day_back.and_then(|k| blends[k].as_ref()) {
         Some(f) if days >= 2 => {
             let day_start = s.start + (n - DAY) as Millis * STEP_MS;
-            accuracy(
-                &raw[n - DAY..],
-                &to_points(f, &residuals(n - DAY), &scale, day_start),
-            )
-            .map(|(mape, coverage)| Accuracy {
-                mape,
-                coverage,
-                day_start,
+            accuracy(&raw[n - DAY..], &banded(f, n - DAY, day_start)).map(|(mape, coverage)| {
+                Accuracy {
+                    mape,
+                    coverage,
+                    day_start,
+                }
             })
         }
         _ => None,
@@ -994,7 +1006,7 @@ fn fit_civil(series: &Series, now: Millis, ahead_steps: usize) -> Result<Fit, Fi
             candidates: scores,
             blend: weights,
         }),
-        points: to_points(&ahead, &bands, &scale, end),
+        points: banded(&ahead, n, end),
         accuracy,
         record: None,
         recent: s
@@ -1007,15 +1019,22 @@ fn fit_civil(series: &Series, now: Millis, ahead_steps: usize) -> Result<Fit, Fi
     })
 }
 
-/// The scale a band is calibrated on: `ln(value + floor)`, the floor
-/// [`BAND_FLOOR`] of the history's median (of its mean if the median is
-/// zero).
+/// A scale a band is calibrated on: `ln(value + floor)` (errors in
+/// proportion to the level, as a busy hour errs by more than a quiet one) or
+/// `√(value + floor)` (errors growing with the square root of the level, as
+/// a count's do), the floor [`BAND_FLOOR`] of the history's median (of its
+/// mean if the median is zero). Each fit calibrates its band on both and
+/// keeps the narrower (see [`Scale::family`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct Scale {
     floor: f64,
+    /// Whether the scale is the square root rather than the logarithm.
+    root: bool,
 }
 
 impl Scale {
-    fn of(values: &[f64]) -> Scale {
+    /// The scales a band is calibrated on for a series with these values.
+    fn family(values: &[f64]) -> [Scale; 2] {
         let mut v: Vec<f64> = values
             .iter()
             .copied()
@@ -1028,15 +1047,24 @@ impl Scale {
         } else {
             mean(&v).filter(|m| *m > 0.0).unwrap_or(1.0)
         };
-        Scale {
-            floor: BAND_FLOOR * level,
-        }
+        let floor = BAND_FLOOR * level;
+        [Scale { floor, root: false }, Scale { floor, root: true }]
     }
     fn to(&self, x: f64) -> f64 {
-        (x.max(0.0) + self.floor).ln()
+        let z = x.max(0.0) + self.floor;
+        if self.root {
+            z.sqrt()
+        } else {
+            z.ln()
+        }
     }
     fn back(&self, y: f64) -> f64 {
-        (y.exp() - self.floor).max(0.0)
+        let z = if self.root {
+            y.max(0.0).powi(2)
+        } else {
+            y.exp()
+        };
+        (z - self.floor).max(0.0)
     }
 }
 
@@ -1192,6 +1220,20 @@ pub(crate) mod tests {
         Series { start, values }
     }
 
+    /// That `f`'s band holds at least 85 % of the day `next`.
+    fn assert_holds_most_of(f: &Fit, next: &Series) {
+        let inside = f
+            .points
+            .iter()
+            .zip(&next.values)
+            .filter(|(p, a)| **a >= p.lower && **a <= p.upper)
+            .count();
+        assert!(
+            inside as f64 >= 0.85 * DAY as f64,
+            "{inside} of {DAY} inside"
+        );
+    }
+
     /// The backtest's blend is never worse than "same time yesterday" on
     /// the days it was scored on (that is a candidate), its weights sum to
     /// one, and the band from its residuals holds about 95 % of a day it
@@ -1206,22 +1248,61 @@ pub(crate) mod tests {
         assert!((total - 1.0).abs() < 1e-9, "{b:?}");
         assert!(b.candidates.iter().any(|(m, _)| *m == Model::Mstl), "{b:?}");
         let next = web_cpu(MONDAY + 14 * 86_400_000, DAY, 99);
-        let inside = f
-            .points
-            .iter()
-            .zip(&next.values)
-            .filter(|(p, a)| **a >= p.lower && **a <= p.upper)
-            .count();
-        assert!(
-            inside as f64 >= 0.85 * DAY as f64,
-            "{inside} of {DAY} inside"
-        );
+        assert_holds_most_of(&f, &next);
         assert!(
             f.points
                 .iter()
                 .all(|p| p.lower <= p.value && p.value <= p.upper),
             "the point inside its band"
         );
+    }
+
+    /// Counts (requests per step): 4 at night, 400 from 12:00 to 20:00,
+    /// with the scatter of a count (its square root: 2 and 20).
+    fn counts(start: Millis, steps: usize, seed: u64) -> Series {
+        let mut rng = Lcg(seed);
+        let values = (0..steps)
+            .map(|i| {
+                let minute = ((start + i as Millis * STEP_MS).rem_euclid(86_400_000)) / 60_000;
+                let level: f64 = if (12 * 60..20 * 60).contains(&minute) {
+                    400.0
+                } else {
+                    4.0
+                };
+                // about normal, variance 1
+                let z = rng.next() + rng.next() + rng.next();
+                (level + level.sqrt() * z).max(0.0)
+            })
+            .collect();
+        Series { start, values }
+    }
+
+    /// A count's errors grow with the square root of its level, not in
+    /// proportion: its band is calibrated on the square-root scale, so the
+    /// busy afternoon's band is about √100 = 10 times the night's, not 100
+    /// times as on the log scale, and it still holds a new day.
+    #[test]
+    fn a_count_gets_a_band_as_wide_as_its_scatter() {
+        let hist = counts(MONDAY, 14 * DAY, 11);
+        let now = MONDAY + 14 * 86_400_000;
+        let f = fit(&hist, now).expect("fits");
+        let width_at = |hour: i64| {
+            let p = f
+                .points
+                .iter()
+                .find(|p| p.t == now + hour * 3_600_000)
+                .expect("a point");
+            p.upper - p.lower
+        };
+        let (day, night) = (width_at(14), width_at(2));
+        assert!(night > 0.0, "a band at night: {night}");
+        // (on the log scale: about 590 against 6)
+        assert!(
+            day / night < 20.0 && day < 160.0,
+            "day {day} vs night {night}: in proportion to the root, not the level"
+        );
+        let next = counts(now, DAY, 12);
+        assert_holds_most_of(&f, &next);
     }
 
     /// Two days and a half: too short to backtest, yet a forecast (same
@@ -1361,7 +1442,10 @@ pub(crate) mod tests {
             })
             .collect();
         let res = Residuals::of(&mut r).unwrap();
-        let scale = Scale { floor: 1.0 };
+        let scale = Scale {
+            floor: 1.0,
+            root: false,
+        };
         let at = vec![scale.to(100.0); 48];
         let (lo, hi) = res.band(&at, &scale);
         let inside = r.iter().filter(|x| x.0 >= lo && x.0 <= hi).count();
