@@ -561,26 +561,22 @@ impl Residuals {
     /// the bottom (`from_top`: above which, from the top).
     fn edge(&self, share: f64, from_top: bool) -> f64 {
         let reach = share * self.reach;
-        let (mut acc, mut at) = (0.0, f64::NAN);
-        let mut step = |x: f64, w: f64| -> bool {
-            acc += w;
-            at = x;
-            acc >= reach
+        let walk = |it: &mut dyn Iterator<Item = &(f64, f64)>| -> f64 {
+            let (mut acc, mut at) = (0.0, f64::NAN);
+            for &(x, w) in it {
+                acc += w;
+                at = x;
+                if acc >= reach {
+                    break;
+                }
+            }
+            at
         };
         if from_top {
-            for &(x, w) in self.sorted.iter().rev() {
-                if step(x, w) {
-                    break;
-                }
-            }
+            walk(&mut self.sorted.iter().rev())
         } else {
-            for &(x, w) in &self.sorted {
-                if step(x, w) {
-                    break;
-                }
-            }
+            walk(&mut self.sorted.iter())
         }
-        at
     }
 
     /// The band's lower and upper edge (on the band's scale) around the
@@ -613,6 +609,11 @@ const LEVEL_STEPS: usize = 8;
 /// Steps of one block of horizons sharing a band (12 hours: the first and
 /// the second half of the day ahead).
 const BAND_BLOCK: usize = 48;
+/// The block of horizons step `h` ahead is in (a step beyond a day counts
+/// as the last).
+fn band_block(h: usize) -> usize {
+    h.min(DAY - 1) / BAND_BLOCK
+}
 /// Steps between two backtest origins (6 hours): each forecasts a day from
 /// the history before it, so the most recent hours are scored too — a
 /// series that changed level this morning is not forecast from last week's.
@@ -941,13 +942,13 @@ fn fit_civil(series: &Series, now: Millis, ahead_steps: usize) -> Result<Fit, Fi
     // the band from the blend's residuals at every origin, counting only
     // actual values before step `until`, on `scale`
     let residuals = |until: usize, scale: &Scale| -> Vec<Option<Residuals>> {
-        let mut blocks = vec![Vec::new(); DAY.div_ceil(BAND_BLOCK)];
+        let mut blocks = vec![Vec::new(); band_block(DAY - 1) + 1];
         for (k, f) in blends.iter().enumerate() {
             let Some(f) = f else { continue };
             for (h, f) in f.iter().enumerate() {
                 let i = origins[k] + h;
                 if i < until && raw[i].is_finite() {
-                    blocks[h / BAND_BLOCK].push((scale.to(raw[i]) - scale.to(*f), weight(k)));
+                    blocks[band_block(h)].push((scale.to(raw[i]) - scale.to(*f), weight(k)));
                 }
             }
         }
@@ -1025,7 +1026,7 @@ fn fit_civil(series: &Series, now: Millis, ahead_steps: usize) -> Result<Fit, Fi
 /// a count's do), the floor [`BAND_FLOOR`] of the history's median (of its
 /// mean if the median is zero). Each fit calibrates its band on both and
 /// keeps the narrower (see [`Scale::family`]).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy)]
 struct Scale {
     floor: f64,
     /// Whether the scale is the square root rather than the logarithm.
@@ -1086,7 +1087,7 @@ fn to_points(f: &[f64], bands: &[Option<Residuals>], scale: &Scale, start: Milli
             let at: Vec<f64> = f
                 .iter()
                 .enumerate()
-                .filter(|(i, v)| v.is_finite() && (*i).min(DAY - 1) / BAND_BLOCK == b)
+                .filter(|(i, v)| v.is_finite() && band_block(*i) == b)
                 .map(|(_, v)| scale.to(*v))
                 .collect();
             r.as_ref().map(|r| r.band(&at, scale))
@@ -1096,7 +1097,7 @@ fn to_points(f: &[f64], bands: &[Option<Residuals>], scale: &Scale, start: Milli
         .enumerate()
         .filter(|(_, v)| v.is_finite())
         .map(|(i, &value)| {
-            let (lower, upper) = match edges.get(i.min(DAY - 1) / BAND_BLOCK).copied().flatten() {
+            let (lower, upper) = match edges.get(band_block(i)).copied().flatten() {
                 Some((lo, hi)) => {
                     let at = scale.to(value);
                     (
