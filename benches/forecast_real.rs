@@ -144,17 +144,27 @@ fn summary(name: &str, s: &[Score]) {
     let peaks: Vec<bool> = s.iter().filter_map(|x| x.peak).collect();
     let quiet = s.iter().filter(|x| x.peak.is_none()).count();
     let alarms = s.iter().filter(|x| x.false_alarm).count();
+    let covered: Vec<f64> = s
+        .iter()
+        .map(|x| x.coverage)
+        .filter(|x| x.is_finite())
+        .collect();
+    // a baseline without a band says so instead of NaN
+    let band = if covered.is_empty() {
+        "no band".to_string()
+    } else {
+        format!(
+            "coverage median {:.0} % (mean {:.0} %); width median {:.2}x",
+            100.0 * median(covered.clone()),
+            100.0 * covered.iter().sum::<f64>() / covered.len() as f64,
+            median(s.iter().map(|x| x.width).collect()),
+        )
+    };
     println!(
-        "{name:<28} relMAE median {:.2}, better than same-time-yesterday on {}/{}; coverage median {:.0} % (mean {:.0} %); width median {:.2}x; peaks seen ahead {}/{}; false alarms {}/{} quiet days",
+        "{name:<28} relMAE median {:.2}, better than same-time-yesterday on {}/{}; {band}; peaks seen ahead {}/{}; false alarms {}/{} quiet days",
         median(s.iter().map(|x| x.rel_mae).collect()),
         s.iter().filter(|x| x.rel_mae < 1.0).count(),
         s.len(),
-        100.0 * median(s.iter().map(|x| x.coverage).collect()),
-        100.0 * {
-            let c: Vec<f64> = s.iter().map(|x| x.coverage).filter(|x| x.is_finite()).collect();
-            c.iter().sum::<f64>() / c.len().max(1) as f64
-        },
-        median(s.iter().map(|x| x.width).collect()),
         peaks.iter().filter(|x| **x).count(),
         peaks.len(),
         alarms,
@@ -254,6 +264,15 @@ fn main() {
     );
     let mut models = std::collections::BTreeMap::<String, usize>::new();
     let mut coarse_bias: Vec<Vec<f64>> = vec![Vec::new(); COARSER.len()];
+    // VP_CUT_EVERY=D: a cut every D days on the long traces instead of 15
+    // (more peaks and quiet days, for judging a change; not the protocol)
+    let every_days: i64 = std::env::var("VP_CUT_EVERY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|d| *d >= 1)
+        .unwrap_or(15);
+    let detail = std::env::var_os("VP_DETAIL").is_some();
+    let mut fits = 0usize;
     let cpu0 = cpu_seconds();
     for f in &files {
         let trace = read_trace(f);
@@ -265,13 +284,6 @@ fn main() {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         let span = last.0 - first.0;
-        // VP_CUT_EVERY=D: a cut every D days on the long traces instead of 15
-        // (more peaks and quiet days, for judging a change; not the protocol)
-        let every_days: i64 = std::env::var("VP_CUT_EVERY")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|d| *d >= 1)
-            .unwrap_or(15);
         let mut cuts = Vec::new();
         if span < 15 * DAY_MS {
             cuts.push((last.0 - DAY_MS + 1).div_euclid(STEP_MS) * STEP_MS);
@@ -291,6 +303,7 @@ fn main() {
             // level must not move (the bias is the mean forecast over the
             // mean truth, minus one)
             let truth = means(&trace, cut, 96);
+            fits += COARSER.iter().filter(|e| e.is_some()).count() + 1;
             for (k, every) in COARSER.iter().enumerate() {
                 let again = every.map(|e| forecast_of(&trace, from, cut, Some(e), &name));
                 if let Some(f) = again.unwrap_or_else(|| Some(fitted.clone())) {
@@ -376,7 +389,7 @@ fn main() {
             let s = score(&pv, Some((&lo, &hi)), &truth, naive_mae, p90);
             // a condition with `bound = "upper"` reads the band's upper edge
             upper.push(score(&hi, None, &truth, naive_mae, p90));
-            if std::env::var_os("VP_DETAIL").is_some() {
+            if detail {
                 println!(
                     "  p90 {p90:.2}: truth first above at step {:?}, upper edge at {:?}, point at {:?}; upper max {:.2}",
                     first_above(&truth, p90),
@@ -426,7 +439,11 @@ fn main() {
         );
     }
     println!("models chosen: {models:?}");
-    println!("CPU for {} fits: {:.1} s", ours.len(), cpu_seconds() - cpu0);
+    println!(
+        "CPU for {fits} fits ({} cuts, each also exported coarser): {:.1} s",
+        ours.len(),
+        cpu_seconds() - cpu0
+    );
 }
 
 /// This process's CPU time so far, in seconds.
