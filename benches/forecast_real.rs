@@ -16,7 +16,10 @@
 //! The same is printed for the baselines (same time last week, the mean of
 //! the same slot over the last 7 days, and the median of the same slot over
 //! the last 7 to 14 days with the number of days picked per cut by a 3-day
-//! backtest). Nothing is tuned per trace.
+//! backtest). Nothing is tuned per trace. Beside the day-ahead reading,
+//! the same day as the daemon reads it, refitted every hour: each hour's
+//! steps from the fit made at its start with the day's truth so far in the
+//! history (24 fits a cut, in the optimised run only).
 //!
 //! Run: cargo bench --bench forecast_real (`VP_DETAIL=1`: each cut's first
 //! crossings of the history's p90 — truth, band's upper edge, point;
@@ -272,6 +275,9 @@ fn main() {
         .filter(|d| *d >= 1)
         .unwrap_or(15);
     let detail = std::env::var_os("VP_DETAIL").is_some();
+    // the hourly refits (24 fits a cut) only in the optimised bench run
+    let hourly = std::env::args().any(|a| a == "--bench");
+    let (mut hourly_point, mut hourly_upper) = (Vec::new(), Vec::new());
     let mut fits = 0usize;
     let cpu0 = cpu_seconds();
     for f in &files {
@@ -414,6 +420,30 @@ fn main() {
                 },
                 fitted.model.name()
             );
+            if hourly {
+                // the daemon refits every hour: the forecast each hour of the
+                // day is read from is the one fitted at that hour's start
+                // from the 14 days before it (truth so far included)
+                let (mut pv, mut hi) = (vec![f64::NAN; 96], vec![f64::NAN; 96]);
+                for h in 0..24 {
+                    let at = cut + h * 3_600_000;
+                    let Some(f) = forecast_of(&trace, at - 14 * DAY_MS, at, None, &name) else {
+                        continue;
+                    };
+                    fits += 1;
+                    for p in f
+                        .points
+                        .iter()
+                        .filter(|p| p.t >= at && p.t < at + 3_600_000)
+                    {
+                        let i = ((p.t - cut) / STEP_MS) as usize;
+                        pv[i] = p.value;
+                        hi[i] = p.upper;
+                    }
+                }
+                hourly_point.push(score(&pv, None, &truth, naive_mae, p90));
+                hourly_upper.push(score(&hi, None, &truth, naive_mae, p90));
+            }
             ours.push(s);
             yesterday.push(score(&naive, None, &truth, naive_mae, p90));
             week.push(score(&last_week, None, &truth, naive_mae, p90));
@@ -424,6 +454,10 @@ fn main() {
     println!();
     summary("virt-persona forecast", &ours);
     summary("its band's upper edge", &upper);
+    if hourly {
+        summary("refitted hourly: point", &hourly_point);
+        summary("refitted hourly: upper edge", &hourly_upper);
+    }
     summary("same time yesterday", &yesterday);
     summary("same time last week", &week);
     summary("7-day slot mean", &slot);
@@ -440,8 +474,9 @@ fn main() {
     }
     println!("models chosen: {models:?}");
     println!(
-        "CPU for {fits} fits ({} cuts, each also exported coarser): {:.1} s",
+        "CPU for {fits} fits ({} cuts, each also exported coarser{}): {:.1} s",
         ours.len(),
+        if hourly { " and refitted hourly" } else { "" },
         cpu_seconds() - cpu0
     );
 }
