@@ -170,6 +170,12 @@ impl Worker {
                 for (k, t, v) in values {
                     self.history.record(&k, t, v);
                 }
+                // /metrics' count of series follows a new one at once, not
+                // at the next save a minute later
+                self.cfg.series.store(
+                    self.history.series_count(),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
             }
             ToWorker::Want(set) => {
                 for (k, zone) in &self.wanted {
