@@ -17,6 +17,11 @@ fi
 if [ "${NO_BUILD:-}" != 1 ]; then
   cargo build --profile "$profile" --bins
 fi
+# one packaging at a time: tests/package.rs and tests/host_vm.rs run side by
+# side in scripts/test.sh, and both write target/assets
+mkdir -p target
+exec 9>target/.package.lock
+flock 9
 case "$profile" in
   dev) out=target/debug ;;
   *) out=target/$profile ;;
