@@ -230,7 +230,8 @@ mod tests {
         let mut log = Vec::new();
         for h in (0..(10 * 24)).step_by(6) {
             let now = MONDAY + 14 * D + h * 3_600_000;
-            let hist = web_cpu(now - 14 * D, 14 * DAY, h as u64);
+            // three days of history: enough to fit, and a quick one
+            let hist = web_cpu(now - 3 * D, 3 * DAY, h as u64);
             let fit = crate::forecast::fit(&hist, now).expect("fits");
             let kept = issue(&mut log, &fit, p90(&hist));
             assert_eq!(kept, h % 24 == 0, "hour {h}");
