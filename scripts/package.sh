@@ -6,7 +6,7 @@
 #
 #   scripts/package.sh              the `deb` profile: LTO, one codegen unit
 #   PROFILE=dev NO_BUILD=1 scripts/package.sh
-#                                   package the debug binaries already built
+#                                   package the debug binaries already built (faster compression)
 #                                   (tests/package.rs: checks the packaging, not the optimiser)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,4 +32,7 @@ mkdir -p target/assets/completions
 "$out/virt-persona" completions bash > target/assets/completions/virt-persona
 "$out/virt-persona" completions zsh > target/assets/completions/_virt-persona
 "$out/virt-persona" completions fish > target/assets/completions/virt-persona.fish
-cargo deb --no-build --profile "$profile" "$@" 2>&1 | tail -1
+# the tests' packages of the debug binaries: faster compression (5 s, not 19)
+fast=()
+[ "$profile" = dev ] && fast=(--fast)
+cargo deb --no-build --profile "$profile" "${fast[@]}" "$@" 2>&1 | tail -1
