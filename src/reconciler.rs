@@ -323,9 +323,16 @@ pub enum TickError {
     Store(#[from] crate::store::StoreError),
 }
 
+/// Called after each libvirt call a transition or restore completes.
+pub type ProgressHook = Arc<dyn Fn() + Send + Sync>;
+
 /// The control loop's state.
 pub struct Reconciler<H: Hypervisor + ?Sized, S: StateStore> {
     hv: Arc<H>,
+    /// Told of every libvirt call a transition or a restore completed (the
+    /// daemon pings systemd's watchdog from it: a long transition on a slow
+    /// host is progress, one call that never returns is not).
+    progress: Option<ProgressHook>,
     store: S,
     collector: Collector,
     domains: HashMap<String, DomainEntry>,
@@ -446,6 +453,7 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
     pub fn new(hv: Arc<H>, store: S, verify_interval: std::time::Duration) -> Self {
         Reconciler {
             hv,
+            progress: None,
             store,
             collector: Collector::default(),
             domains: HashMap::new(),
@@ -1472,12 +1480,26 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
     /// Plan: the baseline with the persona's values on top, as the fewest
     /// changes from what the domain has now, less what this host cannot apply
     /// or could not put back.
+    /// Calls `f` after every libvirt call a transition, a rollback or a
+    /// restore completes.
+    pub fn on_progress(&mut self, f: ProgressHook) {
+        self.progress = Some(f);
+    }
+
+    fn progressed(&self) {
+        if let Some(f) = &self.progress {
+            f();
+        }
+    }
+
     fn plan_domain(&mut self, uuid: &str, d: &Decided) -> Result<Step<Planned>, TickError> {
         let Some(entry) = self.domains.get(uuid) else {
             return Ok(Step::Done(Outcome::Nothing));
         };
         let name = entry.info.name.clone();
-        let current = match self.hv.tuning(&name, ReadScope::Current) {
+        let current = self.hv.tuning(&name, ReadScope::Current);
+        self.progressed();
+        let current = match current {
             Ok(t) => t,
             Err(HypervisorError::NoDomain(_)) => {
                 self.stale = true;
@@ -1623,7 +1645,9 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                 .filter(|c| !recorded.iter().any(|r| r.knob == c.knob))
                 .collect();
             if !wanted.is_empty() {
-                let defined = self.hv.tuning(name, ReadScope::Config)?;
+                let defined = self.hv.tuning(name, ReadScope::Config);
+                self.progressed();
+                let defined = defined?;
                 fresh_definition = wanted
                     .iter()
                     .map(|c| DefinitionOriginal {
@@ -1658,7 +1682,9 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         let mut done: Vec<Change> = Vec::new();
         let mut failure: Option<(Change, HypervisorError)> = None;
         for c in changes {
-            match self.hv.apply(name, c, scope) {
+            let applied = self.hv.apply(name, c, scope);
+            self.progressed();
+            match applied {
                 Ok(()) => {
                     done.push(c.clone());
                     // tests stop the daemon here, between two knob changes
@@ -2011,7 +2037,9 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                     knob: c.knob.clone(),
                     value,
                 };
-                if let Err(e) = self.hv.apply(name, &undo, scope) {
+                let undone = self.hv.apply(name, &undo, scope);
+                self.progressed();
+                if let Err(e) = undone {
                     warn!(domain = %name, knob = %c.knob, error = %e, "rollback of a change failed");
                     stuck.push((c.knob.clone(), e.to_string()));
                 }
@@ -2195,11 +2223,15 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
                 });
             };
             let mut changes = Vec::new();
-            match self.hv.tuning(&name, ReadScope::Current) {
+            let current = self.hv.tuning(&name, ReadScope::Current);
+            self.progressed();
+            match current {
                 Err(e) => fail("reading its tuning".into(), e),
                 Ok(current) => {
                     for c in plan(&current, &baseline) {
-                        match self.hv.apply(&name, &c, scope) {
+                        let applied = self.hv.apply(&name, &c, scope);
+                        self.progressed();
+                        match applied {
                             Ok(()) => changes.push(c),
                             // the others are still worth restoring
                             Err(e) => fail(c.knob.to_string(), e),

@@ -1,8 +1,9 @@
 //! The systemd notify protocol (`Type=notify`), through the `sd-notify`
 //! crate: readiness once the personas are loaded and a first tick succeeded,
 //! a status line `systemctl status` shows, watchdog pings sent by the control
-//! loop itself (a loop stuck in a libvirt call stops pinging and systemd
-//! restarts the service), RELOADING/READY around a reload, STOPPING.
+//! loop itself, also after each libvirt call a long transition completes
+//! (a loop stuck in one libvirt call stops pinging and systemd restarts the
+//! service), RELOADING/READY around a reload, STOPPING.
 //! Every call is a no-op without `NOTIFY_SOCKET` (not started by systemd).
 
 use std::time::Duration;
@@ -59,6 +60,12 @@ impl Notifier {
         send(&[NotifyState::Watchdog]);
     }
 
+    /// Watchdog pings from inside a long transition (see [`Progress`]), or
+    /// `None` without a watchdog.
+    pub fn progress() -> Option<Progress> {
+        Self::watchdog_interval().map(Progress::every)
+    }
+
     /// RELOADING=1 (with the monotonic time systemd 253+ asks for).
     pub fn reloading(&self) {
         match NotifyState::monotonic_usec_now() {
@@ -101,9 +108,53 @@ pub fn status_line(
     s
 }
 
+/// WATCHDOG=1 while a transition makes progress: the loop reports each libvirt
+/// call it completed ([`Progress::made`]) and a ping goes out when the last
+/// one is `every` old. A transition of many knobs on a slow host is not
+/// killed half-way; one call that never returns still stops the pings.
+#[derive(Debug)]
+pub struct Progress {
+    every_ms: u64,
+    start: std::time::Instant,
+    last_ms: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    pub fn every(every: Duration) -> Progress {
+        Progress {
+            every_ms: every.as_millis().min(u64::MAX as u128) as u64,
+            start: std::time::Instant::now(),
+            last_ms: Default::default(),
+        }
+    }
+
+    /// A call completed: pings when the last ping is `every` old. True when
+    /// it pinged.
+    pub fn made(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = self.start.elapsed().as_millis().min(u64::MAX as u128) as u64;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < self.every_ms {
+            return false;
+        }
+        self.last_ms.store(now, Ordering::Relaxed);
+        send(&[NotifyState::Watchdog]);
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A ping goes out when the last one is `every` old, never more often.
+    #[test]
+    fn progress_pings_at_most_once_per_interval() {
+        let now = Progress::every(Duration::ZERO);
+        assert!(now.made() && now.made());
+        let hourly = Progress::every(Duration::from_secs(3600));
+        assert!(!hourly.made(), "the loop pinged at its start");
+    }
 
     #[test]
     fn status_lines() {

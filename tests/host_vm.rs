@@ -98,9 +98,17 @@ fn active_again(vm: &HostVm, not: &str, secs: u64) -> String {
     .to_string()
 }
 
-/// The persona the daemon says `domain` wears ("-" for none).
+/// The persona the daemon says `domain` wears ("-" for none). A daemon that
+/// does not answer fails the test with its journal and systemd's view of it.
 fn worn(vm: &HostVm, domain: &str) -> String {
-    let out = vm.ok("virt-persona --json list");
+    let (rc, out) = vm.sh("virt-persona --json list", 60);
+    if rc != 0 {
+        let (_, why) = vm.sh(
+            "systemctl status virt-personad --no-pager -n 0; systemctl show -p NRestarts -p Result -p ExecMainStatus virt-personad; journalctl -u virt-personad --no-pager -o short-monotonic -n 60",
+            60,
+        );
+        panic!("virt-persona --json list: exit {rc}: {out}\n{why}");
+    }
     let v: serde_json::Value = serde_json::from_str(&out)
         .unwrap_or_else(|e| panic!("virt-persona --json list: {e}: {out}"));
     v.as_array()

@@ -1615,3 +1615,42 @@ fn a_portable_cpu_weight_is_this_hosts_shares_and_a_number_it_cannot_take_is_ref
     assert_eq!(rig.worn(), None);
     assert!(rig.r.statuses()[0].refused["hot"].contains("cgroup version"));
 }
+
+/// The progress hook (the daemon's watchdog pings during a long transition)
+/// hears of every libvirt call a transition and a restore complete: each
+/// knob change and each read of the domain's tuning.
+#[test]
+fn every_call_of_a_transition_is_reported_as_progress() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut rig = Rig::new(MemoryStore::default());
+    let heard = Arc::new(AtomicUsize::new(0));
+    let h = heard.clone();
+    rig.r.on_progress(Arc::new(move || {
+        h.fetch_add(1, Ordering::SeqCst);
+    }));
+    let calls = |hv: &FakeHypervisor| {
+        hv.calls()
+            .iter()
+            .filter(|c| matches!(c, Call::Apply(..) | Call::Tuning(_)))
+            .count()
+    };
+    let before = calls(&rig.hv);
+    rig.second(1.0);
+    assert_eq!(rig.worn().as_deref(), Some("hot"));
+    let on = calls(&rig.hv) - before;
+    // the read of its tuning and the three knobs of HOT
+    assert!(on >= 4, "{:?}", rig.hv.calls());
+    assert_eq!(heard.load(Ordering::SeqCst), on);
+    for _ in 0..4 {
+        rig.second(0.0);
+    }
+    assert_eq!(rig.worn(), None);
+    // the restore's read and changes too (counted before the test's own read)
+    assert_eq!(heard.load(Ordering::SeqCst), calls(&rig.hv) - before);
+    assert!(
+        heard.load(Ordering::SeqCst) >= 2 * on,
+        "{:?}",
+        rig.hv.calls()
+    );
+    assert_eq!(rig.tuning(), original());
+}

@@ -189,6 +189,94 @@ fn watchdog_pings_come_from_the_loop_and_stop_while_it_is_stuck() {
     );
 }
 
+/// A transition of many knobs on a slow host (here every knob change takes
+/// a second, by a fail point) keeps WATCHDOG=1 coming as each change
+/// completes: without that the loop, busy in one tick for longer than
+/// WatchdogSec, was killed half-way by systemd (seen on the Debian 12 VM
+/// under TCG with every knob of the table).
+#[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features failpoints (scripts/test.sh builds with it)"
+)]
+fn a_long_transition_keeps_the_watchdog_fed_as_each_knob_completes() {
+    let dir = setup("slow-transition");
+    std::fs::write(
+        dir.join("personas/slow.toml"),
+        "id = \"slow\"\n[match]\nnames = [\"web-2\"]\n[[activation.when]]\nsignal = \"t.slow\"\nabove = 0\n[tuning]\nvcpu_pin = { \"*\" = \"1\" }\nmemory_soft_limit = \"1 GiB\"\nmemory_hard_limit = \"2 GiB\"\nblkio_weight = 700\n",
+    )
+    .unwrap();
+    let mut m = Manager::new(&dir);
+    let d = Daemon::start_args(
+        &dir,
+        &host_uri(),
+        &["--interval", "1s"],
+        &[
+            ("NOTIFY_SOCKET", m.path.display().to_string()),
+            // pings every 2 s; systemd would kill after 4 s without one
+            ("WATCHDOG_USEC", "4000000".into()),
+            ("FAILPOINTS", "after-knob-change=sleep(1000)".into()),
+        ],
+    );
+    m.until(90, |g| Manager::has(g, "READY=1"));
+    let from = m.started.elapsed();
+    common::cli_ok(&[
+        "--socket",
+        d.socket.to_str().unwrap(),
+        "signal-set",
+        "t.slow",
+        "1",
+    ]);
+    // asked from another thread: the API answers once the tick is over,
+    // while the datagrams must be read (and timed) as they come
+    let worn = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let (sock, worn) = (d.socket.clone(), worn.clone());
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(90) {
+                let v = virt_persona::api::client::request(&sock, "GET", "/v1/domains/web-2", None);
+                if v.is_ok_and(|v| v["persona"] == "slow") {
+                    worn.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    m.until(120, |_| worn.load(std::sync::atomic::Ordering::SeqCst));
+    let to = m.started.elapsed();
+    poller.join().unwrap();
+    let h = d.get("/v1/domains/web-2/history");
+    let changes = h
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["to"] == "slow" && e["result"] == "ok"))
+        .and_then(|e| e["changes"].as_array().map(Vec::len))
+        .unwrap_or_else(|| panic!("no transition to slow: {h}"));
+    // the loop was held for longer than the watchdog's limit
+    assert!(changes >= 5, "{h}");
+    assert!(to - from >= Duration::from_secs(5), "{:?}", to - from);
+    let pings: Vec<Duration> = std::iter::once(from)
+        .chain(
+            m.got
+                .iter()
+                .filter(|(t, s)| *t > from && *t < to && s.lines().any(|l| l == "WATCHDOG=1"))
+                .map(|(t, _)| *t),
+        )
+        .chain(std::iter::once(to))
+        .collect();
+    let longest = pings
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    assert!(
+        longest < Duration::from_secs(4),
+        "a gap of {longest:?} without a ping during a {:?} transition of {changes} changes: {pings:?}",
+        to - from
+    );
+}
+
 /// The unit as shipped, with ExecStart pointed at this build.
 fn unit_for_this_build(dir: &std::path::Path) -> PathBuf {
     let text = std::fs::read_to_string(

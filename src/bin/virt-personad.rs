@@ -449,6 +449,13 @@ fn run(
     let events = hv.events();
     let metrics = Metrics::new();
     let mut rec: Rec = Reconciler::new(hv.clone(), store, cfg.verify_interval.as_std());
+    // a transition of many knobs on a slow host pings systemd's watchdog as
+    // each call completes (one call that never returns still stops the pings)
+    if let Some(progress) = Notifier::progress() {
+        rec.on_progress(Arc::new(move || {
+            progress.made();
+        }));
+    }
     // what cpu_shares means here (cpu_weight = "2x" is resolved for it)
     let cgroup = virt_persona::host::cgroup_of(&cfg.connect);
     match cgroup {
