@@ -101,7 +101,8 @@ fn active_again(vm: &HostVm, not: &str, secs: u64) -> String {
 /// The persona the daemon says `domain` wears ("-" for none). A daemon that
 /// does not answer fails the test with its journal and systemd's view of it.
 fn worn(vm: &HostVm, domain: &str) -> String {
-    let (rc, out) = vm.sh("virt-persona --json list", 60);
+    // the API answers once a tick is over: a long transition under TCG takes minutes
+    let (rc, out) = vm.sh("virt-persona --json list", 300);
     if rc != 0 {
         let (_, why) = vm.sh(
             "systemctl status virt-personad --no-pager -n 0; systemctl show -p NRestarts -p Result -p ExecMainStatus virt-personad; journalctl -u virt-personad --no-pager -o short-monotonic -n 60",
