@@ -41,8 +41,9 @@ step "cargo test"
 # failpoints: fail points compiled in (no-ops unless FAILPOINTS names them), so a
 # test can kill -9 the daemon between two knob changes
 # the tests whose outcome could depend on the date, the hour or the zone set
-# the daemon's clock (VP_TEST_CLOCK, tests/common): first at a weekday 10:00
-# in Berlin (office hours for the shipped schedules) ...
+# the daemon's clock (VP_TEST_CLOCK, tests/common): all of them at a weekday
+# 10:00 in Berlin (office hours for the shipped schedules), and some again at
+# a second clock (below)
 export VP_TEST_CLOCK='2026-12-01T10:00:00[Europe/Berlin]'
 cargo test --all-targets --features failpoints --no-run --quiet
 # Beside the other tests, which hold on a busy machine: tests/host_vm.rs (the

@@ -149,11 +149,16 @@ impl Worker {
         })
     }
 
-    fn save(&mut self) {
+    /// The series the history holds, for `/metrics`.
+    fn count_series(&self) {
         self.cfg.series.store(
             self.history.series_count(),
             std::sync::atomic::Ordering::Relaxed,
         );
+    }
+
+    fn save(&mut self) {
+        self.count_series();
         let changes = self.history.take_changes();
         if let Err(e) = self.db.save(&changes) {
             // kept in memory; the next save writes the whole chunks again
@@ -172,10 +177,7 @@ impl Worker {
                 }
                 // /metrics' count of series follows a new one at once, not
                 // at the next save a minute later
-                self.cfg.series.store(
-                    self.history.series_count(),
-                    std::sync::atomic::Ordering::Relaxed,
-                );
+                self.count_series();
             }
             ToWorker::Want(set) => {
                 for (k, zone) in &self.wanted {
@@ -218,10 +220,7 @@ impl Worker {
                 let retimed_by_ms = retime.then(|| batch.retime(now));
                 let kept = self.history.import(&batch, now, self.cfg.retention);
                 drop(batch.points);
-                self.cfg.series.store(
-                    self.history.series_count(),
-                    std::sync::atomic::Ordering::Relaxed,
-                );
+                self.count_series();
                 let changes = self.history.take_changes();
                 match self.db.save(&changes) {
                     Ok(()) => {

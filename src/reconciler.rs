@@ -1477,9 +1477,6 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         }))
     }
 
-    /// Plan: the baseline with the persona's values on top, as the fewest
-    /// changes from what the domain has now, less what this host cannot apply
-    /// or could not put back.
     /// Calls `f` after every libvirt call a transition, a rollback or a
     /// restore completes.
     pub fn on_progress(&mut self, f: ProgressHook) {
@@ -1492,6 +1489,9 @@ impl<H: Hypervisor + ?Sized, S: StateStore> Reconciler<H, S> {
         }
     }
 
+    /// Plan: the baseline with the persona's values on top, as the fewest
+    /// changes from what the domain has now, less what this host cannot apply
+    /// or could not put back.
     fn plan_domain(&mut self, uuid: &str, d: &Decided) -> Result<Step<Planned>, TickError> {
         let Some(entry) = self.domains.get(uuid) else {
             return Ok(Step::Done(Outcome::Nothing));
