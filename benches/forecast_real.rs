@@ -16,7 +16,9 @@
 //! The same is printed for the baselines (same time last week, the mean of
 //! the same slot over the last 7 days, and the median of the same slot over
 //! the last 7 to 14 days with the number of days picked per cut by a 3-day
-//! backtest). Nothing is tuned per trace. Beside the day-ahead reading,
+//! backtest), and the ceiling of any day-ahead forecast: the truth day's
+//! own hourly means with the narrowest 95 % band around them (see
+//! [`ceiling`]). Nothing is tuned per trace. Beside the day-ahead reading,
 //! the same day as the daemon reads it, refitted every hour: each hour's
 //! steps from the fit made at its start with the day's truth so far in the
 //! history (24 fits a cut, in the optimised run only).
@@ -28,7 +30,7 @@
 
 use std::path::{Path, PathBuf};
 
-use virt_persona::forecast::{fit, STEP_MS};
+use virt_persona::forecast::{fit, LEVEL, STEP_MS};
 use virt_persona::history::{parse_csv, History, ImportLimits, Resolved, SeriesKey};
 use virt_persona::model::persona::Metric;
 
@@ -175,6 +177,98 @@ fn summary(name: &str, s: &[Score]) {
     );
 }
 
+/// The ceiling of a day-ahead forecast: one that knew each hour of the
+/// truth day exactly (its hourly means) but not the 15-minute steps inside
+/// the hour, with the narrowest band that holds [`LEVEL`] of the truth's
+/// steps around it, calibrated on the truth itself — one width in the
+/// metric's units or one factor (on `ln(value + ε)`), whichever is
+/// narrower. No forecast made the day before does better on average; the
+/// targets are judged against it. Returns (point, lower, upper).
+fn ceiling(truth: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let center: Vec<f64> = (0..truth.len())
+        .map(|i| {
+            let b = i / 4 * 4;
+            let v: Vec<f64> = truth[b..(b + 4).min(truth.len())]
+                .iter()
+                .copied()
+                .filter(|x| x.is_finite())
+                .collect();
+            if v.is_empty() {
+                f64::NAN
+            } else {
+                v.iter().sum::<f64>() / v.len() as f64
+            }
+        })
+        .collect();
+    let pairs: Vec<(f64, f64)> = truth
+        .iter()
+        .zip(&center)
+        .filter(|(a, c)| a.is_finite() && c.is_finite())
+        .map(|(a, c)| (*a, *c))
+        .collect();
+    let n = pairs.len();
+    let nan = vec![f64::NAN; truth.len()];
+    if n == 0 {
+        return (center, nan.clone(), nan);
+    }
+    let k = ((LEVEL * n as f64).ceil() as usize).clamp(1, n);
+    let level = pairs.iter().map(|p| p.0).sum::<f64>() / n as f64;
+    let eps = 1e-3 * level.abs().max(1e-9);
+    // the narrowest window of k sorted residuals, by the width it gives
+    let narrowest = |mut r: Vec<f64>, width: &dyn Fn(f64, f64) -> f64| -> (f64, f64, f64) {
+        r.sort_by(f64::total_cmp);
+        (0..=n - k)
+            .map(|i| (width(r[i], r[i + k - 1]), r[i], r[i + k - 1]))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .unwrap_or((f64::INFINITY, 0.0, 0.0))
+    };
+    let add = narrowest(pairs.iter().map(|(a, c)| a - c).collect(), &|lo, hi| {
+        hi - lo
+    });
+    let scale = pairs.iter().map(|p| p.1 + eps).sum::<f64>() / n as f64;
+    let log = narrowest(
+        pairs
+            .iter()
+            .map(|(a, c)| ((a + eps) / (c + eps)).ln())
+            .collect(),
+        &|lo, hi| scale * (hi.exp() - lo.exp()),
+    );
+    let edge = |c: f64, r: f64| {
+        if add.0 <= log.0 {
+            c + r
+        } else {
+            (c + eps) * r.exp() - eps
+        }
+    };
+    let (lo_r, hi_r) = if add.0 <= log.0 {
+        (add.1, add.2)
+    } else {
+        (log.1, log.2)
+    };
+    // a step whose residual is inside the window is inside its band (the
+    // way back from the log scale must not round it out)
+    let inside = |a: f64, c: f64| {
+        let r = if add.0 <= log.0 {
+            a - c
+        } else {
+            ((a + eps) / (c + eps)).ln()
+        };
+        a.is_finite() && r >= lo_r && r <= hi_r
+    };
+    let (mut lo, mut hi) = (Vec::new(), Vec::new());
+    for (&a, &c) in truth.iter().zip(&center) {
+        let (l, h) = (edge(c, lo_r), edge(c, hi_r));
+        if inside(a, c) {
+            lo.push(l.min(a));
+            hi.push(h.max(a));
+        } else {
+            lo.push(l);
+            hi.push(h);
+        }
+    }
+    (center, lo, hi)
+}
+
 /// The coarser export steps the history is also imported at: 30 and 60
 /// minutes (NYC taxi data is 30-minute).
 /// (`None`: the trace's own steps, for comparison.)
@@ -278,6 +372,7 @@ fn main() {
     // the hourly refits (24 fits a cut) only in the optimised bench run
     let hourly = std::env::args().any(|a| a == "--bench");
     let (mut hourly_point, mut hourly_upper) = (Vec::new(), Vec::new());
+    let (mut ceiling_point, mut ceiling_upper) = (Vec::new(), Vec::new());
     let mut fits = 0usize;
     let cpu0 = cpu_seconds();
     for f in &files {
@@ -444,6 +539,16 @@ fn main() {
                 hourly_point.push(score(&pv, None, &truth, naive_mae, p90));
                 hourly_upper.push(score(&hi, None, &truth, naive_mae, p90));
             }
+            let (cp, clo, chi) = ceiling(&truth);
+            let c = score(&cp, Some((&clo, &chi)), &truth, naive_mae, p90);
+            // the ceiling's band holds LEVEL of the truth by construction
+            assert!(
+                c.coverage.is_nan() || c.coverage >= LEVEL - 1e-9,
+                "{name}: ceiling band covers {}",
+                c.coverage
+            );
+            ceiling_point.push(c);
+            ceiling_upper.push(score(&chi, None, &truth, naive_mae, p90));
             ours.push(s);
             yesterday.push(score(&naive, None, &truth, naive_mae, p90));
             week.push(score(&last_week, None, &truth, naive_mae, p90));
@@ -462,6 +567,8 @@ fn main() {
     summary("same time last week", &week);
     summary("7-day slot mean", &slot);
     summary("slot median, k by backtest", &picked_slot);
+    summary("ceiling: the hours known", &ceiling_point);
+    summary("ceiling's upper edge", &ceiling_upper);
     for (every, b) in COARSER.iter().zip(&coarse_bias) {
         let abs: Vec<f64> = b.iter().map(|x| x.abs()).collect();
         println!(
