@@ -559,7 +559,9 @@ pub fn daemon_refused(dir: &Path, uri: &str, flags: &[&std::ffi::OsStr]) -> Stri
 /// request that does not say).
 pub fn http(sock: &Path, request: &str) -> (u16, String) {
     let mut s = UnixStream::connect(sock).expect("connect to the API socket");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
+    // generous: a debug build reading a 32 MB import beside the VM tests and
+    // a busy neighbour took over 10 s; a daemon that never answers still fails
+    s.set_read_timeout(Some(Duration::from_secs(60)))
         .expect("timeout");
     let request = match request.split_once("\r\n") {
         Some((line, rest)) if !request.to_ascii_lowercase().contains("\r\nconnection:") => {
