@@ -16,8 +16,8 @@
 //! The same is printed for the baselines (same time last week, the mean of
 //! the same slot over the last 7 days, and the median of the same slot over
 //! the last 7 to 14 days with the number of days picked per cut by a 3-day
-//! backtest), and the ceiling of any day-ahead forecast: the truth day's
-//! own hourly means with the narrowest 95 % band around them (see
+//! backtest), and a ceiling to judge the targets by: the truth day's own
+//! hourly means with the narrowest 95 % band of one shape around them (see
 //! [`ceiling`]). Nothing is tuned per trace. Beside the day-ahead reading,
 //! the same day as the daemon reads it, refitted every hour: each hour's
 //! steps from the fit made at its start with the day's truth so far in the
@@ -113,10 +113,7 @@ fn score(
             }
         }
     }
-    let mean_truth = {
-        let v: Vec<f64> = truth.iter().copied().filter(|x| x.is_finite()).collect();
-        v.iter().sum::<f64>() / v.len().max(1) as f64
-    };
+    let mean_truth = finite_mean(truth.iter().copied()).unwrap_or(0.0);
     let tc = first_above(truth, p90);
     let fc = first_above(f, p90);
     Score {
@@ -177,27 +174,25 @@ fn summary(name: &str, s: &[Score]) {
     );
 }
 
-/// The ceiling of a day-ahead forecast: one that knew each hour of the
-/// truth day exactly (its hourly means) but not the 15-minute steps inside
-/// the hour, with the narrowest band that holds [`LEVEL`] of the truth's
-/// steps around it, calibrated on the truth itself — one width in the
-/// metric's units or one factor (on `ln(value + ε)`), whichever is
-/// narrower. No forecast made the day before does better on average; the
-/// targets are judged against it. Returns (point, lower, upper).
+/// The mean of the finite values, None if there are none.
+fn finite_mean(v: impl Iterator<Item = f64>) -> Option<f64> {
+    let (sum, n) = v
+        .filter(|x| x.is_finite())
+        .fold((0.0, 0usize), |(s, n), x| (s + x, n + 1));
+    (n > 0).then(|| sum / n as f64)
+}
+
+/// A reference for the targets, not a bound: a forecast that knew each hour
+/// of the truth day exactly (its hourly means) but not the 15-minute steps
+/// inside the hour, with the narrowest band of one shape that holds
+/// [`LEVEL`] of the truth's steps around it, calibrated on the truth itself
+/// — one width in the metric's units or one factor (on `ln(value + ε)`),
+/// whichever is narrower. Returns (point, lower, upper).
 fn ceiling(truth: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
     let center: Vec<f64> = (0..truth.len())
         .map(|i| {
             let b = i / 4 * 4;
-            let v: Vec<f64> = truth[b..(b + 4).min(truth.len())]
-                .iter()
-                .copied()
-                .filter(|x| x.is_finite())
-                .collect();
-            if v.is_empty() {
-                f64::NAN
-            } else {
-                v.iter().sum::<f64>() / v.len() as f64
-            }
+            finite_mean(truth[b..(b + 4).min(truth.len())].iter().copied()).unwrap_or(f64::NAN)
         })
         .collect();
     let pairs: Vec<(f64, f64)> = truth
@@ -207,64 +202,57 @@ fn ceiling(truth: &[f64]) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
         .map(|(a, c)| (*a, *c))
         .collect();
     let n = pairs.len();
-    let nan = vec![f64::NAN; truth.len()];
-    if n == 0 {
+    let Some(level) = finite_mean(pairs.iter().map(|p| p.0)) else {
+        let nan = vec![f64::NAN; truth.len()];
         return (center, nan.clone(), nan);
-    }
+    };
     let k = ((LEVEL * n as f64).ceil() as usize).clamp(1, n);
-    let level = pairs.iter().map(|p| p.0).sum::<f64>() / n as f64;
     let eps = 1e-3 * level.abs().max(1e-9);
-    // the narrowest window of k sorted residuals, by the width it gives
-    let narrowest = |mut r: Vec<f64>, width: &dyn Fn(f64, f64) -> f64| -> (f64, f64, f64) {
+    // a step's residual and the band's edge for a residual, on either scale
+    let residual = |log: bool, a: f64, c: f64| {
+        if log {
+            ((a + eps) / (c + eps)).ln()
+        } else {
+            a - c
+        }
+    };
+    let edge = |log: bool, c: f64, r: f64| {
+        if log {
+            (c + eps) * r.exp() - eps
+        } else {
+            c + r
+        }
+    };
+    // on each scale, the narrowest window of k sorted residuals by its mean
+    // width in the metric's units: (width, lowest, highest residual)
+    let narrowest = |log: bool| -> (f64, f64, f64) {
+        let mut r: Vec<f64> = pairs.iter().map(|&(a, c)| residual(log, a, c)).collect();
         r.sort_by(f64::total_cmp);
         (0..=n - k)
-            .map(|i| (width(r[i], r[i + k - 1]), r[i], r[i + k - 1]))
+            .map(|i| {
+                let (lo, hi) = (r[i], r[i + k - 1]);
+                let width = pairs
+                    .iter()
+                    .map(|&(_, c)| edge(log, c, hi) - edge(log, c, lo))
+                    .sum::<f64>()
+                    / n as f64;
+                (width, lo, hi)
+            })
             .min_by(|a, b| a.0.total_cmp(&b.0))
             .unwrap_or((f64::INFINITY, 0.0, 0.0))
     };
-    let add = narrowest(pairs.iter().map(|(a, c)| a - c).collect(), &|lo, hi| {
-        hi - lo
-    });
-    let scale = pairs.iter().map(|p| p.1 + eps).sum::<f64>() / n as f64;
-    let log = narrowest(
-        pairs
-            .iter()
-            .map(|(a, c)| ((a + eps) / (c + eps)).ln())
-            .collect(),
-        &|lo, hi| scale * (hi.exp() - lo.exp()),
-    );
-    let edge = |c: f64, r: f64| {
-        if add.0 <= log.0 {
-            c + r
-        } else {
-            (c + eps) * r.exp() - eps
-        }
-    };
-    let (lo_r, hi_r) = if add.0 <= log.0 {
-        (add.1, add.2)
-    } else {
-        (log.1, log.2)
-    };
-    // a step whose residual is inside the window is inside its band (the
-    // way back from the log scale must not round it out)
-    let inside = |a: f64, c: f64| {
-        let r = if add.0 <= log.0 {
-            a - c
-        } else {
-            ((a + eps) / (c + eps)).ln()
-        };
-        a.is_finite() && r >= lo_r && r <= hi_r
-    };
+    let (add, log) = (narrowest(false), narrowest(true));
+    let use_log = log.0 < add.0;
+    let (_, lo_r, hi_r) = if use_log { log } else { add };
     let (mut lo, mut hi) = (Vec::new(), Vec::new());
     for (&a, &c) in truth.iter().zip(&center) {
-        let (l, h) = (edge(c, lo_r), edge(c, hi_r));
-        if inside(a, c) {
-            lo.push(l.min(a));
-            hi.push(h.max(a));
-        } else {
-            lo.push(l);
-            hi.push(h);
-        }
+        let (l, h) = (edge(use_log, c, lo_r), edge(use_log, c, hi_r));
+        // a step whose residual is inside the window is inside its band
+        // (the way back from the log scale must not round it out)
+        let r = residual(use_log, a, c);
+        let inside = a.is_finite() && r >= lo_r && r <= hi_r;
+        lo.push(if inside { l.min(a) } else { l });
+        hi.push(if inside { h.max(a) } else { h });
     }
     (center, lo, hi)
 }
@@ -408,10 +396,7 @@ fn main() {
             for (k, every) in COARSER.iter().enumerate() {
                 let again = every.map(|e| forecast_of(&trace, from, cut, Some(e), &name));
                 if let Some(f) = again.unwrap_or_else(|| Some(fitted.clone())) {
-                    let mean = |v: &mut dyn Iterator<Item = f64>| {
-                        let v: Vec<f64> = v.filter(|x| x.is_finite()).collect();
-                        v.iter().sum::<f64>() / v.len().max(1) as f64
-                    };
+                    let mean = |v: &mut dyn Iterator<Item = f64>| finite_mean(v).unwrap_or(0.0);
                     let fc = mean(&mut f.points.iter().take(96).map(|p| p.value));
                     coarse_bias[k].push(fc / mean(&mut truth.iter().copied()) - 1.0);
                 }
